@@ -1,0 +1,228 @@
+"""Exact per-token log-likelihoods for very long inputs, with bounded memory.
+
+The only module that touches attention, caches and chunking. Three verbs (the lm-eval seams):
+`token_nll` (teacher-forced loss of every token), `answer_score` (log-prob and rank of an answer span
+after a prompt) and `generate` (greedy continuation after a chunked prefill).
+
+Memory: the output head and cross-entropy run over sub-chunks of the final hidden states, so
+[T, vocab] logits never exist. When even one decoder pass over T tokens would not fit `max_memory`,
+the planner switches to chunked prefill through the KV cache. The plan is a pure function of the
+model config, T, dtype and the budget, never of momentary free memory, so reruns are reproducible.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness import models
+
+HEAD_CHUNK = 1024  # tokens per output-head / loss sub-chunk: bounds logits at HEAD_CHUNK x vocab
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one sequence is scored: a single pass, or prefill in `chunk`-token pieces."""
+
+    strategy: str  # "single" | "prefill"
+    chunk: int
+    estimate_bytes: int
+    fits: bool = True
+
+    def __str__(self) -> str:
+        return "single" if self.strategy == "single" else f"prefill:{self.chunk}"
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    logprob: float  # sum over the answer tokens
+    rank: int  # worst (largest) 1-based rank of an answer token under the model
+    token_logprobs: list[float]
+
+
+def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str, n_params: int) -> int:
+    """Conservative peak-memory estimate of scoring `length` tokens (weights included).
+
+    Per token of a pass: residual stream and q/k/v/o projections (~8 x hidden), the MLP's
+    intermediate activations (3 x intermediate), float32 final hidden states; eager attention also
+    materialises heads x q x kv scores. Prefill adds the KV cache over the whole length.
+    """
+    text = models.text_config(config)
+    bytes_w = _DTYPE_BYTES[dtype]
+    hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    vocab = text.vocab_size
+    q_len = length if chunk is None else min(chunk, length)
+    activations = q_len * (8 * hidden + 3 * inter) * bytes_w + length * hidden * 4
+    head = min(HEAD_CHUNK, length) * vocab * 4 * 3
+    weights = n_params * bytes_w
+    cache = 0 if chunk is None else 2 * text.num_hidden_layers * kv_heads * head_dim * length * bytes_w
+    # scores: eager always; sdpa with a non-trivial mask (prefill after the first chunk) on CPU falls
+    # back to the math kernel, which builds them too.
+    scores = heads * q_len * length * 4 if attn == "eager" or chunk is not None else 0
+    return int(weights + activations + head + cache + scores)
+
+
+def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_memory: int | None = None,
+              chunk_size: int | None = None) -> Plan:
+    """Single pass when it fits (or no budget is set), else the largest power-of-two prefill chunk that fits."""
+    def est(chunk: int | None) -> int:
+        return estimate_bytes(config, length, chunk, dtype, attn, n_params)
+
+    if chunk_size is not None and chunk_size < length:
+        need = est(chunk_size)
+        return Plan("prefill", chunk_size, need, max_memory is None or need <= max_memory)
+    single = est(None)
+    if max_memory is None or single <= max_memory:
+        return Plan("single", length, single)
+    chunk = 1 << max(6, (length - 1).bit_length() - 1)
+    while chunk >= 64:
+        need = est(chunk)
+        if need <= max_memory:
+            return Plan("prefill", chunk, need)
+        chunk //= 2
+    return Plan("prefill", 64, est(64), fits=False)
+
+
+def postprocess_logits(config, logits: torch.Tensor) -> torch.Tensor:
+    """Each family's logit post-processing after the output head (as its CausalLM forward does)."""
+    text = models.text_config(config)
+    cap = getattr(text, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    scale = getattr(text, "logit_scale", None)
+    if scale is not None:
+        logits = logits * scale
+    divide = getattr(text, "logits_scaling", None)
+    if divide is not None:
+        logits = logits / divide
+    return logits
+
+
+class Engine:
+    """Scores token sequences with a loaded model; see the module docstring for the guarantees."""
+
+    def __init__(self, loaded: models.Loaded, *, chunk_size: int | None = None, max_memory: int | None = None):
+        self.model = loaded.model
+        self.config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.dtype = loaded.dtype
+        self.attn = loaded.attn
+        self.chunk_size = chunk_size
+        self.max_memory = max_memory
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.length_dependent = models.is_length_dependent(self.config)
+        self.decoder = self.model.base_model
+        self.head = self.model.get_output_embeddings()
+        self.device = next(self.model.parameters()).device
+        # transformers 5.24 renamed past_key_values to cache (5.23 knows only the old name)
+        self.cache_kw = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
+
+    # ---------------------------------------------------------------------------------- planning
+    def plan(self, length: int) -> Plan:
+        return make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
+                         max_memory=self.max_memory, chunk_size=self.chunk_size)
+
+    # ---------------------------------------------------------------------------------- internals
+    def _hidden_chunks(self, ids: torch.Tensor, plan: Plan):
+        """Yield (start, final hidden states [n, H]) covering every position, per the plan."""
+        if plan.strategy == "single":
+            out = self.decoder(input_ids=ids[None], use_cache=False)
+            yield 0, out.last_hidden_state[0]
+            return
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for start in range(0, ids.numel(), plan.chunk):
+            out = self.decoder(input_ids=ids[None, start:start + plan.chunk], use_cache=True, **{self.cache_kw: cache})
+            yield start, out.last_hidden_state[0]
+
+    def _score(self, ids: torch.Tensor, first: int, with_rank: bool, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """NLL (float32) of ids[t+1] given ids[:t+1] for t in [first, T-1); ranks when asked."""
+        total = ids.numel()
+        nll = torch.empty(total - 1 - first, dtype=torch.float32)
+        ranks = torch.empty(total - 1 - first, dtype=torch.long) if with_rank else None
+        for start, hidden in self._hidden_chunks(ids, plan):
+            stop = min(start + hidden.shape[0], total - 1)  # the last token predicts nothing
+            for s in range(max(start, first), stop, HEAD_CHUNK):
+                e = min(s + HEAD_CHUNK, stop)
+                logits = postprocess_logits(self.config, self.head(hidden[s - start:e - start]).float())
+                target = ids[s + 1:e + 1]
+                nll[s - first:e - first] = F.cross_entropy(logits, target, reduction="none").cpu()
+                if ranks is not None:
+                    gold = logits.gather(1, target[:, None])
+                    ranks[s - first:e - first] = (logits > gold).sum(1).cpu() + 1
+            del hidden
+        return nll, ranks
+
+    def _rope_context(self, length: int):
+        import contextlib
+
+        if self.length_dependent:
+            return models.rope_fixed_for_length(self.model, self.config, length)
+        return contextlib.nullcontext()
+
+    def _tensor(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.as_tensor(list(ids), dtype=torch.long, device=self.device)
+
+    # ---------------------------------------------------------------------------------- verbs
+    @torch.inference_mode()
+    def token_nll(self, ids: Sequence[int], plan: Plan | None = None) -> torch.Tensor:
+        """Per-token NLL (nats, float32, on CPU) of ids[1:], length len(ids) - 1.
+
+        Length-dependent RoPE is fixed for len(ids): the numbers equal a plain forward of exactly
+        these tokens on a freshly loaded model.
+        """
+        tensor = self._tensor(ids)
+        plan = plan or self.plan(tensor.numel())
+        with self._rope_context(tensor.numel()):
+            return self._score(tensor, 0, False, plan)[0]
+
+    @torch.inference_mode()
+    def answer_score(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> AnswerScore:
+        """Teacher-forced log-prob (sum) and worst rank of `answer_ids` after `prompt_ids`."""
+        tensor = self._tensor([*prompt_ids, *answer_ids])
+        first = len(prompt_ids) - 1
+        with self._rope_context(tensor.numel()):
+            nll, ranks = self._score(tensor, first, True, self.plan(tensor.numel()))
+        return AnswerScore(float(-nll.sum()), int(ranks.max()), [float(-x) for x in nll])
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
+        """Greedy continuation after a chunked prefill (RoPE fixed at the prompt length when length-dependent)."""
+        from transformers import DynamicCache
+
+        tensor = self._tensor(prompt_ids)
+        plan = self.plan(tensor.numel())
+        chunk = plan.chunk if plan.strategy == "prefill" else tensor.numel()
+        cache = DynamicCache(config=self.model.config)
+        new: list[int] = []
+        with self._rope_context(tensor.numel()):
+            for start in range(0, tensor.numel(), chunk):
+                out = self.model(input_ids=tensor[None, start:start + chunk], use_cache=True, logits_to_keep=1,
+                                 **{self.cache_kw: cache})
+            for _ in range(max_new_tokens):
+                token = int(out.logits[0, -1].argmax())
+                new.append(token)
+                if token in stop_ids:
+                    break
+                out = self.model(input_ids=self._tensor([token])[None], use_cache=True, logits_to_keep=1,
+                                 **{self.cache_kw: cache})
+        return new
+
+
+def perplexity(nll: torch.Tensor) -> float:
+    return math.exp(float(nll.double().mean()))
+
+
+def describe(engine: Engine) -> dict[str, Any]:
+    return {"dtype": engine.dtype, "attn": engine.attn, "n_params": engine.n_params}

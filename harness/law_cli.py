@@ -1,0 +1,195 @@
+"""`rope-harness law`: the scaling law's table for one model shape and a few bases, no model weights.
+
+harness.cli registers it with `add_parser(subparsers)`; `python -m harness.law_cli ...` (or `main(argv)`)
+runs it on its own. `--json` prints exactly one JSON object on stdout (numbers or null), so scripts can
+read it; anything else (library logs) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from typing import Any
+
+from harness import law
+from harness.errors import InputError
+
+_DESCRIPTION = (
+    "Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024). "
+    "Give the shape with --head-dim/--train-len, or read it from a model config with --model (no weights)."
+)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Create the `law` subcommand on an argparse subparsers object."""
+    parser = subparsers.add_parser("law", help="scaling-law table: extrapolation limit per RoPE base",
+                                   description=_DESCRIPTION)
+    _add_arguments(parser)
+    parser.set_defaults(func=command)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--head-dim", type=int, metavar="D",
+                        help="rotary dimensions per head (head_dim x partial_rotary_factor)")
+    parser.add_argument("--train-len", type=_length, metavar="T", help="pre-training context length in tokens")
+    parser.add_argument("--base", type=float, action="append", metavar="B",
+                        help="RoPE base (theta) used for fine-tuning, e.g. 1e6; repeat for several "
+                             "(default with --model: the model's own rope_theta)")
+    parser.add_argument("--tune-len", type=_length, metavar="T2",
+                        help="fine-tuning length in tokens (default: --train-len)")
+    parser.add_argument("--target-len", type=_length, metavar="L", help="also report the base that reaches L")
+    parser.add_argument("--pretrain-base", type=float, metavar="B0",
+                        help="pre-training base b0 (default 10000, or the model's rope_theta with --model)")
+    parser.add_argument("--model", metavar="PATH_OR_ID", help="read d, T_train and b0 from this model's config")
+    parser.add_argument("--revision", metavar="R", help="model revision (with --model)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (with --model)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Law inputs from the flags, and from the model config when --model is given (flags win)."""
+    flags = {"rotary_dim": args.head_dim, "train_len": args.train_len, "tune_len": args.tune_len,
+             "pretrain_base": args.pretrain_base}
+    inputs: dict[str, Any] = dict(flags)
+    own: dict[str, Any] = {}
+    if args.model:
+        from harness.models import law_inputs_for  # imports transformers (~2 s): only when asked
+
+        # Library chatter must not corrupt --json stdout.
+        with contextlib.redirect_stdout(sys.stderr):
+            own = law_inputs_for(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code,
+                                 pretrain_base=args.pretrain_base, train_len=args.train_len,
+                                 tune_len=args.tune_len)
+        inputs.update({k: v for k, v in own.items() if v is not None})
+        inputs.update({k: v for k, v in flags.items() if v is not None})
+    missing = [flag for flag, key in (("--head-dim", "rotary_dim"), ("--train-len", "train_len"))
+               if inputs.get(key) is None]
+    if missing:
+        raise InputError(f"missing {' and '.join(missing)}: pass them, or --model PATH_OR_ID to read them "
+                         "from a model config")
+    if inputs["pretrain_base"] is None:
+        inputs["pretrain_base"] = 10000.0
+    if inputs["tune_len"] is None:
+        inputs["tune_len"] = inputs["train_len"]
+    if args.base:
+        # Explicit bases are fine-tuned base changes of default RoPE: the case the law covers.
+        inputs["bases"], inputs["rope_type"] = list(args.base), "default"
+    elif args.model:
+        # The model as it is: its current rope_theta and rope type when the loader reports them
+        # (not-covered for yarn, llama3, ...), else its pre-training base.
+        inputs["bases"] = [own.get("rope_theta") or inputs["pretrain_base"]]
+        inputs["rope_type"] = own.get("rope_type") or "default"
+    else:
+        raise InputError("no base given: pass --base B (repeatable, e.g. --base 1e6), or --model to use its "
+                         "own rope_theta")
+    return inputs
+
+
+def _length(text: str) -> int | float:
+    """A token count: '4096', '1.6e4' (integral values become int)."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+_length.__name__ = "length"  # argparse names the type in its error: "invalid length value: 'x'"
+
+
+def _number(value: float | None) -> int | float | None:
+    """JSON-safe number: integral floats as int, non-finite as null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    """The law's answer for the parsed arguments, as the --json object."""
+    inputs = _inputs(args)
+    d, train, tune, b0 = inputs["rotary_dim"], inputs["train_len"], inputs["tune_len"], inputs["pretrain_base"]
+    predictions = [law.predict(d, train, base, tune, b0, rope_type=inputs["rope_type"]) for base in inputs["bases"]]
+    out: dict[str, Any] = {
+        "head_dim": d,
+        "train_len": _number(train),
+        "tune_len": _number(tune),
+        "pretrain_base": _number(b0),
+        "critical_dim": law.critical_dim(d, train, b0),
+        "critical_base": _number(law.critical_base(train, tune, b0)),
+        "thresholds": {k: _number(v) for k, v in law.small_base_thresholds(tune).items()},
+        # The limit is a token count: reported rounded to an integer (LLaMA2, base 1e6: 129027).
+        "settings": [
+            {"base": _number(p.base), "regime": p.regime, "critical_dim": p.critical_dim,
+             "extrapolation_limit": None if p.extrapolation_limit is None else round(p.extrapolation_limit)}
+            for p in predictions
+        ],
+    }
+    if args.target_len is not None:
+        out["target_len"] = _number(args.target_len)
+        out["base_for_target"] = _number(law.base_for_target(args.target_len, d, train, tune, b0))
+    if args.model:
+        out["model"] = args.model
+        out.update({k: v for k, v in inputs.items() if k.endswith("_source")})
+    return out
+
+
+def _table(out: dict[str, Any]) -> str:
+    def g(x: float | None) -> str:
+        return "-" if x is None else f"{x:,.0f}" if abs(x) >= 100 else f"{x:.4g}"
+
+    t = out["thresholds"]
+    header = [
+        ("model", out.get("model")),
+        ("rotary dim d", str(out["head_dim"])),
+        ("train length", g(out["train_len"]) + (f"  ({out['train_len_source']})" if out.get("train_len_source")
+                                                else "")),
+        ("tune length", g(out["tune_len"])),
+        ("pre-training base b0", g(out["pretrain_base"])),
+        ("critical dim d_extra", str(out["critical_dim"])),
+        ("critical base beta0", g(out["critical_base"])),
+        ("small-base thresholds", f"beta1 {g(t['beta1'])}  beta2 {g(t['beta2'])}  beta3 {g(t['beta3'])}"),
+    ]
+    lines = ["RoPE extrapolation scaling law (Liu et al., ICLR 2024)"]
+    lines += [f"  {name:<22} {value}" for name, value in header if value is not None]
+    rows = [("base", "regime", "critical dim", "extrapolation limit")]
+    for s in out["settings"]:
+        limit = s["extrapolation_limit"]
+        shown = {"unbounded": "no upper bound", "not-covered": "no prediction"}.get(s["regime"], g(limit))
+        rows.append((g(s["base"]), s["regime"], "-" if s["critical_dim"] is None else str(s["critical_dim"]),
+                     shown if limit is None else g(limit)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines.append("")
+    for r in rows:
+        lines.append(f"  {r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}")
+    if "base_for_target" in out:
+        lines.append("")
+        lines.append(f"  base for target length {g(out['target_len'])}: {g(out['base_for_target'])}"
+                     + ("  (= beta0: any base just above it reaches the target)"
+                        if out["base_for_target"] == out["critical_base"] else ""))
+    return "\n".join(lines)
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run `rope-harness law`; bad input raises InputError (the caller prints it and exits 2)."""
+    out = report(args)
+    if args.json:
+        print(json.dumps(out, allow_nan=False))
+    else:
+        print(_table(out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point (`python -m harness.law_cli`): same flags as `rope-harness law`."""
+    parser = argparse.ArgumentParser(prog="rope-harness law", description=_DESCRIPTION)
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return command(args)
+    except InputError as error:
+        print(f"rope-harness law: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""`rope-harness law` in-process: JSON contract, table, --model, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from harness import law_cli
+from harness.errors import InputError
+
+
+def run(argv: list[str], capsys) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="rope-harness")
+    law_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["law", *argv])
+    code = args.func(args)
+    return code, capsys.readouterr().out
+
+
+def run_json(argv: list[str], capsys) -> dict:
+    code, out = run([*argv, "--json"], capsys)
+    assert code == 0
+    return json.loads(out)  # exactly one JSON object, nothing else on stdout
+
+
+def test_issue_example(capsys):
+    out = run_json(["--head-dim", "128", "--train-len", "4096", "--base", "1e6"], capsys)
+    assert out["critical_dim"] == 92
+    assert out["critical_base"] == 10000
+    assert (out["head_dim"], out["train_len"], out["tune_len"], out["pretrain_base"]) == (128, 4096, 4096, 10000)
+    [setting] = out["settings"]
+    assert setting == {"base": 1000000, "regime": "larger-base", "critical_dim": 92, "extrapolation_limit": 129027}
+    assert "base_for_target" not in out
+
+
+def test_several_bases_target_and_null(capsys):
+    argv = ["--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--base", "1e4", "--base", "500",
+            "--base", "2e5", "--target-len", "100000"]
+    out = run_json(argv, capsys)
+    assert [s["regime"] for s in out["settings"]] == ["larger-base", "tuning-bounded", "unbounded", "larger-base"]
+    assert out["settings"][1]["extrapolation_limit"] == 4096
+    assert out["settings"][2]["extrapolation_limit"] is None
+    assert out["base_for_target"] == pytest.approx(701472, rel=1e-5)
+    assert [round(v) for v in out["thresholds"].values()] == [2608, 1304, 652]
+
+
+def test_tune_len_and_pretrain_base(capsys):
+    out = run_json(["--head-dim", "128", "--train-len", "4096", "--tune-len", "16384", "--pretrain-base", "1e4",
+                    "--base", "1e4"], capsys)
+    assert out["tune_len"] == 16384
+    assert out["critical_base"] > 10000
+    assert out["settings"][0] == {"base": 10000, "regime": "tuning-bounded", "critical_dim": 110,
+                                  "extrapolation_limit": 16384}
+
+
+def test_table(capsys):
+    code, out = run(["--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--base", "500",
+                     "--target-len", "4500"], capsys)
+    assert code == 0
+    assert "129,027" in out and "larger-base" in out and "no upper bound" in out
+    assert "beta3 652" in out and "critical dim d_extra   92" in out
+    assert "base for target length 4,500: 10,000" in out
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--head-dim", "127", "--train-len", "4096", "--base", "1e6"], "positive even integer"),
+        (["--head-dim", "128", "--train-len", "6", "--base", "1e6"], "2*pi"),
+        (["--head-dim", "128", "--train-len", "4096", "--base", "1"], "greater than 1"),
+        (["--head-dim", "128", "--train-len", "4096", "--base", "nan"], "finite"),
+        (["--head-dim", "128", "--train-len", "4096"], "--base"),
+        (["--train-len", "4096", "--base", "1e6"], "--head-dim"),
+        (["--head-dim", "128", "--train-len", "4096", "--tune-len", "1024", "--base", "1e6"], "--tune-len"),
+    ],
+)
+def test_bad_input(argv, fragment, capsys):
+    with pytest.raises(InputError) as info:
+        run(argv, capsys)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert capsys.readouterr().out == ""
+
+
+def test_standalone_main_exits_2_on_bad_input(capsys):
+    assert law_cli.main(["--head-dim", "3", "--train-len", "4096", "--base", "1e6"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+
+
+def test_model_config(tmp_path, capsys):
+    models = pytest.importorskip("harness.models")
+    if not hasattr(models, "law_inputs_for"):
+        pytest.skip("harness.models.law_inputs_for not written yet")
+    import transformers
+
+    transformers.LlamaConfig(
+        hidden_size=64, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64, vocab_size=300,
+        max_position_embeddings=256, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ).save_pretrained(tmp_path)
+    out = run_json(["--model", str(tmp_path)], capsys)
+    assert (out["head_dim"], out["train_len"], out["tune_len"], out["pretrain_base"]) == (32, 256, 256, 10000)
+    assert out["critical_dim"] == 14  # 2*ceil(16*log_1e4(256/2pi))
+    assert out["settings"] == [{"base": 10000, "regime": "tuning-bounded", "critical_dim": 14,
+                                "extrapolation_limit": 256}]
+    # Explicit flags override the config.
+    out = run_json(["--model", str(tmp_path), "--train-len", "512", "--base", "1e6"], capsys)
+    assert (out["train_len"], out["settings"][0]["regime"]) == (512, "larger-base")
