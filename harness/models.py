@@ -170,7 +170,9 @@ def law_inputs_for(model: str, revision: str | None = None, trust_remote_code: b
                    tune_len: int | None = None) -> dict[str, Any]:
     """Law inputs straight from a model's config (no weights), for `rope-harness law --model`."""
     config = load_config(model, revision, trust_remote_code)
-    return law_inputs(config, RopeOverride(pretrain_base=pretrain_base, train_len=train_len, tune_len=tune_len))
+    inputs = law_inputs(config, RopeOverride(pretrain_base=pretrain_base, train_len=train_len, tune_len=tune_len))
+    own = rope_sections(config)[law_section(config)]
+    return {**inputs, "rope_theta": float(own["rope_theta"]), "rope_type": own.get("rope_type", "default")}
 
 
 # --------------------------------------------------------------------------------------- override
@@ -420,12 +422,23 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
     spec = apply_override(config, override)
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
+    chosen = attn
     attn = pick_attn(attn, device)
     placement = {"device_map": "auto"} if device == "auto" else {}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=getattr(torch, dtype), attn_implementation=attn, revision=revision,
+
+    def build(implementation: str):
+        return AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=getattr(torch, dtype), attn_implementation=implementation, revision=revision,
             trust_remote_code=trust_remote_code, **placement)
+
+    try:
+        try:
+            model = build(attn)
+        except ValueError as exc:  # e.g. Gemma2 has no sdpa path: an automatic choice falls back to eager
+            if chosen is not None or "attention implementation" not in str(exc):
+                raise
+            attn = "eager"
+            model = build(attn)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load model {model_id!r} ({_one_line(exc)}): check the path/hub id, network, and --attn") from None
