@@ -1,0 +1,1059 @@
+"""`rope-harness report`: records of one or more runs -> figures and tables, the law drawn on every curve.
+
+Data flow: `load_runs` (records*.jsonl and positions*.jsonl of every run, one pandas frame each) ->
+per task: `analyze` (per-length aggregate with a bootstrap CI over samples -> table.csv; measured
+extrapolation length vs the law's prediction per setting -> summary.csv) -> the task's figure functions ->
+report.md and a self-contained report.html. Outputs are written to a temporary folder next to the target
+and moved in place at the end, after all input has been validated: bad input leaves nothing behind.
+
+Shared pieces that task figure modules (harness/report_<task>.py) reuse:
+- `MeasureSpec`: how a task's measured extrapolation length is computed (see its docstring);
+- `figure_context(df, spec)`: everything a figure function needs (records, positions, the per-length
+  table, the per-setting summary, colours), computed once by the report and attached to the frame;
+- `plot_metric_curves`, `law_overlay`, `mark_measured`, `plot_measured_vs_predicted`, `finish_legend`,
+  `format_length_axis`: the curve, the law overlay (training length and predicted limit as vertical lines
+  in the curve's colour) and the headline measured-vs-predicted figure;
+- `NoData`: raise it from a figure function when there is nothing to draw (the figure is skipped, noted).
+
+Task figure registry: a task module may define `FIGURES: dict[name, fn(records_df, ax)]` and `MEASURE`
+(a MeasureSpec). The report takes them from `tasks.<task>` and falls back to `harness.report_<task>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import importlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import InputError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+# Columns that identify a setting's law inputs; copied from the records into summary.csv.
+LAW_COLUMNS = ("model", "rope_type", "rope_theta", "pretrain_base", "train_len", "tune_len", "rotary_dim")
+REQUIRED_COLUMNS = ("task", "setting", "length", "status")
+DEFAULT_BOOTSTRAP = 1000
+DEFAULT_CI = 0.95
+
+
+class NoData(Exception):
+    """Raised by a figure function with nothing to draw; the report skips the figure and says why."""
+
+
+# ============================================================================ measured extrapolation length
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """How a task's measured extrapolation length is computed (one per task, `MEASURE` in its module).
+
+    Aggregate curve: per setting and length, each sample's cells are averaged (over depths, if any), then
+    `aggregate = transform(mean over samples)`; transform "exp" turns a mean NLL into ppl@L (DESIGN.md).
+    Reference: the best aggregate at lengths <= the record column `reference` (default tune_len; train_len
+    when that is empty; the shortest grid length when no grid length is that short).
+    Pass rule, relative (`factor` set): lower-is-better passes while aggregate <= factor * best,
+    higher-is-better while aggregate >= best / factor. Absolute (`factor` None, `threshold` set): passes
+    while aggregate <= threshold (lower-is-better) or >= threshold (higher-is-better).
+    Measured length: scanning up from the reference's best length, the first failing grid point L1 and
+    the passing point L0 before it; the crossing is interpolated linearly in log(length) on the
+    aggregate's scale (log of it when `log_interp`, e.g. NLL for ppl). Censored when no grid point past
+    the best fails: the largest measured length is reported as a lower bound. Grid lengths where every
+    cell failed carry no value and are skipped (the failed cells are listed in the report).
+    CI: percentile bootstrap over samples (resampled with replacement, all lengths of a sample together),
+    seeded per setting; empty with fewer than two samples.
+    """
+
+    metric: str
+    name: str
+    higher_is_better: bool = False
+    transform: str = "identity"
+    factor: float | None = 1.5
+    threshold: float | None = None
+    reference: str = "tune_len"
+    log_interp: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.transform not in _TRANSFORMS:
+            raise ValueError(f"MeasureSpec.transform must be one of {sorted(_TRANSFORMS)}")
+        if self.factor is None and self.threshold is None:
+            raise ValueError("MeasureSpec needs a factor (relative rule) or a threshold (absolute rule)")
+
+    def definition(self, factor: float | None = None) -> str:
+        """One line naming the rule, used as the `definition` column of summary.csv."""
+        factor = self.factor if factor is None else factor
+        ref = f"best {self.name} at L <= {self.reference}"
+        if factor is not None:
+            rule = f"{self.name} <= {factor:g} x {ref}" if not self.higher_is_better else \
+                f"{self.name} >= {ref} / {factor:g}"
+        else:
+            rule = f"{self.name} {'>=' if self.higher_is_better else '<='} {self.threshold:g}"
+        scale = f"log({self.name})" if self.log_interp else self.name
+        return (f"longest L with {rule}, scanning up from the best length; {scale} interpolated in log(L) "
+                f"between grid points; censored at the largest L if it never fails")
+
+
+_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": lambda x: x, "exp": np.exp}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A measured extrapolation length: NaN value when undefined (no data, or the best point fails)."""
+
+    value: float
+    censored: bool
+    reference: float
+    threshold: float
+    note: str = ""
+
+
+def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_len: float | None,
+                   spec: MeasureSpec, factor: float | None = None) -> Limit:
+    """The measured extrapolation length of one aggregate curve (see MeasureSpec for the rule)."""
+    factor = spec.factor if factor is None else factor
+    lens = np.asarray(lengths, dtype=float)
+    vals = np.asarray(values, dtype=float)
+    keep = np.isfinite(vals) & np.isfinite(lens) & (lens > 0)
+    lens, vals = lens[keep], vals[keep]
+    if not len(lens):
+        return Limit(math.nan, False, math.nan, math.nan, "no data")
+    order = np.argsort(lens, kind="stable")
+    lens, vals = lens[order], vals[order]
+    note = ""
+    ref_len = math.inf if reference_len is None or not np.isfinite(reference_len) else float(reference_len)
+    in_ref = lens <= ref_len
+    if not in_ref.any():
+        in_ref = lens == lens[0]
+        note = "no grid length <= reference length; the shortest length is the reference"
+    candidates = np.where(in_ref)[0]
+    pick = np.argmax if spec.higher_is_better else np.argmin
+    best = int(candidates[pick(vals[candidates])])
+    ref = float(vals[best])
+    if factor is not None:
+        thr = ref / factor if spec.higher_is_better else ref * factor
+    else:
+        thr = float(spec.threshold)
+    passes = vals >= thr if spec.higher_is_better else vals <= thr
+    if not passes[best]:
+        return Limit(math.nan, False, ref, thr, "the best reference point already fails the threshold")
+    fails = np.where(~passes & (np.arange(len(lens)) > best))[0]
+    if not len(fails):
+        return Limit(float(lens[-1]), True, ref, thr, note)
+    j = int(fails[0])
+    i = j - 1
+    use_log = spec.log_interp and vals[i] > 0 and vals[j] > 0 and thr > 0
+    g = np.log if use_log else (lambda x: x)
+    g0, g1, gt = g(vals[i]), g(vals[j]), g(thr)
+    frac = 0.0 if g1 == g0 else float(np.clip((gt - g0) / (g1 - g0), 0.0, 1.0))
+    value = math.exp(math.log(lens[i]) + frac * (math.log(lens[j]) - math.log(lens[i])))
+    return Limit(value, False, ref, thr, note)
+
+
+@dataclass
+class Curve:
+    """Per-sample values of one setting: matrix [samples x lengths], NaN where a cell is missing/failed."""
+
+    lengths: np.ndarray
+    samples: list[Any]
+    values: np.ndarray
+
+    def aggregate(self, spec: MeasureSpec, weights: np.ndarray | None = None) -> np.ndarray:
+        """transform(weighted mean over samples) per length; weights [B x S] -> [B x L], else [L]."""
+        present = np.isfinite(self.values)
+        filled = np.where(present, self.values, 0.0)
+        w = np.ones((1, len(self.samples))) if weights is None else np.atleast_2d(weights)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (w @ filled) / (w @ present.astype(float))
+        out = _TRANSFORMS[spec.transform](mean)
+        return out[0] if weights is None else out
+
+    def counts(self) -> np.ndarray:
+        return np.isfinite(self.values).sum(axis=0)
+
+
+def build_curve(records: pd.DataFrame, spec: MeasureSpec) -> Curve:
+    """One setting's ok records -> Curve; a sample is (seed, sample), its cells averaged over depths."""
+    ok = records[(records["status"] == "ok") & records[spec.metric].notna()] if spec.metric in records \
+        else records.iloc[0:0]
+    if not len(ok):
+        lengths = np.sort(records["length"].dropna().unique().astype(float))
+        return Curve(lengths, [], np.empty((0, len(lengths))))
+    unit = ok["seed"].astype(str) + "/" + ok["sample"].astype(str) if "seed" in ok else ok["sample"].astype(str)
+    frame = pd.DataFrame({"unit": unit.to_numpy(), "length": ok["length"].astype(float).to_numpy(),
+                          "value": ok[spec.metric].astype(float).to_numpy()})
+    wide = frame.groupby(["unit", "length"])["value"].mean().unstack("length")
+    all_lengths = np.sort(records["length"].dropna().unique().astype(float))
+    wide = wide.reindex(columns=all_lengths)
+    return Curve(all_lengths, list(wide.index), wide.to_numpy(dtype=float))
+
+
+def bootstrap_weights(n_samples: int, n_boot: int, seed: int) -> np.ndarray | None:
+    """[n_boot x n_samples] resampling counts (multinomial), or None when a CI is undefined (< 2 samples)."""
+    if n_samples < 2 or n_boot < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_samples, np.full(n_samples, 1.0 / n_samples), size=n_boot).astype(float)
+
+
+def setting_seed(seed: int, *keys: Any) -> int:
+    """A stable per-setting seed, so a setting's CI does not depend on which other settings are reported."""
+    return (seed * 1_000_003 + zlib.crc32("\x1f".join(map(str, keys)).encode())) % (2**32)
+
+
+def _interval(draws: np.ndarray, ci: float) -> tuple[float, float]:
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return math.nan, math.nan
+    lo, hi = np.percentile(draws, [50 * (1 - ci), 50 * (1 + ci)])
+    return float(lo), float(hi)
+
+
+# ================================================================================================ loading
+
+
+def _read_jsonl(path: Path, skipped: list[str]) -> list[dict[str, Any]]:
+    rows, bad = [], 0
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad += 1
+    if bad:
+        skipped.append(f"{path}: skipped {bad} unreadable line(s) (e.g. a line cut by a kill)")
+    return rows
+
+
+def _run_names(run_dirs: list[Path]) -> list[str]:
+    names = [d.name or str(d) for d in run_dirs]
+    if len(set(names)) < len(names):
+        names = [f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name for d in run_dirs]
+    if len(set(names)) < len(names):
+        names = [str(d) for d in run_dirs]
+    return names
+
+
+@dataclass
+class Loaded:
+    """Every run's records and positions, with a `run` column and unique `setting` labels."""
+
+    records: pd.DataFrame
+    positions: pd.DataFrame | None
+    runs: list[tuple[str, Path, int]]
+    notes: list[str] = field(default_factory=list)
+    superseded: int = 0
+
+
+def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
+    """Read records*.jsonl (+ positions*.jsonl) of each run; raises InputError for unusable input.
+
+    A setting is (run, label, rope_hash). The same label in several runs is suffixed with " [run]"; within a
+    run a label with several rope hashes gets " #hash". A cell recorded more than once (a retry after a
+    failure) keeps its ok record, else the last one.
+    """
+    if not run_dirs:
+        raise InputError("no run folder given: pass one or more folders written by `rope-harness run`")
+    dirs = [Path(d) for d in run_dirs]
+    notes: list[str] = []
+    frames, pos_frames, runs = [], [], []
+    for run_dir, name in zip(dirs, _run_names(dirs), strict=True):
+        if not run_dir.is_dir():
+            raise InputError(f"{run_dir}: no such folder: pass a run folder written by `rope-harness run`")
+        files = sorted(run_dir.glob("records*.jsonl"))
+        rows = [row for f in files for row in _read_jsonl(f, notes)]
+        if not rows:
+            raise InputError(f"{run_dir}: no records (records*.jsonl missing or empty): pass a run folder "
+                             "written by `rope-harness run`, or run it first")
+        frame = pd.DataFrame(rows)
+        missing = [c for c in REQUIRED_COLUMNS if c not in frame]
+        if missing:
+            raise InputError(f"{files[0]}: records lack {', '.join(missing)}: pass a folder whose records.jsonl "
+                             "was written by `rope-harness run`")
+        frame.insert(0, "run", name)
+        frames.append(frame)
+        runs.append((name, run_dir, len(frame)))
+        pos_rows = [row for f in sorted(run_dir.glob("positions*.jsonl")) for row in _read_jsonl(f, notes)]
+        if pos_rows:
+            pos = pd.DataFrame(pos_rows)
+            pos.insert(0, "run", name)
+            pos_frames.append(pos)
+    records = pd.concat(frames, ignore_index=True, sort=False)
+    for col in ("depth", "seed", "sample", "rope_hash", "error", *LAW_COLUMNS):
+        if col not in records:
+            records[col] = None
+    records["length"] = pd.to_numeric(records["length"], errors="coerce")
+    bad_len = records["length"].isna() | (records["length"] <= 0)
+    if bad_len.any():
+        notes.append(f"ignored {int(bad_len.sum())} record(s) without a positive length")
+        records = records[~bad_len]
+    records["rope_hash"] = records["rope_hash"].fillna("")
+    positions = pd.concat(pos_frames, ignore_index=True, sort=False) if pos_frames else None
+    records, positions = _unique_settings(records, positions)
+    records, superseded = _dedupe(records)
+    if superseded:
+        notes.append(f"{superseded} failed record(s) were superseded by a later record of the same cell")
+    return Loaded(records.reset_index(drop=True), positions, runs, notes, superseded)
+
+
+def _unique_settings(records: pd.DataFrame, positions: pd.DataFrame | None):
+    keys = records[["run", "setting", "rope_hash"]].drop_duplicates()
+    runs_per_label = keys.groupby("setting")["run"].nunique()
+    hashes_per = keys.groupby(["run", "setting"])["rope_hash"].nunique()
+    label = {}
+    for run, setting, rope_hash in keys.itertuples(index=False):
+        text = str(setting)
+        if hashes_per[(run, setting)] > 1:
+            text += f" #{str(rope_hash)[:6]}"
+        if runs_per_label[setting] > 1:
+            text += f" [{run}]"
+        label[(run, setting, rope_hash)] = text
+
+    def relabel(frame: pd.DataFrame) -> pd.Series:
+        hashes = frame["rope_hash"].fillna("") if "rope_hash" in frame else pd.Series("", index=frame.index)
+        return pd.Series([label.get((r, s, h), str(s)) for r, s, h in zip(frame["run"], frame["setting"], hashes, strict=True)],
+                         index=frame.index)
+
+    records = records.assign(setting_label=records["setting"], setting=relabel(records))
+    if positions is not None and {"setting"} <= set(positions):
+        positions = positions.assign(setting=relabel(positions))
+    return records, positions
+
+
+def _dedupe(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    key = ["run", "setting", "task", "length", "depth", "seed", "sample"]
+    frame = records.assign(_ok=(records["status"] == "ok").astype(int), _order=np.arange(len(records)))
+    frame = frame.sort_values(["_ok", "_order"], kind="stable")
+    dup = frame.duplicated(subset=key, keep="last")
+    superseded = int((dup & (frame["_ok"] == 0)).sum())
+    frame = frame[~dup].sort_values("_order").drop(columns=["_ok", "_order"])
+    return frame, superseded
+
+
+# ================================================================================================ analysis
+
+
+def predict_for(row: pd.Series | dict[str, Any]):
+    """The law's Prediction for a setting's law inputs, or (None, message) when they are unusable."""
+    from harness import law
+
+    def num(key):
+        value = row.get(key)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    try:
+        tune = num("tune_len")
+        prediction = law.predict(
+            rotary_dim=int(num("rotary_dim")) if num("rotary_dim") is not None else None,
+            train_len=num("train_len"), base=num("rope_theta"), tune_len=tune,
+            pretrain_base=num("pretrain_base") if num("pretrain_base") is not None else 10000.0,
+            rope_type=str(num("rope_type") or "default"))
+        return prediction, ""
+    except (InputError, TypeError, ValueError) as exc:
+        return None, f"law inputs unusable: {str(exc).splitlines()[0]}"
+
+
+def _first(frame: pd.DataFrame, col: str):
+    values = frame[col].dropna() if col in frame else []
+    return values.iloc[0] if len(values) else None
+
+
+def setting_order(records: pd.DataFrame) -> list[str]:
+    """Settings ordered by model, rope type, theta, label: legends and colours follow this order."""
+    first = records.groupby("setting", sort=False).first()
+    keys = []
+    for setting, row in first.iterrows():
+        theta = pd.to_numeric(row.get("rope_theta"), errors="coerce")
+        keys.append((str(row.get("model") or ""), str(row.get("rope_type") or ""),
+                     float(theta) if pd.notna(theta) else 0.0, str(setting), setting))
+    return [k[-1] for k in sorted(keys, key=lambda k: k[:-1])]
+
+
+def setting_colors(settings: Sequence[str]) -> dict[str, Any]:
+    """tab10 in setting order (a sampled viridis beyond ten settings)."""
+    from matplotlib import colormaps
+
+    settings = list(settings)
+    if len(settings) <= 10:
+        cmap = colormaps["tab10"]
+        return {s: cmap(i) for i, s in enumerate(settings)}
+    cmap = colormaps["viridis"]
+    return {s: cmap(i / max(1, len(settings) - 1)) for i, s in enumerate(settings)}
+
+
+@dataclass
+class FigureContext:
+    """What a task's figure functions draw from; built once per task by the report.
+
+    table: one row per (setting, length): mean (the aggregate), ci_low, ci_high, n, n_failed.
+    summary: one row per (setting, factor) with law inputs, prediction and measured limit (summary.csv).
+    settings: one row per setting: law inputs, regime, predicted_limit, measured_* for `factor`.
+    """
+
+    task: str
+    spec: MeasureSpec
+    factor: float | None
+    records: pd.DataFrame
+    positions: pd.DataFrame | None
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    settings: pd.DataFrame
+    colors: dict[str, Any]
+    order: list[str]
+    ci: float = DEFAULT_CI
+
+
+def analyze(records: pd.DataFrame, spec: MeasureSpec, *, task: str = "", factors: Sequence[float | None] = (None,),
+            n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
+            positions: pd.DataFrame | None = None, colors: dict[str, Any] | None = None) -> FigureContext:
+    """Per-length table and per-setting summary of one task's records (all runs concatenated)."""
+    records = records.copy()
+    records.attrs = {}
+    task = task or str(_first(records, "task") or "")
+    factors = list(factors) or [None]
+    order = setting_order(records)
+    colors = colors or setting_colors(order)
+    table_rows, summary_rows = [], []
+    for setting in order:
+        recs = records[records["setting"] == setting]
+        curve = build_curve(recs, spec)
+        weights = bootstrap_weights(len(curve.samples), n_boot, setting_seed(seed, task, setting))
+        agg = curve.aggregate(spec) if curve.samples else np.full(len(curve.lengths), np.nan)
+        boot = curve.aggregate(spec, weights) if weights is not None else None
+        failed = recs[recs["status"] != "ok"].groupby("length").size()
+        for k, length in enumerate(curve.lengths):
+            lo, hi = _interval(boot[:, k], ci) if boot is not None else (math.nan, math.nan)
+            table_rows.append({"setting": setting, "task": task, "metric": spec.name, "length": int(length),
+                               "mean": agg[k], "ci_low": lo, "ci_high": hi, "n": int(curve.counts()[k]),
+                               "n_failed": int(failed.get(length, 0))})
+        info = {c: _first(recs, c) for c in LAW_COLUMNS}
+        prediction, law_note = predict_for(info)
+        ref_col = _first(recs, spec.reference)
+        if ref_col is None:
+            ref_col = _first(recs, "train_len")
+        for factor in factors:
+            limit = measured_limit(curve.lengths, agg, ref_col, spec, factor)
+            lo = hi = math.nan
+            if boot is not None and np.isfinite(limit.value):
+                draws = np.array([measured_limit(curve.lengths, row, ref_col, spec, factor).value for row in boot])
+                lo, hi = _interval(draws, ci)
+            predicted = prediction.extrapolation_limit if prediction is not None else None
+            ratio = limit.value / predicted if predicted and np.isfinite(limit.value) else math.nan
+            notes = [n for n in (law_note, limit.note) if n]
+            if _first(recs, "law_assumes_finetune"):
+                notes.append("base changed without fine-tuning; the law assumes fine-tuning at tune_len")
+            summary_rows.append({
+                "setting": setting, "model": info["model"], "task": task, "rope_type": info["rope_type"],
+                "rope_theta": info["rope_theta"], "pretrain_base": info["pretrain_base"],
+                "train_len": info["train_len"], "tune_len": info["tune_len"], "rotary_dim": info["rotary_dim"],
+                "regime": prediction.regime if prediction is not None else "",
+                "critical_dim": prediction.critical_dim if prediction is not None else None,
+                "predicted_limit": predicted,
+                "measured_limit": limit.value, "measured_ci_low": lo, "measured_ci_high": hi,
+                "measured_censored": bool(limit.censored) if np.isfinite(limit.value) else None,
+                "ratio_measured_to_predicted": ratio,
+                "definition": spec.definition(factor), "factor": factor if factor is not None else spec.factor,
+                "reference_value": limit.reference, "threshold_value": limit.threshold,
+                "n_samples": len(curve.samples), "n_failed": int((recs["status"] != "ok").sum()),
+                "law_assumes_finetune": bool(_first(recs, "law_assumes_finetune") or False),
+                "rope_hash": _first(recs, "rope_hash"), "run": _first(recs, "run"), "note": "; ".join(notes),
+            })
+    table = pd.DataFrame(table_rows, columns=["setting", "task", "metric", "length", "mean", "ci_low", "ci_high",
+                                              "n", "n_failed"])
+    summary = pd.DataFrame(summary_rows)
+    first_factor = factors[0] if factors[0] is not None else spec.factor
+    settings = summary[summary["factor"].eq(first_factor) | summary["factor"].isna()] \
+        .drop_duplicates("setting").set_index("setting", drop=False).rename_axis(None) if len(summary) else summary
+    task_positions = None
+    if positions is not None and len(positions):
+        task_positions = positions[positions["task"] == task] if "task" in positions else positions
+        task_positions = task_positions[task_positions["setting"].isin(order)]
+    return FigureContext(task, spec, first_factor, records, task_positions, table, summary, settings, colors, order,
+                         ci)
+
+
+def figure_context(df: pd.DataFrame, spec: MeasureSpec | None = None) -> FigureContext:
+    """The report's precomputed context attached to a task's records frame, or one computed now (with
+    `spec`, default bootstrap) when a figure function is called on a plain frame, e.g. in a notebook."""
+    ctx = df.attrs.get("context")
+    if isinstance(ctx, FigureContext):
+        return ctx
+    if spec is None:
+        raise ValueError("figure_context needs the task's MeasureSpec for a frame without a report context")
+    return analyze(df, spec, positions=df.attrs.get("positions"), n_boot=200)
+
+
+# ============================================================================================ plot helpers
+
+
+def fmt_length(x: float) -> str:
+    """4096 -> '4K', 131072 -> '128K', 1500 -> '1.5K', 300 -> '300'."""
+    if not np.isfinite(x):
+        return ""
+    if x >= 1024 * 1024 and (x / 1024**2) * 10 % 1 == 0:
+        return f"{x / 1024**2:g}M"
+    if x >= 1024 and (x / 1024) * 10 % 1 == 0:
+        return f"{x / 1024:g}K"
+    if x >= 1000:
+        return f"{x / 1000:.3g}k"
+    return f"{x:.3g}"
+
+
+def format_length_axis(ax: Axes, axis: str = "x") -> None:
+    """log2 axis with 1K/4K/128K tick labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log", base=2)
+    lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    octaves = max(1.0, math.log2(max(hi, 2) / max(lo, 1)))
+    step = max(1, math.ceil(octaves / 9))
+    target.set_major_locator(LogLocator(base=2 ** step, numticks=20))
+    target.set_major_formatter(FuncFormatter(lambda v, _: fmt_length(v)))
+    target.set_minor_formatter(NullFormatter())
+
+
+def format_value_axis(ax: Axes, log: bool = True) -> None:
+    """Plain numbers on a log value axis (3, 5, 10, 20, 50 ...)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if not log:
+        return
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-12) < 1e3 else (1.0,)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def style_axes(ax: Axes) -> None:
+    ax.grid(True, which="major", color="0.88", linewidth=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(labelsize=8)
+
+
+def plot_metric_curves(ax: Axes, ctx: FigureContext, ylabel: str | None = None, log_y: bool = True,
+                       ci: bool = True) -> None:
+    """One aggregate curve per setting (markers at grid points, CI band) from ctx.table."""
+    table = ctx.table[np.isfinite(ctx.table["mean"].astype(float))]
+    if not len(table):
+        raise NoData(f"no ok {ctx.spec.name} values")
+    for setting in ctx.order:
+        rows = table[table["setting"] == setting].sort_values("length")
+        if not len(rows):
+            continue
+        color = ctx.colors[setting]
+        ax.plot(rows["length"], rows["mean"], marker="o", markersize=3.5, linewidth=1.5, color=color,
+                label=setting, zorder=3)
+        band = rows[np.isfinite(rows["ci_low"].astype(float))]
+        if ci and len(band):
+            ax.fill_between(band["length"], band["ci_low"], band["ci_high"], color=color, alpha=0.15,
+                            linewidth=0, zorder=2)
+    ax.set_xlabel("context length L (tokens)")
+    ax.set_ylabel(ylabel or ctx.spec.name)
+    format_length_axis(ax)
+    format_value_axis(ax, log_y)
+    style_axes(ax)
+
+
+# Line styles of the law overlay (shared by every task's figures and legends).
+TRAIN_STYLE = {"linestyle": ":", "linewidth": 1.1}
+PREDICTED_STYLE = {"linestyle": "--", "linewidth": 1.3}
+SHARED_TRAIN_COLOR = "0.35"
+
+
+def law_overlay(ax: Axes, ctx: FigureContext, reach: float = 2.0) -> list[Any]:
+    """Training length and each setting's predicted limit as vertical lines in the curve's colour.
+
+    Call after the data are drawn. A training length shared by several settings is drawn once, in grey
+    (the colours would overlap). The x-range grows to show predicted limits up to `reach` x the data's
+    largest length; farther ones keep their line (outside the view) and get a "predicted N ->" label in
+    the setting's colour above the top-right corner.
+    Returns the lines drawn (gid 'law-train:<setting>' / 'law-predicted:<setting>').
+    """
+    lo, hi = ax.get_xlim()
+    lines: list[Any] = []
+    settings = ctx.settings
+    if not len(settings):
+        return lines
+    drawn_train: dict[float, list[str]] = {}
+    for setting in ctx.order:
+        if setting not in settings.index:
+            continue
+        train = settings.at[setting, "train_len"]
+        if train is not None and np.isfinite(float(train)):
+            drawn_train.setdefault(float(train), []).append(setting)
+    for train, owners in drawn_train.items():
+        color = ctx.colors[owners[0]] if len(owners) == 1 else SHARED_TRAIN_COLOR
+        line = ax.axvline(train, color=color, zorder=1, **TRAIN_STYLE)
+        line.set_gid("law-train:" + "|".join(owners))
+        lines.append(line)
+    new_hi = hi
+    far = []
+    for setting in ctx.order:
+        if setting not in settings.index:
+            continue
+        predicted = settings.at[setting, "predicted_limit"]
+        if predicted is None or not np.isfinite(float(predicted)):
+            continue
+        predicted = float(predicted)
+        line = ax.axvline(predicted, color=ctx.colors[setting], zorder=1, **PREDICTED_STYLE)
+        line.set_gid(f"law-predicted:{setting}")
+        lines.append(line)
+        if predicted > hi * reach:
+            far.append((setting, predicted))
+        else:
+            new_hi = max(new_hi, predicted * 1.15)
+    new_lo = min([lo] + [t / 1.15 for t in drawn_train])
+    ax.set_xlim(new_lo, new_hi)
+    format_length_axis(ax)
+    for k, (setting, predicted) in enumerate(sorted(far, key=lambda p: p[1])):
+        ax.annotate(f"predicted {predicted:,.0f} \u2192", xy=(1.0, 1.01 + 0.065 * k), xycoords="axes fraction",
+                    ha="right", va="bottom", fontsize=7.5, color=ctx.colors[setting], annotation_clip=False)
+    return lines
+
+
+def mark_measured(ax: Axes, ctx: FigureContext, y: str = "threshold") -> None:
+    """The measured limit on each curve: filled circle at (measured L, threshold); open when censored."""
+    for setting in ctx.order:
+        if setting not in ctx.settings.index:
+            continue
+        row = ctx.settings.loc[setting]
+        value = float(row["measured_limit"]) if row["measured_limit"] is not None else math.nan
+        if not np.isfinite(value):
+            continue
+        yv = float(row["threshold_value"]) if y == "threshold" else float(y)
+        if row["measured_censored"]:
+            table = ctx.table[(ctx.table["setting"] == setting) & (ctx.table["length"] == value)]
+            yv = float(table["mean"].iloc[0]) if len(table) else yv
+        color = ctx.colors[setting]
+        censored = bool(row["measured_censored"])
+        ax.plot([value], [yv], marker=">" if censored else "o", markersize=7 if censored else 6.5,
+                markerfacecolor="white" if censored else color, markeredgecolor=color, markeredgewidth=1.5,
+                linestyle="none", zorder=5, gid=f"measured:{setting}")
+
+
+def law_legend_handles(measured: bool = True) -> list[Any]:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color="0.3", **TRAIN_STYLE, label="training length"),
+               Line2D([], [], color="0.3", **PREDICTED_STYLE, label="predicted limit (law)")]
+    if measured:
+        handles += [Line2D([], [], color="0.3", marker="o", linestyle="none", markersize=5,
+                           label="measured limit"),
+                    Line2D([], [], color="0.3", marker=">", markerfacecolor="white", linestyle="none",
+                           markersize=6, label="censored (\u2265 grid end)")]
+    return handles
+
+
+def finish_legend(ax: Axes, extra: Sequence[Any] = (), title: str | None = None) -> None:
+    """Setting curves + `extra` handles in one compact legend right of the axes."""
+    handles, labels = ax.get_legend_handles_labels()
+    handles = list(handles) + list(extra)
+    labels = list(labels) + [h.get_label() for h in extra]
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=7.5,
+              title=title, title_fontsize=8, handlelength=2.2, borderaxespad=0.0)
+
+
+REGIME_MARKERS = {"larger-base": "o", "tuning-bounded": "s"}
+
+
+def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext) -> None:
+    """Measured extrapolation length vs the law's prediction per setting (log-log, y = x, CI bars).
+
+    Censored points: open marker with an upward arrow (the true value is at least that). Settings without
+    a predicted limit (unbounded, not-covered, unusable law inputs) are listed in a note under the axes.
+    """
+    from matplotlib.lines import Line2D
+
+    rows = ctx.settings
+    if not len(rows) or not np.isfinite(rows["measured_limit"].astype(float)).any():
+        raise NoData("no measured extrapolation length")
+    plotted, aside = [], []
+    for setting in ctx.order:
+        if setting not in rows.index:
+            continue
+        row = rows.loc[setting]
+        measured = float(row["measured_limit"]) if row["measured_limit"] is not None else math.nan
+        predicted = float(row["predicted_limit"]) if row["predicted_limit"] is not None else math.nan
+        if not np.isfinite(predicted):
+            what = row["regime"] or "no prediction"
+            shown = (("\u2265 " if row["measured_censored"] else "") + fmt_length(measured)) \
+                if np.isfinite(measured) else "n/a"
+            aside.append(f"{setting} ({what}): measured {shown}")
+            continue
+        if not np.isfinite(measured):
+            aside.append(f"{setting}: predicted {fmt_length(predicted)}, measured n/a")
+            continue
+        color = ctx.colors[setting]
+        censored = bool(row["measured_censored"])
+        marker = REGIME_MARKERS.get(row["regime"], "D")
+        lo, hi = float(row["measured_ci_low"]), float(row["measured_ci_high"])
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.errorbar([predicted], [measured], yerr=[[max(0.0, measured - lo)], [max(0.0, hi - measured)]],
+                        fmt="none", ecolor=color, elinewidth=1.2, capsize=3, zorder=3)
+        ax.plot([predicted], [measured], marker=marker, markersize=7, linestyle="none", color=color,
+                markerfacecolor="white" if censored else color, markeredgewidth=1.5, label=setting, zorder=4,
+                gid=f"mvp:{setting}")
+        if censored:
+            ax.annotate("", xy=(predicted, measured * 1.5), xytext=(predicted, measured * 1.04),
+                        arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.3}, zorder=4)
+        plotted.append((predicted, measured, hi if np.isfinite(hi) else measured))
+    if plotted:
+        values = [v for p in plotted for v in p] + [p[1] * 1.6 for p in plotted]
+        lo_v, hi_v = min(values) / 1.6, max(values) * 1.3
+    else:
+        lo_v, hi_v = 256.0, 65536.0
+        ax.text(0.5, 0.5, "no setting with a predicted limit", transform=ax.transAxes, ha="center",
+                va="center", fontsize=9, color="0.4")
+    ax.plot([lo_v, hi_v], [lo_v, hi_v], color="0.45", linewidth=1.0, linestyle="-", zorder=1, label="y = x")
+    ax.set_xlim(lo_v, hi_v)
+    ax.set_ylim(lo_v, hi_v)
+    format_length_axis(ax, "x")
+    format_length_axis(ax, "y")
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("predicted extrapolation limit (tokens, law)")
+    ax.set_ylabel(f"measured extrapolation length (tokens)\n{ctx.spec.name}, factor {ctx.factor:g}"
+                  if ctx.factor is not None else "measured extrapolation length (tokens)")
+    style_axes(ax)
+    extra = [Line2D([], [], color="0.3", marker="o", linestyle="none", label="larger-base regime"),
+             Line2D([], [], color="0.3", marker="s", linestyle="none", label="tuning-bounded (law: \u2265 T_tune)"),
+             Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
+                    label="censored (\u2265, never failed)")]
+    finish_legend(ax, extra)
+    if aside:
+        ax.text(0.0, -0.2, "Not on this plot (no predicted limit):\n" + "\n".join(aside), transform=ax.transAxes,
+                ha="left", va="top", fontsize=7.5, color="0.25")
+
+
+# =========================================================================================== the report
+
+
+def task_figures(task: str) -> tuple[dict[str, Callable[[pd.DataFrame, Axes], None]], MeasureSpec | None]:
+    """FIGURES and MEASURE of a task: from tasks.<task>, else harness.report_<task>, else ({}, None)."""
+    figures, spec = None, None
+    try:
+        from tasks.base import get_task_module
+
+        module = get_task_module(task)
+        figures, spec = getattr(module, "FIGURES", None), getattr(module, "MEASURE", None)
+    except (InputError, ImportError):
+        pass
+    if figures is None or spec is None:
+        try:
+            fallback = importlib.import_module(f"harness.report_{task}")
+        except ImportError:
+            fallback = None
+        if fallback is not None:
+            figures = figures if figures is not None else getattr(fallback, "FIGURES", None)
+            spec = spec if spec is not None else getattr(fallback, "MEASURE", None)
+    return dict(figures or {}), spec
+
+
+def _fmt_cell(value: Any, column: str = "") -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if column.endswith(("_len", "limit", "_low", "_high", "length")) or column in ("length",):
+            return f"{value:,.0f}"
+        if value == int(value) and abs(value) >= 1000:
+            return f"{value:g}"
+        return f"{value:.4g}"
+    text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+@dataclass
+class Block:
+    kind: str  # h1 h2 p ul table img
+    content: Any
+    caption: str = ""
+
+
+def _md(blocks: list[Block]) -> str:
+    out = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append("#" * int(b.kind[1]) + " " + b.content)
+        elif b.kind == "p":
+            out.append(b.content)
+        elif b.kind == "ul":
+            out.append("\n".join(f"- {item}" for item in b.content))
+        elif b.kind == "table":
+            frame: pd.DataFrame = b.content
+            head = "| " + " | ".join(map(str, frame.columns)) + " |"
+            sep = "|" + "|".join("---" for _ in frame.columns) + "|"
+            body = ["| " + " | ".join(_fmt_cell(v, c) for c, v in zip(frame.columns, row, strict=True)) + " |"
+                    for row in frame.itertuples(index=False)]
+            out.append("\n".join([head, sep, *body]))
+        elif b.kind == "img":
+            out.append(f"![{b.caption}]({b.content})\n\n*{b.caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f4f4f4}td:first-child,
+th:first-child{text-align:left}figure{margin:1em 0 2em}img{max-width:100%}figcaption{font-size:13px;color:#555}
+code{background:#f4f4f4;padding:0 3px}"""
+
+
+def _html(blocks: list[Block], folder: Path, title: str) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{html.escape(b.content)}</p>")
+        elif b.kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{html.escape(str(i))}</li>" for i in b.content) + "</ul>")
+        elif b.kind == "table":
+            frame = b.content
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt_cell(v, c).replace(chr(92) + '|', '|'))}</td>"
+                                            for c, v in zip(frame.columns, row, strict=True)) + "</tr>"
+                           for row in frame.itertuples(index=False))
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif b.kind == "img":
+            data = base64.b64encode((folder / b.content).read_bytes()).decode("ascii")
+            out.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+SUMMARY_COLUMNS = ["setting", "model", "task", "rope_type", "rope_theta", "pretrain_base", "train_len", "tune_len",
+                   "rotary_dim", "regime", "critical_dim", "predicted_limit", "measured_limit", "measured_ci_low",
+                   "measured_ci_high", "measured_censored", "ratio_measured_to_predicted", "definition", "factor",
+                   "reference_value", "threshold_value", "n_samples", "n_failed", "law_assumes_finetune",
+                   "rope_hash", "run", "note"]
+FAILED_COLUMNS = ["run", "setting", "task", "length", "depth", "sample", "status", "error"]
+MAX_FAILED_LISTED = 200
+
+
+def _render_figure(fn: Callable, frame: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context({"font.size": 9, "axes.labelsize": 9, "axes.titlesize": 10, "legend.fontsize": 7.5,
+                         "savefig.dpi": 150, "figure.dpi": 100}):
+        fig, ax = plt.subplots(figsize=(5.6, 3.7))
+        try:
+            fn(frame, ax)
+            fig.savefig(path, bbox_inches="tight", facecolor="white")
+        finally:
+            plt.close(fig)
+
+
+def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = None, *,
+                 factors: Sequence[float] | None = None, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0,
+                 ci: float = DEFAULT_CI, tasks: Sequence[str] | None = None, log: Callable[[str], None] | None = None
+                 ) -> Path:
+    """Write report.md, report.html, summary.csv, table.csv and PNG figures; return the output folder.
+
+    out_dir defaults to <first run>/report/. `factors` override the tasks' MeasureSpec factor (several give
+    one summary row per factor; figures use the first). Raises InputError before writing anything when the
+    input is unusable.
+    """
+    if factors is not None:
+        for f in factors:
+            if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 1):
+                raise InputError(f"--factor {f} must be a number above 1 (e.g. --factor 1.5): the measured length "
+                                 "is where the metric gets that many times worse than its best")
+    if not 0 < ci < 1:
+        raise InputError(f"--ci {ci} must lie between 0 and 1 (e.g. 0.95)")
+    if n_boot < 0:
+        raise InputError(f"--bootstrap {n_boot} must be >= 0 (0 turns the CIs off)")
+    loaded = load_runs(run_dirs)
+    out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
+    records = loaded.records
+    present = sorted(records["task"].dropna().astype(str).unique())
+    if tasks:
+        unknown = [t for t in tasks if t not in present]
+        if unknown:
+            raise InputError(f"task(s) {', '.join(unknown)} not in these runs: use --task with one of "
+                             f"{', '.join(present)}")
+        present = [t for t in present if t in tasks]
+    colors = setting_colors(setting_order(records))
+    notes = list(loaded.notes)
+    contexts: list[tuple[FigureContext, dict[str, Callable]]] = []
+    for task in present:
+        figures, spec = task_figures(task)
+        if spec is None:
+            notes.append(f"task {task!r}: no MEASURE spec found (tasks/{task}.py or harness/report_{task}.py); "
+                         "its records are listed but not analysed")
+            continue
+        if spec.metric not in records:
+            notes.append(f"task {task!r}: records have no {spec.metric!r} column")
+        task_records = records[records["task"] == task]
+        ctx = analyze(task_records, spec, task=task, factors=list(factors) if factors else [None], n_boot=n_boot,
+                      seed=seed, ci=ci, positions=loaded.positions, colors=colors)
+        contexts.append((ctx, figures))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir.parent))
+    try:
+        blocks = _write_outputs(tmp, loaded, contexts, notes, log)
+        (tmp / "report.md").write_text(_md(blocks), encoding="utf-8")
+        (tmp / "report.html").write_text(_html(blocks, tmp, "rope-harness report"), encoding="utf-8")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _write_outputs(tmp: Path, loaded: Loaded, contexts, notes: list[str], log) -> list[Block]:
+    records = loaded.records
+    summary = pd.concat([c.summary for c, _ in contexts], ignore_index=True) if contexts else pd.DataFrame()
+    summary = summary.reindex(columns=SUMMARY_COLUMNS)
+    table = pd.concat([c.table for c, _ in contexts], ignore_index=True) if contexts else \
+        pd.DataFrame(columns=["setting", "task", "metric", "length", "mean", "ci_low", "ci_high", "n", "n_failed"])
+    summary.to_csv(tmp / "summary.csv", index=False)
+    table.to_csv(tmp / "table.csv", index=False)
+    failed = records[records["status"] != "ok"].reindex(columns=FAILED_COLUMNS)
+    if len(failed):
+        failed.to_csv(tmp / "failed.csv", index=False)
+
+    blocks = [Block("h1", "rope-harness report")]
+    run_items = [f"{name}: {path} ({n} records)" for name, path, n in loaded.runs]
+    blocks += [Block("p", "Runs:"), Block("ul", run_items)]
+    blocks.append(Block("p", "Files: summary.csv (one row per setting and task), table.csv (per setting, task and "
+                             "length: aggregate, bootstrap CI over samples, n)"
+                        + (", failed.csv (every failed cell)" if len(failed) else "") + "."))
+    for ctx, figures in contexts:
+        spec = ctx.spec
+        blocks.append(Block("h2", f"Task: {ctx.task}"))
+        definitions = [f"{spec.name}: {spec.description}" if spec.description else spec.name,
+                       f"measured extrapolation length: {spec.definition(ctx.factor)}; "
+                       f"{100 * ctx.ci:g}% percentile bootstrap CI over samples",
+                       "predicted limit: Liu et al. (ICLR 2024) scaling law from each setting's law inputs "
+                       "(rotary_dim, train_len, tune_len, pretrain_base, rope_theta) - harness/law.py"]
+        blocks += [Block("p", "Definitions:"), Block("ul", definitions)]
+        shown = ctx.summary.reindex(columns=["setting", "rope_type", "rope_theta", "train_len", "tune_len", "regime",
+                                             "predicted_limit", "measured_limit", "measured_ci_low",
+                                             "measured_ci_high", "measured_censored", "ratio_measured_to_predicted",
+                                             "factor", "n_samples", "n_failed"])
+        shown = shown.rename(columns={"ratio_measured_to_predicted": "measured/predicted",
+                                      "measured_censored": "censored"})
+        blocks.append(Block("table", shown))
+        flagged = ctx.summary[ctx.summary["law_assumes_finetune"].astype(bool)]["setting"].unique()
+        if len(flagged):
+            blocks.append(Block("p", "Base changed at evaluation time only (law_assumes_finetune): "
+                                + ", ".join(flagged) + ". The law's prediction assumes fine-tuning at tune_len."))
+        frame = ctx.records.copy()
+        frame.attrs = {"context": ctx, "positions": ctx.positions}
+        for name, fn in figures.items():
+            filename = f"{ctx.task}_{name}.png"
+            try:
+                _render_figure(fn, frame, tmp / filename)
+            except NoData as exc:
+                notes.append(f"figure {ctx.task}/{name} skipped: {exc}")
+                continue
+            except Exception as exc:  # a broken figure must not take the tables down with it
+                message = f"figure {ctx.task}/{name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                notes.append(message)
+                (log or (lambda m: print(m, file=sys.stderr)))(message)
+                continue
+            caption = (getattr(fn, "__doc__", None) or name).strip().splitlines()[0]
+            blocks.append(Block("img", filename, caption))
+        pivot = ctx.table.pivot_table(index="setting", columns="length", values="mean", aggfunc="first")
+        if len(pivot):
+            pivot = pivot.reindex([s for s in ctx.order if s in pivot.index])
+            pivot.columns = [fmt_length(c) for c in pivot.columns]
+            blocks += [Block("p", f"{spec.name} per length (mean over samples; CIs in table.csv):"),
+                       Block("table", pivot.reset_index())]
+    blocks.append(Block("h2", "Failed cells"))
+    if len(failed):
+        blocks.append(Block("p", f"{len(failed)} cell(s) did not finish (status other than ok); their lengths carry "
+                                 "no value in the curves." + (f" First {MAX_FAILED_LISTED} shown; all in failed.csv."
+                                                              if len(failed) > MAX_FAILED_LISTED else "")))
+        blocks.append(Block("table", failed.head(MAX_FAILED_LISTED)))
+    else:
+        blocks.append(Block("p", "None: every cell finished."))
+    if notes:
+        blocks += [Block("h2", "Notes"), Block("ul", notes)]
+    return blocks
+
+
+# ================================================================================================== CLI
+
+
+def add_parser(subparsers: Any) -> None:
+    """Create the `report` subcommand on an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "report", help="figures and tables from run folders, with the law's predicted limit on every curve",
+        description="Load records*.jsonl of one or more runs and write report.md, report.html (self-contained), "
+                    "summary.csv, table.csv and PNG figures.")
+    _add_arguments(parser)
+    parser.set_defaults(func=command)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to compare")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default <first run>/report)")
+    parser.add_argument("--factor", type=float, nargs="+", default=None, metavar="F",
+                        help="measured length: how many times worse than the best (default per task; ppl: 1.5); "
+                             "several give one summary row each")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
+                        help=f"bootstrap resamples for CIs (default {DEFAULT_BOOTSTRAP}; 0 = no CI)")
+    parser.add_argument("--ci", type=float, default=DEFAULT_CI, help="CI level (default 0.95)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--task", action="append", default=None, metavar="NAME", help="only these tasks (repeatable)")
+
+
+def command(args: argparse.Namespace) -> int:
+    out = build_report(args.run_dirs, args.out, factors=args.factor, n_boot=args.bootstrap, seed=args.seed,
+                       ci=args.ci, tasks=args.task)
+    print(f"report written to {out / 'report.md'} (and report.html, summary.csv, table.csv)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m harness.report RUN_DIR ...` (same as `rope-harness report`)."""
+    parser = argparse.ArgumentParser(prog="rope-harness report")
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return command(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""Grid of cells -> records: skip finished cells, shard across ranks, survive OOM, show progress.
+
+Flow per setting: load + verify the model once, then for each task: cells -> missing cells of this
+rank -> groups -> engine -> one record per cell. Everything that can be validated (configs, overrides,
+tokenizers, corpora, lengths) is validated before the run folder is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import models
+from harness.errors import InputError
+from harness.store import Store
+from tasks.base import Cell, RunContext, TaskParams, get_task
+
+log = logging.getLogger("rope_harness")
+
+
+@dataclass
+class Setting:
+    """One model + RoPE override, evaluated as one curve."""
+
+    model: str
+    override: models.RopeOverride = field(default_factory=models.RopeOverride)
+    label: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    attn: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    params: TaskParams
+
+
+@dataclass
+class RunOptions:
+    out: Path
+    chunk_size: int | None = None
+    max_memory: int | None = None
+    dry_run: bool = False
+    progress: bool = True
+    command: list[str] = field(default_factory=list)
+    suite: str | None = None
+
+
+@dataclass
+class RunResult:
+    counts: Counter
+    records: int
+    failed: list[dict[str, Any]]
+    table: list[dict[str, Any]]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def rank_and_world() -> tuple[int, int]:
+    """torchrun / accelerate launch export RANK and WORLD_SIZE: ranks split the cells."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def cell_key(fingerprint: str, rope_hash: str, task: str, identity: dict[str, Any], cell: Cell, seed: int) -> str:
+    payload = json.dumps([fingerprint, rope_hash, task, identity, cell.length, cell.depth, cell.sample, seed],
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def validate_params(params: TaskParams) -> None:
+    if not params.lengths or any(not isinstance(n, int) or n < 2 for n in params.lengths):
+        raise InputError(f"--lengths must be integers >= 2 (got {params.lengths}): e.g. --lengths 1024,2048,4096")
+    if params.samples < 1:
+        raise InputError(f"--samples must be >= 1 (got {params.samples})")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _bad_number(metrics: dict[str, Any]) -> str | None:
+    for key, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return key
+    return None
+
+
+@dataclass
+class _Prepared:
+    setting: Setting
+    config: Any
+    tokenizer: Any
+    contexts: dict[str, RunContext]
+    available: dict[str, int | None]
+
+
+def _preflight(settings: list[Setting], tasks: list[TaskSpec], warn) -> list[_Prepared]:
+    """Validate every setting and task before anything is written (bad input -> InputError)."""
+    import copy
+
+    from transformers import AutoTokenizer
+
+    prepared = []
+    for spec in tasks:
+        validate_params(spec.params)
+        get_task(spec.name)
+    for setting in settings:
+        config = models.load_config(setting.model, setting.revision, setting.trust_remote_code)
+        models.law_inputs(config, setting.override)
+        models.apply_override(copy.deepcopy(config), setting.override)
+        path = models.resolve_model_path(setting.model)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, revision=setting.revision,
+                                                      trust_remote_code=setting.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot load the tokenizer of {setting.model!r} ({_one_line(exc)}): check the model folder") from None
+        contexts, available = {}, {}
+        for spec in tasks:
+            if spec.params.bos and tokenizer.bos_token_id is None:
+                spec.params.bos = False  # DESIGN: BOS by default only when the tokenizer has one
+            ctx = RunContext(engine=None, tokenizer=tokenizer, params=spec.params, manifest={}, base_record={},
+                             write_side=lambda *_: None, warn=warn)
+            available[spec.name] = get_task(spec.name).prepare(ctx)
+            contexts[spec.name] = ctx
+        prepared.append(_Prepared(setting, config, tokenizer, contexts, available))
+    return prepared
+
+
+def _base_record(setting: Setting, loaded: models.Loaded, label: str, seed: int) -> dict[str, Any]:
+    m = loaded.manifest
+    return {"setting": label, "model": setting.model, "rope_type": m["rope_type"], "rope_theta": m["rope_theta"],
+            "rope_params": json.dumps(m["rope_params"], sort_keys=True), "rotary_dim": m["rotary_dim"],
+            "pretrain_base": m["pretrain_base"], "train_len": m["train_len"], "tune_len": m["tune_len"],
+            "rope_hash": m["rope_hash"], "law_assumes_finetune": m["law_assumes_finetune"], "seed": seed,
+            "dtype": loaded.dtype, "attn": loaded.attn, "fingerprint": loaded.fingerprint}
+
+
+def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> RunResult:
+    """Run every missing cell of this rank; see the module docstring."""
+    from harness.engine import Engine
+
+    rank, world = rank_and_world()
+    warned: set[str] = set()
+
+    def warn(message: str) -> None:
+        if message not in warned:
+            warned.add(message)
+            print(f"rope-harness: warning: {message}", file=sys.stderr)
+
+    prepared = _preflight(settings, tasks, warn)
+    store = Store(options.out, rank, world)
+    if options.dry_run:
+        return _dry_run(prepared, tasks, options, store)
+    started = time.time()
+    counts: Counter = Counter()
+    failed: list[dict[str, Any]] = []
+    manifests: dict[str, Any] = {}
+    opened = False
+    try:
+        for prep in prepared:
+            setting = prep.setting
+            loaded = models.load(setting.model, setting.override, dtype=setting.dtype, device=setting.device,
+                                 attn=setting.attn, revision=setting.revision, trust_remote_code=setting.trust_remote_code)
+            label = setting.label or models.default_label(setting.model, loaded.manifest)
+            manifests[label] = {**loaded.manifest, "model": setting.model, "fingerprint": loaded.fingerprint}
+            engine = Engine(loaded, chunk_size=options.chunk_size, max_memory=options.max_memory)
+            for spec in tasks:
+                task = get_task(spec.name)
+                ctx = prep.contexts[spec.name]
+                ctx.engine, ctx.manifest = engine, loaded.manifest
+                ctx.base_record = _base_record(setting, loaded, label, spec.params.seed)
+                ctx.write_side = store.append
+                identity = task.identity(spec.params)
+                limit = prep.available[spec.name]
+                cells = [c for c in task.cells(spec.params) if limit is None or c.sample < limit]
+                finished = store.finished_keys()
+                keyed = {c: cell_key(loaded.fingerprint, loaded.manifest["rope_hash"], spec.name, identity, c,
+                                     spec.params.seed) for c in cells}
+                missing = [c for c in cells if keyed[c] not in finished and _shard_of(label, spec.name, c, world) == rank]
+                counts["skipped"] += len(cells) - len(missing)
+                if not missing:
+                    continue
+                if any(c.length > models.max_positions(loaded.config) for c in missing):
+                    warn(f"{label}: lengths beyond max_position_embeddings={models.max_positions(loaded.config)} "
+                         "are evaluated as asked (extrapolation is the point)")
+                if not opened:
+                    store.open()
+                    opened = True
+                    _write_run_json(options, store, started, None, manifests, prepared, counts)
+                for cell, record in _run_cells(task, ctx, engine, missing, options, label, spec.name):
+                    record["cell_key"] = keyed[cell]
+                    store.append("records", record)
+                    counts[record["status"]] += 1
+                    if record["status"] != "ok":
+                        failed.append(record)
+            del engine, loaded
+    finally:
+        if opened:
+            _write_run_json(options, store, started, time.time(), manifests, prepared, counts)
+            store.close()
+    table = summary_table(options.out)
+    return RunResult(counts, sum(counts[s] for s in ("ok", "oom", "error")), failed, table)
+
+
+def _shard_of(label: str, task: str, cell: Cell, world: int) -> int:
+    """Cells of one sample stay on one rank (perplexity scores all lengths of a sample in one pass)."""
+    if world <= 1:
+        return 0
+    digest = hashlib.sha256(f"{label}|{task}|{cell.sample}|{cell.depth}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % world
+
+
+def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOptions, label: str, task_name: str):
+    """Yield (cell, record) for every cell; OOM retried once with a smaller chunk, then recorded."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(cells), desc=f"{label} {task_name}", unit="cell", disable=not options.progress,
+               file=sys.stderr, dynamic_ncols=True)
+    tokens, start = 0, time.time()
+    for group in task.groups(ctx, cells):
+        longest = max(c.length for c in group)
+        plan = engine.plan(longest)
+        status, error, metrics = "ok", None, None
+        if not plan.fits:
+            status = "oom"
+            error = (f"planner: {plan.estimate_bytes / 2**30:.2f} GiB needed at L={longest} exceeds "
+                     f"--max-memory {options.max_memory / 2**30:.2f} GiB")
+        else:
+            for attempt in (0, 1):
+                try:
+                    metrics = task.score_group(ctx, group)
+                    status, error = "ok", None
+                    break
+                except Exception as exc:  # recorded per cell; the run goes on
+                    if not _is_oom(exc):
+                        status, error = "error", _one_line(exc)
+                        log.debug("cell failed", exc_info=True)
+                        break
+                    status, error = "oom", _one_line(exc)
+                    if attempt == 0:  # retry once with a smaller prefill chunk
+                        engine.chunk_size = max(64, (engine.plan(longest).chunk or longest) // 4)
+            engine.chunk_size = options.chunk_size
+        for i, cell in enumerate(group):
+            record = {**ctx.base_record, "task": task_name, "length": cell.length, "depth": cell.depth,
+                      "sample": cell.sample, "status": status, "error": error, "plan": str(plan)}
+            if metrics is not None:
+                record.update(metrics[i])
+                bad = _bad_number(metrics[i])
+                if bad:
+                    record.update(status="error", error=f"non-finite {bad} ({metrics[i][bad]})")
+            yield cell, record
+        tokens += longest
+        bar.update(len(group))
+        bar.set_postfix(tok_s=f"{tokens / max(time.time() - start, 1e-9):.0f}")
+    bar.close()
+
+
+def _dry_run(prepared: list[_Prepared], tasks: list[TaskSpec], options: RunOptions, store: Store) -> RunResult:
+    """List cells and the planner's memory estimate per cell before any model is loaded."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.engine import make_plan
+
+    finished = store.finished_keys()
+    print(f"{'setting':<36} {'task':<11} {'length':>7} {'depth':>6} {'sample':>6}  {'plan':<13} {'est. GiB':>8}")
+    total = 0
+    for prep in prepared:
+        import copy
+
+        config = copy.deepcopy(prep.config)
+        models.apply_override(config, prep.setting.override)
+        import torch
+
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        device = models.pick_device(prep.setting.device)
+        dtype = models.pick_dtype(prep.setting.dtype, device)
+        label = prep.setting.label or prep.setting.model
+        for spec in tasks:
+            limit = prep.available[spec.name]
+            for cell in get_task(spec.name).cells(spec.params):
+                if limit is not None and cell.sample >= limit:
+                    continue
+                plan = make_plan(config, cell.length, dtype=dtype, attn=prep.setting.attn or "sdpa", n_params=n_params,
+                                 max_memory=options.max_memory, chunk_size=options.chunk_size)
+                depth = "-" if cell.depth is None else f"{cell.depth:g}"
+                mark = "" if plan.fits else "  (oom: exceeds --max-memory)"
+                print(f"{label[:36]:<36} {spec.name:<11} {cell.length:>7} {depth:>6} {cell.sample:>6}  "
+                      f"{str(plan):<13} {plan.estimate_bytes / 2**30:>8.2f}{mark}")
+                total += 1
+    print(f"{total} cells ({len(finished)} already recorded in {options.out})")
+    return RunResult(Counter(), 0, [], [])
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("rope-harness", "torch", "transformers", "datasets", "pandas", "matplotlib", "safetensors", "accelerate"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _write_run_json(options: RunOptions, store: Store, started: float, ended: float | None, manifests, prepared, counts) -> None:
+    import platform
+
+    import torch
+
+    rank = store.rank
+    info = {
+        "command": options.command, "suite": options.suite, "versions": _versions(),
+        "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine(),
+        "git_commit": _git_commit(), "rank": rank, "world_size": store.world,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)) if ended else None,
+        "chunk_size": options.chunk_size, "max_memory": options.max_memory,
+        "settings": manifests,
+        "samples_available": {p.setting.label or p.setting.model: p.available for p in prepared},
+        "cells": dict(counts),
+    }
+    name = "run.json" if store.world <= 1 else f"run.rank{rank}.json"
+    tmp = store.folder / f".{name}.tmp"
+    tmp.write_text(json.dumps(info, indent=2, default=str))
+    tmp.replace(store.folder / name)
+
+
+def summary_table(folder: Path) -> list[dict[str, Any]]:
+    """Per (setting, task, length): n ok, failed, and the task's headline metric aggregated over samples."""
+    from harness.store import read_jsonl
+
+    if not folder.exists():
+        return []
+    groups: dict[tuple, dict[str, Any]] = {}
+    for r in read_jsonl(folder, "records"):
+        key = (r["setting"], r["task"], r["length"])
+        g = groups.setdefault(key, {"setting": key[0], "task": key[1], "length": key[2], "ok": 0, "failed": 0, "values": []})
+        if r["status"] != "ok":
+            g["failed"] += 1
+            continue
+        g["ok"] += 1
+        if r["task"] == "perplexity":
+            g["values"].append(r["nll"])
+        elif "correct" in r:
+            g["values"].append(float(r["correct"]))
+        elif "score" in r:
+            g["values"].append(float(r["score"]))
+    rows = []
+    for g in sorted(groups.values(), key=lambda g: (g["setting"], g["task"], g["length"])):
+        values = g.pop("values")
+        if g["task"] == "perplexity":
+            g["metric"], g["value"] = "ppl", (math.exp(sum(values) / len(values)) if values else None)
+        else:
+            g["metric"], g["value"] = "mean", (sum(values) / len(values) if values else None)
+        rows.append(g)
+    return rows

@@ -1,0 +1,311 @@
+"""The reporting layer on hand-built records with a known knee (no model, no torch)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from harness import law, report  # noqa: E402
+from harness.errors import InputError  # noqa: E402
+from harness.report_perplexity import FIGURES, MEASURE, loss_vs_position, ppl_vs_length  # noqa: E402
+
+LENGTHS = [1024, 2048, 4096, 8192, 16384]
+LOG15 = math.log(1.5)
+
+
+def knee_nll(length: int, knee: float) -> float:
+    """Flat 2.0 up to the knee, then +0.6 nats per doubling."""
+    return 2.0 + 0.6 * max(0.0, math.log2(length / knee))
+
+
+def record(setting: str, theta: float, length: int, sample: int, nll: float | None, *, status: str = "ok",
+           train_len: int = 4096, tune_len: int | None = 4096, rope_type: str = "default") -> dict:
+    return {
+        "task": "perplexity", "setting": setting, "model": "tiny", "rope_type": rope_type, "rope_theta": theta,
+        "rope_params": "{}", "rotary_dim": 128, "pretrain_base": 10000.0, "train_len": train_len,
+        "tune_len": tune_len, "rope_hash": f"h{theta:g}", "length": length, "depth": None, "sample": sample,
+        "seed": 0, "status": status, "error": None if status == "ok" else "CUDA out of memory (planner estimate)",
+        "dtype": "float32", "attn": "sdpa", "plan": "single", "law_assumes_finetune": False,
+        "ppl": math.exp(nll) if nll is not None else None, "nll": nll, "tokens": length - 1, "bos": True,
+        "doc_id": 0, "offset": 0,
+    }
+
+
+def write_run(folder: Path, rows: list[dict], positions: list[dict] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if positions:
+        (folder / "positions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in positions))
+    return folder
+
+
+def position_rows(setting: str, theta: float, knee: float, samples: int, length: int = 16384) -> list[dict]:
+    rows = []
+    for s in range(samples):
+        for start in range(1, length, 512):
+            end = min(length, start + 512)
+            mid = (start + end) / 2
+            rows.append({"task": "perplexity", "setting": setting, "rope_hash": f"h{theta:g}", "sample": s,
+                         "length": length, "pos_start": start, "pos_end": end,
+                         "nll": knee_nll(mid, knee) + 0.01 * s, "tokens": end - start})
+    return rows
+
+
+def curve_rows(setting: str, theta: float, knee: float, samples: int, noise: float = 0.0, **kw) -> list[dict]:
+    rng = np.random.default_rng(1)
+    return [record(setting, theta, L, s, knee_nll(L, knee) + noise * rng.standard_normal(), **kw)
+            for s in range(samples) for L in LENGTHS]
+
+
+def ppl_ctx(rows: list[dict], **kw) -> report.FigureContext:
+    frame = report.load_runs([write_run_tmp(rows)]).records
+    return report.analyze(frame, MEASURE, task="perplexity", **kw)
+
+
+_TMP: list[Path] = []
+
+
+def write_run_tmp(rows: list[dict]) -> Path:
+    return write_run(_TMP[0] / f"run{len(list(_TMP[0].iterdir()))}", rows)
+
+
+@pytest.fixture(autouse=True)
+def _tmp(tmp_path):
+    _TMP[:] = [tmp_path / "auto"]
+    _TMP[0].mkdir()
+    yield
+    plt.close("all")
+
+
+# ------------------------------------------------------------------------------------- measured length
+
+
+def test_measured_limit_interpolates_the_knee():
+    # knee at 6000: nll(8192) = 2.0 + 0.6*log2(8192/6000) passes (< 2 + log 1.5), nll(16384) fails.
+    values = [math.exp(knee_nll(L, 6000)) for L in LENGTHS]
+    limit = report.measured_limit(LENGTHS, values, 4096, MEASURE)
+    assert not limit.censored
+    g0, g1 = knee_nll(8192, 6000), knee_nll(16384, 6000)
+    expected = 8192 * 2 ** ((2.0 + LOG15 - g0) / (g1 - g0))
+    assert limit.value == pytest.approx(expected, rel=1e-9)
+    # Exactly where the piecewise-linear-in-log-L curve crosses: knee + log2(1.5)/0.6 doublings.
+    assert limit.value == pytest.approx(6000 * 2 ** (LOG15 / 0.6), rel=1e-9)
+    assert limit.reference == pytest.approx(math.exp(2.0))
+    assert limit.threshold == pytest.approx(1.5 * math.exp(2.0))
+
+
+def test_measured_limit_ignores_short_lengths_and_uses_best_at_or_below_tune_len():
+    # Short contexts are worse (less context) and must not count as failures; the 8K point is the best
+    # overall but lies beyond tune_len, so the reference is the 4K value.
+    nll = {1024: 3.0, 2048: 2.5, 4096: 2.0, 8192: 1.9, 16384: 2.0 + LOG15 + 0.5}
+    limit = report.measured_limit(list(nll), [math.exp(v) for v in nll.values()], 4096, MEASURE)
+    assert limit.reference == pytest.approx(math.exp(2.0))
+    frac = (2.0 + LOG15 - 1.9) / (nll[16384] - 1.9)
+    assert limit.value == pytest.approx(8192 * 2**frac)
+
+
+def test_measured_limit_censored_and_factor_parameter():
+    values = [math.exp(knee_nll(L, 6000)) for L in LENGTHS]
+    loose = report.measured_limit(LENGTHS, values, 4096, MEASURE, factor=10.0)
+    assert loose.censored and loose.value == 16384
+    tight = report.measured_limit(LENGTHS, values, 4096, MEASURE, factor=1.05)
+    assert not tight.censored and 4096 < tight.value < 8192
+
+
+def test_measured_limit_higher_is_better_absolute_rule():
+    spec = report.MeasureSpec(metric="correct", name="accuracy", higher_is_better=True, factor=None,
+                              threshold=0.5, log_interp=False)
+    limit = report.measured_limit([1000, 2000, 4000, 8000], [1.0, 1.0, 0.75, 0.25], 2000, spec)
+    assert limit.value == pytest.approx(math.exp(math.log(4000) + 0.5 * math.log(2)))
+    empty = report.measured_limit([1000, 2000], [math.nan, math.nan], 2000, spec)
+    assert math.isnan(empty.value) and not empty.censored
+
+
+def test_summary_single_sample_has_empty_ci_and_law_prediction():
+    ctx = ppl_ctx(curve_rows("b1e6", 1e6, 6000, samples=1))
+    row = ctx.settings.loc["b1e6"]
+    assert row["n_samples"] == 1
+    assert math.isnan(row["measured_ci_low"]) and math.isnan(row["measured_ci_high"])
+    assert row["measured_limit"] == pytest.approx(6000 * 2 ** (LOG15 / 0.6))
+    expected = law.predict(128, 4096, 1e6, 4096, 10000.0)
+    assert row["regime"] == "larger-base" == expected.regime
+    assert row["predicted_limit"] == pytest.approx(expected.extrapolation_limit)
+    assert row["ratio_measured_to_predicted"] == pytest.approx(row["measured_limit"] / expected.extrapolation_limit)
+    assert ctx.table["ci_low"].isna().all()
+
+
+def test_bootstrap_ci_brackets_the_estimate_and_is_seeded():
+    rows = curve_rows("b1e6", 1e6, 6000, samples=8, noise=0.05)
+    a = ppl_ctx(rows, n_boot=300, seed=3).settings.loc["b1e6"]
+    b = ppl_ctx(rows, n_boot=300, seed=3).settings.loc["b1e6"]
+    assert a["measured_ci_low"] <= a["measured_limit"] <= a["measured_ci_high"]
+    assert a["measured_ci_low"] < a["measured_ci_high"]
+    assert (a["measured_ci_low"], a["measured_ci_high"]) == (b["measured_ci_low"], b["measured_ci_high"])
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+
+def _settings_rows():
+    return (curve_rows("b1e4", 1e4, 4096, samples=2) + curve_rows("b5e5", 5e5, 9000, samples=2)
+            + curve_rows("b1e6", 1e6, 60000, samples=2) + curve_rows("b300", 300, 1e9, samples=2))
+
+
+def test_law_overlay_lines_sit_at_law_values():
+    ctx = ppl_ctx(_settings_rows(), n_boot=50)
+    frame = ctx.records.copy()
+    frame.attrs = {"context": ctx}
+    fig, ax = plt.subplots()
+    ppl_vs_length(frame, ax)
+    lines = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
+    for setting, theta in (("b1e4", 1e4), ("b5e5", 5e5), ("b1e6", 1e6)):
+        expected = law.predict(128, 4096, theta, 4096, 10000.0).extrapolation_limit
+        xs = lines[f"law-predicted:{setting}"].get_xdata()
+        assert list(xs) == pytest.approx([expected, expected])
+        assert lines[f"law-predicted:{setting}"].get_color() == ctx.colors[setting]
+    assert "law-predicted:b300" not in lines  # unbounded: no predicted limit
+    train = [g for g in lines if g.startswith("law-train:")]
+    assert len(train) == 1 and list(lines[train[0]].get_xdata()) == [4096, 4096]
+    # 129K (base 1e6) lies far beyond the 16K grid: the line exists but the view stays near the data.
+    assert ax.get_xlim()[1] < 100_000
+    assert lines["measured:b1e4"].get_xdata()[0] == pytest.approx(ctx.settings.loc["b1e4", "measured_limit"])
+
+
+def test_overlay_with_distinct_train_lengths_uses_curve_colours():
+    rows = curve_rows("a", 1e6, 6000, samples=1) + curve_rows("b", 1e6, 6000, samples=1, train_len=2048,
+                                                                tune_len=2048)
+    ctx = ppl_ctx(rows, n_boot=0)
+    fig, ax = plt.subplots()
+    report.plot_metric_curves(ax, ctx)
+    lines = report.law_overlay(ax, ctx)
+    train = {line.get_gid(): line for line in lines if line.get_gid().startswith("law-train:")}
+    assert train["law-train:a"].get_xdata()[0] == 4096 and train["law-train:a"].get_color() == ctx.colors["a"]
+    assert train["law-train:b"].get_xdata()[0] == 2048 and train["law-train:b"].get_color() == ctx.colors["b"]
+
+
+def test_loss_vs_position_uses_positions_and_overlay(tmp_path):
+    run = write_run(tmp_path / "r", curve_rows("b5e5", 5e5, 9000, samples=2),
+                    position_rows("b5e5", 5e5, 9000, samples=2))
+    loaded = report.load_runs([run])
+    ctx = report.analyze(loaded.records, MEASURE, task="perplexity", positions=loaded.positions, n_boot=0)
+    frame = ctx.records.copy()
+    frame.attrs = {"context": ctx, "positions": ctx.positions}
+    fig, ax = plt.subplots()
+    loss_vs_position(frame, ax)
+    curve = [line for line in ax.get_lines() if line.get_label() == "b5e5"][0]
+    assert len(curve.get_xdata()) == 32
+    predicted = law.predict(128, 4096, 5e5, 4096, 10000.0).extrapolation_limit
+    assert any(line.get_gid() == "law-predicted:b5e5" and line.get_xdata()[0] == pytest.approx(predicted)
+               for line in ax.get_lines())
+    without = report.analyze(loaded.records, MEASURE, task="perplexity", n_boot=0)
+    frame.attrs = {"context": without}
+    with pytest.raises(report.NoData):
+        loss_vs_position(frame, plt.subplots()[1])
+
+
+# ------------------------------------------------------------------------------------------ whole report
+
+
+def test_build_report_two_runs_files_and_failed_cells(tmp_path):
+    run_a = write_run(tmp_path / "base1e4", curve_rows("tiny:default:10000", 1e4, 4096, samples=2)
+                      + [record("tiny:default:10000", 1e4, 32768, 0, None, status="oom")],
+                      position_rows("tiny:default:10000", 1e4, 4096, samples=2))
+    run_b = write_run(tmp_path / "base1e6", curve_rows("tiny:default:1e+06", 1e6, 9000, samples=2)
+                      + curve_rows("tiny:default:300", 300, 1e9, samples=2),
+                      position_rows("tiny:default:1e+06", 1e6, 9000, samples=2))
+    out = report.build_report([run_a, run_b], n_boot=100)
+    assert out == run_a / "report"
+    for name in ("report.md", "report.html", "summary.csv", "table.csv", "failed.csv",
+                 "perplexity_ppl_vs_length.png", "perplexity_loss_vs_position.png",
+                 "perplexity_measured_vs_predicted.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report-")]
+
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["setting"]) == {"tiny:default:10000", "tiny:default:1e+06", "tiny:default:300"}
+    for col in ("setting", "model", "task", "rope_type", "rope_theta", "pretrain_base", "train_len", "tune_len",
+                "regime", "predicted_limit", "measured_limit", "measured_ci_low", "measured_ci_high",
+                "measured_censored", "ratio_measured_to_predicted", "definition", "n_samples", "n_failed"):
+        assert col in summary.columns, col
+    by = summary.set_index("setting")
+    assert by.loc["tiny:default:10000", "n_failed"] == 1
+    assert by.loc["tiny:default:300", "regime"] == "unbounded"
+    assert pd.isna(by.loc["tiny:default:300", "predicted_limit"])
+    assert bool(by.loc["tiny:default:300", "measured_censored"]) is True
+    assert by.loc["tiny:default:300", "measured_limit"] == 16384
+
+    table = pd.read_csv(out / "table.csv")
+    assert list(table.columns[:8]) == ["setting", "task", "metric", "length", "mean", "ci_low", "ci_high", "n"]
+    cell = table[(table["setting"] == "tiny:default:10000") & (table["length"] == 8192)].iloc[0]
+    assert cell["mean"] == pytest.approx(math.exp(knee_nll(8192, 4096))) and cell["n"] == 2
+    oom = table[(table["setting"] == "tiny:default:10000") & (table["length"] == 32768)].iloc[0]
+    assert pd.isna(oom["mean"]) and oom["n"] == 0 and oom["n_failed"] == 1
+
+    md = (out / "report.md").read_text()
+    assert "## Failed cells" in md and "oom" in md and "CUDA out of memory" in md
+    assert "![" in md and "perplexity_ppl_vs_length.png" in md
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<img" in html and 'src="perplexity_' not in html
+
+
+def test_same_label_in_two_runs_is_kept_apart(tmp_path):
+    a = write_run(tmp_path / "a" / "run", curve_rows("tiny", 1e4, 4096, samples=1))
+    b = write_run(tmp_path / "b" / "run", curve_rows("tiny", 1e6, 9000, samples=1))
+    out = report.build_report([a, b], tmp_path / "out", n_boot=0, factors=[1.5, 2.0])
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["setting"].unique()) == ["tiny [a/run]", "tiny [b/run]"]
+    assert sorted(summary["factor"].unique()) == [1.5, 2.0]
+    assert len(summary) == 4
+
+
+def test_retried_cell_keeps_ok_record(tmp_path):
+    rows = curve_rows("s", 1e6, 9000, samples=1)
+    rows.insert(0, record("s", 1e6, 16384, 0, None, status="oom"))
+    loaded = report.load_runs([write_run(tmp_path / "r", rows)])
+    assert (loaded.records["status"] == "ok").all() and loaded.superseded == 1
+
+
+def test_bad_input_raises_one_line_and_writes_nothing(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no records") as err:
+        report.build_report([empty])
+    assert "\n" not in str(err.value)
+    assert not (empty / "report").exists() and list(empty.iterdir()) == []
+    with pytest.raises(InputError, match="no such folder"):
+        report.build_report([tmp_path / "missing"])
+    good = write_run(tmp_path / "good", curve_rows("s", 1e6, 9000, samples=1))
+    with pytest.raises(InputError, match="--factor"):
+        report.build_report([good], factors=[0.5])
+    assert not (good / "report").exists()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "records.jsonl").write_text('{"foo": 1}\n')
+    with pytest.raises(InputError, match="lack"):
+        report.build_report([tmp_path / "junk"])
+
+
+def test_cli_command_and_exit_code(tmp_path, capsys):
+    import argparse
+
+    run = write_run(tmp_path / "r", curve_rows("s", 1e6, 9000, samples=1))
+    parser = argparse.ArgumentParser()
+    report.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["report", str(run), "--out", str(tmp_path / "o"), "--bootstrap", "0"])
+    assert args.func(args) == 0 and (tmp_path / "o" / "report.md").is_file()
+    assert report.main([str(tmp_path / "nothing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_figures_registry_complete():
+    assert set(FIGURES) == {"ppl_vs_length", "loss_vs_position", "measured_vs_predicted"}
+    figures, spec = report.task_figures("perplexity")
+    assert spec == MEASURE and set(figures) == set(FIGURES)
