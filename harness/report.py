@@ -298,6 +298,9 @@ def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
         pos_rows = [row for f in sorted(run_dir.glob("positions*.jsonl")) for row in _read_jsonl(f, notes)]
         if pos_rows:
             pos = pd.DataFrame(pos_rows)
+            # a pass interrupted between its positions and its records is rerun on resume: keep the last copy
+            keys = [c for c in ("setting", "rope_hash", "sample", "length", "pos_start") if c in pos]
+            pos = pos.drop_duplicates(subset=keys, keep="last")
             pos.insert(0, "run", name)
             pos_frames.append(pos)
     records = pd.concat(frames, ignore_index=True, sort=False)

@@ -1,0 +1,109 @@
+"""The engine equals a plain full forward (relative 1e-5, float32) for every family and rope type."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny import FAMILIES, make_tiny
+
+from harness import engine, models
+
+TYPES = {
+    "default": models.RopeOverride(theta=5e4),
+    "linear": models.RopeOverride(rope_type="linear", factor=4),
+    "dynamic": models.RopeOverride(rope_type="dynamic", factor=4),
+    "yarn": models.RopeOverride(rope_type="yarn", factor=4),
+    "llama3": models.RopeOverride(rope_type="llama3", factor=8),
+}
+
+
+def plain_nll(path, override, ids):
+    """Reference: a freshly loaded model, one plain forward, full logits."""
+    model = models.load(str(path), override).model
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1].float()
+    return F.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
+
+
+def ids_of(n, seed=0):
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    return {name: make_tiny(tmp_path_factory.mktemp(name), name) for name in FAMILIES}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_matches_plain_forward(family, family_dirs):
+    ids = ids_of(301)
+    override = models.RopeOverride(theta=5e4)
+    ref = plain_nll(family_dirs[family], override, ids)
+    loaded = models.load(str(family_dirs[family]), override)
+    for chunk in (None, 77):  # single pass, and chunked prefill with a chunk not dividing the length
+        nll = engine.Engine(loaded, chunk_size=chunk).token_nll(ids)
+        assert torch.allclose(nll, ref, rtol=1e-5, atol=1e-5), (family, chunk)
+        assert abs(nll.double().mean() / ref.double().mean() - 1) < 1e-5
+
+
+@pytest.mark.parametrize("kind", list(TYPES))
+def test_every_rope_type_matches_plain_forward_past_max_positions(kind, tiny_llama):
+    ids = ids_of(400)  # max_position_embeddings is 128
+    loaded = models.load(str(tiny_llama), TYPES[kind])
+    ref = plain_nll(tiny_llama, TYPES[kind], ids)
+    for chunk in (None, 33, 128):
+        nll = engine.Engine(loaded, chunk_size=chunk).token_nll(ids)
+        assert torch.allclose(nll, ref, rtol=1e-5, atol=1e-5), (kind, chunk)
+
+
+def test_dynamic_lengths_in_any_order_equal_fresh_models(tiny_llama):
+    """transformers' dynamic NTK is stateful; the engine must not be."""
+    override = TYPES["dynamic"]
+    eng = engine.Engine(models.load(str(tiny_llama), override))
+    ids = ids_of(600, seed=3)
+    for length in (600, 200, 450, 129, 600):
+        ref = plain_nll(tiny_llama, override, ids[:length])
+        assert torch.allclose(eng.token_nll(ids[:length]), ref, rtol=1e-5, atol=1e-5), length
+
+
+def test_dynamic_needs_one_pass_per_length(tiny_llama):
+    """A prefix of a long dynamic pass is NOT the short-length number (why ppl@L runs one pass per L)."""
+    eng = engine.Engine(models.load(str(tiny_llama), TYPES["dynamic"]))
+    ids = ids_of(600, seed=3)
+    assert not torch.allclose(eng.token_nll(ids)[:199], eng.token_nll(ids[:200]), rtol=1e-4)
+
+
+def test_answer_score_and_rank(tiny_llama):
+    eng = engine.Engine(models.load(str(tiny_llama)))
+    ids = ids_of(300, seed=1)
+    ref = plain_nll(tiny_llama, models.RopeOverride(), ids)
+    score = eng.answer_score(ids[:250], ids[250:255])
+    assert score.logprob == pytest.approx(-float(ref[249:254].sum()), rel=1e-5)
+    model = models.load(str(tiny_llama)).model
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    ranks = [int((logits[t] > logits[t, ids[t + 1]]).sum()) + 1 for t in range(249, 254)]
+    assert score.rank == max(ranks)
+
+
+def test_generate_equals_plain_greedy(tiny_llama):
+    loaded = models.load(str(tiny_llama))
+    prompt = ids_of(200, seed=2)
+    model = loaded.model
+    with torch.no_grad():
+        want = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=258,
+                              eos_token_id=None)[0, 200:].tolist()
+    for chunk in (None, 64):
+        assert engine.Engine(loaded, chunk_size=chunk).generate(prompt, 6) == want
+
+
+def test_planner_is_deterministic_and_switches_to_prefill(tiny_llama):
+    loaded = models.load(str(tiny_llama))
+    eng = engine.Engine(loaded)
+    assert str(eng.plan(4096)) == "single"
+    single = eng.plan(4096).estimate_bytes
+    eng.max_memory = single - 1
+    plan = eng.plan(4096)
+    assert plan.strategy == "prefill" and plan.fits and plan.estimate_bytes <= single - 1
+    assert eng.plan(4096) == plan
+    eng.max_memory = 1000
+    assert not eng.plan(4096).fits

@@ -1,0 +1,140 @@
+"""RoPE overrides reach the built model (every family, every type); manifest and hash; bad input."""
+
+import copy
+
+import pytest
+import torch
+from tiny import FAMILIES, make_tiny
+
+from harness import models, rope_math
+from harness.errors import InputError
+
+OVERRIDES = {
+    "theta": models.RopeOverride(theta=5e5),
+    "linear": models.RopeOverride(rope_type="linear", factor=4),
+    "ntk": models.RopeOverride(rope_type="ntk", factor=4),
+    "dynamic": models.RopeOverride(rope_type="dynamic", factor=4),
+    "yarn": models.RopeOverride(rope_type="yarn", factor=4),
+    "llama3": models.RopeOverride(rope_type="llama3", factor=8),
+}
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    return {name: make_tiny(tmp_path_factory.mktemp(name), name) for name in FAMILIES}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_theta_override_reaches_every_family(family, family_dirs):
+    loaded = models.load(str(family_dirs[family]), models.RopeOverride(theta=5e5))
+    section = loaded.manifest["rope_section"]
+    dim = loaded.manifest["rotary_dim"]
+    want = torch.tensor([1 / 5e5 ** (i / dim) for i in range(0, dim, 2)], dtype=torch.float32)
+    buffers = {s: b for _, s, b in models.rotary_buffers(loaded.model)}
+    assert buffers[section].dtype == torch.float32
+    assert torch.allclose(buffers[section], want, rtol=1e-6)
+    assert loaded.manifest["rope_theta"] == 5e5 and loaded.manifest["pretrain_base"] == 10000.0
+    assert loaded.manifest["law_assumes_finetune"] is True
+    if family == "gemma3":  # the local (sliding) layers keep their own base
+        assert section == "full_attention"
+        assert torch.allclose(buffers["sliding_attention"][1], torch.tensor(1 / 1e4 ** (2 / dim)), rtol=1e-6)
+    if family == "gpt_neox":
+        assert dim == 8  # partial_rotary_factor 0.5 of head_dim 16
+
+
+@pytest.mark.parametrize("name", list(OVERRIDES))
+def test_every_rope_type_verifies_on_llama(name, tiny_llama):
+    override = OVERRIDES[name]
+    loaded = models.load(str(tiny_llama), override)
+    m = loaded.manifest
+    assert m["rope_type"] == (override.rope_type or "default")
+    if name == "ntk":  # applied as default RoPE with theta b*s^(d/(d-2))
+        assert m["rope_theta"] == pytest.approx(rope_math.ntk_theta(1e4, 4, 16))
+        assert loaded.config.rope_parameters["rope_type"] == "default"
+    if name == "yarn":
+        assert m["attention_scaling"] == pytest.approx(0.1 * torch.log(torch.tensor(4.0)).item() + 1)
+
+
+def test_verify_catches_a_model_that_ignored_the_override(tiny_llama):
+    loaded = models.load(str(tiny_llama), models.RopeOverride(theta=5e5))
+    config = copy.deepcopy(loaded.config)
+    config.rope_parameters["rope_theta"] = 123456.0  # pretend the override asked for something else
+    with pytest.raises(RuntimeError, match="did not take effect"):
+        models.verify_rope(loaded.model, config)
+
+
+def test_verify_rejects_bf16_inv_freq(tiny_llama):
+    loaded = models.load(str(tiny_llama))
+    loaded.model.to(torch.bfloat16)  # the pitfall: casts inv_freq too
+    with pytest.raises(RuntimeError, match="float32"):
+        models.verify_rope(loaded.model, loaded.config)
+
+
+def test_bf16_load_keeps_float32_rope(tiny_llama):
+    loaded = models.load(str(tiny_llama), dtype="bfloat16")
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    assert all(b.dtype == torch.float32 for _, _, b in models.rotary_buffers(loaded.model))
+
+
+def test_hash_differs_whenever_a_parameter_differs(tiny_llama):
+    hashes = {models.load(str(tiny_llama), o).manifest["rope_hash"] for o in [
+        models.RopeOverride(), models.RopeOverride(theta=5e5), models.RopeOverride(theta=5e5 + 1),
+        models.RopeOverride(rope_type="linear", factor=4), models.RopeOverride(rope_type="linear", factor=2),
+        models.RopeOverride(rope_type="yarn", factor=4), models.RopeOverride(rope_type="yarn", factor=4, params={"beta_fast": 16}),
+        models.RopeOverride(tune_len=512)]}
+    assert len(hashes) == 8
+    assert models.load(str(tiny_llama)).manifest["rope_hash"] == models.load(str(tiny_llama)).manifest["rope_hash"]
+
+
+def test_law_inputs_sources(tiny_llama, tmp_path):
+    config = models.load_config(str(tiny_llama))
+    law = models.law_inputs(config)
+    assert (law["train_len"], law["train_len_source"], law["tune_len"], law["pretrain_base"]) == (128, "max_position_embeddings", 128, 1e4)
+    law = models.law_inputs(config, models.RopeOverride(train_len=4096, tune_len=8192, pretrain_base=5e5))
+    assert (law["train_len"], law["tune_len"], law["pretrain_base"], law["tune_len_source"]) == (4096, 8192, 5e5, "flag")
+    config.rope_harness_law = {"pretrain_base": 1e4, "train_len": 64, "tune_len": 96}
+    law = models.law_inputs(config)
+    assert (law["train_len"], law["tune_len"], law["train_len_source"]) == (64, 96, "rope_harness_law")
+    phi = models.load_config(str(make_tiny(tmp_path / "phi", "phi3")))
+    assert models.law_inputs(phi)["train_len"] == 64  # original_max_position_embeddings wins
+
+
+def test_length_dependent_rope_is_fixed_per_length_and_restored(tiny_llama):
+    loaded = models.load(str(tiny_llama), models.RopeOverride(rope_type="dynamic", factor=4))
+    (_, _, buffer), = models.rotary_buffers(loaded.model)
+    before = buffer.clone()
+    with models.rope_fixed_for_length(loaded.model, loaded.config, 1024):
+        theta = rope_math.dynamic_theta(1e4, 4, 16, 1024, 128)
+        assert torch.allclose(buffer, torch.tensor([1 / theta ** (i / 16) for i in range(0, 16, 2)]), rtol=1e-6)
+    assert torch.equal(buffer, before)
+
+
+@pytest.mark.parametrize("override, message", [
+    (models.RopeOverride(rope_type="nope"), "unknown --rope-type"),
+    (models.RopeOverride(theta=1.0), "--rope-theta must be > 1"),
+    (models.RopeOverride(rope_type="linear", factor=0.5), "--rope-factor must be >= 1"),
+    (models.RopeOverride(rope_type="yarn"), "needs a scaling factor"),
+    (models.RopeOverride(rope_type="longrope"), "short_factor"),
+    (models.RopeOverride(train_len=3), "--train-len"),
+])
+def test_bad_overrides_are_one_line_errors(override, message, tiny_llama):
+    with pytest.raises(InputError, match=message) as err:
+        models.load(str(tiny_llama), override)
+    assert "\n" not in str(err.value)
+
+
+def test_non_rope_model_and_missing_path(tmp_path):
+    import transformers
+
+    gpt2 = tmp_path / "gpt2"
+    transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300).save_pretrained(gpt2)
+    with pytest.raises(InputError, match="no rotary position embedding"):
+        models.load(str(gpt2))
+    with pytest.raises(InputError, match="does not exist"):
+        models.load_config(str(tmp_path / "missing"))
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="cannot load the config"):
+        models.load_config("no-such-owner/no-such-model-xyz")
