@@ -102,16 +102,36 @@ def run_command(args: argparse.Namespace) -> int:
     if args.suite is None and args.model is None:
         args.suite = "quick"
     loaded = suite.load_suite(args.suite, args) if args.suite is not None else suite.from_flags(args)
+    distributed = runner.init_distributed()
     result = runner.run(loaded.settings, loaded.tasks, loaded.options)
+    exit_code = result.exit_code
     if loaded.options.dry_run:
         return 0
+    if distributed:  # every rank's shard is complete before rank 0 reports on all of them
+        import torch.distributed as dist
+
+        failed = torch_sum(result.exit_code)
+        dist.barrier()
+        exit_code = 1 if failed else 0
+        if dist.get_rank() != 0:
+            return exit_code
+        result.table = runner.summary_table(loaded.options.out)
     _print_table(result)
     if loaded.report and not args.no_report and result.records + result.counts["skipped"] > 0:
         from harness.report import build_report
 
         out = build_report([loaded.options.out], loaded.options.out / "report")
         print(f"report: {out}")
-    return result.exit_code
+    return exit_code
+
+
+def torch_sum(value: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value])
+    dist.all_reduce(tensor)
+    return int(tensor.item())
 
 
 def _print_table(result) -> None:

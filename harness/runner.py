@@ -75,6 +75,22 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def init_distributed() -> bool:
+    """Under torchrun / accelerate launch (WORLD_SIZE > 1 with a rendezvous), join a gloo group.
+
+    Cells are split by rank without any communication; the group only provides the final barrier
+    so rank 0 reports once every shard is complete.
+    """
+    _, world = rank_and_world()
+    if world <= 1 or "MASTER_ADDR" not in os.environ:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return True
+
+
 def cell_key(fingerprint: str, rope_hash: str, task: str, identity: dict[str, Any], cell: Cell, seed: int) -> str:
     payload = json.dumps([fingerprint, rope_hash, task, identity, cell.length, cell.depth, cell.sample, seed],
                          sort_keys=True, default=str)

@@ -1,0 +1,221 @@
+"""Report figures of the passkey task and its measured-extrapolation-length rule.
+
+`tasks/passkey.py` re-exports these (`from harness.report_passkey import FIGURES, MEASURE`); the report
+also finds them here directly. Each figure function takes the task's records frame (all runs; the report
+attaches its precomputed context in `df.attrs`) and one matplotlib Axes; the per-setting heatmaps split
+that Axes' slot into one panel per setting. The first line of a docstring is the figure's caption.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from harness.report import (
+    PREDICTED_STYLE,
+    TRAIN_STYLE,
+    FigureContext,
+    MeasureSpec,
+    NoData,
+    analyze,
+    figure_context,
+    finish_legend,
+    fmt_length,
+    law_legend_handles,
+    law_overlay,
+    mark_measured,
+    plot_measured_vs_predicted,
+    plot_metric_curves,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+MEASURE = MeasureSpec(
+    metric="correct",
+    name="passkey accuracy",
+    higher_is_better=True,
+    transform="identity",
+    factor=None,
+    threshold=0.5,
+    reference="tune_len",
+    log_interp=False,
+    description="share of cells whose greedy answer's first integer equals the key (Landmark-attention passkey, "
+                "prompt of exactly L tokens), averaged over depths per sample, then over samples",
+)
+
+# answer log-prob curves reuse the report's per-length aggregate and bootstrap CI (no measured length)
+LOGPROB = MeasureSpec(
+    metric="answer_logprob",
+    name="answer log-prob",
+    higher_is_better=True,
+    factor=None,
+    threshold=-math.inf,
+    reference="tune_len",
+    log_interp=False,
+    description="sum of the log-probs of the continuation ' K' tokenised in context (nats)",
+)
+LOGPROB_BOOTSTRAP = 300
+
+
+def _logprob_context(ctx: FigureContext) -> FigureContext:
+    return analyze(ctx.records, LOGPROB, task=ctx.task, n_boot=LOGPROB_BOOTSTRAP, ci=ctx.ci, colors=ctx.colors)
+
+
+def _chance(ctx: FigureContext) -> float | None:
+    if "chance_logprob" not in ctx.records:
+        return None
+    values = pd.to_numeric(ctx.records["chance_logprob"], errors="coerce").dropna()
+    return float(values.iloc[0]) if len(values) and values.nunique() == 1 else None
+
+
+def accuracy_vs_length(df: pd.DataFrame, ax: Axes) -> None:
+    """Passkey accuracy (exact match of the first generated integer, mean over depths and samples) vs context length; dotted: training length, dashed: the law's predicted limit, circle: measured length (accuracy >= 0.5)."""
+    from matplotlib.lines import Line2D
+
+    ctx = figure_context(df, MEASURE)
+    plot_metric_curves(ax, ctx, ylabel="passkey accuracy", log_y=False)
+    ax.set_ylim(-0.03, 1.03)
+    threshold = MEASURE.threshold
+    ax.axhline(threshold, color="0.55", linewidth=0.8, linestyle="-.", zorder=1)
+    law_overlay(ax, ctx)
+    mark_measured(ax, ctx)
+    extra = [Line2D([], [], color="0.55", linewidth=0.8, linestyle="-.", label=f"accuracy {threshold:g}")]
+    finish_legend(ax, law_legend_handles() + extra)
+
+
+def logprob_vs_length(df: pd.DataFrame, ax: Axes) -> None:
+    """Mean answer log-prob of ' K' in context (nats; band: bootstrap CI over samples) vs context length; grey: chance (uniform over keys), dotted: training length, dashed: the law's predicted limit."""
+    from matplotlib.lines import Line2D
+
+    ctx = _logprob_context(figure_context(df, MEASURE))
+    plot_metric_curves(ax, ctx, ylabel="answer log-prob (nats)", log_y=False)
+    extra = []
+    chance = _chance(ctx)
+    if chance is not None:
+        ax.axhline(chance, color="0.55", linewidth=0.9, linestyle="-.", zorder=1)
+        extra.append(Line2D([], [], color="0.55", linewidth=0.9, linestyle="-.", label="chance (uniform key)"))
+    law_overlay(ax, ctx)
+    finish_legend(ax, law_legend_handles(measured=False) + extra)
+
+
+def measured_vs_predicted(df: pd.DataFrame, ax: Axes) -> None:
+    """Measured passkey extrapolation length (longest L with accuracy >= 0.5, bootstrap CI) vs the law's predicted limit; open markers with arrows are censored (never failed within the grid)."""
+    plot_measured_vs_predicted(ax, figure_context(df, MEASURE))
+
+
+# ============================================================================================ heatmaps
+
+
+def _grid(records: pd.DataFrame, metric: str) -> pd.DataFrame:
+    ok = records[(records["status"] == "ok")] if "status" in records else records
+    if metric not in ok or "depth" not in ok:
+        return ok.iloc[0:0]
+    values = pd.to_numeric(ok[metric].astype(float), errors="coerce")
+    frame = pd.DataFrame({"setting": ok["setting"], "length": ok["length"].astype(float),
+                          "depth": pd.to_numeric(ok["depth"], errors="coerce"), "value": values})
+    return frame.dropna(subset=["value", "depth"])
+
+
+def _panels(ax: Axes, n: int) -> list[Axes]:
+    """`n` panels in the slot of `ax` (which is replaced when n > 1); the figure grows to fit them."""
+    if n == 1:
+        return [ax]
+    fig = ax.figure
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(max(width, 3.3 * cols + 1.0), max(height, 2.6 * rows + 0.3))
+    grid = ax.get_subplotspec().subgridspec(rows, cols, wspace=0.35, hspace=0.55)
+    ax.remove()
+    return [fig.add_subplot(grid[i // cols, i % cols]) for i in range(n)]
+
+
+def _law_columns(ax: Axes, ctx: FigureContext, setting: str, lengths: np.ndarray) -> None:
+    """Training length (dotted) and predicted limit (dashed) at their place on the categorical length axis."""
+    if setting not in ctx.settings.index or len(lengths) < 2:
+        return
+    row = ctx.settings.loc[setting]
+    logs = np.log(lengths)
+    for key, style, gid in (("train_len", TRAIN_STYLE, "law-train"), ("predicted_limit", PREDICTED_STYLE,
+                                                                        "law-predicted")):
+        value = row.get(key)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue
+        if not (np.isfinite(value) and lengths[0] <= value <= lengths[-1]):
+            continue
+        x = float(np.interp(math.log(value), logs, np.arange(len(lengths))))
+        line = ax.axvline(x, color="black", zorder=3, **style)
+        line.set_gid(f"{gid}:{setting}")
+
+
+def _heatmap(df: pd.DataFrame, ax: Axes, metric: str, label: str, cmap: str, limits: tuple[float, float] | None,
+             fmt: str) -> None:
+    import matplotlib as mpl
+
+    ctx = figure_context(df, MEASURE)
+    grid = _grid(ctx.records, metric)
+    if not len(grid):
+        raise NoData(f"no ok {metric} values with a depth")
+    settings = [s for s in ctx.order if s in set(grid["setting"])]
+    lengths = np.sort(grid["length"].unique())
+    depths = np.sort(grid["depth"].unique())
+    lo, hi = limits if limits is not None else (float(grid["value"].min()), float(grid["value"].max()))
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    colormap = mpl.colormaps[cmap].copy()
+    colormap.set_bad("0.85")
+    image = None
+    panels = _panels(ax, len(settings))
+    annotate = len(lengths) * len(depths) <= 60
+    for axis, setting in zip(panels, settings):
+        rows = grid[grid["setting"] == setting]
+        table = rows.groupby(["depth", "length"])["value"].mean().unstack("length")
+        table = table.reindex(index=depths, columns=lengths)
+        values = np.ma.masked_invalid(table.to_numpy(dtype=float))
+        image = axis.imshow(values, aspect="auto", cmap=colormap, vmin=lo, vmax=hi, origin="upper",
+                            interpolation="nearest")
+        axis.set_xticks(range(len(lengths)), [fmt_length(v) for v in lengths], fontsize=7,
+                        rotation=45 if len(lengths) > 6 else 0)
+        axis.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
+        axis.set_xlabel("context length L (tokens)", fontsize=8)
+        axis.set_ylabel("needle depth", fontsize=8)
+        axis.set_title(setting, fontsize=8)
+        if annotate:
+            mid = (lo + hi) / 2
+            for (i, j), value in np.ndenumerate(table.to_numpy(dtype=float)):
+                if np.isfinite(value):
+                    axis.text(j, i, format(value, fmt), ha="center", va="center", fontsize=6,
+                              color="white" if (value < mid) == (cmap != "viridis") else "black")
+        _law_columns(axis, ctx, setting, lengths)
+    if image is not None:
+        bar = ax.figure.colorbar(image, ax=panels, shrink=0.85, pad=0.03)
+        bar.set_label(label, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+
+
+def heatmap_accuracy(df: pd.DataFrame, ax: Axes) -> None:
+    """Passkey accuracy per context length x needle depth (mean over samples), one panel per setting; dotted: training length, dashed: the law's predicted limit (where inside the grid); grey: no ok cell."""
+    _heatmap(df, ax, "correct", "accuracy", "RdYlGn", (0.0, 1.0), ".2f")
+
+
+def heatmap_logprob(df: pd.DataFrame, ax: Axes) -> None:
+    """Mean answer log-prob (nats) per context length x needle depth, one panel per setting: informative even where accuracy sits at chance; dotted: training length, dashed: the law's predicted limit."""
+    _heatmap(df, ax, "answer_logprob", "answer log-prob (nats)", "viridis", None, ".1f")
+
+
+FIGURES: dict[str, Any] = {
+    "accuracy_vs_length": accuracy_vs_length,
+    "logprob_vs_length": logprob_vs_length,
+    "heatmap_accuracy": heatmap_accuracy,
+    "heatmap_logprob": heatmap_logprob,
+    "measured_vs_predicted": measured_vs_predicted,
+}
+
+__all__ = ["FIGURES", "LOGPROB", "MEASURE", "accuracy_vs_length", "heatmap_accuracy", "heatmap_logprob",
+           "logprob_vs_length", "measured_vs_predicted"]

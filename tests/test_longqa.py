@@ -1,0 +1,400 @@
+"""Long-document QA: exact lengths, middle truncation accounting, metrics, synthetic QA, end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from harness.bytetok import byte_tokenizer
+from harness.errors import InputError
+from tasks.base import Cell, RunContext, TaskParams
+from tasks.longqa import (
+    DATASETS,
+    GENERIC,
+    SNAP_WINDOW,
+    LongQATask,
+    best_scores,
+    exact_match,
+    middle_truncate,
+    normalize_answer,
+    rouge_l,
+    substring_match,
+    synthetic_question,
+    token_f1,
+)
+
+FILLER = "Rivers carry silt to the delta, and the delta grows a little every year. "
+MIDDLE_ANSWER = "The capital of the island of Zanzibar is Stone Town."
+
+
+def _rows() -> list[dict]:
+    middle = FILLER * 8 + MIDDLE_ANSWER + " " + FILLER * 8
+    return [
+        {"input": "What is the capital of Zanzibar?", "context": middle, "answers": ["Stone Town"],
+         "length": 200, "dataset": "hotpotqa", "_id": "hp0"},
+        {"input": "Who wrote the ledger?", "context": "The ledger was written by Mara Quist. " + FILLER * 16,
+         "answers": ["Mara Quist"], "length": 200, "dataset": "hotpotqa", "_id": "hp1"},
+        {"input": "What colour is the door?", "context": "The door is painted teal.", "answers": ["teal"],
+         "length": 5, "dataset": "hotpotqa", "_id": "hp2"},
+        {"input": "", "context": "The agency reviewed 40 programs and found gaps in oversight. " * 6,
+         "answers": ["The agency found gaps in oversight of 40 programs."], "length": 60, "dataset": "gov_report",
+         "_id": "gr0"},
+        {"input": "Which animal?", "context": FILLER * 4 + "The animal was an otter.", "answers": ["otter"],
+         "length": 40, "dataset": "mydata", "_id": "my0"},
+    ]
+
+
+@pytest.fixture
+def longbench_file(tmp_path):
+    path = tmp_path / "lb.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A small byte-level BPE trained here (merges make token counts differ from byte counts)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    texts = [r["context"] + " " + r["input"] for r in _rows()] * 3 + [DATASETS["hotpotqa"].template] * 3
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def make_ctx(tokenizer, lengths, options=None, *, samples=1, seed=0, corpus="stdlib", bos=True, engine=None):
+    warnings: list[str] = []
+    params = TaskParams(lengths=list(lengths), samples=samples, seed=seed, corpus=str(corpus), bos=bos,
+                        options=dict(options or {}))
+    ctx = RunContext(engine=engine, tokenizer=tokenizer, params=params, manifest={}, base_record={},
+                     write_side=lambda *a: None, warn=warnings.append)
+    ctx.state["warnings"] = warnings
+    return ctx
+
+
+def cell_for(task, ctx, length, qa_id=None, depth=None):
+    rows = task.rows(ctx.params)
+    sample = next(i for i, r in enumerate(rows) if r.qa_id == qa_id) if qa_id else 0
+    return Cell(length, depth, sample)
+
+
+# ============================================================================================== metrics
+
+
+def test_metrics_on_hand_checked_examples():
+    assert normalize_answer("The  Quick, brown fox!") == "quick brown fox"
+    # pred "eiffel tower paris" vs gold "eiffel tower": P = 2/3, R = 1 -> F1 = 0.8
+    assert token_f1("The Eiffel Tower, Paris", "eiffel tower") == pytest.approx(0.8)
+    assert token_f1("no overlap here", "something") == 0.0
+    assert token_f1("a the", "the") == 0.0  # nothing left after normalisation
+    assert exact_match("The  Answer!", "answer") == 1.0
+    assert exact_match("answer is", "answer") == 0.0
+    assert substring_match("It was in Paris, France.", "paris") == 1.0
+    assert substring_match("10 apples", "1") == 0.0  # whole words only
+    # LCS(the cat sat on the mat, the cat was on the mat) = 5 of 6 tokens each -> F = 5/6
+    assert rouge_l("the cat sat on the mat", "the cat was on the mat") == pytest.approx(5 / 6)
+    assert rouge_l("", "anything") == 0.0
+    scores = best_scores("Stone Town", ["Zanzibar City", "stone town"])
+    assert scores == {"f1": 1.0, "rouge_l": 1.0, "exact_match": 1.0, "substring_match": 1.0}
+
+
+def test_middle_truncate_keeps_both_ends():
+    assert middle_truncate(range(10), 5) == ([0, 1, 2], [8, 9], 5)
+    assert middle_truncate(range(10), 4) == ([0, 1], [8, 9], 6)
+    assert middle_truncate(range(10), 1) == ([0], [], 9)
+    assert middle_truncate(range(3), 5) == ([0, 1, 2], [], 0)
+
+
+# ==================================================================================== LongBench format
+
+
+def _fixed_bytes(row: dict) -> tuple[int, int]:
+    before, _, after = DATASETS[row["dataset"]].template.partition("{context}")
+    return 1 + len(before.replace("{input}", row["input"]).encode()), len(after.replace("{input}", row["input"]).encode())
+
+
+def test_longbench_exact_length_and_truncation_accounting(longbench_file):
+    task, tok = LongQATask(), byte_tokenizer()
+    ctx = make_ctx(tok, [320, 400, 2048], {"source": str(longbench_file)}, samples=5)
+    cells = task.cells(ctx.params)
+    assert {c.sample for c in cells} == {0, 1, 2, 3, 4} and len(cells) == 15
+    task.prepare(ctx)
+    row = _rows()[0]
+    head, tail = _fixed_bytes(row)
+    context = row["context"].encode()
+    for length in (320, 400):
+        prompt = task.build(ctx, cell_for(task, ctx, length, "hp0"))
+        assert len(prompt.ids) == length and prompt.record["prompt_tokens"] == length
+        budget = length - head - tail
+        assert prompt.record["truncated_tokens"] == len(context) - budget
+        assert prompt.ids[0] == tok.bos_token_id and prompt.ids[1] != tok.bos_token_id
+        kept = bytes(prompt.ids[head:length - tail])
+        assert kept == context[:(budget + 1) // 2] + context[len(context) - budget // 2:]
+        # the answer sits in the middle: cut away, though it is in the full context
+        assert prompt.record["answer_in_context"] is False and prompt.record["answer_in_full_context"] is True
+        assert prompt.max_new_tokens == 32 and prompt.metric == "f1"
+    near_start = task.build(ctx, cell_for(task, ctx, 320, "hp1"))
+    assert near_start.record["truncated_tokens"] > 0 and near_start.record["answer_in_context"] is True
+    whole = task.build(ctx, cell_for(task, ctx, 2048, "hp0"))
+    assert whole.record["truncated_tokens"] == 0 and whole.record["answer_in_context"] is True
+    assert len(whole.ids) == 2048 and whole.record["pad_tokens"] == 2048 - head - tail - len(context)
+
+
+def test_longbench_padding_depth_and_no_pad(longbench_file):
+    task, tok = LongQATask(), byte_tokenizer()
+    row = _rows()[2]
+    head, tail = _fixed_bytes(row)
+    context = row["context"].encode()
+    for depth in (0.0, 1.0):
+        ctx = make_ctx(tok, [600], {"source": str(longbench_file), "qa_datasets": "hotpotqa"}, samples=3)
+        task.prepare(ctx)
+        prompt = task.build(ctx, cell_for(task, ctx, 600, "hp2", depth))
+        assert len(prompt.ids) == 600 and prompt.record["truncated_tokens"] == 0
+        assert prompt.record["pad_tokens"] == 600 - head - tail - len(context)
+        assert prompt.record["context_depth"] == depth and prompt.record["answer_in_context"] is True
+        where = head if depth == 0.0 else 600 - tail - len(context)
+        assert bytes(prompt.ids[where:where + len(context)]) == context
+        assert b"Zanzibar" in bytes(prompt.ids[head:600 - tail])  # padding: the dataset's other rows
+    seeded = make_ctx(tok, [600], {"source": str(longbench_file), "qa_datasets": "hotpotqa"}, samples=3)
+    a = task.build(seeded, cell_for(task, seeded, 600, "hp2"))
+    b = LongQATask().build(make_ctx(tok, [600], {"source": str(longbench_file), "qa_datasets": "hotpotqa"},
+                                    samples=3), cell_for(task, seeded, 600, "hp2"))
+    assert a.ids == b.ids and 0 <= a.record["context_depth"] <= 1
+    ctx = make_ctx(tok, [600], {"source": str(longbench_file), "qa_pad": "none"}, samples=5)
+    short = task.build(ctx, cell_for(task, ctx, 600, "hp2"))
+    assert short.record["prompt_tokens"] == len(short.ids) == head + tail + len(context)
+    assert short.record["pad_tokens"] == 0
+
+
+def test_longbench_exact_length_with_a_bpe_tokenizer(longbench_file, bpe_tokenizer):
+    task = LongQATask()
+    ctx = make_ctx(bpe_tokenizer, [200, 300, 1500], {"source": str(longbench_file)}, samples=5)
+    task.prepare(ctx)
+    for cell in task.cells(ctx.params):
+        prompt = task.build(ctx, cell)
+        assert len(prompt.ids) == cell.length == prompt.record["prompt_tokens"]
+        assert prompt.ids.count(bpe_tokenizer.bos_token_id) == 1
+        context = bpe_tokenizer(task.rows(ctx.params)[cell.sample].context, add_special_tokens=False)["input_ids"]
+        assert prompt.record["context_tokens"] == len(context)
+        assert prompt.record["truncated_tokens"] == max(0, len(context) - (len(context) + prompt.record["pad_tokens"]
+                                                                           - prompt.record["truncated_tokens"]))
+
+
+def test_longbench_datasets_templates_and_selection(longbench_file):
+    task, tok = LongQATask(), byte_tokenizer()
+    ctx = make_ctx(tok, [1024], {"source": str(longbench_file), "qa_datasets": "gov_report,mydata"}, samples=1)
+    cells = task.cells(ctx.params)
+    rows = task.rows(ctx.params)
+    assert [rows[c.sample].dataset for c in cells] == ["gov_report", "mydata"]
+    task.prepare(ctx)
+    summary = task.build(ctx, cells[0])
+    assert summary.metric == "rouge_l" and summary.max_new_tokens == 512
+    assert summary.record["answer_in_context"] is True and summary.record["answer_in_full_context"] is None
+    generic = task.build(ctx, cells[1])
+    assert generic.metric == "f1" and generic.max_new_tokens == GENERIC.max_new_tokens
+    assert bytes(generic.ids[1:]).decode().startswith(GENERIC.template.split("{context}")[0])
+    ctx = make_ctx(tok, [1024], {"source": str(longbench_file), "max_new_tokens": 7}, samples=2)
+    assert LongQATask().build(ctx, Cell(1024, None, 0)).max_new_tokens == 7
+    # --samples N: each dataset's first N rows; indices do not move when N changes
+    two = [c.sample for c in LongQATask().cells(make_ctx(tok, [1024], {"source": str(longbench_file)}, samples=2).params)]
+    one = [c.sample for c in LongQATask().cells(make_ctx(tok, [1024], {"source": str(longbench_file)}, samples=1).params)]
+    assert two == [0, 1, 3, 4] and one == [0, 3, 4]
+
+
+def test_longbench_folder_source(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("hotpotqa", "gov_report"):
+        rows = [{k: v for k, v in r.items() if k != "dataset"} for r in _rows() if r["dataset"] == name]
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = LongQATask()
+    params = make_ctx(byte_tokenizer(), [1024], {"source": str(folder), "qa_datasets": "gov_report"}).params
+    assert [r.dataset for r in task.rows(params)] == ["gov_report"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"context": "x", "answers": ["a"]}, "lacks input"),
+    ({"input": "q", "answers": ["a"]}, "lacks context"),
+    ({"input": "q", "context": "x", "answers": []}, "answers must be a non-empty list"),
+])
+def test_longbench_bad_rows(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(InputError, match=message):
+        LongQATask().cells(make_ctx(byte_tokenizer(), [1024], {"source": str(path)}).params)
+
+
+def test_bad_input_is_input_error(tmp_path, longbench_file):
+    tok = byte_tokenizer()
+    with pytest.raises(InputError, match="does not exist"):
+        LongQATask().cells(make_ctx(tok, [1024], {"source": str(tmp_path / "missing.jsonl")}).params)
+    with pytest.raises(InputError, match="not in"):
+        LongQATask().cells(make_ctx(tok, [1024], {"source": str(longbench_file), "qa_datasets": "musique"}).params)
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    with pytest.raises(InputError, match="not valid JSON"):
+        LongQATask().cells(make_ctx(tok, [1024], {"source": str(tmp_path / "broken.jsonl")}).params)
+    with pytest.raises(InputError, match="too small"):  # the hotpotqa template alone is ~330 bytes
+        LongQATask().prepare(make_ctx(tok, [128, 1024], {"source": str(longbench_file)}, samples=5))
+    with pytest.raises(InputError, match="too small"):
+        LongQATask().prepare(make_ctx(tok, [256], {}))
+    with pytest.raises(InputError, match="--qa-hops"):
+        LongQATask().cells(make_ctx(tok, [1024], {"qa_hops": "4"}).params)
+    with pytest.raises(InputError, match="--depths"):
+        LongQATask().cells(make_ctx(tok, [1024], {"depths": "0.5,1.5"}).params)
+    with pytest.raises(InputError, match="chat template"):
+        LongQATask().prepare(make_ctx(tok, [1024], {"chat_template": True}))
+
+
+# ============================================================================================ synthetic
+
+
+def test_synthetic_questions_are_seeded():
+    assert synthetic_question(0, 3, 2, 3) == synthetic_question(0, 3, 2, 3)
+    assert synthetic_question(0, 3, 2, 3) != synthetic_question(1, 3, 2, 3)
+    q = synthetic_question(0, 0, 2, 3)
+    assert len(q.facts) == 2 and len(q.distractors) == 3 and q.answer in q.facts[1]
+    assert q.answer not in " ".join(q.distractors) and q.lead not in " ".join(q.facts)
+    q3 = synthetic_question(5, 1, 3, 4)
+    assert len(q3.facts) == 3 and len(q3.distractors) == 4
+
+
+def test_synthetic_exact_length_from_1024_and_determinism(text_corpus, bpe_tokenizer):
+    task = LongQATask()
+    for tok in (byte_tokenizer(), bpe_tokenizer):
+        options = {"qa_hops": "1,2,3", "depths": "0,0.5,1"}
+        ctx = make_ctx(tok, [1024, 1500], options, samples=3, corpus=text_corpus)
+        cells = task.cells(ctx.params)
+        assert len(cells) == 3 * 3 * 2
+        task.prepare(ctx)
+        again = make_ctx(tok, [1024, 1500], options, samples=3, corpus=text_corpus)
+        for cell in cells:
+            prompt = task.build(ctx, cell)
+            assert len(prompt.ids) == cell.length and prompt.ids.count(tok.bos_token_id) == 1
+            text = tok.decode(prompt.ids)
+            q = synthetic_question(0, cell.sample, [1, 2, 3][cell.sample], 3)
+            assert all(f in text for f in (*q.facts, *q.distractors)) and text.endswith(q.lead)
+            assert tok.decode(prompt.answer_ids) == " " + q.answer
+            assert prompt.record["truncated_tokens"] == 0 and prompt.record["answer_in_context"] is True
+            assert task.build(again, cell).ids == prompt.ids  # a fresh context rebuilds the same prompt
+        other_seed = make_ctx(tok, [1024], options, samples=1, seed=1, corpus=text_corpus)
+        assert task.build(other_seed, Cell(1024, 0.5, 0)).ids != task.build(ctx, Cell(1024, 0.5, 0)).ids
+
+
+def test_synthetic_depth_places_the_first_fact(text_corpus):
+    task, tok = LongQATask(), byte_tokenizer()
+    ctx = make_ctx(tok, [2048], {"qa_hops": "1", "qa_distractors": 0, "depths": "0,0.5,1"}, corpus=text_corpus)
+    task.prepare(ctx)
+    head = 1 + len(b"The text below hides")  # lower bound on the head: BOS + instruction
+    positions = {d: task.build(ctx, Cell(2048, d, 0)).record["fact_position"] for d in (0.0, 0.5, 1.0)}
+    assert head < positions[0.0] < 200
+    assert abs(positions[0.5] - 1024) < 200 + SNAP_WINDOW
+    assert positions[1.0] > 2048 - 250
+
+
+def test_synthetic_chat_template_exact_length_no_double_bos(text_corpus):
+    tok = byte_tokenizer()
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}[USER] {{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %} [ASSISTANT] {% endif %}")
+    task = LongQATask()
+    ctx = make_ctx(tok, [1024], {"chat_template": True, "qa_hops": "2"}, corpus=text_corpus)
+    prompt = task.build(ctx, Cell(1024, None, 0))
+    assert len(prompt.ids) == 1024 and prompt.ids.count(tok.bos_token_id) == 1 and prompt.ids[0] == tok.bos_token_id
+    assert "[ASSISTANT] Answer: The vault where" in tok.decode(prompt.ids)
+
+
+# ========================================================================================= end to end
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama):
+    from harness import models
+    from harness.engine import Engine
+
+    return Engine(models.load(str(tiny_llama), dtype="float32", device="cpu"))
+
+
+def test_score_cells_end_to_end(engine, text_corpus, longbench_file):
+    task = LongQATask()
+    ctx = make_ctx(engine.tokenizer, [1024], {"qa_hops": "2", "max_new_tokens": 4}, corpus=text_corpus, engine=engine)
+    task.prepare(ctx)
+    (record,) = task.score_group(ctx, [Cell(1024, None, 0)])
+    assert record["metric"] == "match" and record["score"] in (0.0, 1.0)
+    assert record["prompt_tokens"] == 1024 and record["truncated_tokens"] == 0 and record["answer_in_context"] is True
+    assert math.isfinite(record["answer_logprob"]) and record["answer_logprob"] < 0
+    assert record["answer_rank"] >= 1 and record["answer_tokens"] == 7  # " " + six digits, one byte each
+    assert 1 <= record["generated_tokens"] <= 4 and isinstance(record["prediction"], str)
+    assert record["dataset"] == "synthetic_2hop" and record["hops"] == 2
+    json.dumps(record)  # flat and serialisable
+
+    lb = make_ctx(engine.tokenizer, [400], {"source": str(longbench_file), "max_new_tokens": 3}, samples=5,
+                  engine=engine)
+    task.prepare(lb)
+    cells = [c for c in task.cells(lb.params) if c.sample in (0, 3)]
+    records = task.score_group(lb, cells)
+    assert [r["dataset"] for r in records] == ["hotpotqa", "gov_report"]
+    assert [r["metric"] for r in records] == ["f1", "rouge_l"]
+    for r in records:
+        assert r["prompt_tokens"] == 400 and r["truncated_tokens"] > 0 and isinstance(r["answer_in_context"], bool)
+        assert 0.0 <= r["score"] <= 1.0 and {"f1", "rouge_l", "exact_match", "substring_match"} <= set(r)
+        assert "answer_logprob" not in r
+        json.dumps(r)
+
+
+# ========================================================================================= CLI, report
+
+
+def test_cli_flags_land_in_option_names():
+    parser = argparse.ArgumentParser()
+    LongQATask.add_arguments(parser)
+    args = parser.parse_args(["--source", "x.jsonl", "--qa-datasets", "hotpotqa", "--qa-hops", "1,3",
+                              "--qa-distractors", "5", "--qa-pad", "none"])
+    task_dests = {"source", "qa_datasets", "qa_hops", "qa_distractors", "qa_pad"}
+    assert task_dests <= set(vars(args)) and task_dests <= set(LongQATask.option_names())
+    assert {"depths", "max_new_tokens", "chat_template"} <= set(LongQATask.option_names())
+    ident = LongQATask().identity(TaskParams([1024], options={"qa_hops": None, "depths": "0,1"}))
+    assert ident["qa_hops"] == "1,2" and ident["qa_distractors"] == 3 and "depths" not in ident
+
+
+def _fake_records():
+    import pandas as pd
+
+    rows = []
+    for setting, theta, limit in (("tiny:default:10000", 10000.0, 256), ("tiny:default:500000", 500000.0, 1024)):
+        for sample in range(3):
+            for length in (64, 128, 256, 512, 1024, 2048):
+                for dataset in ("hotpotqa", "gov_report"):
+                    score = 0.8 if length <= limit else 0.1
+                    rows.append({"task": "longqa", "setting": setting, "model": "tiny", "rope_type": "default",
+                                 "rope_theta": theta, "pretrain_base": 10000.0, "train_len": 128, "tune_len": 128,
+                                 "rotary_dim": 16, "rope_hash": setting, "length": length, "depth": None,
+                                 "sample": sample, "seed": 0, "status": "ok", "error": None, "dataset": dataset,
+                                 "score": score + 0.01 * sample, "answer_logprob": -1.0 - length / 512,
+                                 "truncated_tokens": max(0, 600 - length), "answer_in_context": length > 300})
+    return pd.DataFrame(rows)
+
+
+def test_report_figures_draw(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from harness.report import task_figures
+
+    figures, spec = task_figures("longqa")
+    assert spec.metric == "score" and spec.higher_is_better
+    frame = _fake_records()
+    for name, fn in figures.items():
+        fig, ax = plt.subplots()
+        fn(frame, ax)
+        fig.savefig(tmp_path / f"{name}.png")
+        plt.close(fig)
+        assert (tmp_path / f"{name}.png").stat().st_size > 0

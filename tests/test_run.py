@@ -1,0 +1,217 @@
+"""`rope-harness run`: ppl@L contract, records schema, resume, OOM, bad input, sharding."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness import models
+from harness.cli import main
+from harness.store import read_jsonl
+
+RECORD_KEYS = {"task", "setting", "model", "rope_type", "rope_theta", "rope_params", "rotary_dim", "pretrain_base",
+               "train_len", "tune_len", "rope_hash", "length", "depth", "sample", "seed", "status", "error", "dtype",
+               "attn", "plan", "ppl", "nll", "tokens", "bos", "doc_id", "offset"}
+
+
+def records(folder: Path) -> list[dict]:
+    return list(read_jsonl(folder, "records"))
+
+
+def run(tiny, corpus, out, *extra) -> int:
+    return main(["run", "--model", str(tiny), "--corpus", str(corpus), "--out", str(out), "--no-progress",
+                 "--lengths", "32,100,200", "--samples", "2", *extra])
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_ppl_at_L_is_a_plain_forward_of_exactly_L_tokens(bos, tiny_llama, text_corpus, tmp_path):
+    assert run(tiny_llama, text_corpus, tmp_path / "r", *([] if bos else ["--no-bos"]), "--rope-theta", "5e4") == 0
+    rows = records(tmp_path / "r")
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    loaded = models.load(str(tiny_llama), models.RopeOverride(theta=5e4))
+    tokens = loaded.tokenizer(text_corpus.read_text(), add_special_tokens=False)["input_ids"]
+    size = 200 - (1 if bos else 0)
+    for r in rows:
+        sample = tokens[r["sample"] * size:(r["sample"] + 1) * size]
+        ids = ([256] if bos else []) + sample
+        ids = ids[:r["length"]]
+        with torch.no_grad():
+            logits = loaded.model(torch.tensor([ids])).logits[0, :-1]
+        nll = F.cross_entropy(logits, torch.tensor(ids[1:]))
+        assert r["ppl"] == pytest.approx(float(torch.exp(nll)), rel=1e-5)
+        assert r["tokens"] == r["length"] - 1 and r["bos"] is bos and r["offset"] == r["sample"] * size
+
+
+def test_records_schema_positions_and_run_json(tiny_llama, text_corpus, tmp_path):
+    assert run(tiny_llama, text_corpus, tmp_path / "r") == 0
+    rows = records(tmp_path / "r")
+    for r in rows:
+        assert set(r) >= RECORD_KEYS, RECORD_KEYS - set(r)
+        assert r["depth"] is None and r["error"] is None and isinstance(r["rope_params"], str)
+        assert r["setting"] == f"{tiny_llama.name}:default:10000"
+    assert sorted((r["length"], r["sample"]) for r in rows) == [(L, s) for L in (32, 100, 200) for s in (0, 1)]
+    positions = list(read_jsonl(tmp_path / "r", "positions"))
+    assert {p["length"] for p in positions} == {200}
+    for sample in (0, 1):
+        mine = [p for p in positions if p["sample"] == sample]
+        assert sum(p["tokens"] for p in mine) == 199  # every prediction of the longest pass, once
+        weighted = sum(p["nll"] * p["tokens"] for p in mine) / 199
+        rec = next(r for r in rows if r["sample"] == sample and r["length"] == 200)
+        assert weighted == pytest.approx(rec["nll"], rel=1e-6)
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert info["ended"] and info["versions"]["transformers"] and info["cells"]["ok"] == 6
+    assert not (tmp_path / "r" / ".lock").exists()
+
+
+def test_rerun_resumes_and_changed_setting_never_reuses_cells(tiny_llama, text_corpus, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run(tiny_llama, text_corpus, out) == 0
+    first = records(out)
+    assert run(tiny_llama, text_corpus, out) == 0
+    assert records(out) == first  # nothing rerun, nothing duplicated
+    assert run(tiny_llama, text_corpus, out, "--samples", "3") == 0  # only the new sample runs
+    assert len(records(out)) == 9
+    assert run(tiny_llama, text_corpus, out, "--samples", "3", "--rope-theta", "2e4") == 0
+    rows = records(out)
+    assert len(rows) == 18 and len({r["cell_key"] for r in rows}) == 18
+
+
+def test_fewer_samples_than_asked_warns_and_runs_those(tiny_llama, text_corpus, tmp_path, capsys):
+    assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out", str(tmp_path / "r"),
+                 "--no-progress", "--lengths", "5000", "--samples", "9"]) == 0
+    available = len(text_corpus.read_bytes()) // 4999
+    assert "yields only" in capsys.readouterr().err
+    assert len(records(tmp_path / "r")) == available < 9
+    info = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert list(info["samples_available"].values())[0] == {"perplexity": available}
+
+
+def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus, tmp_path, monkeypatch):
+    from harness import engine
+
+    calls = []
+    real = engine.Engine.token_nll
+
+    def flaky(self, ids, plan=None):
+        calls.append(self.chunk_size)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, ids, plan)
+
+    monkeypatch.setattr(engine.Engine, "token_nll", flaky)
+    assert run(tiny_llama, text_corpus, tmp_path / "a", "--samples", "1") == 0
+    assert calls[0] is None and calls[1] is not None  # the retry ran with a smaller prefill chunk
+    assert all(r["status"] == "ok" for r in records(tmp_path / "a"))
+
+    def always(self, ids, plan=None):
+        raise torch.OutOfMemoryError("out of memory (simulated)")
+
+    monkeypatch.setattr(engine.Engine, "token_nll", always)
+    assert run(tiny_llama, text_corpus, tmp_path / "b") == 1
+    rows = records(tmp_path / "b")
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"oom"} and "simulated" in rows[0]["error"]
+
+
+def test_nan_loss_is_an_error_and_max_memory_records_oom(tiny_llama, text_corpus, tmp_path, monkeypatch):
+    assert run(tiny_llama, text_corpus, tmp_path / "m", "--max-memory", "1MiB") == 1
+    rows = records(tmp_path / "m")
+    assert {r["status"] for r in rows} == {"oom"} and "planner" in rows[0]["error"]
+    from harness import engine
+
+    monkeypatch.setattr(engine.Engine, "token_nll", lambda self, ids, plan=None: torch.full((len(ids) - 1,), float("nan")))
+    assert run(tiny_llama, text_corpus, tmp_path / "n") == 1
+    assert {r["status"] for r in records(tmp_path / "n")} == {"error"}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rope-type", "bogus"], "unknown --rope-type"),
+    (["--rope-theta", "0.5"], "--rope-theta must be > 1"),
+    (["--lengths", "1000000"], "no document in corpus"),
+    (["--lengths", "a,b"], "--lengths"),
+    (["--task", "nope"], "unknown task"),
+    (["--max-memory", "lots"], "--max-memory"),
+    (["--rope-param", "novalue"], "KEY=VALUE"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(extra, message, tiny_llama, text_corpus, tmp_path, capsys):
+    assert run(tiny_llama, text_corpus, tmp_path / "r", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_model_and_corpus(text_corpus, tmp_path, capsys):
+    assert run(tmp_path / "nope", text_corpus, tmp_path / "r") == 2
+    assert run(text_corpus.parent, tmp_path / "none.txt", tmp_path / "r") == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_lists_cells_without_loading_or_writing(tiny_llama, text_corpus, tmp_path, capsys):
+    assert run(tiny_llama, text_corpus, tmp_path / "r", "--dry-run", "--max-memory", "20MiB") == 0
+    out = capsys.readouterr().out
+    assert "6 cells" in out and "single" in out
+    assert not (tmp_path / "r").exists()
+
+
+def _cli(*args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tiny_llama, text_corpus, tmp_path):
+    args = ["run", "--model", tiny_llama, "--corpus", text_corpus, "--no-progress", "--lengths", "64,128,256,512",
+            "--samples", "6", "--rope-type", "dynamic", "--rope-factor", "2"]
+    clean = _cli(*args, "--out", tmp_path / "clean")
+    proc = _cli(*args, "--out", tmp_path / "killed")
+    path = tmp_path / "killed" / "records.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not path.exists() or path.read_bytes().count(b"\n") < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert clean.wait() == 0
+    partial = path.read_bytes().count(b"\n")
+    assert 3 <= partial < 24
+    resumed = _cli(*args, "--out", tmp_path / "killed")
+    assert resumed.wait() == 0, resumed.stderr.read().decode()[-2000:]
+    got, want = records(tmp_path / "killed"), records(tmp_path / "clean")
+    assert len(got) == 24 and len({r["cell_key"] for r in got}) == 24
+    key = lambda r: r["cell_key"]  # noqa: E731
+    assert [(r["cell_key"], r["ppl"]) for r in sorted(got, key=key)] == [(r["cell_key"], r["ppl"]) for r in sorted(want, key=key)]
+
+
+def test_lock_stops_a_second_writer(tiny_llama, text_corpus, tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (out / ".lock").write_text(str(holder.pid))
+        assert run(tiny_llama, text_corpus, out) == 2
+        assert "another run" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(tiny_llama, text_corpus, out) == 0  # a stale lock (dead pid) is taken over
+
+
+def test_two_ranks_split_cells_and_equal_one_process(tiny_llama, text_corpus, tmp_path):
+    args = ["--model", str(tiny_llama), "--corpus", str(text_corpus), "--no-progress", "--lengths", "64,128",
+            "--samples", "4"]
+    assert main(["run", *args, "--out", str(tmp_path / "one")]) == 0
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29533", "-m", "harness.cli", "run",
+                           *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp_path / "two").glob("records*.jsonl"))
+    assert shards == ["records.rank0.jsonl", "records.rank1.jsonl"]
+    assert all((tmp_path / "two" / s).stat().st_size > 0 for s in shards)  # both ranks did work
+    one = sorted((r["cell_key"], r["ppl"]) for r in records(tmp_path / "one"))
+    two = sorted((r["cell_key"], r["ppl"]) for r in records(tmp_path / "two"))
+    assert [k for k, _ in one] == [k for k, _ in two]
+    assert all(a == pytest.approx(b, rel=1e-6) for (_, a), (_, b) in zip(one, two, strict=True))
