@@ -141,7 +141,7 @@ def test_longbench_exact_length_and_truncation_accounting(longbench_file):
         # the answer sits in the middle: cut away, though it is in the full context
         assert prompt.record["answer_in_context"] is False and prompt.record["answer_in_full_context"] is True
         assert prompt.max_new_tokens == 32 and prompt.metric == "f1"
-    near_start = task.build(ctx, cell_for(task, ctx, 320, "hp1"))
+    near_start = task.build(ctx, cell_for(task, ctx, 400, "hp1"))
     assert near_start.record["truncated_tokens"] > 0 and near_start.record["answer_in_context"] is True
     whole = task.build(ctx, cell_for(task, ctx, 2048, "hp0"))
     assert whole.record["truncated_tokens"] == 0 and whole.record["answer_in_context"] is True
@@ -162,7 +162,12 @@ def test_longbench_padding_depth_and_no_pad(longbench_file):
         assert prompt.record["context_depth"] == depth and prompt.record["answer_in_context"] is True
         where = head if depth == 0.0 else 600 - tail - len(context)
         assert bytes(prompt.ids[where:where + len(context)]) == context
-        assert b"Zanzibar" in bytes(prompt.ids[head:600 - tail])  # padding: the dataset's other rows
+        pad = prompt.record["pad_tokens"]
+        other = _rows()[0]["context"].encode()  # padding: the dataset's other rows, from the next one on
+        if depth == 0.0:
+            assert bytes(prompt.ids[head + len(context):600 - tail]) == (b"\n\n" + other)[:pad]
+        else:
+            assert bytes(prompt.ids[head:head + pad]) == (other + b"\n\n")[-pad:]
     seeded = make_ctx(tok, [600], {"source": str(longbench_file), "qa_datasets": "hotpotqa"}, samples=3)
     a = task.build(seeded, cell_for(task, seeded, 600, "hp2"))
     b = LongQATask().build(make_ctx(tok, [600], {"source": str(longbench_file), "qa_datasets": "hotpotqa"},
@@ -175,6 +180,9 @@ def test_longbench_padding_depth_and_no_pad(longbench_file):
 
 
 def test_longbench_exact_length_with_a_bpe_tokenizer(longbench_file, bpe_tokenizer):
+    def encode(text):
+        return bpe_tokenizer(text, add_special_tokens=False)["input_ids"]
+
     task = LongQATask()
     ctx = make_ctx(bpe_tokenizer, [200, 300, 1500], {"source": str(longbench_file)}, samples=5)
     task.prepare(ctx)
@@ -182,10 +190,13 @@ def test_longbench_exact_length_with_a_bpe_tokenizer(longbench_file, bpe_tokeniz
         prompt = task.build(ctx, cell)
         assert len(prompt.ids) == cell.length == prompt.record["prompt_tokens"]
         assert prompt.ids.count(bpe_tokenizer.bos_token_id) == 1
-        context = bpe_tokenizer(task.rows(ctx.params)[cell.sample].context, add_special_tokens=False)["input_ids"]
-        assert prompt.record["context_tokens"] == len(context)
-        assert prompt.record["truncated_tokens"] == max(0, len(context) - (len(context) + prompt.record["pad_tokens"]
-                                                                           - prompt.record["truncated_tokens"]))
+        row = task.rows(ctx.params)[cell.sample]
+        before, _, after = (DATASETS.get(row.dataset) or GENERIC).template.partition("{context}")
+        fixed = 1 + len(encode(before.replace("{input}", row.question))) + len(encode(after.replace("{input}", row.question)))
+        context = encode(row.context)
+        assert prompt.record["context_tokens"] == len(context) < len(row.context.encode())  # merges happened
+        assert prompt.record["truncated_tokens"] == max(0, len(context) - (cell.length - fixed))
+        assert prompt.record["pad_tokens"] == max(0, cell.length - fixed - len(context))
 
 
 def test_longbench_datasets_templates_and_selection(longbench_file):

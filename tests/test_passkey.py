@@ -1,0 +1,290 @@
+"""Passkey task: exact token lengths (byte-level and trained BPE tokenizers), depth placement,
+determinism, the minimum length, and scoring with a model that can answer and one that cannot."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from harness.bytetok import byte_tokenizer
+from harness.engine import AnswerScore
+from harness.errors import InputError
+from tasks import passkey as pk
+from tasks.base import Cell, RunContext, TaskParams, get_task
+
+# ------------------------------------------------------------------------------------------ tokenizers
+
+
+def trained_bpe(kind: str) -> PreTrainedTokenizerFast:
+    """A small BPE trained here (offline, ~0.1 s): GPT-2 style byte-level, or SentencePiece-style Metaspace."""
+    rng = random.Random(0)
+    words = ("the rotary base of a model sets how far its positions reach before attention fails again "
+             "0 1 2 3 4 5 6 7 8 9 10 42 123 2048").split()
+    texts = [pk.INSTRUCTION, pk.FILLER * 3, pk.NEEDLE.format(key=12345), pk.QUESTION + " " + pk.ANSWER_PREFIX,
+             pk.NAMED_NEEDLE.format(key=777, name="Alpha")]
+    texts += [" ".join(rng.choice(words) for _ in range(200)) + "\n\n" for _ in range(10)]
+    tok = Tokenizer(models.BPE())
+    if kind == "bytelevel":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+        alphabet = ["\n", "\u2581", *"0123456789"]
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<s>", "</s>"], initial_alphabet=alphabet,
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+TOKENIZERS = {"byte": byte_tokenizer, "bpe-bytelevel": lambda: trained_bpe("bytelevel"),
+              "bpe-metaspace": lambda: trained_bpe("metaspace")}
+
+
+@pytest.fixture(scope="module", params=sorted(TOKENIZERS))
+def tokenizer(request):
+    return TOKENIZERS[request.param]()
+
+
+def encode(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def minimum(tok, depth: float = 0.5, sample: int = 0, bos: bool = True, length_hint: int = 4096,
+            options: pk.Options | None = None) -> int:
+    """The minimum L named by the error (the key drawn depends on L; the fixed parts do not by much)."""
+    with pytest.raises(InputError) as err:
+        pk.build_prompt(tok, 8, depth, sample, bos=bos, options=options)
+    return int(re.search(r"at least (\d+) tokens", str(err.value)).group(1))
+
+
+# ------------------------------------------------------------------------------------------ exact length
+
+
+def test_exact_length_every_tokenizer_with_and_without_bos(tokenizer):
+    hay = pk.filler_haystack(tokenizer, 3000)
+    base = minimum(tokenizer)
+    lengths = [*range(base + 2, base + 40, 3), 701, 2999]
+    for bos in (True, False):
+        for length in lengths:
+            for depth in (0.0, 0.37, 1.0):
+                p = pk.build_prompt(tokenizer, length, depth, sample=length % 3, bos=bos, haystack=hay)
+                assert len(p.ids) == length, (length, depth, bos)
+                assert (p.ids[0] == tokenizer.bos_token_id) is bos
+                assert tokenizer.bos_token_id not in p.ids[1:]  # never a double BOS
+                body = p.ids[1:] if bos else p.ids
+                assert body == encode(tokenizer, p.text)  # the model sees the text's own tokenisation
+                decoded = tokenizer.decode(body, clean_up_tokenization_spaces=False)
+                assert encode(tokenizer, decoded) == body and p.roundtrip  # encode/decode round trip
+                assert p.text.startswith(pk.INSTRUCTION + "\n")
+                assert p.text.endswith(pk.QUESTION + " " + pk.ANSWER_PREFIX)
+                assert p.text.count(pk.NEEDLE.format(key=p.key)) == 1
+
+
+def test_answer_is_the_in_context_continuation(tokenizer):
+    p = pk.build_prompt(tokenizer, 900, 0.5, 0)
+    full = encode(tokenizer, p.text + " " + p.key)
+    body = p.ids[1:]
+    assert p.answer_in_context and full == body + p.answer_ids
+    assert tokenizer.decode(p.answer_ids).strip() == p.key
+
+
+def test_too_short_is_an_input_error_naming_the_minimum(tokenizer):
+    for bos in (True, False):
+        low = minimum(tokenizer, bos=bos)
+        # the message names the minimum, and the minimum itself (and one more) builds exactly
+        for length in (low, low + 1):
+            try:
+                p = pk.build_prompt(tokenizer, length, 0.5, 0, bos=bos)
+            except InputError:  # another key at this length may tokenise one token longer
+                continue
+            assert len(p.ids) == length
+        with pytest.raises(InputError, match=r"at least \d+ tokens"):
+            pk.build_prompt(tokenizer, low - 5, 0.5, 0, bos=bos)
+
+
+def test_prepare_checks_every_length_before_any_model(tmp_path):
+    tok = byte_tokenizer()
+    params = TaskParams(lengths=[100, 4096], samples=2, options={"depths": [0.0, 1.0]})
+    ctx = RunContext(engine=None, tokenizer=tok, params=params, manifest={}, base_record={},
+                     write_side=lambda *_: None, warn=lambda _: None)
+    with pytest.raises(InputError, match=r"--lengths 100 below .* at least (\d+) tokens") as err:
+        pk.TASK.prepare(ctx)
+    low = int(re.search(r"at least (\d+)", str(err.value)).group(1))
+    params.lengths = [low, 4096]
+    assert pk.TASK.prepare(ctx) is None  # filler haystack: every sample available
+    for cell in pk.TASK.cells(params):
+        assert len(pk.TASK.build(ctx, cell).ids) == cell.length
+
+
+# ------------------------------------------------------------------------------------------ depth
+
+
+@pytest.mark.parametrize("name", ["byte", "bpe-bytelevel"])
+def test_needle_starts_at_the_depth_at_a_word_boundary(name):
+    tok = TOKENIZERS[name]()
+    hay = pk.filler_haystack(tok, 2000)
+    stream = hay.stream.text
+    longest_word = max(len(encode(tok, " " + w)) for w in pk.FILLER.split())
+    for depth in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0):
+        p = pk.build_prompt(tok, 2000, depth, 0, haystack=hay)
+        before = p.needle_depth * p.haystack_tokens
+        # early by less than a word, late by at most the pad spaces that closed a sub-word gap
+        assert -p.pad - 1e-9 <= round(depth * p.haystack_tokens) - before <= longest_word + 1
+        assert abs(p.needle_depth - depth) <= (longest_word + p.pad + 1) / p.haystack_tokens
+        # the model-visible tokens from needle_position on start with the needle
+        assert tok.decode(p.ids[p.needle_position:]).startswith(pk.NEEDLE.format(key=p.key))
+        # the piece before the needle is whole words of the filler stream (pads aside)
+        prefix = re.sub(r" {2,}", " ", p.segments[0])
+        assert stream.startswith(prefix)
+        assert prefix == "" or stream[len(prefix)] == " "
+        assert p.text[p.text.index(pk.NEEDLE.format(key=p.key)) - 1] == "\n"
+        # the piece after the needle ends at a word boundary too (never a cut word before the question)
+        suffix = re.sub(r" {2,}", " ", p.segments[-1]).rstrip(" ")
+        assert suffix == "" or stream.startswith(suffix) and stream[len(suffix)] == " "
+
+
+# ------------------------------------------------------------------------------------------ determinism
+
+
+def test_keys_and_prompts_are_seeded():
+    tok = byte_tokenizer()
+    a = pk.build_prompt(tok, 800, 0.5, 2, seed=7)
+    b = pk.build_prompt(tok, 800, 0.5, 2, seed=7)
+    assert a.ids == b.ids and a.key == b.key and len(a.key) == 5
+    keys = {pk.build_prompt(tok, 800, 0.5, s, seed=7).key for s in range(6)}
+    assert len(keys) >= 5  # samples differ
+    assert pk.build_prompt(tok, 800, 0.5, 2, seed=8).key != a.key or True  # seeds differ (almost surely)
+    long_key = pk.build_prompt(tok, 800, 0.5, 0, options=pk.Options(key_digits=9)).key
+    assert len(long_key) == 9 and long_key[0] != "0"
+    params = TaskParams(lengths=[800, 400], samples=2, seed=7, options={"depths": [1.0, 0.0, 0.5]})
+    cells = pk.TASK.cells(params)
+    assert cells == pk.TASK.cells(params) and len(cells) == 2 * 3 * 2
+    assert {c.depth for c in cells} == {0.0, 0.5, 1.0}
+    default = pk.TASK.cells(TaskParams(lengths=[800], samples=1))
+    assert [c.depth for c in default] == list(pk.DEFAULT_DEPTHS)
+
+
+def test_options_identity_and_flags():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    pk.TASK.add_arguments(parser)
+    args = parser.parse_args(["--key-digits", "7", "--haystack", "corpus", "--needles", "3"])
+    assert (args.key_digits, args.haystack, args.needles) == (7, "corpus", 3)
+    assert {"depths", "max_new_tokens", "chat_template", "key_digits", "haystack", "needles"} == \
+        set(pk.TASK.option_names())
+    plain = TaskParams(lengths=[512], corpus="a.txt", options={"depths": None, "max_new_tokens": None})
+    other = TaskParams(lengths=[512], corpus="b.txt", options={"depths": [0.5], "max_new_tokens": 9})
+    assert pk.TASK.identity(plain) == pk.TASK.identity(other)  # filler ignores the corpus; depths are cells
+    assert pk.Options.from_params(plain).max_new_tokens == 9
+    corpus = TaskParams(lengths=[512], corpus="a.txt", options={"haystack": "corpus"})
+    assert pk.TASK.identity(corpus)["corpus"] == "a.txt"
+    for bad in ({"depths": [1.5]}, {"depths": "0,x"}, {"haystack": "nope"}, {"needles": 0}, {"key_digits": 0}):
+        with pytest.raises(InputError):
+            pk.Options.from_params(TaskParams(lengths=[512], options=bad))
+    assert get_task("passkey") is pk.TASK
+
+
+# ------------------------------------------------------------------------------------------ variants
+
+
+def test_multi_key_corpus_haystack_and_chat_template(text_corpus):
+    tok = byte_tokenizer()
+    options = pk.Options(needles=3)
+    p = pk.build_prompt(tok, 1500, 0.5, 1, options=options)
+    assert len(p.ids) == 1500 and len(p.needles) == 3 and len({n.key for n in p.needles}) == 3
+    assert p.text.endswith(pk.NAMED_ANSWER_PREFIX.format(name=p.name))
+    for needle in p.needles:
+        assert p.text.count(pk.NAMED_NEEDLE.format(key=needle.key, name=needle.name)) == 1
+    assert tok.decode(p.ids[p.needle_position:]).startswith(pk.NAMED_NEEDLE.format(key=p.key, name=p.name))
+
+    hay = pk.corpus_haystack(tok, str(text_corpus), 1200, 3)
+    prompts = [pk.build_prompt(tok, 1200, 0.25, s, options=pk.Options(haystack="corpus"), haystack=hay)
+               for s in range(3)]
+    assert all(len(q.ids) == 1200 for q in prompts)
+    assert len({q.segments[0][:200] for q in prompts}) == 3  # each sample reads its own stretch
+    corpus_text = text_corpus.read_text()
+    assert re.sub(r" {2,}", " ", prompts[0].segments[0]) in corpus_text
+    with pytest.raises(InputError, match="corpus"):
+        pk.corpus_haystack(tok, str(text_corpus), 10**6, 1)
+
+    chat = byte_tokenizer()
+    chat.chat_template = ("{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}</s>\n{% endfor %}"
+                          "{% if add_generation_prompt %}[assistant] {% endif %}")
+    for bos in (True, False):
+        c = pk.build_prompt(chat, 700, 0.5, 0, bos=bos, options=pk.Options(chat_template=True))
+        assert len(c.ids) == 700 and c.ids.count(chat.bos_token_id) == (1 if bos else 0)
+        assert c.text.endswith("</s>\n[assistant] " + pk.ANSWER_PREFIX)
+    with pytest.raises(InputError, match="chat template"):
+        pk.build_prompt(tok, 700, 0.5, 0, options=pk.Options(chat_template=True))
+
+
+# ------------------------------------------------------------------------------------------ scoring
+
+
+class CopyEngine:
+    """A 'model' that reads the key off the prompt and answers it: generate returns ' K.' and the
+    answer gets rank 1 and log-prob ~0."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.calls = []
+
+    def generate(self, prompt_ids, max_new_tokens, stop_ids=()):
+        text = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        key = re.search(r"The pass key is (\d+)", text).group(1)
+        self.calls.append(len(prompt_ids))
+        return encode(self.tokenizer, " " + key + ". Remember")[:max_new_tokens]
+
+    def answer_score(self, prompt_ids, answer_ids):
+        return AnswerScore(-0.01 * len(answer_ids), 1, [-0.01] * len(answer_ids))
+
+
+def run_cells(engine, tokenizer, params) -> list[dict]:
+    ctx = RunContext(engine=engine, tokenizer=tokenizer, params=params, manifest={}, base_record={},
+                     write_side=lambda *_: None, warn=lambda _: None)
+    task = get_task("passkey")
+    task.prepare(ctx)
+    out = []
+    for group in task.groups(ctx, task.cells(params)):
+        out += task.score_group(ctx, group)
+    return out
+
+
+def test_rigged_model_answers_correctly():
+    tok = byte_tokenizer()
+    engine = CopyEngine(tok)
+    params = TaskParams(lengths=[400, 600], samples=2, options={"depths": [0.0, 1.0]})
+    rows = run_cells(engine, tok, params)
+    assert len(rows) == 8 and sorted(engine.calls) == [400] * 4 + [600] * 4
+    for row in rows:
+        assert row["correct"] is True and row["answer_rank"] == 1 and row["answer"] == row["key"]
+        assert row["generated"].startswith(" " + row["key"])
+        assert row["answer_logprob"] > row["chance_logprob"] == pytest.approx(-5 * math.log(10))
+        json.dumps(row)  # a flat JSON record
+
+
+def test_tiny_random_model_cannot(tiny_llama):
+    from harness import models
+    from harness.engine import Engine
+
+    loaded = models.load(str(tiny_llama), dtype="float32", device="cpu")
+    engine = Engine(loaded)
+    params = TaskParams(lengths=[300], samples=1, options={"depths": [0.5], "max_new_tokens": 6})
+    rows = run_cells(engine, loaded.tokenizer, params)
+    (row,) = rows
+    assert row["correct"] is False and row["answer"] != row["key"]
+    assert row["answer_rank"] > 1 and math.isfinite(row["answer_logprob"]) and row["answer_logprob"] < 0
+    assert row["answer_tokens"] == 6  # " " + 5 digits, one byte each
+    # the log-prob is the engine's teacher-forced score of exactly these tokens after the L-token prompt
+    p = pk.build_prompt(loaded.tokenizer, 300, 0.5, 0)
+    nll = engine.token_nll(p.ids + p.answer_ids)[-len(p.answer_ids):]
+    assert row["answer_logprob"] == pytest.approx(-float(nll.sum()), abs=1e-4)
