@@ -165,20 +165,22 @@ def _heatmap(df: pd.DataFrame, ax: Axes, metric: str, label: str, cmap: str, lim
     settings = [s for s in ctx.order if s in set(grid["setting"])]
     lengths = np.sort(grid["length"].unique())
     depths = np.sort(grid["depth"].unique())
-    lo, hi = limits if limits is not None else (float(grid["value"].min()), float(grid["value"].max()))
+    tables = {s: grid[grid["setting"] == s].groupby(["depth", "length"])["value"].mean().unstack("length")
+              .reindex(index=depths, columns=lengths).to_numpy(dtype=float) for s in settings}
+    cells = np.concatenate([t.ravel() for t in tables.values()])
+    cells = cells[np.isfinite(cells)]
+    lo, hi = limits if limits is not None else (float(cells.min()), float(cells.max()))
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
-    colormap = mpl.colormaps[cmap].copy()
-    colormap.set_bad("0.85")
+    colormap = mpl.colormaps[cmap].with_extremes(bad="0.85")
+    norm = mpl.colors.Normalize(lo, hi)
     image = None
+    fig = ax.figure  # (ax leaves the figure when it is split into panels)
     panels = _panels(ax, len(settings))
     annotate = len(lengths) * len(depths) <= 60
-    for axis, setting in zip(panels, settings):
-        rows = grid[grid["setting"] == setting]
-        table = rows.groupby(["depth", "length"])["value"].mean().unstack("length")
-        table = table.reindex(index=depths, columns=lengths)
-        values = np.ma.masked_invalid(table.to_numpy(dtype=float))
-        image = axis.imshow(values, aspect="auto", cmap=colormap, vmin=lo, vmax=hi, origin="upper",
+    for axis, setting in zip(panels, settings, strict=True):
+        table = tables[setting]
+        image = axis.imshow(np.ma.masked_invalid(table), aspect="auto", cmap=colormap, norm=norm, origin="upper",
                             interpolation="nearest")
         axis.set_xticks(range(len(lengths)), [fmt_length(v) for v in lengths], fontsize=7,
                         rotation=45 if len(lengths) > 6 else 0)
@@ -187,14 +189,15 @@ def _heatmap(df: pd.DataFrame, ax: Axes, metric: str, label: str, cmap: str, lim
         axis.set_ylabel("needle depth", fontsize=8)
         axis.set_title(setting, fontsize=8)
         if annotate:
-            mid = (lo + hi) / 2
-            for (i, j), value in np.ndenumerate(table.to_numpy(dtype=float)):
+            for (i, j), value in np.ndenumerate(table):
                 if np.isfinite(value):
+                    r, g, b, _ = colormap(norm(value))
+                    dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
                     axis.text(j, i, format(value, fmt), ha="center", va="center", fontsize=6,
-                              color="white" if (value < mid) == (cmap != "viridis") else "black")
+                              color="white" if dark else "black")
         _law_columns(axis, ctx, setting, lengths)
     if image is not None:
-        bar = ax.figure.colorbar(image, ax=panels, shrink=0.85, pad=0.03)
+        bar = fig.colorbar(image, ax=panels, shrink=0.85, pad=0.03)
         bar.set_label(label, fontsize=8)
         bar.ax.tick_params(labelsize=7)
 

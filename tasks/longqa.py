@@ -388,7 +388,7 @@ class Prompt:
 
     ids: list[int]
     max_new_tokens: int
-    stop_ids: list[int]
+    stop_ids: list[int]  # besides EOS (tokenizer and generation config), added at generation time
     answers: tuple[str, ...]
     metric: str
     first_line: bool = False
@@ -397,7 +397,7 @@ class Prompt:
 
 
 def _depth_list(value: Any) -> list[float | None]:
-    if value is None or value == "" or value == []:
+    if value is None or (isinstance(value, (str, list, tuple)) and not value):
         return [None]
     items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, Iterable) else [value]
     out = []
@@ -536,7 +536,7 @@ class LongQATask(Task):
         bos = [tok.bos_token_id] if params.bos and tok.bos_token_id is not None else []
         chat = opts["chat_template"]
         pre, post = chat_wrap(tok) if chat else ("", "")
-        state.update(bos=bos, chat=chat, pre=pre, post=post, stop=self._stop_ids(ctx))
+        state.update(bos=bos, chat=chat, pre=pre, post=post)
         shortest = min(params.lengths)
         if opts["source"] == "synthetic":
             self._prepare_synthetic(ctx, state, shortest)
@@ -550,7 +550,7 @@ class LongQATask(Task):
         out = []
         for cell in cells:
             prompt = self.build(ctx, cell)
-            new = ctx.engine.generate(prompt.ids, prompt.max_new_tokens, prompt.stop_ids)
+            new = ctx.engine.generate(prompt.ids, prompt.max_new_tokens, self._stop_ids(ctx) + prompt.stop_ids)
             text = ctx.tokenizer.decode(new, skip_special_tokens=True)
             if prompt.first_line:
                 text = text.lstrip("\n").split("\n")[0]
@@ -685,7 +685,7 @@ class LongQATask(Task):
                   "hops": q.hops, "distractors": len(q.distractors), "answer": q.answer, "prompt_tokens": len(ids),
                   "context_tokens": budget, "truncated_tokens": 0, "pad_tokens": 0, "answer_in_context": True,
                   "answer_in_full_context": True, "fact_position": fact_position}
-        return Prompt(ids, budget_new, state["stop"], (q.answer,), "match", answer_ids=answer_ids, record=record)
+        return Prompt(ids, budget_new, [], (q.answer,), "match", answer_ids=answer_ids, record=record)
 
     # ---------------------------------------------------------------------------------- LongBench
     def _prepare_longbench(self, ctx: RunContext, state: dict[str, Any], shortest: int) -> None:
@@ -783,11 +783,10 @@ class LongQATask(Task):
                                       pad - round(depth * pad)) if pad else ([], [])
         ids = head + before + front + back + after + tail
         assert pad == 0 and opts["qa_pad"] == "none" or len(ids) == cell.length, (len(ids), cell.length)
-        stop = list(state["stop"])
+        stop = []
         if spec.stop_newline:
             newline = encode(tok, "\n")
-            if len(newline) == 1 and newline[0] not in stop:
-                stop.append(newline[0])
+            stop = newline if len(newline) == 1 else []
         record = {"source": opts["source"], "dataset": row.dataset, "qa_id": row.qa_id, "prompt_tokens": len(ids),
                   "context_tokens": len(context), "truncated_tokens": cut, "pad_tokens": pad,
                   "context_depth": depth if pad else None, "answer_in_context": bool(in_context),

@@ -257,7 +257,7 @@ def make_needles(seed: int, sample: int, length: int, depth: float, options: Opt
     names = rng.sample(NAMES, options.needles)
     extra = [rng.random() for _ in range(options.needles - 1)]
     return [NeedleSpec(names[0], keys[0], depth, True)] + [
-        NeedleSpec(n, k, d, False) for n, k, d in zip(names[1:], keys[1:], extra)]
+        NeedleSpec(n, k, d, False) for n, k, d in zip(names[1:], keys[1:], extra, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -379,7 +379,7 @@ class _Layout:
                 inserts.setdefault(piece, set()).add(word)
             end_pad = self.pad - len(gaps)
         pieces = []
-        for i, (first, count) in enumerate(zip(starts, self.counts)):
+        for i, (first, count) in enumerate(zip(starts, self.counts, strict=True)):
             out, pos = [], stream.word_starts[first] if count else 0
             if count:
                 for w in sorted(inserts.get(i, ())):
@@ -583,8 +583,9 @@ class PasskeyTask(Task):
             minimum = max(minimum, len(_encode(tokenizer, text)[0]) + (1 if frame.prepend_bos else 0))
         short = [length for length in params.lengths if length < minimum]
         if short:
-            raise InputError(f"--lengths {','.join(map(str, short))} below the passkey prompt's fixed parts "
-                             f"(instruction, needle, question): use lengths of at least {minimum} tokens for this tokenizer")
+            raise InputError(f"--lengths {','.join(map(str, short))} is below the passkey prompt's fixed parts "
+                             f"(instruction, needles, question{', BOS' if params.bos else ''}): use --lengths of at "
+                             f"least {minimum} tokens for this tokenizer")
         ctx.state["passkey"] = (options, haystack)
         available = len(haystack.sample_starts) if haystack.kind == "corpus" else None
         if available is not None and available < params.samples:

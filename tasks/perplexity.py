@@ -28,7 +28,8 @@ def _sliding_nll(ctx: RunContext, ids: list[int], window: int, stride: int) -> t
     for begin in range(0, len(ids), stride):
         end = min(begin + window, len(ids))
         nll = ctx.engine.token_nll(ids[begin:end])  # predictions of ids[begin+1 : end]
-        fresh = nll[scored_to - begin - 1:]
+        # stride > window leaves gaps (as in HF's loop): the window's every prediction is then fresh
+        fresh = nll[max(0, scored_to - begin - 1):]
         total += float(fresh.double().sum())
         count += fresh.numel()
         scored_to = end

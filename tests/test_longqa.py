@@ -148,7 +148,7 @@ def test_longbench_exact_length_and_truncation_accounting(longbench_file):
     assert len(whole.ids) == 2048 and whole.record["pad_tokens"] == 2048 - head - tail - len(context)
 
 
-def test_longbench_padding_depth_and_no_pad(longbench_file):
+def test_longbench_padding_depth_and_no_pad(longbench_file, text_corpus):
     task, tok = LongQATask(), byte_tokenizer()
     row = _rows()[2]
     head, tail = _fixed_bytes(row)
@@ -168,6 +168,10 @@ def test_longbench_padding_depth_and_no_pad(longbench_file):
             assert bytes(prompt.ids[head + len(context):600 - tail]) == (b"\n\n" + other)[:pad]
         else:
             assert bytes(prompt.ids[head:head + pad]) == (other + b"\n\n")[-pad:]
+    ctx = make_ctx(tok, [600], {"source": str(longbench_file), "qa_pad": "corpus"}, samples=5, corpus=text_corpus)
+    prompt = task.build(ctx, cell_for(task, ctx, 600, "hp2", 0.0))
+    pad = prompt.record["pad_tokens"]
+    assert bytes(prompt.ids[head + len(context):600 - tail]) == (b"\n\n" + text_corpus.read_bytes())[:pad]
     seeded = make_ctx(tok, [600], {"source": str(longbench_file), "qa_datasets": "hotpotqa"}, samples=3)
     a = task.build(seeded, cell_for(task, seeded, 600, "hp2"))
     b = LongQATask().build(make_ctx(tok, [600], {"source": str(longbench_file), "qa_datasets": "hotpotqa"},
@@ -295,6 +299,9 @@ def test_synthetic_exact_length_from_1024_and_determinism(text_corpus, bpe_token
             assert tok.decode(prompt.answer_ids) == " " + q.answer
             assert prompt.record["truncated_tokens"] == 0 and prompt.record["answer_in_context"] is True
             assert task.build(again, cell).ids == prompt.ids  # a fresh context rebuilds the same prompt
+        no_bos = make_ctx(tok, [1024], options, samples=1, corpus=text_corpus, bos=False)
+        prompt = task.build(no_bos, Cell(1024, 0.5, 0))
+        assert len(prompt.ids) == 1024 and tok.bos_token_id not in prompt.ids
         other_seed = make_ctx(tok, [1024], options, samples=1, seed=1, corpus=text_corpus)
         assert task.build(other_seed, Cell(1024, 0.5, 0)).ids != task.build(ctx, Cell(1024, 0.5, 0)).ids
 
@@ -381,31 +388,26 @@ def _fake_records():
     for setting, theta, limit in (("tiny:default:10000", 10000.0, 256), ("tiny:default:500000", 500000.0, 1024)):
         for sample in range(3):
             for length in (64, 128, 256, 512, 1024, 2048):
-                for dataset in ("hotpotqa", "gov_report"):
+                for k, dataset in enumerate(("hotpotqa", "gov_report")):
                     score = 0.8 if length <= limit else 0.1
                     rows.append({"task": "longqa", "setting": setting, "model": "tiny", "rope_type": "default",
                                  "rope_theta": theta, "pretrain_base": 10000.0, "train_len": 128, "tune_len": 128,
                                  "rotary_dim": 16, "rope_hash": setting, "length": length, "depth": None,
-                                 "sample": sample, "seed": 0, "status": "ok", "error": None, "dataset": dataset,
+                                 "sample": 10 * k + sample, "seed": 0, "status": "ok", "error": None, "dataset": dataset,
                                  "score": score + 0.01 * sample, "answer_logprob": -1.0 - length / 512,
                                  "truncated_tokens": max(0, 600 - length), "answer_in_context": length > 300})
     return pd.DataFrame(rows)
 
 
-def test_report_figures_draw(tmp_path):
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from harness.report import task_figures
+def test_report_draws_every_figure(tmp_path):
+    from harness.report import build_report, task_figures
 
     figures, spec = task_figures("longqa")
     assert spec.metric == "score" and spec.higher_is_better
-    frame = _fake_records()
-    for name, fn in figures.items():
-        fig, ax = plt.subplots()
-        fn(frame, ax)
-        fig.savefig(tmp_path / f"{name}.png")
-        plt.close(fig)
-        assert (tmp_path / f"{name}.png").stat().st_size > 0
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _fake_records().to_dict("records")))
+    out = build_report([run], tmp_path / "report", n_boot=20)
+    assert {f"longqa_{name}.png" for name in figures} <= {p.name for p in out.iterdir()}
+    summary = (out / "summary.csv").read_text()
+    assert "tiny:default:500000" in summary and "Notes" not in (out / "report.md").read_text()
