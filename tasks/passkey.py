@@ -8,7 +8,7 @@ Prompt (DESIGN.md), lines joined by newlines as in Landmark attention:
   removed at the haystack's end, and a gap smaller than a word is closed with extra spaces between the
   last words (newlines when spaces do not add tokens). A decode / re-encode round trip checks the result.
 - depth: the needle starts after round(depth x H) of the H haystack tokens, never mid-word (haystack
-  pieces end at word boundaries), so it is early by less than one word at most.
+  pieces end at word boundaries): early by less than one word (late by the pad spaces at depth 1).
 - keys: `key_digits` digits drawn from (seed, sample, length, depth): a rerun builds identical prompts.
 - variants: `haystack = "corpus"` uses real text of the run's --corpus (sample i reads its own stretch of
   the corpus); `needles = N` hides N keys with different names at seeded extra depths and asks for one;
@@ -558,7 +558,7 @@ class PasskeyTask(Task):
         ident = {"bos": params.bos, "haystack": o.haystack, "key_digits": o.key_digits, "needles": o.needles,
                  "chat_template": o.chat_template, "max_new_tokens": o.max_new_tokens}
         if o.haystack == "corpus":
-            ident.update(corpus=params.corpus, max_length=max(params.lengths), samples=params.samples)
+            ident.update(corpus=params.corpus, max_length=max(params.lengths))  # sample i reads from i x max_length
         return ident
 
     def cells(self, params: TaskParams) -> list[Cell]:
