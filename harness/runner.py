@@ -45,6 +45,10 @@ class Setting:
 class TaskSpec:
     name: str
     params: TaskParams
+    settings: list[str] | None = None  # labels this task runs on (None: every setting)
+
+    def applies_to(self, label: str) -> bool:
+        return self.settings is None or label in self.settings
 
 
 @dataclass
@@ -194,7 +198,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
     manifests: dict[str, Any] = {}
     opened = False
     try:
-        for prep in prepared:
+        for setting_index, prep in enumerate(prepared):
             setting = prep.setting
             loaded = models.load(setting.model, setting.override, dtype=setting.dtype, device=setting.device,
                                  attn=setting.attn, revision=setting.revision, trust_remote_code=setting.trust_remote_code)
@@ -202,6 +206,8 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
             manifests[label] = {**loaded.manifest, "model": setting.model, "fingerprint": loaded.fingerprint}
             engine = Engine(loaded, chunk_size=options.chunk_size, max_memory=options.max_memory)
             for spec in tasks:
+                if not spec.applies_to(label):
+                    continue
                 task = get_task(spec.name)
                 ctx = prep.contexts[spec.name]
                 ctx.engine, ctx.manifest = engine, loaded.manifest
@@ -213,7 +219,8 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 finished = store.finished_keys()
                 keyed = {c: cell_key(loaded.fingerprint, loaded.manifest["rope_hash"], spec.name, identity, c,
                                      spec.params.seed) for c in cells}
-                missing = [c for c in cells if keyed[c] not in finished and _shard_of(label, spec.name, c, world) == rank]
+                owner = _shards(cells, world, setting_index)
+                missing = [c for c in cells if keyed[c] not in finished and owner[c] == rank]
                 counts["skipped"] += len(cells) - len(missing)
                 if not missing:
                     continue
@@ -239,12 +246,13 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
     return RunResult(counts, sum(counts[s] for s in ("ok", "oom", "error")), failed, table)
 
 
-def _shard_of(label: str, task: str, cell: Cell, world: int) -> int:
-    """Cells of one sample stay on one rank (perplexity scores all lengths of a sample in one pass)."""
-    if world <= 1:
-        return 0
-    digest = hashlib.sha256(f"{label}|{task}|{cell.sample}|{cell.depth}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % world
+def _shards(cells: list[Cell], world: int, offset: int) -> dict[Cell, int]:
+    """Rank of each cell: units of (sample, depth) dealt round-robin, so a sample's lengths stay on one
+    rank (perplexity scores them in one pass) and ranks get equal shares; `offset` (the setting's
+    index) rotates the deal so uneven remainders do not all land on rank 0."""
+    units = sorted({(c.sample, -1.0 if c.depth is None else c.depth) for c in cells})
+    index = {unit: i for i, unit in enumerate(units)}
+    return {c: (index[(c.sample, -1.0 if c.depth is None else c.depth)] + offset) % world for c in cells}
 
 
 def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOptions, label: str, task_name: str):
@@ -314,6 +322,8 @@ def _dry_run(prepared: list[_Prepared], tasks: list[TaskSpec], options: RunOptio
         dtype = models.pick_dtype(prep.setting.dtype, device)
         label = prep.setting.label or prep.setting.model
         for spec in tasks:
+            if not spec.applies_to(label):
+                continue
             limit = prep.available[spec.name]
             for cell in get_task(spec.name).cells(spec.params):
                 if limit is not None and cell.sample >= limit:

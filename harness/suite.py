@@ -13,7 +13,8 @@ A suite file has an optional [run] table, one or more [[settings]] and one or mo
     [[tasks]]
     name = "perplexity"
     lengths = [4096, 8192, 16384]
-    samples = 8                          # also seed, corpus, bos, and task options (depths, ...)
+    samples = 8                          # also seed, corpus, bos, task options (depths, ...), and
+                                         # settings = ["label", ...] to run this task on some settings only
 
 Unknown keys are errors naming the key and its line, so a typo never silently runs the wrong grid.
 """
@@ -37,7 +38,7 @@ from tasks.base import TaskParams, get_task
 RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "max_memory", "report"}
 SETTING_KEYS = {"model", "label", "rope_theta", "rope_type", "rope_factor", "rope_params", "pretrain_base", "train_len",
                 "tune_len", "dtype", "device", "attn", "revision", "trust_remote_code"}
-TASK_KEYS = {"name", "lengths", "samples", "seed", "corpus", "bos"}
+TASK_KEYS = {"name", "lengths", "samples", "seed", "corpus", "bos", "settings"}
 SHARED_OPTIONS = {"depths", "max_new_tokens", "chat_template"}
 DEFAULT_SAMPLES = 4
 
@@ -55,9 +56,11 @@ def packaged_suites() -> list[str]:
 
 
 def _line_of(text: str, key: str) -> int | None:
-    for number, line in enumerate(text.splitlines(), 1):
-        if re.match(rf"\s*{re.escape(key)}\s*=", line) or re.match(rf"\s*\[+\s*{re.escape(key)}\s*\]+", line):
-            return number
+    """Line of `key = ...` (or, failing that, of a `[key]` table header): error messages name it."""
+    for pattern in (rf"\s*{re.escape(key)}\s*=", rf"\s*\[+\s*{re.escape(key)}\s*\]+"):
+        for number, line in enumerate(text.splitlines(), 1):
+            if re.match(pattern, line):
+                return number
     return None
 
 
@@ -131,7 +134,13 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
                             seed=int(entry.get("seed", 0)), corpus=str(entry.get("corpus", "stdlib")),
                             bos=bool(entry.get("bos", True)),
                             options={k: entry.get(k) for k in option_names})
-        tasks.append(TaskSpec(name, params))
+        only = entry.get("settings")
+        labels = {s.label for s in settings}
+        if only is not None and (not isinstance(only, list) or not set(only) <= labels):
+            line = _line_of(text, "settings")
+            raise InputError(f"{source}:{line or '?'}: task {name} settings must list labels of [[settings]] "
+                             f"entries ({', '.join(sorted(str(x) for x in labels))})")
+        tasks.append(TaskSpec(name, params, only))
     return run, settings, tasks
 
 

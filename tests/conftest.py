@@ -25,3 +25,16 @@ def text_corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "doc.txt"
     path.write_text(text)
     return path
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Hub offline mode, as on a machine without network: the libraries read these at import time."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    if hasattr(datasets.config, "HF_HUB_OFFLINE"):
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)

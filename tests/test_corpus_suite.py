@@ -71,9 +71,7 @@ def test_hf_corpus_streams_a_local_dataset(tmp_path, tok):
     assert [s.offset for s in samples] == [0, 20] and samples[0].doc_id.endswith(":0")
 
 
-def test_hf_corpus_offline_is_a_clear_error(monkeypatch, tok):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def test_hf_corpus_offline_is_a_clear_error(offline, tok):
     with pytest.raises(InputError, match="cannot stream dataset"):
         corpus.make_samples(tok, "hf:no-such-owner/no-such-dataset-xyz", 64, 1, True)
 
@@ -98,6 +96,8 @@ def test_packaged_suites_parse():
     ('[[settings]]\nmodel = "m"\nrope_theta = "big"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":3: rope_theta must be float"),
     ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "nope"\nlengths = [8]\n', "unknown task"),
     ('[[settings]\n', "invalid TOML"),
+    ('[[settings]]\nmodel = "m"\nlabel = "a"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nsettings = ["b"]\n',
+     ":7: task perplexity settings must list labels"),
 ])
 def test_suite_validation_names_key_and_line(body, message, tmp_path):
     path = tmp_path / "s.toml"

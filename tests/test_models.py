@@ -134,7 +134,6 @@ def test_non_rope_model_and_missing_path(tmp_path):
         models.load_config(str(tmp_path / "missing"))
 
 
-def test_hub_id_offline_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_id_offline_is_a_clear_error(offline):
     with pytest.raises(InputError, match="cannot load the config"):
         models.load_config("no-such-owner/no-such-model-xyz")

@@ -20,7 +20,8 @@ def quick_suite():
 def grid_size(quick) -> int:
     from tasks.base import get_task
 
-    return len(quick.settings) * sum(len(get_task(t.name).cells(t.params)) for t in quick.tasks)
+    return sum(len(get_task(t.name).cells(t.params)) * sum(t.applies_to(s.label) for s in quick.settings)
+               for t in quick.tasks)
 
 
 def test_quick_suite_grid_is_what_the_readme_promises():
@@ -29,7 +30,9 @@ def test_quick_suite_grid_is_what_the_readme_promises():
     assert str(quick.options.out) == "results/quick" and quick.report
     ppl = next(t for t in quick.tasks if t.name == "perplexity")
     assert ppl.params.lengths == QUICK_LENGTHS and ppl.params.samples == 12 and ppl.params.corpus == "stdlib"
-    assert grid_size(quick) - 8 * 13 * 12 <= 60  # the perplexity grid + at most 60 passkey cells
+    assert grid_size(quick) - 8 * 13 * 12 == 60  # the perplexity grid + 60 passkey cells
+    passkey = next(t for t in quick.tasks if t.name == "passkey")
+    assert passkey.params.options["depths"] == [0.2, 0.5, 0.8] and len(passkey.settings) == 4
 
 
 def test_default_job_dry_run_loads_no_model(tmp_path, monkeypatch, capsys):

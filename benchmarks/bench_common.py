@@ -1,0 +1,117 @@
+"""Shared helpers of the benchmark scripts: the benchmark model, machine/versions header, timing, tables.
+
+Not a test module and not part of the package: the scripts import it from their own folder.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from anywhere without an install
+    sys.path.insert(0, str(ROOT))
+
+# The benchmark model: a tiny random Llama with a realistic 32,000-token vocabulary (the output head and
+# its [T, vocab] logits dominate memory at long T) and max_position_embeddings 2,048, so 4K..16K are
+# real extrapolation. Random weights: timing and memory do not depend on them.
+MODEL = dict(vocab_size=32000, hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=4, max_position_embeddings=2048, bos_token_id=256, eos_token_id=257,
+             pad_token_id=258, tie_word_embeddings=False)
+GRID = (1024, 2048, 4096, 8192, 16384)
+
+
+def build_model(path: Path, seed: int = 0) -> Path:
+    """Save the benchmark Llama (float32, default RoPE theta 1e4) + the byte tokenizer to `path`."""
+    import torch
+    import transformers
+
+    from harness.bytetok import byte_tokenizer
+
+    if (path / "config.json").exists():
+        return path
+    config = transformers.LlamaConfig(**MODEL, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    torch.manual_seed(seed)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+def random_ids(n: int, seed: int = 0) -> list[int]:
+    import torch
+
+    return torch.randint(0, MODEL["vocab_size"], (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def header(title: str) -> str:
+    """Machine, load, versions and the benchmark model, as markdown lines."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    model = ", ".join(f"{k}={MODEL[k]}" for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                   "num_hidden_layers", "num_attention_heads",
+                                                   "max_position_embeddings"))
+    return "\n".join([
+        f"## {title}",
+        "",
+        f"- machine: {_cpu_model()}, {cores} cores usable, torch threads {torch.get_num_threads()}, "
+        f"{platform.system()} {platform.release()}; load average (1/5/15 min) at start: {load}",
+        f"- versions: python {platform.python_version()}, torch {torch.__version__}, transformers "
+        f"{_version('transformers')}, rope-harness {_version('rope-harness')}, lm-eval {_version('lm-eval')}",
+        f"- model: random Llama, {model}, float32, sdpa attention, CPU",
+        "",
+    ])
+
+
+def load_now() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall seconds of each function; repeats interleaved (A B C A B C ...) so that load from
+    other processes hits every method alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def table(columns: list[str], rows: list[list[object]]) -> str:
+    """A markdown table; floats are printed as given (format them before)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "holds" if ok else "MISSED"
