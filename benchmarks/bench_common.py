@@ -14,16 +14,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# quiet transformers / tqdm progress bars (children inherit the environment)
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from anywhere without an install
     sys.path.insert(0, str(ROOT))
 
 # The benchmark model: a tiny random Llama with a realistic 32,000-token vocabulary (the output head and
 # its [T, vocab] logits dominate memory at long T) and max_position_embeddings 2,048, so 4K..16K are
-# real extrapolation. Random weights: timing and memory do not depend on them.
+# real extrapolation. Random weights (timing and memory do not depend on them), drawn 2.5x wider than
+# the default init so that per-token losses depend visibly on positions and the RoPE setting.
 MODEL = dict(vocab_size=32000, hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=2048, bos_token_id=256, eos_token_id=257,
-             pad_token_id=258, tie_word_embeddings=False)
+             pad_token_id=258, tie_word_embeddings=False, initializer_range=0.05)
 GRID = (1024, 2048, 4096, 8192, 16384)
 
 
@@ -74,7 +80,7 @@ def header(title: str) -> str:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     model = ", ".join(f"{k}={MODEL[k]}" for k in ("vocab_size", "hidden_size", "intermediate_size",
                                                    "num_hidden_layers", "num_attention_heads",
-                                                   "max_position_embeddings"))
+                                                   "max_position_embeddings", "initializer_range"))
     return "\n".join([
         f"## {title}",
         "",

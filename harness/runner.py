@@ -7,6 +7,7 @@ tokenizers, corpora, lengths) is validated before the run folder is touched.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +113,36 @@ def validate_params(params: TaskParams) -> None:
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return (isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text or "cannot allocate memory" in text)
+
+
+@contextlib.contextmanager
+def address_space_limit(max_memory: int | None, device: str) -> Iterator[None]:
+    """On CPU, cap this process's address space at its current size + `max_memory`.
+
+    CPU out-of-memory is a kernel kill, not an exception; under this cap an allocation past the budget
+    fails loudly instead (torch raises "can't allocate memory"), so the cell is recorded as oom and the
+    run goes on. The planner's estimate already refuses cells it expects not to fit; this catches the
+    ones it underestimates. Only the soft limit is lowered, and it is restored afterwards.
+    """
+    import resource
+
+    if max_memory is None or not device.startswith("cpu") or not hasattr(resource, "RLIMIT_AS"):
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as handle:
+        current = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    cap = current + max_memory
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -231,12 +262,13 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                     store.open()
                     opened = True
                     _write_run_json(options, store, started, None, manifests, prepared, counts)
-                for cell, record in _run_cells(task, ctx, engine, missing, options, label, spec.name):
-                    record["cell_key"] = keyed[cell]
-                    store.append("records", record)
-                    counts[record["status"]] += 1
-                    if record["status"] != "ok":
-                        failed.append(record)
+                with address_space_limit(options.max_memory, loaded.device):
+                    for cell, record in _run_cells(task, ctx, engine, missing, options, label, spec.name):
+                        record["cell_key"] = keyed[cell]
+                        store.append("records", record)
+                        counts[record["status"]] += 1
+                        if record["status"] != "ok":
+                            failed.append(record)
             del engine, loaded
     finally:
         if opened:
@@ -403,8 +435,10 @@ def summary_table(folder: Path) -> list[dict[str, Any]]:
         if r["task"] == "perplexity":
             g["values"].append(r["nll"])
         elif "correct" in r:
+            g["metric"] = "accuracy"
             g["values"].append(float(r["correct"]))
         elif "score" in r:
+            g["metric"] = r.get("metric") or "score"
             g["values"].append(float(r["score"]))
     rows = []
     for g in sorted(groups.values(), key=lambda g: (g["setting"], g["task"], g["length"])):
@@ -412,6 +446,7 @@ def summary_table(folder: Path) -> list[dict[str, Any]]:
         if g["task"] == "perplexity":
             g["metric"], g["value"] = "ppl", (math.exp(sum(values) / len(values)) if values else None)
         else:
-            g["metric"], g["value"] = "mean", (sum(values) / len(values) if values else None)
+            g.setdefault("metric", "mean")
+            g["value"] = sum(values) / len(values) if values else None
         rows.append(g)
     return rows

@@ -215,3 +215,16 @@ def test_two_ranks_split_cells_and_equal_one_process(tiny_llama, text_corpus, tm
     two = sorted((r["cell_key"], r["ppl"]) for r in records(tmp_path / "two"))
     assert [k for k, _ in one] == [k for k, _ in two]
     assert all(a == pytest.approx(b, rel=1e-6) for (_, a), (_, b) in zip(one, two, strict=True))
+
+
+def test_cpu_address_space_cap_turns_overallocation_into_a_recorded_oom():
+    from harness.runner import _is_oom, address_space_limit
+
+    with address_space_limit(256 << 20, "cpu"):
+        with pytest.raises((RuntimeError, MemoryError)) as err:
+            torch.empty(1 << 31, dtype=torch.uint8).fill_(1)  # 2 GiB > the 256 MiB budget
+        assert _is_oom(err.value)
+        small = torch.ones(1 << 20)  # within budget still works
+        assert float(small.sum()) == 1 << 20
+    big = torch.empty(1 << 31, dtype=torch.uint8)  # the cap is lifted afterwards
+    del big
