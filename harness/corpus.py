@@ -62,18 +62,23 @@ def _read_verbatim(path: Path) -> str:
         return handle.read()
 
 
-def _iter_jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-empty line; a line that is not JSON is an InputError naming it."""
     with open(path, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield line_no, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{line_no} is not valid JSON ({exc.msg}): fix the line or use a plain-text corpus") from None
-            if field not in row:
-                raise InputError(f"{path}:{line_no} has no field {field!r}: name the text field as --corpus {path}:FIELD")
-            yield f"{path.name}:{line_no}", str(row[field])
+                raise InputError(f"{path}:{line_no} is not valid JSON ({exc.msg}): fix the line") from None
+
+
+def _iter_jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
+    for line_no, row in jsonl_objects(path):
+        if field not in row:
+            raise InputError(f"{path}:{line_no} has no field {field!r}: name the text field as --corpus {path}:FIELD")
+        yield f"{path.name}:{line_no}", str(row[field])
 
 
 def _iter_hf(spec: str) -> Iterator[tuple[str, str]]:

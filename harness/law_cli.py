@@ -177,19 +177,3 @@ def command(args: argparse.Namespace) -> int:
     else:
         print(_table(out))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (`python -m harness.law_cli`): same flags as `rope-harness law`."""
-    parser = argparse.ArgumentParser(prog="rope-harness law", description=_DESCRIPTION)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return command(args)
-    except InputError as error:
-        print(f"rope-harness law: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

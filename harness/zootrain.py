@@ -334,10 +334,3 @@ def _cmd_list(args: argparse.Namespace) -> int:
         else:
             print(f"zoo:{name}\t(not trained: run `rope-harness zoo train`)")
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m harness.zootrain")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    cli_args = parser.parse_args()
-    sys.exit(cli_args.func(cli_args))

@@ -37,7 +37,6 @@ whole-word span of the normalised prediction); each is the best over the referen
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import re
@@ -48,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.corpus import jsonl_objects
 from harness.errors import InputError
 from harness.report_longqa import FIGURES, MEASURE
 from tasks.base import Cell, RunContext, Task, TaskParams
@@ -211,17 +211,7 @@ def _row_from_json(obj: Any, where: str, default_dataset: str) -> QARow:
 
 
 def _read_jsonl_rows(path: Path, default_dataset: str) -> list[QARow]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{line_no} is not valid JSON ({exc.msg}): fix the line") from None
-            rows.append(_row_from_json(obj, f"{path.name}:{line_no}", default_dataset))
-    return rows
+    return [_row_from_json(obj, f"{path.name}:{line_no}", default_dataset) for line_no, obj in jsonl_objects(path)]
 
 
 def _read_hf_rows(spec: str, names: Sequence[str]) -> list[QARow]:

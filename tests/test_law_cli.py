@@ -83,8 +83,10 @@ def test_bad_input(argv, fragment, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_standalone_main_exits_2_on_bad_input(capsys):
-    assert law_cli.main(["--head-dim", "3", "--train-len", "4096", "--base", "1e6"]) == 2
+def test_cli_main_exits_2_on_bad_input(capsys):
+    from harness.cli import main
+
+    assert main(["law", "--head-dim", "3", "--train-len", "4096", "--base", "1e6"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
 
