@@ -72,7 +72,7 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def header(title: str) -> str:
+def header(title: str, where: str = "float32, sdpa attention, CPU") -> str:
     """Machine, load, versions and the benchmark model, as markdown lines."""
     import torch
 
@@ -88,7 +88,7 @@ def header(title: str) -> str:
         f"{platform.system()} {platform.release()}; load average (1/5/15 min) at start: {load}",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, transformers "
         f"{_version('transformers')}, rope-harness {_version('rope-harness')}, lm-eval {_version('lm-eval')}",
-        f"- model: random Llama, {model}, float32, sdpa attention, CPU",
+        f"- benchmark model: random Llama, {model}, {where}",
         "",
     ])
 
@@ -97,19 +97,29 @@ def load_now() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def median_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median wall seconds of each function; repeats interleaved (A B C A B C ...) so that load from
-    other processes hits every method alike."""
+def timings(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall seconds of each function per repeat. Within a repeat the functions run back to back, in
+    alternating order (A B, B A, ...), so that load from other processes and order effects hit every
+    method alike; compare methods by `paired_ratio` (median over repeats of the per-repeat ratio)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for i in range(repeats):
+        for name in (names if i % 2 == 0 else names[::-1]):
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
 def table(columns: list[str], rows: list[list[object]]) -> str:

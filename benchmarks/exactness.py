@@ -92,7 +92,8 @@ def main() -> int:
         sensitivity = float((all_refs["default"][top] - all_refs["dynamic f=4"][top]).abs().max())
         print(bc.table(["RoPE", "harness mode", "harness passes", "L", "ppl plain forward", "ppl harness",
                         "relative difference", "max per-token NLL difference", f"target <= {TARGET:g}"], rows))
-        print(f"\nWorst relative difference: {worst:.1e} -> {bc.verdict(worst <= TARGET)}")
+        print(f"\nTarget ppl@L relative difference <= {TARGET:g} (float32), worst row: {worst:.1e} -> "
+              f"{bc.verdict(worst <= TARGET)}")
         print(f"(For scale: default and dynamic RoPE differ per token by up to {sensitivity:.2f} nats at L={top} "
               f"in the plain forward, so these checks see the RoPE setting.)")
         print(f"\nload average at end: {bc.load_now()}")

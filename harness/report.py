@@ -1,28 +1,33 @@
 """`rope-harness report`: records of one or more runs -> figures and tables, the law drawn on every curve.
 
 Data flow: `load_runs` (records*.jsonl and positions*.jsonl of every run, one pandas frame each) ->
-per task: `analyze` (per-length aggregate with a bootstrap CI over samples -> table.csv; measured
-extrapolation length vs the law's prediction per setting -> summary.csv) -> the task's figure functions ->
-report.md and a self-contained report.html. Outputs are written to a temporary folder next to the target
-and moved in place at the end, after all input has been validated: bad input leaves nothing behind.
+per task and measured-length definition: `analyze` (per-length aggregate with a bootstrap CI over samples
+-> table.csv; measured extrapolation length vs the law's prediction per setting -> summary.csv, one row per
+setting, task and definition) -> the task's figure functions -> report.md and a self-contained report.html.
+Outputs are written to a temporary folder next to the target and moved in place at the end, after all input
+has been validated: bad input leaves nothing behind.
 
 Shared pieces that task figure modules (harness/report_<task>.py) reuse:
-- `MeasureSpec`: how a task's measured extrapolation length is computed (see its docstring);
+- `MeasureSpec` (per-length records) and `PositionMeasureSpec` (per-position loss buckets): how one
+  definition of a task's measured extrapolation length is computed (see their docstrings);
 - `figure_context(df, spec)`: everything a figure function needs (records, positions, the per-length
   table, the per-setting summary, colours), computed once by the report and attached to the frame;
+  `ctx.measure(key)` gives another definition's context (e.g. 'position-loss');
 - `plot_metric_curves`, `law_overlay`, `mark_measured`, `plot_measured_vs_predicted`, `finish_legend`,
   `format_length_axis`: the curve, the law overlay (training length and predicted limit as vertical lines
   in the curve's colour) and the headline measured-vs-predicted figure;
 - `NoData`: raise it from a figure function when there is nothing to draw (the figure is skipped, noted).
 
-Task figure registry: a task module may define `FIGURES: dict[name, fn(records_df, ax)]` and `MEASURE`
-(a MeasureSpec). The report takes them from `tasks.<task>` and falls back to `harness.report_<task>`.
+Task figure registry: a task module may define `FIGURES: dict[name, fn(records_df, ax)]` and `MEASURES`
+(a list of MeasureSpec, the first the default; `MEASURE` alone still works as a one-definition list).
+The report takes them from `tasks.<task>` and falls back to `harness.report_<task>`.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import html
 import importlib
 import json
@@ -35,7 +40,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -61,15 +66,19 @@ class NoData(Exception):
 
 @dataclass(frozen=True)
 class MeasureSpec:
-    """How a task's measured extrapolation length is computed (one per task, `MEASURE` in its module).
+    """One definition of a task's measured extrapolation length (a task module lists its definitions in
+    `MEASURES`, the first being its default; a module with only `MEASURE` has that one definition).
 
     Aggregate curve: per setting and length, each sample's cells are averaged (over depths, if any), then
     `aggregate = transform(mean over samples)`; transform "exp" turns a mean NLL into ppl@L (DESIGN.md).
     Reference: the best aggregate at lengths <= the record column `reference` (default tune_len; train_len
     when that is empty; the shortest grid length when no grid length is that short).
-    Pass rule, relative (`factor` set): lower-is-better passes while aggregate <= factor * best,
-    higher-is-better while aggregate >= best / factor. Absolute (`factor` None, `threshold` set): passes
-    while aggregate <= threshold (lower-is-better) or >= threshold (higher-is-better).
+    Pass rule (the first that is set wins: factor, delta, threshold):
+    - relative (`factor`): lower-is-better passes while aggregate <= factor * best, higher-is-better while
+      aggregate >= best / factor;
+    - additive (`delta`, for values in nats such as log-probs): lower-is-better passes while aggregate <=
+      best + delta, higher-is-better while aggregate >= best - delta;
+    - absolute (`threshold`): passes while aggregate <= threshold (lower-is-better) or >= threshold.
     Measured length: scanning up from the reference's best length, the first failing grid point L1 and
     the passing point L0 before it; the crossing is interpolated linearly in log(length) on the
     aggregate's scale (log of it when `log_interp`, e.g. NLL for ppl). Censored when no grid point past
@@ -77,6 +86,7 @@ class MeasureSpec:
     cell failed carry no value and are skipped (the failed cells are listed in the report).
     CI: percentile bootstrap over samples (resampled with replacement, all lengths of a sample together),
     seeded per setting; empty with fewer than two samples.
+    `id` names the definition in summary.csv's `measure` column (default: the name, lower case, dashes).
     """
 
     metric: str
@@ -88,25 +98,112 @@ class MeasureSpec:
     reference: str = "tune_len"
     log_interp: bool = True
     description: str = ""
+    id: str = ""
+    delta: float | None = None
+
+    source: ClassVar[str] = "records"  # where the curve comes from: records*.jsonl (per length)
 
     def __post_init__(self) -> None:
         if self.transform not in _TRANSFORMS:
             raise ValueError(f"MeasureSpec.transform must be one of {sorted(_TRANSFORMS)}")
-        if self.factor is None and self.threshold is None:
-            raise ValueError("MeasureSpec needs a factor (relative rule) or a threshold (absolute rule)")
+        if self.factor is None and self.delta is None and self.threshold is None:
+            raise ValueError("MeasureSpec needs a factor (relative rule), a delta (additive rule) or a threshold "
+                             "(absolute rule)")
+        if self.delta is not None and not self.delta >= 0:
+            raise ValueError("MeasureSpec.delta must be >= 0")
 
-    def definition(self, factor: float | None = None) -> str:
+    @property
+    def key(self) -> str:
+        """Short id of the definition (summary.csv `measure`, FigureContext.views key)."""
+        return self.id or "-".join(self.name.lower().split())
+
+    @property
+    def rule(self) -> str:
+        """'factor', 'delta' or 'threshold': which pass rule applies."""
+        if self.factor is not None:
+            return "factor"
+        return "delta" if self.delta is not None else "threshold"
+
+    def param(self, factor: float | None = None, delta: float | None = None) -> float | None:
+        """The rule's parameter; an override applies only to its own rule (--factor leaves a delta rule alone)."""
+        if self.rule == "factor":
+            return self.factor if factor is None else factor
+        if self.rule == "delta":
+            return self.delta if delta is None else delta
+        return self.threshold
+
+    def label(self, factor: float | None = None, delta: float | None = None) -> str:
+        """A few words naming the rule and its parameter (figure axis labels)."""
+        p = self.param(factor, delta)
+        if self.rule == "factor":
+            return f"{self.name}, factor {p:g}"
+        if self.rule == "delta":
+            return f"{self.name} {'>= best -' if self.higher_is_better else '<= best +'} {p:g}"
+        return f"{self.name} {'>=' if self.higher_is_better else '<='} {p:g}"
+
+    def definition(self, factor: float | None = None, delta: float | None = None) -> str:
         """One line naming the rule, used as the `definition` column of summary.csv."""
-        factor = self.factor if factor is None else factor
+        p = self.param(factor, delta)
         ref = f"best {self.name} at L <= {self.reference}"
-        if factor is not None:
-            rule = f"{self.name} <= {factor:g} x {ref}" if not self.higher_is_better else \
-                f"{self.name} >= {ref} / {factor:g}"
+        if self.rule == "factor":
+            rule = f"{self.name} <= {p:g} x {ref}" if not self.higher_is_better else \
+                f"{self.name} >= {ref} / {p:g}"
+        elif self.rule == "delta":
+            rule = f"{self.name} <= ({ref}) + {p:g}" if not self.higher_is_better else \
+                f"{self.name} >= ({ref}) - {p:g}"
         else:
-            rule = f"{self.name} {'>=' if self.higher_is_better else '<='} {self.threshold:g}"
+            rule = f"{self.name} {'>=' if self.higher_is_better else '<='} {p:g}"
         scale = f"log({self.name})" if self.log_interp else self.name
         return (f"longest L with {rule}, scanning up from the best length; {scale} interpolated in log(L) "
                 f"between grid points; censored at the largest L if it never fails")
+
+
+@dataclass(frozen=True)
+class PositionMeasureSpec(MeasureSpec):
+    """A measured length read off the per-position loss curve (positions*.jsonl) instead of per-length records.
+
+    Curve: per setting, the position buckets of the longest pass (pos_start, pos_end, mean nll, tokens) of
+    each sample; per bucket, the token-weighted mean loss over samples, placed at the bucket's mean position
+    x = (pos_start + pos_end - 1) / 2. Smoothed: token-weighted running mean over `window` consecutive buckets
+    centred on each (truncated at the ends).
+    Reference: the token-weighted mean (unsmoothed) loss of the buckets with x in [reference_from * T, T],
+    T = the record column `reference` (tune_len; train_len when empty). Fallbacks: no bucket there but some
+    at or below T: the buckets in [reference_from * x', x'], x' the last bucket at or below T; every bucket
+    beyond T: the first bucket.
+    Measured length: the first bucket beyond T whose smoothed loss exceeds reference + `delta` (nats),
+    interpolated linearly in log(position) between it and the bucket before (smoothed values); censored at
+    the last bucket's position when none does; undefined (with a note) when no bucket lies beyond T.
+    CI: percentile bootstrap over samples (whole samples resampled, the curve recomputed), as MeasureSpec.
+    """
+
+    metric: str = "nll"
+    name: str = "per-position loss"
+    factor: float | None = None
+    log_interp: bool = False
+    delta: float | None = 0.5
+    window: int = 3
+    reference_from: float = 0.5
+
+    source: ClassVar[str] = "positions"  # positions*.jsonl (per position bucket of the longest pass)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.factor is not None or self.delta is None:
+            raise ValueError("PositionMeasureSpec uses the additive rule: set delta (nats), not factor")
+        if not (isinstance(self.window, int) and self.window >= 1):
+            raise ValueError("PositionMeasureSpec.window must be a whole number of buckets >= 1")
+        if not 0 <= self.reference_from < 1:
+            raise ValueError("PositionMeasureSpec.reference_from must lie in [0, 1)")
+
+    def label(self, factor: float | None = None, delta: float | None = None) -> str:
+        return f"{self.name}, reference + {self.param(factor, delta):g} nats"
+
+    def definition(self, factor: float | None = None, delta: float | None = None) -> str:
+        return (f"first token position past {self.reference} where the {self.name} (mean over samples, "
+                f"token-weighted running mean over {self.window} position buckets) exceeds its reference + "
+                f"{self.param(factor, delta):g} nats; reference = token-weighted mean loss at positions in "
+                f"[{self.reference_from:g} x {self.reference}, {self.reference}]; interpolated in log(position) "
+                f"between bucket centres; censored at the last bucket if it never exceeds")
 
 
 _TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": lambda x: x, "exp": np.exp}
@@ -123,10 +220,15 @@ class Limit:
     note: str = ""
 
 
+def _log_crossing(x0: float, x1: float, g0: float, g1: float, gt: float) -> float:
+    """Where the segment (log x0, g0) -> (log x1, g1) reaches gt (clipped to the segment)."""
+    frac = 0.0 if g1 == g0 else float(np.clip((gt - g0) / (g1 - g0), 0.0, 1.0))
+    return math.exp(math.log(x0) + frac * (math.log(x1) - math.log(x0)))
+
+
 def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_len: float | None,
-                   spec: MeasureSpec, factor: float | None = None) -> Limit:
+                   spec: MeasureSpec, factor: float | None = None, delta: float | None = None) -> Limit:
     """The measured extrapolation length of one aggregate curve (see MeasureSpec for the rule)."""
-    factor = spec.factor if factor is None else factor
     lens = np.asarray(lengths, dtype=float)
     vals = np.asarray(values, dtype=float)
     keep = np.isfinite(vals) & np.isfinite(lens) & (lens > 0)
@@ -145,10 +247,14 @@ def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_
     pick = np.argmax if spec.higher_is_better else np.argmin
     best = int(candidates[pick(vals[candidates])])
     ref = float(vals[best])
-    if factor is not None:
-        thr = ref / factor if spec.higher_is_better else ref * factor
+    p = spec.param(factor, delta)
+    sign = -1.0 if spec.higher_is_better else 1.0
+    if spec.rule == "factor":
+        thr = ref / p if spec.higher_is_better else ref * p
+    elif spec.rule == "delta":
+        thr = ref + sign * p
     else:
-        thr = float(spec.threshold)
+        thr = float(p)
     passes = vals >= thr if spec.higher_is_better else vals <= thr
     if not passes[best]:
         return Limit(math.nan, False, ref, thr, "the best reference point already fails the threshold")
@@ -159,10 +265,68 @@ def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_
     i = j - 1
     use_log = spec.log_interp and vals[i] > 0 and vals[j] > 0 and thr > 0
     g = np.log if use_log else (lambda x: x)
-    g0, g1, gt = g(vals[i]), g(vals[j]), g(thr)
-    frac = 0.0 if g1 == g0 else float(np.clip((gt - g0) / (g1 - g0), 0.0, 1.0))
-    value = math.exp(math.log(lens[i]) + frac * (math.log(lens[j]) - math.log(lens[i])))
-    return Limit(value, False, ref, thr, note)
+    return Limit(_log_crossing(lens[i], lens[j], g(vals[i]), g(vals[j]), g(thr)), False, ref, thr, note)
+
+
+def smooth_buckets(loss: np.ndarray, tokens: np.ndarray, window: int) -> np.ndarray:
+    """Token-weighted running mean of `window` consecutive buckets centred on each, along the last axis
+    (truncated at the ends; buckets without a finite loss or tokens are left out of the means)."""
+    loss = np.asarray(loss, dtype=float)
+    tokens = np.asarray(tokens, dtype=float)
+    ok = np.isfinite(loss) & np.isfinite(tokens) & (tokens > 0)
+    num = np.where(ok, loss * np.where(ok, tokens, 0.0), 0.0)
+    den = np.where(ok, tokens, 0.0)
+    if window <= 1:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    lo, hi = (window - 1) // 2, window // 2
+    pad = [(0, 0)] * (num.ndim - 1) + [(lo + 1, hi)]
+    cnum, cden = np.cumsum(np.pad(num, pad), axis=-1), np.cumsum(np.pad(den, pad), axis=-1)
+    n = num.shape[-1]
+    wnum = cnum[..., window:window + n] - cnum[..., :n]
+    wden = cden[..., window:window + n] - cden[..., :n]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(wden > 0, wnum / np.where(wden > 0, wden, 1.0), np.nan)
+
+
+def position_limit(positions: Sequence[float], loss: Sequence[float], tokens: Sequence[float],
+                   reference_len: float | None, spec: PositionMeasureSpec, delta: float | None = None) -> Limit:
+    """The measured extrapolation length of one aggregate per-position loss curve (see PositionMeasureSpec)."""
+    x = np.asarray(positions, dtype=float)
+    loss = np.asarray(loss, dtype=float)
+    tok = np.asarray(tokens, dtype=float)
+    keep = np.isfinite(x) & (x > 0) & np.isfinite(loss) & np.isfinite(tok) & (tok > 0)
+    x, loss, tok = x[keep], loss[keep], tok[keep]
+    if not len(x):
+        return Limit(math.nan, False, math.nan, math.nan, "no per-position data")
+    order = np.argsort(x, kind="stable")
+    x, loss, tok = x[order], loss[order], tok[order]
+    smoothed = smooth_buckets(loss, tok, spec.window)
+    ref_len = math.inf if reference_len is None or not np.isfinite(reference_len) else float(reference_len)
+    note = ""
+    in_ref = (x >= spec.reference_from * ref_len) & (x <= ref_len)
+    if not in_ref.any():
+        below = x <= ref_len
+        if below.any():
+            top = float(x[below].max())
+            in_ref = below & (x >= spec.reference_from * top)
+            note = (f"no position bucket in [{spec.reference_from:g} x {ref_len:g}, {ref_len:g}]; reference from "
+                    f"the buckets up to position {top:.0f}")
+        else:
+            in_ref = x == x[0]
+            note = "every position bucket lies beyond the reference length; the first bucket is the reference"
+    ref = float((loss[in_ref] * tok[in_ref]).sum() / tok[in_ref].sum())
+    thr = ref + float(spec.param(delta=delta))
+    scan = (x > ref_len) & (np.arange(len(x)) > np.where(in_ref)[0].max())
+    if not scan.any():
+        note = "; ".join(n for n in (note, "no position bucket beyond the reference length: nothing to measure") if n)
+        return Limit(math.nan, False, ref, thr, note)
+    above = np.where(scan & (smoothed > thr))[0]
+    if not len(above):
+        return Limit(float(x[-1]), True, ref, thr, note)
+    j = int(above[0])
+    i = j - 1
+    return Limit(_log_crossing(x[i], x[j], smoothed[i], smoothed[j], thr), False, ref, thr, note)
 
 
 @dataclass
@@ -187,6 +351,15 @@ class Curve:
         return np.isfinite(self.values).sum(axis=0)
 
 
+def _sample_units(frame: pd.DataFrame, seed: Any = None) -> pd.Series:
+    """A sample's identity "seed/sample" (the same string for its records and its position buckets)."""
+    if "seed" in frame:
+        return frame["seed"].astype(str) + "/" + frame["sample"].astype(str)
+    if seed is not None:
+        return str(seed) + "/" + frame["sample"].astype(str)
+    return frame["sample"].astype(str)
+
+
 def build_curve(records: pd.DataFrame, spec: MeasureSpec) -> Curve:
     """One setting's ok records -> Curve; a sample is (seed, sample), its cells averaged over depths."""
     ok = records[(records["status"] == "ok") & records[spec.metric].notna()] if spec.metric in records \
@@ -194,13 +367,70 @@ def build_curve(records: pd.DataFrame, spec: MeasureSpec) -> Curve:
     if not len(ok):
         lengths = np.sort(records["length"].dropna().unique().astype(float))
         return Curve(lengths, [], np.empty((0, len(lengths))))
-    unit = ok["seed"].astype(str) + "/" + ok["sample"].astype(str) if "seed" in ok else ok["sample"].astype(str)
-    frame = pd.DataFrame({"unit": unit.to_numpy(), "length": ok["length"].astype(float).to_numpy(),
+    frame = pd.DataFrame({"unit": _sample_units(ok).to_numpy(), "length": ok["length"].astype(float).to_numpy(),
                           "value": ok[spec.metric].astype(float).to_numpy()})
     wide = frame.groupby(["unit", "length"])["value"].mean().unstack("length")
     all_lengths = np.sort(records["length"].dropna().unique().astype(float))
     wide = wide.reindex(columns=all_lengths)
     return Curve(all_lengths, list(wide.index), wide.to_numpy(dtype=float))
+
+
+@dataclass
+class PositionCurve:
+    """Position buckets of one setting's longest pass: bucket bounds and mean position x [K]; per sample
+    mean nll and tokens [samples x K] (NaN and 0 where a sample lacks the bucket)."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    x: np.ndarray
+    samples: list[Any]
+    nll: np.ndarray
+    tokens: np.ndarray
+    length: float = math.nan
+
+    def aggregate(self, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(loss, tokens) per bucket: token-weighted mean over (weighted) samples; [K], or [B x K] with weights."""
+        present = np.isfinite(self.nll) & (self.tokens > 0)
+        tok = np.where(present, self.tokens, 0.0)
+        num = np.where(present, self.nll * tok, 0.0)
+        w = np.ones((1, len(self.samples))) if weights is None else np.atleast_2d(weights)
+        total = w @ tok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss = np.where(total > 0, (w @ num) / np.where(total > 0, total, 1.0), np.nan)
+        return (loss[0], total[0]) if weights is None else (loss, total)
+
+    def counts(self) -> np.ndarray:
+        return (np.isfinite(self.nll) & (self.tokens > 0)).sum(axis=0)
+
+
+POSITION_COLUMNS = ("sample", "pos_start", "pos_end", "nll", "tokens")
+
+
+def build_position_curve(positions: pd.DataFrame | None, seed: Any = None) -> PositionCurve:
+    """One setting's positions rows -> PositionCurve of its longest pass (the buckets of that length)."""
+    empty = PositionCurve(*(np.empty(0) for _ in range(3)), [], np.empty((0, 0)), np.empty((0, 0)))
+    if positions is None or not len(positions) or not set(POSITION_COLUMNS) <= set(positions):
+        return empty
+    pos = positions[positions["nll"].notna() & pd.to_numeric(positions["tokens"], errors="coerce").gt(0)]
+    length = math.nan
+    if "length" in pos and pos["length"].notna().any():
+        length = float(pos["length"].max())
+        pos = pos[pos["length"] == length]
+    if not len(pos):
+        return empty
+    frame = pd.DataFrame({"unit": _sample_units(pos, seed).to_numpy(),
+                          "start": pos["pos_start"].astype(float).to_numpy(),
+                          "end": pos["pos_end"].astype(float).to_numpy(),
+                          "w": (pos["nll"].astype(float) * pos["tokens"].astype(float)).to_numpy(),
+                          "tokens": pos["tokens"].astype(float).to_numpy()})
+    sums = frame.groupby(["unit", "start", "end"])[["w", "tokens"]].sum()
+    sums["nll"] = sums["w"] / sums["tokens"]
+    nll = sums["nll"].unstack(["start", "end"]).sort_index(axis=1)
+    tokens = sums["tokens"].unstack(["start", "end"]).reindex(columns=nll.columns).fillna(0.0)
+    starts = np.array([c[0] for c in nll.columns], dtype=float)
+    ends = np.array([c[1] for c in nll.columns], dtype=float)
+    return PositionCurve(starts, ends, (starts + ends - 1) / 2.0, list(nll.index), nll.to_numpy(dtype=float),
+                         tokens.to_numpy(dtype=float), length)
 
 
 def bootstrap_weights(n_samples: int, n_boot: int, seed: int) -> np.ndarray | None:
@@ -408,11 +638,14 @@ def setting_colors(settings: Sequence[str]) -> dict[str, Any]:
 
 @dataclass
 class FigureContext:
-    """What a task's figure functions draw from; built once per task by the report.
+    """What a task's figure functions draw from; built once per task and definition by the report.
 
-    table: one row per (setting, length): mean (the aggregate), ci_low, ci_high, n, n_failed.
-    summary: one row per (setting, factor) with law inputs, prediction and measured limit (summary.csv).
-    settings: one row per setting: law inputs, regime, predicted_limit, measured_* for `factor`.
+    table: per (setting, length): mean (the aggregate), ci_low, ci_high, n, n_failed; for a per-position
+    definition, per (setting, position bucket): length = the bucket's mean position, mean = its loss,
+    smoothed, tokens, n (not written to table.csv).
+    summary: one row per (setting, rule parameter) with law inputs, prediction and measured limit (summary.csv).
+    settings: one row per setting: law inputs, regime, predicted_limit, measured_* for the first parameter.
+    views: every definition's context of the task by MeasureSpec.key (this one included); `measure(key)`.
     """
 
     task: str
@@ -426,80 +659,188 @@ class FigureContext:
     colors: dict[str, Any]
     order: list[str]
     ci: float = DEFAULT_CI
+    delta: float | None = None
+    views: dict[str, FigureContext] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def measure(self, key: str) -> FigureContext:
+        """The context of the task's definition `key` (e.g. 'position-loss'); NoData when it was not computed."""
+        if key in self.views:
+            return self.views[key]
+        if key == self.spec.key:
+            return self
+        raise NoData(f"no {key!r} measured length for task {self.task!r}"
+                     + (f" ({'; '.join(self.notes)})" if self.notes else ""))
 
 
-def analyze(records: pd.DataFrame, spec: MeasureSpec, *, task: str = "", factors: Sequence[float | None] = (None,),
+TABLE_COLUMNS = ["setting", "task", "metric", "length", "mean", "ci_low", "ci_high", "n", "n_failed"]
+
+
+def _rule_params(spec: MeasureSpec, factors: Sequence[float | None], deltas: Sequence[float | None]
+                 ) -> list[tuple[float | None, float | None]]:
+    """(factor, delta) overrides for which a definition gets a summary row each (one for a threshold rule)."""
+    if spec.rule == "factor":
+        return [(f, None) for f in (list(factors) or [None])]
+    if spec.rule == "delta":
+        return [(None, d) for d in (list(deltas) or [None])]
+    return [(None, None)]
+
+
+def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *, task: str = "",
+            factors: Sequence[float | None] = (None,), deltas: Sequence[float | None] = (None,),
             n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
             positions: pd.DataFrame | None = None, colors: dict[str, Any] | None = None) -> FigureContext:
-    """Per-length table and per-setting summary of one task's records (all runs concatenated)."""
+    """Per-length table and per-setting summary of one task's records (all runs concatenated).
+
+    `spec`: one definition or a list of them (a task's MEASURES; the first is the default). Returns the first
+    definition's context; every definition's is in `.views`. A per-position definition is left out, with a
+    note, when the task has no positions*.jsonl rows (unless it is the first).
+    """
+    specs = [spec] if isinstance(spec, MeasureSpec) else list(spec)
+    if not specs:
+        raise ValueError("analyze needs at least one MeasureSpec")
     records = records.copy()
     records.attrs = {}
     task = task or str(_first(records, "task") or "")
-    factors = list(factors) or [None]
     order = setting_order(records)
     colors = colors or setting_colors(order)
-    table_rows, summary_rows = [], []
+    task_positions = None
+    if positions is not None and len(positions):
+        task_positions = positions[positions["task"] == task] if "task" in positions else positions
+        task_positions = task_positions[task_positions["setting"].isin(order)]
+    views: dict[str, FigureContext] = {}
+    notes: list[str] = []
+    for k, one in enumerate(specs):
+        if one.source == "positions" and k and (task_positions is None or not len(task_positions)):
+            notes.append(f"measured length {one.key!r} left out: no positions*.jsonl rows for task {task!r}")
+            continue
+        views[one.key] = _analyze_one(records, one, task=task, params=_rule_params(one, factors, deltas),
+                                      n_boot=n_boot, seed=seed, ci=ci, positions=task_positions, colors=colors,
+                                      order=order)
+    for view in views.values():
+        view.views, view.notes = views, notes
+    return views[specs[0].key]
+
+
+def _limit(spec: MeasureSpec, axis: np.ndarray, values, ref_len: float | None, factor: float | None,
+           delta: float | None) -> Limit:
+    """measured_limit of a per-length curve, or position_limit of a (loss, tokens) per-position curve."""
+    if spec.source == "positions":
+        return position_limit(axis, values[0], values[1], ref_len, spec, delta)  # type: ignore[arg-type]
+    return measured_limit(axis, values, ref_len, spec, factor, delta)
+
+
+def _length_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, setting: str, ci: float,
+                     positions: pd.DataFrame | None, weights_seed: int, n_boot: int):
+    """A setting's per-length aggregate: (lengths, aggregate, bootstrap aggregates or None, n_samples, table rows)."""
+    curve = build_curve(recs, spec)
+    weights = bootstrap_weights(len(curve.samples), n_boot, weights_seed)
+    agg = curve.aggregate(spec) if curve.samples else np.full(len(curve.lengths), np.nan)
+    boot = curve.aggregate(spec, weights) if weights is not None else None
+    failed = recs[recs["status"] != "ok"].groupby("length").size()
+    counts = curve.counts()
+    rows = []
+    for k, length in enumerate(curve.lengths):
+        lo, hi = _interval(boot[:, k], ci) if boot is not None else (math.nan, math.nan)
+        rows.append({"setting": setting, "task": task, "metric": spec.name, "length": int(length), "mean": agg[k],
+                     "ci_low": lo, "ci_high": hi, "n": int(counts[k]), "n_failed": int(failed.get(length, 0))})
+    return curve.lengths, agg, (list(boot) if boot is not None else None), len(curve.samples), rows
+
+
+def _position_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, setting: str, ci: float,
+                       positions: pd.DataFrame | None, weights_seed: int, n_boot: int):
+    """A setting's per-position aggregate: (positions, (loss, tokens), bootstrap (loss, tokens) pairs or None,
+    n_samples, table rows)."""
+    seeds = recs["seed"].astype(str).unique() if "seed" in recs else []
+    pos = positions[positions["setting"] == setting] if positions is not None else None
+    curve = build_position_curve(pos, seeds[0] if len(seeds) == 1 else None)
+    weights = bootstrap_weights(len(curve.samples), n_boot, weights_seed)
+    if curve.samples:
+        loss, tokens = curve.aggregate()
+    else:
+        loss = tokens = np.full(len(curve.x), np.nan)
+    smoothed = smooth_buckets(loss, tokens, spec.window)  # type: ignore[attr-defined]
+    counts = curve.counts()
+    rows = [{"setting": setting, "task": task, "metric": spec.name, "length": float(x), "mean": loss[k],
+             "ci_low": math.nan, "ci_high": math.nan, "n": int(counts[k]), "n_failed": 0,
+             "pos_start": int(curve.starts[k]), "pos_end": int(curve.ends[k]), "smoothed": smoothed[k],
+             "tokens": tokens[k]} for k, x in enumerate(curve.x)]
+    draws = None
+    if weights is not None:
+        boot_loss, boot_tokens = curve.aggregate(weights)
+        draws = list(zip(boot_loss, boot_tokens, strict=True))
+    return curve.x, (loss, tokens), draws, len(curve.samples), rows
+
+
+def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params, n_boot: int, seed: int,
+                 ci: float, positions: pd.DataFrame | None, colors: dict[str, Any], order: list[str]
+                 ) -> FigureContext:
+    table_rows, summary_rows, first_rows = [], [], []
     for setting in order:
         recs = records[records["setting"] == setting]
-        curve = build_curve(recs, spec)
-        weights = bootstrap_weights(len(curve.samples), n_boot, setting_seed(seed, task, setting))
-        agg = curve.aggregate(spec) if curve.samples else np.full(len(curve.lengths), np.nan)
-        boot = curve.aggregate(spec, weights) if weights is not None else None
-        failed = recs[recs["status"] != "ok"].groupby("length").size()
-        for k, length in enumerate(curve.lengths):
-            lo, hi = _interval(boot[:, k], ci) if boot is not None else (math.nan, math.nan)
-            table_rows.append({"setting": setting, "task": task, "metric": spec.name, "length": int(length),
-                               "mean": agg[k], "ci_low": lo, "ci_high": hi, "n": int(curve.counts()[k]),
-                               "n_failed": int(failed.get(length, 0))})
+        weights_seed = setting_seed(seed, task, setting)
+        curve_fn = _position_curve_of if spec.source == "positions" else _length_curve_of
+        axis, point, draws_in, n_samples, rows = curve_fn(recs, spec, task=task, setting=setting, ci=ci,
+                                                          positions=positions, weights_seed=weights_seed,
+                                                          n_boot=n_boot)
+        table_rows += rows
         info = {c: _first(recs, c) for c in LAW_COLUMNS}
         prediction, law_note = predict_for(info)
-        ref_col = _first(recs, spec.reference)
-        if ref_col is None:
-            ref_col = _first(recs, "train_len")
-        for factor in factors:
-            limit = measured_limit(curve.lengths, agg, ref_col, spec, factor)
+        ref_len = _first(recs, spec.reference)
+        if ref_len is None:
+            ref_len = _first(recs, "train_len")
+        ref_len = float(ref_len) if ref_len is not None else None
+        for n_param, (factor, delta) in enumerate(params):
+            limit = _limit(spec, axis, point, ref_len, factor, delta)
             lo = hi = math.nan
-            if boot is not None and np.isfinite(limit.value):
-                draws = np.array([measured_limit(curve.lengths, row, ref_col, spec, factor).value for row in boot])
+            if draws_in is not None and np.isfinite(limit.value):
+                draws = np.array([_limit(spec, axis, row, ref_len, factor, delta).value for row in draws_in])
                 lo, hi = _interval(draws, ci)
             predicted = prediction.extrapolation_limit if prediction is not None else None
             ratio = limit.value / predicted if predicted and np.isfinite(limit.value) else math.nan
-            notes = [n for n in (law_note, limit.note) if n]
+            no_positions = spec.source == "positions" and not n_samples
+            row_notes = [n for n in (law_note, "no positions*.jsonl rows for this setting" if no_positions
+                                     else limit.note) if n]
             if _first(recs, "law_assumes_finetune"):
-                notes.append("base changed without fine-tuning; the law assumes fine-tuning at tune_len")
-            summary_rows.append({
-                "setting": setting, "model": info["model"], "task": task, "rope_type": info["rope_type"],
-                "rope_theta": info["rope_theta"], "pretrain_base": info["pretrain_base"],
-                "train_len": info["train_len"], "tune_len": info["tune_len"], "rotary_dim": info["rotary_dim"],
-                "regime": prediction.regime if prediction is not None else "",
+                row_notes.append("base changed without fine-tuning; the law assumes fine-tuning at tune_len")
+            row = {
+                "setting": setting, "model": info["model"], "task": task, "measure": spec.key,
+                "rope_type": info["rope_type"], "rope_theta": info["rope_theta"],
+                "pretrain_base": info["pretrain_base"], "train_len": info["train_len"], "tune_len": info["tune_len"],
+                "rotary_dim": info["rotary_dim"], "regime": prediction.regime if prediction is not None else "",
                 "critical_dim": prediction.critical_dim if prediction is not None else None,
                 "predicted_limit": predicted,
                 "measured_limit": limit.value, "measured_ci_low": lo, "measured_ci_high": hi,
                 "measured_censored": bool(limit.censored) if np.isfinite(limit.value) else None,
                 "ratio_measured_to_predicted": ratio,
-                "definition": spec.definition(factor), "factor": factor if factor is not None else spec.factor,
+                "definition": spec.definition(factor, delta),
+                "factor": spec.param(factor, delta) if spec.rule == "factor" else None,
+                "delta": spec.param(factor, delta) if spec.rule == "delta" else None,
                 "reference_value": limit.reference, "threshold_value": limit.threshold,
-                "n_samples": len(curve.samples), "n_failed": int((recs["status"] != "ok").sum()),
+                "n_samples": n_samples, "n_failed": int((recs["status"] != "ok").sum()),
                 "law_assumes_finetune": bool(_first(recs, "law_assumes_finetune") or False),
-                "rope_hash": _first(recs, "rope_hash"), "run": _first(recs, "run"), "note": "; ".join(notes),
-            })
-    table = pd.DataFrame(table_rows, columns=["setting", "task", "metric", "length", "mean", "ci_low", "ci_high",
-                                              "n", "n_failed"])
+                "rope_hash": _first(recs, "rope_hash"), "run": _first(recs, "run"), "note": "; ".join(row_notes),
+            }
+            summary_rows.append(row)
+            if n_param == 0:
+                first_rows.append(row)
+    extra = ["pos_start", "pos_end", "smoothed", "tokens"] if spec.source == "positions" else []
+    table = pd.DataFrame(table_rows, columns=TABLE_COLUMNS + extra)
     summary = pd.DataFrame(summary_rows)
-    first_factor = factors[0] if factors[0] is not None else spec.factor
-    settings = summary[summary["factor"].eq(first_factor) | summary["factor"].isna()] \
-        .drop_duplicates("setting").set_index("setting", drop=False).rename_axis(None) if len(summary) else summary
-    task_positions = None
-    if positions is not None and len(positions):
-        task_positions = positions[positions["task"] == task] if "task" in positions else positions
-        task_positions = task_positions[task_positions["setting"].isin(order)]
-    return FigureContext(task, spec, first_factor, records, task_positions, table, summary, settings, colors, order,
-                         ci)
+    settings = pd.DataFrame(first_rows)
+    if len(settings):
+        settings = settings.set_index("setting", drop=False).rename_axis(None)
+    first_factor, first_delta = params[0]
+    factor = spec.param(first_factor, first_delta) if spec.rule == "factor" else None
+    delta = spec.param(first_factor, first_delta) if spec.rule == "delta" else None
+    return FigureContext(task, spec, factor, records, positions, table, summary, settings, colors, order, ci,
+                         delta)
 
 
-def figure_context(df: pd.DataFrame, spec: MeasureSpec | None = None) -> FigureContext:
+def figure_context(df: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec] | None = None) -> FigureContext:
     """The report's precomputed context attached to a task's records frame, or one computed now (with
-    `spec`, default bootstrap) when a figure function is called on a plain frame, e.g. in a notebook."""
+    `spec` - one definition or the task's MEASURES -, default bootstrap) when a figure function is called on
+    a plain frame, e.g. in a notebook."""
     ctx = df.attrs.get("context")
     if isinstance(ctx, FigureContext):
         return ctx
@@ -686,20 +1027,13 @@ def finish_legend(ax: Axes, extra: Sequence[Any] = (), title: str | None = None)
 REGIME_MARKERS = {"larger-base": "o", "tuning-bounded": "s"}
 
 
-def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext) -> None:
-    """Measured extrapolation length vs the law's prediction per setting (log-log, y = x, CI bars).
-
-    Censored points: open marker with an upward arrow (the true value is at least that). Settings without
-    a predicted limit (unbounded, not-covered, unusable law inputs) are listed in a note under the axes.
-    """
-    from matplotlib.lines import Line2D
-
+def _mvp_points(ctx: FigureContext) -> tuple[list[tuple[str, float, float, float, float, bool, str]], list[str]]:
+    """(setting, predicted, measured, ci_low, ci_high, censored, regime) of the settings with both values, and
+    a line for each setting left off (no predicted limit, or no measured length)."""
     rows = ctx.settings
-    if not len(rows) or not np.isfinite(rows["measured_limit"].astype(float)).any():
-        raise NoData("no measured extrapolation length")
-    plotted, aside = [], []
+    points, aside = [], []
     for setting in ctx.order:
-        if setting not in rows.index:
+        if not len(rows) or setting not in rows.index:
             continue
         row = rows.loc[setting]
         measured = float(row["measured_limit"]) if row["measured_limit"] is not None else math.nan
@@ -713,10 +1047,28 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext) -> None:
         if not np.isfinite(measured):
             aside.append(f"{setting}: predicted {fmt_length(predicted)}, measured n/a")
             continue
+        points.append((setting, predicted, measured, float(row["measured_ci_low"]), float(row["measured_ci_high"]),
+                       bool(row["measured_censored"]), str(row["regime"])))
+    return points, aside
+
+
+def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, share_limits: bool = True) -> None:
+    """Measured extrapolation length vs the law's prediction per setting (log-log, y = x, CI bars).
+
+    Censored points: open marker with an upward arrow (the true value is at least that). Settings without
+    a predicted limit (unbounded, not-covered, unusable law inputs) are listed in a note under the axes.
+    With `share_limits`, the axes span the points of every definition of the task (ctx.views), so the
+    task's measured-vs-predicted figures compare at a glance.
+    """
+    from matplotlib.lines import Line2D
+
+    rows = ctx.settings
+    if not len(rows) or not np.isfinite(rows["measured_limit"].astype(float)).any():
+        raise NoData("no measured extrapolation length")
+    points, aside = _mvp_points(ctx)
+    for setting, predicted, measured, lo, hi, censored, regime in points:
         color = ctx.colors[setting]
-        censored = bool(row["measured_censored"])
-        marker = REGIME_MARKERS.get(row["regime"], "D")
-        lo, hi = float(row["measured_ci_low"]), float(row["measured_ci_high"])
+        marker = REGIME_MARKERS.get(regime, "D")
         if np.isfinite(lo) and np.isfinite(hi):
             ax.errorbar([predicted], [measured], yerr=[[max(0.0, measured - lo)], [max(0.0, hi - measured)]],
                         fmt="none", ecolor=color, elinewidth=1.2, capsize=3, zorder=3)
@@ -726,12 +1078,14 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext) -> None:
         if censored:
             ax.annotate("", xy=(predicted, measured * 1.5), xytext=(predicted, measured * 1.04),
                         arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.3}, zorder=4)
-        plotted.append((predicted, measured, hi if np.isfinite(hi) else measured))
-    if plotted:
-        values = [v for p in plotted for v in p] + [p[1] * 1.6 for p in plotted]
+    spanned = [p for view in (ctx.views.values() if share_limits and ctx.views else [ctx])
+               for p in _mvp_points(view)[0]]
+    if spanned:
+        values = [v for p in spanned for v in (p[1], p[2], p[4] if np.isfinite(p[4]) else p[2], p[2] * 1.6)]
         lo_v, hi_v = min(values) / 1.6, max(values) * 1.3
     else:
         lo_v, hi_v = 256.0, 65536.0
+    if not points:
         ax.text(0.5, 0.5, "no setting with a predicted limit", transform=ax.transAxes, ha="center",
                 va="center", fontsize=9, color="0.4")
     ax.plot([lo_v, hi_v], [lo_v, hi_v], color="0.45", linewidth=1.0, linestyle="-", zorder=1, label="y = x")
@@ -741,8 +1095,7 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext) -> None:
     format_length_axis(ax, "y")
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel("predicted extrapolation limit (tokens, law)")
-    ax.set_ylabel(f"measured extrapolation length (tokens)\n{ctx.spec.name}, factor {ctx.factor:g}"
-                  if ctx.factor is not None else "measured extrapolation length (tokens)")
+    ax.set_ylabel(f"measured extrapolation length (tokens)\n{ctx.spec.label(ctx.factor, ctx.delta)}")
     style_axes(ax)
     extra = [Line2D([], [], color="0.3", marker="o", linestyle="none", label="larger-base regime"),
              Line2D([], [], color="0.3", marker="s", linestyle="none", label="tuning-bounded (law: \u2265 T_tune)"),
@@ -757,25 +1110,45 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext) -> None:
 # =========================================================================================== the report
 
 
-def task_figures(task: str) -> tuple[dict[str, Callable[[pd.DataFrame, Axes], None]], MeasureSpec | None]:
-    """FIGURES and MEASURE of a task: from tasks.<task>, else harness.report_<task>, else ({}, None)."""
-    figures, spec = None, None
+def _task_modules(task: str) -> list[Any]:
+    """tasks.<task> (when it loads) and harness.report_<task> (when it exists), in that order."""
+    modules = []
     try:
         from tasks.base import get_task_module
 
-        module = get_task_module(task)
-        figures, spec = getattr(module, "FIGURES", None), getattr(module, "MEASURE", None)
+        modules.append(get_task_module(task))
     except (InputError, ImportError):
         pass
-    if figures is None or spec is None:
-        try:
-            fallback = importlib.import_module(f"harness.report_{task}")
-        except ImportError:
-            fallback = None
-        if fallback is not None:
-            figures = figures if figures is not None else getattr(fallback, "FIGURES", None)
-            spec = spec if spec is not None else getattr(fallback, "MEASURE", None)
-    return dict(figures or {}), spec
+    with contextlib.suppress(ImportError):
+        modules.append(importlib.import_module(f"harness.report_{task}"))
+    return modules
+
+
+def task_measures(task: str) -> list[MeasureSpec]:
+    """A task's measured-length definitions, its default first: MEASURES of tasks.<task>, else of
+    harness.report_<task>; a module with only MEASURE has that one. The fallback's MEASURES are used for a task
+    module that re-exports only its MEASURE when their first entry is that same spec."""
+    first: MeasureSpec | None = None
+    for module in _task_modules(task):
+        measures = getattr(module, "MEASURES", None)
+        if measures:
+            measures = list(measures)
+            if first is None or measures[0] == first:
+                return measures
+        if first is None:
+            first = getattr(module, "MEASURE", None)
+    return [first] if first is not None else []
+
+
+def task_figures(task: str) -> tuple[dict[str, Callable[[pd.DataFrame, Axes], None]], MeasureSpec | None]:
+    """FIGURES and the default MEASURE of a task: from tasks.<task>, else harness.report_<task>, else ({}, None)."""
+    figures = None
+    for module in _task_modules(task):
+        figures = getattr(module, "FIGURES", None)
+        if figures is not None:
+            break
+    measures = task_measures(task)
+    return dict(figures or {}), (measures[0] if measures else None)
 
 
 def _fmt_cell(value: Any, column: str = "") -> str:
@@ -856,10 +1229,10 @@ def _html(blocks: list[Block], folder: Path, title: str) -> str:
     return "\n".join(out)
 
 
-SUMMARY_COLUMNS = ["setting", "model", "task", "rope_type", "rope_theta", "pretrain_base", "train_len", "tune_len",
+SUMMARY_COLUMNS = ["setting", "model", "task", "measure", "rope_type", "rope_theta", "pretrain_base", "train_len", "tune_len",
                    "rotary_dim", "regime", "critical_dim", "predicted_limit", "measured_limit", "measured_ci_low",
                    "measured_ci_high", "measured_censored", "ratio_measured_to_predicted", "definition", "factor",
-                   "reference_value", "threshold_value", "n_samples", "n_failed", "law_assumes_finetune",
+                   "delta", "reference_value", "threshold_value", "n_samples", "n_failed", "law_assumes_finetune",
                    "rope_hash", "run", "note"]
 FAILED_COLUMNS = ["run", "setting", "task", "length", "depth", "sample", "status", "error"]
 MAX_FAILED_LISTED = 200
@@ -882,20 +1255,26 @@ def _render_figure(fn: Callable, frame: pd.DataFrame, path: Path) -> None:
 
 
 def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = None, *,
-                 factors: Sequence[float] | None = None, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0,
-                 ci: float = DEFAULT_CI, tasks: Sequence[str] | None = None, log: Callable[[str], None] | None = None
-                 ) -> Path:
+                 factors: Sequence[float] | None = None, deltas: Sequence[float] | None = None,
+                 n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
+                 tasks: Sequence[str] | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Write report.md, report.html, summary.csv, table.csv and PNG figures; return the output folder.
 
-    out_dir defaults to <first run>/report/. `factors` override the tasks' MeasureSpec factor (several give
-    one summary row per factor; figures use the first). Raises InputError before writing anything when the
-    input is unusable.
+    out_dir defaults to <first run>/report/. Every task's measured-length definitions (its MEASURES) get a
+    summary row per setting. `factors` override the factor of relative-rule definitions, `deltas` the delta
+    (nats) of additive-rule ones, e.g. the per-position loss rule (several give one summary row each; figures
+    use the first). Raises InputError before writing anything when the input is unusable.
     """
     if factors is not None:
         for f in factors:
             if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 1):
                 raise InputError(f"--factor {f} must be a number above 1 (e.g. --factor 1.5): the measured length "
                                  "is where the metric gets that many times worse than its best")
+    if deltas is not None:
+        for d in deltas:
+            if not (isinstance(d, (int, float)) and math.isfinite(d) and d > 0):
+                raise InputError(f"--delta {d} must be a positive number of nats (e.g. --delta 0.5): the measured "
+                                 "length is where the loss rises that far above its reference")
     if not 0 < ci < 1:
         raise InputError(f"--ci {ci} must lie between 0 and 1 (e.g. 0.95)")
     if n_boot < 0:
@@ -915,6 +1294,7 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
     contexts: list[tuple[FigureContext, dict[str, Callable]]] = []
     for task in present:
         figures, spec = task_figures(task)
+        measures = task_measures(task)
         if spec is None:
             notes.append(f"task {task!r}: no MEASURE spec found (tasks/{task}.py or harness/report_{task}.py); "
                          "its records are listed but not analysed")
@@ -922,8 +1302,10 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
         if spec.metric not in records:
             notes.append(f"task {task!r}: records have no {spec.metric!r} column")
         task_records = records[records["task"] == task]
-        ctx = analyze(task_records, spec, task=task, factors=list(factors) if factors else [None], n_boot=n_boot,
-                      seed=seed, ci=ci, positions=loaded.positions, colors=colors)
+        ctx = analyze(task_records, measures, task=task, factors=list(factors) if factors else [None],
+                      deltas=list(deltas) if deltas else [None], n_boot=n_boot, seed=seed, ci=ci,
+                      positions=loaded.positions, colors=colors)
+        notes += [f"task {task!r}: {note}" for note in ctx.notes]
         contexts.append((ctx, figures))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -942,10 +1324,12 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
 
 def _write_outputs(tmp: Path, loaded: Loaded, contexts, notes: list[str], log) -> list[Block]:
     records = loaded.records
-    summary = pd.concat([c.summary for c, _ in contexts], ignore_index=True) if contexts else pd.DataFrame()
+    views = [view for c, _ in contexts for view in (c.views.values() if c.views else [c])]
+    summary = pd.concat([v.summary for v in views], ignore_index=True) if views else pd.DataFrame()
     summary = summary.reindex(columns=SUMMARY_COLUMNS)
-    table = pd.concat([c.table for c, _ in contexts], ignore_index=True) if contexts else \
-        pd.DataFrame(columns=["setting", "task", "metric", "length", "mean", "ci_low", "ci_high", "n", "n_failed"])
+    tables = [v.table for v in views if v.spec.source == "records" and len(v.table)]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TABLE_COLUMNS)
+    table = table.reindex(columns=TABLE_COLUMNS)
     summary.to_csv(tmp / "summary.csv", index=False)
     table.to_csv(tmp / "table.csv", index=False)
     failed = records[records["status"] != "ok"].reindex(columns=FAILED_COLUMNS)
@@ -955,25 +1339,33 @@ def _write_outputs(tmp: Path, loaded: Loaded, contexts, notes: list[str], log) -
     blocks = [Block("h1", "rope-harness report")]
     run_items = [f"{name}: {path} ({n} records)" for name, path, n in loaded.runs]
     blocks += [Block("p", "Runs:"), Block("ul", run_items)]
-    blocks.append(Block("p", "Files: summary.csv (one row per setting and task), table.csv (per setting, task and "
-                             "length: aggregate, bootstrap CI over samples, n)"
+    blocks.append(Block("p", "Files: summary.csv (one row per setting, task and measured-length definition), "
+                             "table.csv (per setting, task, metric and length: aggregate, bootstrap CI over "
+                             "samples, n)"
                         + (", failed.csv (every failed cell)" if len(failed) else "") + "."))
     for ctx, figures in contexts:
         spec = ctx.spec
         blocks.append(Block("h2", f"Task: {ctx.task}"))
-        definitions = [f"{spec.name}: {spec.description}" if spec.description else spec.name,
-                       f"measured extrapolation length: {spec.definition(ctx.factor)}; "
-                       f"{100 * ctx.ci:g}% percentile bootstrap CI over samples",
-                       "predicted limit: Liu et al. (ICLR 2024) scaling law from each setting's law inputs "
-                       "(rotary_dim, train_len, tune_len, pretrain_base, rope_theta) - harness/law.py"]
+        task_views = list(ctx.views.values()) if ctx.views else [ctx]
+        definitions = list(dict.fromkeys(f"{v.spec.name}: {v.spec.description}" for v in task_views
+                                         if v.spec.description))
+        definitions += [f"measured extrapolation length `{view.spec.key}`"
+                        + (" (default)" if view is task_views[0] else "")
+                        + f": {view.spec.definition(view.factor, view.delta)}" for view in task_views]
+        definitions += [f"CIs: {100 * ctx.ci:g}% percentile bootstrap over samples (whole samples resampled)",
+                        "predicted limit: Liu et al. (ICLR 2024) scaling law from each setting's law inputs "
+                        "(rotary_dim, train_len, tune_len, pretrain_base, rope_theta) - harness/law.py"]
         blocks += [Block("p", "Definitions:"), Block("ul", definitions)]
-        shown = ctx.summary.reindex(columns=["setting", "rope_type", "rope_theta", "train_len", "tune_len", "regime",
-                                             "predicted_limit", "measured_limit", "measured_ci_low",
-                                             "measured_ci_high", "measured_censored", "ratio_measured_to_predicted",
-                                             "factor", "n_samples", "n_failed"])
-        shown = shown.rename(columns={"ratio_measured_to_predicted": "measured/predicted",
-                                      "measured_censored": "censored"})
-        blocks.append(Block("table", shown))
+        for view in task_views:
+            shown = view.summary.reindex(columns=[
+                "setting", "rope_type", "rope_theta", "train_len", "tune_len", "regime", "predicted_limit",
+                "measured_limit", "measured_ci_low", "measured_ci_high", "measured_censored",
+                "ratio_measured_to_predicted", "factor", "delta", "n_samples", "n_failed"])
+            shown = shown.drop(columns=[c for c in ("factor", "delta") if shown[c].isna().all()])
+            shown = shown.rename(columns={"ratio_measured_to_predicted": "measured/predicted",
+                                          "measured_censored": "censored"})
+            blocks += [Block("p", f"Measured extrapolation length `{view.spec.key}` ({view.spec.label(view.factor, view.delta)}):"),
+                       Block("table", shown)]
         flagged = ctx.summary[ctx.summary["law_assumes_finetune"].astype(bool)]["setting"].unique()
         if len(flagged):
             blocks.append(Block("p", "Base changed at evaluation time only (law_assumes_finetune): "
@@ -1030,8 +1422,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to compare")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default <first run>/report)")
     parser.add_argument("--factor", type=float, nargs="+", default=None, metavar="F",
-                        help="measured length: how many times worse than the best (default per task; ppl: 1.5); "
-                             "several give one summary row each")
+                        help="relative measured-length rules: how many times worse than the best (default per "
+                             "task; ppl@L: 1.5); several give one summary row each")
+    parser.add_argument("--delta", type=float, nargs="+", default=None, metavar="NATS",
+                        help="additive measured-length rules: how many nats worse than the reference (default per "
+                             "definition; per-position loss: 0.5, passkey answer log-prob: 2); several give one "
+                             "summary row each")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                         help=f"bootstrap resamples for CIs (default {DEFAULT_BOOTSTRAP}; 0 = no CI)")
     parser.add_argument("--ci", type=float, default=DEFAULT_CI, help="CI level (default 0.95)")
@@ -1040,23 +1436,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    out = build_report(args.run_dirs, args.out, factors=args.factor, n_boot=args.bootstrap, seed=args.seed,
-                       ci=args.ci, tasks=args.task)
+    out = build_report(args.run_dirs, args.out, factors=args.factor, deltas=args.delta, n_boot=args.bootstrap,
+                       seed=args.seed, ci=args.ci, tasks=args.task)
     print(f"report written to {out / 'report.md'} (and report.html, summary.csv, table.csv)")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m harness.report RUN_DIR ...` (same as `rope-harness report`)."""
-    parser = argparse.ArgumentParser(prog="rope-harness report")
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return command(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,10 @@
 """Report figures of the passkey task and its measured-extrapolation-length rule.
 
 `tasks/passkey.py` re-exports these (`from harness.report_passkey import FIGURES, MEASURE`); the report
-also finds them here directly. Each figure function takes the task's records frame (all runs; the report
-attaches its precomputed context in `df.attrs`) and one matplotlib Axes; the per-setting heatmaps split
-that Axes' slot into one panel per setting. The first line of a docstring is the figure's caption.
+also finds them here directly, MEASURES included (two definitions of the measured length: accuracy, the
+default, and the answer log-prob). Each figure function takes the task's records frame (all runs; the
+report attaches its precomputed context in `df.attrs`) and one matplotlib Axes; the per-setting heatmaps
+split that Axes' slot into one panel per setting. The first line of a docstring is the figure's caption.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from harness.report import (
     FigureContext,
     MeasureSpec,
     NoData,
-    analyze,
     figure_context,
     finish_legend,
     fmt_length,
@@ -45,24 +45,27 @@ MEASURE = MeasureSpec(
     log_interp=False,
     description="share of cells whose greedy answer's first integer equals the key (Landmark-attention passkey, "
                 "prompt of exactly L tokens), averaged over depths per sample, then over samples",
+    id="passkey-accuracy",
 )
 
-# answer log-prob curves reuse the report's per-length aggregate and bootstrap CI (no measured length)
+# Accuracy stays at 0 for a model that never retrieves the key (the zoo's tiny models), so it gives no
+# length at all; the answer log-prob still falls where the model loses the key. delta = 2 nats: the key's
+# probability drops e^2 ~ 7x below its best at L <= tune_len (the zoo's log-probs scatter ~1 nat from length
+# to length with one sample and three depths).
 LOGPROB = MeasureSpec(
     metric="answer_logprob",
     name="answer log-prob",
+    id="passkey-logprob",
     higher_is_better=True,
     factor=None,
-    threshold=-math.inf,
+    delta=2.0,
     reference="tune_len",
     log_interp=False,
-    description="sum of the log-probs of the continuation ' K' tokenised in context (nats)",
+    description="sum of the log-probs of the continuation ' K' tokenised in context (nats), averaged over depths "
+                "per sample, then over samples",
 )
-LOGPROB_BOOTSTRAP = 300
 
-
-def _logprob_context(ctx: FigureContext) -> FigureContext:
-    return analyze(ctx.records, LOGPROB, task=ctx.task, n_boot=LOGPROB_BOOTSTRAP, ci=ctx.ci, colors=ctx.colors)
+MEASURES = [MEASURE, LOGPROB]
 
 
 def _chance(ctx: FigureContext) -> float | None:
@@ -76,7 +79,7 @@ def accuracy_vs_length(df: pd.DataFrame, ax: Axes) -> None:
     """Passkey accuracy (exact match of the first generated integer, mean over depths and samples) vs context length; dotted: training length, dashed: the law's predicted limit, circle: measured length (accuracy >= 0.5)."""
     from matplotlib.lines import Line2D
 
-    ctx = figure_context(df, MEASURE)
+    ctx = figure_context(df, MEASURES)
     plot_metric_curves(ax, ctx, ylabel="passkey accuracy", log_y=False)
     ax.set_ylim(-0.03, 1.03)
     threshold = MEASURE.threshold
@@ -88,10 +91,10 @@ def accuracy_vs_length(df: pd.DataFrame, ax: Axes) -> None:
 
 
 def logprob_vs_length(df: pd.DataFrame, ax: Axes) -> None:
-    """Mean answer log-prob of ' K' in context (nats; band: bootstrap CI over samples) vs context length; grey: chance (uniform over keys), dotted: training length, dashed: the law's predicted limit."""
+    """Mean answer log-prob of ' K' in context (nats; band: bootstrap CI over samples) vs context length; grey: chance (uniform over keys), dotted: training length, dashed: the law's predicted limit, circle: measured length (log-prob >= its best at L <= tune_len - delta, default 2 nats)."""
     from matplotlib.lines import Line2D
 
-    ctx = _logprob_context(figure_context(df, MEASURE))
+    ctx = figure_context(df, MEASURES).measure(LOGPROB.key)
     plot_metric_curves(ax, ctx, ylabel="answer log-prob (nats)", log_y=False)
     extra = []
     chance = _chance(ctx)
@@ -99,12 +102,18 @@ def logprob_vs_length(df: pd.DataFrame, ax: Axes) -> None:
         ax.axhline(chance, color="0.55", linewidth=0.9, linestyle="-.", zorder=1)
         extra.append(Line2D([], [], color="0.55", linewidth=0.9, linestyle="-.", label="chance (uniform key)"))
     law_overlay(ax, ctx)
-    finish_legend(ax, law_legend_handles(measured=False) + extra)
+    mark_measured(ax, ctx)
+    finish_legend(ax, law_legend_handles() + extra)
 
 
 def measured_vs_predicted(df: pd.DataFrame, ax: Axes) -> None:
     """Measured passkey extrapolation length (longest L with accuracy >= 0.5, bootstrap CI) vs the law's predicted limit; open markers with arrows are censored (never failed within the grid)."""
-    plot_measured_vs_predicted(ax, figure_context(df, MEASURE))
+    plot_measured_vs_predicted(ax, figure_context(df, MEASURES).measure(MEASURE.key))
+
+
+def measured_vs_predicted_logprob(df: pd.DataFrame, ax: Axes) -> None:
+    """Measured passkey extrapolation length (longest L with answer log-prob >= its best at L <= tune_len - delta, default 2 nats; bootstrap CI) vs the law's predicted limit; same axes as the accuracy figure."""
+    plot_measured_vs_predicted(ax, figure_context(df, MEASURES).measure(LOGPROB.key))
 
 
 # ============================================================================================ heatmaps
@@ -158,7 +167,7 @@ def _heatmap(df: pd.DataFrame, ax: Axes, metric: str, label: str, cmap: str, lim
              fmt: str) -> None:
     import matplotlib as mpl
 
-    ctx = figure_context(df, MEASURE)
+    ctx = figure_context(df, MEASURES)
     grid = _grid(ctx.records, metric)
     if not len(grid):
         raise NoData(f"no ok {metric} values with a depth")
@@ -218,7 +227,8 @@ FIGURES: dict[str, Any] = {
     "heatmap_accuracy": heatmap_accuracy,
     "heatmap_logprob": heatmap_logprob,
     "measured_vs_predicted": measured_vs_predicted,
+    "measured_vs_predicted_logprob": measured_vs_predicted_logprob,
 }
 
-__all__ = ["FIGURES", "LOGPROB", "MEASURE", "accuracy_vs_length", "heatmap_accuracy", "heatmap_logprob",
-           "logprob_vs_length", "measured_vs_predicted"]
+__all__ = ["FIGURES", "LOGPROB", "MEASURE", "MEASURES", "accuracy_vs_length", "heatmap_accuracy", "heatmap_logprob",
+           "logprob_vs_length", "measured_vs_predicted", "measured_vs_predicted_logprob"]

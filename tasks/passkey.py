@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import InputError
-from harness.report_passkey import FIGURES, MEASURE  # noqa: F401  (the report reads them here)
+from harness.report_passkey import FIGURES, MEASURE, MEASURES  # noqa: F401  (the report reads them here)
 from tasks.base import Cell, RunContext, Task, TaskParams
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "

@@ -14,7 +14,7 @@ from typing import Any
 
 from harness.corpus import Sample, make_samples
 from harness.engine import perplexity
-from harness.report_perplexity import FIGURES, MEASURE  # noqa: F401  (the report reads them here)
+from harness.report_perplexity import FIGURES, MEASURE, MEASURES  # noqa: F401  (the report reads them here)
 from tasks.base import Cell, RunContext, Task, TaskParams
 
 BUCKETS = 128  # per-position buckets over the longest length

@@ -328,10 +328,16 @@ def test_report_figures_and_measured_length(tmp_path):
         assert (out / f"passkey_{name}.png").is_file(), name
     import pandas as pd
 
-    summary = pd.read_csv(out / "summary.csv").set_index("setting")
+    table = pd.read_csv(out / "summary.csv")
+    assert sorted(table["measure"]) == ["passkey-accuracy"] * 2 + ["passkey-logprob"] * 2
+    summary = table[table["measure"] == "passkey-accuracy"].set_index("setting")
     # accuracy 1 at 2048, 0 at 4096: the 0.5 crossing is interpolated in log(L) halfway
     assert summary.at["m:default:10000", "measured_limit"] == pytest.approx(math.sqrt(2048 * 4096))
     assert bool(summary.at["m:default:1e+06", "measured_censored"])
+    # answer log-prob -0.5 at 2048, -9 at 4096: best - 2 nats is reached 2/8.5 of the way in log(L)
+    logprob = table[table["measure"] == "passkey-logprob"].set_index("setting")
+    assert logprob.at["m:default:10000", "measured_limit"] == pytest.approx(2048 * 2 ** (2 / 8.5))
+    assert bool(logprob.at["m:default:1e+06", "measured_censored"])
     assert "figure passkey" not in (out / "report.md").read_text()  # no figure failed or was skipped
 
     import matplotlib.pyplot as plt

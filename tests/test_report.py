@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,8 +16,16 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from harness import law, report  # noqa: E402
+from harness.cli import main as cli_main  # noqa: E402
 from harness.errors import InputError  # noqa: E402
-from harness.report_perplexity import FIGURES, MEASURE, loss_vs_position, ppl_vs_length  # noqa: E402
+from harness.report_perplexity import (  # noqa: E402
+    FIGURES,
+    MEASURE,
+    MEASURES,
+    POSITION_LOSS,
+    loss_vs_position,
+    ppl_vs_length,
+)
 
 LENGTHS = [1024, 2048, 4096, 8192, 16384]
 LOG15 = math.log(1.5)
@@ -152,6 +161,156 @@ def test_bootstrap_ci_brackets_the_estimate_and_is_seeded():
     assert (a["measured_ci_low"], a["measured_ci_high"]) == (b["measured_ci_low"], b["measured_ci_high"])
 
 
+def test_measured_limit_additive_delta_rule():
+    # higher-is-better log-prob: passes while >= best at L <= tune_len - delta, interpolated linearly in value
+    spec = report.MeasureSpec(metric="answer_logprob", name="log-prob", higher_is_better=True, factor=None,
+                              delta=2.0, log_interp=False)
+    assert spec.rule == "delta" and spec.key == "log-prob"
+    limit = report.measured_limit([1000, 2000, 4000, 8000], [-1.0, -0.5, -1.5, -8.5], 2000, spec)
+    assert limit.reference == -0.5 and limit.threshold == -2.5
+    assert limit.value == pytest.approx(4000 * 2 ** ((-2.5 + 1.5) / (-8.5 + 1.5)))
+    assert report.measured_limit([1000, 2000, 4000], [-1.0, -0.5, -1.5], 2000, spec, delta=0.5).value == \
+        pytest.approx(2000 * 2 ** 0.5)  # the delta override; -1.5 fails a 0.5-nat margin halfway
+    assert spec.param(factor=3.0) == 2.0  # a factor override leaves an additive rule alone
+
+
+# ------------------------------------------------------------------------------- per-position measured length
+
+
+WIDTH = 64
+
+
+def step_buckets(step_at: int, length: int = 4096, low: float = 2.0, high: float = 4.0, width: int = WIDTH):
+    """Uniform buckets [start, start + width) from position 1; loss `low` before `step_at`, `high` from it on."""
+    starts = np.arange(1, length, width, dtype=float)
+    ends = np.minimum(starts + width, length)
+    loss = np.where(starts >= step_at, high, low)
+    return starts, ends, (starts + ends - 1) / 2, loss, ends - starts
+
+
+def log_between(x0: float, x1: float, frac: float) -> float:
+    return math.exp(math.log(x0) + frac * (math.log(x1) - math.log(x0)))
+
+
+def test_position_limit_finds_a_step_at_its_position():
+    step = 1025  # positions >= 1025 jump by 2 nats; bucket centres 992.5 (last low) and 1056.5 (first high)
+    _, _, x, loss, tokens = step_buckets(step)
+    j = int(np.argmax(loss > 2.0))
+    assert (x[j - 1], x[j]) == (992.5, 1056.5)
+    # window 3, delta = half the step: smoothed (2+2+4)/3 and (2+4+4)/3 straddle 3.0 symmetrically -> halfway
+    # in log(position) between the two centres, i.e. at the step (within a token)
+    half = dataclasses.replace(POSITION_LOSS, delta=1.0)
+    limit = report.position_limit(x, loss, tokens, 512, half)
+    assert not limit.censored and limit.reference == 2.0 and limit.threshold == 3.0
+    assert limit.value == pytest.approx(math.sqrt(992.5 * 1056.5), rel=1e-12)
+    assert abs(limit.value - step) < 1
+    # the default delta (0.5 nats): the smoothed curve reaches 2.5 three quarters of the way from the
+    # centre before the last low bucket (smoothed 2.0) to the last low one (smoothed 2 + 2/3)
+    default = report.position_limit(x, loss, tokens, 512, POSITION_LOSS)
+    assert default.threshold == 2.5
+    assert default.value == pytest.approx(log_between(928.5, 992.5, 0.5 / (2 / 3)), rel=1e-12)
+    # no smoothing: the crossing sits a quarter of the way (0.5 of a 2-nat step) between the two centres
+    raw = report.position_limit(x, loss, tokens, 512, dataclasses.replace(POSITION_LOSS, window=1))
+    assert raw.value == pytest.approx(log_between(992.5, 1056.5, 0.25), rel=1e-12)
+    assert report.position_limit(x, loss, tokens, 512, POSITION_LOSS, delta=1.0).value == limit.value
+
+
+def test_position_limit_reference_window_and_token_weights():
+    # the reference is the token-weighted mean over positions in [T/2, T]; earlier (worse, short-context)
+    # positions and later dips do not count, and a dip below the reference is no failure
+    starts, ends, x, loss, tokens = step_buckets(3000)
+    loss = loss.copy()
+    loss[x < 256] = 3.9  # short contexts: high loss, outside the reference window
+    loss[(x > 1500) & (x < 2000)] = 1.0
+    tokens = tokens.astype(float)
+    in_ref = (x >= 256) & (x <= 512)
+    loss[in_ref] = np.where(np.arange(in_ref.sum()) % 2, 2.2, 1.8)
+    tokens[np.where(in_ref)[0][::2]] = 3 * WIDTH  # the 1.8 buckets weigh 3x: reference 1.9
+    limit = report.position_limit(x, loss, tokens, 512, POSITION_LOSS)
+    assert limit.reference == pytest.approx((1.8 * 3 + 2.2) / 4)
+    assert 2900 < limit.value < 3000 and not limit.censored
+
+
+def test_position_limit_censored_and_fallbacks():
+    _, _, x, loss, tokens = step_buckets(1025, high=2.4)  # a rise below the 0.5-nat delta: never fails
+    limit = report.position_limit(x, loss, tokens, 512, POSITION_LOSS)
+    assert limit.censored and limit.value == x[-1] and limit.threshold == 2.5
+    # tune_len beyond the data: the reference comes from the upper half of what lies below it, nothing to scan
+    beyond = report.position_limit(x, loss, tokens, 10_000, POSITION_LOSS)
+    assert math.isnan(beyond.value) and "nothing to measure" in beyond.note
+    # tune_len below the first bucket: the first bucket is the reference
+    below = report.position_limit(x, step_buckets(1025)[3], tokens, 8, POSITION_LOSS)
+    assert below.reference == 2.0 and "first bucket" in below.note and below.value == pytest.approx(
+        report.position_limit(x, step_buckets(1025)[3], tokens, 512, POSITION_LOSS).value)
+    empty = report.position_limit([], [], [], 512, POSITION_LOSS)
+    assert math.isnan(empty.value) and not empty.censored
+
+
+def step_position_rows(setting: str, theta: float, steps: list[int], length: int = 4096) -> list[dict]:
+    """Sample s: loss 2.0 (+0.01 s) before steps[s], 4.0 from it on (64-token buckets of one 4K pass)."""
+    rows = []
+    for s, step in enumerate(steps):
+        starts, ends, _, loss, tokens = step_buckets(step, length)
+        rows += [{"task": "perplexity", "setting": setting, "rope_hash": f"h{theta:g}", "sample": s, "length": length,
+                  "pos_start": int(a), "pos_end": int(b), "nll": float(v) + 0.01 * s, "tokens": int(t)}
+                 for a, b, v, t in zip(starts, ends, loss, tokens, strict=True)]
+    return rows
+
+
+def test_position_loss_in_the_report_with_bootstrap_ci(tmp_path):
+    kw = {"train_len": 512, "tune_len": 512}
+    rows = curve_rows("a", 1e5, 600, samples=4, **kw) + curve_rows("one", 1e6, 600, samples=1, **kw)
+    positions = step_position_rows("a", 1e5, [1025, 1025, 2049, 2049]) + step_position_rows("one", 1e6, [1025])
+    run = write_run(tmp_path / "r", rows, positions)
+    out = report.build_report([run], n_boot=200, seed=1, deltas=[0.6, 1.0])
+    summary = pd.read_csv(out / "summary.csv")
+    pos = summary[summary["measure"] == "position-loss"]
+    assert len(summary[summary["measure"] == "ppl@L"]) == 2 and len(pos) == 4  # one row per delta
+    one = pos[(pos["setting"] == "one") & (pos["delta"] == 1.0)].iloc[0]
+    assert one["measured_limit"] == pytest.approx(math.sqrt(992.5 * 1056.5))
+    assert not one["measured_censored"] and pd.isna(one["measured_ci_low"]) and one["n_samples"] == 1
+    a = pos[(pos["setting"] == "a") & (pos["delta"] == 0.6)].iloc[0]
+    # With a share p of the samples stepping at 1025 (the rest at 2049), the mean curve climbs 2p nats at 1025:
+    # smoothed 2 + 2p/3 and 2 + 4p/3 around the step. All samples (p = 1/2): 2.33 | 2.67 straddle 2.6 at 4/5.
+    assert a["measured_limit"] == pytest.approx(log_between(992.5, 1056.5, (0.6 - 1 / 3) / (1 / 3)))
+    assert a["n_samples"] == 4 and not a["measured_censored"]
+    # Resamples with p = 1 (2 + 2/3 already at the last low bucket: 9/10 of the way from the one before) and
+    # p = 0 (the same at the 2049 step) each come up with probability 1/16 > 2.5%: they are the CI's ends.
+    assert a["measured_ci_low"] == pytest.approx(log_between(928.5, 992.5, 0.9))
+    assert a["measured_ci_high"] == pytest.approx(log_between(1952.5, 2016.5, 0.9))
+    again = pd.read_csv(report.build_report([run], tmp_path / "again", n_boot=200, seed=1, deltas=[0.6, 1.0])
+                        / "summary.csv")
+    pd.testing.assert_frame_equal(summary, again)  # seeded
+    assert (out / "perplexity_measured_vs_predicted_position_loss.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "`position-loss`" in md and "`ppl@L` (default)" in md and "figure perplexity" not in md
+    table = pd.read_csv(out / "table.csv")
+    assert set(table["metric"]) == {"ppl@L"}  # table.csv stays per length
+
+
+def test_position_loss_left_out_without_positions_and_marked_on_the_loss_figure(tmp_path):
+    no_pos = write_run(tmp_path / "plain", curve_rows("s", 1e6, 9000, samples=2))
+    summary = pd.read_csv(report.build_report([no_pos], n_boot=0) / "summary.csv")
+    assert list(summary["measure"]) == ["ppl@L"]
+    assert "measured length 'position-loss' left out" in (no_pos / "report" / "report.md").read_text()
+    run = write_run(tmp_path / "r", curve_rows("s", 1e6, 9000, samples=2, train_len=512, tune_len=512),
+                    step_position_rows("s", 1e6, [1025, 1025]))
+    loaded = report.load_runs([run])
+    ctx = report.analyze(loaded.records, MEASURES, task="perplexity", positions=loaded.positions, n_boot=0)
+    assert set(ctx.views) == {"ppl@L", "position-loss"} and ctx.spec is MEASURE
+    view = ctx.measure("position-loss")
+    assert view.spec is POSITION_LOSS and view.delta == 0.5 and view.factor is None
+    frame = ctx.records.copy()
+    frame.attrs = {"context": ctx, "positions": ctx.positions}
+    fig, ax = plt.subplots()
+    loss_vs_position(frame, ax)
+    mark = [line for line in ax.get_lines() if line.get_gid() == "measured:s"][0]
+    assert mark.get_xdata()[0] == pytest.approx(view.settings.loc["s", "measured_limit"])
+    assert mark.get_ydata()[0] == pytest.approx(2.5 + 0.005)  # reference (2.0 + mean offset) + delta
+    with pytest.raises(report.NoData):
+        report.analyze(loaded.records, MEASURE, task="perplexity", n_boot=0).measure("position-loss")
+
+
 # ----------------------------------------------------------------------------------------------- figures
 
 
@@ -226,22 +385,31 @@ def test_build_report_two_runs_files_and_failed_cells(tmp_path):
     assert out == run_a / "report"
     for name in ("report.md", "report.html", "summary.csv", "table.csv", "failed.csv",
                  "perplexity_ppl_vs_length.png", "perplexity_loss_vs_position.png",
-                 "perplexity_measured_vs_predicted.png"):
+                 "perplexity_measured_vs_predicted.png", "perplexity_measured_vs_predicted_position_loss.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report-")]
 
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["setting"]) == {"tiny:default:10000", "tiny:default:1e+06", "tiny:default:300"}
-    for col in ("setting", "model", "task", "rope_type", "rope_theta", "pretrain_base", "train_len", "tune_len",
-                "regime", "predicted_limit", "measured_limit", "measured_ci_low", "measured_ci_high",
+    for col in ("setting", "model", "task", "measure", "rope_type", "rope_theta", "pretrain_base", "train_len",
+                "tune_len", "regime", "predicted_limit", "measured_limit", "measured_ci_low", "measured_ci_high",
                 "measured_censored", "ratio_measured_to_predicted", "definition", "n_samples", "n_failed"):
         assert col in summary.columns, col
-    by = summary.set_index("setting")
+    # one row per (setting, task, definition)
+    assert sorted(summary.groupby(["setting", "task"])["measure"].apply(sorted).tolist()) == \
+        [["position-loss", "ppl@L"]] * 3
+    assert not summary.duplicated(["setting", "task", "measure"]).any()
+    by = summary[summary["measure"] == "ppl@L"].set_index("setting")
     assert by.loc["tiny:default:10000", "n_failed"] == 1
     assert by.loc["tiny:default:300", "regime"] == "unbounded"
     assert pd.isna(by.loc["tiny:default:300", "predicted_limit"])
     assert bool(by.loc["tiny:default:300", "measured_censored"]) is True
     assert by.loc["tiny:default:300", "measured_limit"] == 16384
+    pos = summary[summary["measure"] == "position-loss"].set_index("setting")
+    assert pos.loc["tiny:default:300", "n_samples"] == 0 and pd.isna(pos.loc["tiny:default:300", "measured_limit"])
+    assert "no positions" in pos.loc["tiny:default:300", "note"]
+    assert pos.loc["tiny:default:1e+06", "n_samples"] == 2 and pos.loc["tiny:default:1e+06", "delta"] == 0.5
+    assert pos.loc["tiny:default:1e+06", "definition"] == POSITION_LOSS.definition()
 
     table = pd.read_csv(out / "table.csv")
     assert list(table.columns[:8]) == ["setting", "task", "metric", "length", "mean", "ci_low", "ci_high", "n"]
@@ -301,11 +469,14 @@ def test_cli_command_and_exit_code(tmp_path, capsys):
     report.add_parser(parser.add_subparsers())
     args = parser.parse_args(["report", str(run), "--out", str(tmp_path / "o"), "--bootstrap", "0"])
     assert args.func(args) == 0 and (tmp_path / "o" / "report.md").is_file()
-    assert report.main([str(tmp_path / "nothing")]) == 2
+    assert cli_main(["report", str(tmp_path / "nothing")]) == 2
     assert "no such folder" in capsys.readouterr().err
 
 
 def test_figures_registry_complete():
-    assert set(FIGURES) == {"ppl_vs_length", "loss_vs_position", "measured_vs_predicted"}
+    assert set(FIGURES) == {"ppl_vs_length", "loss_vs_position", "measured_vs_predicted",
+                            "measured_vs_predicted_position_loss"}
     figures, spec = report.task_figures("perplexity")
     assert spec == MEASURE and set(figures) == set(FIGURES)
+    assert report.task_measures("perplexity") == MEASURES == [MEASURE, POSITION_LOSS]
+    assert [m.key for m in MEASURES] == ["ppl@L", "position-loss"]
