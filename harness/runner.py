@@ -334,6 +334,9 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
 
 def _dry_run(prepared: list[_Prepared], tasks: list[TaskSpec], options: RunOptions, store: Store) -> RunResult:
     """List cells and the planner's memory estimate per cell before any model is loaded."""
+    import copy
+
+    import torch
     from transformers import AutoModelForCausalLM
 
     from harness.engine import make_plan
@@ -342,12 +345,8 @@ def _dry_run(prepared: list[_Prepared], tasks: list[TaskSpec], options: RunOptio
     print(f"{'setting':<36} {'task':<11} {'length':>7} {'depth':>6} {'sample':>6}  {'plan':<13} {'est. GiB':>8}")
     total = 0
     for prep in prepared:
-        import copy
-
         config = copy.deepcopy(prep.config)
         models.apply_override(config, prep.setting.override)
-        import torch
-
         with torch.device("meta"):
             n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
         device = models.pick_device(prep.setting.device)
