@@ -3,17 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import FAMILIES, make_tiny
+from tiny import FAMILIES, OVERRIDES, make_tiny
 
 from harness import engine, models
-
-TYPES = {
-    "default": models.RopeOverride(theta=5e4),
-    "linear": models.RopeOverride(rope_type="linear", factor=4),
-    "dynamic": models.RopeOverride(rope_type="dynamic", factor=4),
-    "yarn": models.RopeOverride(rope_type="yarn", factor=4),
-    "llama3": models.RopeOverride(rope_type="llama3", factor=8),
-}
 
 
 def plain_nll(path, override, ids):
@@ -45,11 +37,11 @@ def test_every_family_matches_plain_forward(family, family_dirs):
         assert abs(nll.double().mean() / ref.double().mean() - 1) < 1e-5
 
 
-@pytest.mark.parametrize("kind", list(TYPES))
+@pytest.mark.parametrize("kind", list(OVERRIDES))
 def test_every_rope_type_matches_plain_forward_past_max_positions(kind, tiny_llama):
     ids = ids_of(400)  # max_position_embeddings is 128
-    loaded = models.load(str(tiny_llama), TYPES[kind])
-    ref = plain_nll(tiny_llama, TYPES[kind], ids)
+    loaded = models.load(str(tiny_llama), OVERRIDES[kind])
+    ref = plain_nll(tiny_llama, OVERRIDES[kind], ids)
     for chunk in (None, 33, 128):
         nll = engine.Engine(loaded, chunk_size=chunk).token_nll(ids)
         assert torch.allclose(nll, ref, rtol=1e-5, atol=1e-5), (kind, chunk)
@@ -57,7 +49,7 @@ def test_every_rope_type_matches_plain_forward_past_max_positions(kind, tiny_lla
 
 def test_dynamic_lengths_in_any_order_equal_fresh_models(tiny_llama):
     """transformers' dynamic NTK is stateful; the engine must not be."""
-    override = TYPES["dynamic"]
+    override = OVERRIDES["dynamic"]
     eng = engine.Engine(models.load(str(tiny_llama), override))
     ids = ids_of(600, seed=3)
     for length in (600, 200, 450, 129, 600):
@@ -67,7 +59,7 @@ def test_dynamic_lengths_in_any_order_equal_fresh_models(tiny_llama):
 
 def test_dynamic_needs_one_pass_per_length(tiny_llama):
     """A prefix of a long dynamic pass is NOT the short-length number (why ppl@L runs one pass per L)."""
-    eng = engine.Engine(models.load(str(tiny_llama), TYPES["dynamic"]))
+    eng = engine.Engine(models.load(str(tiny_llama), OVERRIDES["dynamic"]))
     ids = ids_of(600, seed=3)
     assert not torch.allclose(eng.token_nll(ids)[:199], eng.token_nll(ids[:200]), rtol=1e-4)
 

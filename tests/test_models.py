@@ -4,19 +4,10 @@ import copy
 
 import pytest
 import torch
-from tiny import FAMILIES, make_tiny
+from tiny import FAMILIES, OVERRIDES, make_tiny
 
 from harness import models, rope_math
 from harness.errors import InputError
-
-OVERRIDES = {
-    "theta": models.RopeOverride(theta=5e5),
-    "linear": models.RopeOverride(rope_type="linear", factor=4),
-    "ntk": models.RopeOverride(rope_type="ntk", factor=4),
-    "dynamic": models.RopeOverride(rope_type="dynamic", factor=4),
-    "yarn": models.RopeOverride(rope_type="yarn", factor=4),
-    "llama3": models.RopeOverride(rope_type="llama3", factor=8),
-}
 
 
 @pytest.fixture(scope="module")

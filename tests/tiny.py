@@ -9,6 +9,17 @@ import torch
 import transformers
 
 from harness.bytetok import byte_tokenizer
+from harness.models import RopeOverride
+
+# One override per supported RoPE type (a theta change stands for "default").
+OVERRIDES = {
+    "theta": RopeOverride(theta=5e4),
+    "linear": RopeOverride(rope_type="linear", factor=4),
+    "ntk": RopeOverride(rope_type="ntk", factor=4),
+    "dynamic": RopeOverride(rope_type="dynamic", factor=4),
+    "yarn": RopeOverride(rope_type="yarn", factor=4),
+    "llama3": RopeOverride(rope_type="llama3", factor=8),
+}
 
 COMMON = dict(vocab_size=259, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128, bos_token_id=256, eos_token_id=257,
