@@ -14,6 +14,7 @@ from typing import Any
 
 from harness.corpus import Sample, make_samples
 from harness.engine import perplexity
+from harness.errors import InputError
 from harness.report_perplexity import FIGURES, MEASURE, MEASURES  # noqa: F401  (the report reads them here)
 from tasks.base import Cell, RunContext, Task, TaskParams
 
@@ -59,6 +60,9 @@ class PerplexityTask(Task):
 
     def prepare(self, ctx: RunContext) -> int:
         params = ctx.params
+        stride = params.options.get("sliding_stride")
+        if stride is not None and (not isinstance(stride, int) or stride < 1):
+            raise InputError(f"--sliding-stride must be a positive number of tokens (got {stride!r}): e.g. 512")
         samples = make_samples(ctx.tokenizer, params.corpus, max(params.lengths), params.samples, params.bos)
         if len(samples) < params.samples:
             ctx.warn(f"corpus {params.corpus!r} yields only {len(samples)} samples of {max(params.lengths)} tokens "

@@ -138,6 +138,8 @@ def test_nan_loss_is_an_error_and_max_memory_records_oom(tiny_llama, text_corpus
     (["--task", "nope"], "unknown task"),
     (["--max-memory", "lots"], "--max-memory"),
     (["--rope-param", "novalue"], "KEY=VALUE"),
+    (["--sliding-stride", "0"], "--sliding-stride must be a positive"),
+    (["--sliding-stride", "-5"], "--sliding-stride must be a positive"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(extra, message, tiny_llama, text_corpus, tmp_path, capsys):
     assert run(tiny_llama, text_corpus, tmp_path / "r", *extra) == 2
