@@ -93,6 +93,14 @@ def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_
     return Plan("prefill", 64, est(64), fits=False)
 
 
+def device_budget(device: str) -> int | None:
+    """Default memory budget: 90% of a CUDA device's total memory (a fixed property of the device, so
+    plans stay reproducible on the same card); None on CPU, where only --max-memory sets a budget."""
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return int(0.9 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
+
+
 def postprocess_logits(config, logits: torch.Tensor) -> torch.Tensor:
     """Each family's logit post-processing after the output head (as its CausalLM forward does)."""
     text = models.text_config(config)

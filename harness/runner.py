@@ -145,6 +145,14 @@ def address_space_limit(max_memory: int | None, device: str) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
+def _free_accelerator_memory() -> None:
+    """After a CUDA OOM the caching allocator still holds the failed pass's blocks: release them."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300]
@@ -209,7 +217,7 @@ def _base_record(setting: Setting, loaded: models.Loaded, label: str, seed: int)
 
 def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> RunResult:
     """Run every missing cell of this rank; see the module docstring."""
-    from harness.engine import Engine
+    from harness.engine import Engine, device_budget
 
     rank, world = rank_and_world()
     warned: set[str] = set()
@@ -235,7 +243,8 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                                  attn=setting.attn, revision=setting.revision, trust_remote_code=setting.trust_remote_code)
             label = setting.label or models.default_label(setting.model, loaded.manifest)
             manifests[label] = {**loaded.manifest, "model": setting.model, "fingerprint": loaded.fingerprint}
-            engine = Engine(loaded, chunk_size=options.chunk_size, max_memory=options.max_memory)
+            engine = Engine(loaded, chunk_size=options.chunk_size,
+                            max_memory=options.max_memory or device_budget(loaded.device))
             for spec in tasks:
                 if not spec.applies_to(label):
                     continue
@@ -314,6 +323,7 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
                         log.debug("cell failed", exc_info=True)
                         break
                     status, error = "oom", _one_line(exc)
+                    _free_accelerator_memory()
                     if attempt == 0:  # retry once with a smaller prefill chunk
                         engine.chunk_size = max(64, (engine.plan(longest).chunk or longest) // 4)
             engine.chunk_size = options.chunk_size
