@@ -11,8 +11,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from harness.errors import InputError
 from harness.zootrain import FAMILY, ZOO_DIR, Recipe, resolve, train_family, zoo_names
 
-PACKAGED = all((ZOO_DIR / name / "model.safetensors").is_file() for name in FAMILY)
-
 
 def _expected_theta_and_tune_len(name: str, recipe: Recipe) -> tuple[float, int]:
     spec = FAMILY[name]
@@ -59,7 +57,6 @@ def test_unknown_zoo_name_is_input_error():
         resolve("zoo:nope")
 
 
-@pytest.mark.skipif(not PACKAGED, reason="packaged zoo checkpoints not trained yet")
 @pytest.mark.parametrize("name", list(FAMILY))
 def test_packaged_checkpoint_loads_by_name(name):
     path = resolve(f"zoo:{name}")
@@ -69,7 +66,6 @@ def test_packaged_checkpoint_loads_by_name(name):
     assert config["dtype"] == "float32"  # stored bf16, a plain load computes in float32
 
 
-@pytest.mark.skipif(not PACKAGED, reason="packaged zoo checkpoints not trained yet")
 def test_packaged_family_is_small():
     total = sum(p.stat().st_size for p in ZOO_DIR.rglob("*") if p.is_file())
     assert total < 20e6
