@@ -8,15 +8,14 @@ Outputs are written to a temporary folder next to the target and moved in place 
 has been validated: bad input leaves nothing behind.
 
 Shared pieces that task figure modules (harness/report_<task>.py) reuse:
-- `MeasureSpec` (per-length records) and `PositionMeasureSpec` (per-position loss buckets): how one
-  definition of a task's measured extrapolation length is computed (see their docstrings);
-- `figure_context(df, spec)`: everything a figure function needs (records, positions, the per-length
-  table, the per-setting summary, colours), computed once by the report and attached to the frame;
-  `ctx.measure(key)` gives another definition's context (e.g. 'position-loss');
-- `plot_metric_curves`, `law_overlay`, `mark_measured`, `plot_measured_vs_predicted`, `finish_legend`,
-  `format_length_axis`: the curve, the law overlay (training length and predicted limit as vertical lines
-  in the curve's colour) and the headline measured-vs-predicted figure;
-- `NoData`: raise it from a figure function when there is nothing to draw (the figure is skipped, noted).
+- `harness.measure`: `MeasureSpec` (per-length records) and `PositionMeasureSpec` (per-position loss
+  buckets): how one definition of a task's measured extrapolation length is computed, with bootstrap CIs;
+- `figure_context(df, spec)` (here): everything a figure function needs (records, positions, the
+  per-length table, the per-setting summary, colours), computed once by the report and attached to the
+  frame; `ctx.measure(key)` gives another definition's context (e.g. 'position-loss');
+- `harness.plots`: `plot_metric_curves`, `law_overlay`, `mark_measured`, `plot_measured_vs_predicted`,
+  `finish_legend`, `format_length_axis`, and `NoData` (raise it from a figure function when there is
+  nothing to draw: the figure is skipped and noted).
 
 Task figure registry: a task module may define `FIGURES: dict[name, fn(records_df, ax)]` and `MEASURES`
 (a list of MeasureSpec, the first the default; `MEASURE` alone still works as a one-definition list).
@@ -36,16 +35,28 @@ import os
 import shutil
 import sys
 import tempfile
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
+from harness.measure import (
+    Limit,
+    MeasureSpec,
+    bootstrap_weights,
+    build_curve,
+    build_position_curve,
+    measured_limit,
+    percentile_interval,
+    position_limit,
+    setting_seed,
+    smooth_buckets,
+)
+from harness.plots import NoData, fmt_length
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -57,404 +68,7 @@ DEFAULT_BOOTSTRAP = 1000
 DEFAULT_CI = 0.95
 
 
-class NoData(Exception):
-    """Raised by a figure function with nothing to draw; the report skips the figure and says why."""
-
-
 # ============================================================================ measured extrapolation length
-
-
-@dataclass(frozen=True)
-class MeasureSpec:
-    """One definition of a task's measured extrapolation length (a task module lists its definitions in
-    `MEASURES`, the first being its default; a module with only `MEASURE` has that one definition).
-
-    Aggregate curve: per setting and length, each sample's cells are averaged (over depths, if any), then
-    `aggregate = transform(mean over samples)`; transform "exp" turns a mean NLL into ppl@L (DESIGN.md).
-    Reference: the best aggregate at lengths <= the record column `reference` (default tune_len; train_len
-    when that is empty; the shortest grid length when no grid length is that short).
-    Pass rule (the first that is set wins: factor, delta, threshold):
-    - relative (`factor`): lower-is-better passes while aggregate <= factor * best, higher-is-better while
-      aggregate >= best / factor;
-    - additive (`delta`, for values in nats such as log-probs): lower-is-better passes while aggregate <=
-      best + delta, higher-is-better while aggregate >= best - delta;
-    - absolute (`threshold`): passes while aggregate <= threshold (lower-is-better) or >= threshold.
-    Measured length: scanning up from the reference's best length, the first failing grid point L1 and
-    the passing point L0 before it; the crossing is interpolated linearly in log(length) on the
-    aggregate's scale (log of it when `log_interp`, e.g. NLL for ppl). Censored when no grid point past
-    the best fails: the largest measured length is reported as a lower bound. Grid lengths where every
-    cell failed carry no value and are skipped (the failed cells are listed in the report).
-    CI: percentile bootstrap over samples (resampled with replacement, all lengths of a sample together),
-    seeded per setting; empty with fewer than two samples.
-    `id` names the definition in summary.csv's `measure` column (default: the name, lower case, dashes).
-    """
-
-    metric: str
-    name: str
-    higher_is_better: bool = False
-    transform: str = "identity"
-    factor: float | None = 1.5
-    threshold: float | None = None
-    reference: str = "tune_len"
-    log_interp: bool = True
-    description: str = ""
-    id: str = ""
-    delta: float | None = None
-
-    source: ClassVar[str] = "records"  # where the curve comes from: records*.jsonl (per length)
-
-    def __post_init__(self) -> None:
-        if self.transform not in _TRANSFORMS:
-            raise ValueError(f"MeasureSpec.transform must be one of {sorted(_TRANSFORMS)}")
-        if self.factor is None and self.delta is None and self.threshold is None:
-            raise ValueError("MeasureSpec needs a factor (relative rule), a delta (additive rule) or a threshold "
-                             "(absolute rule)")
-        if self.delta is not None and not self.delta >= 0:
-            raise ValueError("MeasureSpec.delta must be >= 0")
-
-    @property
-    def key(self) -> str:
-        """Short id of the definition (summary.csv `measure`, FigureContext.views key)."""
-        return self.id or "-".join(self.name.lower().split())
-
-    @property
-    def rule(self) -> str:
-        """'factor', 'delta' or 'threshold': which pass rule applies."""
-        if self.factor is not None:
-            return "factor"
-        return "delta" if self.delta is not None else "threshold"
-
-    def param(self, factor: float | None = None, delta: float | None = None) -> float | None:
-        """The rule's parameter; an override applies only to its own rule (--factor leaves a delta rule alone)."""
-        if self.rule == "factor":
-            return self.factor if factor is None else factor
-        if self.rule == "delta":
-            return self.delta if delta is None else delta
-        return self.threshold
-
-    def label(self, factor: float | None = None, delta: float | None = None) -> str:
-        """A few words naming the rule and its parameter (figure axis labels)."""
-        p = self.param(factor, delta)
-        if self.rule == "factor":
-            return f"{self.name}, factor {p:g}"
-        if self.rule == "delta":
-            return f"{self.name} {'>= best -' if self.higher_is_better else '<= best +'} {p:g}"
-        return f"{self.name} {'>=' if self.higher_is_better else '<='} {p:g}"
-
-    def definition(self, factor: float | None = None, delta: float | None = None) -> str:
-        """One line naming the rule, used as the `definition` column of summary.csv."""
-        p = self.param(factor, delta)
-        ref = f"best {self.name} at L <= {self.reference}"
-        if self.rule == "factor":
-            rule = f"{self.name} <= {p:g} x {ref}" if not self.higher_is_better else \
-                f"{self.name} >= {ref} / {p:g}"
-        elif self.rule == "delta":
-            rule = f"{self.name} <= ({ref}) + {p:g}" if not self.higher_is_better else \
-                f"{self.name} >= ({ref}) - {p:g}"
-        else:
-            rule = f"{self.name} {'>=' if self.higher_is_better else '<='} {p:g}"
-        scale = f"log({self.name})" if self.log_interp else self.name
-        return (f"longest L with {rule}, scanning up from the best length; {scale} interpolated in log(L) "
-                f"between grid points; censored at the largest L if it never fails")
-
-
-@dataclass(frozen=True)
-class PositionMeasureSpec(MeasureSpec):
-    """A measured length read off the per-position loss curve (positions*.jsonl) instead of per-length records.
-
-    Curve: per setting, the position buckets of the longest pass (pos_start, pos_end, mean nll, tokens) of
-    each sample; per bucket, the token-weighted mean loss over samples, placed at the bucket's mean position
-    x = (pos_start + pos_end - 1) / 2. Smoothed: token-weighted running mean over `window` consecutive buckets
-    centred on each (truncated at the ends).
-    Reference: the token-weighted mean (unsmoothed) loss of the buckets with x in [reference_from * T, T],
-    T = the record column `reference` (tune_len; train_len when empty). Fallbacks: no bucket there but some
-    at or below T: the buckets in [reference_from * x', x'], x' the last bucket at or below T; every bucket
-    beyond T: the first bucket.
-    Measured length: the first bucket beyond T whose smoothed loss exceeds reference + `delta` (nats),
-    interpolated linearly in log(position) between it and the bucket before (smoothed values); censored at
-    the last bucket's position when none does; undefined (with a note) when no bucket lies beyond T.
-    CI: percentile bootstrap over samples (whole samples resampled, the curve recomputed), as MeasureSpec.
-    """
-
-    metric: str = "nll"
-    name: str = "per-position loss"
-    factor: float | None = None
-    log_interp: bool = False
-    delta: float | None = 0.5
-    window: int = 3
-    reference_from: float = 0.5
-
-    source: ClassVar[str] = "positions"  # positions*.jsonl (per position bucket of the longest pass)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.factor is not None or self.delta is None:
-            raise ValueError("PositionMeasureSpec uses the additive rule: set delta (nats), not factor")
-        if not (isinstance(self.window, int) and self.window >= 1):
-            raise ValueError("PositionMeasureSpec.window must be a whole number of buckets >= 1")
-        if not 0 <= self.reference_from < 1:
-            raise ValueError("PositionMeasureSpec.reference_from must lie in [0, 1)")
-
-    def label(self, factor: float | None = None, delta: float | None = None) -> str:
-        return f"{self.name}, reference + {self.param(factor, delta):g} nats"
-
-    def definition(self, factor: float | None = None, delta: float | None = None) -> str:
-        return (f"first token position past {self.reference} where the {self.name} (mean over samples, "
-                f"token-weighted running mean over {self.window} position buckets) exceeds its reference + "
-                f"{self.param(factor, delta):g} nats; reference = token-weighted mean loss at positions in "
-                f"[{self.reference_from:g} x {self.reference}, {self.reference}]; interpolated in log(position) "
-                f"between bucket centres; censored at the last bucket if it never exceeds")
-
-
-_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"identity": lambda x: x, "exp": np.exp}
-
-
-@dataclass(frozen=True)
-class Limit:
-    """A measured extrapolation length: NaN value when undefined (no data, or the best point fails)."""
-
-    value: float
-    censored: bool
-    reference: float
-    threshold: float
-    note: str = ""
-
-
-def _log_crossing(x0: float, x1: float, g0: float, g1: float, gt: float) -> float:
-    """Where the segment (log x0, g0) -> (log x1, g1) reaches gt (clipped to the segment)."""
-    frac = 0.0 if g1 == g0 else float(np.clip((gt - g0) / (g1 - g0), 0.0, 1.0))
-    return math.exp(math.log(x0) + frac * (math.log(x1) - math.log(x0)))
-
-
-def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_len: float | None,
-                   spec: MeasureSpec, factor: float | None = None, delta: float | None = None) -> Limit:
-    """The measured extrapolation length of one aggregate curve (see MeasureSpec for the rule)."""
-    lens = np.asarray(lengths, dtype=float)
-    vals = np.asarray(values, dtype=float)
-    keep = np.isfinite(vals) & np.isfinite(lens) & (lens > 0)
-    lens, vals = lens[keep], vals[keep]
-    if not len(lens):
-        return Limit(math.nan, False, math.nan, math.nan, "no data")
-    order = np.argsort(lens, kind="stable")
-    lens, vals = lens[order], vals[order]
-    note = ""
-    ref_len = math.inf if reference_len is None or not np.isfinite(reference_len) else float(reference_len)
-    in_ref = lens <= ref_len
-    if not in_ref.any():
-        in_ref = lens == lens[0]
-        note = "no grid length <= reference length; the shortest length is the reference"
-    candidates = np.where(in_ref)[0]
-    pick = np.argmax if spec.higher_is_better else np.argmin
-    best = int(candidates[pick(vals[candidates])])
-    ref = float(vals[best])
-    p = spec.param(factor, delta)
-    sign = -1.0 if spec.higher_is_better else 1.0
-    if spec.rule == "factor":
-        thr = ref / p if spec.higher_is_better else ref * p
-    elif spec.rule == "delta":
-        thr = ref + sign * p
-    else:
-        thr = float(p)
-    passes = vals >= thr if spec.higher_is_better else vals <= thr
-    if not passes[best]:
-        return Limit(math.nan, False, ref, thr, "the best reference point already fails the threshold")
-    fails = np.where(~passes & (np.arange(len(lens)) > best))[0]
-    if not len(fails):
-        return Limit(float(lens[-1]), True, ref, thr, note)
-    j = int(fails[0])
-    i = j - 1
-    use_log = spec.log_interp and vals[i] > 0 and vals[j] > 0 and thr > 0
-    g = np.log if use_log else (lambda x: x)
-    return Limit(_log_crossing(lens[i], lens[j], g(vals[i]), g(vals[j]), g(thr)), False, ref, thr, note)
-
-
-def smooth_buckets(loss: np.ndarray, tokens: np.ndarray, window: int) -> np.ndarray:
-    """Token-weighted running mean of `window` consecutive buckets centred on each, along the last axis
-    (truncated at the ends; buckets without a finite loss or tokens are left out of the means)."""
-    loss = np.asarray(loss, dtype=float)
-    tokens = np.asarray(tokens, dtype=float)
-    ok = np.isfinite(loss) & np.isfinite(tokens) & (tokens > 0)
-    num = np.where(ok, loss * np.where(ok, tokens, 0.0), 0.0)
-    den = np.where(ok, tokens, 0.0)
-    if window <= 1:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-    lo, hi = (window - 1) // 2, window // 2
-    pad = [(0, 0)] * (num.ndim - 1) + [(lo + 1, hi)]
-    cnum, cden = np.cumsum(np.pad(num, pad), axis=-1), np.cumsum(np.pad(den, pad), axis=-1)
-    n = num.shape[-1]
-    wnum = cnum[..., window:window + n] - cnum[..., :n]
-    wden = cden[..., window:window + n] - cden[..., :n]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(wden > 0, wnum / np.where(wden > 0, wden, 1.0), np.nan)
-
-
-def position_limit(positions: Sequence[float], loss: Sequence[float], tokens: Sequence[float],
-                   reference_len: float | None, spec: PositionMeasureSpec, delta: float | None = None) -> Limit:
-    """The measured extrapolation length of one aggregate per-position loss curve (see PositionMeasureSpec)."""
-    x = np.asarray(positions, dtype=float)
-    loss = np.asarray(loss, dtype=float)
-    tok = np.asarray(tokens, dtype=float)
-    keep = np.isfinite(x) & (x > 0) & np.isfinite(loss) & np.isfinite(tok) & (tok > 0)
-    x, loss, tok = x[keep], loss[keep], tok[keep]
-    if not len(x):
-        return Limit(math.nan, False, math.nan, math.nan, "no per-position data")
-    order = np.argsort(x, kind="stable")
-    x, loss, tok = x[order], loss[order], tok[order]
-    smoothed = smooth_buckets(loss, tok, spec.window)
-    ref_len = math.inf if reference_len is None or not np.isfinite(reference_len) else float(reference_len)
-    note = ""
-    in_ref = (x >= spec.reference_from * ref_len) & (x <= ref_len)
-    if not in_ref.any():
-        below = x <= ref_len
-        if below.any():
-            top = float(x[below].max())
-            in_ref = below & (x >= spec.reference_from * top)
-            note = (f"no position bucket in [{spec.reference_from:g} x {ref_len:g}, {ref_len:g}]; reference from "
-                    f"the buckets up to position {top:.0f}")
-        else:
-            in_ref = x == x[0]
-            note = "every position bucket lies beyond the reference length; the first bucket is the reference"
-    ref = float((loss[in_ref] * tok[in_ref]).sum() / tok[in_ref].sum())
-    thr = ref + float(spec.param(delta=delta))
-    scan = (x > ref_len) & (np.arange(len(x)) > np.where(in_ref)[0].max())
-    if not scan.any():
-        note = "; ".join(n for n in (note, "no position bucket beyond the reference length: nothing to measure") if n)
-        return Limit(math.nan, False, ref, thr, note)
-    above = np.where(scan & (smoothed > thr))[0]
-    if not len(above):
-        return Limit(float(x[-1]), True, ref, thr, note)
-    j = int(above[0])
-    i = j - 1
-    return Limit(_log_crossing(x[i], x[j], smoothed[i], smoothed[j], thr), False, ref, thr, note)
-
-
-@dataclass
-class Curve:
-    """Per-sample values of one setting: matrix [samples x lengths], NaN where a cell is missing/failed."""
-
-    lengths: np.ndarray
-    samples: list[Any]
-    values: np.ndarray
-
-    def aggregate(self, spec: MeasureSpec, weights: np.ndarray | None = None) -> np.ndarray:
-        """transform(weighted mean over samples) per length; weights [B x S] -> [B x L], else [L]."""
-        present = np.isfinite(self.values)
-        filled = np.where(present, self.values, 0.0)
-        w = np.ones((1, len(self.samples))) if weights is None else np.atleast_2d(weights)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = (w @ filled) / (w @ present.astype(float))
-        out = _TRANSFORMS[spec.transform](mean)
-        return out[0] if weights is None else out
-
-    def counts(self) -> np.ndarray:
-        return np.isfinite(self.values).sum(axis=0)
-
-
-def _sample_units(frame: pd.DataFrame, seed: Any = None) -> pd.Series:
-    """A sample's identity "seed/sample" (the same string for its records and its position buckets)."""
-    if "seed" in frame:
-        return frame["seed"].astype(str) + "/" + frame["sample"].astype(str)
-    if seed is not None:
-        return str(seed) + "/" + frame["sample"].astype(str)
-    return frame["sample"].astype(str)
-
-
-def build_curve(records: pd.DataFrame, spec: MeasureSpec) -> Curve:
-    """One setting's ok records -> Curve; a sample is (seed, sample), its cells averaged over depths."""
-    ok = records[(records["status"] == "ok") & records[spec.metric].notna()] if spec.metric in records \
-        else records.iloc[0:0]
-    if not len(ok):
-        lengths = np.sort(records["length"].dropna().unique().astype(float))
-        return Curve(lengths, [], np.empty((0, len(lengths))))
-    frame = pd.DataFrame({"unit": _sample_units(ok).to_numpy(), "length": ok["length"].astype(float).to_numpy(),
-                          "value": ok[spec.metric].astype(float).to_numpy()})
-    wide = frame.groupby(["unit", "length"])["value"].mean().unstack("length")
-    all_lengths = np.sort(records["length"].dropna().unique().astype(float))
-    wide = wide.reindex(columns=all_lengths)
-    return Curve(all_lengths, list(wide.index), wide.to_numpy(dtype=float))
-
-
-@dataclass
-class PositionCurve:
-    """Position buckets of one setting's longest pass: bucket bounds and mean position x [K]; per sample
-    mean nll and tokens [samples x K] (NaN and 0 where a sample lacks the bucket)."""
-
-    starts: np.ndarray
-    ends: np.ndarray
-    x: np.ndarray
-    samples: list[Any]
-    nll: np.ndarray
-    tokens: np.ndarray
-    length: float = math.nan
-
-    def aggregate(self, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(loss, tokens) per bucket: token-weighted mean over (weighted) samples; [K], or [B x K] with weights."""
-        present = np.isfinite(self.nll) & (self.tokens > 0)
-        tok = np.where(present, self.tokens, 0.0)
-        num = np.where(present, self.nll * tok, 0.0)
-        w = np.ones((1, len(self.samples))) if weights is None else np.atleast_2d(weights)
-        total = w @ tok
-        with np.errstate(invalid="ignore", divide="ignore"):
-            loss = np.where(total > 0, (w @ num) / np.where(total > 0, total, 1.0), np.nan)
-        return (loss[0], total[0]) if weights is None else (loss, total)
-
-    def counts(self) -> np.ndarray:
-        return (np.isfinite(self.nll) & (self.tokens > 0)).sum(axis=0)
-
-
-POSITION_COLUMNS = ("sample", "pos_start", "pos_end", "nll", "tokens")
-
-
-def build_position_curve(positions: pd.DataFrame | None, seed: Any = None) -> PositionCurve:
-    """One setting's positions rows -> PositionCurve of its longest pass (the buckets of that length)."""
-    empty = PositionCurve(*(np.empty(0) for _ in range(3)), [], np.empty((0, 0)), np.empty((0, 0)))
-    if positions is None or not len(positions) or not set(POSITION_COLUMNS) <= set(positions):
-        return empty
-    pos = positions[positions["nll"].notna() & pd.to_numeric(positions["tokens"], errors="coerce").gt(0)]
-    length = math.nan
-    if "length" in pos and pos["length"].notna().any():
-        length = float(pos["length"].max())
-        pos = pos[pos["length"] == length]
-    if not len(pos):
-        return empty
-    frame = pd.DataFrame({"unit": _sample_units(pos, seed).to_numpy(),
-                          "start": pos["pos_start"].astype(float).to_numpy(),
-                          "end": pos["pos_end"].astype(float).to_numpy(),
-                          "w": (pos["nll"].astype(float) * pos["tokens"].astype(float)).to_numpy(),
-                          "tokens": pos["tokens"].astype(float).to_numpy()})
-    sums = frame.groupby(["unit", "start", "end"])[["w", "tokens"]].sum()
-    sums["nll"] = sums["w"] / sums["tokens"]
-    nll = sums["nll"].unstack(["start", "end"]).sort_index(axis=1)
-    tokens = sums["tokens"].unstack(["start", "end"]).reindex(columns=nll.columns).fillna(0.0)
-    starts = np.array([c[0] for c in nll.columns], dtype=float)
-    ends = np.array([c[1] for c in nll.columns], dtype=float)
-    return PositionCurve(starts, ends, (starts + ends - 1) / 2.0, list(nll.index), nll.to_numpy(dtype=float),
-                         tokens.to_numpy(dtype=float), length)
-
-
-def bootstrap_weights(n_samples: int, n_boot: int, seed: int) -> np.ndarray | None:
-    """[n_boot x n_samples] resampling counts (multinomial), or None when a CI is undefined (< 2 samples)."""
-    if n_samples < 2 or n_boot < 1:
-        return None
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_samples, np.full(n_samples, 1.0 / n_samples), size=n_boot).astype(float)
-
-
-def setting_seed(seed: int, *keys: Any) -> int:
-    """A stable per-setting seed, so a setting's CI does not depend on which other settings are reported."""
-    return (seed * 1_000_003 + zlib.crc32("\x1f".join(map(str, keys)).encode())) % (2**32)
-
-
-def _interval(draws: np.ndarray, ci: float) -> tuple[float, float]:
-    draws = draws[np.isfinite(draws)]
-    if not len(draws):
-        return math.nan, math.nan
-    lo, hi = np.percentile(draws, [50 * (1 - ci), 50 * (1 + ci)])
-    return float(lo), float(hi)
-
-
-# ================================================================================================ loading
 
 
 def _read_jsonl(path: Path, skipped: list[str]) -> list[dict[str, Any]]:
@@ -741,7 +355,7 @@ def _length_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, settin
     counts = curve.counts()
     rows = []
     for k, length in enumerate(curve.lengths):
-        lo, hi = _interval(boot[:, k], ci) if boot is not None else (math.nan, math.nan)
+        lo, hi = percentile_interval(boot[:, k], ci) if boot is not None else (math.nan, math.nan)
         rows.append({"setting": setting, "task": task, "metric": spec.name, "length": int(length), "mean": agg[k],
                      "ci_low": lo, "ci_high": hi, "n": int(counts[k]), "n_failed": int(failed.get(length, 0))})
     return curve.lengths, agg, (list(boot) if boot is not None else None), len(curve.samples), rows
@@ -795,7 +409,7 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
             lo = hi = math.nan
             if draws_in is not None and np.isfinite(limit.value):
                 draws = np.array([_limit(spec, axis, row, ref_len, factor, delta).value for row in draws_in])
-                lo, hi = _interval(draws, ci)
+                lo, hi = percentile_interval(draws, ci)
             predicted = prediction.extrapolation_limit if prediction is not None else None
             ratio = limit.value / predicted if predicted and np.isfinite(limit.value) else math.nan
             no_positions = spec.source == "positions" and not n_samples
@@ -850,264 +464,6 @@ def figure_context(df: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec] |
 
 
 # ============================================================================================ plot helpers
-
-
-def fmt_length(x: float) -> str:
-    """4096 -> '4K', 131072 -> '128K', 1500 -> '1.5K', 300 -> '300'."""
-    if not np.isfinite(x):
-        return ""
-    if x >= 1024 * 1024 and (x / 1024**2) * 10 % 1 == 0:
-        return f"{x / 1024**2:g}M"
-    if x >= 1024 and (x / 1024) * 10 % 1 == 0:
-        return f"{x / 1024:g}K"
-    if x >= 1000:
-        return f"{x / 1000:.3g}k"
-    return f"{x:.3g}"
-
-
-def format_length_axis(ax: Axes, axis: str = "x") -> None:
-    """log2 axis with 1K/4K/128K tick labels."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    (ax.set_xscale if axis == "x" else ax.set_yscale)("log", base=2)
-    lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
-    octaves = max(1.0, math.log2(max(hi, 2) / max(lo, 1)))
-    step = max(1, math.ceil(octaves / 9))
-    target.set_major_locator(LogLocator(base=2 ** step, numticks=20))
-    target.set_major_formatter(FuncFormatter(lambda v, _: fmt_length(v)))
-    target.set_minor_formatter(NullFormatter())
-
-
-def format_value_axis(ax: Axes, log: bool = True) -> None:
-    """Plain numbers on a log value axis (3, 5, 10, 20, 50 ...)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    if not log:
-        return
-    ax.set_yscale("log")
-    lo, hi = ax.get_ylim()
-    subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-12) < 1e3 else (1.0,)
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-
-
-def style_axes(ax: Axes) -> None:
-    ax.grid(True, which="major", color="0.88", linewidth=0.6)
-    ax.set_axisbelow(True)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.tick_params(labelsize=8)
-
-
-def plot_metric_curves(ax: Axes, ctx: FigureContext, ylabel: str | None = None, log_y: bool = True,
-                       ci: bool = True) -> None:
-    """One aggregate curve per setting (markers at grid points, CI band) from ctx.table."""
-    table = ctx.table[np.isfinite(ctx.table["mean"].astype(float))]
-    if not len(table):
-        raise NoData(f"no ok {ctx.spec.name} values")
-    for setting in ctx.order:
-        rows = table[table["setting"] == setting].sort_values("length")
-        if not len(rows):
-            continue
-        color = ctx.colors[setting]
-        ax.plot(rows["length"], rows["mean"], marker="o", markersize=3.5, linewidth=1.5, color=color,
-                label=setting, zorder=3)
-        band = rows[np.isfinite(rows["ci_low"].astype(float))]
-        if ci and len(band):
-            ax.fill_between(band["length"], band["ci_low"], band["ci_high"], color=color, alpha=0.15,
-                            linewidth=0, zorder=2)
-    ax.set_xlabel("context length L (tokens)")
-    ax.set_ylabel(ylabel or ctx.spec.name)
-    format_length_axis(ax)
-    format_value_axis(ax, log_y)
-    style_axes(ax)
-
-
-# Line styles of the law overlay (shared by every task's figures and legends).
-TRAIN_STYLE = {"linestyle": ":", "linewidth": 1.1}
-PREDICTED_STYLE = {"linestyle": "--", "linewidth": 1.3}
-SHARED_TRAIN_COLOR = "0.35"
-
-
-def law_overlay(ax: Axes, ctx: FigureContext, reach: float = 2.0) -> list[Any]:
-    """Training length and each setting's predicted limit as vertical lines in the curve's colour.
-
-    Call after the data are drawn. A training length shared by several settings is drawn once, in grey
-    (the colours would overlap). The x-range grows to show predicted limits up to `reach` x the data's
-    largest length; farther ones keep their line (outside the view) and get a "predicted N ->" label in
-    the setting's colour above the top-right corner.
-    Returns the lines drawn (gid 'law-train:<setting>' / 'law-predicted:<setting>').
-    """
-    lo, hi = ax.get_xlim()
-    lines: list[Any] = []
-    settings = ctx.settings
-    if not len(settings):
-        return lines
-    drawn_train: dict[float, list[str]] = {}
-    for setting in ctx.order:
-        if setting not in settings.index:
-            continue
-        train = settings.at[setting, "train_len"]
-        if train is not None and np.isfinite(float(train)):
-            drawn_train.setdefault(float(train), []).append(setting)
-    for train, owners in drawn_train.items():
-        color = ctx.colors[owners[0]] if len(owners) == 1 else SHARED_TRAIN_COLOR
-        line = ax.axvline(train, color=color, zorder=1, **TRAIN_STYLE)
-        line.set_gid("law-train:" + "|".join(owners))
-        lines.append(line)
-    new_hi = hi
-    far = []
-    for setting in ctx.order:
-        if setting not in settings.index:
-            continue
-        predicted = settings.at[setting, "predicted_limit"]
-        if predicted is None or not np.isfinite(float(predicted)):
-            continue
-        predicted = float(predicted)
-        line = ax.axvline(predicted, color=ctx.colors[setting], zorder=1, **PREDICTED_STYLE)
-        line.set_gid(f"law-predicted:{setting}")
-        lines.append(line)
-        if predicted > hi * reach:
-            far.append((setting, predicted))
-        else:
-            new_hi = max(new_hi, predicted * 1.15)
-    new_lo = min([lo] + [t / 1.15 for t in drawn_train])
-    ax.set_xlim(new_lo, new_hi)
-    format_length_axis(ax)
-    for k, (setting, predicted) in enumerate(sorted(far, key=lambda p: p[1])):
-        ax.annotate(f"predicted {predicted:,.0f} \u2192", xy=(1.0, 1.01 + 0.065 * k), xycoords="axes fraction",
-                    ha="right", va="bottom", fontsize=7.5, color=ctx.colors[setting], annotation_clip=False)
-    return lines
-
-
-def mark_measured(ax: Axes, ctx: FigureContext, y: str = "threshold") -> None:
-    """The measured limit on each curve: filled circle at (measured L, threshold); open when censored."""
-    for setting in ctx.order:
-        if setting not in ctx.settings.index:
-            continue
-        row = ctx.settings.loc[setting]
-        value = float(row["measured_limit"]) if row["measured_limit"] is not None else math.nan
-        if not np.isfinite(value):
-            continue
-        yv = float(row["threshold_value"]) if y == "threshold" else float(y)
-        if row["measured_censored"]:
-            table = ctx.table[(ctx.table["setting"] == setting) & (ctx.table["length"] == value)]
-            yv = float(table["mean"].iloc[0]) if len(table) else yv
-        color = ctx.colors[setting]
-        censored = bool(row["measured_censored"])
-        ax.plot([value], [yv], marker=">" if censored else "o", markersize=7 if censored else 6.5,
-                markerfacecolor="white" if censored else color, markeredgecolor=color, markeredgewidth=1.5,
-                linestyle="none", zorder=5, gid=f"measured:{setting}")
-
-
-def law_legend_handles(measured: bool = True) -> list[Any]:
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color="0.3", **TRAIN_STYLE, label="training length"),
-               Line2D([], [], color="0.3", **PREDICTED_STYLE, label="predicted limit (law)")]
-    if measured:
-        handles += [Line2D([], [], color="0.3", marker="o", linestyle="none", markersize=5,
-                           label="measured limit"),
-                    Line2D([], [], color="0.3", marker=">", markerfacecolor="white", linestyle="none",
-                           markersize=6, label="censored (\u2265 grid end)")]
-    return handles
-
-
-def finish_legend(ax: Axes, extra: Sequence[Any] = (), title: str | None = None) -> None:
-    """Setting curves + `extra` handles in one compact legend right of the axes."""
-    handles, labels = ax.get_legend_handles_labels()
-    handles = list(handles) + list(extra)
-    labels = list(labels) + [h.get_label() for h in extra]
-    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=7.5,
-              title=title, title_fontsize=8, handlelength=2.2, borderaxespad=0.0)
-
-
-REGIME_MARKERS = {"larger-base": "o", "tuning-bounded": "s"}
-
-
-def _mvp_points(ctx: FigureContext) -> tuple[list[tuple[str, float, float, float, float, bool, str]], list[str]]:
-    """(setting, predicted, measured, ci_low, ci_high, censored, regime) of the settings with both values, and
-    a line for each setting left off (no predicted limit, or no measured length)."""
-    rows = ctx.settings
-    points, aside = [], []
-    for setting in ctx.order:
-        if not len(rows) or setting not in rows.index:
-            continue
-        row = rows.loc[setting]
-        measured = float(row["measured_limit"]) if row["measured_limit"] is not None else math.nan
-        predicted = float(row["predicted_limit"]) if row["predicted_limit"] is not None else math.nan
-        if not np.isfinite(predicted):
-            what = row["regime"] or "no prediction"
-            shown = (("\u2265 " if row["measured_censored"] else "") + fmt_length(measured)) \
-                if np.isfinite(measured) else "n/a"
-            aside.append(f"{setting} ({what}): measured {shown}")
-            continue
-        if not np.isfinite(measured):
-            aside.append(f"{setting}: predicted {fmt_length(predicted)}, measured n/a")
-            continue
-        points.append((setting, predicted, measured, float(row["measured_ci_low"]), float(row["measured_ci_high"]),
-                       bool(row["measured_censored"]), str(row["regime"])))
-    return points, aside
-
-
-def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, share_limits: bool = True) -> None:
-    """Measured extrapolation length vs the law's prediction per setting (log-log, y = x, CI bars).
-
-    Censored points: open marker with an upward arrow (the true value is at least that). Settings without
-    a predicted limit (unbounded, not-covered, unusable law inputs) are listed in a note under the axes.
-    With `share_limits`, the axes span the points of every definition of the task (ctx.views), so the
-    task's measured-vs-predicted figures compare at a glance.
-    """
-    from matplotlib.lines import Line2D
-
-    rows = ctx.settings
-    if not len(rows) or not np.isfinite(rows["measured_limit"].astype(float)).any():
-        raise NoData("no measured extrapolation length")
-    points, aside = _mvp_points(ctx)
-    for setting, predicted, measured, lo, hi, censored, regime in points:
-        color = ctx.colors[setting]
-        marker = REGIME_MARKERS.get(regime, "D")
-        if np.isfinite(lo) and np.isfinite(hi):
-            ax.errorbar([predicted], [measured], yerr=[[max(0.0, measured - lo)], [max(0.0, hi - measured)]],
-                        fmt="none", ecolor=color, elinewidth=1.2, capsize=3, zorder=3)
-        ax.plot([predicted], [measured], marker=marker, markersize=7, linestyle="none", color=color,
-                markerfacecolor="white" if censored else color, markeredgewidth=1.5, label=setting, zorder=4,
-                gid=f"mvp:{setting}")
-        if censored:
-            ax.annotate("", xy=(predicted, measured * 1.5), xytext=(predicted, measured * 1.04),
-                        arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.3}, zorder=4)
-    spanned = [p for view in (ctx.views.values() if share_limits and ctx.views else [ctx])
-               for p in _mvp_points(view)[0]]
-    if spanned:
-        values = [v for p in spanned for v in (p[1], p[2], p[4] if np.isfinite(p[4]) else p[2], p[2] * 1.6)]
-        lo_v, hi_v = min(values) / 1.6, max(values) * 1.3
-    else:
-        lo_v, hi_v = 256.0, 65536.0
-    if not points:
-        ax.text(0.5, 0.5, "no setting with a predicted limit", transform=ax.transAxes, ha="center",
-                va="center", fontsize=9, color="0.4")
-    ax.plot([lo_v, hi_v], [lo_v, hi_v], color="0.45", linewidth=1.0, linestyle="-", zorder=1, label="y = x")
-    ax.set_xlim(lo_v, hi_v)
-    ax.set_ylim(lo_v, hi_v)
-    format_length_axis(ax, "x")
-    format_length_axis(ax, "y")
-    ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("predicted extrapolation limit (tokens, law)")
-    ax.set_ylabel(f"measured extrapolation length (tokens)\n{ctx.spec.label(ctx.factor, ctx.delta)}")
-    style_axes(ax)
-    extra = [Line2D([], [], color="0.3", marker="o", linestyle="none", label="larger-base regime"),
-             Line2D([], [], color="0.3", marker="s", linestyle="none", label="tuning-bounded (law: \u2265 T_tune)"),
-             Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
-                    label="censored (\u2265, never failed)")]
-    finish_legend(ax, extra)
-    if aside:
-        ax.text(0.0, -0.2, "Not on this plot (no predicted limit):\n" + "\n".join(aside), transform=ax.transAxes,
-                ha="left", va="top", fontsize=7.5, color="0.25")
-
-
-# =========================================================================================== the report
 
 
 def _task_modules(task: str) -> list[Any]:

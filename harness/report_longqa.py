@@ -12,11 +12,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from harness.report import (
-    MeasureSpec,
+from harness.measure import MeasureSpec
+from harness.plots import (
     NoData,
-    analyze,
-    figure_context,
     finish_legend,
     format_length_axis,
     law_legend_handles,
@@ -26,6 +24,7 @@ from harness.report import (
     plot_metric_curves,
     style_axes,
 )
+from harness.report import analyze, figure_context
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

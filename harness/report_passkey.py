@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from harness.report import (
+from harness.measure import MeasureSpec
+from harness.plots import (
     PREDICTED_STYLE,
     TRAIN_STYLE,
-    FigureContext,
-    MeasureSpec,
     NoData,
-    figure_context,
     finish_legend,
     fmt_length,
     law_legend_handles,
@@ -30,6 +28,7 @@ from harness.report import (
     plot_measured_vs_predicted,
     plot_metric_curves,
 )
+from harness.report import FigureContext, figure_context
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from harness.report import (
-    MeasureSpec,
+from harness.measure import MeasureSpec, PositionMeasureSpec
+from harness.plots import (
     NoData,
-    PositionMeasureSpec,
-    figure_context,
     finish_legend,
     format_length_axis,
     law_legend_handles,
@@ -28,6 +26,7 @@ from harness.report import (
     plot_metric_curves,
     style_axes,
 )
+from harness.report import figure_context
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from harness import law, report  # noqa: E402
+from harness import law, measure, plots, report  # noqa: E402
 from harness.cli import main as cli_main  # noqa: E402
 from harness.errors import InputError  # noqa: E402
 from harness.report_perplexity import (  # noqa: E402
@@ -101,7 +101,7 @@ def _tmp(tmp_path):
 def test_measured_limit_interpolates_the_knee():
     # knee at 6000: nll(8192) = 2.0 + 0.6*log2(8192/6000) passes (< 2 + log 1.5), nll(16384) fails.
     values = [math.exp(knee_nll(L, 6000)) for L in LENGTHS]
-    limit = report.measured_limit(LENGTHS, values, 4096, MEASURE)
+    limit = measure.measured_limit(LENGTHS, values, 4096, MEASURE)
     assert not limit.censored
     g0, g1 = knee_nll(8192, 6000), knee_nll(16384, 6000)
     expected = 8192 * 2 ** ((2.0 + LOG15 - g0) / (g1 - g0))
@@ -116,7 +116,7 @@ def test_measured_limit_ignores_short_lengths_and_uses_best_at_or_below_tune_len
     # Short contexts are worse (less context) and must not count as failures; the 8K point is the best
     # overall but lies beyond tune_len, so the reference is the 4K value.
     nll = {1024: 3.0, 2048: 2.5, 4096: 2.0, 8192: 1.9, 16384: 2.0 + LOG15 + 0.5}
-    limit = report.measured_limit(list(nll), [math.exp(v) for v in nll.values()], 4096, MEASURE)
+    limit = measure.measured_limit(list(nll), [math.exp(v) for v in nll.values()], 4096, MEASURE)
     assert limit.reference == pytest.approx(math.exp(2.0))
     frac = (2.0 + LOG15 - 1.9) / (nll[16384] - 1.9)
     assert limit.value == pytest.approx(8192 * 2**frac)
@@ -124,18 +124,18 @@ def test_measured_limit_ignores_short_lengths_and_uses_best_at_or_below_tune_len
 
 def test_measured_limit_censored_and_factor_parameter():
     values = [math.exp(knee_nll(L, 6000)) for L in LENGTHS]
-    loose = report.measured_limit(LENGTHS, values, 4096, MEASURE, factor=10.0)
+    loose = measure.measured_limit(LENGTHS, values, 4096, MEASURE, factor=10.0)
     assert loose.censored and loose.value == 16384
-    tight = report.measured_limit(LENGTHS, values, 4096, MEASURE, factor=1.05)
+    tight = measure.measured_limit(LENGTHS, values, 4096, MEASURE, factor=1.05)
     assert not tight.censored and 4096 < tight.value < 8192
 
 
 def test_measured_limit_higher_is_better_absolute_rule():
-    spec = report.MeasureSpec(metric="correct", name="accuracy", higher_is_better=True, factor=None,
+    spec = measure.MeasureSpec(metric="correct", name="accuracy", higher_is_better=True, factor=None,
                               threshold=0.5, log_interp=False)
-    limit = report.measured_limit([1000, 2000, 4000, 8000], [1.0, 1.0, 0.75, 0.25], 2000, spec)
+    limit = measure.measured_limit([1000, 2000, 4000, 8000], [1.0, 1.0, 0.75, 0.25], 2000, spec)
     assert limit.value == pytest.approx(math.exp(math.log(4000) + 0.5 * math.log(2)))
-    empty = report.measured_limit([1000, 2000], [math.nan, math.nan], 2000, spec)
+    empty = measure.measured_limit([1000, 2000], [math.nan, math.nan], 2000, spec)
     assert math.isnan(empty.value) and not empty.censored
 
 
@@ -163,13 +163,13 @@ def test_bootstrap_ci_brackets_the_estimate_and_is_seeded():
 
 def test_measured_limit_additive_delta_rule():
     # higher-is-better log-prob: passes while >= best at L <= tune_len - delta, interpolated linearly in value
-    spec = report.MeasureSpec(metric="answer_logprob", name="log-prob", higher_is_better=True, factor=None,
+    spec = measure.MeasureSpec(metric="answer_logprob", name="log-prob", higher_is_better=True, factor=None,
                               delta=2.0, log_interp=False)
     assert spec.rule == "delta" and spec.key == "log-prob"
-    limit = report.measured_limit([1000, 2000, 4000, 8000], [-1.0, -0.5, -1.5, -8.5], 2000, spec)
+    limit = measure.measured_limit([1000, 2000, 4000, 8000], [-1.0, -0.5, -1.5, -8.5], 2000, spec)
     assert limit.reference == -0.5 and limit.threshold == -2.5
     assert limit.value == pytest.approx(4000 * 2 ** ((-2.5 + 1.5) / (-8.5 + 1.5)))
-    assert report.measured_limit([1000, 2000, 4000], [-1.0, -0.5, -1.5], 2000, spec, delta=0.5).value == \
+    assert measure.measured_limit([1000, 2000, 4000], [-1.0, -0.5, -1.5], 2000, spec, delta=0.5).value == \
         pytest.approx(2000 * 2 ** 0.5)  # the delta override; -1.5 fails a 0.5-nat margin halfway
     assert spec.param(factor=3.0) == 2.0  # a factor override leaves an additive rule alone
 
@@ -200,19 +200,19 @@ def test_position_limit_finds_a_step_at_its_position():
     # window 3, delta = half the step: smoothed (2+2+4)/3 and (2+4+4)/3 straddle 3.0 symmetrically -> halfway
     # in log(position) between the two centres, i.e. at the step (within a token)
     half = dataclasses.replace(POSITION_LOSS, delta=1.0)
-    limit = report.position_limit(x, loss, tokens, 512, half)
+    limit = measure.position_limit(x, loss, tokens, 512, half)
     assert not limit.censored and limit.reference == 2.0 and limit.threshold == 3.0
     assert limit.value == pytest.approx(math.sqrt(992.5 * 1056.5), rel=1e-12)
     assert abs(limit.value - step) < 1
     # the default delta (0.5 nats): the smoothed curve reaches 2.5 three quarters of the way from the
     # centre before the last low bucket (smoothed 2.0) to the last low one (smoothed 2 + 2/3)
-    default = report.position_limit(x, loss, tokens, 512, POSITION_LOSS)
+    default = measure.position_limit(x, loss, tokens, 512, POSITION_LOSS)
     assert default.threshold == 2.5
     assert default.value == pytest.approx(log_between(928.5, 992.5, 0.5 / (2 / 3)), rel=1e-12)
     # no smoothing: the crossing sits a quarter of the way (0.5 of a 2-nat step) between the two centres
-    raw = report.position_limit(x, loss, tokens, 512, dataclasses.replace(POSITION_LOSS, window=1))
+    raw = measure.position_limit(x, loss, tokens, 512, dataclasses.replace(POSITION_LOSS, window=1))
     assert raw.value == pytest.approx(log_between(992.5, 1056.5, 0.25), rel=1e-12)
-    assert report.position_limit(x, loss, tokens, 512, POSITION_LOSS, delta=1.0).value == limit.value
+    assert measure.position_limit(x, loss, tokens, 512, POSITION_LOSS, delta=1.0).value == limit.value
 
 
 def test_position_limit_reference_window_and_token_weights():
@@ -226,23 +226,23 @@ def test_position_limit_reference_window_and_token_weights():
     in_ref = (x >= 256) & (x <= 512)
     loss[in_ref] = np.where(np.arange(in_ref.sum()) % 2, 2.2, 1.8)
     tokens[np.where(in_ref)[0][::2]] = 3 * WIDTH  # the 1.8 buckets weigh 3x: reference 1.9
-    limit = report.position_limit(x, loss, tokens, 512, POSITION_LOSS)
+    limit = measure.position_limit(x, loss, tokens, 512, POSITION_LOSS)
     assert limit.reference == pytest.approx((1.8 * 3 + 2.2) / 4)
     assert 2900 < limit.value < 3000 and not limit.censored
 
 
 def test_position_limit_censored_and_fallbacks():
     _, _, x, loss, tokens = step_buckets(1025, high=2.4)  # a rise below the 0.5-nat delta: never fails
-    limit = report.position_limit(x, loss, tokens, 512, POSITION_LOSS)
+    limit = measure.position_limit(x, loss, tokens, 512, POSITION_LOSS)
     assert limit.censored and limit.value == x[-1] and limit.threshold == 2.5
     # tune_len beyond the data: the reference comes from the upper half of what lies below it, nothing to scan
-    beyond = report.position_limit(x, loss, tokens, 10_000, POSITION_LOSS)
+    beyond = measure.position_limit(x, loss, tokens, 10_000, POSITION_LOSS)
     assert math.isnan(beyond.value) and "nothing to measure" in beyond.note
     # tune_len below the first bucket: the first bucket is the reference
-    below = report.position_limit(x, step_buckets(1025)[3], tokens, 8, POSITION_LOSS)
+    below = measure.position_limit(x, step_buckets(1025)[3], tokens, 8, POSITION_LOSS)
     assert below.reference == 2.0 and "first bucket" in below.note and below.value == pytest.approx(
-        report.position_limit(x, step_buckets(1025)[3], tokens, 512, POSITION_LOSS).value)
-    empty = report.position_limit([], [], [], 512, POSITION_LOSS)
+        measure.position_limit(x, step_buckets(1025)[3], tokens, 512, POSITION_LOSS).value)
+    empty = measure.position_limit([], [], [], 512, POSITION_LOSS)
     assert math.isnan(empty.value) and not empty.censored
 
 
@@ -307,7 +307,7 @@ def test_position_loss_left_out_without_positions_and_marked_on_the_loss_figure(
     mark = [line for line in ax.get_lines() if line.get_gid() == "measured:s"][0]
     assert mark.get_xdata()[0] == pytest.approx(view.settings.loc["s", "measured_limit"])
     assert mark.get_ydata()[0] == pytest.approx(2.5 + 0.005)  # reference (2.0 + mean offset) + delta
-    with pytest.raises(report.NoData):
+    with pytest.raises(plots.NoData):
         report.analyze(loaded.records, MEASURE, task="perplexity", n_boot=0).measure("position-loss")
 
 
@@ -344,8 +344,8 @@ def test_overlay_with_distinct_train_lengths_uses_curve_colours():
                                                                 tune_len=2048)
     ctx = ppl_ctx(rows, n_boot=0)
     fig, ax = plt.subplots()
-    report.plot_metric_curves(ax, ctx)
-    lines = report.law_overlay(ax, ctx)
+    plots.plot_metric_curves(ax, ctx)
+    lines = plots.law_overlay(ax, ctx)
     train = {line.get_gid(): line for line in lines if line.get_gid().startswith("law-train:")}
     assert train["law-train:a"].get_xdata()[0] == 4096 and train["law-train:a"].get_color() == ctx.colors["a"]
     assert train["law-train:b"].get_xdata()[0] == 2048 and train["law-train:b"].get_color() == ctx.colors["b"]
@@ -367,7 +367,7 @@ def test_loss_vs_position_uses_positions_and_overlay(tmp_path):
                for line in ax.get_lines())
     without = report.analyze(loaded.records, MEASURE, task="perplexity", n_boot=0)
     frame.attrs = {"context": without}
-    with pytest.raises(report.NoData):
+    with pytest.raises(plots.NoData):
         loss_vs_position(frame, plt.subplots()[1])
 
 
