@@ -10,11 +10,8 @@ import argparse
 import logging
 import re
 import sys
-from pathlib import Path
 
 from harness.errors import InputError
-
-QUICK_OUT = Path("results") / "quick"
 
 
 def parse_size(text: str) -> int:

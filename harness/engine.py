@@ -16,7 +16,6 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -230,7 +229,3 @@ class Engine:
 
 def perplexity(nll: torch.Tensor) -> float:
     return math.exp(float(nll.double().mean()))
-
-
-def describe(engine: Engine) -> dict[str, Any]:
-    return {"dtype": engine.dtype, "attn": engine.attn, "n_params": engine.n_params}
