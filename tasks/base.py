@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -108,3 +109,66 @@ def get_task_module(name: str):
 
 def get_task(name: str) -> Task:
     return get_task_module(name).TASK
+
+
+# ------------------------------------------------------------------ helpers shared by generation tasks
+
+_FIRST_INTEGER = re.compile(r"\d+")
+_CHAT_SENTINEL = "\ue000ROPE-HARNESS-CONTENT\ue000"
+
+
+def first_integer(text: str) -> str | None:
+    """The first run of digits in a generation (how passkey-style answers are read)."""
+    match = _FIRST_INTEGER.search(text)
+    return match.group(0) if match else None
+
+
+def int_option(options: dict[str, Any], key: str, flag: str, default: int, low: int, high: int | None = None) -> int:
+    """A whole-number task option (CLI or suite) with its default; out of range -> InputError naming the flag."""
+    from harness.errors import InputError
+
+    value = options.get(key)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+        whole = not isinstance(value, bool) and number == float(value)
+    except (TypeError, ValueError):
+        whole = False
+    bound = f"from {low} to {high}" if high is not None else f">= {low}"
+    if not whole or number < low or (high is not None and number > high):
+        raise InputError(f"{flag} {value!r} must be a whole number {bound}: e.g. {flag} {default}")
+    return number
+
+
+def parse_depths(value: Any) -> list[float] | None:
+    """`--depths` from the CLI (comma string) or a suite (list): sorted fractions in [0, 1]; None if not given."""
+    from harness.errors import InputError
+
+    if value is None or (isinstance(value, (str, list, tuple)) and not value):
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+    depths = set()
+    for item in items:
+        try:
+            depth = float(item)
+        except (TypeError, ValueError):
+            raise InputError(f"--depths {value!r}: {item!r} is not a number: pass fractions like 0,0.5,1") from None
+        if not 0.0 <= depth <= 1.0:
+            raise InputError(f"--depths {value!r}: {depth:g} is outside [0, 1]: pass fractions like 0,0.5,1")
+        depths.add(depth)
+    return sorted(depths)
+
+
+def chat_wrapper(tokenizer) -> tuple[str, str]:
+    """(text before, text after) a user turn in the tokenizer's chat template, generation prompt included."""
+    from harness.errors import InputError
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("--chat-template: this model's tokenizer has no chat template: drop --chat-template")
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": _CHAT_SENTINEL}], tokenize=False,
+                                             add_generation_prompt=True)
+    if not isinstance(rendered, str) or rendered.count(_CHAT_SENTINEL) != 1:
+        raise InputError("--chat-template: the chat template does not render a user message verbatim: drop --chat-template")
+    pre, post = rendered.split(_CHAT_SENTINEL)
+    return pre, post

@@ -42,7 +42,7 @@ import random
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,16 @@ from typing import Any
 from harness.corpus import jsonl_objects
 from harness.errors import InputError
 from harness.report_longqa import FIGURES, MEASURE
-from tasks.base import Cell, RunContext, Task, TaskParams
+from tasks.base import (
+    Cell,
+    RunContext,
+    Task,
+    TaskParams,
+    chat_wrapper,
+    first_integer,
+    int_option,
+    parse_depths,
+)
 
 __all__ = ["FIGURES", "MEASURE", "TASK", "LongQATask", "exact_match", "normalize_answer", "rouge_l",
            "substring_match", "token_f1"]
@@ -106,11 +115,6 @@ METRICS = {"f1": token_f1, "rouge_l": rouge_l, "exact_match": exact_match, "subs
 def best_scores(prediction: str, answers: Sequence[str]) -> dict[str, float]:
     """Every metric, each the best over the reference answers."""
     return {name: max(fn(prediction, a) for a in answers) for name, fn in METRICS.items()}
-
-
-def first_integer_match(prediction: str, answer: str) -> float:
-    found = re.search(r"\d+", prediction)
-    return float(found is not None and found.group() == answer)
 
 
 def _contains_answer(text: str, answers: Sequence[str]) -> bool:
@@ -349,19 +353,6 @@ def _head_ids(tokenizer, state: dict[str, Any], text: str) -> list[int]:
     return state["bos"] + ids
 
 
-def chat_wrap(tokenizer) -> tuple[str, str]:
-    """(text before, text after) the user message in the tokenizer's chat template, generation prompt included."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("--chat-template: this model's tokenizer has no chat template: drop --chat-template")
-    marker = "\u2063LONGQA-CONTENT\u2063"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
-                                         add_generation_prompt=True)
-    pre, found, post = text.partition(marker)
-    if not found:
-        raise InputError("--chat-template: the chat template does not render the user message: drop --chat-template")
-    return pre, post
-
-
 def middle_truncate(ids: Sequence[int], budget: int) -> tuple[list[int], list[int], int]:
     """Keep the first ceil(budget/2) and last floor(budget/2) tokens: (head part, tail part, tokens cut)."""
     ids = list(ids)
@@ -384,35 +375,6 @@ class Prompt:
     first_line: bool = False
     answer_ids: list[int] | None = None  # synthetic: teacher-forced continuation
     record: dict[str, Any] = field(default_factory=dict)
-
-
-def _depth_list(value: Any) -> list[float | None]:
-    if value is None or (isinstance(value, (str, list, tuple)) and not value):
-        return [None]
-    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, Iterable) else [value]
-    out = []
-    for item in items:
-        try:
-            depth = float(item)
-        except (TypeError, ValueError):
-            raise InputError(f"--depths {value!r}: {item!r} is not a number: pass fractions like 0,0.5,1") from None
-        if not 0.0 <= depth <= 1.0:
-            raise InputError(f"--depths {value!r}: {depth:g} is outside [0, 1]: pass fractions like 0,0.5,1")
-        out.append(depth)
-    return sorted(set(out))
-
-
-def _int_option(options: dict[str, Any], name: str, flag: str, default: int, low: int) -> int:
-    value = options.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{flag} {value!r} is not an integer: pass e.g. {flag} {default}") from None
-    if number < low or number != float(value):
-        raise InputError(f"{flag} {value!r} must be an integer >= {low}: pass e.g. {flag} {default}")
-    return number
 
 
 def _hops(value: Any) -> list[int]:
@@ -466,12 +428,12 @@ class LongQATask(Task):
         resolved = {
             "source": "synthetic" if synthetic else str(o["source"]),
             "qa_datasets": ",".join(_split_names(o.get("qa_datasets"))) or None,
-            "max_new_tokens": _int_option(o, "max_new_tokens", "--max-new-tokens", 0, 1) or None,
+            "max_new_tokens": (int_option(o, "max_new_tokens", "--max-new-tokens", 0, 1) if o.get("max_new_tokens") is not None else None),
             "chat_template": bool(o.get("chat_template")),
         }
         if synthetic:
             resolved["qa_hops"] = ",".join(map(str, _hops(o.get("qa_hops"))))
-            resolved["qa_distractors"] = _int_option(o, "qa_distractors", "--qa-distractors", 3, 0)
+            resolved["qa_distractors"] = int_option(o, "qa_distractors", "--qa-distractors", 3, 0)
             if resolved["qa_distractors"] > MAX_DISTRACTORS:
                 raise InputError(f"--qa-distractors {resolved['qa_distractors']} is more than {MAX_DISTRACTORS}: "
                                  f"pass at most {MAX_DISTRACTORS}")
@@ -515,7 +477,7 @@ class LongQATask(Task):
         if params.samples < 1:
             raise InputError(f"--samples {params.samples} must be >= 1")
         opts = self._resolved(params)
-        depths = _depth_list((params.options or {}).get("depths"))
+        depths = parse_depths((params.options or {}).get("depths")) or [None]
         samples = range(params.samples) if opts["source"] == "synthetic" else self._selected(params)
         return [Cell(length, depth, s) for s in samples for depth in depths for length in sorted(set(params.lengths))]
 
@@ -525,7 +487,7 @@ class LongQATask(Task):
         state: dict[str, Any] = {"opts": opts, "contexts": {}, "in_full": {}}
         bos = [tok.bos_token_id] if params.bos and tok.bos_token_id is not None else []
         chat = opts["chat_template"]
-        pre, post = chat_wrap(tok) if chat else ("", "")
+        pre, post = chat_wrapper(tok) if chat else ("", "")
         state.update(bos=bos, chat=chat, pre=pre, post=post)
         shortest = min(params.lengths)
         if opts["source"] == "synthetic":
@@ -547,7 +509,7 @@ class LongQATask(Task):
             record = dict(prompt.record)
             scores = best_scores(text, prompt.answers)
             if prompt.answer_ids is not None:
-                scores["match"] = first_integer_match(text, prompt.answers[0])
+                scores["match"] = float(first_integer(text) == prompt.answers[0])
                 scored = ctx.engine.answer_score(prompt.ids, prompt.answer_ids)
                 record.update(answer_logprob=scored.logprob, answer_rank=scored.rank,
                               answer_tokens=len(prompt.answer_ids))

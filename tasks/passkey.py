@@ -32,7 +32,16 @@ from typing import Any
 
 from harness.errors import InputError
 from harness.report_passkey import FIGURES, MEASURE, MEASURES  # noqa: F401  (the report reads them here)
-from tasks.base import Cell, RunContext, Task, TaskParams
+from tasks.base import (
+    Cell,
+    RunContext,
+    Task,
+    TaskParams,
+    chat_wrapper,
+    first_integer,
+    int_option,
+    parse_depths,
+)
 
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
                "I will quiz you about the important information there.")
@@ -51,7 +60,6 @@ NAMES = ("Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_KEY_DIGITS = 5
 HAYSTACKS = ("filler", "corpus")
-_SENTINEL = "\ue000PASSKEY\ue000"
 _MAX_EVALS = 40  # full re-tokenisations allowed to reach exactly L tokens
 _MAX_GAP_PADS = 64
 
@@ -73,36 +81,15 @@ class Options:
     @classmethod
     def from_params(cls, params: TaskParams) -> Options:
         o = params.options or {}
-        depths = o.get("depths")
-        if depths is None:
-            depths = DEFAULT_DEPTHS
-        elif isinstance(depths, str):
-            try:
-                depths = [float(x) for x in depths.split(",") if x.strip()]
-            except ValueError:
-                raise InputError(f"--depths {depths!r} is not a comma list of numbers: e.g. --depths 0,0.5,1") from None
-        elif isinstance(depths, (int, float)):
-            depths = [depths]
-        depths = tuple(sorted({float(d) for d in depths}))
-        if not depths or any(not (0.0 <= d <= 1.0) or math.isnan(d) for d in depths):
-            raise InputError(f"--depths {list(depths)} must be fractions in [0, 1]: e.g. --depths 0,0.25,0.5,0.75,1")
-        digits = _int_option(o, "key_digits", DEFAULT_KEY_DIGITS, "--key-digits", 1, 64)
+        depths = tuple(parse_depths(o.get("depths")) or DEFAULT_DEPTHS)
+        digits = int_option(o, "key_digits", "--key-digits", DEFAULT_KEY_DIGITS, 1, 64)
         haystack = o.get("haystack") or "filler"
         if haystack not in HAYSTACKS:
             raise InputError(f"--haystack {haystack!r} is unknown: use --haystack filler or --haystack corpus")
-        needles = _int_option(o, "needles", 1, "--needles", 1, len(NAMES))
+        needles = int_option(o, "needles", "--needles", 1, 1, len(NAMES))
         chat = bool(o.get("chat_template") or False)
-        new_tokens = _int_option(o, "max_new_tokens", (32 if chat else digits + 4), "--max-new-tokens", 1, 4096)
+        new_tokens = int_option(o, "max_new_tokens", "--max-new-tokens", 32 if chat else digits + 4, 1, 4096)
         return cls(depths, digits, haystack, needles, chat, new_tokens)
-
-
-def _int_option(options: dict[str, Any], key: str, default: int, flag: str, lo: int, hi: int) -> int:
-    value = options.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InputError(f"{flag} {value!r} must be a whole number from {lo} to {hi}")
-    return value
 
 
 # ================================================================================================ haystack
@@ -290,18 +277,6 @@ def _frame(tokenizer, needles: list[NeedleSpec], options: Options, bos: bool) ->
         if not bos:
             pre = pre[len(bos_text):]
     return _Frame(pre + INSTRUCTION + "\n", texts, "\n" + question + post + answer_prefix, prepend)
-
-
-def chat_wrapper(tokenizer) -> tuple[str, str]:
-    """(text before, text after) a user turn in the tokenizer's chat template, generation prompt included."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("this model's tokenizer has no chat template: drop --chat-template (base-model prompt)")
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False,
-                                             add_generation_prompt=True)
-    if not isinstance(rendered, str) or rendered.count(_SENTINEL) != 1:
-        raise InputError("the tokenizer's chat template does not render a user message verbatim: drop --chat-template")
-    pre, post = rendered.split(_SENTINEL)
-    return pre, post
 
 
 def _encode(tokenizer, text: str, offsets: bool = False):
@@ -525,12 +500,6 @@ def answer_tokens(tokenizer, prompt_text: str, prompt_ids: list[int], key: str) 
     return _encode(tokenizer, " " + key)[0], False
 
 
-FIRST_INTEGER = re.compile(r"\d+")
-
-
-def first_integer(text: str) -> str | None:
-    match = FIRST_INTEGER.search(text)
-    return match.group(0) if match else None
 
 
 # ================================================================================================ task
