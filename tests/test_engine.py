@@ -99,3 +99,29 @@ def test_planner_is_deterministic_and_switches_to_prefill(tiny_llama):
     assert eng.plan(4096) == plan
     eng.max_memory = 1000
     assert not eng.plan(4096).fits
+
+
+def test_longrope_across_original_max_positions_matches_fresh_models(tmp_path):
+    """LongRoPE switches short/long factors at original_max_position_embeddings (64 here): fixed per L."""
+    path = make_tiny(tmp_path / "phi3", "phi3")
+    dim_half = 8  # head_dim 16
+    override = models.RopeOverride(rope_type="longrope", params={
+        "short_factor": [1.0 + 0.1 * i for i in range(dim_half)], "long_factor": [2.0 + 0.5 * i for i in range(dim_half)]})
+    eng = engine.Engine(models.load(str(path), override))
+    ids = ids_of(300, seed=4)
+    for length in (300, 50, 64, 65, 200):
+        ref = plain_nll(path, override, ids[:length])
+        for chunk in (None, 40):
+            eng.chunk_size = chunk
+            assert torch.allclose(eng.token_nll(ids[:length]), ref, rtol=1e-5, atol=1e-5), (length, chunk)
+    assert not torch.allclose(eng.token_nll(ids[:200])[:63], eng.token_nll(ids[:64]), rtol=1e-4)
+
+
+def test_gemma3_dynamic_on_global_layers_matches_fresh_models(family_dirs):
+    """Per-layer-type RoPE: the override and the per-length fix touch only the global layers' section."""
+    override = models.RopeOverride(rope_type="dynamic", factor=4)
+    eng = engine.Engine(models.load(str(family_dirs["gemma3"]), override))
+    ids = ids_of(400, seed=5)
+    for length in (400, 150):
+        ref = plain_nll(family_dirs["gemma3"], override, ids[:length])
+        assert torch.allclose(eng.token_nll(ids[:length]), ref, rtol=1e-5, atol=1e-5), length
