@@ -105,12 +105,8 @@ def run_command(args: argparse.Namespace) -> int:
     if loaded.options.dry_run:
         return 0
     if distributed:  # every rank's shard is complete before rank 0 reports on all of them
-        import torch.distributed as dist
-
-        failed = torch_sum(result.exit_code)
-        dist.barrier()
-        exit_code = 1 if failed else 0
-        if dist.get_rank() != 0:
+        exit_code = 1 if runner.any_rank_failed(exit_code) else 0
+        if not runner.is_rank_zero():
             return exit_code
         result.table = runner.summary_table(loaded.options.out)
     _print_table(result)
@@ -120,15 +116,6 @@ def run_command(args: argparse.Namespace) -> int:
         out = build_report([loaded.options.out], loaded.options.out / "report")
         print(f"report: {out}")
     return exit_code
-
-
-def torch_sum(value: int) -> int:
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.tensor([value])
-    dist.all_reduce(tensor)
-    return int(tensor.item())
 
 
 def _print_table(result) -> None:

@@ -12,6 +12,7 @@ model config, T, dtype and the budget, never of momentary free memory, so reruns
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Sequence
@@ -172,8 +173,6 @@ class Engine:
         return nll, ranks
 
     def _rope_context(self, length: int):
-        import contextlib
-
         if self.length_dependent:
             return models.rope_fixed_for_length(self.model, self.config, length)
         return contextlib.nullcontext()

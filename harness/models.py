@@ -81,7 +81,7 @@ def load_config(model_id: str, revision: str | None = None, trust_remote_code: b
     from transformers import AutoConfig
 
     path = resolve_model_path(model_id)
-    looks_local = path.startswith((".", "/", "~")) or os.sep in path and not _looks_like_hub_id(path)
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1  # a hub id is exactly owner/name
     if looks_local and not Path(path).expanduser().exists():
         raise InputError(f"model path {path!r} does not exist: pass an existing folder or a hub id (owner/name)")
     try:
@@ -89,10 +89,6 @@ def load_config(model_id: str, revision: str | None = None, trust_remote_code: b
     except Exception as exc:
         hint = "check the path or hub id; offline, download it first or pass a local folder"
         raise InputError(f"cannot load the config of {model_id!r} ({_one_line(exc)}): {hint}") from None
-
-
-def _looks_like_hub_id(path: str) -> bool:
-    return path.count("/") == 1 and not Path(path).exists() and not path.startswith((".", "/", "~"))
 
 
 def text_config(config):
@@ -418,8 +414,7 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
     path = resolve_model_path(model_id)
     config = load_config(model_id, revision, trust_remote_code)
     law = law_inputs(config, override)
-    _check_override(override)
-    spec = apply_override(config, override)
+    spec = apply_override(config, override)  # validates the override first
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     chosen = attn

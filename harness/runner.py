@@ -97,6 +97,21 @@ def init_distributed() -> bool:
     return True
 
 
+def any_rank_failed(exit_code: int) -> bool:
+    """After init_distributed: wait until every rank's shard is complete; True if any rank had failed cells."""
+    import torch
+    import torch.distributed as dist
+
+    failed = torch.tensor([exit_code])
+    dist.all_reduce(failed)
+    dist.barrier()
+    return bool(failed.item())
+
+
+def is_rank_zero() -> bool:
+    return rank_and_world()[0] == 0
+
+
 def cell_key(fingerprint: str, rope_hash: str, task: str, identity: dict[str, Any], cell: Cell, seed: int) -> str:
     payload = json.dumps([fingerprint, rope_hash, task, identity, cell.length, cell.depth, cell.sample, seed],
                          sort_keys=True, default=str)
@@ -236,6 +251,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
     failed: list[dict[str, Any]] = []
     manifests: dict[str, Any] = {}
     opened = False
+    finished = store.finished_keys()  # read once: this run only adds keys of cells it did not find here
     try:
         for setting_index, prep in enumerate(prepared):
             setting = prep.setting
@@ -256,7 +272,6 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 identity = task.identity(spec.params)
                 limit = prep.available[spec.name]
                 cells = [c for c in task.cells(spec.params) if limit is None or c.sample < limit]
-                finished = store.finished_keys()
                 keyed = {c: cell_key(loaded.fingerprint, loaded.manifest["rope_hash"], spec.name, identity, c,
                                      spec.params.seed) for c in cells}
                 owner = _shards(cells, world, setting_index)
