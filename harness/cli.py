@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 
@@ -132,7 +133,7 @@ def _print_table(result) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness import law_cli, report, zootrain
+    from harness import law_cli, report, zoo
 
     parser = argparse.ArgumentParser(prog="rope-harness", description="Long-context evaluation of RoPE models, "
                                      "with the RoPE extrapolation scaling law drawn on every curve.")
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     law_cli.add_parser(sub)
     add_run_parser(sub)
     report.add_parser(sub)
-    zootrain.add_parser(sub)
+    zoo.add_parser(sub)
     return parser
 
 
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rope-harness: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout piped into `head` and closed: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class Loaded:
 def resolve_model_path(model_id: str) -> str:
     """zoo:NAME -> the packaged checkpoint folder; anything else is a local path or hub id."""
     if model_id.startswith("zoo:"):
-        from harness.zootrain import resolve
+        from harness.zoo import resolve
 
         return str(resolve(model_id))
     return model_id

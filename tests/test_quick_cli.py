@@ -6,7 +6,7 @@ import subprocess
 
 from harness import suite
 from harness.cli import main
-from harness.zootrain import zoo_names
+from harness.zoo import zoo_names
 
 QUICK_LENGTHS = [128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
 
