@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from harness.report import FigureContext
+    from harness.analysis import FigureContext
 
 
 class NoData(Exception):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from harness.analysis import analyze, figure_context
 from harness.measure import MeasureSpec
 from harness.plots import (
     NoData,
@@ -24,7 +25,6 @@ from harness.plots import (
     plot_metric_curves,
     style_axes,
 )
-from harness.report import analyze, figure_context
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from harness.analysis import FigureContext, figure_context
 from harness.measure import MeasureSpec
 from harness.plots import (
     PREDICTED_STYLE,
@@ -28,7 +29,6 @@ from harness.plots import (
     plot_measured_vs_predicted,
     plot_metric_curves,
 )
-from harness.report import FigureContext, figure_context
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from harness.analysis import figure_context
 from harness.measure import MeasureSpec, PositionMeasureSpec
 from harness.plots import (
     NoData,
@@ -26,7 +27,6 @@ from harness.plots import (
     plot_metric_curves,
     style_axes,
 )
-from harness.report import figure_context
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -1,0 +1,297 @@
+"""Measurement analysis for the report: per-length tables, measured vs predicted limits, figure contexts.
+
+One pass per task and measured-length definition computes everything the tables and every figure
+function draw from (a FigureContext), so figures never recompute curves or bootstrap CIs themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import InputError
+from harness.measure import (
+    Limit,
+    MeasureSpec,
+    bootstrap_weights,
+    build_curve,
+    build_position_curve,
+    measured_limit,
+    percentile_interval,
+    position_limit,
+    setting_seed,
+    smooth_buckets,
+)
+from harness.plots import NoData
+from harness.records import LAW_COLUMNS
+
+DEFAULT_BOOTSTRAP = 1000
+DEFAULT_CI = 0.95
+TABLE_COLUMNS = ["setting", "task", "metric", "length", "mean", "ci_low", "ci_high", "n", "n_failed"]
+
+
+def predict_for(row: pd.Series | dict[str, Any]):
+    """The law's Prediction for a setting's law inputs, or (None, message) when they are unusable."""
+    from harness import law
+
+    def num(key):
+        value = row.get(key)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    try:
+        prediction = law.predict(
+            rotary_dim=int(num("rotary_dim")) if num("rotary_dim") is not None else None,
+            train_len=num("train_len"), base=num("rope_theta"), tune_len=num("tune_len"),
+            pretrain_base=num("pretrain_base") if num("pretrain_base") is not None else 10000.0,
+            rope_type=str(num("rope_type") or "default"))
+        return prediction, ""
+    except (InputError, TypeError, ValueError) as exc:
+        return None, f"law inputs unusable: {str(exc).splitlines()[0]}"
+
+
+def _first(frame: pd.DataFrame, col: str):
+    """The first non-null value of a column (a setting's records all carry the same law inputs), else None."""
+    values = frame[col].dropna() if col in frame else []
+    return values.iloc[0] if len(values) else None
+
+
+def setting_order(records: pd.DataFrame) -> list[str]:
+    """Settings ordered by model, rope type, theta, label: legends and colours follow this order."""
+    first = records.groupby("setting", sort=False).first()
+    keys = []
+    for setting, row in first.iterrows():
+        theta = pd.to_numeric(row.get("rope_theta"), errors="coerce")
+        keys.append((str(row.get("model") or ""), str(row.get("rope_type") or ""),
+                     float(theta) if pd.notna(theta) else 0.0, str(setting), setting))
+    return [k[-1] for k in sorted(keys, key=lambda k: k[:-1])]
+
+
+def setting_colors(settings: Sequence[str]) -> dict[str, Any]:
+    """tab10 in setting order (a sampled viridis beyond ten settings)."""
+    from matplotlib import colormaps
+
+    settings = list(settings)
+    if len(settings) <= 10:
+        cmap = colormaps["tab10"]
+        return {s: cmap(i) for i, s in enumerate(settings)}
+    cmap = colormaps["viridis"]
+    return {s: cmap(i / max(1, len(settings) - 1)) for i, s in enumerate(settings)}
+
+
+@dataclass
+class FigureContext:
+    """What a task's figure functions draw from; built once per task and definition by the report.
+
+    table: per (setting, length): mean (the aggregate), ci_low, ci_high, n, n_failed; for a per-position
+    definition, per (setting, position bucket): length = the bucket's mean position, mean = its loss,
+    smoothed, tokens, n (not written to table.csv).
+    summary: one row per (setting, rule parameter) with law inputs, prediction and measured limit (summary.csv).
+    settings: one row per setting: law inputs, regime, predicted_limit, measured_* for the first parameter.
+    views: every definition's context of the task by MeasureSpec.key (this one included); `measure(key)`.
+    """
+
+    task: str
+    spec: MeasureSpec
+    factor: float | None
+    records: pd.DataFrame
+    positions: pd.DataFrame | None
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    settings: pd.DataFrame
+    colors: dict[str, Any]
+    order: list[str]
+    ci: float = DEFAULT_CI
+    delta: float | None = None
+    views: dict[str, FigureContext] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def measure(self, key: str) -> FigureContext:
+        """The context of the task's definition `key` (e.g. 'position-loss'); NoData when it was not computed."""
+        if key in self.views:
+            return self.views[key]
+        raise NoData(f"no {key!r} measured length for task {self.task!r}"
+                     + (f" ({'; '.join(self.notes)})" if self.notes else ""))
+
+
+def _rule_params(spec: MeasureSpec, factors: Sequence[float | None], deltas: Sequence[float | None]
+                 ) -> list[tuple[float | None, float | None]]:
+    """(factor, delta) overrides for which a definition gets a summary row each (one for a threshold rule)."""
+    if spec.rule == "factor":
+        return [(f, None) for f in (list(factors) or [None])]
+    if spec.rule == "delta":
+        return [(None, d) for d in (list(deltas) or [None])]
+    return [(None, None)]
+
+
+def _rule_values(spec: MeasureSpec, factor: float | None, delta: float | None) -> tuple[float | None, float | None]:
+    """The (factor, delta) a definition actually uses with these overrides: one of them, or neither."""
+    value = spec.param(factor, delta)
+    return (value if spec.rule == "factor" else None), (value if spec.rule == "delta" else None)
+
+
+def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *, task: str = "",
+            factors: Sequence[float | None] = (None,), deltas: Sequence[float | None] = (None,),
+            n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
+            positions: pd.DataFrame | None = None, colors: dict[str, Any] | None = None) -> FigureContext:
+    """Per-length table and per-setting summary of one task's records (all runs concatenated).
+
+    `spec`: one definition or a list of them (a task's MEASURES; the first is the default). Returns the first
+    definition's context; every definition's is in `.views`. A per-position definition is left out, with a
+    note, when the task has no positions*.jsonl rows (unless it is the first).
+    """
+    specs = [spec] if isinstance(spec, MeasureSpec) else list(spec)
+    if not specs:
+        raise ValueError("analyze needs at least one MeasureSpec")
+    records = records.copy()
+    records.attrs = {}
+    task = task or str(_first(records, "task") or "")
+    order = setting_order(records)
+    colors = colors or setting_colors(order)
+    task_positions = None
+    if positions is not None and len(positions):
+        task_positions = positions[positions["task"] == task] if "task" in positions else positions
+        task_positions = task_positions[task_positions["setting"].isin(order)]
+    views: dict[str, FigureContext] = {}
+    notes: list[str] = []
+    for k, one in enumerate(specs):
+        if one.source == "positions" and k and (task_positions is None or not len(task_positions)):
+            notes.append(f"measured length {one.key!r} left out: no positions*.jsonl rows for task {task!r}")
+            continue
+        views[one.key] = _analyze_one(records, one, task=task, params=_rule_params(one, factors, deltas),
+                                      n_boot=n_boot, seed=seed, ci=ci, positions=task_positions, colors=colors,
+                                      order=order)
+    for view in views.values():
+        view.views, view.notes = views, notes
+    return views[specs[0].key]
+
+
+def _limit(spec: MeasureSpec, axis: np.ndarray, values, ref_len: float | None, factor: float | None,
+           delta: float | None) -> Limit:
+    """measured_limit of a per-length curve, or position_limit of a (loss, tokens) per-position curve."""
+    if spec.source == "positions":
+        return position_limit(axis, values[0], values[1], ref_len, spec, delta)  # type: ignore[arg-type]
+    return measured_limit(axis, values, ref_len, spec, factor, delta)
+
+
+def _length_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, setting: str, ci: float,
+                     positions: pd.DataFrame | None, weights_seed: int, n_boot: int):
+    """A setting's per-length aggregate: (lengths, aggregate, bootstrap aggregates or None, n_samples, table rows)."""
+    curve = build_curve(recs, spec)
+    weights = bootstrap_weights(len(curve.samples), n_boot, weights_seed)
+    agg = curve.aggregate(spec) if curve.samples else np.full(len(curve.lengths), np.nan)
+    boot = curve.aggregate(spec, weights) if weights is not None else None
+    failed = recs[recs["status"] != "ok"].groupby("length").size()
+    counts = curve.counts()
+    rows = []
+    for k, length in enumerate(curve.lengths):
+        lo, hi = percentile_interval(boot[:, k], ci) if boot is not None else (math.nan, math.nan)
+        rows.append({"setting": setting, "task": task, "metric": spec.name, "length": int(length), "mean": agg[k],
+                     "ci_low": lo, "ci_high": hi, "n": int(counts[k]), "n_failed": int(failed.get(length, 0))})
+    return curve.lengths, agg, (list(boot) if boot is not None else None), len(curve.samples), rows
+
+
+def _position_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, setting: str, ci: float,
+                       positions: pd.DataFrame | None, weights_seed: int, n_boot: int):
+    """A setting's per-position aggregate: (positions, (loss, tokens), bootstrap (loss, tokens) pairs or None,
+    n_samples, table rows)."""
+    seeds = recs["seed"].astype(str).unique() if "seed" in recs else []
+    pos = positions[positions["setting"] == setting] if positions is not None else None
+    curve = build_position_curve(pos, seeds[0] if len(seeds) == 1 else None)
+    weights = bootstrap_weights(len(curve.samples), n_boot, weights_seed)
+    if curve.samples:
+        loss, tokens = curve.aggregate()
+    else:
+        loss = tokens = np.full(len(curve.x), np.nan)
+    smoothed = smooth_buckets(loss, tokens, spec.window)  # type: ignore[attr-defined]
+    counts = curve.counts()
+    rows = [{"setting": setting, "task": task, "metric": spec.name, "length": float(x), "mean": loss[k],
+             "ci_low": math.nan, "ci_high": math.nan, "n": int(counts[k]), "n_failed": 0,
+             "pos_start": int(curve.starts[k]), "pos_end": int(curve.ends[k]), "smoothed": smoothed[k],
+             "tokens": tokens[k]} for k, x in enumerate(curve.x)]
+    draws = None
+    if weights is not None:
+        boot_loss, boot_tokens = curve.aggregate(weights)
+        draws = list(zip(boot_loss, boot_tokens, strict=True))
+    return curve.x, (loss, tokens), draws, len(curve.samples), rows
+
+
+def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params, n_boot: int, seed: int,
+                 ci: float, positions: pd.DataFrame | None, colors: dict[str, Any], order: list[str]
+                 ) -> FigureContext:
+    """One definition's context: per setting its curve, table rows and a summary row per rule parameter."""
+    table_rows, summary_rows, first_rows = [], [], []
+    for setting in order:
+        recs = records[records["setting"] == setting]
+        weights_seed = setting_seed(seed, task, setting)
+        curve_fn = _position_curve_of if spec.source == "positions" else _length_curve_of
+        axis, point, draws_in, n_samples, rows = curve_fn(recs, spec, task=task, setting=setting, ci=ci,
+                                                          positions=positions, weights_seed=weights_seed,
+                                                          n_boot=n_boot)
+        table_rows += rows
+        info = {c: _first(recs, c) for c in LAW_COLUMNS}
+        prediction, law_note = predict_for(info)
+        ref_len = _first(recs, spec.reference)
+        if ref_len is None:
+            ref_len = _first(recs, "train_len")
+        ref_len = float(ref_len) if ref_len is not None else None
+        finetune_assumed = bool(_first(recs, "law_assumes_finetune") or False)
+        for n_param, (factor, delta) in enumerate(params):
+            used_factor, used_delta = _rule_values(spec, factor, delta)
+            limit = _limit(spec, axis, point, ref_len, factor, delta)
+            lo = hi = math.nan
+            if draws_in is not None and np.isfinite(limit.value):
+                draws = np.array([_limit(spec, axis, row, ref_len, factor, delta).value for row in draws_in])
+                lo, hi = percentile_interval(draws, ci)
+            predicted = prediction.extrapolation_limit if prediction is not None else None
+            ratio = limit.value / predicted if predicted and np.isfinite(limit.value) else math.nan
+            no_positions = spec.source == "positions" and not n_samples
+            row_notes = [n for n in (law_note, "no positions*.jsonl rows for this setting" if no_positions
+                                     else limit.note) if n]
+            if finetune_assumed:
+                row_notes.append("base changed without fine-tuning; the law assumes fine-tuning at tune_len")
+            row = {
+                "setting": setting, "model": info["model"], "task": task, "measure": spec.key,
+                "rope_type": info["rope_type"], "rope_theta": info["rope_theta"],
+                "pretrain_base": info["pretrain_base"], "train_len": info["train_len"], "tune_len": info["tune_len"],
+                "rotary_dim": info["rotary_dim"], "regime": prediction.regime if prediction is not None else "",
+                "critical_dim": prediction.critical_dim if prediction is not None else None,
+                "predicted_limit": predicted,
+                "measured_limit": limit.value, "measured_ci_low": lo, "measured_ci_high": hi,
+                "measured_censored": bool(limit.censored) if np.isfinite(limit.value) else None,
+                "ratio_measured_to_predicted": ratio,
+                "definition": spec.definition(factor, delta),
+                "factor": used_factor, "delta": used_delta,
+                "reference_value": limit.reference, "threshold_value": limit.threshold,
+                "n_samples": n_samples, "n_failed": int((recs["status"] != "ok").sum()),
+                "law_assumes_finetune": finetune_assumed,
+                "rope_hash": _first(recs, "rope_hash"), "run": _first(recs, "run"), "note": "; ".join(row_notes),
+            }
+            summary_rows.append(row)
+            if n_param == 0:
+                first_rows.append(row)
+    extra = ["pos_start", "pos_end", "smoothed", "tokens"] if spec.source == "positions" else []
+    table = pd.DataFrame(table_rows, columns=TABLE_COLUMNS + extra)
+    summary = pd.DataFrame(summary_rows)
+    settings = pd.DataFrame(first_rows)
+    if len(settings):
+        settings = settings.set_index("setting", drop=False).rename_axis(None)
+    factor, delta = _rule_values(spec, *params[0])
+    return FigureContext(task, spec, factor, records, positions, table, summary, settings, colors, order, ci,
+                         delta)
+
+
+def figure_context(df: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec] | None = None) -> FigureContext:
+    """The report's precomputed context attached to a task's records frame, or one computed now (with
+    `spec` - one definition or the task's MEASURES -, default bootstrap) when a figure function is called on
+    a plain frame, e.g. in a notebook."""
+    ctx = df.attrs.get("context")
+    if isinstance(ctx, FigureContext):
+        return ctx
+    if spec is None:
+        raise ValueError("figure_context needs the task's MeasureSpec for a frame without a report context")
+    return analyze(df, spec, positions=df.attrs.get("positions"), n_boot=200)

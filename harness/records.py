@@ -1,0 +1,155 @@
+"""Loading run folders for the report: every run's records and positions as one frame each.
+
+Kept apart from the analysis so that reading what `rope-harness run` wrote (torn lines of a killed run,
+retried cells, the same setting label in several runs) is settled once, before anything is measured.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import InputError
+
+# Columns that identify a setting's law inputs; copied from the records into summary.csv.
+LAW_COLUMNS = ("model", "rope_type", "rope_theta", "pretrain_base", "train_len", "tune_len", "rotary_dim")
+REQUIRED_COLUMNS = ("task", "setting", "length", "status")
+
+
+@dataclass
+class Loaded:
+    """Every run's records and positions, with a `run` column and unique `setting` labels."""
+
+    records: pd.DataFrame
+    positions: pd.DataFrame | None
+    runs: list[tuple[str, Path, int]]
+    notes: list[str] = field(default_factory=list)
+    superseded: int = 0
+
+
+def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
+    """Read records*.jsonl (+ positions*.jsonl) of each run; raises InputError for unusable input.
+
+    A setting is (run, label, rope_hash). The same label in several runs is suffixed with " [run]"; within a
+    run a label with several rope hashes gets " #hash". A cell recorded more than once (a retry after a
+    failure) keeps its ok record, else the last one.
+    """
+    if not run_dirs:
+        raise InputError("no run folder given: pass one or more folders written by `rope-harness run`")
+    dirs = [Path(d) for d in run_dirs]
+    notes: list[str] = []
+    frames, pos_frames, runs = [], [], []
+    for run_dir, name in zip(dirs, _run_names(dirs), strict=True):
+        if not run_dir.is_dir():
+            raise InputError(f"{run_dir}: no such folder: pass a run folder written by `rope-harness run`")
+        files = sorted(run_dir.glob("records*.jsonl"))
+        rows = [row for f in files for row in _read_jsonl(f, notes)]
+        if not rows:
+            raise InputError(f"{run_dir}: no records (records*.jsonl missing or empty): pass a run folder "
+                             "written by `rope-harness run`, or run it first")
+        frame = pd.DataFrame(rows)
+        missing = [c for c in REQUIRED_COLUMNS if c not in frame]
+        if missing:
+            raise InputError(f"{files[0]}: records lack {', '.join(missing)}: pass a folder whose records.jsonl "
+                             "was written by `rope-harness run`")
+        frame.insert(0, "run", name)
+        frames.append(frame)
+        runs.append((name, run_dir, len(frame)))
+        pos_rows = [row for f in sorted(run_dir.glob("positions*.jsonl")) for row in _read_jsonl(f, notes)]
+        if pos_rows:
+            pos = pd.DataFrame(pos_rows)
+            # a pass interrupted between its positions and its records is rerun on resume: keep the last copy
+            keys = [c for c in ("setting", "rope_hash", "sample", "length", "pos_start") if c in pos]
+            pos = pos.drop_duplicates(subset=keys, keep="last")
+            pos.insert(0, "run", name)
+            pos_frames.append(pos)
+    records = pd.concat(frames, ignore_index=True, sort=False)
+    for col in ("depth", "seed", "sample", "rope_hash", "error", *LAW_COLUMNS):
+        if col not in records:
+            records[col] = None
+    records["length"] = pd.to_numeric(records["length"], errors="coerce")
+    bad_len = records["length"].isna() | (records["length"] <= 0)
+    if bad_len.any():
+        notes.append(f"ignored {int(bad_len.sum())} record(s) without a positive length")
+        records = records[~bad_len]
+    records["rope_hash"] = records["rope_hash"].fillna("")
+    positions = pd.concat(pos_frames, ignore_index=True, sort=False) if pos_frames else None
+    records, positions = _unique_settings(records, positions)
+    records, superseded = _dedupe(records)
+    if superseded:
+        notes.append(f"{superseded} failed record(s) were superseded by a later record of the same cell")
+    return Loaded(records.reset_index(drop=True), positions, runs, notes, superseded)
+
+
+def _read_jsonl(path: Path, skipped: list[str]) -> list[dict[str, Any]]:
+    """Every JSON object line of `path`; unreadable lines anywhere (not only a torn tail) are skipped and noted."""
+    rows, bad = [], 0
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad += 1
+    if bad:
+        skipped.append(f"{path}: skipped {bad} unreadable line(s) (e.g. a line cut by a kill)")
+    return rows
+
+
+def _run_names(run_dirs: list[Path]) -> list[str]:
+    """Shortest unique names: folder name, else parent/name, else the whole path."""
+    names = [d.name or str(d) for d in run_dirs]
+    if len(set(names)) < len(names):
+        names = [f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name for d in run_dirs]
+    if len(set(names)) < len(names):
+        names = [str(d) for d in run_dirs]
+    return names
+
+
+def _unique_settings(records: pd.DataFrame, positions: pd.DataFrame | None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Relabel `setting` so that each (run, label, rope_hash) has its own; the label as run keeps `setting_label`."""
+    keys = records[["run", "setting", "rope_hash"]].drop_duplicates()
+    runs_per_label = keys.groupby("setting")["run"].nunique()
+    hashes_per = keys.groupby(["run", "setting"])["rope_hash"].nunique()
+    label = {}
+    for run, setting, rope_hash in keys.itertuples(index=False):
+        text = str(setting)
+        if hashes_per[(run, setting)] > 1:
+            text += f" #{str(rope_hash)[:6]}"
+        if runs_per_label[setting] > 1:
+            text += f" [{run}]"
+        label[(run, setting, rope_hash)] = text
+
+    def relabel(frame: pd.DataFrame) -> pd.Series:
+        hashes = frame["rope_hash"].fillna("") if "rope_hash" in frame else pd.Series("", index=frame.index)
+        return pd.Series([label.get((r, s, h), str(s)) for r, s, h in zip(frame["run"], frame["setting"], hashes, strict=True)],
+                         index=frame.index)
+
+    records = records.assign(setting_label=records["setting"], setting=relabel(records))
+    if positions is not None and "setting" in positions:
+        positions = positions.assign(setting=relabel(positions))
+    return records, positions
+
+
+def _dedupe(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One record per cell: its last ok record, else its last one; also how many failed records were dropped."""
+    key = ["run", "setting", "task", "length", "depth", "seed", "sample"]
+    frame = records.assign(_ok=(records["status"] == "ok").astype(int), _order=np.arange(len(records)))
+    frame = frame.sort_values(["_ok", "_order"], kind="stable")
+    dup = frame.duplicated(subset=key, keep="last")
+    superseded = int((dup & (frame["_ok"] == 0)).sum())
+    frame = frame[~dup].sort_values("_order").drop(columns=["_ok", "_order"])
+    return frame, superseded

@@ -1,0 +1,114 @@
+"""Rendering the report: a list of Blocks -> report.md and a self-contained report.html; figures -> PNG.
+
+The report's content is built once as Blocks so that the markdown and the HTML say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class Block:
+    """One piece of the report: kind is h1, h2, p, ul (content: items), table (a DataFrame) or img (a file name)."""
+
+    kind: str
+    content: Any
+    caption: str = ""
+
+
+def fmt_cell(value: Any, column: str = "") -> str:
+    """A table cell for markdown: lengths and limits as whole tokens, other numbers to 4 significant digits."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if column.endswith(("_len", "limit", "_low", "_high", "length")):
+            return f"{value:,.0f}"
+        if value == int(value) and abs(value) >= 1000:
+            return f"{value:g}"
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    out = []
+    for b in blocks:
+        if b.kind in ("h1", "h2"):
+            out.append("#" * int(b.kind[1]) + " " + b.content)
+        elif b.kind == "p":
+            out.append(b.content)
+        elif b.kind == "ul":
+            out.append("\n".join(f"- {item}" for item in b.content))
+        elif b.kind == "table":
+            frame: pd.DataFrame = b.content
+            head = "| " + " | ".join(map(str, frame.columns)) + " |"
+            sep = "|" + "|".join("---" for _ in frame.columns) + "|"
+            body = ["| " + " | ".join(fmt_cell(v, c) for c, v in zip(frame.columns, row, strict=True)) + " |"
+                    for row in frame.itertuples(index=False)]
+            out.append("\n".join([head, sep, *body]))
+        elif b.kind == "img":
+            out.append(f"![{b.caption}]({b.content})\n\n*{b.caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f4f4f4}td:first-child,
+th:first-child{text-align:left}figure{margin:1em 0 2em}img{max-width:100%}figcaption{font-size:13px;color:#555}
+code{background:#f4f4f4;padding:0 3px}"""
+
+
+def to_html(blocks: list[Block], folder: Path, title: str) -> str:
+    """One HTML file with the images of `folder` inlined as base64, so it can be mailed or archived alone."""
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2"):
+            out.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{html.escape(b.content)}</p>")
+        elif b.kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{html.escape(str(i))}</li>" for i in b.content) + "</ul>")
+        elif b.kind == "table":
+            frame = b.content
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_cell(v, c).replace(chr(92) + '|', '|'))}</td>"
+                                            for c, v in zip(frame.columns, row, strict=True)) + "</tr>"
+                           for row in frame.itertuples(index=False))
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+        elif b.kind == "img":
+            data = base64.b64encode((folder / b.content).read_bytes()).decode("ascii")
+            out.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def render_figure(fn: Callable[[pd.DataFrame, Any], None], frame: pd.DataFrame, path: Path) -> None:
+    """Call a task's figure function on one fresh Axes with the report's shared style and save it as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context({"font.size": 9, "axes.labelsize": 9, "axes.titlesize": 10, "legend.fontsize": 7.5,
+                         "savefig.dpi": 150, "figure.dpi": 100}):
+        fig, ax = plt.subplots(figsize=(5.6, 3.7))
+        try:
+            fn(frame, ax)
+            fig.savefig(path, bbox_inches="tight", facecolor="white")
+        finally:
+            plt.close(fig)
