@@ -96,18 +96,19 @@ def add_run_parser(sub) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from harness import runner, suite
+    from harness.distributed import any_rank_failed, init_distributed, is_rank_zero
 
     if args.suite is None and args.model is None:
         args.suite = "quick"
     loaded = suite.load_suite(args.suite, args) if args.suite is not None else suite.from_flags(args)
-    distributed = runner.init_distributed()
+    distributed = init_distributed()
     result = runner.run(loaded.settings, loaded.tasks, loaded.options)
     exit_code = result.exit_code
     if loaded.options.dry_run:
         return 0
     if distributed:  # every rank's shard is complete before rank 0 reports on all of them
-        exit_code = 1 if runner.any_rank_failed(exit_code) else 0
-        if not runner.is_rank_zero():
+        exit_code = 1 if any_rank_failed(exit_code) else 0
+        if not is_rank_zero():
             return exit_code
         result.table = runner.summary_table(loaded.options.out)
     _print_table(result)

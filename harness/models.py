@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import rope_math
-from harness.errors import InputError
+from harness.errors import InputError, one_line
 
 log = logging.getLogger("rope_harness")
 
@@ -71,11 +71,6 @@ def resolve_model_path(model_id: str) -> str:
     return model_id
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def load_config(model_id: str, revision: str | None = None, trust_remote_code: bool = False):
     """AutoConfig without weights; missing paths and unreachable hub ids become one-line InputErrors."""
     from transformers import AutoConfig
@@ -88,7 +83,7 @@ def load_config(model_id: str, revision: str | None = None, trust_remote_code: b
         return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as exc:
         hint = "check the path or hub id; offline, download it first or pass a local folder"
-        raise InputError(f"cannot load the config of {model_id!r} ({_one_line(exc)}): {hint}") from None
+        raise InputError(f"cannot load the config of {model_id!r} ({one_line(exc, 160)}): {hint}") from None
 
 
 def text_config(config):
@@ -436,7 +431,7 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
             model = build(attn)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load model {model_id!r} ({_one_line(exc)}): check the path/hub id, network, and --attn") from None
+        raise InputError(f"cannot load model {model_id!r} ({one_line(exc, 160)}): check the path/hub id, network, and --attn") from None
     if device != "auto":
         model.to(device)  # moves; never casts (inv_freq must stay float32)
     model.eval()

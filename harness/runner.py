@@ -7,22 +7,22 @@ tokenizers, corpora, lengths) is validated before the run folder is touched.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import models
-from harness.errors import InputError
+from harness.distributed import rank_and_world, shard_cells
+from harness.errors import InputError, one_line
+from harness.memory_guard import address_space_limit, free_accelerator_memory, is_oom
+from harness.run_info import write_run_json
 from harness.store import Store
 from tasks.base import Cell, RunContext, TaskParams, get_task
 
@@ -76,42 +76,6 @@ class RunResult:
         return 1 if self.failed else 0
 
 
-def rank_and_world() -> tuple[int, int]:
-    """torchrun / accelerate launch export RANK and WORLD_SIZE: ranks split the cells."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def init_distributed() -> bool:
-    """Under torchrun / accelerate launch (WORLD_SIZE > 1 with a rendezvous), join a gloo group.
-
-    Cells are split by rank without any communication; the group only provides the final barrier
-    so rank 0 reports once every shard is complete.
-    """
-    _, world = rank_and_world()
-    if world <= 1 or "MASTER_ADDR" not in os.environ:
-        return False
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return True
-
-
-def any_rank_failed(exit_code: int) -> bool:
-    """After init_distributed: wait until every rank's shard is complete; True if any rank had failed cells."""
-    import torch
-    import torch.distributed as dist
-
-    failed = torch.tensor([exit_code])
-    dist.all_reduce(failed)
-    dist.barrier()
-    return bool(failed.item())
-
-
-def is_rank_zero() -> bool:
-    return rank_and_world()[0] == 0
-
-
 def cell_key(fingerprint: str, rope_hash: str, task: str, identity: dict[str, Any], cell: Cell, seed: int) -> str:
     payload = json.dumps([fingerprint, rope_hash, task, identity, cell.length, cell.depth, cell.sample, seed],
                          sort_keys=True, default=str)
@@ -123,54 +87,6 @@ def validate_params(params: TaskParams) -> None:
         raise InputError(f"--lengths must be integers >= 2 (got {params.lengths}): e.g. --lengths 1024,2048,4096")
     if params.samples < 1:
         raise InputError(f"--samples must be >= 1 (got {params.samples})")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    text = str(exc).lower()
-    return (isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in text
-            or "can't allocate memory" in text or "cannot allocate memory" in text)
-
-
-@contextlib.contextmanager
-def address_space_limit(max_memory: int | None, device: str) -> Iterator[None]:
-    """On CPU, cap this process's address space at its current size + `max_memory`.
-
-    CPU out-of-memory is a kernel kill, not an exception; under this cap an allocation past the budget
-    fails loudly instead (torch raises "can't allocate memory"), so the cell is recorded as oom and the
-    run goes on. The planner's estimate already refuses cells it expects not to fit; this catches the
-    ones it underestimates. Only the soft limit is lowered, and it is restored afterwards.
-    """
-    import resource
-
-    if max_memory is None or not device.startswith("cpu") or not hasattr(resource, "RLIMIT_AS"):
-        yield
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as handle:
-        current = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    cap = current + max_memory
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def _free_accelerator_memory() -> None:
-    """After a CUDA OOM the caching allocator still holds the failed pass's blocks: release them."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def _bad_number(metrics: dict[str, Any]) -> str | None:
@@ -208,7 +124,7 @@ def _preflight(settings: list[Setting], tasks: list[TaskSpec], warn) -> list[_Pr
             tokenizer = AutoTokenizer.from_pretrained(path, revision=setting.revision,
                                                       trust_remote_code=setting.trust_remote_code)
         except (OSError, ValueError) as exc:
-            raise InputError(f"cannot load the tokenizer of {setting.model!r} ({_one_line(exc)}): check the model folder") from None
+            raise InputError(f"cannot load the tokenizer of {setting.model!r} ({one_line(exc)}): check the model folder") from None
         contexts, available = {}, {}
         for spec in tasks:
             if spec.params.bos and tokenizer.bos_token_id is None:
@@ -274,7 +190,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 cells = [c for c in task.cells(spec.params) if limit is None or c.sample < limit]
                 keyed = {c: cell_key(loaded.fingerprint, loaded.manifest["rope_hash"], spec.name, identity, c,
                                      spec.params.seed) for c in cells}
-                owner = _shards(cells, world, setting_index)
+                owner = shard_cells(cells, world, setting_index)
                 missing = [c for c in cells if keyed[c] not in finished and owner[c] == rank]
                 counts["skipped"] += len(cells) - len(missing)
                 if not missing:
@@ -285,7 +201,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 if not opened:
                     store.open()
                     opened = True
-                    _write_run_json(options, store, started, None, manifests, prepared, counts)
+                    write_run_json(options, store, started, None, manifests, prepared, counts)
                 with address_space_limit(options.max_memory, loaded.device):
                     for cell, record in _run_cells(task, ctx, engine, missing, options, label, spec.name):
                         record["cell_key"] = keyed[cell]
@@ -296,19 +212,10 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
             del engine, loaded
     finally:
         if opened:
-            _write_run_json(options, store, started, time.time(), manifests, prepared, counts)
+            write_run_json(options, store, started, time.time(), manifests, prepared, counts)
             store.close()
     table = summary_table(options.out)
     return RunResult(counts, sum(counts[s] for s in ("ok", "oom", "error")), failed, table)
-
-
-def _shards(cells: list[Cell], world: int, offset: int) -> dict[Cell, int]:
-    """Rank of each cell: units of (sample, depth) dealt round-robin, so a sample's lengths stay on one
-    rank (perplexity scores them in one pass) and ranks get equal shares; `offset` (the setting's
-    index) rotates the deal so uneven remainders do not all land on rank 0."""
-    units = sorted({(c.sample, -1.0 if c.depth is None else c.depth) for c in cells})
-    index = {unit: i for i, unit in enumerate(units)}
-    return {c: (index[(c.sample, -1.0 if c.depth is None else c.depth)] + offset) % world for c in cells}
 
 
 def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOptions, label: str, task_name: str):
@@ -333,12 +240,12 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
                     status, error = "ok", None
                     break
                 except Exception as exc:  # recorded per cell; the run goes on
-                    if not _is_oom(exc):
-                        status, error = "error", _one_line(exc)
+                    if not is_oom(exc):
+                        status, error = "error", one_line(exc)
                         log.debug("cell failed", exc_info=True)
                         break
-                    status, error = "oom", _one_line(exc)
-                    _free_accelerator_memory()
+                    status, error = "oom", one_line(exc)
+                    free_accelerator_memory()
                     if attempt == 0:  # retry once with a smaller prefill chunk
                         engine.chunk_size = max(64, (engine.plan(longest).chunk or longest) // 4)
             engine.chunk_size = options.chunk_size
@@ -393,53 +300,6 @@ def _dry_run(prepared: list[_Prepared], tasks: list[TaskSpec], options: RunOptio
                 total += 1
     print(f"{total} cells ({len(finished)} already recorded in {options.out})")
     return RunResult(Counter(), 0, [], [])
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("rope-harness", "torch", "transformers", "datasets", "pandas", "matplotlib", "safetensors", "accelerate"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    out["python"] = sys.version.split()[0]
-    return out
-
-
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _write_run_json(options: RunOptions, store: Store, started: float, ended: float | None, manifests, prepared, counts) -> None:
-    import platform
-
-    import torch
-
-    rank = store.rank
-    info = {
-        "command": options.command, "suite": options.suite, "versions": _versions(),
-        "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine(),
-        "git_commit": _git_commit(), "rank": rank, "world_size": store.world,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)) if ended else None,
-        "chunk_size": options.chunk_size, "max_memory": options.max_memory,
-        "settings": manifests,
-        "samples_available": {p.setting.label or p.setting.model: p.available for p in prepared},
-        "cells": dict(counts),
-    }
-    name = "run.json" if store.world <= 1 else f"run.rank{rank}.json"
-    tmp = store.folder / f".{name}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    tmp.replace(store.folder / name)
 
 
 def summary_table(folder: Path) -> list[dict[str, Any]]:

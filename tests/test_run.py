@@ -67,6 +67,9 @@ def test_records_schema_positions_and_run_json(tiny_llama, text_corpus, tmp_path
         assert weighted == pytest.approx(rec["nll"], rel=1e-6)
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["ended"] and info["versions"]["transformers"] and info["cells"]["ok"] == 6
+    assert info["command"] and info["device"] and info["world_size"] == 1
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(models.__file__).parent)
+    assert info["git_commit"] == (head.stdout.strip() or None)  # the commit of the code that ran, when it has one
     assert not (tmp_path / "r" / ".lock").exists()
 
 
@@ -220,12 +223,12 @@ def test_two_ranks_split_cells_and_equal_one_process(tiny_llama, text_corpus, tm
 
 
 def test_cpu_address_space_cap_turns_overallocation_into_a_recorded_oom():
-    from harness.runner import _is_oom, address_space_limit
+    from harness.memory_guard import address_space_limit, is_oom
 
     with address_space_limit(256 << 20, "cpu"):
         with pytest.raises((RuntimeError, MemoryError)) as err:
             torch.empty(1 << 31, dtype=torch.uint8).fill_(1)  # 2 GiB > the 256 MiB budget
-        assert _is_oom(err.value)
+        assert is_oom(err.value)
         small = torch.ones(1 << 20)  # within budget still works
         assert float(small.sum()) == 1 << 20
     big = torch.empty(1 << 31, dtype=torch.uint8)  # the cap is lifted afterwards
