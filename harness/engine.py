@@ -101,18 +101,27 @@ def device_budget(device: str) -> int | None:
     return int(0.9 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
 
 
+_MULTIPLIES_LOGITS_SCALING = ("hyperclovax",)  # MuP: lm_head(h) * logits_scaling, where Granite divides
+
+
 def postprocess_logits(config, logits: torch.Tensor) -> torch.Tensor:
-    """Each family's logit post-processing after the output head (as its CausalLM forward does)."""
+    """Each family's logit post-processing after the output head (as its CausalLM forward does).
+
+    Families not listed here are caught by `Engine.self_check`, never silently mis-scored.
+    """
     text = models.text_config(config)
+    multiplier = getattr(text, "lm_head_multiplier", None)  # FalconH1
+    if multiplier is not None:
+        logits = logits * multiplier
     cap = getattr(text, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     scale = getattr(text, "logit_scale", None)
     if scale is not None:
         logits = logits * scale
-    divide = getattr(text, "logits_scaling", None)
-    if divide is not None:
-        logits = logits / divide
+    scaling = getattr(text, "logits_scaling", None)
+    if scaling is not None:
+        logits = logits * scaling if text.model_type in _MULTIPLIES_LOGITS_SCALING else logits / scaling
     return logits
 
 
@@ -134,11 +143,40 @@ class Engine:
         self.device = next(self.model.parameters()).device
         # transformers 5.24 renamed past_key_values to cache (5.23 knows only the old name)
         self.cache_kw = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
+        self.self_check()
 
     # ---------------------------------------------------------------------------------- planning
     def plan(self, length: int) -> Plan:
         return make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
                          max_memory=self.max_memory, chunk_size=self.chunk_size)
+
+    @torch.inference_mode()
+    def self_check(self, tokens: int = 12) -> None:
+        """Scoring runs decoder -> output head -> `postprocess_logits`, long inputs through chunked prefill: on
+        a few tokens both must reproduce the model's own logits. Unknown logit scaling raises here; a family
+        whose cache does not carry its state across multi-token chunks (Bamba's Mamba layers in transformers
+        5.x) is marked, and a prefill plan then raises instead of returning wrong numbers."""
+        vocab = models.text_config(self.config).vocab_size
+        ids = self._tensor([i % vocab for i in range(1, tokens + 1)])
+        self.prefill_exact = True
+        with self._rope_context(tokens):
+            want = self.model(input_ids=ids[None], use_cache=False).logits[0].float()
+            single = self._logits(ids, Plan("single", tokens, 0))
+            prefill = self._logits(ids, Plan("prefill", 5, 0))
+        tol = (1e-4 if self.dtype == "float32" else 3e-2) * (1 + float(want.abs().max()))
+        if single.shape != want.shape or (single - want).abs().max() > tol:
+            raise RuntimeError(f"{type(self.model).__name__}: the engine's output head does not reproduce the model's "
+                               "logits (unknown logit post-processing): add this family to engine.postprocess_logits")
+        self.prefill_exact = bool((prefill - want).abs().max() <= tol)
+
+    def _logits(self, ids: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """Post-processed float32 logits of every position (short inputs only: [T, vocab])."""
+        return torch.cat([postprocess_logits(self.config, self.head(h).float()) for _, h in self._hidden_chunks(ids, plan)])
+
+    def _check_prefill(self) -> None:
+        if not self.prefill_exact:
+            raise RuntimeError(f"{type(self.model).__name__}: chunked prefill through the cache is not exact for this "
+                               "family: score in a single pass (no --chunk-size, a larger --max-memory)")
 
     # ---------------------------------------------------------------------------------- internals
     def _hidden_chunks(self, ids: torch.Tensor, plan: Plan):
@@ -149,6 +187,7 @@ class Engine:
             return
         from transformers import DynamicCache
 
+        self._check_prefill()
         cache = DynamicCache(config=self.model.config)
         for start in range(0, ids.numel(), plan.chunk):
             out = self.decoder(input_ids=ids[None, start:start + plan.chunk], use_cache=True, **{self.cache_kw: cache})
@@ -210,6 +249,8 @@ class Engine:
         tensor = self._tensor(prompt_ids)
         plan = self.plan(tensor.numel())
         chunk = plan.chunk if plan.strategy == "prefill" else tensor.numel()
+        if chunk < tensor.numel():
+            self._check_prefill()
         cache = DynamicCache(config=self.model.config)
         new: list[int] = []
         with self._rope_context(tensor.numel()):

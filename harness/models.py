@@ -24,10 +24,14 @@ from harness.errors import InputError, one_line
 log = logging.getLogger("rope_harness")
 
 ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope")
-_TYPE_KEYS = {  # keys that belong to one rope type and must not leak into another
-    "factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor", "beta_fast",
-    "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "short_factor", "long_factor", "truncate",
+_USED_KEYS: dict[str, set[str]] = {  # scaling keys each rope type reads (transformers' rope init functions)
+    "default": set(), "linear": {"factor"}, "ntk": {"factor"}, "dynamic": {"factor"},
+    "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+             "attention_factor", "truncate"},
+    "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
+    "longrope": {"factor", "original_max_position_embeddings", "short_factor", "long_factor", "attention_factor"},
 }
+_TYPE_KEYS = set().union(*_USED_KEYS.values())  # keys that belong to one rope type and must not leak into another
 LAW_SECTION = "full_attention"  # Gemma3-style per-layer-type RoPE: the law reads the global layers
 
 
@@ -182,6 +186,18 @@ def _check_override(override: RopeOverride) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be a length above 2*pi (got {value}): pass the training length in tokens")
 
 
+def _check_keys_used(override: RopeOverride, kind: str, section: str | None) -> None:
+    """A scaling key the rope type never reads would be recorded (label, hash) but change nothing."""
+    asked = set(override.params) | ({"factor"} if override.factor is not None else set())
+    ignored = sorted((asked & _TYPE_KEYS) - _USED_KEYS.get(kind, _TYPE_KEYS))  # a type unknown here is not judged
+    if ignored:
+        raise InputError(f"rope_type {kind} ignores {', '.join(ignored)}: add --rope-type with a scaling type that "
+                         f"uses it ({', '.join(t for t in ROPE_TYPES if set(ignored) <= _USED_KEYS[t])}) or drop it")
+    if section is not None and override.params.get("truncate") is False:  # transformers reads it from the top level
+        raise InputError("--rope-param truncate=false is ignored by transformers for per-layer-type RoPE (Gemma3): "
+                         "drop it")
+
+
 def apply_override(config, override: RopeOverride) -> dict[str, Any]:
     """Edit the config's RoPE parameters in place (before the model is built); return the spec applied.
 
@@ -194,6 +210,7 @@ def apply_override(config, override: RopeOverride) -> dict[str, Any]:
     sections = rope_sections(config)
     current = sections[section]
     kind = override.rope_type or current.get("rope_type", "default")
+    _check_keys_used(override, kind, section)
     new = dict(current)
     if override.rope_type is not None and override.rope_type != current.get("rope_type", "default"):
         new = {k: v for k, v in new.items() if k not in _TYPE_KEYS}
@@ -225,10 +242,13 @@ def apply_override(config, override: RopeOverride) -> dict[str, Any]:
         spec["rope_theta"] = new["rope_theta"]
     else:
         new["rope_type"] = kind
+    text = text_config(config)
     if section is None:
-        text_config(config).rope_parameters = new
+        text.rope_parameters = new
+        if "original_max_position_embeddings" in override.params and hasattr(text, "original_max_position_embeddings"):
+            text.original_max_position_embeddings = new["original_max_position_embeddings"]  # Phi3: top level wins
     else:
-        text_config(config).rope_parameters[section] = new
+        text.rope_parameters[section] = new
     return spec
 
 

@@ -235,6 +235,7 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
                      f"--max-memory {options.max_memory / 2**30:.2f} GiB")
         else:
             for attempt in (0, 1):
+                plan = engine.plan(longest)  # the retry's smaller chunk is the plan its records carry
                 try:
                     metrics = task.score_group(ctx, group)
                     status, error = "ok", None

@@ -37,6 +37,28 @@ def test_every_family_matches_plain_forward(family, family_dirs):
         assert abs(nll.double().mean() / ref.double().mean() - 1) < 1e-5
 
 
+def test_unknown_logit_post_processing_is_refused(family_dirs, monkeypatch):
+    """The engine re-implements each family's logit scaling: a family it does not know must fail loudly."""
+    loaded = models.load(str(family_dirs["gemma2"]))  # final logit softcapping
+    monkeypatch.setattr(engine, "postprocess_logits", lambda config, logits: logits)
+    with pytest.raises(RuntimeError, match="does not reproduce the model's logits"):
+        engine.Engine(loaded)
+
+
+def test_prefill_that_loses_state_is_refused_not_wrong(tmp_path):
+    """Bamba's Mamba layers ignore the cached state on a multi-token chunk: prefill would be silently wrong."""
+    path = make_tiny(tmp_path / "bamba", "bamba")
+    ids = ids_of(60)
+    ref = plain_nll(path, models.RopeOverride(), ids)
+    loaded = models.load(str(path))
+    assert torch.allclose(engine.Engine(loaded).token_nll(ids), ref, rtol=1e-5, atol=1e-5)
+    chunked = engine.Engine(loaded, chunk_size=16)
+    with pytest.raises(RuntimeError, match="chunked prefill"):
+        chunked.token_nll(ids)
+    with pytest.raises(RuntimeError, match="chunked prefill"):
+        chunked.generate(ids, 2)
+
+
 @pytest.mark.parametrize("kind", list(OVERRIDES))
 def test_every_rope_type_matches_plain_forward_past_max_positions(kind, tiny_llama):
     ids = ids_of(400)  # max_position_embeddings is 128

@@ -107,11 +107,28 @@ def test_length_dependent_rope_is_fixed_per_length_and_restored(tiny_llama):
     (models.RopeOverride(rope_type="yarn"), "needs a scaling factor"),
     (models.RopeOverride(rope_type="longrope"), "short_factor"),
     (models.RopeOverride(train_len=3), "--train-len"),
+    (models.RopeOverride(factor=4), "rope_type default ignores factor"),  # a forgotten --rope-type
+    (models.RopeOverride(rope_type="linear", factor=4, params={"beta_fast": 8}), "linear ignores beta_fast"),
 ])
 def test_bad_overrides_are_one_line_errors(override, message, tiny_llama):
     with pytest.raises(InputError, match=message) as err:
         models.load(str(tiny_llama), override)
     assert "\n" not in str(err.value)
+
+
+def test_original_max_positions_param_reaches_phi3_and_gemma3_truncate_is_refused(family_dirs):
+    """Phi3's top-level original_max_position_embeddings wins in transformers: an explicit param must win
+    there too; transformers ignores yarn's truncate for per-layer-type RoPE, so asking for it is an error."""
+    override = models.RopeOverride(rope_type="yarn", factor=4, params={"original_max_position_embeddings": 32})
+    loaded = models.load(str(family_dirs["phi3"]), override)  # original_max_position_embeddings 64 in the checkpoint
+    assert loaded.manifest["rope_params"]["original_max_position_embeddings"] == 32
+    (_, _, buffer), = models.rotary_buffers(loaded.model)
+    values, _ = rope_math.inv_freq({"rope_type": "yarn", "rope_theta": 1e4, "factor": 4,
+                                     "original_max_position_embeddings": 32}, 16, 128)
+    assert torch.allclose(buffer, torch.tensor(values, dtype=torch.float32), rtol=1e-6)
+    with pytest.raises(InputError, match="truncate"):
+        models.load(str(family_dirs["gemma3"]), models.RopeOverride(rope_type="yarn", factor=4,
+                                                                     params={"truncate": False}))
 
 
 def test_non_rope_model_and_missing_path(tmp_path):

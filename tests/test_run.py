@@ -116,6 +116,19 @@ def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus
     def always(self, ids, plan=None):
         raise torch.OutOfMemoryError("out of memory (simulated)")
 
+    def flaky_generate(self, *args, **kwargs):
+        calls.append(self.chunk_size)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_generate(self, *args, **kwargs)
+
+    real_generate = engine.Engine.generate
+    monkeypatch.setattr(engine.Engine, "generate", flaky_generate)
+    assert main(["run", "--model", str(tiny_llama), "--task", "passkey", "--lengths", "300", "--depths", "0.5",
+                 "--samples", "1", "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    (row,) = records(tmp_path / "p")
+    assert row["status"] == "ok" and row["plan"] == f"prefill:{calls[-1]}"  # the plan that produced the record
+
     monkeypatch.setattr(engine.Engine, "token_nll", always)
     assert run(tiny_llama, text_corpus, tmp_path / "b") == 1
     rows = records(tmp_path / "b")

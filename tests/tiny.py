@@ -37,12 +37,25 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
                                                           "sliding_window": 64, "layer_types": ["sliding_attention", "full_attention"]}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"original_max_position_embeddings": 64}),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {"rotary_pct": 0.5, "num_key_value_heads": None}),
+    # logit scaling after the head: HyperCLOVAX multiplies by logits_scaling (Granite divides), FalconH1 by
+    # lm_head_multiplier (a Mamba-attention hybrid)
+    "hyperclovax": ("HyperCLOVAXConfig", "HyperCLOVAXForCausalLM", {"logits_scaling": 0.25, "embedding_multiplier": 2.0,
+                                                                    "residual_multiplier": 0.5, "attention_multiplier": 0.3}),
+    "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM", {"lm_head_multiplier": 0.25, "mamba_d_ssm": 64, "mamba_n_heads": 4,
+                                                            "mamba_d_head": 16, "mamba_n_groups": 1, "mamba_d_state": 16,
+                                                            "mamba_chunk_size": 16}),
+}
+# families whose cache does not carry state across multi-token prefill chunks: the engine refuses prefill
+PREFILL_INEXACT: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "bamba": ("BambaConfig", "BambaForCausalLM", {"attn_layer_indices": [1], "mamba_n_heads": 4, "mamba_d_head": 16,
+                                                  "mamba_n_groups": 1, "mamba_d_state": 16, "mamba_chunk_size": 16,
+                                                  "mamba_expand": 1}),
 }
 
 
 def make_tiny(path: Path, family: str = "llama", rope: dict[str, Any] | None = None, seed: int = 0, **extra) -> Path:
     """Save a random tiny model + byte tokenizer to `path` and return it."""
-    config_name, model_name, family_extra = FAMILIES[family]
+    config_name, model_name, family_extra = {**FAMILIES, **PREFILL_INEXACT}[family]
     kwargs = {**COMMON, **family_extra, **extra}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs["rope_parameters"] = rope or {"rope_type": "default", "rope_theta": 10000.0}
