@@ -8,48 +8,104 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import sys
+from pathlib import Path
 
+from harness import __version__
 from harness.errors import InputError
+
+# `run` flags that describe one setting and task: they apply with --model only, never to a suite.
+RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "max_memory", "dry_run", "no_progress",
+                   "no_report", "func", "flag_defaults"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (the bad-input contract), naming --help as the fix."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def parse_size(text: str) -> int:
-    """'24GiB', '500M', '2e9' -> bytes."""
+    """'24GiB', '500M', '2e9' -> bytes (a positive, finite size)."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?B)?\s*", text or "", re.IGNORECASE)
-    if not match:
-        raise InputError(f"--max-memory {text!r} is not a size: use e.g. 8GiB, 500MiB or 2e9")
-    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[match.group(2).upper()]
-    return int(float(match.group(1)) * scale)
+    try:
+        number = float(match.group(1)) if match else math.nan
+    except ValueError:  # '1.5.5G' passes the pattern but is no number
+        number = math.nan
+    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[match.group(2).upper()] if match else 1
+    if not (math.isfinite(number) and number * scale >= 1):
+        raise InputError(f"--max-memory {text!r} is not a positive size: use e.g. 8GiB, 500MiB or 2e9")
+    if number * scale < 1 << 20:  # '--max-memory 24' meant GiB: 24 bytes would only ever record oom
+        raise InputError(f"--max-memory {text!r} is {int(number * scale)} bytes, less than 1 MiB: give the unit, "
+                         f"e.g. {match.group(1)}GiB")
+    return int(number * scale)
+
+
+def writable_folder(path: Path, flag: str) -> None:
+    """An output folder that can never be made (a file in the way, no write permission) is bad input, told
+    before any work instead of as a traceback after it."""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise InputError(f"{flag} {path}: {existing} is a file, not a folder: pass another {flag}")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise InputError(f"{flag} {path}: cannot write in {existing}: pass a writable {flag}")
+            return
 
 
 def parse_lengths(text: str) -> list[int]:
+    """'1024,2048' or '1e3' -> sorted unique ints; '64.5' or 'inf' are refused, never truncated."""
     try:
-        values = [int(float(x)) for x in text.split(",") if x.strip()]
+        numbers = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InputError(f"--lengths {text!r} is not a comma list of integers: use e.g. --lengths 1024,2048,4096") from None
-    return sorted(set(values))
+        numbers = [math.nan]
+    if not all(math.isfinite(x) and x.is_integer() for x in numbers):
+        raise InputError(f"--lengths {text!r} is not a comma list of integers: use e.g. --lengths 1024,2048,4096")
+    return sorted({int(x) for x in numbers})
+
+
+def finite_float(text: str) -> float:
+    """argparse type for RoPE numbers: inf and nan would run and be recorded as a setting."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number: pass e.g. 1e6")
+    return value
 
 
 def parse_floats(text: str, flag: str) -> list[float]:
+    """A comma list of numbers; an empty one is an error (it would silently mean the task's default)."""
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InputError(f"{flag} {text!r} is not a comma list of numbers: use e.g. {flag} 0,0.5,1") from None
+        values = []
+    if not values:
+        raise InputError(f"{flag} {text!r} is not a comma list of numbers: use e.g. {flag} 0,0.5,1")
+    return values
 
 
 def parse_param(text: str) -> tuple[str, object]:
-    """KEY=VALUE with VALUE parsed as JSON when it is JSON (numbers, lists), else kept as text."""
+    """KEY=VALUE with VALUE as JSON (number, list, true/false): RoPE parameters are never free text, and a
+    text value would only fail later, inside the model's RoPE init."""
     import json
 
-    if "=" not in text:
+    key, sep, value = text.partition("=")
+    if not key.strip() or not sep:
         raise InputError(f"--rope-param {text!r} is not KEY=VALUE: e.g. --rope-param beta_fast=32")
-    key, value = text.split("=", 1)
     try:
-        return key.strip(), json.loads(value)
+        parsed = json.loads(value)
     except json.JSONDecodeError:
-        return key.strip(), value
+        parsed = None
+    if parsed is None or isinstance(parsed, (str, dict)) or (isinstance(parsed, float) and not math.isfinite(parsed)):
+        raise InputError(f"--rope-param {text!r}: the value must be a number, a JSON list or true/false: "
+                         f"e.g. --rope-param {key.strip()}=32")
+    return key.strip(), parsed
 
 
 def add_run_parser(sub) -> None:
@@ -59,11 +115,11 @@ def add_run_parser(sub) -> None:
                        description="Run a suite file, flags for one setting, or (no arguments) the quick suite.")
     p.add_argument("suite", nargs="?", help="suite TOML file or packaged suite name (quick, paper, compare-scaling)")
     p.add_argument("--model", help="local folder, hub id, or zoo:NAME")
-    p.add_argument("--rope-theta", type=float, help="RoPE base to evaluate with")
+    p.add_argument("--rope-theta", type=finite_float, help="RoPE base to evaluate with")
     p.add_argument("--rope-type", help="default, linear, ntk, dynamic, yarn, llama3, longrope")
-    p.add_argument("--rope-factor", type=float, help="scaling factor for linear/ntk/dynamic/yarn/llama3")
+    p.add_argument("--rope-factor", type=finite_float, help="scaling factor for linear/ntk/dynamic/yarn/llama3")
     p.add_argument("--rope-param", action="append", default=[], metavar="KEY=VALUE", help="extra RoPE parameter (repeatable)")
-    p.add_argument("--pretrain-base", type=float, help="law input: the pre-training base b0")
+    p.add_argument("--pretrain-base", type=finite_float, help="law input: the pre-training base b0")
     p.add_argument("--train-len", type=int, help="law input: pre-training length")
     p.add_argument("--tune-len", type=int, help="law input: fine-tuning length")
     p.add_argument("--task", default="perplexity", help=f"one of {', '.join(task_names())}")
@@ -92,12 +148,39 @@ def add_run_parser(sub) -> None:
         group = p.add_argument_group(f"{name} task")
         get_task(name).add_arguments(group)
     p.set_defaults(func=run_command)
+    p.set_defaults(flag_defaults=vars(p.parse_args([])))  # to tell the flags a user gave from their defaults
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Setting/task flags never silently ignored: not with a suite, not without --model, not for another task."""
+    from tasks.base import get_task, task_names
+
+    defaults = getattr(args, "flag_defaults", None)
+    if defaults is None:  # a Namespace built by hand (tests): nothing to compare with
+        return
+    given = [k for k, v in defaults.items() if k not in RUN_LEVEL_FLAGS and getattr(args, k, v) != v]
+    flags = ", ".join("--" + k.replace("_", "-") for k in given)
+    them, needs = ("them", "need") if len(given) > 1 else ("it", "needs")
+    if args.suite is not None and given:
+        raise InputError(f"{flags} cannot be combined with suite {args.suite!r}: set {them} in the suite file, "
+                         "or drop the suite and pass --model")
+    if args.suite is None and args.model is None and given:
+        raise InputError(f"{flags} {needs} --model: e.g. --model zoo:base-1e4 --lengths 256,1024 "
+                         "(with no --model, `run` runs the quick suite)")
+    if args.suite is None and args.task in task_names():  # an unknown task is named by the suite loader
+        own = set(get_task(args.task).option_names())
+        for key in given:
+            owners = [name for name in task_names() if key in get_task(name).option_names()]
+            if owners and key not in own:
+                raise InputError(f"--{key.replace('_', '-')} applies to --task {' or '.join(owners)}, not "
+                                 f"{args.task}: drop it or pass --task {owners[0]}")
 
 
 def run_command(args: argparse.Namespace) -> int:
     from harness import runner, suite
     from harness.distributed import any_rank_failed, init_distributed, is_rank_zero
 
+    _check_flags(args)
     if args.suite is None and args.model is None:
         args.suite = "quick"
     loaded = suite.load_suite(args.suite, args) if args.suite is not None else suite.from_flags(args)
@@ -136,9 +219,10 @@ def _print_table(result) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from harness import law_cli, report, zoo
 
-    parser = argparse.ArgumentParser(prog="rope-harness", description="Long-context evaluation of RoPE models, "
-                                     "with the RoPE extrapolation scaling law drawn on every curve.")
+    parser = Parser(prog="rope-harness", description="Long-context evaluation of RoPE models, "
+                    "with the RoPE extrapolation scaling law drawn on every curve.")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"rope-harness {__version__}")
     sub = parser.add_subparsers(dest="command")
     law_cli.add_parser(sub)
     add_run_parser(sub)
@@ -153,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run"]  # the default job: the quick suite on the embedded zoo
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse's usage error (one line, see Parser), --help, --version: a code to return
+            return int(exc.code or 0)
+        if args.verbose:  # only then: a root handler would print every library warning a second time
+            logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -63,22 +63,31 @@ def _read_verbatim(path: Path) -> str:
 
 
 def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-empty line; a line that is not JSON is an InputError naming it."""
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
+    """(line number, object) for every non-empty line; a line that is not JSON (or not UTF-8) is an InputError
+    naming it."""
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            if not raw.strip():
                 continue
             try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{line_no} is not valid JSON ({exc.msg}): fix the line") from None
+                yield line_no, json.loads(raw.decode("utf-8-sig"))  # -sig: a BOM is no error
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+                raise InputError(f"{path}:{line_no} is not valid JSON ({why}): fix the line") from None
 
 
 def _iter_jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
+    """Each row's text; a row that is no object, or a text that is no string (null would become "None"), is
+    bad input naming its line."""
     for line_no, row in jsonl_objects(path):
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{line_no} is not a JSON object: each line needs {{\"{field}\": \"...\"}}")
         if field not in row:
             raise InputError(f"{path}:{line_no} has no field {field!r}: name the text field as --corpus {path}:FIELD")
-        yield f"{path.name}:{line_no}", str(row[field])
+        if not isinstance(row[field], str):
+            raise InputError(f"{path}:{line_no}: field {field!r} is {type(row[field]).__name__}, not text: "
+                             f"name the text field as --corpus {path}:FIELD")
+        yield f"{path.name}:{line_no}", row[field]
 
 
 def _iter_hf(spec: str) -> Iterator[tuple[str, str]]:

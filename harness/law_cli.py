@@ -68,7 +68,8 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
     missing = [flag for flag, key in (("--head-dim", "rotary_dim"), ("--train-len", "train_len"))
                if inputs.get(key) is None]
     if missing:
-        raise InputError(f"missing {' and '.join(missing)}: pass them, or --model PATH_OR_ID to read them "
+        them = "them" if len(missing) > 1 else "it"
+        raise InputError(f"missing {' and '.join(missing)}: pass {them}, or --model PATH_OR_ID to read {them} "
                          "from a model config")
     if inputs["pretrain_base"] is None:
         inputs["pretrain_base"] = 10000.0
@@ -169,6 +170,13 @@ def _table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m harness.law_cli ...`: the same as `rope-harness law ...` (exit codes and errors included)."""
+    from harness.cli import main as cli_main
+
+    return cli_main(["law", *(sys.argv[1:] if argv is None else argv)])
+
+
 def command(args: argparse.Namespace) -> int:
     """Run `rope-harness law`; bad input raises InputError (the caller prints it and exits 2)."""
     out = report(args)
@@ -177,3 +185,7 @@ def command(args: argparse.Namespace) -> int:
     else:
         print(_table(out))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

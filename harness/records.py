@@ -42,13 +42,18 @@ def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
     """
     if not run_dirs:
         raise InputError("no run folder given: pass one or more folders written by `rope-harness run`")
-    dirs = [Path(d) for d in run_dirs]
     notes: list[str] = []
+    first: dict[Path, Path] = {}
+    for d in run_dirs:
+        first.setdefault(Path(d).resolve(), Path(d))
+    dirs = list(first.values())
+    if len(dirs) < len(run_dirs):  # `report a a` would list a twice (its records merge: same run name)
+        notes.append(f"{len(run_dirs) - len(dirs)} run folder(s) given more than once were read once")
     frames, pos_frames, runs = [], [], []
     for run_dir, name in zip(dirs, _run_names(dirs), strict=True):
         if not run_dir.is_dir():
             raise InputError(f"{run_dir}: no such folder: pass a run folder written by `rope-harness run`")
-        files = sorted(run_dir.glob("records*.jsonl"))
+        files = sorted(f for f in run_dir.glob("records*.jsonl") if f.is_file())
         rows = [row for f in files for row in _read_jsonl(f, notes)]
         if not rows:
             raise InputError(f"{run_dir}: no records (records*.jsonl missing or empty): pass a run folder "
@@ -61,7 +66,7 @@ def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
         frame.insert(0, "run", name)
         frames.append(frame)
         runs.append((name, run_dir, len(frame)))
-        pos_rows = [row for f in sorted(run_dir.glob("positions*.jsonl")) for row in _read_jsonl(f, notes)]
+        pos_rows = [row for f in sorted(run_dir.glob("positions*.jsonl")) if f.is_file() for row in _read_jsonl(f, notes)]
         if pos_rows:
             pos = pd.DataFrame(pos_rows)
             # a pass interrupted between its positions and its records is rerun on resume: keep the last copy
@@ -88,9 +93,10 @@ def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
 
 
 def _read_jsonl(path: Path, skipped: list[str]) -> list[dict[str, Any]]:
-    """Every JSON object line of `path`; unreadable lines anywhere (not only a torn tail) are skipped and noted."""
+    """Every JSON object line of `path`; unreadable lines anywhere (not only a torn tail, also bytes that are not
+    UTF-8) are skipped and noted."""
     rows, bad = [], 0
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             if not line.strip():
                 continue

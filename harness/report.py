@@ -44,7 +44,7 @@ from harness.analysis import (
     setting_colors,
     setting_order,
 )
-from harness.errors import InputError
+from harness.errors import InputError, one_line
 from harness.figure_registry import task_figures, task_measures
 from harness.plots import NoData, fmt_length
 from harness.records import Loaded, load_runs
@@ -89,6 +89,9 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
         raise InputError(f"--bootstrap {n_boot} must be >= 0 (0 turns the CIs off)")
     loaded = load_runs(run_dirs)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
+    from harness.cli import writable_folder
+
+    writable_folder(out_dir, "--out")
     records = loaded.records
     present = sorted(records["task"].dropna().astype(str).unique())
     if tasks:
@@ -115,8 +118,11 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
         notes += [f"task {task!r}: {note}" for note in ctx.notes]
         contexts.append((ctx, task_figures(task)[0]))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir.parent))
+    except OSError as exc:  # e.g. a read-only or virtual file system: the user's --out, not our bug
+        raise InputError(f"--out {out_dir}: cannot write there ({one_line(exc)}): pass a writable --out") from None
     try:
         blocks = _write_outputs(tmp, loaded, contexts, notes, log)
         (tmp / "report.md").write_text(to_markdown(blocks), encoding="utf-8")

@@ -22,6 +22,7 @@ Unknown keys are errors naming the key and its line, so a typo never silently ru
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -31,7 +32,7 @@ from typing import Any
 import tomllib
 
 from harness import models
-from harness.errors import InputError
+from harness.errors import InputError, one_line
 from harness.runner import RunOptions, Setting, TaskSpec
 from tasks.base import TaskParams, get_task
 
@@ -41,6 +42,14 @@ SETTING_KEYS = {"model", "label", "rope_theta", "rope_type", "rope_factor", "rop
 TASK_KEYS = {"name", "lengths", "samples", "seed", "corpus", "bos", "settings"}
 SHARED_OPTIONS = {"depths", "max_new_tokens", "chat_template"}
 DEFAULT_SAMPLES = 4
+# The type each key must have (TOML would otherwise hand a string to code that expects a number, or make
+# bool("false") true). Task options (depths, ...) are checked by their task.
+RUN_TYPES = {"out": str, "dtype": str, "device": str, "attn": str, "chunk_size": int, "report": bool}
+SETTING_TYPES = {"model": str, "label": str, "rope_type": str, "dtype": str, "device": str, "attn": str,
+                 "revision": str, "trust_remote_code": bool, "rope_params": dict, "rope_theta": float,
+                 "rope_factor": float, "pretrain_base": float, "train_len": int, "tune_len": int}
+TASK_TYPES = {"name": str, "lengths": list, "samples": int, "seed": int, "corpus": str, "bos": bool, "settings": list}
+_MISSING = object()
 
 
 @dataclass
@@ -55,12 +64,22 @@ def packaged_suites() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("harness.suites").iterdir() if p.name.endswith(".toml"))
 
 
-def _line_of(text: str, key: str) -> int | None:
-    """Line of `key = ...` (or, failing that, of a `[key]` table header): error messages name it."""
-    for pattern in (rf"\s*{re.escape(key)}\s*=", rf"\s*\[+\s*{re.escape(key)}\s*\]+"):
-        for number, line in enumerate(text.splitlines(), 1):
-            if re.match(pattern, line):
+def _line_of(text: str, key: str, value: Any = _MISSING) -> int | None:
+    """Line of `key = ...` (or, failing that, of a `[key]` table header): error messages name it. Given the
+    bad `value`, the line that holds it, so that a bad key in a third [[settings]] is not blamed on the first."""
+    lines = text.splitlines()
+    assigned = [n for n, line in enumerate(lines, 1) if re.match(rf"\s*{re.escape(key)}\s*=", line)]
+    for number in assigned if value is not _MISSING else []:
+        try:
+            if repr(tomllib.loads(lines[number - 1]).get(key)) == repr(value):
                 return number
+        except tomllib.TOMLDecodeError:  # a value spread over several lines
+            continue
+    if assigned:
+        return assigned[0]
+    for number, line in enumerate(lines, 1):
+        if re.match(rf"\s*\[+\s*{re.escape(key)}\s*\]+", line):
+            return number
     return None
 
 
@@ -75,22 +94,48 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str, source: st
 def _read(name_or_path: str) -> tuple[str, str]:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
-        if not path.exists():
-            raise InputError(f"suite file {name_or_path!r} does not exist: pass a TOML file or one of {', '.join(packaged_suites())}")
-        return str(path), path.read_text()
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise InputError(f"suite file {name_or_path!r} {what}: pass a TOML file or one of {', '.join(packaged_suites())}")
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read suite file {name_or_path!r} ({one_line(exc)}): pass a UTF-8 TOML file") from None
     if name_or_path not in packaged_suites():
         raise InputError(f"unknown suite {name_or_path!r}: pass a TOML file or one of {', '.join(packaged_suites())}")
     return f"suite:{name_or_path}", resources.files("harness.suites").joinpath(f"{name_or_path}.toml").read_text()
 
 
-def _typed(value: Any, kind: type, key: str, source: str, text: str) -> Any:
+def _typed(value: Any, kind: type, key: str, source: str, text: str, whole: Any = _MISSING) -> Any:
+    """`value` as `kind` (an int is a float; inf and nan are not), else an InputError naming key and line;
+    `whole` is the key's whole value when `value` is one item of it (a list's element)."""
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and ok and not math.isfinite(value):
+        ok, kind_name = False, "a finite number"
+    else:
+        kind_name = {dict: "a table", list: "a list"}.get(kind, kind.__name__)
     if not ok:
-        line = _line_of(text, key)
-        raise InputError(f"{source}:{line or '?'}: {key} must be {kind.__name__}, got {value!r}")
+        line = _line_of(text, key, value if whole is _MISSING else whole)
+        raise InputError(f"{source}:{line or '?'}: {key} must be {kind_name}, got {value!r}")
     return value
+
+
+def _check_types(table: dict[str, Any], types: dict[str, type], source: str, text: str) -> None:
+    for key, kind in types.items():
+        if key in table:
+            _typed(table[key], kind, key, source, text)
+
+
+def _tables(data: dict[str, Any], key: str, source: str, text: str) -> list[dict[str, Any]]:
+    """The [[key]] entries; `[key]` (one table) or `key = ...` would otherwise be iterated key by key."""
+    entries = data.get(key)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        line = _line_of(text, key)
+        raise InputError(f"{source}:{line or '?'}: {key} must be an array of tables: write each entry under "
+                         f"[[{key}]] (double brackets)")
+    return entries
 
 
 def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], list[TaskSpec]]:
@@ -100,16 +145,23 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
         raise InputError(f"{source}: invalid TOML ({exc}): fix the syntax") from None
     _check_keys(data, {"run", "settings", "tasks"}, "the top level", source, text)
     run = data.get("run", {})
+    _typed(run, dict, "run", source, text)
     _check_keys(run, RUN_KEYS, "[run]", source, text)
+    _check_types(run, RUN_TYPES, source, text)
+    memory = run.get("max_memory")
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (str, int))):
+        raise InputError(f"{source}:{_line_of(text, 'max_memory') or '?'}: max_memory must be a size such as \"8GiB\" "
+                         f"or a number of bytes, got {run['max_memory']!r}")
     if not data.get("settings"):
         raise InputError(f"{source}: no [[settings]]: add at least one with model = \"...\"")
     if not data.get("tasks"):
         raise InputError(f"{source}: no [[tasks]]: add at least one with name and lengths")
     settings = []
-    for entry in data["settings"]:
+    for entry in _tables(data, "settings", source, text):
         _check_keys(entry, SETTING_KEYS, "[[settings]]", source, text)
         if "model" not in entry:
             raise InputError(f"{source}: a [[settings]] entry has no model: add model = \"PATH_OR_ID\"")
+        _check_types(entry, SETTING_TYPES, source, text)
         num = {k: _typed(entry[k], float, k, source, text) for k in ("rope_theta", "rope_factor", "pretrain_base") if k in entry}
         ints = {k: _typed(entry[k], int, k, source, text) for k in ("train_len", "tune_len") if k in entry}
         override = models.RopeOverride(theta=num.get("rope_theta"), rope_type=entry.get("rope_type"),
@@ -118,25 +170,33 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
                                        tune_len=ints.get("tune_len"))
         settings.append(Setting(entry["model"], override, entry.get("label"), entry.get("dtype", run.get("dtype")),
                                 entry.get("device", run.get("device")), entry.get("attn", run.get("attn")),
-                                entry.get("revision"), bool(entry.get("trust_remote_code", False))))
+                                entry.get("revision"), entry.get("trust_remote_code", False)))
+    labels = [s.label for s in settings if s.label is not None]
+    for label in labels:
+        if labels.count(label) > 1:  # one label is one curve, and tasks pick settings by label
+            line = _line_of(text, "label", label)
+            raise InputError(f"{source}:{line or '?'}: label {label!r} is given to several [[settings]]: give each "
+                             "its own label")
     tasks = []
-    for entry in data["tasks"]:
+    for entry in _tables(data, "tasks", source, text):
         name = entry.get("name")
         if not name:
             raise InputError(f"{source}: a [[tasks]] entry has no name: add name = \"perplexity\" (or passkey, longqa)")
+        _typed(name, str, "name", source, text)
         task = get_task(name)
         option_names = set(task.option_names())
         _check_keys(entry, TASK_KEYS | option_names, f"[[tasks]] {name}", source, text)
         if "lengths" not in entry:
             raise InputError(f"{source}: task {name} has no lengths: add lengths = [1024, 2048, 4096]")
-        lengths = [_typed(x, int, "lengths", source, text) for x in entry["lengths"]]
-        params = TaskParams(lengths=sorted(set(lengths)), samples=int(entry.get("samples", DEFAULT_SAMPLES)),
-                            seed=int(entry.get("seed", 0)), corpus=str(entry.get("corpus", "stdlib")),
-                            bos=bool(entry.get("bos", True)),
+        _check_types(entry, TASK_TYPES, source, text)
+        lengths = [_typed(x, int, "lengths", source, text, entry["lengths"]) for x in entry["lengths"]]
+        params = TaskParams(lengths=sorted(set(lengths)), samples=entry.get("samples", DEFAULT_SAMPLES),
+                            seed=entry.get("seed", 0), corpus=entry.get("corpus", "stdlib"),
+                            bos=entry.get("bos", True),
                             options={k: entry.get(k) for k in option_names})
         only = entry.get("settings")
         labels = {s.label for s in settings}
-        if only is not None and (not isinstance(only, list) or not set(only) <= labels):
+        if only is not None and not (all(isinstance(x, str) for x in only) and set(only) <= labels):
             line = _line_of(text, "settings")
             raise InputError(f"{source}:{line or '?'}: task {name} settings must list labels of [[settings]] "
                              f"entries ({', '.join(sorted(str(x) for x in labels))})")
@@ -145,27 +205,54 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
 
 
 def _run_options(run: dict[str, Any], args: argparse.Namespace, default_out: Path, suite: str | None) -> RunOptions:
-    from harness.cli import parse_size
+    from harness.cli import parse_size, writable_folder
 
     out = Path(args.out) if getattr(args, "out", None) else Path(run.get("out", default_out))
     chunk = args.chunk_size if getattr(args, "chunk_size", None) is not None else run.get("chunk_size")
-    memory = getattr(args, "max_memory", None) or run.get("max_memory")
+    memory = getattr(args, "max_memory", None)
+    memory = run.get("max_memory") if memory is None else memory
     if chunk is not None and chunk < 1:
         raise InputError(f"--chunk-size must be a positive number of tokens (got {chunk})")
-    return RunOptions(out=out, chunk_size=chunk, max_memory=parse_size(str(memory)) if memory else None,
+    writable_folder(out, "--out")
+    return RunOptions(out=out, chunk_size=chunk, max_memory=parse_size(str(memory)) if memory is not None else None,
                       dry_run=bool(getattr(args, "dry_run", False)), progress=not getattr(args, "no_progress", False),
                       command=list(getattr(args, "argv", [])), suite=suite)
 
 
 def load_suite(name_or_path: str, args: argparse.Namespace) -> Suite:
-    """A packaged or file suite; `--out`, `--chunk-size`, `--max-memory`, `--dtype`, `--device` override it."""
+    """A packaged or file suite; `--out`, `--chunk-size`, `--max-memory`, `--dtype`, `--device`, `--attn`
+    override it."""
     source, text = _read(name_or_path)
     run, settings, tasks = parse_suite(text, source)
     for setting in settings:
         setting.dtype = getattr(args, "dtype", None) or setting.dtype
         setting.device = getattr(args, "device", None) or setting.device
+        setting.attn = getattr(args, "attn", None) or setting.attn
+        check_device(setting.device)
     options = _run_options(run, args, Path("results") / Path(name_or_path).stem, source)
     return Suite(settings, tasks, options, bool(run.get("report", True)))
+
+
+def check_device(device: str | None) -> None:
+    """A device torch cannot parse, or a GPU this machine lacks, is bad input found before the run folder (and
+    not a traceback from moving the model there)."""
+    if device in (None, "auto"):
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"unknown --device {device!r}: use cpu, cuda, cuda:N or auto") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"--device {device}: no CUDA device on this machine: use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(f"--device {device}: this machine has {count} CUDA device(s): use cuda:0 to "
+                             f"cuda:{count - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {device}: MPS is not available here: use --device cpu")
 
 
 def task_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -193,7 +280,9 @@ def from_flags(args: argparse.Namespace) -> Suite:
                                    pretrain_base=args.pretrain_base, train_len=args.train_len, tune_len=args.tune_len)
     setting = Setting(args.model, override, args.label, args.dtype, args.device, args.attn, args.revision,
                       args.trust_remote_code)
-    params = TaskParams(lengths=parse_lengths(args.lengths), samples=args.samples or DEFAULT_SAMPLES, seed=args.seed,
+    check_device(setting.device)
+    samples = DEFAULT_SAMPLES if args.samples is None else args.samples  # --samples 0 is an error, not the default
+    params = TaskParams(lengths=parse_lengths(args.lengths), samples=samples, seed=args.seed,
                         corpus=args.corpus or "stdlib", bos=not args.no_bos, options=task_options(args, args.task))
     label = args.label or f"{Path(args.model.replace('zoo:', '')).name}-{args.task}"
     default_out = Path("results") / re.sub(r"[^A-Za-z0-9._-]+", "_", label)

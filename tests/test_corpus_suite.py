@@ -98,6 +98,31 @@ def test_packaged_suites_parse():
     ('[[settings]\n', "invalid TOML"),
     ('[[settings]]\nmodel = "m"\nlabel = "a"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nsettings = ["b"]\n',
      ":7: task perplexity settings must list labels"),
+    # wrong types are named with their line, never coerced (bool("false") is True) nor a traceback
+    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nbos = "false"\n', ":6: bos must be bool"),
+    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nsamples = 1.7\n', ":6: samples must be int"),
+    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nseed = "x"\n', ":6: seed must be int"),
+    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = 8\n', ":5: lengths must be a list"),
+    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = 3\nlengths = [8]\n', ":4: name must be str"),
+    ('[[settings]]\nmodel = 5\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":2: model must be str"),
+    ('[[settings]]\nmodel = "m"\nlabel = 5\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":3: label must be str"),
+    ('[[settings]]\nmodel = "m"\nrope_params = "a=1"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     ":3: rope_params must be a table"),
+    ('[[settings]]\nmodel = "m"\nrope_theta = inf\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     ":3: rope_theta must be a finite number"),
+    ('[run]\nchunk_size = "8"\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     ":2: chunk_size must be int"),
+    ('[run]\nreport = "no"\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     ":2: report must be bool"),
+    ('[run]\nout = 5\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":2: out must be str"),
+    ('run = 5\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":1: run must be a table"),
+    ('[settings]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":1: settings must be an array of tables"),
+    ('[[settings]]\nmodel = "m"\n[tasks]\nname = "perplexity"\nlengths = [8]\n', ":3: tasks must be an array of tables"),
+    # the line of the entry that holds the bad value, not the first line with that key
+    ('[[settings]]\nmodel = "m"\nrope_theta = 1e4\n[[settings]]\nmodel = "m"\nrope_theta = "x"\n[[tasks]]\n'
+     'name = "perplexity"\nlengths = [8]\n', ":6: rope_theta must be float"),
+    ('[[settings]]\nmodel = "m"\nlabel = "a"\n[[settings]]\nmodel = "n"\nlabel = "a"\n[[tasks]]\n'
+     'name = "perplexity"\nlengths = [8]\n', "label 'a' is given to several"),
 ])
 def test_suite_validation_names_key_and_line(body, message, tmp_path):
     path = tmp_path / "s.toml"
@@ -109,3 +134,98 @@ def test_suite_validation_names_key_and_line(body, message, tmp_path):
 def test_unknown_suite_name():
     with pytest.raises(InputError, match="unknown suite"):
         suite.load_suite("nonexistent-suite", ARGS)
+
+
+def test_suite_path_that_is_a_folder(tmp_path):
+    with pytest.raises(InputError, match="is a folder"):
+        suite.load_suite(str(tmp_path), ARGS)
+
+
+def test_suite_takes_attn_from_the_command_line():
+    args = argparse.Namespace(**{**vars(ARGS), "attn": "eager"})
+    assert {s.attn for s in suite.load_suite("quick", args).settings} == {"eager"}
+
+
+@pytest.mark.parametrize("line, message", [
+    ('["a list"]', ":1 is not a JSON object"),
+    ('{"text": null}', ":1: field 'text' is NoneType, not text"),  # never the document "None"
+    ('{"text": 5}', ":1: field 'text' is int, not text"),
+])
+def test_jsonl_rows_that_are_not_text(line, message, tmp_path, tok):
+    path = tmp_path / "d.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(InputError, match=message):
+        corpus.make_samples(tok, str(path), 11, 1, True)
+
+
+def test_jsonl_line_that_is_not_utf8(tmp_path, tok):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "' + b"x" * 20 + b'"}\n\xff\xfe\n')
+    with pytest.raises(InputError, match=":2 is not valid JSON \\(not UTF-8\\)"):
+        corpus.make_samples(tok, str(path), 11, 5, True)
+
+
+# ---- `rope-harness run` flags: bad input is one line on stderr, exit 2, nothing written ----
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    from harness.cli import main
+
+    code = main(["run", *argv])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--samples", "0"], "--samples must be >= 1 (got 0)"),  # was silently the default 4
+    (["--lengths", "32.5"], "not a comma list of integers"),  # was silently 32
+    (["--lengths", "inf"], "not a comma list of integers"),  # was an OverflowError traceback
+    (["--rope-theta", "inf"], "--rope-theta: 'inf' is not a finite number"),
+    (["--rope-factor", "nan"], "--rope-factor: 'nan' is not a finite number"),
+    (["--pretrain-base", "nan"], "--pretrain-base: 'nan' is not a finite number"),
+    (["--rope-param", "=3"], "is not KEY=VALUE"),
+    (["--rope-type", "yarn", "--rope-factor", "2", "--rope-param", "beta_fast=abc"], "must be a number, a JSON list"),
+    (["--max-memory", "0"], "not a positive size"),
+    (["--max-memory", "1e400"], "not a positive size"),  # was an OverflowError traceback
+    (["--max-memory", "1.5.5G"], "not a positive size"),  # was a ValueError traceback
+    (["--max-memory", "24"], "24 bytes, less than 1 MiB: give the unit, e.g. 24GiB"),  # hung under the cap
+    (["--device", "bogus"], "unknown --device 'bogus'"),
+    (["--depths", "0.5"], "--depths applies to --task longqa or passkey, not perplexity"),
+    (["--source", "x.jsonl"], "--source applies to --task longqa, not perplexity"),
+    (["--samples", "x"], "argument --samples: invalid int value: 'x' (see rope-harness run --help)"),  # argparse, one line
+    (["--task", "passkey", "--depths", ""], "--depths '' is not a comma list of numbers"),  # was the default depths
+])
+def test_run_flag_errors_are_one_line(extra, message, tiny_llama, text_corpus, tmp_path, capsys):
+    base = ["--model", str(tiny_llama), "--corpus", str(text_corpus), "--lengths", "32", "--samples", "1",
+            "--no-progress", "--out", str(tmp_path / "r")]
+    code, err = run_cli([*base, *extra], capsys)
+    assert code == 2 and message in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_device_without_cuda_is_bad_input(tiny_llama, text_corpus, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = run_cli(["--model", str(tiny_llama), "--corpus", str(text_corpus), "--lengths", "32",
+                         "--device", "cuda:1", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "no CUDA device on this machine" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("out", ["file", "file/sub"])
+def test_run_out_that_cannot_be_a_folder(out, tiny_llama, text_corpus, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, err = run_cli(["--model", str(tiny_llama), "--corpus", str(text_corpus), "--lengths", "32",
+                         "--no-progress", "--out", str(tmp_path / out)], capsys)
+    assert code == 2 and "is a file, not a folder" in err and (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lengths", "64", "--samples", "1"], "--lengths, --samples need --model"),  # ran the whole quick suite
+    (["quick", "--lengths", "64"], "--lengths cannot be combined with suite 'quick'"),
+    (["quick", "--model", "zoo:base-1e4"], "--model cannot be combined with suite 'quick'"),
+])
+def test_run_flags_a_suite_would_ignore(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli([*argv, "--dry-run"], capsys)
+    assert code == 2 and message in err and "\n" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -73,6 +73,7 @@ def test_table(capsys):
         (["--head-dim", "128", "--train-len", "4096", "--base", "nan"], "finite"),
         (["--head-dim", "128", "--train-len", "4096"], "--base"),
         (["--train-len", "4096", "--base", "1e6"], "--head-dim"),
+        (["--head-dim", "128", "--base", "1e6"], "missing --train-len: pass it,"),
         (["--head-dim", "128", "--train-len", "4096", "--tune-len", "1024", "--base", "1e6"], "--tune-len"),
     ],
 )
@@ -106,3 +107,32 @@ def test_model_config(tmp_path, capsys):
     # Explicit flags override the config.
     out = run_json(["--model", str(tmp_path), "--train-len", "512", "--base", "1e6"], capsys)
     assert (out["train_len"], out["settings"][0]["regime"]) == (512, "larger-base")
+
+
+def test_argparse_errors_are_one_line_too(capsys):
+    from harness.cli import main
+
+    assert main(["law", "--head-dim", "x", "--train-len", "4096", "--base", "1e6"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "invalid int value: 'x' (see rope-harness law --help)" in captured.err
+
+
+def test_module_main_runs_the_law_command(capsys):
+    """The module docstring promises `python -m harness.law_cli ...`: it had no main and did nothing."""
+    assert law_cli.main(["--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"][0]["extrapolation_limit"] == 129027
+    assert law_cli.main(["--head-dim", "3", "--train-len", "4096", "--base", "1e6"]) == 2
+
+
+def test_library_warnings_are_printed_once():
+    """Without -v the CLI adds no root log handler: it printed every huggingface_hub warning twice (e.g. the
+    retry lines before an offline error) under the library's own handler and again under ours."""
+    import subprocess
+    import sys
+
+    code = ("import logging; from harness.cli import main; "
+            "main(['law', '--head-dim', '128', '--train-len', '4096', '--base', '1e6']); "
+            "lib = logging.getLogger('somelib'); lib.addHandler(logging.StreamHandler()); lib.warning('retrying')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.count("retrying") == 1

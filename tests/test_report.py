@@ -461,6 +461,35 @@ def test_bad_input_raises_one_line_and_writes_nothing(tmp_path):
         report.build_report([tmp_path / "junk"])
 
 
+@pytest.mark.parametrize("out", ["file", "file/sub"])
+def test_out_that_cannot_be_a_folder_is_bad_input(out, tmp_path):
+    good = write_run(tmp_path / "good", curve_rows("s", 1e6, 9000, samples=1))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        report.build_report([good], tmp_path / out, n_boot=0)
+    assert (tmp_path / "file").read_text() == "x" and not list(tmp_path.glob(".report-*"))
+
+
+def test_unreadable_record_files_are_no_traceback(tmp_path):
+    run = write_run(tmp_path / "r", curve_rows("s", 1e6, 9000, samples=1))
+    with open(run / "records.jsonl", "ab") as handle:
+        handle.write(b"\xff\xfe not utf-8\n")
+    (run / "records.rank1.jsonl").mkdir()  # a folder that matches the glob
+    loaded = report.load_runs([run])
+    assert len(loaded.records) == 5 and any("skipped 1 unreadable" in n for n in loaded.notes)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "records.jsonl").write_bytes(b"\x92\xff\n")
+    with pytest.raises(InputError, match="no records"):
+        report.load_runs([tmp_path / "bin"])
+
+
+def test_same_run_folder_twice_is_read_once(tmp_path):
+    run = write_run(tmp_path / "r", curve_rows("s", 1e6, 9000, samples=1))
+    loaded = report.load_runs([run, tmp_path / "." / "r", run])
+    assert [name for name, _, _ in loaded.runs] == ["r"] and len(loaded.records) == 5
+    assert any("given more than once" in note for note in loaded.notes)
+
+
 def test_cli_command_and_exit_code(tmp_path, capsys):
     import argparse
 
