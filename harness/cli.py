@@ -12,7 +12,6 @@ import math
 import os
 import re
 import sys
-from pathlib import Path
 
 from harness import __version__
 from harness.errors import InputError
@@ -43,18 +42,6 @@ def parse_size(text: str) -> int:
         raise InputError(f"--max-memory {text!r} is {int(number * scale)} bytes, less than 1 MiB: give the unit, "
                          f"e.g. {match.group(1)}GiB")
     return int(number * scale)
-
-
-def writable_folder(path: Path, flag: str) -> None:
-    """An output folder that can never be made (a file in the way, no write permission) is bad input, told
-    before any work instead of as a traceback after it."""
-    for existing in (path, *path.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                raise InputError(f"{flag} {path}: {existing} is a file, not a folder: pass another {flag}")
-            if not os.access(existing, os.W_OK | os.X_OK):
-                raise InputError(f"{flag} {path}: cannot write in {existing}: pass a writable {flag}")
-            return
 
 
 def parse_lengths(text: str) -> list[int]:

@@ -89,7 +89,7 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
         raise InputError(f"--bootstrap {n_boot} must be >= 0 (0 turns the CIs off)")
     loaded = load_runs(run_dirs)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
-    from harness.cli import writable_folder
+    from harness.errors import writable_folder
 
     writable_folder(out_dir, "--out")
     records = loaded.records

@@ -192,16 +192,18 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                                      spec.params.seed) for c in cells}
                 owner = shard_cells(cells, world, setting_index)
                 missing = [c for c in cells if keyed[c] not in finished and owner[c] == rank]
+                if missing and not opened:
+                    store.open()
+                    opened = True
+                    finished = store.finished_keys()  # again under the lock: a run that held it may have added cells
+                    missing = [c for c in missing if keyed[c] not in finished]
+                    write_run_json(options, store, started, None, manifests, prepared, counts)
                 counts["skipped"] += len(cells) - len(missing)
                 if not missing:
                     continue
                 if any(c.length > models.max_positions(loaded.config) for c in missing):
                     warn(f"{label}: lengths beyond max_position_embeddings={models.max_positions(loaded.config)} "
                          "are evaluated as asked (extrapolation is the point)")
-                if not opened:
-                    store.open()
-                    opened = True
-                    write_run_json(options, store, started, None, manifests, prepared, counts)
                 with address_space_limit(options.max_memory, loaded.device):
                     for cell, record in _run_cells(task, ctx, engine, missing, options, label, spec.name):
                         record["cell_key"] = keyed[cell]
@@ -218,10 +220,16 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
     return RunResult(counts, sum(counts[s] for s in ("ok", "oom", "error")), failed, table)
 
 
+def _size(n_bytes: float) -> str:
+    """Readable at any budget: '0.00 GiB' would hide a MiB-sized estimate."""
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
 def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOptions, label: str, task_name: str):
     """Yield (cell, record) for every cell; OOM retried once with a smaller chunk, then recorded."""
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: under the address-space cap a thread may fail to start
     bar = tqdm(total=len(cells), desc=f"{label} {task_name}", unit="cell", disable=not options.progress,
                file=sys.stderr, dynamic_ncols=True)
     tokens, start = 0, time.time()
@@ -231,8 +239,8 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
         status, error, metrics = "ok", None, None
         if not plan.fits:
             status = "oom"
-            error = (f"planner: {plan.estimate_bytes / 2**30:.2f} GiB needed at L={longest} exceeds "
-                     f"--max-memory {options.max_memory / 2**30:.2f} GiB")
+            error = (f"planner: {_size(plan.estimate_bytes)} needed at L={longest} exceeds "
+                     f"--max-memory {_size(options.max_memory)}")
         else:
             for attempt in (0, 1):
                 plan = engine.plan(longest)  # the retry's smaller chunk is the plan its records carry

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InputError
+from harness.errors import InputError, one_line
 
 
 def shard_name(stem: str, rank: int, world: int) -> str:
@@ -55,7 +55,10 @@ class Store:
 
     def open(self) -> None:
         """Create the folder, take the lock, repair torn tails. Called only once there is work to write."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the run folder {self.folder} ({one_line(exc)}): pass a writable --out") from None
         self._lock = self.folder / (f".lock.rank{self.rank}" if self.world > 1 else ".lock")
         try:
             fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

@@ -205,7 +205,8 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
 
 
 def _run_options(run: dict[str, Any], args: argparse.Namespace, default_out: Path, suite: str | None) -> RunOptions:
-    from harness.cli import parse_size, writable_folder
+    from harness.cli import parse_size
+    from harness.errors import writable_folder
 
     out = Path(args.out) if getattr(args, "out", None) else Path(run.get("out", default_out))
     chunk = args.chunk_size if getattr(args, "chunk_size", None) is not None else run.get("chunk_size")

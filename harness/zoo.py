@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import InputError
+from harness.errors import InputError, writable_folder
 
 ZOO_DIR = Path(__file__).parent / "zoo_models"
 BOS, EOS, PAD, VOCAB = 256, 257, 258, 259  # harness.bytetok: ids 0..255 are the bytes
@@ -317,6 +317,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                if v is not None}
     if any(v < 0 for v in changes.values()):
         raise InputError("--steps, --tune-steps and --seed must be >= 0: pass a non-negative number")
+    writable_folder(args.out, "--out")  # before training, not after minutes of it
     for path in train_family(args.out, replace(recipe, **changes)):
         print(path)
     return 0

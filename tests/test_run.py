@@ -139,6 +139,7 @@ def test_nan_loss_is_an_error_and_max_memory_records_oom(tiny_llama, text_corpus
     assert run(tiny_llama, text_corpus, tmp_path / "m", "--max-memory", "1MiB") == 1
     rows = records(tmp_path / "m")
     assert {r["status"] for r in rows} == {"oom"} and "planner" in rows[0]["error"]
+    assert "--max-memory 1.0 MiB" in rows[0]["error"]  # a budget in MiB reads as MiB, not "0.00 GiB"
     from harness import engine
 
     monkeypatch.setattr(engine.Engine, "token_nll", lambda self, ids, plan=None: torch.full((len(ids) - 1,), float("nan")))
@@ -216,6 +217,33 @@ def test_lock_stops_a_second_writer(tiny_llama, text_corpus, tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert run(tiny_llama, text_corpus, out) == 0  # a stale lock (dead pid) is taken over
+
+
+def test_cells_finished_while_waiting_for_the_lock_are_not_rerun(tiny_llama, text_corpus, tmp_path, monkeypatch, capsys):
+    """Run B reads the folder while run A still writes it; A finishes and lets go before B takes the lock."""
+    from harness.store import Store
+
+    assert run(tiny_llama, text_corpus, tmp_path / "a") == 0
+    finished_by_a = (tmp_path / "a" / "records.jsonl").read_text()
+    real_open = Store.open
+
+    def open_after_a(self):
+        (self.folder / "records.jsonl").write_text(finished_by_a)  # A's last cells land before B's lock
+        real_open(self)
+
+    (tmp_path / "b").mkdir()
+    monkeypatch.setattr(Store, "open", open_after_a)
+    assert run(tiny_llama, text_corpus, tmp_path / "b") == 0
+    assert records(tmp_path / "b") == records(tmp_path / "a")  # nothing run twice
+    assert "0 cells run now, 6 already recorded" in capsys.readouterr().out
+
+
+def test_run_folder_that_cannot_be_made_is_bad_input():
+    from harness.errors import InputError
+    from harness.store import Store
+
+    with pytest.raises(InputError, match="pass a writable --out"):
+        Store(Path("/proc/rope-harness-cannot-exist/run")).open()
 
 
 def test_two_ranks_split_cells_and_equal_one_process(tiny_llama, text_corpus, tmp_path):

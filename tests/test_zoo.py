@@ -52,6 +52,15 @@ def test_tiny_zoo_trains_end_to_end(tmp_path):
     assert all(name in card for name in zoo_names())
 
 
+def test_train_refuses_an_unwritable_out_before_training(tmp_path, capsys):
+    from harness.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["zoo", "train", "--tiny", "--out", str(blocker)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 def test_unknown_zoo_name_is_input_error():
     with pytest.raises(InputError, match="zoo:base-1e6"):
         resolve("zoo:nope")
