@@ -58,7 +58,8 @@ def _check_rotary_dim(rotary_dim: int) -> int:
     return rotary_dim.__index__()
 
 
-def _check_number(value: float, what: str) -> float:
+def _check_number(value: float, what: str, example: str = "4096") -> float:
+    """`example` is a value that fits the argument (a length, a base): the message names the fix."""
     number = None
     if not isinstance(value, (bool, str, bytes)):
         try:
@@ -66,7 +67,7 @@ def _check_number(value: float, what: str) -> float:
         except (TypeError, ValueError):
             number = None
     if number is None or not math.isfinite(number):
-        raise InputError(f"{what} {value!r} is not a finite number: pass a plain number such as 4096")
+        raise InputError(f"{what} {value!r} is not a finite number: pass a plain number such as {example}")
     return number
 
 
@@ -81,7 +82,7 @@ def _check_length(length: float, what: str) -> float:
 
 
 def _check_base(base: float, what: str) -> float:
-    base = _check_number(base, what)
+    base = _check_number(base, what, "1e6")
     if base <= 1.0:
         raise InputError(f"{what} {base:g} must be greater than 1: pass a RoPE base (theta) such as 10000 or 1e6")
     return base
@@ -98,6 +99,13 @@ def _check_lengths(train_len: float, tune_len: float | None) -> tuple[float, flo
             "beyond the pre-training length; pass --tune-len >= --train-len or omit it"
         )
     return train, tune
+
+
+def check_inputs(train_len: float, tune_len: float | None = None, pretrain_base: float = 10000.0) -> None:
+    """Refuse law inputs the law would refuse later, for callers that record them first (`rope-harness run`):
+    a run whose records carry unusable law inputs would only be found out in the report."""
+    _check_lengths(train_len, tune_len)
+    _check_base(pretrain_base, "pre-training base")
 
 
 def _log(x: float, base: float) -> float:

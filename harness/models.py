@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 from harness import rope_math
 from harness.errors import InputError, one_line
+from harness.law import check_inputs as check_law_inputs
 
 log = logging.getLogger("rope_harness")
 
@@ -32,6 +34,11 @@ _USED_KEYS: dict[str, set[str]] = {  # scaling keys each rope type reads (transf
     "longrope": {"factor", "original_max_position_embeddings", "short_factor", "long_factor", "attention_factor"},
 }
 _TYPE_KEYS = set().union(*_USED_KEYS.values())  # keys that belong to one rope type and must not leak into another
+_COMMON_KEYS = {"rope_theta"}  # read by every rope type (transformers' rope validation also lists partial_rotary_factor)
+# transformers computes base**(i/d) in float32: past ~1e25 its rounding exceeds verify_rope's tolerance for some
+# rotary dims, and near 1e38 the frequencies underflow to 0; 1e20 leaves a wide margin above any real base.
+MAX_THETA = 1e20
+_F32_TINY, _F32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38  # float32's normal range
 LAW_SECTION = "full_attention"  # Gemma3-style per-layer-type RoPE: the law reads the global layers
 
 
@@ -136,6 +143,7 @@ def law_inputs(config, override: RopeOverride | None = None) -> dict[str, Any]:
     Must be called on the config *before* the override is applied (pretrain_base is the checkpoint's).
     """
     override = override or RopeOverride()
+    _check_override(override)  # the flags' own messages come before the law's checks of the resolved values
     section = law_section(config)
     params = rope_sections(config)[section]
     entry = _law_entry(config)
@@ -156,6 +164,7 @@ def law_inputs(config, override: RopeOverride | None = None) -> dict[str, Any]:
     train, train_src = pick(override.train_len, "train_len", [(original, "original_max_position_embeddings"),
                                                              (text.max_position_embeddings, "max_position_embeddings")])
     tune, tune_src = pick(override.tune_len, "tune_len", [(train, "train_len")])
+    check_law_inputs(train, tune, base)  # compare the resolved values: a config's train_len can meet a --tune-len flag
     return {"rotary_dim": rotary_dim(config, section), "pretrain_base": float(base), "pretrain_base_source": base_src,
             "train_len": int(train), "train_len_source": train_src, "tune_len": int(tune), "tune_len_source": tune_src}
 
@@ -186,9 +195,22 @@ def _check_override(override: RopeOverride) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be a length above 2*pi (got {value}): pass the training length in tokens")
 
 
-def _check_keys_used(override: RopeOverride, kind: str, section: str | None) -> None:
-    """A scaling key the rope type never reads would be recorded (label, hash) but change nothing."""
+def _check_keys_used(override: RopeOverride, kind: str, section: str | None, config) -> None:
+    """A key the rope type never reads (a scaling key of another type, or a typo) would be recorded (label,
+    hash) but change nothing."""
     asked = set(override.params) | ({"factor"} if override.factor is not None else set())
+    if asked & {"rope_type", "type"}:  # apply_override sets rope_type from --rope-type: a param would be overwritten
+        raise InputError("--rope-param rope_type is not read: pass --rope-type TYPE (rope_type in a suite) instead")
+    if "partial_rotary_factor" in asked:  # Llama ignores it (verify_rope fails); GPT-NeoX obeys, the manifest's rotary_dim not
+        raise InputError("--rope-param partial_rotary_factor changes which head dimensions rotate (the architecture), "
+                         "not a RoPE setting: drop it")
+    if kind in _USED_KEYS:  # a type unknown here is not judged
+        valid = _COMMON_KEYS | _USED_KEYS[kind] | set(getattr(text_config(config), "ignore_keys_at_rope_validation",
+                                                              None) or ())
+        unknown = sorted(asked - valid - _TYPE_KEYS)
+        if unknown:
+            raise InputError(f"unknown RoPE parameter {', '.join(unknown)}: rope_type {kind} reads "
+                             f"{', '.join(sorted(valid))}; fix the name or drop the --rope-param")
     ignored = sorted((asked & _TYPE_KEYS) - _USED_KEYS.get(kind, _TYPE_KEYS))  # a type unknown here is not judged
     if ignored:
         raise InputError(f"rope_type {kind} ignores {', '.join(ignored)}: add --rope-type with a scaling type that "
@@ -196,6 +218,27 @@ def _check_keys_used(override: RopeOverride, kind: str, section: str | None) -> 
     if section is not None and override.params.get("truncate") is False:  # transformers reads it from the top level
         raise InputError("--rope-param truncate=false is ignored by transformers for per-layer-type RoPE (Gemma3): "
                          "drop it")
+
+
+def _check_frequencies(params: dict[str, Any], kind: str, dim: int, mpe: int) -> None:
+    """The model keeps inv_freq in float32: a base or factor it cannot represent would fail verify_rope with a
+    traceback (or overflow before it) instead of naming the flag to change."""
+    theta, flags = params["rope_theta"], "--rope-theta or --rope-factor" if kind == "ntk" else "--rope-theta"
+    asked = f"rope_type {kind}, rope_theta {theta!r}" + (f", factor {params['factor']!r}" if "factor" in params else "")
+    if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta <= MAX_THETA):
+        what = "the effective NTK base b*s^(d/(d-2))" if kind == "ntk" else "rope_theta"
+        raise InputError(f"{what} {theta!r} is above {MAX_THETA:g}, where float32 RoPE frequencies lose their "
+                         f"precision: pass a smaller {flags}")
+    if kind not in _USED_KEYS:  # rope_math knows only these; verify_rope names any other
+        return
+    try:
+        values, _ = rope_math.inv_freq(params, dim, mpe)
+    except (ArithmeticError, ValueError) as exc:
+        raise InputError(f"{asked} gives no RoPE frequencies ({one_line(exc, 80)}): check --rope-factor and the "
+                         "--rope-param values") from None
+    if not all(_F32_TINY <= v <= _F32_MAX for v in values):
+        raise InputError(f"{asked} gives RoPE frequencies outside float32's range ({min(values):g} to "
+                         f"{max(values):g}): pass a smaller --rope-factor or fix the --rope-param values")
 
 
 def apply_override(config, override: RopeOverride) -> dict[str, Any]:
@@ -210,7 +253,7 @@ def apply_override(config, override: RopeOverride) -> dict[str, Any]:
     sections = rope_sections(config)
     current = sections[section]
     kind = override.rope_type or current.get("rope_type", "default")
-    _check_keys_used(override, kind, section)
+    _check_keys_used(override, kind, section, config)
     new = dict(current)
     if override.rope_type is not None and override.rope_type != current.get("rope_type", "default"):
         new = {k: v for k, v in new.items() if k not in _TYPE_KEYS}
@@ -242,6 +285,7 @@ def apply_override(config, override: RopeOverride) -> dict[str, Any]:
         spec["rope_theta"] = new["rope_theta"]
     else:
         new["rope_type"] = kind
+    _check_frequencies(new, kind, dim, mpe)
     text = text_config(config)
     if section is None:
         text.rope_parameters = new
@@ -464,6 +508,12 @@ def default_label(model_id: str, manifest: dict[str, Any]) -> str:
     """<model basename>:<rope_type>:<theta>[:f<factor>] (DESIGN.md)."""
     base = model_id.rstrip("/").rsplit("/", 1)[-1]
     theta = manifest["rope_params"].get("ntk_base_theta", manifest["rope_theta"])
-    label = f"{base}:{manifest['rope_type']}:{theta:g}"
+    label = f"{base}:{manifest['rope_type']}:{_short(theta)}"
     factor = manifest["rope_params"].get("factor")
-    return f"{label}:f{factor:g}" if factor is not None else label
+    return f"{label}:f{_short(factor)}" if factor is not None else label
+
+
+def _short(x: float) -> str:
+    """`:g` (10000, 1e+06: the labels of existing runs) with just enough digits to tell two values apart:
+    plain `:g` gave 1.0000001 the label of 1 and so merged two settings into one."""
+    return next((text for p in range(6, 18) if float(text := f"{x:.{p}g}") == x), repr(x))

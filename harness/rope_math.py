@@ -15,8 +15,11 @@ LENGTH_DEPENDENT_TYPES = ("dynamic", "longrope")
 
 
 def ntk_theta(theta: float, factor: float, rotary_dim: int) -> float:
-    """Static NTK-aware scaling = default RoPE with base b * s^(d/(d-2))."""
-    return theta * factor ** (rotary_dim / (rotary_dim - 2))
+    """Static NTK-aware scaling = default RoPE with base b * s^(d/(d-2)); inf past float64 (callers refuse it)."""
+    try:
+        return theta * factor ** (rotary_dim / (rotary_dim - 2))
+    except OverflowError:
+        return math.inf
 
 
 def dynamic_theta(theta: float, factor: float, rotary_dim: int, length: int, max_positions: int) -> float:

@@ -425,6 +425,15 @@ class LongQATask(Task):
         """Options with defaults filled in (None where a default depends on the dataset)."""
         o = params.options or {}
         synthetic = o.get("source") in (None, "", "synthetic")
+        # An option of the other source would be recorded in the identity but change nothing.
+        other = [k for k in (("qa_datasets", "qa_pad") if synthetic else ("qa_hops", "qa_distractors"))
+                 if o.get(k) not in (None, "", [])]
+        if other:
+            flag = "--" + other[0].replace("_", "-")
+            raise InputError(f"{flag} applies to LongBench data but no --source is given: pass --source FILE.jsonl, "
+                             f"a folder or a hub id (hf:ID), or drop {flag} for the synthetic QA" if synthetic else
+                             f"{flag} applies to the synthetic QA, not to --source {o['source']}: drop {flag}, or "
+                             "drop --source for the synthetic QA")
         resolved = {
             "source": "synthetic" if synthetic else str(o["source"]),
             "qa_datasets": ",".join(_split_names(o.get("qa_datasets"))) or None,

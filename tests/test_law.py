@@ -121,6 +121,10 @@ def test_numpy_like_integers_accepted():
         (lambda: law.critical_dim(128, 4096, 1.0), "greater than 1"),
         (lambda: law.predict(128, 4096, 0.5), "greater than 1"),
         (lambda: law.predict(128, 4096, float("inf")), "finite"),
+        (lambda: law.predict(128, 4096, float("nan")), "such as 1e6"),  # an example that fits a base
+        (lambda: law.critical_dim(128, float("nan")), "such as 4096"),
+        (lambda: law.check_inputs(256, 100), "tune length 100 is shorter than train length 256"),
+        (lambda: law.check_inputs(256, 1024, 1.0), "pre-training base 1 must be greater than 1"),
         (lambda: law.predict(128, 4096, "1e6"), "finite"),
         (lambda: law.predict(128, 4096, 1e6, tune_len=2048), "--tune-len"),
         (lambda: law.critical_base(4096, 5.0), "2*pi"),

@@ -70,7 +70,9 @@ def test_table(capsys):
         (["--head-dim", "127", "--train-len", "4096", "--base", "1e6"], "positive even integer"),
         (["--head-dim", "128", "--train-len", "6", "--base", "1e6"], "2*pi"),
         (["--head-dim", "128", "--train-len", "4096", "--base", "1"], "greater than 1"),
-        (["--head-dim", "128", "--train-len", "4096", "--base", "nan"], "finite"),
+        (["--head-dim", "128", "--train-len", "4096", "--base", "nan"], "not a finite number: pass a plain number "
+                                                                          "such as 1e6"),
+        (["--head-dim", "128", "--train-len", "nan", "--base", "1e6"], "such as 4096"),
         (["--head-dim", "128", "--train-len", "4096"], "--base"),
         (["--train-len", "4096", "--base", "1e6"], "--head-dim"),
         (["--head-dim", "128", "--base", "1e6"], "missing --train-len: pass it,"),

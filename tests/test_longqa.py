@@ -262,6 +262,13 @@ def test_bad_input_is_input_error(tmp_path, longbench_file):
         LongQATask().prepare(make_ctx(tok, [256], {}))
     with pytest.raises(InputError, match="--qa-hops"):
         LongQATask().cells(make_ctx(tok, [1024], {"qa_hops": "4"}).params)
+    # an option of the other source was silently ignored
+    with pytest.raises(InputError, match="--qa-datasets applies to LongBench data but no --source.*drop --qa-datasets"):
+        LongQATask().cells(make_ctx(tok, [1024], {"qa_datasets": "x"}).params)
+    with pytest.raises(InputError, match="--qa-pad applies to LongBench data"):
+        LongQATask().cells(make_ctx(tok, [1024], {"qa_pad": "none"}).params)
+    with pytest.raises(InputError, match="--qa-hops applies to the synthetic QA"):
+        LongQATask().cells(make_ctx(tok, [1024], {"source": str(longbench_file), "qa_hops": "2"}).params)
     with pytest.raises(InputError, match="--depths"):
         LongQATask().cells(make_ctx(tok, [1024], {"depths": "0.5,1.5"}).params)
     with pytest.raises(InputError, match="chat template"):

@@ -109,11 +109,57 @@ def test_length_dependent_rope_is_fixed_per_length_and_restored(tiny_llama):
     (models.RopeOverride(train_len=3), "--train-len"),
     (models.RopeOverride(factor=4), "rope_type default ignores factor"),  # a forgotten --rope-type
     (models.RopeOverride(rope_type="linear", factor=4, params={"beta_fast": 8}), "linear ignores beta_fast"),
+    # a typo was recorded in rope_params and the hash but changed nothing
+    (models.RopeOverride(params={"bogus": 3}), "unknown RoPE parameter bogus: rope_type default reads rope_theta;"),
+    (models.RopeOverride(rope_type="yarn", factor=4, params={"beta_fst": 8}), "rope_type yarn reads .*beta_fast"),
+    (models.RopeOverride(params={"rope_type": "yarn"}), "pass --rope-type"),
+    (models.RopeOverride(params={"partial_rotary_factor": 0.5}), "partial_rotary_factor .* drop it"),  # a traceback
+    # law inputs the law refuses were only found out in the report; train_len 128 comes from the config
+    (models.RopeOverride(pretrain_base=1.0), "pre-training base 1 must be greater than 1"),
+    (models.RopeOverride(pretrain_base=0.5), "pre-training base 0.5 must be greater than 1"),
+    (models.RopeOverride(tune_len=100), "tune length 100 is shorter than train length 128"),
+    # frequencies float32 cannot hold: OverflowError / "did not take effect" tracebacks before
+    (models.RopeOverride(rope_type="ntk", factor=1e308), "effective NTK base .* inf is above 1e\\+20"),
+    (models.RopeOverride(theta=1e308), "rope_theta 1e\\+308 is above 1e\\+20.*smaller --rope-theta"),
+    (models.RopeOverride(rope_type="linear", factor=1e300), "outside float32's range.*smaller --rope-factor"),
 ])
 def test_bad_overrides_are_one_line_errors(override, message, tiny_llama):
     with pytest.raises(InputError, match=message) as err:
         models.load(str(tiny_llama), override)
     assert "\n" not in str(err.value)
+
+
+def test_keys_and_values_transformers_reads_are_still_accepted(tiny_llama, tmp_path):
+    """The new refusals stop at real misuse: common keys, the largest allowed base, and a tuning length that
+    only exceeds a config's train_len (zoo base-1e6-t1024) all load and verify."""
+    loaded = models.load(str(tiny_llama), models.RopeOverride(params={"rope_theta": 2e4}))
+    assert loaded.manifest["rope_theta"] == 2e4
+    assert models.load(str(tiny_llama), models.RopeOverride(theta=models.MAX_THETA)).manifest["rope_theta"] == 1e20
+    config = models.load_config(str(tiny_llama))
+    config.rope_harness_law = {"train_len": 64, "tune_len": 96}
+    assert models.law_inputs(config)["tune_len"] == 96
+    with pytest.raises(InputError, match="tune length 32 is shorter than train length 64"):
+        models.law_inputs(config, models.RopeOverride(tune_len=32))
+
+
+def test_run_refuses_an_unknown_rope_param_and_writes_nothing(tiny_llama, tmp_path, capsys):
+    from harness.cli import main
+
+    out = tmp_path / "r"
+    assert main(["run", "--model", str(tiny_llama), "--lengths", "64", "--samples", "1", "--rope-param", "bogus=3",
+                 "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown RoPE parameter bogus" in err and err.count("\n") == 0 and not out.exists()
+
+
+@pytest.mark.parametrize("theta, factor, label", [
+    (10000, None, "m:default:10000"), (1e6, None, "m:default:1e+06"), (5e5, 4.0, "m:default:500000:f4"),
+    (1.0000001, None, "m:default:1.0000001"), (12345678.0, 1.0000001, "m:default:12345678:f1.0000001"),
+])
+def test_default_label_keeps_round_numbers_and_tells_near_ones_apart(theta, factor, label):
+    """`:g` gave theta 1.0000001 the label of theta 1: two settings shared one label."""
+    params = {} if factor is None else {"factor": factor}
+    assert models.default_label("x/m", {"rope_type": "default", "rope_theta": theta, "rope_params": params}) == label
 
 
 def test_original_max_positions_param_reaches_phi3_and_gemma3_truncate_is_refused(family_dirs):
