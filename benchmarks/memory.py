@@ -141,7 +141,7 @@ def main() -> int:
         for method, what in METHODS.items():
             print(f"- {method}: {what}")
         print("- peak RSS = VmHWM of the child's /proc/self/status; 'after load' = VmHWM once the model is "
-              "loaded, before the pass; one run per cell (peaks are deterministic to a few MiB)\n")
+              "loaded, before the pass; one run per cell (allocator behaviour moves peaks between runs by up to ~0.2 GiB)\n")
         results = {}
         for length in lengths:
             for method in METHODS:
