@@ -82,6 +82,23 @@ def resolve_model_path(model_id: str) -> str:
     return model_id
 
 
+def use_cache_if_hub_unreachable() -> None:
+    """No route to the hub: read the local hub cache only, as HF_HUB_OFFLINE=1 would, instead of ~25 s of
+    retries and a screen of warnings before the same one-line error (or the same cached files)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except OSError:
+        log.info("%s is unreachable: using the local hub cache only", constants.ENDPOINT)
+        constants.HF_HUB_OFFLINE = True
+
+
 def load_config(model_id: str, revision: str | None = None, trust_remote_code: bool = False):
     """AutoConfig without weights; missing paths and unreachable hub ids become one-line InputErrors."""
     from transformers import AutoConfig
@@ -90,6 +107,8 @@ def load_config(model_id: str, revision: str | None = None, trust_remote_code: b
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1  # a hub id is exactly owner/name
     if looks_local and not Path(path).expanduser().exists():
         raise InputError(f"model path {path!r} does not exist: pass an existing folder or a hub id (owner/name)")
+    if not Path(path).expanduser().exists():
+        use_cache_if_hub_unreachable()
     try:
         return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as exc:

@@ -191,3 +191,23 @@ def test_non_rope_model_and_missing_path(tmp_path):
 def test_hub_id_offline_is_a_clear_error(offline):
     with pytest.raises(InputError, match="cannot load the config"):
         models.load_config("no-such-owner/no-such-model-xyz")
+
+
+def test_unreachable_hub_switches_to_the_cache_before_any_request(monkeypatch):
+    """No DNS for the hub: the cache-only mode is taken up front, not after five network retries."""
+    import socket
+
+    import huggingface_hub.constants
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror("Name or service not known")
+
+    def no_requests(*args, **kwargs):
+        raise AssertionError("a network request was made")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(socket, "create_connection", no_requests)
+    with pytest.raises(InputError, match="cannot load the config"):
+        models.load_config("no-such-owner/no-such-model-xyz")
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True
