@@ -101,6 +101,10 @@ def _iter_hf(spec: str) -> Iterator[tuple[str, str]]:
     field = parts[3] if len(parts) > 3 and parts[3] else "text"
     import datasets
 
+    from harness.models import use_cache_if_hub_unreachable
+
+    if not Path(name).exists():
+        use_cache_if_hub_unreachable()
     try:
         stream = datasets.load_dataset(name, config, split=split, streaming=True)
         for i, row in enumerate(stream):

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,9 @@ def use_cache_if_hub_unreachable() -> None:
     except OSError:
         log.info("%s is unreachable: using the local hub cache only", constants.ENDPOINT)
         constants.HF_HUB_OFFLINE = True
+        datasets_config = sys.modules.get("datasets.config")  # datasets keeps its own copy of the flag
+        if datasets_config is not None and hasattr(datasets_config, "HF_HUB_OFFLINE"):
+            datasets_config.HF_HUB_OFFLINE = True
 
 
 def load_config(model_id: str, revision: str | None = None, trust_remote_code: bool = False):

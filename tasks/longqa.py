@@ -225,6 +225,9 @@ def _read_hf_rows(spec: str, names: Sequence[str]) -> list[QARow]:
     split = split or "test"
     import datasets
 
+    from harness.models import use_cache_if_hub_unreachable
+
+    use_cache_if_hub_unreachable()
     rows: list[QARow] = []
     for name in names:
         try:

@@ -80,6 +80,24 @@ ARGS = argparse.Namespace(out=None, chunk_size=None, max_memory=None, dry_run=Fa
                           dtype=None, device=None)
 
 
+def test_hf_corpus_with_no_route_to_the_hub_uses_the_cache_at_once(tok, monkeypatch):
+    """No DNS for the hub: datasets is put in cache-only mode before its first request (no retries)."""
+    import socket
+
+    import datasets.config
+    import huggingface_hub.constants
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(InputError, match="cannot stream dataset"):
+        corpus.make_samples(tok, "hf:no-such-owner/no-such-dataset-xyz", 64, 1, True)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True and datasets.config.HF_HUB_OFFLINE is True
+
+
 def test_packaged_suites_parse():
     assert {"paper", "compare-scaling"} <= set(suite.packaged_suites())
     for name in suite.packaged_suites():
