@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import InputError
+from harness.errors import InputError, one_line
 
 # Folders of the standard library left out of the corpus: tests and vendored/GUI code are not the
 # prose-like source we want, and site-packages is not the standard library at all.
@@ -114,8 +114,7 @@ def _iter_hf(spec: str) -> Iterator[tuple[str, str]]:
     except InputError:
         raise
     except Exception as exc:  # network, missing dataset, bad split: all one message
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot stream dataset {name!r} ({first}): check the name/split and the network, or pass a local --corpus") from None
+        raise InputError(f"cannot stream dataset {name!r} ({one_line(exc, 160)}): check the name/split and the network, or pass a local --corpus") from None
 
 
 def iter_documents(source: str) -> Iterator[tuple[str, str]]:

@@ -212,7 +212,7 @@ def _task_blocks(ctx: FigureContext, figures: dict[str, Callable], tmp: Path, no
             notes.append(f"figure {ctx.task}/{name} skipped: {exc}")
             continue
         except Exception as exc:  # a broken figure must not take the tables down with it
-            message = f"figure {ctx.task}/{name} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            message = f"figure {ctx.task}/{name} failed: {one_line(exc)}"
             notes.append(message)
             (log or (lambda m: print(m, file=sys.stderr)))(message)
             continue

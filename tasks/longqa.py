@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.corpus import jsonl_objects
-from harness.errors import InputError
+from harness.errors import InputError, one_line
 from harness.report_longqa import FIGURES, MEASURE
 from tasks.base import (
     Cell,
@@ -233,8 +233,7 @@ def _read_hf_rows(spec: str, names: Sequence[str]) -> list[QARow]:
         try:
             data = datasets.load_dataset(repo, name, split=split)
         except Exception as exc:  # network, scripts no longer supported, missing config: one message
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"cannot load {repo!r} config {name!r} ({first}): check the id and the network, or "
+            raise InputError(f"cannot load {repo!r} config {name!r} ({one_line(exc, 160)}): check the id and the network, or "
                              "download LongBench's data.zip and pass its folder as --source DIR") from None
         for i, obj in enumerate(data):
             rows.append(_row_from_json(dict(obj), f"{repo}:{name}:{split}:{i}", name))
