@@ -47,9 +47,9 @@ def reference_nll(model_dir: Path, rope: dict | None, ids: list[int]):
 
 def harness_nll(model_dir: Path, rope: dict | None, ids: list[int], lengths: list[int], chunk: int | None):
     """{L: per-token NLL} the way the perplexity task gets it."""
-    from harness import engine, models
+    from harness import engine, models, rope_config
 
-    override = models.RopeOverride(rope_type=rope["rope_type"], factor=rope["factor"]) if rope else models.RopeOverride()
+    override = rope_config.RopeOverride(rope_type=rope["rope_type"], factor=rope["factor"]) if rope else rope_config.RopeOverride()
     eng = engine.Engine(models.load(str(model_dir), override, dtype="float32", device="cpu", attn="sdpa"),
                         chunk_size=chunk)
     if eng.length_dependent:

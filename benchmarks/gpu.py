@@ -45,9 +45,9 @@ def peak_tflops(name: str, dtype: str, given: float | None) -> float | None:
 
 
 def model_flops(model, config, length: int) -> float:
-    from harness import models
+    from harness import rope_config
 
-    text = models.text_config(config)
+    text = rope_config.text_config(config)
     params = {id(p): p.numel() for p in model.parameters()}
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
@@ -58,9 +58,9 @@ def model_flops(model, config, length: int) -> float:
 
 
 def load(model: str, dtype: str, attn: str):
-    from harness import models
+    from harness import models, rope_config
 
-    return models.load(model, models.RopeOverride(), dtype=dtype, device="cuda", attn=attn)
+    return models.load(model, rope_config.RopeOverride(), dtype=dtype, device="cuda", attn=attn)
 
 
 def free() -> None:

@@ -40,9 +40,9 @@ def child(method: str, length: int, model_dir: str) -> dict:
 
     result = {"method": method, "length": length}
     if method == "harness":
-        from harness import engine, models
+        from harness import engine, models, rope_config
 
-        loaded = models.load(model_dir, models.RopeOverride(), dtype="float32", device="cpu", attn="sdpa")
+        loaded = models.load(model_dir, rope_config.RopeOverride(), dtype="float32", device="cpu", attn="sdpa")
         eng = engine.Engine(loaded)
         ids = bc.random_ids(length)
         result["load_kb"] = vm_hwm_kb()

@@ -38,7 +38,7 @@ def main() -> int:
 
     import torch
 
-    from harness import engine, models
+    from harness import engine, models, rope_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,7 +46,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = bc.build_model(args.model_dir or Path(tmp) / "model")
         print(bc.header("Speed: length grid and throughput, harness vs plain forward"))
-        loaded = models.load(str(model_dir), models.RopeOverride(), dtype="float32", device="cpu", attn="sdpa")
+        loaded = models.load(str(model_dir), rope_config.RopeOverride(), dtype="float32", device="cpu", attn="sdpa")
         eng = engine.Engine(loaded)
         ids = bc.random_ids(top)
 

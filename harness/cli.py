@@ -1,5 +1,9 @@
 """`rope-harness` command line: law, run, report, zoo.
 
+The only module that builds argparse parsers, and the only one that reaches both the run wing and the
+report wing. Everything heavy is imported inside the command that needs it, so `rope-harness --help` and
+`rope-harness law ...` load neither torch, transformers nor pandas.
+
 Bad input prints one line (`rope-harness: error: ...`) and exits 2 with nothing half-written; a run
 that finishes with failed cells exits 1; otherwise 0.
 """
@@ -8,17 +12,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
-import re
 import sys
+from dataclasses import fields
+from pathlib import Path
 
 from harness import __version__
 from harness.errors import InputError
+from harness.values import finite_float, token_count
 
-# `run` flags that describe one setting and task: they apply with --model only, never to a suite.
+# `run` flags that describe the run, not one setting or task: they may be combined with a suite.
 RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "max_memory", "dry_run", "no_progress",
                    "no_report", "func", "flag_defaults"}
+LAW_DESCRIPTION = ("Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024). Give the shape "
+                   "with --head-dim/--train-len, or read it from a model config with --model (no weights).")
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,71 +35,40 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def parse_size(text: str) -> int:
-    """'24GiB', '500M', '2e9' -> bytes (a positive, finite size)."""
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?B)?\s*", text or "", re.IGNORECASE)
-    try:
-        number = float(match.group(1)) if match else math.nan
-    except ValueError:  # '1.5.5G' passes the pattern but is no number
-        number = math.nan
-    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[match.group(2).upper()] if match else 1
-    if not (math.isfinite(number) and number * scale >= 1):
-        raise InputError(f"--max-memory {text!r} is not a positive size: use e.g. 8GiB, 500MiB or 2e9")
-    if number * scale < 1 << 20:  # '--max-memory 24' meant GiB: 24 bytes would only ever record oom
-        raise InputError(f"--max-memory {text!r} is {int(number * scale)} bytes, less than 1 MiB: give the unit, "
-                         f"e.g. {match.group(1)}GiB")
-    return int(number * scale)
+# ------------------------------------------------------------------------------------------------ law
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--head-dim", type=int, metavar="D",
+                        help="rotary dimensions per head (head_dim x partial_rotary_factor)")
+    parser.add_argument("--train-len", type=token_count, metavar="T", help="pre-training context length in tokens")
+    parser.add_argument("--base", type=float, action="append", metavar="B",
+                        help="RoPE base (theta) used for fine-tuning, e.g. 1e6; repeat for several "
+                             "(default with --model: the model's own rope_theta)")
+    parser.add_argument("--tune-len", type=token_count, metavar="T2",
+                        help="fine-tuning length in tokens (default: --train-len)")
+    parser.add_argument("--target-len", type=token_count, metavar="L", help="also report the base that reaches L")
+    parser.add_argument("--pretrain-base", type=float, metavar="B0",
+                        help="pre-training base b0 (default 10000, or the model's rope_theta with --model)")
+    parser.add_argument("--model", metavar="PATH_OR_ID", help="read d, T_train and b0 from this model's config")
+    parser.add_argument("--revision", metavar="R", help="model revision (with --model)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (with --model)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def parse_lengths(text: str) -> list[int]:
-    """'1024,2048' or '1e3' -> sorted unique ints; '64.5' or 'inf' are refused, never truncated."""
-    try:
-        numbers = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        numbers = [math.nan]
-    if not all(math.isfinite(x) and x.is_integer() for x in numbers):
-        raise InputError(f"--lengths {text!r} is not a comma list of integers: use e.g. --lengths 1024,2048,4096")
-    return sorted({int(x) for x in numbers})
+def law_command(args: argparse.Namespace) -> int:
+    from harness.law_cli import command
+
+    return command(args)
 
 
-def finite_float(text: str) -> float:
-    """argparse type for RoPE numbers: inf and nan would run and be recorded as a setting."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number: pass e.g. 1e6")
-    return value
+def add_law_parser(sub) -> None:
+    parser = sub.add_parser("law", help="scaling-law table: extrapolation limit per RoPE base",
+                            description=LAW_DESCRIPTION)
+    _add_arguments(parser)
+    parser.set_defaults(func=law_command)
 
 
-def parse_floats(text: str, flag: str) -> list[float]:
-    """A comma list of numbers; an empty one is an error (it would silently mean the task's default)."""
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = []
-    if not values:
-        raise InputError(f"{flag} {text!r} is not a comma list of numbers: use e.g. {flag} 0,0.5,1")
-    return values
-
-
-def parse_param(text: str) -> tuple[str, object]:
-    """KEY=VALUE with VALUE as JSON (number, list, true/false): RoPE parameters are never free text, and a
-    text value would only fail later, inside the model's RoPE init."""
-    import json
-
-    key, sep, value = text.partition("=")
-    if not key.strip() or not sep:
-        raise InputError(f"--rope-param {text!r} is not KEY=VALUE: e.g. --rope-param beta_fast=32")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = None
-    if parsed is None or isinstance(parsed, (str, dict)) or (isinstance(parsed, float) and not math.isfinite(parsed)):
-        raise InputError(f"--rope-param {text!r}: the value must be a number, a JSON list or true/false: "
-                         f"e.g. --rope-param {key.strip()}=32")
-    return key.strip(), parsed
+# ------------------------------------------------------------------------------------------------ run
 
 
 def add_run_parser(sub) -> None:
@@ -105,7 +81,8 @@ def add_run_parser(sub) -> None:
     p.add_argument("--rope-theta", type=finite_float, help="RoPE base to evaluate with")
     p.add_argument("--rope-type", help="default, linear, ntk, dynamic, yarn, llama3, longrope")
     p.add_argument("--rope-factor", type=finite_float, help="scaling factor for linear/ntk/dynamic/yarn/llama3")
-    p.add_argument("--rope-param", action="append", default=[], metavar="KEY=VALUE", help="extra RoPE parameter (repeatable)")
+    p.add_argument("--rope-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra RoPE parameter (repeatable)")
     p.add_argument("--pretrain-base", type=finite_float, help="law input: the pre-training base b0")
     p.add_argument("--train-len", type=int, help="law input: pre-training length")
     p.add_argument("--tune-len", type=int, help="law input: fine-tuning length")
@@ -113,27 +90,33 @@ def add_run_parser(sub) -> None:
     p.add_argument("--lengths", help="comma list of context lengths, e.g. 1024,2048,4096")
     p.add_argument("--samples", type=int, default=None, help="samples per length (default 4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--corpus", default=None, help="text file, folder, .jsonl[:FIELD], stdlib, or hf:NAME[:CONFIG][:SPLIT][:FIELD]")
+    p.add_argument("--corpus", default=None,
+                   help="text file, folder, .jsonl[:FIELD], stdlib, or hf:NAME[:CONFIG][:SPLIT][:FIELD]")
     p.add_argument("--out", help="run folder (default results/<label>)")
     p.add_argument("--label", help="setting label (default <model>:<rope_type>:<theta>[:f<factor>])")
     p.add_argument("--dtype", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, or auto (device_map=auto across GPUs)")
     p.add_argument("--attn", choices=["sdpa", "flash_attention_2", "eager"])
     p.add_argument("--chunk-size", type=int, help="force chunked prefill with this many tokens per chunk")
-    p.add_argument("--max-memory", help="memory budget, e.g. 8GiB: cells the planner says exceed it are recorded as oom")
+    p.add_argument("--max-memory",
+                   help="memory budget, e.g. 8GiB: cells the planner says exceed it are recorded as oom")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
     p.add_argument("--revision", help="hub revision")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="list cells and estimated memory, load no model")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="do not render the report after the run")
-    shared = p.add_argument_group("generation tasks (passkey, longqa)")
-    shared.add_argument("--depths", help="comma list of needle depths in [0, 1]")
-    shared.add_argument("--max-new-tokens", type=int)
-    shared.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    for name in task_names():
-        group = p.add_argument_group(f"{name} task")
-        get_task(name).add_arguments(group)
+    declared: set[str] = set()
+    for name in task_names():  # each option once, in the group of the first task that declares it
+        options = [o for o in get_task(name).options if o.name not in declared]
+        group = p.add_argument_group(f"{name} task") if options else None
+        for option in options:
+            declared.add(option.name)
+            if option.type is bool:
+                group.add_argument(option.flag, dest=option.name, action="store_true", help=option.help)
+            else:
+                group.add_argument(option.flag, dest=option.name, type=option.type, default=None,
+                                   choices=option.choices, metavar=option.metavar, help=option.help)
     p.set_defaults(func=run_command)
     p.set_defaults(flag_defaults=vars(p.parse_args([])))  # to tell the flags a user gave from their defaults
 
@@ -163,6 +146,16 @@ def _check_flags(args: argparse.Namespace) -> None:
                                  f"{args.task}: drop it or pass --task {owners[0]}")
 
 
+def _flags(args: argparse.Namespace):
+    """The parsed `run` flags as the suite's typed Flags (task options gathered by name)."""
+    from harness.suite import Flags
+    from tasks.base import all_options
+
+    names = {f.name for f in fields(Flags)} - {"task_options"}
+    return Flags(**{k: getattr(args, k) for k in names if hasattr(args, k)},
+                 task_options={name: getattr(args, name, None) for name in all_options()})
+
+
 def run_command(args: argparse.Namespace) -> int:
     from harness import runner, suite
     from harness.distributed import any_rank_failed, init_distributed, is_rank_zero
@@ -170,7 +163,8 @@ def run_command(args: argparse.Namespace) -> int:
     _check_flags(args)
     if args.suite is None and args.model is None:
         args.suite = "quick"
-    loaded = suite.load_suite(args.suite, args) if args.suite is not None else suite.from_flags(args)
+    flags = _flags(args)
+    loaded = suite.load_suite(args.suite, flags) if args.suite is not None else suite.from_flags(flags)
     distributed = init_distributed()
     result = runner.run(loaded.settings, loaded.tasks, loaded.options)
     exit_code = result.exit_code
@@ -203,18 +197,77 @@ def _print_table(result) -> None:
     print(f"{result.records} cells run now, {result.counts['skipped']} already recorded, {failed} failed in total")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from harness import law_cli, report, zoo
+# ------------------------------------------------------------------------------------------------ zoo
 
+
+def zoo_command(args: argparse.Namespace) -> int:
+    from harness import zoo
+
+    return zoo.train_command(args) if args.zoo_command == "train" else zoo.list_command()
+
+
+def add_zoo_parser(sub) -> None:
+    zoo = sub.add_parser("zoo", help="train or list the tiny base-modified model family")
+    commands = zoo.add_subparsers(dest="zoo_command", required=True)
+    train = commands.add_parser("train", help="pre-train + fine-tune the family (~30 min on 2 CPU cores)")
+    train.add_argument("--out", type=Path, default=None, help="output folder (default: the packaged zoo)")
+    train.add_argument("--tiny", action="store_true", help="a seconds-long smoke recipe (tiny sizes, few steps)")
+    train.add_argument("--steps", type=int, help="pre-training steps")
+    train.add_argument("--tune-steps", type=int, help="fine-tuning steps per base")
+    train.add_argument("--seed", type=int, help="random seed")
+    train.set_defaults(func=zoo_command)
+    listing = commands.add_parser("list", help="the zoo names and where their checkpoints are")
+    listing.set_defaults(func=zoo_command)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from harness.report import command
+
+    return command(args)
+
+
+def add_report_parser(sub) -> None:
+    from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI  # pandas-free: the analysis stays unloaded
+
+    parser = sub.add_parser(
+        "report", help="figures and tables from run folders, with the law's predicted limit on every curve",
+        description="Load records*.jsonl of one or more runs and write report.md, report.html "
+                    "(self-contained), summary.csv, table.csv and PNG figures.")
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to compare")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="output folder (default <first run>/report)")
+    parser.add_argument("--factor", type=float, nargs="+", default=None, metavar="F",
+                        help="relative measured-length rules: how many times worse than the best (default "
+                             "per task; ppl@L: 1.5); several give one summary row each")
+    parser.add_argument("--delta", type=float, nargs="+", default=None, metavar="NATS",
+                        help="additive measured-length rules: how many nats worse than the reference "
+                             "(default per definition; per-position loss: 0.5, passkey answer log-prob: 2); "
+                             "several give one summary row each")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
+                        help=f"bootstrap resamples for CIs (default {DEFAULT_BOOTSTRAP}; 0 = no CI)")
+    parser.add_argument("--ci", type=float, default=DEFAULT_CI, help=f"CI level (default {DEFAULT_CI:g})")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--task", action="append", default=None, metavar="NAME",
+                        help="only these tasks (repeatable)")
+    parser.set_defaults(func=report_command)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rope-harness", description="Long-context evaluation of RoPE models, "
                     "with the RoPE extrapolation scaling law drawn on every curve.")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--version", action="version", version=f"rope-harness {__version__}")
     sub = parser.add_subparsers(dest="command")
-    law_cli.add_parser(sub)
+    add_law_parser(sub)
     add_run_parser(sub)
-    report.add_parser(sub)
-    zoo.add_parser(sub)
+    add_report_parser(sub)
+    add_zoo_parser(sub)
     return parser
 
 

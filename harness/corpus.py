@@ -1,4 +1,4 @@
-"""Documents in, fixed-size token samples out (the samples contract of DESIGN.md).
+"""Documents in, fixed-size token samples out (the samples contract of docs/design.md).
 
 Sources: a plain-text file (one document, read verbatim), a folder (its files in sorted order), a
 .jsonl file (one document per line, field "text" or FILE.jsonl:FIELD), `stdlib` (the Python standard
@@ -8,15 +8,15 @@ library's own source files, present on every machine: the held-out evaluation sp
 
 from __future__ import annotations
 
-import json
 import os
 import sysconfig
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import InputError, one_line
+from harness.jsonl import strict_lines
 
 # Folders of the standard library left out of the corpus: tests and vendored/GUI code are not the
 # prose-like source we want, and site-packages is not the standard library at all.
@@ -62,24 +62,10 @@ def _read_verbatim(path: Path) -> str:
         return handle.read()
 
 
-def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-empty line; a line that is not JSON (or not UTF-8) is an InputError
-    naming it."""
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, 1):
-            if not raw.strip():
-                continue
-            try:
-                yield line_no, json.loads(raw.decode("utf-8-sig"))  # -sig: a BOM is no error
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-                raise InputError(f"{path}:{line_no} is not valid JSON ({why}): fix the line") from None
-
-
 def _iter_jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
     """Each row's text; a row that is no object, or a text that is no string (null would become "None"), is
     bad input naming its line."""
-    for line_no, row in jsonl_objects(path):
+    for line_no, row in strict_lines(path):
         if not isinstance(row, dict):
             raise InputError(f"{path}:{line_no} is not a JSON object: each line needs {{\"{field}\": \"...\"}}")
         if field not in row:
@@ -101,7 +87,7 @@ def _iter_hf(spec: str) -> Iterator[tuple[str, str]]:
     field = parts[3] if len(parts) > 3 and parts[3] else "text"
     import datasets
 
-    from harness.models import use_cache_if_hub_unreachable
+    from harness.hub import use_cache_if_hub_unreachable
 
     if not Path(name).exists():
         use_cache_if_hub_unreachable()
@@ -146,6 +132,27 @@ def iter_documents(source: str) -> Iterator[tuple[str, str]]:
         yield path.name, _read_verbatim(path)
 
 
+def token_documents(source: str, encode: Callable[[str], list[int]],
+                    skip_empty: bool = True) -> Iterator[tuple[str, list[int]]]:
+    """(doc_id, tokens) of every document (non-empty ones by default), in corpus order: the one corpus ->
+    tokens path of every task and the zoo trainer."""
+    for doc_id, text in iter_documents(source):
+        tokens = encode(text)
+        if len(tokens) or not skip_empty:
+            yield doc_id, tokens
+
+
+def token_stream(source: str, encode: Callable[[str], list[int]], separator: Sequence[int],
+                 need: int | None = None) -> list[int]:
+    """Documents' tokens joined, each followed by `separator`, until at least `need` tokens (all without)."""
+    stream: list[int] = []
+    for _, tokens in token_documents(source, encode):
+        stream += [*tokens, *separator]
+        if need is not None and len(stream) >= need:
+            break
+    return stream
+
+
 def make_samples(tokenizer, source: str, max_length: int, count: int, bos: bool) -> list[Sample]:
     """Up to `count` samples of max_length - b tokens each (b = 1 with BOS), walking documents in order.
 
@@ -155,8 +162,7 @@ def make_samples(tokenizer, source: str, max_length: int, count: int, bos: bool)
     size = max_length - (1 if bos else 0)
     samples: list[Sample] = []
     longest = 0
-    for doc_id, text in iter_documents(source):
-        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for doc_id, tokens in token_documents(source, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]):
         longest = max(longest, len(tokens))
         for start in range(0, len(tokens) - size + 1, size):
             samples.append(Sample(len(samples), doc_id, start, tokens[start:start + size]))

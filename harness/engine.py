@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness import models
+from harness import models, rope_config
 
 HEAD_CHUNK = 1024  # tokens per output-head / loss sub-chunk: bounds logits at HEAD_CHUNK x vocab
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -54,7 +54,7 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     intermediate activations (3 x intermediate), float32 final hidden states; eager attention also
     materialises heads x q x kv scores. Prefill adds the KV cache over the whole length.
     """
-    text = models.text_config(config)
+    text = rope_config.text_config(config)
     bytes_w = _DTYPE_BYTES[dtype]
     hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
     heads = text.num_attention_heads
@@ -109,7 +109,7 @@ def postprocess_logits(config, logits: torch.Tensor) -> torch.Tensor:
 
     Families not listed here are caught by `Engine.self_check`, never silently mis-scored.
     """
-    text = models.text_config(config)
+    text = rope_config.text_config(config)
     multiplier = getattr(text, "lm_head_multiplier", None)  # FalconH1
     if multiplier is not None:
         logits = logits * multiplier
@@ -137,7 +137,7 @@ class Engine:
         self.chunk_size = chunk_size
         self.max_memory = max_memory
         self.n_params = sum(p.numel() for p in self.model.parameters())
-        self.length_dependent = models.is_length_dependent(self.config)
+        self.length_dependent = rope_config.is_length_dependent(self.config)
         self.decoder = self.model.base_model
         self.head = self.model.get_output_embeddings()
         self.device = next(self.model.parameters()).device
@@ -156,7 +156,7 @@ class Engine:
         a few tokens both must reproduce the model's own logits. Unknown logit scaling raises here; a family
         whose cache does not carry its state across multi-token chunks (Bamba's Mamba layers in transformers
         5.x) is marked, and a prefill plan then raises instead of returning wrong numbers."""
-        vocab = models.text_config(self.config).vocab_size
+        vocab = rope_config.text_config(self.config).vocab_size
         ids = self._tensor([i % vocab for i in range(1, tokens + 1)])
         self.prefill_exact = True
         with self._rope_context(tokens):

@@ -1,7 +1,7 @@
 """The RoPE extrapolation scaling law (Liu et al., "Scaling Laws of RoPE-based Extrapolation", ICLR 2024).
 
 Pure arithmetic, so anyone can audit it against the paper: no torch, no transformers. Notation as in
-shared/DESIGN.md: d = rotary dimensions per head, b0 = pre-training base, beta = the base used for
+docs/design.md: d = rotary dimensions per head, b0 = pre-training base, beta = the base used for
 fine-tuning at length T_tune (default T_tune = T_train). RoPE pair n (0 <= n < d/2) turns at angle rate
 b^(-2n/d), so its period is 2*pi*b^(2n/d): a pair "saw a full period" in training when that period fits
 in the training length.

@@ -1,7 +1,6 @@
 """`rope-harness law`: the scaling law's table for one model shape and a few bases, no model weights.
 
-harness.cli registers it with `add_parser(subparsers)`; `python -m harness.law_cli ...` (or `main(argv)`)
-runs it on its own. `--json` prints exactly one JSON object on stdout (numbers or null), so scripts can
+harness.cli builds its parser; this module turns the parsed flags into the table. `--json` prints exactly one JSON object on stdout (numbers or null), so scripts can
 read it; anything else (library logs) goes to stderr.
 """
 
@@ -16,37 +15,6 @@ from typing import Any
 
 from harness import law
 from harness.errors import InputError
-
-_DESCRIPTION = (
-    "Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024). "
-    "Give the shape with --head-dim/--train-len, or read it from a model config with --model (no weights)."
-)
-
-
-def add_parser(subparsers: Any) -> None:
-    """Create the `law` subcommand on an argparse subparsers object."""
-    parser = subparsers.add_parser("law", help="scaling-law table: extrapolation limit per RoPE base",
-                                   description=_DESCRIPTION)
-    _add_arguments(parser)
-    parser.set_defaults(func=command)
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--head-dim", type=int, metavar="D",
-                        help="rotary dimensions per head (head_dim x partial_rotary_factor)")
-    parser.add_argument("--train-len", type=_length, metavar="T", help="pre-training context length in tokens")
-    parser.add_argument("--base", type=float, action="append", metavar="B",
-                        help="RoPE base (theta) used for fine-tuning, e.g. 1e6; repeat for several "
-                             "(default with --model: the model's own rope_theta)")
-    parser.add_argument("--tune-len", type=_length, metavar="T2",
-                        help="fine-tuning length in tokens (default: --train-len)")
-    parser.add_argument("--target-len", type=_length, metavar="L", help="also report the base that reaches L")
-    parser.add_argument("--pretrain-base", type=float, metavar="B0",
-                        help="pre-training base b0 (default 10000, or the model's rope_theta with --model)")
-    parser.add_argument("--model", metavar="PATH_OR_ID", help="read d, T_train and b0 from this model's config")
-    parser.add_argument("--revision", metavar="R", help="model revision (with --model)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (with --model)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def _inputs(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,15 +55,6 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError("no base given: pass --base B (repeatable, e.g. --base 1e6), or --model to use its "
                          "own rope_theta")
     return inputs
-
-
-def _length(text: str) -> int | float:
-    """A token count: '4096', '1.6e4' (integral values become int)."""
-    value = float(text)
-    return int(value) if value.is_integer() else value
-
-
-_length.__name__ = "length"  # argparse names the type in its error: "invalid length value: 'x'"
 
 
 def _number(value: float | None) -> int | float | None:
@@ -170,13 +129,6 @@ def _table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.law_cli ...`: the same as `rope-harness law ...` (exit codes and errors included)."""
-    from harness.cli import main as cli_main
-
-    return cli_main(["law", *(sys.argv[1:] if argv is None else argv)])
-
-
 def command(args: argparse.Namespace) -> int:
     """Run `rope-harness law`; bad input raises InputError (the caller prints it and exits 2)."""
     out = report(args)
@@ -186,6 +138,3 @@ def command(args: argparse.Namespace) -> int:
         print(_table(out))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

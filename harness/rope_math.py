@@ -23,7 +23,7 @@ def ntk_theta(theta: float, factor: float, rotary_dim: int) -> float:
 
 
 def dynamic_theta(theta: float, factor: float, rotary_dim: int, length: int, max_positions: int) -> float:
-    """The base dynamic NTK uses on a fresh pass of `length` tokens (DESIGN.md pitfalls)."""
+    """The base dynamic NTK uses on a fresh pass of `length` tokens (docs/design.md, pitfalls)."""
     scale = factor * max(length, max_positions) / max_positions - (factor - 1)
     return theta * scale ** (rotary_dim / (rotary_dim - 2))
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from harness.store import Store
 
 if TYPE_CHECKING:
-    from harness.runner import RunOptions
+    from harness.suite import RunOptions
 
 
 def _versions() -> dict[str, str]:

@@ -14,54 +14,20 @@ import math
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import models
+from harness import models, rope_config
 from harness.distributed import rank_and_world, shard_cells
 from harness.errors import InputError, one_line
 from harness.memory_guard import address_space_limit, free_accelerator_memory, is_oom
 from harness.run_info import write_run_json
 from harness.store import Store
-from tasks.base import Cell, RunContext, TaskParams, get_task
+from harness.suite import RunOptions, Setting, TaskSpec
+from tasks.base import Cell, Preflight, RunContext, TaskParams, get_task
 
 log = logging.getLogger("rope_harness")
-
-
-@dataclass
-class Setting:
-    """One model + RoPE override, evaluated as one curve."""
-
-    model: str
-    override: models.RopeOverride = field(default_factory=models.RopeOverride)
-    label: str | None = None
-    dtype: str | None = None
-    device: str | None = None
-    attn: str | None = None
-    revision: str | None = None
-    trust_remote_code: bool = False
-
-
-@dataclass
-class TaskSpec:
-    name: str
-    params: TaskParams
-    settings: list[str] | None = None  # labels this task runs on (None: every setting)
-
-    def applies_to(self, label: str) -> bool:
-        return self.settings is None or label in self.settings
-
-
-@dataclass
-class RunOptions:
-    out: Path
-    chunk_size: int | None = None
-    max_memory: int | None = None
-    dry_run: bool = False
-    progress: bool = True
-    command: list[str] = field(default_factory=list)
-    suite: str | None = None
 
 
 @dataclass
@@ -98,10 +64,12 @@ def _bad_number(metrics: dict[str, Any]) -> str | None:
 
 @dataclass
 class _Prepared:
+    """One setting after preflight: its config, tokenizer, and every task's prepared state."""
+
     setting: Setting
     config: Any
     tokenizer: Any
-    contexts: dict[str, RunContext]
+    states: dict[str, Any]
     available: dict[str, int | None]
 
 
@@ -117,23 +85,21 @@ def _preflight(settings: list[Setting], tasks: list[TaskSpec], warn) -> list[_Pr
         get_task(spec.name)
     for setting in settings:
         config = models.load_config(setting.model, setting.revision, setting.trust_remote_code)
-        models.law_inputs(config, setting.override)
-        models.apply_override(copy.deepcopy(config), setting.override)
+        rope_config.law_inputs(config, setting.override)
+        rope_config.apply_override(copy.deepcopy(config), setting.override)
         path = models.resolve_model_path(setting.model)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, revision=setting.revision,
                                                       trust_remote_code=setting.trust_remote_code)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot load the tokenizer of {setting.model!r} ({one_line(exc)}): check the model folder") from None
-        contexts, available = {}, {}
+        states, available = {}, {}
         for spec in tasks:
             if spec.params.bos and tokenizer.bos_token_id is None:
-                spec.params.bos = False  # DESIGN: BOS by default only when the tokenizer has one
-            ctx = RunContext(engine=None, tokenizer=tokenizer, params=spec.params, manifest={}, base_record={},
-                             write_side=lambda *_: None, warn=warn)
-            available[spec.name] = get_task(spec.name).prepare(ctx)
-            contexts[spec.name] = ctx
-        prepared.append(_Prepared(setting, config, tokenizer, contexts, available))
+                spec.params.bos = False  # BOS by default only when the tokenizer has one (docs/design.md)
+            ready = get_task(spec.name).prepare(Preflight(tokenizer, spec.params, warn))
+            states[spec.name], available[spec.name] = ready.state, ready.available
+        prepared.append(_Prepared(setting, config, tokenizer, states, available))
     return prepared
 
 
@@ -181,10 +147,8 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 if not spec.applies_to(label):
                     continue
                 task = get_task(spec.name)
-                ctx = prep.contexts[spec.name]
-                ctx.engine, ctx.manifest = engine, loaded.manifest
-                ctx.base_record = _base_record(setting, loaded, label, spec.params.seed)
-                ctx.write_side = store.append
+                ctx = RunContext(engine, prep.tokenizer, spec.params, prep.states[spec.name], loaded.manifest,
+                                 _base_record(setting, loaded, label, spec.params.seed), store.append, warn)
                 identity = task.identity(spec.params)
                 limit = prep.available[spec.name]
                 cells = [c for c in task.cells(spec.params) if limit is None or c.sample < limit]
@@ -201,8 +165,8 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 counts["skipped"] += len(cells) - len(missing)
                 if not missing:
                     continue
-                if any(c.length > models.max_positions(loaded.config) for c in missing):
-                    warn(f"{label}: lengths beyond max_position_embeddings={models.max_positions(loaded.config)} "
+                if any(c.length > rope_config.max_positions(loaded.config) for c in missing):
+                    warn(f"{label}: lengths beyond max_position_embeddings={rope_config.max_positions(loaded.config)} "
                          "are evaluated as asked (extrapolation is the point)")
                 with address_space_limit(options.max_memory, loaded.device):
                     for cell, record in _run_cells(task, ctx, engine, missing, options, label, spec.name):
@@ -287,7 +251,7 @@ def _dry_run(prepared: list[_Prepared], tasks: list[TaskSpec], options: RunOptio
     total = 0
     for prep in prepared:
         config = copy.deepcopy(prep.config)
-        models.apply_override(config, prep.setting.override)
+        rope_config.apply_override(config, prep.setting.override)
         with torch.device("meta"):
             n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
         device = models.pick_device(prep.setting.device)
@@ -312,7 +276,10 @@ def _dry_run(prepared: list[_Prepared], tasks: list[TaskSpec], options: RunOptio
 
 
 def summary_table(folder: Path) -> list[dict[str, Any]]:
-    """Per (setting, task, length): n ok, failed, and the task's headline metric aggregated over samples."""
+    """Per (setting, task, length): n ok, failed, and the task's default measure aggregated over samples
+    (its transform of the mean over ok cells: ppl@L is exp of the mean NLL)."""
+    import math
+
     from harness.store import read_jsonl
 
     if not folder.exists():
@@ -320,26 +287,31 @@ def summary_table(folder: Path) -> list[dict[str, Any]]:
     groups: dict[tuple, dict[str, Any]] = {}
     for r in read_jsonl(folder, "records"):
         key = (r["setting"], r["task"], r["length"])
-        g = groups.setdefault(key, {"setting": key[0], "task": key[1], "length": key[2], "ok": 0, "failed": 0, "values": []})
+        g = groups.setdefault(key, {"setting": key[0], "task": key[1], "length": key[2], "ok": 0, "failed": 0,
+                                    "values": [], "names": []})
         if r["status"] != "ok":
             g["failed"] += 1
             continue
         g["ok"] += 1
-        if r["task"] == "perplexity":
-            g["values"].append(r["nll"])
-        elif "correct" in r:
-            g["metric"] = "accuracy"
-            g["values"].append(float(r["correct"]))
-        elif "score" in r:
-            g["metric"] = r.get("metric") or "score"
-            g["values"].append(float(r["score"]))
+        spec = _default_measure(r["task"])
+        if spec is not None and r.get(spec.metric) is not None:
+            g["values"].append(float(r[spec.metric]))
+            g["names"].append(spec.console or r.get("metric") or spec.metric)
     rows = []
     for g in sorted(groups.values(), key=lambda g: (g["setting"], g["task"], g["length"])):
-        values = g.pop("values")
-        if g["task"] == "perplexity":
-            g["metric"], g["value"] = "ppl", (math.exp(sum(values) / len(values)) if values else None)
-        else:
-            g.setdefault("metric", "mean")
-            g["value"] = sum(values) / len(values) if values else None
+        values, names = g.pop("values"), g.pop("names")
+        spec = _default_measure(g["task"])
+        mean = sum(values) / len(values) if values else None
+        g["metric"] = names[-1] if names else (spec.console if spec is not None else "") or "value"
+        g["value"] = None if mean is None else (math.exp(mean) if spec.transform == "exp" else mean)
         rows.append(g)
     return rows
+
+
+def _default_measure(task: str):
+    """The task's default measured-length definition (None for a task this install does not know)."""
+    try:
+        measures = get_task(task).measures
+    except InputError:
+        return None
+    return measures[0] if measures else None

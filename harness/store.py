@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError, one_line
+from harness.jsonl import lenient_objects
 
 
 def shard_name(stem: str, rank: int, world: int) -> str:
@@ -31,15 +32,11 @@ def _repair_torn_tail(path: Path) -> None:
         handle.truncate(data.rfind(b"\n") + 1)
 
 
-def read_jsonl(folder: Path, stem: str) -> Iterator[dict[str, Any]]:
-    """Every complete line of every shard `<stem>*.jsonl` in `folder` (a torn tail is ignored)."""
+def read_jsonl(folder: Path, stem: str, notes: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every complete record of every shard `<stem>*.jsonl` in `folder` (lenient: see harness.jsonl)."""
     for path in sorted(folder.glob(f"{stem}*.jsonl")):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if not line.endswith("\n"):
-                    break
-                if line.strip():
-                    yield json.loads(line)
+        if path.is_file():
+            yield from lenient_objects(path, notes)
 
 
 class Store:

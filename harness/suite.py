@@ -21,26 +21,24 @@ Unknown keys are errors naming the key and its line, so a typo never silently ru
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
-from harness import models
-from harness.errors import InputError, one_line
-from harness.runner import RunOptions, Setting, TaskSpec
+from harness.errors import InputError, one_line, writable_folder
+from harness.rope_config import RopeOverride
+from harness.values import parse_lengths, parse_param, parse_size
 from tasks.base import TaskParams, get_task
 
 RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "max_memory", "report"}
 SETTING_KEYS = {"model", "label", "rope_theta", "rope_type", "rope_factor", "rope_params", "pretrain_base", "train_len",
                 "tune_len", "dtype", "device", "attn", "revision", "trust_remote_code"}
 TASK_KEYS = {"name", "lengths", "samples", "seed", "corpus", "bos", "settings"}
-SHARED_OPTIONS = {"depths", "max_new_tokens", "chat_template"}
 DEFAULT_SAMPLES = 4
 # The type each key must have (TOML would otherwise hand a string to code that expects a number, or make
 # bool("false") true). Task options (depths, ...) are checked by their task.
@@ -50,6 +48,75 @@ SETTING_TYPES = {"model": str, "label": str, "rope_type": str, "dtype": str, "de
                  "rope_factor": float, "pretrain_base": float, "train_len": int, "tune_len": int}
 TASK_TYPES = {"name": str, "lengths": list, "samples": int, "seed": int, "corpus": str, "bos": bool, "settings": list}
 _MISSING = object()
+
+
+@dataclass
+class Setting:
+    """One model + RoPE override, evaluated as one curve."""
+
+    model: str
+    override: RopeOverride = field(default_factory=RopeOverride)
+    label: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    attn: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    params: TaskParams
+    settings: list[str] | None = None  # labels this task runs on (None: every setting)
+
+    def applies_to(self, label: str) -> bool:
+        return self.settings is None or label in self.settings
+
+
+@dataclass
+class RunOptions:
+    out: Path
+    chunk_size: int | None = None
+    max_memory: int | None = None
+    dry_run: bool = False
+    progress: bool = True
+    command: list[str] = field(default_factory=list)
+    suite: str | None = None
+
+
+@dataclass
+class Flags:
+    """`rope-harness run` flags as typed values (the CLI builds this; nothing below it sees argparse)."""
+
+    suite: str | None = None
+    model: str | None = None
+    rope_theta: float | None = None
+    rope_type: str | None = None
+    rope_factor: float | None = None
+    rope_param: list[str] = field(default_factory=list)
+    pretrain_base: float | None = None
+    train_len: int | None = None
+    tune_len: int | None = None
+    task: str = "perplexity"
+    lengths: str | None = None
+    samples: int | None = None
+    seed: int = 0
+    corpus: str | None = None
+    out: str | None = None
+    label: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    attn: str | None = None
+    chunk_size: int | None = None
+    max_memory: str | None = None
+    no_bos: bool = False
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dry_run: bool = False
+    no_progress: bool = False
+    task_options: dict[str, Any] = field(default_factory=dict)  # raw flag values of every task option
+    argv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -164,7 +231,7 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
         _check_types(entry, SETTING_TYPES, source, text)
         num = {k: _typed(entry[k], float, k, source, text) for k in ("rope_theta", "rope_factor", "pretrain_base") if k in entry}
         ints = {k: _typed(entry[k], int, k, source, text) for k in ("train_len", "tune_len") if k in entry}
-        override = models.RopeOverride(theta=num.get("rope_theta"), rope_type=entry.get("rope_type"),
+        override = RopeOverride(theta=num.get("rope_theta"), rope_type=entry.get("rope_type"),
                                        factor=num.get("rope_factor"), params=dict(entry.get("rope_params", {})),
                                        pretrain_base=num.get("pretrain_base"), train_len=ints.get("train_len"),
                                        tune_len=ints.get("tune_len"))
@@ -204,33 +271,28 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
     return run, settings, tasks
 
 
-def _run_options(run: dict[str, Any], args: argparse.Namespace, default_out: Path, suite: str | None) -> RunOptions:
-    from harness.cli import parse_size
-    from harness.errors import writable_folder
-
-    out = Path(args.out) if getattr(args, "out", None) else Path(run.get("out", default_out))
-    chunk = args.chunk_size if getattr(args, "chunk_size", None) is not None else run.get("chunk_size")
-    memory = getattr(args, "max_memory", None)
-    memory = run.get("max_memory") if memory is None else memory
+def _run_options(run: dict[str, Any], flags: Flags, default_out: Path, suite: str | None) -> RunOptions:
+    out = Path(flags.out) if flags.out else Path(run.get("out", default_out))
+    chunk = flags.chunk_size if flags.chunk_size is not None else run.get("chunk_size")
+    memory = flags.max_memory if flags.max_memory is not None else run.get("max_memory")
     if chunk is not None and chunk < 1:
         raise InputError(f"--chunk-size must be a positive number of tokens (got {chunk})")
     writable_folder(out, "--out")
     return RunOptions(out=out, chunk_size=chunk, max_memory=parse_size(str(memory)) if memory is not None else None,
-                      dry_run=bool(getattr(args, "dry_run", False)), progress=not getattr(args, "no_progress", False),
-                      command=list(getattr(args, "argv", [])), suite=suite)
+                      dry_run=flags.dry_run, progress=not flags.no_progress, command=list(flags.argv), suite=suite)
 
 
-def load_suite(name_or_path: str, args: argparse.Namespace) -> Suite:
+def load_suite(name_or_path: str, flags: Flags) -> Suite:
     """A packaged or file suite; `--out`, `--chunk-size`, `--max-memory`, `--dtype`, `--device`, `--attn`
     override it."""
     source, text = _read(name_or_path)
     run, settings, tasks = parse_suite(text, source)
     for setting in settings:
-        setting.dtype = getattr(args, "dtype", None) or setting.dtype
-        setting.device = getattr(args, "device", None) or setting.device
-        setting.attn = getattr(args, "attn", None) or setting.attn
+        setting.dtype = flags.dtype or setting.dtype
+        setting.device = flags.device or setting.device
+        setting.attn = flags.attn or setting.attn
         check_device(setting.device)
-    options = _run_options(run, args, Path("results") / Path(name_or_path).stem, source)
+    options = _run_options(run, flags, Path("results") / Path(name_or_path).stem, source)
     return Suite(settings, tasks, options, bool(run.get("report", True)))
 
 
@@ -256,35 +318,24 @@ def check_device(device: str | None) -> None:
         raise InputError(f"--device {device}: MPS is not available here: use --device cpu")
 
 
-def task_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    from harness.cli import parse_floats
-
-    options = {}
-    for key in get_task(name).option_names():
-        value = getattr(args, key, None)
-        if key == "depths" and isinstance(value, str):
-            value = parse_floats(value, "--depths")
-        if key == "chat_template" and value is False:
-            value = None
-        options[key] = value
-    return options
+def task_options(flags: Flags, name: str) -> dict[str, Any]:
+    """The task's options from the flags: each option's own conversion of its flag text (None = not given)."""
+    return {o.name: o.from_flag(flags.task_options.get(o.name)) for o in get_task(name).options}
 
 
-def from_flags(args: argparse.Namespace) -> Suite:
+def from_flags(flags: Flags) -> Suite:
     """One setting and one task from `rope-harness run --model ... --task ... --lengths ...`."""
-    from harness.cli import parse_lengths, parse_param
-
-    if not args.lengths:
+    if not flags.lengths:
         raise InputError("--lengths is required with --model: e.g. --lengths 1024,2048,4096")
-    override = models.RopeOverride(theta=args.rope_theta, rope_type=args.rope_type, factor=args.rope_factor,
-                                   params=dict(parse_param(p) for p in args.rope_param),
-                                   pretrain_base=args.pretrain_base, train_len=args.train_len, tune_len=args.tune_len)
-    setting = Setting(args.model, override, args.label, args.dtype, args.device, args.attn, args.revision,
-                      args.trust_remote_code)
+    override = RopeOverride(theta=flags.rope_theta, rope_type=flags.rope_type, factor=flags.rope_factor,
+                            params=dict(parse_param(p) for p in flags.rope_param),
+                            pretrain_base=flags.pretrain_base, train_len=flags.train_len, tune_len=flags.tune_len)
+    setting = Setting(flags.model, override, flags.label, flags.dtype, flags.device, flags.attn, flags.revision,
+                      flags.trust_remote_code)
     check_device(setting.device)
-    samples = DEFAULT_SAMPLES if args.samples is None else args.samples  # --samples 0 is an error, not the default
-    params = TaskParams(lengths=parse_lengths(args.lengths), samples=samples, seed=args.seed,
-                        corpus=args.corpus or "stdlib", bos=not args.no_bos, options=task_options(args, args.task))
-    label = args.label or f"{Path(args.model.replace('zoo:', '')).name}-{args.task}"
+    samples = DEFAULT_SAMPLES if flags.samples is None else flags.samples  # --samples 0 is an error, not the default
+    params = TaskParams(lengths=parse_lengths(flags.lengths), samples=samples, seed=flags.seed,
+                        corpus=flags.corpus or "stdlib", bos=not flags.no_bos, options=task_options(flags, flags.task))
+    label = flags.label or f"{Path(flags.model.replace('zoo:', '')).name}-{flags.task}"
     default_out = Path("results") / re.sub(r"[^A-Za-z0-9._-]+", "_", label)
-    return Suite([setting], [TaskSpec(args.task, params)], _run_options({}, args, default_out, None), report=False)
+    return Suite([setting], [TaskSpec(flags.task, params)], _run_options({}, flags, default_out, None), report=False)

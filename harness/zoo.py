@@ -3,7 +3,7 @@
 One pre-training run (T_train = 256, base 10000) on the standard library's training files, then copies
 fine-tuned at the same length with other bases (and one at a longer tuning length), so that the RoPE
 extrapolation law has something to be checked against on a CPU, offline. Read top to bottom:
-data -> model -> one training loop -> the family -> the card -> name lookup -> CLI.
+data -> model -> one training loop -> the family -> the card -> commands (names: harness.zoo_models).
 
 Checkpoints live as package data in harness/zoo_models/<name>/ (bf16 safetensors, loaded as float32) and are
 addressed as `zoo:<name>`, e.g. `--model zoo:base-1e6`.
@@ -18,28 +18,15 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from harness.errors import InputError, writable_folder
+from harness.zoo_models import FAMILY, zoo_names
 
 ZOO_DIR = Path(__file__).parent / "zoo_models"
 BOS, EOS, PAD, VOCAB = 256, 257, 258, 259  # harness.bytetok: ids 0..255 are the bytes
-
-# The family: name -> (rope_theta of the fine-tune, tuning length multiplier). None = the pre-trained model.
-FAMILY = {
-    "pretrain-1e4": None,
-    "base-40": (40.0, 1),
-    "base-500": (500.0, 1),
-    "base-1e4": (1e4, 1),
-    "base-1e5": (1e5, 1),
-    "base-1e6": (1e6, 1),
-    "base-1e7": (1e7, 1),
-    "base-1e6-t1024": (1e6, 4),
-}
-
 
 @dataclass
 class Recipe:
@@ -82,15 +69,15 @@ def log(msg: str) -> None:
 # ---- data: UTF-8 bytes of the documents, joined with EOS; a window is BOS + (T-1) stream tokens ----
 
 def token_stream(split: str, max_docs: int | None = None) -> np.ndarray:
-    from harness.corpus import iter_documents
+    from harness.corpus import token_documents
 
     parts = []
-    for i, (_, text) in enumerate(iter_documents(f"stdlib:{split}")):
+    documents = token_documents(f"stdlib:{split}", lambda text: list(text.encode("utf-8")), skip_empty=False)
+    for i, (_, tokens) in enumerate(documents):
         if max_docs is not None and i >= max_docs:
             break
-        parts.append(np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64))
-        parts.append(np.array([EOS], dtype=np.int64))
-    return np.concatenate(parts)
+        parts += [*tokens, EOS]
+    return np.asarray(parts, dtype=np.int64)
 
 
 def windows(stream: np.ndarray, starts: np.ndarray, length: int):
@@ -278,52 +265,24 @@ def write_card(out_dir: Path, recipe: Recipe, rows: list[dict]) -> None:
     (Path(out_dir) / "CARD.md").write_text("\n".join(lines))
 
 
-# ---- lookup by name ----
+# ---- commands: rope-harness zoo train | list (the parser is in harness.cli) ----
 
-def zoo_names() -> list[str]:
-    return list(FAMILY)
-
-
-def resolve(model_id: str) -> Path:
-    """'zoo:base-1e6' -> the packaged checkpoint folder."""
-    name = model_id.removeprefix("zoo:")
-    if name not in FAMILY:
-        raise InputError(f"unknown zoo model {model_id!r}: use one of " + ", ".join(f"zoo:{n}" for n in FAMILY))
-    path = Path(str(resources.files("harness.zoo_models") / name))
-    if not (path / "config.json").is_file():
-        raise InputError(f"zoo model {name!r} is not trained in {path.parent}: run `rope-harness zoo train`")
-    return path
-
-
-# ---- CLI: rope-harness zoo train | list ----
-
-def add_parser(subparsers) -> None:
-    zoo = subparsers.add_parser("zoo", help="train or list the tiny base-modified model family")
-    sub = zoo.add_subparsers(dest="zoo_command", required=True)
-    tr = sub.add_parser("train", help="pre-train + fine-tune the family (~30 min on 2 CPU cores)")
-    tr.add_argument("--out", type=Path, default=ZOO_DIR, help="output folder (default: the packaged zoo)")
-    tr.add_argument("--tiny", action="store_true", help="a seconds-long smoke recipe (tiny sizes, few steps)")
-    tr.add_argument("--steps", type=int, help="pre-training steps")
-    tr.add_argument("--tune-steps", type=int, help="fine-tuning steps per base")
-    tr.add_argument("--seed", type=int, help="random seed")
-    tr.set_defaults(func=_cmd_train)
-    ls = sub.add_parser("list", help="the zoo names and where their checkpoints are")
-    ls.set_defaults(func=_cmd_list)
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
+def train_command(args: argparse.Namespace) -> int:
+    """`rope-harness zoo train`: the family into --out (default: the packaged zoo)."""
     recipe = Recipe.tiny() if args.tiny else Recipe()
     changes = {k: v for k, v in (("steps", args.steps), ("tune_steps", args.tune_steps), ("seed", args.seed))
                if v is not None}
     if any(v < 0 for v in changes.values()):
         raise InputError("--steps, --tune-steps and --seed must be >= 0: pass a non-negative number")
-    writable_folder(args.out, "--out")  # before training, not after minutes of it
-    for path in train_family(args.out, replace(recipe, **changes)):
+    out = args.out or ZOO_DIR
+    writable_folder(out, "--out")  # before training, not after minutes of it
+    for path in train_family(out, replace(recipe, **changes)):
         print(path)
     return 0
 
 
-def _cmd_list(args: argparse.Namespace) -> int:
+def list_command() -> int:
+    """`rope-harness zoo list`: each name, its base, law inputs and folder."""
     for name in zoo_names():
         path = ZOO_DIR / name
         law = None

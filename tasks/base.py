@@ -1,22 +1,28 @@
-"""The one small interface every task implements; the runner and report rely on nothing else.
+"""The one small interface every task implements; the runner and the report rely on nothing else.
 
-A task turns its parameters into cells, groups cells that can share work (perplexity: every length of
-one sample from one forward pass), and scores a group with the engine. It never touches attention,
-caches or chunking (that is the engine's job) and never writes files except through `ctx`.
+A task declares its options once (`options`: they become its `run` flags and its suite keys) and its
+measured-length definitions once (`measures`, the default first). It turns its parameters into cells,
+builds what every cell needs before any model is loaded (`prepare`, which returns the task's own typed
+state), groups cells that can share work (perplexity: every length of one sample from one forward
+pass), and scores a group with the engine. It never touches attention, caches or chunking (the
+engine's job) and never writes files except through `RunContext.write_side`.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import pkgutil
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from harness.errors import InputError
+from harness.metrics import MeasureSpec
 
 if TYPE_CHECKING:
     from harness.engine import Engine
+
+State = TypeVar("State")
 
 
 @dataclass(frozen=True, order=True)
@@ -40,33 +46,83 @@ class TaskParams:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class RunContext:
-    """What a task may use while scoring: the engine, the tokenizer, and a sink for side files."""
+@dataclass(frozen=True)
+class Option:
+    """One task option, declared once: the `run` flag `--name-with-dashes` and the suite key `name`.
 
-    engine: Engine
+    `type` is what argparse converts a flag to (bool: a flag without a value); `parse` turns a flag's text
+    into the option's value (e.g. a comma list); a suite gives the value itself, which the task checks.
+    """
+
+    name: str
+    help: str
+    type: type = str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def from_flag(self, value: Any) -> Any:
+        """A parsed flag's value as the option value; None = not given (an unset bool flag included)."""
+        if self.type is bool:
+            return True if value else None
+        if value is not None and self.parse is not None:
+            return self.parse(value)
+        return value
+
+
+@dataclass
+class Preflight:
+    """What `prepare` may use: the tokenizer and parameters, no model (it runs before any is loaded)."""
+
     tokenizer: Any
     params: TaskParams
-    manifest: dict[str, Any]
-    base_record: dict[str, Any]
-    write_side: Callable[[str, dict[str, Any]], None]
-    warn: Callable[[str], None]
-    state: dict[str, Any] = field(default_factory=dict)
+    warn: Callable[[str], None] = print
+
+
+@dataclass
+class Prepared(Generic[State]):
+    """What `prepare` returns: the task's own state and, when the data has fewer samples than asked, how many."""
+
+    state: State
+    available: int | None = None
+
+
+def _discard(stem: str, row: dict[str, Any]) -> None:
+    """write_side of a context that keeps no side files."""
+
+
+@dataclass
+class RunContext:
+    """What a task may use while scoring: the engine, the tokenizer, its prepared state, a sink for side files."""
+
+    engine: Engine | Any
+    tokenizer: Any
+    params: TaskParams
+    state: Any = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    base_record: dict[str, Any] = field(default_factory=dict)
+    write_side: Callable[[str, dict[str, Any]], None] = _discard
+    warn: Callable[[str], None] = print
+
+    @property
+    def preflight(self) -> Preflight:
+        return Preflight(self.tokenizer, self.params, self.warn)
 
 
 class Task:
-    """Base class: override `cells`, `score_group`; the rest has sensible defaults."""
+    """Base class: override `cells`, `prepare` and `score_group`; the rest has sensible defaults."""
 
     name: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+    measures: ClassVar[tuple[MeasureSpec, ...]] = ()  # measured-length definitions, the default first
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        """Register task-only `run` flags (their dest names become `TaskParams.options` keys)."""
-
-    @staticmethod
-    def option_names() -> list[str]:
-        """Names of this task's options, read from the parsed CLI/suite into TaskParams.options."""
-        return []
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [o.name for o in cls.options]
 
     def identity(self, params: TaskParams) -> dict[str, Any]:
         """Task parameters that change a cell's result: part of the resume key."""
@@ -75,8 +131,15 @@ class Task:
     def cells(self, params: TaskParams) -> list[Cell]:
         raise NotImplementedError
 
-    def prepare(self, ctx: RunContext) -> None:
-        """Build what every cell needs once (samples, prompts). May raise InputError."""
+    def prepare(self, pre: Preflight) -> Prepared:
+        """Build what every cell needs once (samples, prompts' parts). May raise InputError."""
+        return Prepared(None)
+
+    def state_of(self, ctx: RunContext) -> Any:
+        """The prepared state of `ctx`, prepared now when the caller built the context by hand."""
+        if ctx.state is None:
+            ctx.state = self.prepare(ctx.preflight).state
+        return ctx.state
 
     def groups(self, ctx: RunContext, cells: list[Cell]) -> list[list[Cell]]:
         """Cells that are scored together; default: each cell alone."""
@@ -87,88 +150,33 @@ class Task:
         raise NotImplementedError
 
 
+# ------------------------------------------------------------------------------------------ registry
+
+
 def task_names() -> list[str]:
-    """Every module in `tasks/` that defines TASK is a task: a new task is one new file."""
+    """Every module or package in `tasks/` that exports TASK (helper modules are skipped)."""
     import tasks
 
     names = []
     for info in pkgutil.iter_modules(tasks.__path__):
-        if info.name != "base" and not info.name.startswith("_"):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        if hasattr(importlib.import_module(f"tasks.{info.name}"), "TASK"):
             names.append(info.name)
     return sorted(names)
 
 
-def get_task_module(name: str):
-    """Import tasks.<name> (raises InputError naming the known tasks)."""
-    from harness.errors import InputError
-
+def get_task(name: str) -> Task:
+    """tasks.<name>.TASK (an unknown name is an InputError naming the known tasks)."""
     if name not in task_names():
         raise InputError(f"unknown task {name!r}: use --task with one of {', '.join(task_names())}")
-    return importlib.import_module(f"tasks.{name}")
+    return importlib.import_module(f"tasks.{name}").TASK
 
 
-def get_task(name: str) -> Task:
-    return get_task_module(name).TASK
-
-
-# ------------------------------------------------------------------ helpers shared by generation tasks
-
-_FIRST_INTEGER = re.compile(r"\d+")
-_CHAT_SENTINEL = "\ue000ROPE-HARNESS-CONTENT\ue000"
-
-
-def first_integer(text: str) -> str | None:
-    """The first run of digits in a generation (how passkey-style answers are read)."""
-    match = _FIRST_INTEGER.search(text)
-    return match.group(0) if match else None
-
-
-def int_option(options: dict[str, Any], key: str, flag: str, default: int, low: int, high: int | None = None) -> int:
-    """A whole-number task option (CLI or suite) with its default; out of range -> InputError naming the flag."""
-    from harness.errors import InputError
-
-    value = options.get(key)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-        whole = not isinstance(value, bool) and number == float(value)
-    except (TypeError, ValueError):
-        whole = False
-    bound = f"from {low} to {high}" if high is not None else f">= {low}"
-    if not whole or number < low or (high is not None and number > high):
-        raise InputError(f"{flag} {value!r} must be a whole number {bound}: e.g. {flag} {default}")
-    return number
-
-
-def parse_depths(value: Any) -> list[float] | None:
-    """`--depths` from the CLI (comma string) or a suite (list): sorted fractions in [0, 1]; None if not given."""
-    from harness.errors import InputError
-
-    if value is None or (isinstance(value, (str, list, tuple)) and not value):
-        return None
-    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
-    depths = set()
-    for item in items:
-        try:
-            depth = float(item)
-        except (TypeError, ValueError):
-            raise InputError(f"--depths {value!r}: {item!r} is not a number: pass fractions like 0,0.5,1") from None
-        if not 0.0 <= depth <= 1.0:
-            raise InputError(f"--depths {value!r}: {depth:g} is outside [0, 1]: pass fractions like 0,0.5,1")
-        depths.add(depth)
-    return sorted(depths)
-
-
-def chat_wrapper(tokenizer) -> tuple[str, str]:
-    """(text before, text after) a user turn in the tokenizer's chat template, generation prompt included."""
-    from harness.errors import InputError
-
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("--chat-template: this model's tokenizer has no chat template: drop --chat-template")
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": _CHAT_SENTINEL}], tokenize=False,
-                                             add_generation_prompt=True)
-    if not isinstance(rendered, str) or rendered.count(_CHAT_SENTINEL) != 1:
-        raise InputError("--chat-template: the chat template does not render a user message verbatim: drop --chat-template")
-    pre, post = rendered.split(_CHAT_SENTINEL)
-    return pre, post
+def all_options() -> dict[str, Option]:
+    """Every task's options by name, each once (shared options such as --depths are declared once)."""
+    options: dict[str, Option] = {}
+    for name in task_names():
+        for option in get_task(name).options:
+            options.setdefault(option.name, option)
+    return options

@@ -1,4 +1,4 @@
-"""Perplexity vs context length (ppl@L of DESIGN.md) and per-position loss.
+"""Perplexity vs context length (ppl@L, docs/design.md) and per-position loss.
 
 One forward pass over the longest length yields every shorter L, because a causal model's prediction
 at position t never sees later tokens; length-dependent RoPE (dynamic NTK, LongRoPE) gets one pass per
@@ -8,17 +8,48 @@ goes to positions.jsonl in buckets: that curve shows the RoPE cliff directly.
 
 from __future__ import annotations
 
-import argparse
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from harness.corpus import Sample, make_samples
-from harness.engine import perplexity
 from harness.errors import InputError
-from harness.report_perplexity import FIGURES, MEASURE, MEASURES  # noqa: F401  (the report reads them here)
-from tasks.base import Cell, RunContext, Task, TaskParams
+from harness.metrics import MeasureSpec, PositionMeasureSpec
+from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams
 
 BUCKETS = 128  # per-position buckets over the longest length
+
+MEASURE = MeasureSpec(
+    metric="nll",
+    name="ppl@L",
+    transform="exp",
+    factor=1.5,
+    reference="tune_len",
+    log_interp=True,
+    description="the model sees exactly L tokens (BOS + the sample's first L-1); ppl@L = exp(mean over samples "
+                "of the per-sample mean NLL over the L-1 predictions)",
+    id="ppl@L",
+    console="ppl",
+)
+
+# ppl@L averages every position up to L, so it crosses any threshold well after the per-token loss has
+# jumped (on the zoo's 256-token models by ~2x). This rule reads the jump off the per-position curve.
+# delta = 0.5 nats (a per-token perplexity x1.65): on the zoo (12 samples, 64-token buckets) the smoothed mean
+# curve strays at most ~0.25 nats from its [T/2, T] reference in distribution, while RoPE cliffs rise by
+# 1.5-2 nats; with one or two samples the curve is noisier (one sample's smoothed loss strays ~0.4 nats).
+POSITION_LOSS = PositionMeasureSpec(
+    metric="nll",
+    name="per-position loss",
+    id="position-loss",
+    delta=0.5,
+    window=3,
+    reference="tune_len",
+    reference_from=0.5,
+    description="mean NLL (nats) of the predictions in each position bucket of the longest pass (positions.jsonl), "
+                "token-weighted over samples: the loss at a token position, not averaged up to it",
+)
+
+MEASURES = [MEASURE, POSITION_LOSS]
 
 
 def _sliding_nll(ctx: RunContext, ids: list[int], window: int, stride: int) -> tuple[float, int]:
@@ -39,17 +70,19 @@ def _sliding_nll(ctx: RunContext, ids: list[int], window: int, stride: int) -> t
     return total, count
 
 
+@dataclass
+class Samples:
+    """The prepared state: the corpus samples of the longest length (every length reads their prefixes)."""
+
+    samples: list[Sample]
+
+
 class PerplexityTask(Task):
     name = "perplexity"
+    measures = tuple(MEASURES)
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--sliding-stride", type=int, default=None, metavar="S",
-                            help="perplexity: also report ppl_sliding@L,S (window L, stride S) over each sample")
-
-    @staticmethod
-    def option_names() -> list[str]:
-        return ["sliding_stride"]
+    options = (Option("sliding_stride", "perplexity: also report ppl_sliding@L,S (window L, stride S) over each "
+                      "sample", type=int, metavar="S"),)
 
     def identity(self, params: TaskParams) -> dict[str, Any]:
         # samples depend on the longest length (sample i = tokens [i*(M-b), (i+1)*(M-b)))
@@ -58,17 +91,16 @@ class PerplexityTask(Task):
     def cells(self, params: TaskParams) -> list[Cell]:
         return [Cell(length, None, sample) for sample in range(params.samples) for length in sorted(params.lengths)]
 
-    def prepare(self, ctx: RunContext) -> int:
-        params = ctx.params
+    def prepare(self, pre: Preflight) -> Prepared[Samples]:
+        params = pre.params
         stride = params.options.get("sliding_stride")
         if stride is not None and (not isinstance(stride, int) or stride < 1):
             raise InputError(f"--sliding-stride must be a positive number of tokens (got {stride!r}): e.g. 512")
-        samples = make_samples(ctx.tokenizer, params.corpus, max(params.lengths), params.samples, params.bos)
+        samples = make_samples(pre.tokenizer, params.corpus, max(params.lengths), params.samples, params.bos)
         if len(samples) < params.samples:
-            ctx.warn(f"corpus {params.corpus!r} yields only {len(samples)} samples of {max(params.lengths)} tokens "
+            pre.warn(f"corpus {params.corpus!r} yields only {len(samples)} samples of {max(params.lengths)} tokens "
                      f"(asked {params.samples}): running those")
-        ctx.state["samples"] = samples
-        return len(samples)
+        return Prepared(Samples(samples), len(samples))
 
     def groups(self, ctx: RunContext, cells: list[Cell]) -> list[list[Cell]]:
         if ctx.engine is not None and ctx.engine.length_dependent:
@@ -83,7 +115,7 @@ class PerplexityTask(Task):
         return bos + sample.tokens
 
     def score_group(self, ctx: RunContext, cells: list[Cell]) -> list[dict[str, Any]]:
-        sample: Sample = ctx.state["samples"][cells[0].sample]
+        sample = self.state_of(ctx).samples[cells[0].sample]
         ids = self._ids(ctx, sample)
         longest = max(c.length for c in cells)
         plan = ctx.engine.plan(longest)
@@ -94,7 +126,7 @@ class PerplexityTask(Task):
         results = []
         for cell in cells:
             predicted = nll[:cell.length - 1]
-            metrics = {"ppl": perplexity(predicted), "nll": float(predicted.double().mean()), "tokens": cell.length - 1,
+            metrics = {"ppl": math.exp(float(predicted.double().mean())), "nll": float(predicted.double().mean()), "tokens": cell.length - 1,
                        "bos": ctx.params.bos, "doc_id": sample.doc_id, "offset": sample.offset, "plan": str(plan)}
             if stride:
                 total, count = _sliding_nll(ctx, ids, cell.length, stride)

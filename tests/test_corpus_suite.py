@@ -1,6 +1,6 @@
-"""Corpus/sample semantics (DESIGN.md) and suite validation."""
+"""Corpus/sample semantics (docs/design.md) and suite validation."""
 
-import argparse
+import dataclasses
 import json
 import sysconfig
 from pathlib import Path
@@ -76,8 +76,7 @@ def test_hf_corpus_offline_is_a_clear_error(offline, tok):
         corpus.make_samples(tok, "hf:no-such-owner/no-such-dataset-xyz", 64, 1, True)
 
 
-ARGS = argparse.Namespace(out=None, chunk_size=None, max_memory=None, dry_run=False, no_progress=True, argv=[],
-                          dtype=None, device=None)
+ARGS = suite.Flags(no_progress=True)
 
 
 def test_hf_corpus_with_no_route_to_the_hub_uses_the_cache_at_once(tok, monkeypatch):
@@ -160,7 +159,7 @@ def test_suite_path_that_is_a_folder(tmp_path):
 
 
 def test_suite_takes_attn_from_the_command_line():
-    args = argparse.Namespace(**{**vars(ARGS), "attn": "eager"})
+    args = dataclasses.replace(ARGS, attn="eager")
     assert {s.attn for s in suite.load_suite("quick", args).settings} == {"eager"}
 
 

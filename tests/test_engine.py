@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from tiny import FAMILIES, OVERRIDES, make_tiny
 
-from harness import engine, models
+from harness import engine, models, rope_config
 
 
 def plain_nll(path, override, ids):
@@ -28,7 +28,7 @@ def family_dirs(tmp_path_factory):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_matches_plain_forward(family, family_dirs):
     ids = ids_of(301)
-    override = models.RopeOverride(theta=5e4)
+    override = rope_config.RopeOverride(theta=5e4)
     ref = plain_nll(family_dirs[family], override, ids)
     loaded = models.load(str(family_dirs[family]), override)
     for chunk in (None, 77):  # single pass, and chunked prefill with a chunk not dividing the length
@@ -49,7 +49,7 @@ def test_prefill_that_loses_state_is_refused_not_wrong(tmp_path):
     """Bamba's Mamba layers ignore the cached state on a multi-token chunk: prefill would be silently wrong."""
     path = make_tiny(tmp_path / "bamba", "bamba")
     ids = ids_of(60)
-    ref = plain_nll(path, models.RopeOverride(), ids)
+    ref = plain_nll(path, rope_config.RopeOverride(), ids)
     loaded = models.load(str(path))
     assert torch.allclose(engine.Engine(loaded).token_nll(ids), ref, rtol=1e-5, atol=1e-5)
     chunked = engine.Engine(loaded, chunk_size=16)
@@ -89,7 +89,7 @@ def test_dynamic_needs_one_pass_per_length(tiny_llama):
 def test_answer_score_and_rank(tiny_llama):
     eng = engine.Engine(models.load(str(tiny_llama)))
     ids = ids_of(300, seed=1)
-    ref = plain_nll(tiny_llama, models.RopeOverride(), ids)
+    ref = plain_nll(tiny_llama, rope_config.RopeOverride(), ids)
     score = eng.answer_score(ids[:250], ids[250:255])
     assert score.logprob == pytest.approx(-float(ref[249:254].sum()), rel=1e-5)
     model = models.load(str(tiny_llama)).model
@@ -127,7 +127,7 @@ def test_longrope_across_original_max_positions_matches_fresh_models(tmp_path):
     """LongRoPE switches short/long factors at original_max_position_embeddings (64 here): fixed per L."""
     path = make_tiny(tmp_path / "phi3", "phi3")
     dim_half = 8  # head_dim 16
-    override = models.RopeOverride(rope_type="longrope", params={
+    override = rope_config.RopeOverride(rope_type="longrope", params={
         "short_factor": [1.0 + 0.1 * i for i in range(dim_half)], "long_factor": [2.0 + 0.5 * i for i in range(dim_half)]})
     eng = engine.Engine(models.load(str(path), override))
     ids = ids_of(300, seed=4)
@@ -141,7 +141,7 @@ def test_longrope_across_original_max_positions_matches_fresh_models(tmp_path):
 
 def test_gemma3_dynamic_on_global_layers_matches_fresh_models(family_dirs):
     """Per-layer-type RoPE: the override and the per-length fix touch only the global layers' section."""
-    override = models.RopeOverride(rope_type="dynamic", factor=4)
+    override = rope_config.RopeOverride(rope_type="dynamic", factor=4)
     eng = engine.Engine(models.load(str(family_dirs["gemma3"]), override))
     ids = ids_of(400, seed=5)
     for length in (400, 150):

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from harness import law_cli
+from harness.cli import build_parser, main
 from harness.errors import InputError
 
 
 def run(argv: list[str], capsys) -> tuple[int, str]:
-    parser = argparse.ArgumentParser(prog="rope-harness")
-    law_cli.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["law", *argv])
+    args = build_parser().parse_args(["law", *argv])
     code = args.func(args)
     return code, capsys.readouterr().out
 
@@ -120,11 +117,10 @@ def test_argparse_errors_are_one_line_too(capsys):
     assert "invalid int value: 'x' (see rope-harness law --help)" in captured.err
 
 
-def test_module_main_runs_the_law_command(capsys):
-    """The module docstring promises `python -m harness.law_cli ...`: it had no main and did nothing."""
-    assert law_cli.main(["--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--json"]) == 0
+def test_main_runs_the_law_command_with_exit_codes(capsys):
+    assert main(["law", "--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["settings"][0]["extrapolation_limit"] == 129027
-    assert law_cli.main(["--head-dim", "3", "--train-len", "4096", "--base", "1e6"]) == 2
+    assert main(["law", "--head-dim", "3", "--train-len", "4096", "--base", "1e6"]) == 2
 
 
 def test_library_warnings_are_printed_once():

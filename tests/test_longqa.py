@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -15,6 +14,7 @@ from tasks.longqa import (
     DATASETS,
     GENERIC,
     SNAP_WINDOW,
+    LongBenchSource,
     LongQATask,
     best_scores,
     exact_match,
@@ -70,18 +70,27 @@ def bpe_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
-def make_ctx(tokenizer, lengths, options=None, *, samples=1, seed=0, corpus="stdlib", bos=True, engine=None):
-    warnings: list[str] = []
+def make_ctx(tokenizer, lengths, options=None, *, samples=1, seed=0, corpus="stdlib", bos=True, engine=None,
+             warnings=None):
     params = TaskParams(lengths=list(lengths), samples=samples, seed=seed, corpus=str(corpus), bos=bos,
                         options=dict(options or {}))
-    ctx = RunContext(engine=engine, tokenizer=tokenizer, params=params, manifest={}, base_record={},
-                     write_side=lambda *a: None, warn=warnings.append)
-    ctx.state["warnings"] = warnings
-    return ctx
+    warn = warnings.append if warnings is not None else lambda _: None
+    return RunContext(engine=engine, tokenizer=tokenizer, params=params, warn=warn)
+
+
+def prepare(task, ctx):
+    """What the runner does before scoring: the prepared state goes into the context."""
+    ready = task.prepare(ctx.preflight)
+    assert ready.available is None  # samples are row indices (LongBench) or seeds (synthetic): never short
+    ctx.state = ready.state
+
+
+def rows_of(task, params):
+    return task.source(params).rows
 
 
 def cell_for(task, ctx, length, qa_id=None, depth=None):
-    rows = task.rows(ctx.params)
+    rows = rows_of(task, ctx.params)
     sample = next(i for i, r in enumerate(rows) if r.qa_id == qa_id) if qa_id else 0
     return Cell(length, depth, sample)
 
@@ -123,10 +132,14 @@ def _fixed_bytes(row: dict) -> tuple[int, int]:
 
 def test_longbench_exact_length_and_truncation_accounting(longbench_file):
     task, tok = LongQATask(), byte_tokenizer()
-    ctx = make_ctx(tok, [320, 400, 2048], {"source": str(longbench_file)}, samples=5)
+    warnings: list[str] = []
+    ctx = make_ctx(tok, [320, 400, 2048], {"source": str(longbench_file)}, samples=5, warnings=warnings)
     cells = task.cells(ctx.params)
     assert {c.sample for c in cells} == {0, 1, 2, 3, 4} and len(cells) == 15
-    task.prepare(ctx)
+    prepare(task, ctx)
+    assert isinstance(ctx.state, LongBenchSource)  # the prepared source is the state
+    assert warnings == [f"longqa: dataset {name} has {n} row(s), fewer than --samples 5: running {n}"
+                        for name, n in (("hotpotqa", 3), ("gov_report", 1), ("mydata", 1))]
     row = _rows()[0]
     head, tail = _fixed_bytes(row)
     context = row["context"].encode()
@@ -155,7 +168,7 @@ def test_longbench_padding_depth_and_no_pad(longbench_file, text_corpus):
     context = row["context"].encode()
     for depth in (0.0, 1.0):
         ctx = make_ctx(tok, [600], {"source": str(longbench_file), "qa_datasets": "hotpotqa"}, samples=3)
-        task.prepare(ctx)
+        prepare(task, ctx)
         prompt = task.build(ctx, cell_for(task, ctx, 600, "hp2", depth))
         assert len(prompt.ids) == 600 and prompt.record["truncated_tokens"] == 0
         assert prompt.record["pad_tokens"] == 600 - head - tail - len(context)
@@ -189,12 +202,12 @@ def test_longbench_exact_length_with_a_bpe_tokenizer(longbench_file, bpe_tokeniz
 
     task = LongQATask()
     ctx = make_ctx(bpe_tokenizer, [200, 300, 1500], {"source": str(longbench_file)}, samples=5)
-    task.prepare(ctx)
+    prepare(task, ctx)
     for cell in task.cells(ctx.params):
         prompt = task.build(ctx, cell)
         assert len(prompt.ids) == cell.length == prompt.record["prompt_tokens"]
         assert prompt.ids.count(bpe_tokenizer.bos_token_id) == 1
-        row = task.rows(ctx.params)[cell.sample]
+        row = rows_of(task, ctx.params)[cell.sample]
         before, _, after = (DATASETS.get(row.dataset) or GENERIC).template.partition("{context}")
         fixed = 1 + len(encode(before.replace("{input}", row.question))) + len(encode(after.replace("{input}", row.question)))
         context = encode(row.context)
@@ -207,9 +220,9 @@ def test_longbench_datasets_templates_and_selection(longbench_file):
     task, tok = LongQATask(), byte_tokenizer()
     ctx = make_ctx(tok, [1024], {"source": str(longbench_file), "qa_datasets": "gov_report,mydata"}, samples=1)
     cells = task.cells(ctx.params)
-    rows = task.rows(ctx.params)
+    rows = rows_of(task, ctx.params)
     assert [rows[c.sample].dataset for c in cells] == ["gov_report", "mydata"]
-    task.prepare(ctx)
+    prepare(task, ctx)
     summary = task.build(ctx, cells[0])
     assert summary.metric == "rouge_l" and summary.max_new_tokens == 512
     assert summary.record["answer_in_context"] is True and summary.record["answer_in_full_context"] is None
@@ -232,7 +245,7 @@ def test_longbench_folder_source(tmp_path):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = LongQATask()
     params = make_ctx(byte_tokenizer(), [1024], {"source": str(folder), "qa_datasets": "gov_report"}).params
-    assert [r.dataset for r in task.rows(params)] == ["gov_report"]
+    assert [r.dataset for r in rows_of(task, params)] == ["gov_report"]
 
 
 @pytest.mark.parametrize("line, message", [
@@ -257,9 +270,9 @@ def test_bad_input_is_input_error(tmp_path, longbench_file):
     with pytest.raises(InputError, match="not valid JSON"):
         LongQATask().cells(make_ctx(tok, [1024], {"source": str(tmp_path / "broken.jsonl")}).params)
     with pytest.raises(InputError, match="too small"):  # the hotpotqa template alone is ~330 bytes
-        LongQATask().prepare(make_ctx(tok, [128, 1024], {"source": str(longbench_file)}, samples=5))
+        LongQATask().prepare(make_ctx(tok, [128, 1024], {"source": str(longbench_file)}, samples=5).preflight)
     with pytest.raises(InputError, match="too small"):
-        LongQATask().prepare(make_ctx(tok, [256], {}))
+        LongQATask().prepare(make_ctx(tok, [256], {}).preflight)
     with pytest.raises(InputError, match="--qa-hops"):
         LongQATask().cells(make_ctx(tok, [1024], {"qa_hops": "4"}).params)
     # an option of the other source was silently ignored
@@ -272,7 +285,7 @@ def test_bad_input_is_input_error(tmp_path, longbench_file):
     with pytest.raises(InputError, match="--depths"):
         LongQATask().cells(make_ctx(tok, [1024], {"depths": "0.5,1.5"}).params)
     with pytest.raises(InputError, match="chat template"):
-        LongQATask().prepare(make_ctx(tok, [1024], {"chat_template": True}))
+        LongQATask().prepare(make_ctx(tok, [1024], {"chat_template": True}).preflight)
 
 
 # ============================================================================================ synthetic
@@ -295,7 +308,7 @@ def test_synthetic_exact_length_from_1024_and_determinism(text_corpus, bpe_token
         ctx = make_ctx(tok, [1024, 1500], options, samples=3, corpus=text_corpus)
         cells = task.cells(ctx.params)
         assert len(cells) == 3 * 3 * 2
-        task.prepare(ctx)
+        prepare(task, ctx)
         again = make_ctx(tok, [1024, 1500], options, samples=3, corpus=text_corpus)
         for cell in cells:
             prompt = task.build(ctx, cell)
@@ -316,7 +329,7 @@ def test_synthetic_exact_length_from_1024_and_determinism(text_corpus, bpe_token
 def test_synthetic_depth_places_the_first_fact(text_corpus):
     task, tok = LongQATask(), byte_tokenizer()
     ctx = make_ctx(tok, [2048], {"qa_hops": "1", "qa_distractors": 0, "depths": "0,0.5,1"}, corpus=text_corpus)
-    task.prepare(ctx)
+    prepare(task, ctx)
     head = 1 + len(b"The text below hides")  # lower bound on the head: BOS + instruction
     positions = {d: task.build(ctx, Cell(2048, d, 0)).record["fact_position"] for d in (0.0, 0.5, 1.0)}
     assert head < positions[0.0] < 200
@@ -333,6 +346,10 @@ def test_synthetic_chat_template_exact_length_no_double_bos(text_corpus):
     prompt = task.build(ctx, Cell(1024, None, 0))
     assert len(prompt.ids) == 1024 and prompt.ids.count(tok.bos_token_id) == 1 and prompt.ids[0] == tok.bos_token_id
     assert "[ASSISTANT] Answer: The vault where" in tok.decode(prompt.ids)
+    # --no-bos: the template's own BOS goes too (as in passkey), the prompt stays exactly L tokens
+    no_bos = task.build(make_ctx(tok, [1024], {"chat_template": True, "qa_hops": "2"}, corpus=text_corpus, bos=False),
+                        Cell(1024, None, 0))
+    assert len(no_bos.ids) == 1024 and tok.bos_token_id not in no_bos.ids
 
 
 # ========================================================================================= end to end
@@ -349,7 +366,7 @@ def engine(tiny_llama):
 def test_score_cells_end_to_end(engine, text_corpus, longbench_file):
     task = LongQATask()
     ctx = make_ctx(engine.tokenizer, [1024], {"qa_hops": "2", "max_new_tokens": 4}, corpus=text_corpus, engine=engine)
-    task.prepare(ctx)
+    prepare(task, ctx)
     (record,) = task.score_group(ctx, [Cell(1024, None, 0)])
     assert record["metric"] == "match" and record["score"] in (0.0, 1.0)
     assert record["prompt_tokens"] == 1024 and record["truncated_tokens"] == 0 and record["answer_in_context"] is True
@@ -361,7 +378,7 @@ def test_score_cells_end_to_end(engine, text_corpus, longbench_file):
 
     lb = make_ctx(engine.tokenizer, [400], {"source": str(longbench_file), "max_new_tokens": 3}, samples=5,
                   engine=engine)
-    task.prepare(lb)
+    prepare(task, lb)
     cells = [c for c in task.cells(lb.params) if c.sample in (0, 3)]
     records = task.score_group(lb, cells)
     assert [r["dataset"] for r in records] == ["hotpotqa", "gov_report"]
@@ -376,16 +393,24 @@ def test_score_cells_end_to_end(engine, text_corpus, longbench_file):
 # ========================================================================================= CLI, report
 
 
-def test_cli_flags_land_in_option_names():
-    parser = argparse.ArgumentParser()
-    LongQATask.add_arguments(parser)
-    args = parser.parse_args(["--source", "x.jsonl", "--qa-datasets", "hotpotqa", "--qa-hops", "1,3",
-                              "--qa-distractors", "5", "--qa-pad", "none"])
-    task_dests = {"source", "qa_datasets", "qa_hops", "qa_distractors", "qa_pad"}
-    assert task_dests <= set(vars(args)) and task_dests <= set(LongQATask.option_names())
-    assert {"depths", "max_new_tokens", "chat_template"} <= set(LongQATask.option_names())
-    ident = LongQATask().identity(TaskParams([1024], options={"qa_hops": None, "depths": "0,1"}))
-    assert ident["qa_hops"] == "1,2" and ident["qa_distractors"] == 3 and "depths" not in ident
+def test_cli_flags_are_the_declared_options():
+    from harness.cli import build_parser
+
+    assert [o.flag for o in LongQATask.options] == ["--source", "--qa-datasets", "--qa-hops", "--qa-distractors",
+                                                   "--qa-pad", "--depths", "--max-new-tokens", "--chat-template"]
+    args = build_parser().parse_args(["run", "--model", "m", "--task", "longqa", "--source", "x.jsonl",
+                                      "--qa-datasets", "hotpotqa", "--qa-hops", "1,3", "--qa-distractors", "5",
+                                      "--qa-pad", "none", "--depths", "0,1", "--max-new-tokens", "9"])
+    given = {o.name: o.from_flag(getattr(args, o.name)) for o in LongQATask.options}
+    assert given == {"source": "x.jsonl", "qa_datasets": "hotpotqa", "qa_hops": "1,3", "qa_distractors": 5,
+                     "qa_pad": "none", "depths": [0.0, 1.0], "max_new_tokens": 9, "chat_template": None}
+    assert set(given) == set(LongQATask.option_names())
+    ident = LongQATask().identity(TaskParams([1024], options={"qa_hops": None, "depths": [0.0, 1.0]}))
+    assert ident == {"corpus": "stdlib", "bos": True, "source": "synthetic", "qa_datasets": None,
+                     "max_new_tokens": None, "chat_template": False, "qa_hops": "1,2", "qa_distractors": 3}
+    ident = LongQATask().identity(TaskParams([1024], options={"source": "x.jsonl", "qa_datasets": " a, b"}))
+    assert ident == {"corpus": "stdlib", "bos": True, "source": "x.jsonl", "qa_datasets": "a,b",
+                     "max_new_tokens": None, "chat_template": False, "qa_pad": "others"}
 
 
 def _fake_records():
@@ -407,9 +432,11 @@ def _fake_records():
 
 
 def test_report_draws_every_figure(tmp_path):
-    from harness.report import build_report, task_figures
+    from harness.report import build_report
+    from harness.report.registry import task_figures, task_measures
 
-    figures, spec = task_figures("longqa")
+    figures = task_figures("longqa").figures
+    spec = task_measures("longqa")[0]
     assert spec.metric == "score" and spec.higher_is_better
     run = tmp_path / "run"
     run.mkdir()

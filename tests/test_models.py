@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny import FAMILIES, OVERRIDES, make_tiny
 
-from harness import models, rope_math
+from harness import models, rope_config, rope_math
 from harness.errors import InputError
 
 
@@ -17,7 +17,7 @@ def family_dirs(tmp_path_factory):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_theta_override_reaches_every_family(family, family_dirs):
-    loaded = models.load(str(family_dirs[family]), models.RopeOverride(theta=5e5))
+    loaded = models.load(str(family_dirs[family]), rope_config.RopeOverride(theta=5e5))
     section = loaded.manifest["rope_section"]
     dim = loaded.manifest["rotary_dim"]
     want = torch.tensor([1 / 5e5 ** (i / dim) for i in range(0, dim, 2)], dtype=torch.float32)
@@ -47,7 +47,7 @@ def test_every_rope_type_verifies_on_llama(name, tiny_llama):
 
 
 def test_verify_catches_a_model_that_ignored_the_override(tiny_llama):
-    loaded = models.load(str(tiny_llama), models.RopeOverride(theta=5e5))
+    loaded = models.load(str(tiny_llama), rope_config.RopeOverride(theta=5e5))
     config = copy.deepcopy(loaded.config)
     config.rope_parameters["rope_theta"] = 123456.0  # pretend the override asked for something else
     with pytest.raises(RuntimeError, match="did not take effect"):
@@ -69,29 +69,29 @@ def test_bf16_load_keeps_float32_rope(tiny_llama):
 
 def test_hash_differs_whenever_a_parameter_differs(tiny_llama):
     hashes = {models.load(str(tiny_llama), o).manifest["rope_hash"] for o in [
-        models.RopeOverride(), models.RopeOverride(theta=5e5), models.RopeOverride(theta=5e5 + 1),
-        models.RopeOverride(rope_type="linear", factor=4), models.RopeOverride(rope_type="linear", factor=2),
-        models.RopeOverride(rope_type="yarn", factor=4), models.RopeOverride(rope_type="yarn", factor=4, params={"beta_fast": 16}),
-        models.RopeOverride(tune_len=512)]}
+        rope_config.RopeOverride(), rope_config.RopeOverride(theta=5e5), rope_config.RopeOverride(theta=5e5 + 1),
+        rope_config.RopeOverride(rope_type="linear", factor=4), rope_config.RopeOverride(rope_type="linear", factor=2),
+        rope_config.RopeOverride(rope_type="yarn", factor=4), rope_config.RopeOverride(rope_type="yarn", factor=4, params={"beta_fast": 16}),
+        rope_config.RopeOverride(tune_len=512)]}
     assert len(hashes) == 8
     assert models.load(str(tiny_llama)).manifest["rope_hash"] == models.load(str(tiny_llama)).manifest["rope_hash"]
 
 
 def test_law_inputs_sources(tiny_llama, tmp_path):
     config = models.load_config(str(tiny_llama))
-    law = models.law_inputs(config)
+    law = rope_config.law_inputs(config)
     assert (law["train_len"], law["train_len_source"], law["tune_len"], law["pretrain_base"]) == (128, "max_position_embeddings", 128, 1e4)
-    law = models.law_inputs(config, models.RopeOverride(train_len=4096, tune_len=8192, pretrain_base=5e5))
+    law = rope_config.law_inputs(config, rope_config.RopeOverride(train_len=4096, tune_len=8192, pretrain_base=5e5))
     assert (law["train_len"], law["tune_len"], law["pretrain_base"], law["tune_len_source"]) == (4096, 8192, 5e5, "flag")
     config.rope_harness_law = {"pretrain_base": 1e4, "train_len": 64, "tune_len": 96}
-    law = models.law_inputs(config)
+    law = rope_config.law_inputs(config)
     assert (law["train_len"], law["tune_len"], law["train_len_source"]) == (64, 96, "rope_harness_law")
     phi = models.load_config(str(make_tiny(tmp_path / "phi", "phi3")))
-    assert models.law_inputs(phi)["train_len"] == 64  # original_max_position_embeddings wins
+    assert rope_config.law_inputs(phi)["train_len"] == 64  # original_max_position_embeddings wins
 
 
 def test_length_dependent_rope_is_fixed_per_length_and_restored(tiny_llama):
-    loaded = models.load(str(tiny_llama), models.RopeOverride(rope_type="dynamic", factor=4))
+    loaded = models.load(str(tiny_llama), rope_config.RopeOverride(rope_type="dynamic", factor=4))
     (_, _, buffer), = models.rotary_buffers(loaded.model)
     before = buffer.clone()
     with models.rope_fixed_for_length(loaded.model, loaded.config, 1024):
@@ -101,27 +101,27 @@ def test_length_dependent_rope_is_fixed_per_length_and_restored(tiny_llama):
 
 
 @pytest.mark.parametrize("override, message", [
-    (models.RopeOverride(rope_type="nope"), "unknown --rope-type"),
-    (models.RopeOverride(theta=1.0), "--rope-theta must be > 1"),
-    (models.RopeOverride(rope_type="linear", factor=0.5), "--rope-factor must be >= 1"),
-    (models.RopeOverride(rope_type="yarn"), "needs a scaling factor"),
-    (models.RopeOverride(rope_type="longrope"), "short_factor"),
-    (models.RopeOverride(train_len=3), "--train-len"),
-    (models.RopeOverride(factor=4), "rope_type default ignores factor"),  # a forgotten --rope-type
-    (models.RopeOverride(rope_type="linear", factor=4, params={"beta_fast": 8}), "linear ignores beta_fast"),
+    (rope_config.RopeOverride(rope_type="nope"), "unknown --rope-type"),
+    (rope_config.RopeOverride(theta=1.0), "--rope-theta must be > 1"),
+    (rope_config.RopeOverride(rope_type="linear", factor=0.5), "--rope-factor must be >= 1"),
+    (rope_config.RopeOverride(rope_type="yarn"), "needs a scaling factor"),
+    (rope_config.RopeOverride(rope_type="longrope"), "short_factor"),
+    (rope_config.RopeOverride(train_len=3), "--train-len"),
+    (rope_config.RopeOverride(factor=4), "rope_type default ignores factor"),  # a forgotten --rope-type
+    (rope_config.RopeOverride(rope_type="linear", factor=4, params={"beta_fast": 8}), "linear ignores beta_fast"),
     # a typo was recorded in rope_params and the hash but changed nothing
-    (models.RopeOverride(params={"bogus": 3}), "unknown RoPE parameter bogus: rope_type default reads rope_theta;"),
-    (models.RopeOverride(rope_type="yarn", factor=4, params={"beta_fst": 8}), "rope_type yarn reads .*beta_fast"),
-    (models.RopeOverride(params={"rope_type": "yarn"}), "pass --rope-type"),
-    (models.RopeOverride(params={"partial_rotary_factor": 0.5}), "partial_rotary_factor .* drop it"),  # a traceback
+    (rope_config.RopeOverride(params={"bogus": 3}), "unknown RoPE parameter bogus: rope_type default reads rope_theta;"),
+    (rope_config.RopeOverride(rope_type="yarn", factor=4, params={"beta_fst": 8}), "rope_type yarn reads .*beta_fast"),
+    (rope_config.RopeOverride(params={"rope_type": "yarn"}), "pass --rope-type"),
+    (rope_config.RopeOverride(params={"partial_rotary_factor": 0.5}), "partial_rotary_factor .* drop it"),  # a traceback
     # law inputs the law refuses were only found out in the report; train_len 128 comes from the config
-    (models.RopeOverride(pretrain_base=1.0), "pre-training base 1 must be greater than 1"),
-    (models.RopeOverride(pretrain_base=0.5), "pre-training base 0.5 must be greater than 1"),
-    (models.RopeOverride(tune_len=100), "tune length 100 is shorter than train length 128"),
+    (rope_config.RopeOverride(pretrain_base=1.0), "pre-training base 1 must be greater than 1"),
+    (rope_config.RopeOverride(pretrain_base=0.5), "pre-training base 0.5 must be greater than 1"),
+    (rope_config.RopeOverride(tune_len=100), "tune length 100 is shorter than train length 128"),
     # frequencies float32 cannot hold: OverflowError / "did not take effect" tracebacks before
-    (models.RopeOverride(rope_type="ntk", factor=1e308), "effective NTK base .* inf is above 1e\\+20"),
-    (models.RopeOverride(theta=1e308), "rope_theta 1e\\+308 is above 1e\\+20.*smaller --rope-theta"),
-    (models.RopeOverride(rope_type="linear", factor=1e300), "outside float32's range.*smaller --rope-factor"),
+    (rope_config.RopeOverride(rope_type="ntk", factor=1e308), "effective NTK base .* inf is above 1e\\+20"),
+    (rope_config.RopeOverride(theta=1e308), "rope_theta 1e\\+308 is above 1e\\+20.*smaller --rope-theta"),
+    (rope_config.RopeOverride(rope_type="linear", factor=1e300), "outside float32's range.*smaller --rope-factor"),
 ])
 def test_bad_overrides_are_one_line_errors(override, message, tiny_llama):
     with pytest.raises(InputError, match=message) as err:
@@ -132,14 +132,14 @@ def test_bad_overrides_are_one_line_errors(override, message, tiny_llama):
 def test_keys_and_values_transformers_reads_are_still_accepted(tiny_llama, tmp_path):
     """The new refusals stop at real misuse: common keys, the largest allowed base, and a tuning length that
     only exceeds a config's train_len (zoo base-1e6-t1024) all load and verify."""
-    loaded = models.load(str(tiny_llama), models.RopeOverride(params={"rope_theta": 2e4}))
+    loaded = models.load(str(tiny_llama), rope_config.RopeOverride(params={"rope_theta": 2e4}))
     assert loaded.manifest["rope_theta"] == 2e4
-    assert models.load(str(tiny_llama), models.RopeOverride(theta=models.MAX_THETA)).manifest["rope_theta"] == 1e20
+    assert models.load(str(tiny_llama), rope_config.RopeOverride(theta=rope_config.MAX_THETA)).manifest["rope_theta"] == 1e20
     config = models.load_config(str(tiny_llama))
     config.rope_harness_law = {"train_len": 64, "tune_len": 96}
-    assert models.law_inputs(config)["tune_len"] == 96
+    assert rope_config.law_inputs(config)["tune_len"] == 96
     with pytest.raises(InputError, match="tune length 32 is shorter than train length 64"):
-        models.law_inputs(config, models.RopeOverride(tune_len=32))
+        rope_config.law_inputs(config, rope_config.RopeOverride(tune_len=32))
 
 
 def test_run_refuses_an_unknown_rope_param_and_writes_nothing(tiny_llama, tmp_path, capsys):
@@ -165,7 +165,7 @@ def test_default_label_keeps_round_numbers_and_tells_near_ones_apart(theta, fact
 def test_original_max_positions_param_reaches_phi3_and_gemma3_truncate_is_refused(family_dirs):
     """Phi3's top-level original_max_position_embeddings wins in transformers: an explicit param must win
     there too; transformers ignores yarn's truncate for per-layer-type RoPE, so asking for it is an error."""
-    override = models.RopeOverride(rope_type="yarn", factor=4, params={"original_max_position_embeddings": 32})
+    override = rope_config.RopeOverride(rope_type="yarn", factor=4, params={"original_max_position_embeddings": 32})
     loaded = models.load(str(family_dirs["phi3"]), override)  # original_max_position_embeddings 64 in the checkpoint
     assert loaded.manifest["rope_params"]["original_max_position_embeddings"] == 32
     (_, _, buffer), = models.rotary_buffers(loaded.model)
@@ -173,7 +173,7 @@ def test_original_max_positions_param_reaches_phi3_and_gemma3_truncate_is_refuse
                                      "original_max_position_embeddings": 32}, 16, 128)
     assert torch.allclose(buffer, torch.tensor(values, dtype=torch.float32), rtol=1e-6)
     with pytest.raises(InputError, match="truncate"):
-        models.load(str(family_dirs["gemma3"]), models.RopeOverride(rope_type="yarn", factor=4,
+        models.load(str(family_dirs["gemma3"]), rope_config.RopeOverride(rope_type="yarn", factor=4,
                                                                      params={"truncate": False}))
 
 

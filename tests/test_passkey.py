@@ -16,7 +16,7 @@ from harness.bytetok import byte_tokenizer
 from harness.engine import AnswerScore
 from harness.errors import InputError
 from tasks import passkey as pk
-from tasks.base import RunContext, TaskParams, get_task
+from tasks.base import Preflight, RunContext, TaskParams, get_task
 
 # ------------------------------------------------------------------------------------------ tokenizers
 
@@ -113,14 +113,15 @@ def test_too_short_is_an_input_error_naming_the_minimum(tokenizer):
 
 def test_prepare_checks_every_length_before_any_model(tokenizer):
     params = TaskParams(lengths=[20, 3000], samples=2, options={"depths": [0.0, 0.6, 1.0]})
-    ctx = RunContext(engine=None, tokenizer=tokenizer, params=params, manifest={}, base_record={},
-                     write_side=lambda *_: None, warn=lambda _: None)
+    pre = Preflight(tokenizer, params, warn=lambda _: None)
     with pytest.raises(InputError, match=r"--lengths 20 is below .* at least (\d+) tokens") as err:
-        pk.TASK.prepare(ctx)
+        pk.TASK.prepare(pre)
     low = int(re.search(r"at least (\d+)", str(err.value)).group(1))
     params.lengths = [low, low + 1, 3000]
-    ctx.state.clear()
-    assert pk.TASK.prepare(ctx) is None  # filler haystack: every sample available
+    prepared = pk.TASK.prepare(pre)
+    assert prepared.available is None  # filler haystack: every sample available
+    assert isinstance(prepared.state, pk.PasskeyState) and prepared.state.haystack.kind == "filler"
+    ctx = RunContext(engine=None, tokenizer=tokenizer, params=params, state=prepared.state, warn=lambda _: None)
     for cell in pk.TASK.cells(params):  # the minimum prepare names holds for every cell
         assert len(pk.TASK.build(ctx, cell).ids) == cell.length
 
@@ -174,12 +175,17 @@ def test_keys_and_prompts_are_seeded():
 
 
 def test_options_identity_and_flags():
-    import argparse
+    from harness.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    pk.TASK.add_arguments(parser)
-    args = parser.parse_args(["--key-digits", "7", "--haystack", "corpus", "--needles", "3"])
-    assert (args.key_digits, args.haystack, args.needles) == (7, "corpus", 3)
+    assert [o.flag for o in pk.TASK.options] == ["--depths", "--max-new-tokens", "--chat-template", "--key-digits",
+                                                "--haystack", "--needles"]
+    args = build_parser().parse_args(["run", "--model", "m", "--task", "passkey", "--key-digits", "7",
+                                      "--haystack", "corpus", "--needles", "3", "--depths", "0,1", "--chat-template"])
+    given = {o.name: o.from_flag(getattr(args, o.name)) for o in pk.TASK.options}
+    assert given == {"key_digits": 7, "haystack": "corpus", "needles": 3, "depths": [0.0, 1.0], "chat_template": True,
+                     "max_new_tokens": None}
+    assert pk.Options.from_params(TaskParams(lengths=[512], options=given)) == pk.Options(
+        depths=(0.0, 1.0), key_digits=7, haystack="corpus", needles=3, chat_template=True, max_new_tokens=32)
     assert {"depths", "max_new_tokens", "chat_template", "key_digits", "haystack", "needles"} == \
         set(pk.TASK.option_names())
     plain = TaskParams(lengths=[512], corpus="a.txt", options={"depths": None, "max_new_tokens": None})
@@ -216,6 +222,12 @@ def test_multi_key_corpus_haystack_and_chat_template(text_corpus):
     assert re.sub(r" {2,}", " ", prompts[0].segments[0]) in corpus_text
     with pytest.raises(InputError, match="corpus"):
         pk.corpus_haystack(tok, str(text_corpus), 10**6, 1)
+    warnings: list[str] = []  # a corpus too short for every sample: prepare says how many it has
+    params = TaskParams(lengths=[1200], samples=100, corpus=str(text_corpus), options={"haystack": "corpus"})
+    prepared = pk.TASK.prepare(Preflight(tok, params, warn=warnings.append))
+    assert prepared.available == len(prepared.state.haystack.sample_starts) < 100
+    assert warnings == [f"corpus {str(text_corpus)!r} has haystack text for only {prepared.available} passkey "
+                        "samples of 1200 tokens (asked 100): running those"]
 
     chat = byte_tokenizer()
     chat.chat_template = ("{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}</s>\n{% endfor %}"
@@ -250,10 +262,9 @@ class CopyEngine:
 
 
 def run_cells(engine, tokenizer, params) -> list[dict]:
-    ctx = RunContext(engine=engine, tokenizer=tokenizer, params=params, manifest={}, base_record={},
-                     write_side=lambda *_: None, warn=lambda _: None)
+    ctx = RunContext(engine=engine, tokenizer=tokenizer, params=params, warn=lambda _: None)
     task = get_task("passkey")
-    task.prepare(ctx)
+    ctx.state = task.prepare(ctx.preflight).state
     out = []
     for group in task.groups(ctx, task.cells(params)):
         out += task.score_group(ctx, group)
@@ -314,16 +325,20 @@ def passkey_records(settings: dict[str, tuple[float, int]], samples: int = 2) ->
 
 
 def test_report_figures_and_measured_length(tmp_path):
-    from harness import report
-    from harness.report_passkey import FIGURES, MEASURE
+    from harness.report import analysis, registry
+    from harness.report.build import build_report
+    from harness.report.figures.passkey import FIGURES, TABLES
+    from harness.report.load import load_runs
+    from tasks.passkey import MEASURE, MEASURES
 
-    figures, spec = report.task_figures("passkey")
-    assert spec is MEASURE and figures == FIGURES and spec.metric == "correct"
+    found = registry.task_figures("passkey")
+    spec = registry.task_measures("passkey")[0]
+    assert spec is MEASURE and found.figures == FIGURES and spec.metric == "correct"
     run = tmp_path / "run"
     run.mkdir()
     rows = passkey_records({"m:default:10000": (1e4, 2048), "m:default:1e+06": (1e6, 8192)})
     (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = report.build_report([run], tmp_path / "report", n_boot=20)
+    out = build_report([run], tmp_path / "report", n_boot=20)
     for name in FIGURES:
         assert (out / f"passkey_{name}.png").is_file(), name
     import pandas as pd
@@ -343,8 +358,11 @@ def test_report_figures_and_measured_length(tmp_path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots()
-    frame = report.load_runs([run]).records
-    FIGURES["heatmap_accuracy"](frame, ax)
+    ctx = analysis.analyze(load_runs([run]).records, MEASURES, task="passkey", tables=TABLES, n_boot=0)
+    FIGURES["heatmap_accuracy"](ctx, ax)
     panels = [a for a in fig.axes if a.get_title()]
     assert sorted(a.get_title() for a in panels) == ["m:default:10000", "m:default:1e+06"]
+    cells = {a.get_title(): a.images[0].get_array() for a in panels}  # depths x lengths 512 .. 8192
+    assert cells["m:default:10000"].tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0]] * 3
+    assert cells["m:default:1e+06"].tolist() == [[1.0] * 5] * 3
     plt.close(fig)

@@ -6,15 +6,13 @@ import subprocess
 
 from harness import suite
 from harness.cli import main
-from harness.zoo import zoo_names
+from harness.zoo_models import zoo_names
 
 QUICK_LENGTHS = [128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
 
 
 def quick_suite():
-    args = suite.argparse.Namespace(out=None, chunk_size=None, max_memory=None, dry_run=True, no_progress=True,
-                                    argv=[], dtype=None, device=None)
-    return suite.load_suite("quick", args)
+    return suite.load_suite("quick", suite.Flags(dry_run=True, no_progress=True))
 
 
 def grid_size(quick) -> int:

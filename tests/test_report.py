@@ -15,17 +15,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from harness import law, measure, plots, report  # noqa: E402
+from harness import law, metrics  # noqa: E402
 from harness.cli import main as cli_main  # noqa: E402
 from harness.errors import InputError  # noqa: E402
-from harness.report_perplexity import (  # noqa: E402
-    FIGURES,
-    MEASURE,
-    MEASURES,
-    POSITION_LOSS,
-    loss_vs_position,
-    ppl_vs_length,
-)
+from harness.report import analysis, plots, registry  # noqa: E402
+from harness.report.base import NoData  # noqa: E402
+from harness.report.build import build_report  # noqa: E402
+from harness.report.figures.perplexity import FIGURES, TABLES, loss_vs_position, ppl_vs_length  # noqa: E402
+from harness.report.load import load_runs  # noqa: E402
+from tasks.perplexity import MEASURE, MEASURES, POSITION_LOSS  # noqa: E402
 
 LENGTHS = [1024, 2048, 4096, 8192, 16384]
 LOG15 = math.log(1.5)
@@ -39,10 +37,12 @@ def knee_nll(length: int, knee: float) -> float:
 def record(setting: str, theta: float, length: int, sample: int, nll: float | None, *, status: str = "ok",
            train_len: int = 4096, tune_len: int | None = 4096, rope_type: str = "default") -> dict:
     return {
-        "task": "perplexity", "setting": setting, "model": "tiny", "rope_type": rope_type, "rope_theta": theta,
+        "task": "perplexity", "setting": setting, "model": "tiny", "rope_type": rope_type,
+        "rope_theta": theta,
         "rope_params": "{}", "rotary_dim": 128, "pretrain_base": 10000.0, "train_len": train_len,
         "tune_len": tune_len, "rope_hash": f"h{theta:g}", "length": length, "depth": None, "sample": sample,
-        "seed": 0, "status": status, "error": None if status == "ok" else "CUDA out of memory (planner estimate)",
+        "seed": 0, "status": status,
+        "error": None if status == "ok" else "CUDA out of memory (planner estimate)",
         "dtype": "float32", "attn": "sdpa", "plan": "single", "law_assumes_finetune": False,
         "ppl": math.exp(nll) if nll is not None else None, "nll": nll, "tokens": length - 1, "bos": True,
         "doc_id": 0, "offset": 0,
@@ -75,9 +75,9 @@ def curve_rows(setting: str, theta: float, knee: float, samples: int, noise: flo
             for s in range(samples) for L in LENGTHS]
 
 
-def ppl_ctx(rows: list[dict], **kw) -> report.FigureContext:
-    frame = report.load_runs([write_run_tmp(rows)]).records
-    return report.analyze(frame, MEASURE, task="perplexity", **kw)
+def ppl_ctx(rows: list[dict], **kw) -> analysis.FigureContext:
+    frame = load_runs([write_run_tmp(rows)]).records
+    return analysis.analyze(frame, MEASURE, task="perplexity", **kw)
 
 
 _TMP: list[Path] = []
@@ -101,7 +101,7 @@ def _tmp(tmp_path):
 def test_measured_limit_interpolates_the_knee():
     # knee at 6000: nll(8192) = 2.0 + 0.6*log2(8192/6000) passes (< 2 + log 1.5), nll(16384) fails.
     values = [math.exp(knee_nll(L, 6000)) for L in LENGTHS]
-    limit = measure.measured_limit(LENGTHS, values, 4096, MEASURE)
+    limit = metrics.measured_limit(LENGTHS, values, 4096, MEASURE)
     assert not limit.censored
     g0, g1 = knee_nll(8192, 6000), knee_nll(16384, 6000)
     expected = 8192 * 2 ** ((2.0 + LOG15 - g0) / (g1 - g0))
@@ -116,7 +116,7 @@ def test_measured_limit_ignores_short_lengths_and_uses_best_at_or_below_tune_len
     # Short contexts are worse (less context) and must not count as failures; the 8K point is the best
     # overall but lies beyond tune_len, so the reference is the 4K value.
     nll = {1024: 3.0, 2048: 2.5, 4096: 2.0, 8192: 1.9, 16384: 2.0 + LOG15 + 0.5}
-    limit = measure.measured_limit(list(nll), [math.exp(v) for v in nll.values()], 4096, MEASURE)
+    limit = metrics.measured_limit(list(nll), [math.exp(v) for v in nll.values()], 4096, MEASURE)
     assert limit.reference == pytest.approx(math.exp(2.0))
     frac = (2.0 + LOG15 - 1.9) / (nll[16384] - 1.9)
     assert limit.value == pytest.approx(8192 * 2**frac)
@@ -124,23 +124,23 @@ def test_measured_limit_ignores_short_lengths_and_uses_best_at_or_below_tune_len
 
 def test_measured_limit_censored_and_factor_parameter():
     values = [math.exp(knee_nll(L, 6000)) for L in LENGTHS]
-    loose = measure.measured_limit(LENGTHS, values, 4096, MEASURE, factor=10.0)
+    loose = metrics.measured_limit(LENGTHS, values, 4096, MEASURE, factor=10.0)
     assert loose.censored and loose.value == 16384
-    tight = measure.measured_limit(LENGTHS, values, 4096, MEASURE, factor=1.05)
+    tight = metrics.measured_limit(LENGTHS, values, 4096, MEASURE, factor=1.05)
     assert not tight.censored and 4096 < tight.value < 8192
 
 
 def test_measured_limit_higher_is_better_absolute_rule():
-    spec = measure.MeasureSpec(metric="correct", name="accuracy", higher_is_better=True, factor=None,
+    spec = metrics.MeasureSpec(metric="correct", name="accuracy", higher_is_better=True, factor=None,
                               threshold=0.5, log_interp=False)
-    limit = measure.measured_limit([1000, 2000, 4000, 8000], [1.0, 1.0, 0.75, 0.25], 2000, spec)
+    limit = metrics.measured_limit([1000, 2000, 4000, 8000], [1.0, 1.0, 0.75, 0.25], 2000, spec)
     assert limit.value == pytest.approx(math.exp(math.log(4000) + 0.5 * math.log(2)))
-    empty = measure.measured_limit([1000, 2000], [math.nan, math.nan], 2000, spec)
+    empty = metrics.measured_limit([1000, 2000], [math.nan, math.nan], 2000, spec)
     assert math.isnan(empty.value) and not empty.censored
 
 
 def test_summary_single_sample_has_empty_ci_and_law_prediction():
-    ctx = ppl_ctx(curve_rows("b1e6", 1e6, 6000, samples=1))
+    ctx = ppl_ctx(curve_rows("b1e6", 1e6, 6000, samples=1)).default
     row = ctx.settings.loc["b1e6"]
     assert row["n_samples"] == 1
     assert math.isnan(row["measured_ci_low"]) and math.isnan(row["measured_ci_high"])
@@ -148,14 +148,15 @@ def test_summary_single_sample_has_empty_ci_and_law_prediction():
     expected = law.predict(128, 4096, 1e6, 4096, 10000.0)
     assert row["regime"] == "larger-base" == expected.regime
     assert row["predicted_limit"] == pytest.approx(expected.extrapolation_limit)
-    assert row["ratio_measured_to_predicted"] == pytest.approx(row["measured_limit"] / expected.extrapolation_limit)
+    ratio = row["measured_limit"] / expected.extrapolation_limit
+    assert row["ratio_measured_to_predicted"] == pytest.approx(ratio)
     assert ctx.table["ci_low"].isna().all()
 
 
 def test_bootstrap_ci_brackets_the_estimate_and_is_seeded():
     rows = curve_rows("b1e6", 1e6, 6000, samples=8, noise=0.05)
-    a = ppl_ctx(rows, n_boot=300, seed=3).settings.loc["b1e6"]
-    b = ppl_ctx(rows, n_boot=300, seed=3).settings.loc["b1e6"]
+    a = ppl_ctx(rows, n_boot=300, seed=3).default.settings.loc["b1e6"]
+    b = ppl_ctx(rows, n_boot=300, seed=3).default.settings.loc["b1e6"]
     assert a["measured_ci_low"] <= a["measured_limit"] <= a["measured_ci_high"]
     assert a["measured_ci_low"] < a["measured_ci_high"]
     assert (a["measured_ci_low"], a["measured_ci_high"]) == (b["measured_ci_low"], b["measured_ci_high"])
@@ -163,13 +164,13 @@ def test_bootstrap_ci_brackets_the_estimate_and_is_seeded():
 
 def test_measured_limit_additive_delta_rule():
     # higher-is-better log-prob: passes while >= best at L <= tune_len - delta, interpolated linearly in value
-    spec = measure.MeasureSpec(metric="answer_logprob", name="log-prob", higher_is_better=True, factor=None,
+    spec = metrics.MeasureSpec(metric="answer_logprob", name="log-prob", higher_is_better=True, factor=None,
                               delta=2.0, log_interp=False)
     assert spec.rule == "delta" and spec.key == "log-prob"
-    limit = measure.measured_limit([1000, 2000, 4000, 8000], [-1.0, -0.5, -1.5, -8.5], 2000, spec)
+    limit = metrics.measured_limit([1000, 2000, 4000, 8000], [-1.0, -0.5, -1.5, -8.5], 2000, spec)
     assert limit.reference == -0.5 and limit.threshold == -2.5
     assert limit.value == pytest.approx(4000 * 2 ** ((-2.5 + 1.5) / (-8.5 + 1.5)))
-    assert measure.measured_limit([1000, 2000, 4000], [-1.0, -0.5, -1.5], 2000, spec, delta=0.5).value == \
+    assert metrics.measured_limit([1000, 2000, 4000], [-1.0, -0.5, -1.5], 2000, spec, delta=0.5).value == \
         pytest.approx(2000 * 2 ** 0.5)  # the delta override; -1.5 fails a 0.5-nat margin halfway
     assert spec.param(factor=3.0) == 2.0  # a factor override leaves an additive rule alone
 
@@ -181,7 +182,8 @@ WIDTH = 64
 
 
 def step_buckets(step_at: int, length: int = 4096, low: float = 2.0, high: float = 4.0, width: int = WIDTH):
-    """Uniform buckets [start, start + width) from position 1; loss `low` before `step_at`, `high` from it on."""
+    """Uniform buckets [start, start + width) from position 1; loss `low` before `step_at`, `high` from it
+    on."""
     starts = np.arange(1, length, width, dtype=float)
     ends = np.minimum(starts + width, length)
     loss = np.where(starts >= step_at, high, low)
@@ -200,19 +202,19 @@ def test_position_limit_finds_a_step_at_its_position():
     # window 3, delta = half the step: smoothed (2+2+4)/3 and (2+4+4)/3 straddle 3.0 symmetrically -> halfway
     # in log(position) between the two centres, i.e. at the step (within a token)
     half = dataclasses.replace(POSITION_LOSS, delta=1.0)
-    limit = measure.position_limit(x, loss, tokens, 512, half)
+    limit = metrics.position_limit(x, loss, tokens, 512, half)
     assert not limit.censored and limit.reference == 2.0 and limit.threshold == 3.0
     assert limit.value == pytest.approx(math.sqrt(992.5 * 1056.5), rel=1e-12)
     assert abs(limit.value - step) < 1
     # the default delta (0.5 nats): the smoothed curve reaches 2.5 three quarters of the way from the
     # centre before the last low bucket (smoothed 2.0) to the last low one (smoothed 2 + 2/3)
-    default = measure.position_limit(x, loss, tokens, 512, POSITION_LOSS)
+    default = metrics.position_limit(x, loss, tokens, 512, POSITION_LOSS)
     assert default.threshold == 2.5
     assert default.value == pytest.approx(log_between(928.5, 992.5, 0.5 / (2 / 3)), rel=1e-12)
     # no smoothing: the crossing sits a quarter of the way (0.5 of a 2-nat step) between the two centres
-    raw = measure.position_limit(x, loss, tokens, 512, dataclasses.replace(POSITION_LOSS, window=1))
+    raw = metrics.position_limit(x, loss, tokens, 512, dataclasses.replace(POSITION_LOSS, window=1))
     assert raw.value == pytest.approx(log_between(992.5, 1056.5, 0.25), rel=1e-12)
-    assert measure.position_limit(x, loss, tokens, 512, POSITION_LOSS, delta=1.0).value == limit.value
+    assert metrics.position_limit(x, loss, tokens, 512, POSITION_LOSS, delta=1.0).value == limit.value
 
 
 def test_position_limit_reference_window_and_token_weights():
@@ -226,23 +228,23 @@ def test_position_limit_reference_window_and_token_weights():
     in_ref = (x >= 256) & (x <= 512)
     loss[in_ref] = np.where(np.arange(in_ref.sum()) % 2, 2.2, 1.8)
     tokens[np.where(in_ref)[0][::2]] = 3 * WIDTH  # the 1.8 buckets weigh 3x: reference 1.9
-    limit = measure.position_limit(x, loss, tokens, 512, POSITION_LOSS)
+    limit = metrics.position_limit(x, loss, tokens, 512, POSITION_LOSS)
     assert limit.reference == pytest.approx((1.8 * 3 + 2.2) / 4)
     assert 2900 < limit.value < 3000 and not limit.censored
 
 
 def test_position_limit_censored_and_fallbacks():
     _, _, x, loss, tokens = step_buckets(1025, high=2.4)  # a rise below the 0.5-nat delta: never fails
-    limit = measure.position_limit(x, loss, tokens, 512, POSITION_LOSS)
+    limit = metrics.position_limit(x, loss, tokens, 512, POSITION_LOSS)
     assert limit.censored and limit.value == x[-1] and limit.threshold == 2.5
     # tune_len beyond the data: the reference comes from the upper half of what lies below it, nothing to scan
-    beyond = measure.position_limit(x, loss, tokens, 10_000, POSITION_LOSS)
+    beyond = metrics.position_limit(x, loss, tokens, 10_000, POSITION_LOSS)
     assert math.isnan(beyond.value) and "nothing to measure" in beyond.note
     # tune_len below the first bucket: the first bucket is the reference
-    below = measure.position_limit(x, step_buckets(1025)[3], tokens, 8, POSITION_LOSS)
+    below = metrics.position_limit(x, step_buckets(1025)[3], tokens, 8, POSITION_LOSS)
     assert below.reference == 2.0 and "first bucket" in below.note and below.value == pytest.approx(
-        measure.position_limit(x, step_buckets(1025)[3], tokens, 512, POSITION_LOSS).value)
-    empty = measure.position_limit([], [], [], 512, POSITION_LOSS)
+        metrics.position_limit(x, step_buckets(1025)[3], tokens, 512, POSITION_LOSS).value)
+    empty = metrics.position_limit([], [], [], 512, POSITION_LOSS)
     assert math.isnan(empty.value) and not empty.censored
 
 
@@ -251,7 +253,8 @@ def step_position_rows(setting: str, theta: float, steps: list[int], length: int
     rows = []
     for s, step in enumerate(steps):
         starts, ends, _, loss, tokens = step_buckets(step, length)
-        rows += [{"task": "perplexity", "setting": setting, "rope_hash": f"h{theta:g}", "sample": s, "length": length,
+        rows += [{"task": "perplexity", "setting": setting, "rope_hash": f"h{theta:g}", "sample": s,
+                  "length": length,
                   "pos_start": int(a), "pos_end": int(b), "nll": float(v) + 0.01 * s, "tokens": int(t)}
                  for a, b, v, t in zip(starts, ends, loss, tokens, strict=True)]
     return rows
@@ -260,9 +263,10 @@ def step_position_rows(setting: str, theta: float, steps: list[int], length: int
 def test_position_loss_in_the_report_with_bootstrap_ci(tmp_path):
     kw = {"train_len": 512, "tune_len": 512}
     rows = curve_rows("a", 1e5, 600, samples=4, **kw) + curve_rows("one", 1e6, 600, samples=1, **kw)
-    positions = step_position_rows("a", 1e5, [1025, 1025, 2049, 2049]) + step_position_rows("one", 1e6, [1025])
+    positions = (step_position_rows("a", 1e5, [1025, 1025, 2049, 2049])
+                 + step_position_rows("one", 1e6, [1025]))
     run = write_run(tmp_path / "r", rows, positions)
-    out = report.build_report([run], n_boot=200, seed=1, deltas=[0.6, 1.0])
+    out = build_report([run], n_boot=200, seed=1, deltas=[0.6, 1.0])
     summary = pd.read_csv(out / "summary.csv")
     pos = summary[summary["measure"] == "position-loss"]
     assert len(summary[summary["measure"] == "ppl@L"]) == 2 and len(pos) == 4  # one row per delta
@@ -270,7 +274,8 @@ def test_position_loss_in_the_report_with_bootstrap_ci(tmp_path):
     assert one["measured_limit"] == pytest.approx(math.sqrt(992.5 * 1056.5))
     assert not one["measured_censored"] and pd.isna(one["measured_ci_low"]) and one["n_samples"] == 1
     a = pos[(pos["setting"] == "a") & (pos["delta"] == 0.6)].iloc[0]
-    # With a share p of the samples stepping at 1025 (the rest at 2049), the mean curve climbs 2p nats at 1025:
+    # With a share p of the samples stepping at 1025 (the rest at 2049), the mean curve climbs 2p nats at
+    # 1025:
     # smoothed 2 + 2p/3 and 2 + 4p/3 around the step. All samples (p = 1/2): 2.33 | 2.67 straddle 2.6 at 4/5.
     assert a["measured_limit"] == pytest.approx(log_between(992.5, 1056.5, (0.6 - 1 / 3) / (1 / 3)))
     assert a["n_samples"] == 4 and not a["measured_censored"]
@@ -278,7 +283,7 @@ def test_position_loss_in_the_report_with_bootstrap_ci(tmp_path):
     # p = 0 (the same at the 2049 step) each come up with probability 1/16 > 2.5%: they are the CI's ends.
     assert a["measured_ci_low"] == pytest.approx(log_between(928.5, 992.5, 0.9))
     assert a["measured_ci_high"] == pytest.approx(log_between(1952.5, 2016.5, 0.9))
-    again = pd.read_csv(report.build_report([run], tmp_path / "again", n_boot=200, seed=1, deltas=[0.6, 1.0])
+    again = pd.read_csv(build_report([run], tmp_path / "again", n_boot=200, seed=1, deltas=[0.6, 1.0])
                         / "summary.csv")
     pd.testing.assert_frame_equal(summary, again)  # seeded
     assert (out / "perplexity_measured_vs_predicted_position_loss.png").is_file()
@@ -290,25 +295,24 @@ def test_position_loss_in_the_report_with_bootstrap_ci(tmp_path):
 
 def test_position_loss_left_out_without_positions_and_marked_on_the_loss_figure(tmp_path):
     no_pos = write_run(tmp_path / "plain", curve_rows("s", 1e6, 9000, samples=2))
-    summary = pd.read_csv(report.build_report([no_pos], n_boot=0) / "summary.csv")
+    summary = pd.read_csv(build_report([no_pos], n_boot=0) / "summary.csv")
     assert list(summary["measure"]) == ["ppl@L"]
     assert "measured length 'position-loss' left out" in (no_pos / "report" / "report.md").read_text()
     run = write_run(tmp_path / "r", curve_rows("s", 1e6, 9000, samples=2, train_len=512, tune_len=512),
                     step_position_rows("s", 1e6, [1025, 1025]))
-    loaded = report.load_runs([run])
-    ctx = report.analyze(loaded.records, MEASURES, task="perplexity", positions=loaded.positions, n_boot=0)
-    assert set(ctx.views) == {"ppl@L", "position-loss"} and ctx.spec is MEASURE
+    loaded = load_runs([run])
+    ctx = analysis.analyze(loaded.records, MEASURES, task="perplexity", positions=loaded.positions, n_boot=0,
+                           tables=TABLES)
+    assert list(ctx.analyses) == ["ppl@L", "position-loss"] and ctx.default.spec is MEASURE
     view = ctx.measure("position-loss")
     assert view.spec is POSITION_LOSS and view.delta == 0.5 and view.factor is None
-    frame = ctx.records.copy()
-    frame.attrs = {"context": ctx, "positions": ctx.positions}
     fig, ax = plt.subplots()
-    loss_vs_position(frame, ax)
+    loss_vs_position(ctx, ax)
     mark = [line for line in ax.get_lines() if line.get_gid() == "measured:s"][0]
     assert mark.get_xdata()[0] == pytest.approx(view.settings.loc["s", "measured_limit"])
     assert mark.get_ydata()[0] == pytest.approx(2.5 + 0.005)  # reference (2.0 + mean offset) + delta
-    with pytest.raises(plots.NoData):
-        report.analyze(loaded.records, MEASURE, task="perplexity", n_boot=0).measure("position-loss")
+    with pytest.raises(NoData, match="left out: no positions"):
+        analysis.analyze(loaded.records, MEASURES, task="perplexity", n_boot=0).measure("position-loss")
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -321,10 +325,8 @@ def _settings_rows():
 
 def test_law_overlay_lines_sit_at_law_values():
     ctx = ppl_ctx(_settings_rows(), n_boot=50)
-    frame = ctx.records.copy()
-    frame.attrs = {"context": ctx}
     fig, ax = plt.subplots()
-    ppl_vs_length(frame, ax)
+    ppl_vs_length(ctx, ax)
     lines = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
     for setting, theta in (("b1e4", 1e4), ("b5e5", 5e5), ("b1e6", 1e6)):
         expected = law.predict(128, 4096, theta, 4096, 10000.0).extrapolation_limit
@@ -336,7 +338,8 @@ def test_law_overlay_lines_sit_at_law_values():
     assert len(train) == 1 and list(lines[train[0]].get_xdata()) == [4096, 4096]
     # 129K (base 1e6) lies far beyond the 16K grid: the line exists but the view stays near the data.
     assert ax.get_xlim()[1] < 100_000
-    assert lines["measured:b1e4"].get_xdata()[0] == pytest.approx(ctx.settings.loc["b1e4", "measured_limit"])
+    measured = ctx.default.settings.loc["b1e4", "measured_limit"]
+    assert lines["measured:b1e4"].get_xdata()[0] == pytest.approx(measured)
 
 
 def test_overlay_with_distinct_train_lengths_uses_curve_colours():
@@ -344,8 +347,8 @@ def test_overlay_with_distinct_train_lengths_uses_curve_colours():
                                                                 tune_len=2048)
     ctx = ppl_ctx(rows, n_boot=0)
     fig, ax = plt.subplots()
-    plots.plot_metric_curves(ax, ctx)
-    lines = plots.law_overlay(ax, ctx)
+    plots.plot_metric_curves(ax, ctx, ctx.default)
+    lines = plots.law_overlay(ax, ctx, ctx.default)
     train = {line.get_gid(): line for line in lines if line.get_gid().startswith("law-train:")}
     assert train["law-train:a"].get_xdata()[0] == 4096 and train["law-train:a"].get_color() == ctx.colors["a"]
     assert train["law-train:b"].get_xdata()[0] == 2048 and train["law-train:b"].get_color() == ctx.colors["b"]
@@ -354,21 +357,20 @@ def test_overlay_with_distinct_train_lengths_uses_curve_colours():
 def test_loss_vs_position_uses_positions_and_overlay(tmp_path):
     run = write_run(tmp_path / "r", curve_rows("b5e5", 5e5, 9000, samples=2),
                     position_rows("b5e5", 5e5, 9000, samples=2))
-    loaded = report.load_runs([run])
-    ctx = report.analyze(loaded.records, MEASURE, task="perplexity", positions=loaded.positions, n_boot=0)
-    frame = ctx.records.copy()
-    frame.attrs = {"context": ctx, "positions": ctx.positions}
+    loaded = load_runs([run])
+    ctx = analysis.analyze(loaded.records, MEASURE, task="perplexity", positions=loaded.positions, n_boot=0,
+                           tables=TABLES)
+    assert list(ctx.tables["position_curves"]) == ["setting", "pos_start", "pos_end", "x", "nll", "tokens"]
     fig, ax = plt.subplots()
-    loss_vs_position(frame, ax)
+    loss_vs_position(ctx, ax)
     curve = [line for line in ax.get_lines() if line.get_label() == "b5e5"][0]
     assert len(curve.get_xdata()) == 32
     predicted = law.predict(128, 4096, 5e5, 4096, 10000.0).extrapolation_limit
     assert any(line.get_gid() == "law-predicted:b5e5" and line.get_xdata()[0] == pytest.approx(predicted)
                for line in ax.get_lines())
-    without = report.analyze(loaded.records, MEASURE, task="perplexity", n_boot=0)
-    frame.attrs = {"context": without}
-    with pytest.raises(plots.NoData):
-        loss_vs_position(frame, plt.subplots()[1])
+    without = analysis.analyze(loaded.records, MEASURE, task="perplexity", n_boot=0, tables=TABLES)
+    with pytest.raises(NoData, match="no positions"):
+        loss_vs_position(without, plt.subplots()[1])
 
 
 # ------------------------------------------------------------------------------------------ whole report
@@ -381,18 +383,20 @@ def test_build_report_two_runs_files_and_failed_cells(tmp_path):
     run_b = write_run(tmp_path / "base1e6", curve_rows("tiny:default:1e+06", 1e6, 9000, samples=2)
                       + curve_rows("tiny:default:300", 300, 1e9, samples=2),
                       position_rows("tiny:default:1e+06", 1e6, 9000, samples=2))
-    out = report.build_report([run_a, run_b], n_boot=100)
+    out = build_report([run_a, run_b], n_boot=100)
     assert out == run_a / "report"
     for name in ("report.md", "report.html", "summary.csv", "table.csv", "failed.csv",
                  "perplexity_ppl_vs_length.png", "perplexity_loss_vs_position.png",
-                 "perplexity_measured_vs_predicted.png", "perplexity_measured_vs_predicted_position_loss.png"):
+                 "perplexity_measured_vs_predicted.png",
+                 "perplexity_measured_vs_predicted_position_loss.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report-")]
 
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["setting"]) == {"tiny:default:10000", "tiny:default:1e+06", "tiny:default:300"}
-    for col in ("setting", "model", "task", "measure", "rope_type", "rope_theta", "pretrain_base", "train_len",
-                "tune_len", "regime", "predicted_limit", "measured_limit", "measured_ci_low", "measured_ci_high",
+    for col in ("setting", "model", "task", "measure", "rope_type", "rope_theta", "pretrain_base",
+                "train_len", "tune_len", "regime", "predicted_limit", "measured_limit", "measured_ci_low",
+                "measured_ci_high",
                 "measured_censored", "ratio_measured_to_predicted", "definition", "n_samples", "n_failed"):
         assert col in summary.columns, col
     # one row per (setting, task, definition)
@@ -406,13 +410,15 @@ def test_build_report_two_runs_files_and_failed_cells(tmp_path):
     assert bool(by.loc["tiny:default:300", "measured_censored"]) is True
     assert by.loc["tiny:default:300", "measured_limit"] == 16384
     pos = summary[summary["measure"] == "position-loss"].set_index("setting")
-    assert pos.loc["tiny:default:300", "n_samples"] == 0 and pd.isna(pos.loc["tiny:default:300", "measured_limit"])
+    assert pos.loc["tiny:default:300", "n_samples"] == 0
+    assert pd.isna(pos.loc["tiny:default:300", "measured_limit"])
     assert "no positions" in pos.loc["tiny:default:300", "note"]
     assert pos.loc["tiny:default:1e+06", "n_samples"] == 2 and pos.loc["tiny:default:1e+06", "delta"] == 0.5
     assert pos.loc["tiny:default:1e+06", "definition"] == POSITION_LOSS.definition()
 
     table = pd.read_csv(out / "table.csv")
-    assert list(table.columns[:8]) == ["setting", "task", "metric", "length", "mean", "ci_low", "ci_high", "n"]
+    assert list(table.columns[:8]) == ["setting", "task", "metric", "length", "mean", "ci_low", "ci_high",
+                                       "n"]
     cell = table[(table["setting"] == "tiny:default:10000") & (table["length"] == 8192)].iloc[0]
     assert cell["mean"] == pytest.approx(math.exp(knee_nll(8192, 4096))) and cell["n"] == 2
     oom = table[(table["setting"] == "tiny:default:10000") & (table["length"] == 32768)].iloc[0]
@@ -428,7 +434,7 @@ def test_build_report_two_runs_files_and_failed_cells(tmp_path):
 def test_same_label_in_two_runs_is_kept_apart(tmp_path):
     a = write_run(tmp_path / "a" / "run", curve_rows("tiny", 1e4, 4096, samples=1))
     b = write_run(tmp_path / "b" / "run", curve_rows("tiny", 1e6, 9000, samples=1))
-    out = report.build_report([a, b], tmp_path / "out", n_boot=0, factors=[1.5, 2.0])
+    out = build_report([a, b], tmp_path / "out", n_boot=0, factors=[1.5, 2.0])
     summary = pd.read_csv(out / "summary.csv")
     assert sorted(summary["setting"].unique()) == ["tiny [a/run]", "tiny [b/run]"]
     assert sorted(summary["factor"].unique()) == [1.5, 2.0]
@@ -438,7 +444,7 @@ def test_same_label_in_two_runs_is_kept_apart(tmp_path):
 def test_retried_cell_keeps_ok_record(tmp_path):
     rows = curve_rows("s", 1e6, 9000, samples=1)
     rows.insert(0, record("s", 1e6, 16384, 0, None, status="oom"))
-    loaded = report.load_runs([write_run(tmp_path / "r", rows)])
+    loaded = load_runs([write_run(tmp_path / "r", rows)])
     assert (loaded.records["status"] == "ok").all() and loaded.superseded == 1
 
 
@@ -446,19 +452,19 @@ def test_bad_input_raises_one_line_and_writes_nothing(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="no records") as err:
-        report.build_report([empty])
+        build_report([empty])
     assert "\n" not in str(err.value)
     assert not (empty / "report").exists() and list(empty.iterdir()) == []
     with pytest.raises(InputError, match="no such folder"):
-        report.build_report([tmp_path / "missing"])
+        build_report([tmp_path / "missing"])
     good = write_run(tmp_path / "good", curve_rows("s", 1e6, 9000, samples=1))
     with pytest.raises(InputError, match="--factor"):
-        report.build_report([good], factors=[0.5])
+        build_report([good], factors=[0.5])
     assert not (good / "report").exists()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "records.jsonl").write_text('{"foo": 1}\n')
     with pytest.raises(InputError, match="lack"):
-        report.build_report([tmp_path / "junk"])
+        build_report([tmp_path / "junk"])
 
 
 @pytest.mark.parametrize("out", ["file", "file/sub"])
@@ -466,7 +472,7 @@ def test_out_that_cannot_be_a_folder_is_bad_input(out, tmp_path):
     good = write_run(tmp_path / "good", curve_rows("s", 1e6, 9000, samples=1))
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file, not a folder"):
-        report.build_report([good], tmp_path / out, n_boot=0)
+        build_report([good], tmp_path / out, n_boot=0)
     assert (tmp_path / "file").read_text() == "x" and not list(tmp_path.glob(".report-*"))
 
 
@@ -475,17 +481,17 @@ def test_unreadable_record_files_are_no_traceback(tmp_path):
     with open(run / "records.jsonl", "ab") as handle:
         handle.write(b"\xff\xfe not utf-8\n")
     (run / "records.rank1.jsonl").mkdir()  # a folder that matches the glob
-    loaded = report.load_runs([run])
+    loaded = load_runs([run])
     assert len(loaded.records) == 5 and any("skipped 1 unreadable" in n for n in loaded.notes)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "records.jsonl").write_bytes(b"\x92\xff\n")
     with pytest.raises(InputError, match="no records"):
-        report.load_runs([tmp_path / "bin"])
+        load_runs([tmp_path / "bin"])
 
 
 def test_same_run_folder_twice_is_read_once(tmp_path):
     run = write_run(tmp_path / "r", curve_rows("s", 1e6, 9000, samples=1))
-    loaded = report.load_runs([run, tmp_path / "." / "r", run])
+    loaded = load_runs([run, tmp_path / "." / "r", run])
     assert [name for name, _, _ in loaded.runs] == ["r"] and len(loaded.records) == 5
     assert any("given more than once" in note for note in loaded.notes)
 
@@ -493,9 +499,11 @@ def test_same_run_folder_twice_is_read_once(tmp_path):
 def test_cli_command_and_exit_code(tmp_path, capsys):
     import argparse
 
+    from harness.cli import add_report_parser
+
     run = write_run(tmp_path / "r", curve_rows("s", 1e6, 9000, samples=1))
     parser = argparse.ArgumentParser()
-    report.add_parser(parser.add_subparsers())
+    add_report_parser(parser.add_subparsers())
     args = parser.parse_args(["report", str(run), "--out", str(tmp_path / "o"), "--bootstrap", "0"])
     assert args.func(args) == 0 and (tmp_path / "o" / "report.md").is_file()
     assert cli_main(["report", str(tmp_path / "nothing")]) == 2
@@ -505,7 +513,72 @@ def test_cli_command_and_exit_code(tmp_path, capsys):
 def test_figures_registry_complete():
     assert set(FIGURES) == {"ppl_vs_length", "loss_vs_position", "measured_vs_predicted",
                             "measured_vs_predicted_position_loss"}
-    figures, spec = report.task_figures("perplexity")
-    assert spec == MEASURE and set(figures) == set(FIGURES)
-    assert report.task_measures("perplexity") == MEASURES == [MEASURE, POSITION_LOSS]
+    found = registry.task_figures("perplexity")
+    assert found.figures == FIGURES and found.tables == TABLES and found.extra_measures == ()
+    assert registry.task_measures("perplexity") == MEASURES == [MEASURE, POSITION_LOSS]
     assert [m.key for m in MEASURES] == ["ppl@L", "position-loss"]
+    assert registry.task_figures("no-such-task") == registry.FigureSet()
+    assert registry.task_measures("no-such-task") == []
+
+
+def test_cli_parser_loads_no_analysis():
+    # `rope-harness --help` and `report --help` build the report's parser without pandas or matplotlib
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys; from harness.cli import add_report_parser; "
+            "add_report_parser(argparse.ArgumentParser().add_subparsers()); "
+            "print(sorted(m for m in ('pandas', 'matplotlib', 'harness.report.build') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def longqa_rows(samples: int = 4) -> list[dict]:
+    """Synthetic QA records: score and answer log-prob fall past 2K; two datasets."""
+    rows = []
+    for s in range(samples):
+        for length in (512, 1024, 2048, 4096):
+            for k, dataset in enumerate(("hotpotqa", "synthetic")):
+                rows.append({"task": "longqa", "setting": "s", "model": "tiny", "rope_type": "default",
+                             "rope_theta": 1e6, "pretrain_base": 10000.0, "train_len": 1024, "tune_len": 1024,
+                             "rotary_dim": 16, "rope_hash": "h", "length": length, "depth": None,
+                             "sample": 10 * k + s, "seed": 0, "status": "ok", "error": None,
+                             "dataset": dataset,
+                             "score": (0.8 if length <= 2048 else 0.1) + 0.05 * s,
+                             "answer_logprob": -0.2 * s - length / 1024})
+    return rows
+
+
+def test_figures_draw_the_analysis_of_the_run_settings(tmp_path):
+    # what a figure draws (here longqa's figure-only answer log-prob and per-dataset scores) is computed by
+    # the analysis step with the run's bootstrap settings: figures never recompute it
+    from harness.report.figures import longqa
+
+    found = registry.task_figures("longqa")
+    assert found.extra_measures == (longqa.LOGPROB,)
+    assert set(found.tables) == {"score_by_dataset", "answer_in_context"}
+    frame = load_runs([write_run(tmp_path / "qa", longqa_rows())]).records
+
+    def context(n_boot: int, seed: int = 0) -> analysis.FigureContext:
+        return analysis.analyze(frame, registry.task_measures("longqa"), task="longqa",
+                                extra=found.extra_measures, tables=found.tables, n_boot=n_boot, seed=seed)
+
+    off, on = context(0), context(200)
+    assert list(off.analyses) == [longqa.MEASURE.key] and list(off.extras) == [longqa.LOGPROB.key]
+    assert off.measure(longqa.LOGPROB.key).table["ci_low"].isna().all()
+    assert on.measure(longqa.LOGPROB.key).table["ci_low"].notna().all()
+    again = context(200).measure(longqa.LOGPROB.key).table
+    pd.testing.assert_frame_equal(on.measure(longqa.LOGPROB.key).table, again)
+    assert not context(200, seed=1).measure(longqa.LOGPROB.key).table.equals(again)
+    by = on.tables["score_by_dataset"].set_index(["dataset", "length"])
+    assert by.loc[("hotpotqa", 512.0), "mean"] == pytest.approx(0.8 + 0.05 * 1.5) and by["n"].eq(4).all()
+    fig, ax = plt.subplots()
+    longqa.answer_logprob_vs_length(on, ax)
+    band = [c for c in ax.collections if len(c.get_paths())]
+    assert band, "the CI band of the run's bootstrap"
+    fig, ax = plt.subplots()
+    longqa.score_by_dataset(on, ax)
+    assert len([line for line in ax.get_lines() if len(line.get_xdata()) == 4]) == 2
+    out = build_report([tmp_path / "qa"], n_boot=0)
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["measure"]) == [longqa.MEASURE.key]  # figure-only measures stay out of summary.csv

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import models
+from harness import models, rope_config
 from harness.cli import main
 from harness.store import read_jsonl
 
@@ -35,7 +35,7 @@ def test_ppl_at_L_is_a_plain_forward_of_exactly_L_tokens(bos, tiny_llama, text_c
     assert run(tiny_llama, text_corpus, tmp_path / "r", *([] if bos else ["--no-bos"]), "--rope-theta", "5e4") == 0
     rows = records(tmp_path / "r")
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
-    loaded = models.load(str(tiny_llama), models.RopeOverride(theta=5e4))
+    loaded = models.load(str(tiny_llama), rope_config.RopeOverride(theta=5e4))
     tokens = loaded.tokenizer(text_corpus.read_text(), add_special_tokens=False)["input_ids"]
     size = 200 - (1 if bos else 0)
     for r in rows:

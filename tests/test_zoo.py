@@ -9,7 +9,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from harness.errors import InputError
-from harness.zoo import FAMILY, ZOO_DIR, Recipe, resolve, train_family, zoo_names
+from harness.zoo import ZOO_DIR, Recipe, train_family
+from harness.zoo_models import FAMILY, resolve, zoo_names
 
 
 def _expected_theta_and_tune_len(name: str, recipe: Recipe) -> tuple[float, int]:

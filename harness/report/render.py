@@ -18,7 +18,8 @@ import pandas as pd
 
 @dataclass
 class Block:
-    """One piece of the report: kind is h1, h2, p, ul (content: items), table (a DataFrame) or img (a file name)."""
+    """One piece of the report: kind is h1, h2, p, ul (content: items), table (a DataFrame) or img (a file
+    name)."""
 
     kind: str
     content: Any
@@ -26,7 +27,8 @@ class Block:
 
 
 def fmt_cell(value: Any, column: str = "") -> str:
-    """A table cell for markdown: lengths and limits as whole tokens, other numbers to 4 significant digits."""
+    """A table cell for markdown: lengths and limits as whole tokens, other numbers to 4 significant
+    digits."""
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return ""
     if isinstance(value, (bool, np.bool_)):
@@ -67,8 +69,15 @@ def to_markdown(blocks: list[Block]) -> str:
 _CSS = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;font-size:13px;margin:.5em 0 1.5em}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f4f4f4}td:first-child,
-th:first-child{text-align:left}figure{margin:1em 0 2em}img{max-width:100%}figcaption{font-size:13px;color:#555}
+th:first-child{text-align:left}figure{margin:1em 0 2em}img{max-width:100%}\
+figcaption{font-size:13px;color:#555}
 code{background:#f4f4f4;padding:0 3px}"""
+
+
+def _html_row(columns: Any, row: tuple) -> str:
+    """One table row: the markdown cells, unescaped from markdown's `\\|` and escaped for HTML."""
+    return "<tr>" + "".join(f"<td>{html.escape(fmt_cell(v, c).replace(chr(92) + '|', '|'))}</td>"
+                            for c, v in zip(columns, row, strict=True)) + "</tr>"
 
 
 def to_html(blocks: list[Block], folder: Path, title: str) -> str:
@@ -85,9 +94,7 @@ def to_html(blocks: list[Block], folder: Path, title: str) -> str:
         elif b.kind == "table":
             frame = b.content
             head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_cell(v, c).replace(chr(92) + '|', '|'))}</td>"
-                                            for c, v in zip(frame.columns, row, strict=True)) + "</tr>"
-                           for row in frame.itertuples(index=False))
+            body = "".join(_html_row(frame.columns, row) for row in frame.itertuples(index=False))
             out.append(f"<table><tr>{head}</tr>{body}</table>")
         elif b.kind == "img":
             data = base64.b64encode((folder / b.content).read_bytes()).decode("ascii")
@@ -97,8 +104,9 @@ def to_html(blocks: list[Block], folder: Path, title: str) -> str:
     return "\n".join(out)
 
 
-def render_figure(fn: Callable[[pd.DataFrame, Any], None], frame: pd.DataFrame, path: Path) -> None:
-    """Call a task's figure function on one fresh Axes with the report's shared style and save it as PNG."""
+def render_figure(fn: Callable[[Any, Any], None], ctx: Any, path: Path) -> None:
+    """Call a task's figure function `fn(ctx, ax)` on one fresh Axes with the report's shared style and save
+    it as PNG (`ctx`: the task's analysis.FigureContext; not imported here, render knows no analysis)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -108,7 +116,7 @@ def render_figure(fn: Callable[[pd.DataFrame, Any], None], frame: pd.DataFrame, 
                          "savefig.dpi": 150, "figure.dpi": 100}):
         fig, ax = plt.subplots(figsize=(5.6, 3.7))
         try:
-            fn(frame, ax)
+            fn(ctx, ax)
             fig.savefig(path, bbox_inches="tight", facecolor="white")
         finally:
             plt.close(fig)

@@ -1,21 +1,21 @@
 """Loading run folders for the report: every run's records and positions as one frame each.
 
 Kept apart from the analysis so that reading what `rope-harness run` wrote (torn lines of a killed run,
-retried cells, the same setting label in several runs) is settled once, before anything is measured.
+retried cells, the same setting label in several runs) is settled once, before anything is measured; the
+files themselves are read by harness.store.read_jsonl, the one reader of run folders.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
+from harness.store import read_jsonl
 
 # Columns that identify a setting's law inputs; copied from the records into summary.csv.
 LAW_COLUMNS = ("model", "rope_type", "rope_theta", "pretrain_base", "train_len", "tune_len", "rotary_dim")
@@ -54,19 +54,19 @@ def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
         if not run_dir.is_dir():
             raise InputError(f"{run_dir}: no such folder: pass a run folder written by `rope-harness run`")
         files = sorted(f for f in run_dir.glob("records*.jsonl") if f.is_file())
-        rows = [row for f in files for row in _read_jsonl(f, notes)]
+        rows = list(read_jsonl(run_dir, "records", notes))
         if not rows:
             raise InputError(f"{run_dir}: no records (records*.jsonl missing or empty): pass a run folder "
                              "written by `rope-harness run`, or run it first")
         frame = pd.DataFrame(rows)
         missing = [c for c in REQUIRED_COLUMNS if c not in frame]
         if missing:
-            raise InputError(f"{files[0]}: records lack {', '.join(missing)}: pass a folder whose records.jsonl "
-                             "was written by `rope-harness run`")
+            raise InputError(f"{files[0]}: records lack {', '.join(missing)}: pass a folder whose "
+                             "records.jsonl was written by `rope-harness run`")
         frame.insert(0, "run", name)
         frames.append(frame)
         runs.append((name, run_dir, len(frame)))
-        pos_rows = [row for f in sorted(run_dir.glob("positions*.jsonl")) if f.is_file() for row in _read_jsonl(f, notes)]
+        pos_rows = list(read_jsonl(run_dir, "positions", notes))
         if pos_rows:
             pos = pd.DataFrame(pos_rows)
             # a pass interrupted between its positions and its records is rerun on resume: keep the last copy
@@ -92,28 +92,6 @@ def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
     return Loaded(records.reset_index(drop=True), positions, runs, notes, superseded)
 
 
-def _read_jsonl(path: Path, skipped: list[str]) -> list[dict[str, Any]]:
-    """Every JSON object line of `path`; unreadable lines anywhere (not only a torn tail, also bytes that are not
-    UTF-8) are skipped and noted."""
-    rows, bad = [], 0
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-            else:
-                bad += 1
-    if bad:
-        skipped.append(f"{path}: skipped {bad} unreadable line(s) (e.g. a line cut by a kill)")
-    return rows
-
-
 def _run_names(run_dirs: list[Path]) -> list[str]:
     """Shortest unique names: folder name, else parent/name, else the whole path."""
     names = [d.name or str(d) for d in run_dirs]
@@ -126,7 +104,8 @@ def _run_names(run_dirs: list[Path]) -> list[str]:
 
 def _unique_settings(records: pd.DataFrame, positions: pd.DataFrame | None
                      ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Relabel `setting` so that each (run, label, rope_hash) has its own; the label as run keeps `setting_label`."""
+    """Relabel `setting` so that each (run, label, rope_hash) has its own; the label as run keeps
+    `setting_label`."""
     keys = records[["run", "setting", "rope_hash"]].drop_duplicates()
     runs_per_label = keys.groupby("setting")["run"].nunique()
     hashes_per = keys.groupby(["run", "setting"])["rope_hash"].nunique()
@@ -141,8 +120,8 @@ def _unique_settings(records: pd.DataFrame, positions: pd.DataFrame | None
 
     def relabel(frame: pd.DataFrame) -> pd.Series:
         hashes = frame["rope_hash"].fillna("") if "rope_hash" in frame else pd.Series("", index=frame.index)
-        return pd.Series([label.get((r, s, h), str(s)) for r, s, h in zip(frame["run"], frame["setting"], hashes, strict=True)],
-                         index=frame.index)
+        keys = zip(frame["run"], frame["setting"], hashes, strict=True)
+        return pd.Series([label.get((r, s, h), str(s)) for r, s, h in keys], index=frame.index)
 
     records = records.assign(setting_label=records["setting"], setting=relabel(records))
     if positions is not None and "setting" in positions:
@@ -151,7 +130,8 @@ def _unique_settings(records: pd.DataFrame, positions: pd.DataFrame | None
 
 
 def _dedupe(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One record per cell: its last ok record, else its last one; also how many failed records were dropped."""
+    """One record per cell: its last ok record, else its last one; also how many failed records were
+    dropped."""
     key = ["run", "setting", "task", "length", "depth", "seed", "sample"]
     frame = records.assign(_ok=(records["status"] == "ok").astype(int), _order=np.arange(len(records)))
     frame = frame.sort_values(["_ok", "_order"], kind="stable")

@@ -1,37 +1,34 @@
-"""Measurement analysis for the report: per-length tables, measured vs predicted limits, figure contexts.
+"""The report's analysis step: per-length tables, measured vs predicted limits, each task's FigureContext.
 
-One pass per task and measured-length definition computes everything the tables and every figure
-function draw from (a FigureContext), so figures never recompute curves or bootstrap CIs themselves.
+One pass per task computes everything the tables and every figure function draw from, with the run's
+bootstrap settings, so figures never recompute curves or bootstrap CIs themselves.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
-from harness.measure import (
-    Limit,
-    MeasureSpec,
+from harness.metrics import Limit, MeasureSpec, measured_limit, position_limit, smooth_buckets
+from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, NoData
+from harness.report.curves import (
     bootstrap_weights,
     build_curve,
     build_position_curve,
-    measured_limit,
     percentile_interval,
-    position_limit,
     setting_seed,
-    smooth_buckets,
 )
-from harness.plots import NoData
-from harness.records import LAW_COLUMNS
+from harness.report.load import LAW_COLUMNS
 
-DEFAULT_BOOTSTRAP = 1000
-DEFAULT_CI = 0.95
+if TYPE_CHECKING:
+    from harness.report.tables import TableSpec
+
 TABLE_COLUMNS = ["setting", "task", "metric", "length", "mean", "ci_low", "ci_high", "n", "n_failed"]
 
 
@@ -84,36 +81,56 @@ def setting_colors(settings: Sequence[str]) -> dict[str, Any]:
 
 
 @dataclass
-class FigureContext:
-    """What a task's figure functions draw from; built once per task and definition by the report.
+class Analysis:
+    """One measured-length definition of one task, computed once by the report.
 
     table: per (setting, length): mean (the aggregate), ci_low, ci_high, n, n_failed; for a per-position
     definition, per (setting, position bucket): length = the bucket's mean position, mean = its loss,
     smoothed, tokens, n (not written to table.csv).
-    summary: one row per (setting, rule parameter) with law inputs, prediction and measured limit (summary.csv).
+    summary: one row per (setting, rule parameter) with law inputs, prediction and measured limit
+    (summary.csv).
     settings: one row per setting: law inputs, regime, predicted_limit, measured_* for the first parameter.
-    views: every definition's context of the task by MeasureSpec.key (this one included); `measure(key)`.
     """
 
-    task: str
     spec: MeasureSpec
     factor: float | None
-    records: pd.DataFrame
-    positions: pd.DataFrame | None
+    delta: float | None
     table: pd.DataFrame
     summary: pd.DataFrame
     settings: pd.DataFrame
+
+
+@dataclass
+class FigureContext:
+    """Everything a task's figure functions draw from, computed by the analysis step; figures only draw.
+
+    analyses: the task's measured-length definitions by MeasureSpec.key, the default first (summary.csv);
+    extras: definitions a figure draws but the summary leaves out (the figure module's EXTRA_MEASURES);
+    tables: the figure module's TABLES, computed (see harness/report/tables.py);
+    colors, order: a colour per setting and the legend order, shared by every task of the report.
+    """
+
+    task: str
+    records: pd.DataFrame
+    positions: pd.DataFrame | None
     colors: dict[str, Any]
     order: list[str]
     ci: float = DEFAULT_CI
-    delta: float | None = None
-    views: dict[str, FigureContext] = field(default_factory=dict)
+    analyses: dict[str, Analysis] = field(default_factory=dict)
+    extras: dict[str, Analysis] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def measure(self, key: str) -> FigureContext:
-        """The context of the task's definition `key` (e.g. 'position-loss'); NoData when it was not computed."""
-        if key in self.views:
-            return self.views[key]
+    @property
+    def default(self) -> Analysis:
+        """The task's default definition (the first of its measures)."""
+        return next(iter(self.analyses.values()))
+
+    def measure(self, key: str) -> Analysis:
+        """The definition `key` (e.g. 'position-loss'); NoData when it was not computed."""
+        found = self.analyses.get(key) or self.extras.get(key)
+        if found is not None:
+            return found
         raise NoData(f"no {key!r} measured length for task {self.task!r}"
                      + (f" ({'; '.join(self.notes)})" if self.notes else ""))
 
@@ -128,27 +145,29 @@ def _rule_params(spec: MeasureSpec, factors: Sequence[float | None], deltas: Seq
     return [(None, None)]
 
 
-def _rule_values(spec: MeasureSpec, factor: float | None, delta: float | None) -> tuple[float | None, float | None]:
+def _rule_values(spec: MeasureSpec, factor: float | None, delta: float | None
+                 ) -> tuple[float | None, float | None]:
     """The (factor, delta) a definition actually uses with these overrides: one of them, or neither."""
     value = spec.param(factor, delta)
     return (value if spec.rule == "factor" else None), (value if spec.rule == "delta" else None)
 
 
 def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *, task: str = "",
+            extra: Sequence[MeasureSpec] = (), tables: Mapping[str, TableSpec] | None = None,
             factors: Sequence[float | None] = (None,), deltas: Sequence[float | None] = (None,),
             n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
             positions: pd.DataFrame | None = None, colors: dict[str, Any] | None = None) -> FigureContext:
-    """Per-length table and per-setting summary of one task's records (all runs concatenated).
+    """One task's records (all runs concatenated) -> its FigureContext, every bootstrap done here.
 
-    `spec`: one definition or a list of them (a task's MEASURES; the first is the default). Returns the first
-    definition's context; every definition's is in `.views`. A per-position definition is left out, with a
-    note, when the task has no positions*.jsonl rows (unless it is the first).
+    `spec`: one definition or a list of them (a task's measures; the first is the default). A per-position
+    definition is left out, with a note, when the task has no positions*.jsonl rows (unless it is the
+    first). `extra` definitions and `tables` are what the task's figures draw beyond that; they get the
+    same n_boot, seed and rule overrides but stay out of summary.csv and table.csv.
     """
     specs = [spec] if isinstance(spec, MeasureSpec) else list(spec)
     if not specs:
         raise ValueError("analyze needs at least one MeasureSpec")
     records = records.copy()
-    records.attrs = {}
     task = task or str(_first(records, "task") or "")
     order = setting_order(records)
     colors = colors or setting_colors(order)
@@ -156,18 +175,24 @@ def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *,
     if positions is not None and len(positions):
         task_positions = positions[positions["task"] == task] if "task" in positions else positions
         task_positions = task_positions[task_positions["setting"].isin(order)]
-    views: dict[str, FigureContext] = {}
-    notes: list[str] = []
-    for k, one in enumerate(specs):
-        if one.source == "positions" and k and (task_positions is None or not len(task_positions)):
-            notes.append(f"measured length {one.key!r} left out: no positions*.jsonl rows for task {task!r}")
+    has_positions = task_positions is not None and len(task_positions) > 0
+    ctx = FigureContext(task, records, task_positions, colors, order, ci)
+
+    def one(definition: MeasureSpec) -> Analysis:
+        return _analyze_one(records, definition, task=task, params=_rule_params(definition, factors, deltas),
+                            n_boot=n_boot, seed=seed, ci=ci, positions=task_positions, order=order)
+
+    for k, each in enumerate(specs):
+        if each.source == "positions" and k and not has_positions:
+            ctx.notes.append(f"measured length {each.key!r} left out: no positions*.jsonl rows for task "
+                             f"{task!r}")
             continue
-        views[one.key] = _analyze_one(records, one, task=task, params=_rule_params(one, factors, deltas),
-                                      n_boot=n_boot, seed=seed, ci=ci, positions=task_positions, colors=colors,
-                                      order=order)
-    for view in views.values():
-        view.views, view.notes = views, notes
-    return views[specs[0].key]
+        ctx.analyses[each.key] = one(each)
+    for each in extra:
+        if each.key not in ctx.analyses and (each.source != "positions" or has_positions):
+            ctx.extras[each.key] = one(each)
+    ctx.tables = {name: table.compute(records, task_positions) for name, table in (tables or {}).items()}
+    return ctx
 
 
 def _limit(spec: MeasureSpec, axis: np.ndarray, values, ref_len: float | None, factor: float | None,
@@ -180,7 +205,8 @@ def _limit(spec: MeasureSpec, axis: np.ndarray, values, ref_len: float | None, f
 
 def _length_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, setting: str, ci: float,
                      positions: pd.DataFrame | None, weights_seed: int, n_boot: int):
-    """A setting's per-length aggregate: (lengths, aggregate, bootstrap aggregates or None, n_samples, table rows)."""
+    """A setting's per-length aggregate: (lengths, aggregate, bootstrap aggregates or None, n_samples, table
+    rows)."""
     curve = build_curve(recs, spec)
     weights = bootstrap_weights(len(curve.samples), n_boot, weights_seed)
     agg = curve.aggregate(spec) if curve.samples else np.full(len(curve.lengths), np.nan)
@@ -190,8 +216,9 @@ def _length_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, settin
     rows = []
     for k, length in enumerate(curve.lengths):
         lo, hi = percentile_interval(boot[:, k], ci) if boot is not None else (math.nan, math.nan)
-        rows.append({"setting": setting, "task": task, "metric": spec.name, "length": int(length), "mean": agg[k],
-                     "ci_low": lo, "ci_high": hi, "n": int(counts[k]), "n_failed": int(failed.get(length, 0))})
+        rows.append({"setting": setting, "task": task, "metric": spec.name, "length": int(length),
+                     "mean": agg[k], "ci_low": lo, "ci_high": hi, "n": int(counts[k]),
+                     "n_failed": int(failed.get(length, 0))})
     return curve.lengths, agg, (list(boot) if boot is not None else None), len(curve.samples), rows
 
 
@@ -221,9 +248,8 @@ def _position_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, sett
 
 
 def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params, n_boot: int, seed: int,
-                 ci: float, positions: pd.DataFrame | None, colors: dict[str, Any], order: list[str]
-                 ) -> FigureContext:
-    """One definition's context: per setting its curve, table rows and a summary row per rule parameter."""
+                 ci: float, positions: pd.DataFrame | None, order: list[str]) -> Analysis:
+    """One definition: per setting its curve, table rows and a summary row per rule parameter."""
     table_rows, summary_rows, first_rows = [], [], []
     for setting in order:
         recs = records[records["setting"] == setting]
@@ -257,8 +283,9 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
             row = {
                 "setting": setting, "model": info["model"], "task": task, "measure": spec.key,
                 "rope_type": info["rope_type"], "rope_theta": info["rope_theta"],
-                "pretrain_base": info["pretrain_base"], "train_len": info["train_len"], "tune_len": info["tune_len"],
-                "rotary_dim": info["rotary_dim"], "regime": prediction.regime if prediction is not None else "",
+                "pretrain_base": info["pretrain_base"], "train_len": info["train_len"],
+                "tune_len": info["tune_len"], "rotary_dim": info["rotary_dim"],
+                "regime": prediction.regime if prediction is not None else "",
                 "critical_dim": prediction.critical_dim if prediction is not None else None,
                 "predicted_limit": predicted,
                 "measured_limit": limit.value, "measured_ci_low": lo, "measured_ci_high": hi,
@@ -269,7 +296,8 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
                 "reference_value": limit.reference, "threshold_value": limit.threshold,
                 "n_samples": n_samples, "n_failed": int((recs["status"] != "ok").sum()),
                 "law_assumes_finetune": finetune_assumed,
-                "rope_hash": _first(recs, "rope_hash"), "run": _first(recs, "run"), "note": "; ".join(row_notes),
+                "rope_hash": _first(recs, "rope_hash"), "run": _first(recs, "run"),
+                "note": "; ".join(row_notes),
             }
             summary_rows.append(row)
             if n_param == 0:
@@ -281,17 +309,4 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
     if len(settings):
         settings = settings.set_index("setting", drop=False).rename_axis(None)
     factor, delta = _rule_values(spec, *params[0])
-    return FigureContext(task, spec, factor, records, positions, table, summary, settings, colors, order, ci,
-                         delta)
-
-
-def figure_context(df: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec] | None = None) -> FigureContext:
-    """The report's precomputed context attached to a task's records frame, or one computed now (with
-    `spec` - one definition or the task's MEASURES -, default bootstrap) when a figure function is called on
-    a plain frame, e.g. in a notebook."""
-    ctx = df.attrs.get("context")
-    if isinstance(ctx, FigureContext):
-        return ctx
-    if spec is None:
-        raise ValueError("figure_context needs the task's MeasureSpec for a frame without a report context")
-    return analyze(df, spec, positions=df.attrs.get("positions"), n_boot=200)
+    return Analysis(spec, factor, delta, table, summary, settings)

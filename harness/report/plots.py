@@ -1,8 +1,9 @@
 """Shared plotting for the report's task figures: curves, the law overlay, measured-vs-predicted.
 
-Every figure function of a task (harness/report_<task>.py) draws on one Axes with these helpers, so all
-figures share axes formatting, colours, the law overlay (training length dotted, predicted limit dashed,
-in the curve's colour) and the markers for measured / censored limits.
+Every figure function of a task (harness/report/figures/<task>.py) draws on one Axes with these helpers, so
+all figures share axes formatting, colours, the law overlay (training length dotted, predicted limit
+dashed, in the curve's colour) and the markers for measured / censored limits. Helpers take the task's
+FigureContext (order, colours) and the Analysis of the definition they draw; they compute nothing.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness.report.base import NoData
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from harness.analysis import FigureContext
-
-
-class NoData(Exception):
-    """Raised by a figure function with nothing to draw; the report skips the figure and says why."""
+    from harness.report.analysis import Analysis, FigureContext
 
 
 def fmt_length(x: float) -> str:
@@ -72,12 +71,12 @@ def style_axes(ax: Axes) -> None:
     ax.tick_params(labelsize=8)
 
 
-def plot_metric_curves(ax: Axes, ctx: FigureContext, ylabel: str | None = None, log_y: bool = True,
-                       ci: bool = True) -> None:
-    """One aggregate curve per setting (markers at grid points, CI band) from ctx.table."""
-    table = ctx.table[np.isfinite(ctx.table["mean"].astype(float))]
+def plot_metric_curves(ax: Axes, ctx: FigureContext, analysis: Analysis, ylabel: str | None = None,
+                       log_y: bool = True, ci: bool = True) -> None:
+    """One aggregate curve per setting (markers at grid points, CI band) from analysis.table."""
+    table = analysis.table[np.isfinite(analysis.table["mean"].astype(float))]
     if not len(table):
-        raise NoData(f"no ok {ctx.spec.name} values")
+        raise NoData(f"no ok {analysis.spec.name} values")
     for setting in ctx.order:
         rows = table[table["setting"] == setting].sort_values("length")
         if not len(rows):
@@ -90,7 +89,7 @@ def plot_metric_curves(ax: Axes, ctx: FigureContext, ylabel: str | None = None, 
             ax.fill_between(band["length"], band["ci_low"], band["ci_high"], color=color, alpha=0.15,
                             linewidth=0, zorder=2)
     ax.set_xlabel("context length L (tokens)")
-    ax.set_ylabel(ylabel or ctx.spec.name)
+    ax.set_ylabel(ylabel or analysis.spec.name)
     format_length_axis(ax)
     format_value_axis(ax, log_y)
     style_axes(ax)
@@ -102,7 +101,7 @@ PREDICTED_STYLE = {"linestyle": "--", "linewidth": 1.3}
 SHARED_TRAIN_COLOR = "0.35"
 
 
-def law_overlay(ax: Axes, ctx: FigureContext, reach: float = 2.0) -> list[Any]:
+def law_overlay(ax: Axes, ctx: FigureContext, analysis: Analysis, reach: float = 2.0) -> list[Any]:
     """Training length and each setting's predicted limit as vertical lines in the curve's colour.
 
     Call after the data are drawn. A training length shared by several settings is drawn once, in grey
@@ -113,7 +112,7 @@ def law_overlay(ax: Axes, ctx: FigureContext, reach: float = 2.0) -> list[Any]:
     """
     lo, hi = ax.get_xlim()
     lines: list[Any] = []
-    settings = ctx.settings
+    settings = analysis.settings
     if not len(settings):
         return lines
     drawn_train: dict[float, list[str]] = {}
@@ -148,23 +147,25 @@ def law_overlay(ax: Axes, ctx: FigureContext, reach: float = 2.0) -> list[Any]:
     ax.set_xlim(new_lo, new_hi)
     format_length_axis(ax)
     for k, (setting, predicted) in enumerate(sorted(far, key=lambda p: p[1])):
-        ax.annotate(f"predicted {predicted:,.0f} \u2192", xy=(1.0, 1.01 + 0.065 * k), xycoords="axes fraction",
-                    ha="right", va="bottom", fontsize=7.5, color=ctx.colors[setting], annotation_clip=False)
+        ax.annotate(f"predicted {predicted:,.0f} \u2192", xy=(1.0, 1.01 + 0.065 * k),
+                    xycoords="axes fraction", ha="right", va="bottom", fontsize=7.5,
+                    color=ctx.colors[setting], annotation_clip=False)
     return lines
 
 
-def mark_measured(ax: Axes, ctx: FigureContext, y: str = "threshold") -> None:
+def mark_measured(ax: Axes, ctx: FigureContext, analysis: Analysis, y: str = "threshold") -> None:
     """The measured limit on each curve: filled circle at (measured L, threshold); open when censored."""
     for setting in ctx.order:
-        if setting not in ctx.settings.index:
+        if setting not in analysis.settings.index:
             continue
-        row = ctx.settings.loc[setting]
+        row = analysis.settings.loc[setting]
         value = float(row["measured_limit"]) if row["measured_limit"] is not None else math.nan
         if not np.isfinite(value):
             continue
         yv = float(row["threshold_value"]) if y == "threshold" else float(y)
         if row["measured_censored"]:
-            table = ctx.table[(ctx.table["setting"] == setting) & (ctx.table["length"] == value)]
+            table = analysis.table
+            table = table[(table["setting"] == setting) & (table["length"] == value)]
             yv = float(table["mean"].iloc[0]) if len(table) else yv
         color = ctx.colors[setting]
         censored = bool(row["measured_censored"])
@@ -198,10 +199,11 @@ def finish_legend(ax: Axes, extra: Sequence[Any] = (), title: str | None = None)
 REGIME_MARKERS = {"larger-base": "o", "tuning-bounded": "s"}
 
 
-def _mvp_points(ctx: FigureContext) -> tuple[list[tuple[str, float, float, float, float, bool, str]], list[str]]:
+def _mvp_points(ctx: FigureContext, analysis: Analysis
+                ) -> tuple[list[tuple[str, float, float, float, float, bool, str]], list[str]]:
     """(setting, predicted, measured, ci_low, ci_high, censored, regime) of the settings with both values, and
     a line for each setting left off (no predicted limit, or no measured length)."""
-    rows = ctx.settings
+    rows = analysis.settings
     points, aside = [], []
     for setting in ctx.order:
         if not len(rows) or setting not in rows.index:
@@ -218,25 +220,26 @@ def _mvp_points(ctx: FigureContext) -> tuple[list[tuple[str, float, float, float
         if not np.isfinite(measured):
             aside.append(f"{setting}: predicted {fmt_length(predicted)}, measured n/a")
             continue
-        points.append((setting, predicted, measured, float(row["measured_ci_low"]), float(row["measured_ci_high"]),
-                       bool(row["measured_censored"]), str(row["regime"])))
+        points.append((setting, predicted, measured, float(row["measured_ci_low"]),
+                       float(row["measured_ci_high"]), bool(row["measured_censored"]), str(row["regime"])))
     return points, aside
 
 
-def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, share_limits: bool = True) -> None:
+def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, analysis: Analysis, share_limits: bool = True
+                               ) -> None:
     """Measured extrapolation length vs the law's prediction per setting (log-log, y = x, CI bars).
 
     Censored points: open marker with an upward arrow (the true value is at least that). Settings without
     a predicted limit (unbounded, not-covered, unusable law inputs) are listed in a note under the axes.
-    With `share_limits`, the axes span the points of every definition of the task (ctx.views), so the
+    With `share_limits`, the axes span the points of every definition of the task (ctx.analyses), so the
     task's measured-vs-predicted figures compare at a glance.
     """
     from matplotlib.lines import Line2D
 
-    rows = ctx.settings
+    rows = analysis.settings
     if not len(rows) or not np.isfinite(rows["measured_limit"].astype(float)).any():
         raise NoData("no measured extrapolation length")
-    points, aside = _mvp_points(ctx)
+    points, aside = _mvp_points(ctx, analysis)
     for setting, predicted, measured, lo, hi, censored, regime in points:
         color = ctx.colors[setting]
         marker = REGIME_MARKERS.get(regime, "D")
@@ -249,8 +252,10 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, share_limits: bool 
         if censored:
             ax.annotate("", xy=(predicted, measured * 1.5), xytext=(predicted, measured * 1.04),
                         arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.3}, zorder=4)
-    spanned = [p for view in (ctx.views.values() if share_limits and ctx.views else [ctx])
-               for p in _mvp_points(view)[0]]
+    views = list(ctx.analyses.values()) if share_limits else []
+    if not any(view is analysis for view in views):
+        views.append(analysis)
+    spanned = [p for view in views for p in _mvp_points(ctx, view)[0]]
     if spanned:
         values = [v for p in spanned for v in (p[1], p[2], p[4] if np.isfinite(p[4]) else p[2], p[2] * 1.6)]
         lo_v, hi_v = min(values) / 1.6, max(values) * 1.3
@@ -266,16 +271,15 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, share_limits: bool 
     format_length_axis(ax, "y")
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel("predicted extrapolation limit (tokens, law)")
-    ax.set_ylabel(f"measured extrapolation length (tokens)\n{ctx.spec.label(ctx.factor, ctx.delta)}")
+    label = analysis.spec.label(analysis.factor, analysis.delta)
+    ax.set_ylabel(f"measured extrapolation length (tokens)\n{label}")
     style_axes(ax)
     extra = [Line2D([], [], color="0.3", marker="o", linestyle="none", label="larger-base regime"),
-             Line2D([], [], color="0.3", marker="s", linestyle="none", label="tuning-bounded (law: \u2265 T_tune)"),
+             Line2D([], [], color="0.3", marker="s", linestyle="none",
+                    label="tuning-bounded (law: \u2265 T_tune)"),
              Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
                     label="censored (\u2265, never failed)")]
     finish_legend(ax, extra)
     if aside:
-        ax.text(0.0, -0.2, "Not on this plot (no predicted limit):\n" + "\n".join(aside), transform=ax.transAxes,
-                ha="left", va="top", fontsize=7.5, color="0.25")
-
-
-# =========================================================================================== the report
+        ax.text(0.0, -0.2, "Not on this plot (no predicted limit):\n" + "\n".join(aside),
+                transform=ax.transAxes, ha="left", va="top", fontsize=7.5, color="0.25")

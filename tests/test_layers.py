@@ -1,0 +1,135 @@
+"""The house rules, read from the code's own imports (ast): floors only import downward, no import circles.
+
+Every module of harness/ and tasks/ must be placed on a floor below; a new module that is not fails here,
+so its place is a decision, not an accident. Function-level imports count too: they may defer a heavy
+dependency, never hide a circle. See docs/design.md (Layout).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# floor -> module prefixes (a package prefix covers its submodules)
+FLOORS = {
+    0: ["harness", "harness.errors", "harness.values", "harness.hub", "harness.jsonl", "harness.law",
+        "harness.rope_math", "harness.bytetok", "harness.metrics", "harness.zoo_models", "harness.suites"],
+    1: ["harness.rope_config", "harness.models", "harness.engine", "harness.stream", "harness.corpus",
+        "harness.zoo", "harness.law_cli"],
+    2: ["tasks"],
+    3: ["harness.suite", "harness.store", "harness.run_info", "harness.distributed", "harness.memory_guard",
+        "harness.runner"],
+    4: ["harness.report"],
+    5: ["harness.cli"],
+}
+
+
+def floor_of(module: str) -> int | None:
+    best, floor = -1, None
+    for level, prefixes in FLOORS.items():
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, floor = len(prefix), level
+    return floor
+
+
+def project_modules() -> dict[str, Path]:
+    out = {}
+    for top in ("harness", "tasks"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules `module` imports anywhere in its body (from-imports of names resolve to the module)."""
+    found = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                found.add(name)
+    return found
+
+
+GRAPH = None
+
+
+def graph() -> dict[str, set[str]]:
+    global GRAPH
+    if GRAPH is None:
+        modules = project_modules()
+        GRAPH = {m: imports_of(m, p, set(modules)) for m, p in modules.items()}
+    return GRAPH
+
+
+def test_every_module_has_a_floor():
+    assert [m for m in graph() if floor_of(m) is None] == []
+
+
+def test_no_import_runs_up_a_floor():
+    upward = [f"{a} (floor {floor_of(a)}) -> {b} (floor {floor_of(b)})" for a, targets in graph().items()
+              for b in targets if floor_of(b) > floor_of(a)]
+    assert upward == []
+
+
+def test_no_import_circles():
+    g = graph()
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(g[node]):
+            if state.get(nxt) == 1:
+                circles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]) if nxt in stack else f"{node}->{nxt}")
+            elif nxt not in state:
+                visit(nxt, stack + [node])
+        state[node] = 2
+
+    for node in sorted(g):
+        if node not in state:
+            visit(node, [])
+    assert circles == []
+
+
+def test_only_the_cli_imports_the_report_wing():
+    users = {a for a, targets in graph().items() for b in targets
+             if floor_of(b) == 4 and floor_of(a) != 4}
+    assert users <= {"harness.cli"}
+
+
+def test_no_source_file_is_too_long():
+    long = {m: n for m, p in project_modules().items() if (n := len(p.read_text().splitlines())) > 420}
+    assert long == {}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["law", "--head-dim", "128", "--train-len", "4096", "--base", "1e6",
+                                                "--json"]])
+def test_help_and_law_load_no_heavy_library(argv):
+    code = ("import sys, contextlib, io\nfrom harness.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()):\n    main({argv!r})\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'pandas'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
