@@ -18,8 +18,9 @@ from harness import law
 from harness.errors import InputError
 
 _DESCRIPTION = (
-    "Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024). "
-    "Give the shape with --head-dim/--train-len, or read it from a model config with --model (no weights)."
+    "Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024) and their retrieval bound "
+    "(Men et al., NeurIPS 2024). Give the shape with --head-dim/--train-len, or read it from a model config "
+    "with --model (no weights)."
 )
 
 
@@ -40,7 +41,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default with --model: the model's own rope_theta)")
     parser.add_argument("--tune-len", type=_length, metavar="T2",
                         help="fine-tuning length in tokens (default: --train-len)")
-    parser.add_argument("--target-len", type=_length, metavar="L", help="also report the base that reaches L")
+    parser.add_argument("--target-len", type=_length, metavar="L",
+                        help="also report the bases that reach L: Liu's, the minimal one for retrieval, and "
+                             "which of the two binds")
     parser.add_argument("--pretrain-base", type=float, metavar="B0",
                         help="pre-training base b0 (default 10000, or the model's rope_theta with --model)")
     parser.add_argument("--model", metavar="PATH_OR_ID", help="read d, T_train and b0 from this model's config")
@@ -119,15 +122,19 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "critical_base": _number(law.critical_base(train, tune, b0)),
         "thresholds": {k: _number(v) for k, v in law.small_base_thresholds(tune).items()},
         # The limit is a token count: reported rounded to an integer (LLaMA2, base 1e6: 129027).
+        # retrieval_bound (Men et al.) is null where B(m) >= 0 at every m below law.RETRIEVAL_CAP, and for
+        # RoPE variants whose frequencies are not base^(-2n/d) (not-covered).
         "settings": [
             {"base": _number(p.base), "regime": p.regime, "critical_dim": p.critical_dim,
-             "extrapolation_limit": None if p.extrapolation_limit is None else round(p.extrapolation_limit)}
+             "extrapolation_limit": None if p.extrapolation_limit is None else round(p.extrapolation_limit),
+             "retrieval_bound": None if p.regime == "not-covered" else law.retrieval_bound(p.base, d)}
             for p in predictions
         ],
     }
     if args.target_len is not None:
         out["target_len"] = _number(args.target_len)
         out["base_for_target"] = _number(law.base_for_target(args.target_len, d, train, tune, b0))
+        out["min_base_for_retrieval"] = _number(law.min_base_for_retrieval(args.target_len, d))
     if args.model:
         out["model"] = args.model
         out.update({k: v for k, v in inputs.items() if k.endswith("_source")})
@@ -150,23 +157,49 @@ def _table(out: dict[str, Any]) -> str:
         ("critical base beta0", g(out["critical_base"])),
         ("small-base thresholds", f"beta1 {g(t['beta1'])}  beta2 {g(t['beta2'])}  beta3 {g(t['beta3'])}"),
     ]
-    lines = ["RoPE extrapolation scaling law (Liu et al., ICLR 2024)"]
+    lines = ["RoPE base limits: extrapolation scaling law (Liu et al., ICLR 2024), retrieval bound (Men et al., "
+             "NeurIPS 2024)"]
     lines += [f"  {name:<22} {value}" for name, value in header if value is not None]
-    rows = [("base", "regime", "critical dim", "extrapolation limit")]
+    rows = [("base", "regime", "critical dim", "extrapolation limit", "retrieval bound")]
     for s in out["settings"]:
-        limit = s["extrapolation_limit"]
+        limit, bound = s["extrapolation_limit"], s["retrieval_bound"]
         shown = {"unbounded": "no upper bound", "not-covered": "no prediction"}.get(s["regime"], g(limit))
+        retrieval = ("no prediction" if s["regime"] == "not-covered" else f">= {g(law.RETRIEVAL_CAP)}"
+                     if bound is None else g(bound))
         rows.append((g(s["base"]), s["regime"], "-" if s["critical_dim"] is None else str(s["critical_dim"]),
-                     shown if limit is None else g(limit)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+                     shown if limit is None else g(limit), retrieval))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines.append("")
     for r in rows:
-        lines.append(f"  {r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}")
+        lines.append(f"  {r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  "
+                     f"{r[4]:>{widths[4]}}")
     if "base_for_target" in out:
+        target, liu, retrieval = g(out["target_len"]), out["base_for_target"], out["min_base_for_retrieval"]
         lines.append("")
-        lines.append(f"  base for target length {g(out['target_len'])}: {g(out['base_for_target'])}"
+        lines.append(f"  base for target length {target}: {g(liu)}"
                      + ("  (= beta0: any base just above it reaches the target)"
-                        if out["base_for_target"] == out["critical_base"] else ""))
+                        if liu == out["critical_base"] else ""))
+        lo, hi = law.BASE_SEARCH_RANGE
+        lines.append(f"  min base for retrieval at {target}: "
+                     + (f"{g(retrieval)}  (B(m) >= 0 for every distance m < {target})" if retrieval is not None
+                        else f"none in [{lo:g}, {hi:g}]"))
+        if retrieval is None or retrieval > liu:
+            binds = "retrieval binds: " + ("no base keeps B(m) >= 0 up to the target" if retrieval is None
+                                           else f"use a base of at least {g(retrieval)}")
+        elif retrieval < liu:
+            binds = f"extrapolation binds: use a base of at least {g(liu)}"
+        else:
+            binds = f"both bind equally: use a base of at least {g(liu)}"
+        lines.append(f"  {binds} (the larger of the two bases)")
+    lines += [
+        "",
+        "  beta1 = 2*T_tune/pi, beta2 = T_tune/pi, beta3 = T_tune/(2*pi): below them even the slowest RoPE pair",
+        "    (angle rate ~1/base) turns through a quarter, a half, a full period within T_tune; below beta3",
+        "    every pair completes a period, so the law sets no upper bound (regime unbounded)",
+        "  retrieval bound: the longest context whose every distance m keeps B(m) = sum_n cos(m*b^(-2n/d)) >= 0,",
+        "    i.e. similar keys still outscore random ones (Men et al.); a context needs both limits: the smaller",
+        "    one applies",
+    ]
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ checked against direct summation, the paper's d=128 table and a closed form (d=4
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -177,3 +178,79 @@ def test_bad_input_is_one_line_input_error(call, fragment):
     with pytest.raises(InputError) as info:
         call()
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+# --- rope-harness law ------------------------------------------------------------------------------------
+
+def law_cli(argv: list[str], capsys) -> str:
+    from harness.cli import main
+
+    assert main(["law", *argv]) == 0
+    captured = capsys.readouterr()
+    return captured.out
+
+
+def test_cli_json_carries_both_limits_and_both_bases(capsys):
+    argv = ["--head-dim", "128", "--train-len", "4096", "--base", "1e4", "--base", "1e6", "--target-len", "32768"]
+    out = json.loads(law_cli([*argv, "--json"], capsys))
+    liu = [(s["regime"], s["extrapolation_limit"]) for s in out["settings"]]
+    assert liu == [("tuning-bounded", 4096), ("larger-base", 129027)]
+    assert [s["retrieval_bound"] for s in out["settings"]] == [law.retrieval_bound(1e4, 128), 27115] == [1707, 27115]
+    assert out["base_for_target"] == pytest.approx(law.base_for_target(32768, 128, 4096), rel=1e-12)
+    assert out["min_base_for_retrieval"] == pytest.approx(629978.2629, rel=1e-8)
+    assert direct_feasible(out["min_base_for_retrieval"], 128, 32768)
+    assert out["min_base_for_retrieval"] > out["base_for_target"]  # retrieval binds at 32K
+
+
+def test_cli_without_target_has_no_min_base(capsys):
+    out = json.loads(law_cli(["--head-dim", "32", "--train-len", "4096", "--base", "1e30", "--json"], capsys))
+    assert "min_base_for_retrieval" not in out and "base_for_target" not in out
+    assert out["settings"][0]["retrieval_bound"] is None  # B >= 0 at every distance below the search cap
+
+
+def test_cli_table_columns_footer_and_binding(capsys):
+    table = law_cli(["--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--base", "500",
+                     "--target-len", "4500"], capsys)
+    header = next(line for line in table.splitlines() if "regime" in line)
+    assert header.split()[-2:] == ["retrieval", "bound"]
+    assert "129,027           27,115" in table and "no upper bound              171" in table
+    assert "base for target length 4,500: 10,000" in table
+    assert "min base for retrieval at 4,500: 49,569" in table
+    assert "retrieval binds: use a base of at least 49,569 (the larger of the two bases)" in table
+    assert "beta1 = 2*T_tune/pi, beta2 = T_tune/pi, beta3 = T_tune/(2*pi)" in table
+    assert "retrieval bound: the longest context whose every distance m keeps B(m)" in table
+    # a large pre-training base leaves few dimensions that saw a period: Liu's base is the larger one
+    table = law_cli(["--head-dim", "128", "--train-len", "4096", "--pretrain-base", "1e6", "--base", "1e6",
+                     "--target-len", "8192"], capsys)
+    assert "min base for retrieval at 8,192: 83,764" in table
+    assert "extrapolation binds: use a base of at least 2,700,234 (the larger of the two bases)" in table
+
+
+def test_cli_no_base_keeps_retrieval(capsys):
+    argv = ["--head-dim", "2", "--train-len", "4096", "--base", "1e4", "--target-len", "4096"]
+    assert json.loads(law_cli([*argv, "--json"], capsys))["min_base_for_retrieval"] is None
+    table = law_cli(argv, capsys)
+    assert "min base for retrieval at 4,096: none in [2, 1e+30]" in table
+    assert "retrieval binds: no base keeps B(m) >= 0 up to the target" in table
+
+
+def test_cli_not_covered_rope_type_has_no_retrieval_bound(tmp_path, capsys):
+    """Linear scaling divides the frequencies by its factor: they are not base^(-2n/d), so no bound."""
+    import transformers
+
+    transformers.LlamaConfig(
+        hidden_size=64, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64, vocab_size=300,
+        max_position_embeddings=256, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+    ).save_pretrained(tmp_path)
+    out = json.loads(law_cli(["--model", str(tmp_path), "--json"], capsys))
+    assert [(s["regime"], s["retrieval_bound"]) for s in out["settings"]] == [("not-covered", None)]
+    table = law_cli(["--model", str(tmp_path)], capsys)
+    assert table.count("no prediction") == 2  # both limits
+
+
+def test_cli_bad_target_for_retrieval_is_one_line(capsys):
+    from harness.cli import main
+
+    assert main(["law", "--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--target-len", "1e9"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "search cap" in captured.err
