@@ -223,6 +223,9 @@ BASE_GRID_STEP = 1e-3
 
 _ROW = 128  # distances per row of a score block: m = row*_ROW + k with 0 <= k < _ROW
 _BLOCK = 1 << 20  # at most this many B values are held at once (bounded memory, ~8 MB in float64)
+# Rows per matrix product. OpenBLAS runs products under 2^18 multiply-adds (8 x 128 x 128) on one thread;
+# larger ones it splits over threads, which on a busy 2-core machine made the search 3-5x slower.
+_GEMM_ROWS = 8
 _WINDOW = 128  # grid bases pre-screened together
 _F32_MARGIN = 1e-3  # float32 B is off by ~1e-5: the pre-screen rules a base out only below -margin
 _REFINE_TOL = 1e-9  # bisection inside the first feasible grid cell stops at this relative width
@@ -289,11 +292,14 @@ def _scores(theta: np.ndarray, columns: np.ndarray, first_row: int, row_stride: 
     matrix product per base: cos((r + k)*theta) = cos(r*theta)cos(k*theta) - sin(r*theta)sin(k*theta), and
     the product sums over theta. Only row starts and the _ROW offsets need cos/sin: ~2d flops per distance."""
     p = _phasors(theta, float(first_row * _ROW), float(row_stride * _ROW), rows)
-    half = theta.shape[1]
-    left = np.empty((theta.shape[0], rows, 2 * half), dtype=columns.dtype)
-    left[..., :half] = p.real
-    np.negative(p.imag, out=left[..., half:], casting="same_kind")
-    return np.matmul(left, columns)
+    width, half = theta.shape
+    padded = -(-rows // _GEMM_ROWS) * _GEMM_ROWS
+    left = np.zeros((width, padded, 2 * half), dtype=columns.dtype)
+    left[:, :rows, :half] = p.real
+    np.negative(p.imag, out=left[:, :rows, half:], casting="same_kind")
+    # many small products (broadcast over the row groups) instead of one large one per base: see _GEMM_ROWS
+    out = np.matmul(left.reshape(width, padded // _GEMM_ROWS, _GEMM_ROWS, 2 * half), columns[:, None])
+    return out.reshape(width, padded, _ROW)[:, :rows]
 
 
 def _first_negative(theta: np.ndarray, stop: int) -> int | None:
@@ -390,6 +396,7 @@ def min_base_for_retrieval(length: float, rotary_dim: int) -> float | None:
     then bisect (to 1e-9 relative)
     inside the cell between it and the infeasible grid base below it. The returned base passed the full
     float64 check, and no grid base below it is feasible; an island narrower than a grid step can be missed.
+    Bases above it are not all feasible either: check the retrieval_bound of a base before relying on it.
     """
     target = _check_length(length, "context length")
     d = _check_rotary_dim(rotary_dim)

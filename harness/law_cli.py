@@ -183,14 +183,13 @@ def _table(out: dict[str, Any]) -> str:
         lines.append(f"  min base for retrieval at {target}: "
                      + (f"{g(retrieval)}  (B(m) >= 0 for every distance m < {target})" if retrieval is not None
                         else f"none in [{lo:g}, {hi:g}]"))
-        if retrieval is None or retrieval > liu:
-            binds = "retrieval binds: " + ("no base keeps B(m) >= 0 up to the target" if retrieval is None
-                                           else f"use a base of at least {g(retrieval)}")
-        elif retrieval < liu:
-            binds = f"extrapolation binds: use a base of at least {g(liu)}"
+        if retrieval is None:
+            lines.append(f"  binding: retrieval (no base in [{lo:g}, {hi:g}] keeps B(m) >= 0 up to the target)")
         else:
-            binds = f"both bind equally: use a base of at least {g(liu)}"
-        lines.append(f"  {binds} (the larger of the two bases)")
+            binding = "retrieval" if retrieval > liu else "extrapolation" if retrieval < liu else "both"
+            lines.append(f"  binding: {binding} (the larger base: {g(max(liu, retrieval))}; "
+                         f"Liu {g(liu)}, retrieval {g(retrieval)})")
+            lines.append("    B(m) >= 0 is not monotone in the base: check the retrieval bound of the base you pick")
     lines += [
         "",
         "  beta1 = 2*T_tune/pi, beta2 = T_tune/pi, beta3 = T_tune/(2*pi): below them even the slowest RoPE pair",

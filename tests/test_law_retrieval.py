@@ -216,14 +216,14 @@ def test_cli_table_columns_footer_and_binding(capsys):
     assert "129,027           27,115" in table and "no upper bound              171" in table
     assert "base for target length 4,500: 10,000" in table
     assert "min base for retrieval at 4,500: 49,569" in table
-    assert "retrieval binds: use a base of at least 49,569 (the larger of the two bases)" in table
+    assert "binding: retrieval (the larger base: 49,569; Liu 10,000, retrieval 49,569)" in table
     assert "beta1 = 2*T_tune/pi, beta2 = T_tune/pi, beta3 = T_tune/(2*pi)" in table
     assert "retrieval bound: the longest context whose every distance m keeps B(m)" in table
     # a large pre-training base leaves few dimensions that saw a period: Liu's base is the larger one
     table = law_cli(["--head-dim", "128", "--train-len", "4096", "--pretrain-base", "1e6", "--base", "1e6",
                      "--target-len", "8192"], capsys)
     assert "min base for retrieval at 8,192: 83,764" in table
-    assert "extrapolation binds: use a base of at least 2,700,234 (the larger of the two bases)" in table
+    assert "binding: extrapolation (the larger base: 2,700,234; Liu 2,700,234, retrieval 83,764)" in table
 
 
 def test_cli_no_base_keeps_retrieval(capsys):
@@ -231,7 +231,7 @@ def test_cli_no_base_keeps_retrieval(capsys):
     assert json.loads(law_cli([*argv, "--json"], capsys))["min_base_for_retrieval"] is None
     table = law_cli(argv, capsys)
     assert "min base for retrieval at 4,096: none in [2, 1e+30]" in table
-    assert "retrieval binds: no base keeps B(m) >= 0 up to the target" in table
+    assert "binding: retrieval (no base in [2, 1e+30] keeps B(m) >= 0 up to the target)" in table
 
 
 def test_cli_not_covered_rope_type_has_no_retrieval_bound(tmp_path, capsys):
