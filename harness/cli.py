@@ -24,8 +24,9 @@ from harness.values import finite_float, token_count
 # `run` flags that describe the run, not one setting or task: they may be combined with a suite.
 RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "max_memory", "dry_run", "no_progress",
                    "no_report", "func", "flag_defaults"}
-LAW_DESCRIPTION = ("Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024). Give the shape "
-                   "with --head-dim/--train-len, or read it from a model config with --model (no weights).")
+LAW_DESCRIPTION = ("Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024) and their retrieval "
+                   "bound (Men et al., NeurIPS 2024). Give the shape with --head-dim/--train-len, or read it from a "
+                   "model config with --model (no weights).")
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,7 +47,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default with --model: the model's own rope_theta)")
     parser.add_argument("--tune-len", type=token_count, metavar="T2",
                         help="fine-tuning length in tokens (default: --train-len)")
-    parser.add_argument("--target-len", type=token_count, metavar="L", help="also report the base that reaches L")
+    parser.add_argument("--target-len", type=token_count, metavar="L",
+                        help="also report the bases that reach L: Liu's, the minimal one for retrieval, and "
+                             "which of the two binds")
     parser.add_argument("--pretrain-base", type=float, metavar="B0",
                         help="pre-training base b0 (default 10000, or the model's rope_theta with --model)")
     parser.add_argument("--model", metavar="PATH_OR_ID", help="read d, T_train and b0 from this model's config")

@@ -16,6 +16,10 @@ Regimes of a setting:
 - "not-covered"    RoPE variants the law does not describe (linear/PI, yarn, llama3, longrope, dynamic):
                    no prediction. Static NTK is covered once mapped to its effective base
                    (harness.rope_math.ntk_theta); pass that base with rope_type="ntk".
+
+A second, independent limit (Men et al., "Base of RoPE Bounds Context Length", NeurIPS 2024): with
+theta_n = b^(-2n/d), B(m) = sum_n cos(m*theta_n) is what a query gains, on average, from a similar key at
+distance m over a random one; past the first m with B(m) < 0 the model cannot tell them apart. See harness.retrieval_law.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import math
 import sys
 from typing import Any
 
-from harness import law
+from harness import law, retrieval_law
 from harness.errors import InputError
 
 
@@ -78,15 +78,19 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "critical_base": _number(law.critical_base(train, tune, b0)),
         "thresholds": {k: _number(v) for k, v in law.small_base_thresholds(tune).items()},
         # The limit is a token count: reported rounded to an integer (LLaMA2, base 1e6: 129027).
+        # retrieval_bound (Men et al.) is null where B(m) >= 0 at every m below retrieval_law.RETRIEVAL_CAP, and for
+        # RoPE variants whose frequencies are not base^(-2n/d) (not-covered).
         "settings": [
             {"base": _number(p.base), "regime": p.regime, "critical_dim": p.critical_dim,
-             "extrapolation_limit": None if p.extrapolation_limit is None else round(p.extrapolation_limit)}
+             "extrapolation_limit": None if p.extrapolation_limit is None else round(p.extrapolation_limit),
+             "retrieval_bound": None if p.regime == "not-covered" else retrieval_law.retrieval_bound(p.base, d)}
             for p in predictions
         ],
     }
     if args.target_len is not None:
         out["target_len"] = _number(args.target_len)
         out["base_for_target"] = _number(law.base_for_target(args.target_len, d, train, tune, b0))
+        out["min_base_for_retrieval"] = _number(retrieval_law.min_base_for_retrieval(args.target_len, d))
     if args.model:
         out["model"] = args.model
         out.update({k: v for k, v in inputs.items() if k.endswith("_source")})
@@ -109,23 +113,48 @@ def _table(out: dict[str, Any]) -> str:
         ("critical base beta0", g(out["critical_base"])),
         ("small-base thresholds", f"beta1 {g(t['beta1'])}  beta2 {g(t['beta2'])}  beta3 {g(t['beta3'])}"),
     ]
-    lines = ["RoPE extrapolation scaling law (Liu et al., ICLR 2024)"]
+    lines = ["RoPE base limits: extrapolation scaling law (Liu et al., ICLR 2024), retrieval bound (Men et al., "
+             "NeurIPS 2024)"]
     lines += [f"  {name:<22} {value}" for name, value in header if value is not None]
-    rows = [("base", "regime", "critical dim", "extrapolation limit")]
+    rows = [("base", "regime", "critical dim", "extrapolation limit", "retrieval bound")]
     for s in out["settings"]:
-        limit = s["extrapolation_limit"]
+        limit, bound = s["extrapolation_limit"], s["retrieval_bound"]
         shown = {"unbounded": "no upper bound", "not-covered": "no prediction"}.get(s["regime"], g(limit))
+        retrieval = ("no prediction" if s["regime"] == "not-covered" else f">= {g(retrieval_law.RETRIEVAL_CAP)}"
+                     if bound is None else g(bound))
         rows.append((g(s["base"]), s["regime"], "-" if s["critical_dim"] is None else str(s["critical_dim"]),
-                     shown if limit is None else g(limit)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+                     shown if limit is None else g(limit), retrieval))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines.append("")
     for r in rows:
-        lines.append(f"  {r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}")
+        lines.append(f"  {r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  "
+                     f"{r[4]:>{widths[4]}}")
     if "base_for_target" in out:
+        target, liu, retrieval = g(out["target_len"]), out["base_for_target"], out["min_base_for_retrieval"]
         lines.append("")
-        lines.append(f"  base for target length {g(out['target_len'])}: {g(out['base_for_target'])}"
+        lines.append(f"  base for target length {target}: {g(liu)}"
                      + ("  (= beta0: any base just above it reaches the target)"
-                        if out["base_for_target"] == out["critical_base"] else ""))
+                        if liu == out["critical_base"] else ""))
+        lo, hi = retrieval_law.BASE_SEARCH_RANGE
+        lines.append(f"  min base for retrieval at {target}: "
+                     + (f"{g(retrieval)}  (B(m) >= 0 for every distance m < {target})" if retrieval is not None
+                        else f"none in [{lo:g}, {hi:g}]"))
+        if retrieval is None:
+            lines.append(f"  binding: retrieval (no base in [{lo:g}, {hi:g}] keeps B(m) >= 0 up to the target)")
+        else:
+            binding = "retrieval" if retrieval > liu else "extrapolation" if retrieval < liu else "both"
+            lines.append(f"  binding: {binding} (the larger base: {g(max(liu, retrieval))}; "
+                         f"Liu {g(liu)}, retrieval {g(retrieval)})")
+            lines.append("    B(m) >= 0 is not monotone in the base: check the retrieval bound of the base you pick")
+    lines += [
+        "",
+        "  beta1 = 2*T_tune/pi, beta2 = T_tune/pi, beta3 = T_tune/(2*pi): below them even the slowest RoPE pair",
+        "    (angle rate ~1/base) turns through a quarter, a half, a full period within T_tune; below beta3",
+        "    every pair completes a period, so the law sets no upper bound (regime unbounded)",
+        "  retrieval bound: the longest context whose every distance m keeps B(m) = sum_n cos(m*b^(-2n/d)) >= 0,",
+        "    i.e. similar keys still outscore random ones (Men et al.); a context needs both limits: the smaller",
+        "    one applies",
+    ]
     return "\n".join(lines)
 
 

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # floor -> module prefixes (a package prefix covers its submodules)
 FLOORS = {
     0: ["harness", "harness.errors", "harness.values", "harness.hub", "harness.jsonl", "harness.law",
-        "harness.rope_math", "harness.bytetok", "harness.metrics", "harness.zoo_models", "harness.suites"],
+        "harness.retrieval_law", "harness.rope_math", "harness.bytetok", "harness.metrics", "harness.zoo_models",
+        "harness.suites"],
     1: ["harness.rope_config", "harness.models", "harness.engine", "harness.stream", "harness.corpus",
         "harness.zoo", "harness.law_cli"],
     2: ["tasks"],
