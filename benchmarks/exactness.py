@@ -49,7 +49,8 @@ def harness_nll(model_dir: Path, rope: dict | None, ids: list[int], lengths: lis
     """{L: per-token NLL} the way the perplexity task gets it."""
     from harness import engine, models, rope_config
 
-    override = rope_config.RopeOverride(rope_type=rope["rope_type"], factor=rope["factor"]) if rope else rope_config.RopeOverride()
+    override = (rope_config.RopeOverride(rope_type=rope["rope_type"], factor=rope["factor"]) if rope
+                else rope_config.RopeOverride())
     eng = engine.Engine(models.load(str(model_dir), override, dtype="float32", device="cpu", attn="sdpa"),
                         chunk_size=chunk)
     if eng.length_dependent:
@@ -85,16 +86,18 @@ def main() -> int:
                     rel = abs(ppl / ref_ppl - 1)
                     token = float((got[n] - refs[n]).abs().max())
                     worst = max(worst, rel)
-                    rows.append([name, mode, how, n, f"{ref_ppl:.4f}", f"{ppl:.4f}", f"{rel:.1e}", f"{token:.1e}",
-                                 bc.verdict(rel <= TARGET)])
+                    rows.append([name, mode, how, n, f"{ref_ppl:.4f}", f"{ppl:.4f}", f"{rel:.1e}",
+                                 f"{token:.1e}", bc.verdict(rel <= TARGET)])
             print(f"  {name}: {time.perf_counter() - start:.0f}s", file=sys.stderr)
         top = max(lengths)
         sensitivity = float((all_refs["default"][top] - all_refs["dynamic f=4"][top]).abs().max())
         print(bc.table(["RoPE", "harness mode", "harness passes", "L", "ppl plain forward", "ppl harness",
-                        "relative difference", "max per-token NLL difference", f"target <= {TARGET:g}"], rows))
+                        "relative difference", "max per-token NLL difference", f"target <= {TARGET:g}"],
+                       rows))
         print(f"\nTarget ppl@L relative difference <= {TARGET:g} (float32), worst row: {worst:.1e} -> "
               f"{bc.verdict(worst <= TARGET)}")
-        print(f"(For scale: default and dynamic RoPE differ per token by up to {sensitivity:.2f} nats at L={top} "
+        print(f"(For scale: default and dynamic RoPE differ per token by up to {sensitivity:.2f} nats "
+              f"at L={top} "
               f"in the plain forward, so these checks see the RoPE setting.)")
         print(f"\nload average at end: {bc.load_now()}")
     return 0 if worst <= TARGET else 1

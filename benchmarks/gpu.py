@@ -95,7 +95,8 @@ def throughput(args, model: str, peak: float | None) -> list[list[object]]:
     rows = []
     for attn in ("flash_attention_2", "sdpa"):
         if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-            rows.append([attn, "", "unavailable: flash-attn not installed (optional GPU install step)", "", "", "", ""])
+            rows.append([attn, "", "unavailable: flash-attn not installed (optional GPU install step)",
+                         "", "", "", ""])
             continue
         try:
             loaded = load(model, args.dtype, attn)
@@ -117,8 +118,8 @@ def throughput(args, model: str, peak: float | None) -> list[list[object]]:
                 continue
             flops = model_flops(loaded.model, loaded.config, length)
             mfu = f"{100 * flops / seconds / (peak * 1e12):.1f}%" if peak else "n/a"
-            rows.append([attn, length, f"{seconds:.3f}", f"{length / seconds:,.0f}", f"{flops / seconds / 1e12:.1f}",
-                         mfu, f"{mem:.1f}"])
+            rows.append([attn, length, f"{seconds:.3f}", f"{length / seconds:,.0f}",
+                         f"{flops / seconds / 1e12:.1f}", mfu, f"{mem:.1f}"])
         del eng, loaded
         free()
     return rows
@@ -151,7 +152,8 @@ def longest_fit(args, model: str) -> tuple[str, int | None, int | None, list[lis
         except torch.cuda.OutOfMemoryError:
             ok = False
         free()  # outside the except block: the failed pass's tensors are released by now
-        tried.append([length, str(plan), "yes" if ok else "no: CUDA out of memory", f"{time.perf_counter() - start:.1f}"])
+        tried.append([length, str(plan), "yes" if ok else "no: CUDA out of memory",
+                      f"{time.perf_counter() - start:.1f}"])
         return ok
 
     good, bad, length = None, None, args.fit_start
@@ -177,7 +179,8 @@ def longest_fit(args, model: str) -> tuple[str, int | None, int | None, list[lis
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="checkpoint path or hub id (default: the tiny benchmark Llama)")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint path or hub id (default: the tiny benchmark Llama)")
     parser.add_argument("--lengths", default="8192,32768")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--repeats", type=int, default=3)
@@ -202,11 +205,13 @@ def main() -> int:
         memory = torch.cuda.get_device_properties(0).total_memory / 2**30
         print(f"- GPU: {name}, {memory:.0f} GiB, CUDA {torch.version.cuda}; dense peak used for MFU: "
               f"{f'{peak:g} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}")
-        print(f"- model: {args.model or 'the tiny benchmark Llama above (MFU tiny by construction)'}, {args.dtype}; "
+        print(f"- model: {args.model or 'the tiny benchmark Llama above (MFU tiny by construction)'}"
+              f", {args.dtype}; "
               f"harness Engine.token_nll, single pass; {args.repeats} repeats after one warm-up, median; "
               f"flash-attn {'installed' if importlib.util.find_spec('flash_attn') else 'not installed'}\n")
         rows = throughput(args, model, peak)
-        print(bc.table(["attention", "L", "seconds", "tokens/s", "model TFLOP/s", "MFU", "peak GPU GiB"], rows))
+        print(bc.table(["attention", "L", "seconds", "tokens/s", "model TFLOP/s", "MFU", "peak GPU GiB"],
+                       rows))
         if not args.no_fit:
             attn, good, bad, tried = longest_fit(args, model)
             print(f"\n### Longest L that fits ({attn}, --max-memory = the card's {memory:.0f} GiB)\n")

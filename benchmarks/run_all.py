@@ -25,13 +25,15 @@ REPRODUCE = "python benchmarks/run_all.py --out benchmarks/RESULTS.md"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="also write the combined report (markdown) here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the combined report (markdown) here")
     parser.add_argument("--skip", default="", help="comma-separated scripts to skip: " + ",".join(SCRIPTS))
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
 
     started = time.perf_counter()
-    parts = ["# rope-harness benchmarks", "", f"Reproduce: `{REPRODUCE}` (CPU part: ~4 minutes on 2 quiet cores).",
+    parts = ["# rope-harness benchmarks", "",
+             f"Reproduce: `{REPRODUCE}` (CPU part: ~4 minutes on 2 quiet cores).",
              f"Load average (1/5/15 min) at start of the suite: {bc.load_now()}.", ""]
     failed = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,19 +41,23 @@ def main() -> int:
         for name in SCRIPTS:
             if name in skip:
                 continue
-            command = [sys.executable, str(HERE / f"{name}.py")] + ([] if name == "gpu" else ["--model-dir", str(model_dir)])
+            command = [sys.executable, str(HERE / f"{name}.py")] + (
+                [] if name == "gpu" else ["--model-dir", str(model_dir)])
             print(f"running {name} ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)
             output = proc.stdout.rstrip()
             print(output, flush=True)
-            parts += [output, "", f"_{name}.py: {time.perf_counter() - t0:.0f} s, exit {proc.returncode}_", ""]
+            parts += [output, "", f"_{name}.py: {time.perf_counter() - t0:.0f} s, exit {proc.returncode}_",
+                      ""]
             if proc.returncode != 0:
                 failed.append(f"{name}.py exited {proc.returncode}")
 
-    targets = [line.strip() for part in parts for line in part.splitlines() if line.strip().startswith("Target")]
+    targets = [line.strip() for part in parts for line in part.splitlines()
+               if line.strip().startswith("Target")]
     summary = ["## Summary of targets", ""] + [f"- {t}" for t in targets] + [f"- {f}" for f in failed]
-    summary += ["", f"Suite wall time {time.perf_counter() - started:.0f} s; load average at end: {bc.load_now()}."]
+    summary += ["", f"Suite wall time {time.perf_counter() - started:.0f} s; "
+                    f"load average at end: {bc.load_now()}."]
     print("\n" + "\n".join(summary))
     if args.out:
         args.out.write_text("\n".join(parts + summary) + "\n")

@@ -46,7 +46,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = bc.build_model(args.model_dir or Path(tmp) / "model")
         print(bc.header("Speed: length grid and throughput, harness vs plain forward"))
-        loaded = models.load(str(model_dir), rope_config.RopeOverride(), dtype="float32", device="cpu", attn="sdpa")
+        loaded = models.load(str(model_dir), rope_config.RopeOverride(), dtype="float32", device="cpu",
+                             attn="sdpa")
         eng = engine.Engine(loaded)
         ids = bc.random_ids(top)
 
@@ -81,8 +82,8 @@ def main() -> int:
         rows = []
         for n in lengths:
             h, p = medians[n]["harness"], medians[n]["plain"]
-            rows.append([n, repeats[n], f"{h:.3f}", f"{p:.3f}", f"{n / h:,.0f}", f"{n / p:,.0f}", f"{ratios[n]:.2f}",
-                         bc.verdict(ratios[n] >= 0.8)])
+            rows.append([n, repeats[n], f"{h:.3f}", f"{p:.3f}", f"{n / h:,.0f}", f"{n / p:,.0f}",
+                         f"{ratios[n]:.2f}", bc.verdict(ratios[n] >= 0.8)])
         print("### Throughput at L (harness token_nll vs plain `model(ids, labels=ids)`)\n")
         print(bc.table(["L", "repeats", "harness s", "plain s", "harness tok/s", "plain tok/s",
                         "harness / plain throughput (median of paired ratios)", "target >= 0.8"], rows))
@@ -106,7 +107,8 @@ def main() -> int:
         worst = min(lengths, key=lambda n: ratios[n])
         print(f"\nTarget whole grid via the harness <= 1.2x one plain pass at {top}: {grid_ratio:.2f}x -> "
               f"{bc.verdict(grid_ratio <= 1.2)}")
-        print(f"Target harness >= 0.8x plain throughput at every L: lowest {ratios[worst]:.2f} at L={worst} -> "
+        print(f"Target harness >= 0.8x plain throughput at every L: "
+              f"lowest {ratios[worst]:.2f} at L={worst} -> "
               f"{bc.verdict(ratios[worst] >= 0.8)}")
         print(f"\nload average at end: {bc.load_now()}")
     return 0

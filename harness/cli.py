@@ -5,12 +5,14 @@ report wing. Everything heavy is imported inside the command that needs it, so `
 `rope-harness law ...` load neither torch, transformers nor pandas.
 
 Bad input prints one line (`rope-harness: error: ...`) and exits 2 with nothing half-written; a run
-that finishes with failed cells exits 1; otherwise 0.
+that leaves a cell of its grid without an ok record exits 1; otherwise 0. `rope-harness` alone prints
+the help; `rope-harness run` alone runs the quick suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -18,12 +20,12 @@ from dataclasses import fields
 from pathlib import Path
 
 from harness import __version__
-from harness.errors import InputError
-from harness.values import finite_float, token_count
+from harness.errors import InputError, one_line
+from harness.values import finite_float, float_list, length_arg, token_count
 
 # `run` flags that describe the run, not one setting or task: they may be combined with a suite.
 RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "max_memory", "dry_run", "no_progress",
-                   "no_report", "func", "flag_defaults"}
+                   "no_report", "func", "flag_defaults", "verbose"}
 LAW_DESCRIPTION = ("Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024) and their retrieval "
                    "bound (Men et al., NeurIPS 2024). Give the shape with --head-dim/--train-len, or read it from a "
                    "model config with --model (no weights).")
@@ -32,8 +34,25 @@ LAW_DESCRIPTION = ("Predicted extrapolation limit of RoPE base settings (Liu et 
 class Parser(argparse.ArgumentParser):
     """argparse with its usage errors on one line (the bad-input contract), naming --help as the fix."""
 
+    commands: dict[str, argparse.ArgumentParser] = {}  # the top-level parser's subcommands, by name
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """Unknown arguments are named by the subcommand that got them, with the closest flag it knows:
+        `run --lenghts 4k` -> "did you mean --lengths? (see rope-harness run --help)"."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            owner = self.commands.get(getattr(parsed, "command", None) or "", self)
+            known = [o for action in owner._actions for o in action.option_strings if o.startswith("--")]
+            hints = []
+            for arg in extra:
+                if arg.startswith("--"):
+                    close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.6)
+                    hints += [f"did you mean {close[0]} (not {arg.split('=', 1)[0]})?"] if close else []
+            owner.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; {' '.join(hints)}" if hints else ""))
+        return parsed
 
 
 # ------------------------------------------------------------------------------------------------ law
@@ -87,28 +106,35 @@ def add_run_parser(sub) -> None:
     p.add_argument("--rope-param", action="append", default=[], metavar="KEY=VALUE",
                    help="extra RoPE parameter (repeatable)")
     p.add_argument("--pretrain-base", type=finite_float, help="law input: the pre-training base b0")
-    p.add_argument("--train-len", type=int, help="law input: pre-training length")
-    p.add_argument("--tune-len", type=int, help="law input: fine-tuning length")
-    p.add_argument("--task", default="perplexity", help=f"one of {', '.join(task_names())}")
-    p.add_argument("--lengths", help="comma list of context lengths, e.g. 1024,2048,4096")
+    p.add_argument("--train-len", type=length_arg, help="law input: pre-training length (e.g. 4096 or 4k)")
+    p.add_argument("--tune-len", type=length_arg, help="law input: fine-tuning length (e.g. 4096 or 4k)")
+    p.add_argument("--tasks", "--task", dest="task", default="perplexity", metavar="TASK[,TASK...]",
+                   help=f"comma list of tasks from {', '.join(task_names())} (default perplexity)")
+    p.add_argument("--lengths", help="comma list of context lengths; k = 1024: e.g. 1024,2048,4096 or 1k,2k,4k")
     p.add_argument("--samples", type=int, default=None, help="samples per length (default 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the tasks' random choices (default 0)")
     p.add_argument("--corpus", default=None,
-                   help="text file, folder, .jsonl[:FIELD], stdlib, or hf:NAME[:CONFIG][:SPLIT][:FIELD]")
-    p.add_argument("--out", help="run folder (default results/<label>)")
-    p.add_argument("--label", help="setting label (default <model>:<rope_type>:<theta>[:f<factor>])")
+                   help="text file, folder, .jsonl[:FIELD], stdlib, or hf:NAME[:CONFIG][:SPLIT][:FIELD] "
+                        "(default stdlib: the held-out Python standard library)")
+    p.add_argument("--out", help="run folder (default: results/<label> with --label, else "
+                                 "results/<model name>-<tasks>; for a suite its [run] out, else results/<suite>)")
+    p.add_argument("--label", help="setting label (default <model name>:<rope_type>:<theta>[:f<factor>])")
     p.add_argument("--dtype", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, or auto (device_map=auto across GPUs)")
     p.add_argument("--attn", choices=["sdpa", "flash_attention_2", "eager"])
-    p.add_argument("--chunk-size", type=int, help="force chunked prefill with this many tokens per chunk")
+    p.add_argument("--chunk-size", type=length_arg, help="force chunked prefill with this many tokens per chunk")
     p.add_argument("--max-memory",
                    help="memory budget, e.g. 8GiB: cells the planner says exceed it are recorded as oom")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
     p.add_argument("--revision", help="hub revision")
     p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="list cells and estimated memory, load no model")
+    p.add_argument("--dry-run", action="store_true",
+                   help="per setting: cells, cells to run, largest memory estimate (per cell with -v); loads no "
+                        "weights, writes nothing, reads hub configs from the local cache offline")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-report", action="store_true", help="do not render the report after the run")
+    p.add_argument("--no-report", action="store_true", help="do not render <out>/report after the run")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging; with --dry-run, one line per cell")
     declared: set[str] = set()
     for name in task_names():  # each option once, in the group of the first task that declares it
         options = [o for o in get_task(name).options if o.name not in declared]
@@ -140,13 +166,14 @@ def _check_flags(args: argparse.Namespace) -> None:
     if args.suite is None and args.model is None and given:
         raise InputError(f"{flags} {needs} --model: e.g. --model zoo:base-1e4 --lengths 256,1024 "
                          "(with no --model, `run` runs the quick suite)")
-    if args.suite is None and args.task in task_names():  # an unknown task is named by the suite loader
-        own = set(get_task(args.task).option_names())
+    names = [n.strip() for n in str(args.task).split(",") if n.strip()]
+    if args.suite is None and names and set(names) <= set(task_names()):  # an unknown task is named later
+        own = {key for name in names for key in get_task(name).option_names()}
         for key in given:
             owners = [name for name in task_names() if key in get_task(name).option_names()]
             if owners and key not in own:
                 raise InputError(f"--{key.replace('_', '-')} applies to --task {' or '.join(owners)}, not "
-                                 f"{args.task}: drop it or pass --task {owners[0]}")
+                                 f"{', '.join(names)}: drop it or pass --task {owners[0]}")
 
 
 def _flags(args: argparse.Namespace):
@@ -154,7 +181,7 @@ def _flags(args: argparse.Namespace):
     from harness.suite import Flags
     from tasks.base import all_options
 
-    names = {f.name for f in fields(Flags)} - {"task_options"}
+    names = {f.name for f in fields(Flags)} - {"task_options"}  # verbose: the top-level -v or run's own
     return Flags(**{k: getattr(args, k) for k in names if hasattr(args, k)},
                  task_options={name: getattr(args, name, None) for name in all_options()})
 
@@ -179,12 +206,28 @@ def run_command(args: argparse.Namespace) -> int:
             return exit_code
         result.table = runner.summary_table(loaded.options.out)
     _print_table(result)
-    if loaded.report and not args.no_report and result.records + result.counts["skipped"] > 0:
-        from harness.report import build_report
-
-        out = build_report([loaded.options.out], loaded.options.out / "report")
-        print(f"report: {out}")
+    out = loaded.options.out
+    print(f"run folder: {out}")
+    if not loaded.report or getattr(args, "no_report", False):
+        why = "--no-report" if getattr(args, "no_report", False) else "report = false in the suite"
+        print(f"report: not rendered ({why}): rope-harness report {out}")
+    elif result.table:
+        _render_report(out)
     return exit_code
+
+
+def _render_report(out: Path) -> None:
+    """<out>/report; a report that fails leaves the run's records and exit code as they are."""
+    from harness.report import build_report
+
+    try:
+        report = build_report([out], out / "report")
+    except Exception as exc:  # noqa: BLE001 - the run is done; its report can be rendered again
+        logging.getLogger("rope_harness").debug("report failed", exc_info=True)
+        print(f"rope-harness: warning: the report failed ({one_line(exc)}): fix it and run "
+              f"`rope-harness report {out}`", file=sys.stderr)
+        return
+    print(f"report: {report / 'report.html'} (also report.md, summary.csv, figures)")
 
 
 def _print_table(result) -> None:
@@ -197,7 +240,10 @@ def _print_table(result) -> None:
         value = "-" if r["value"] is None else f"{r['metric']} {r['value']:.4g}"
         print(f"{r['setting'][:36]:<36} {r['task']:<11} {r['length']:>7} {r['ok']:>4} {r['failed']:>6}  {value}")
     failed = sum(r["failed"] for r in rows)
-    print(f"{result.records} cells run now, {result.counts['skipped']} already recorded, {failed} failed in total")
+    retried = result.counts["retried"]
+    print(f"{result.records} cells run now, {result.counts['skipped']} already recorded, {failed} failed in total"
+          + (f" ({retried} run again after an earlier failure)" if retried else "")
+          + ("; rerun the same command to retry the failed cells" if failed else ""))
 
 
 # ------------------------------------------------------------------------------------------------ zoo
@@ -212,14 +258,17 @@ def zoo_command(args: argparse.Namespace) -> int:
 def add_zoo_parser(sub) -> None:
     zoo = sub.add_parser("zoo", help="train or list the tiny base-modified model family")
     commands = zoo.add_subparsers(dest="zoo_command", required=True)
-    train = commands.add_parser("train", help="pre-train + fine-tune the family (~30 min on 2 CPU cores)")
-    train.add_argument("--out", type=Path, default=None, help="output folder (default: the packaged zoo)")
+    train = commands.add_parser("train", help="pre-train + fine-tune the family (~15 min on 2 CPU cores)")
+    train.add_argument("--out", type=Path, default=Path("zoo"),
+                       help="output folder (default ./zoo; use the models with --model ./zoo/NAME). The installed "
+                            "checkpoints (zoo:NAME) are replaced only when --out names their folder, shown by "
+                            "`rope-harness zoo list`")
     train.add_argument("--tiny", action="store_true", help="a seconds-long smoke recipe (tiny sizes, few steps)")
     train.add_argument("--steps", type=int, help="pre-training steps")
     train.add_argument("--tune-steps", type=int, help="fine-tuning steps per base")
     train.add_argument("--seed", type=int, help="random seed")
     train.set_defaults(func=zoo_command)
-    listing = commands.add_parser("list", help="the zoo names and where their checkpoints are")
+    listing = commands.add_parser("list", help="the zoo names, their RoPE base and law inputs, and where they are")
     listing.set_defaults(func=zoo_command)
 
 
@@ -229,7 +278,19 @@ def add_zoo_parser(sub) -> None:
 def report_command(args: argparse.Namespace) -> int:
     from harness.report import command
 
+    for run_dir in args.run_dirs:  # `--factor 1.5 2 RUN` (the old form) makes "2" a run folder
+        if not run_dir.exists() and token_like(str(run_dir)):
+            raise InputError(f"run folder {str(run_dir)!r} does not exist and looks like a number: give several "
+                             "values as --factor 1.5,2 (or --factor 1.5 --factor 2), then the run folders")
     return command(args)
+
+
+def token_like(text: str) -> bool:
+    try:
+        float(text.replace(",", ""))
+    except ValueError:
+        return False
+    return True
 
 
 def add_report_parser(sub) -> None:
@@ -242,13 +303,14 @@ def add_report_parser(sub) -> None:
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders to compare")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="output folder (default <first run>/report)")
-    parser.add_argument("--factor", type=float, nargs="+", default=None, metavar="F",
+    parser.add_argument("--factor", type=float_list, action="extend", default=None, metavar="F[,F...]",
                         help="relative measured-length rules: how many times worse than the best (default "
-                             "per task; ppl@L: 1.5); several give one summary row each")
-    parser.add_argument("--delta", type=float, nargs="+", default=None, metavar="NATS",
+                             "per task; ppl@L: 1.5); several (--factor 1.5,2 or --factor 1.5 --factor 2) give "
+                             "one summary row each")
+    parser.add_argument("--delta", type=float_list, action="extend", default=None, metavar="NATS[,NATS...]",
                         help="additive measured-length rules: how many nats worse than the reference "
                              "(default per definition; per-position loss: 0.5, passkey answer log-prob: 2); "
-                             "several give one summary row each")
+                             "several (--delta 0.5,1 or repeated) give one summary row each")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                         help=f"bootstrap resamples for CIs (default {DEFAULT_BOOTSTRAP}; 0 = no CI)")
     parser.add_argument("--ci", type=float, default=DEFAULT_CI, help=f"CI level (default {DEFAULT_CI:g})")
@@ -271,14 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_report_parser(sub)
     add_zoo_parser(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        argv = ["run"]  # the default job: the quick suite on the embedded zoo
     parser = build_parser()
+    if not argv:  # `rope-harness run` (no further arguments) is the default job: the quick suite on the zoo
+        parser.print_help()
+        return 0
     try:
         try:
             args = parser.parse_args(argv)

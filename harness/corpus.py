@@ -67,9 +67,11 @@ def _iter_jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:
     bad input naming its line."""
     for line_no, row in strict_lines(path):
         if not isinstance(row, dict):
-            raise InputError(f"{path}:{line_no} is not a JSON object: each line needs {{\"{field}\": \"...\"}}")
+            raise InputError(f"{path}:{line_no} is not a JSON object: "
+                             f"each line needs {{\"{field}\": \"...\"}}")
         if field not in row:
-            raise InputError(f"{path}:{line_no} has no field {field!r}: name the text field as --corpus {path}:FIELD")
+            raise InputError(f"{path}:{line_no} has no field {field!r}: "
+                             f"name the text field as --corpus {path}:FIELD")
         if not isinstance(row[field], str):
             raise InputError(f"{path}:{line_no}: field {field!r} is {type(row[field]).__name__}, not text: "
                              f"name the text field as --corpus {path}:FIELD")
@@ -95,12 +97,14 @@ def _iter_hf(spec: str) -> Iterator[tuple[str, str]]:
         stream = datasets.load_dataset(name, config, split=split, streaming=True)
         for i, row in enumerate(stream):
             if field not in row:
-                raise InputError(f"dataset {name!r} has no field {field!r}: use --corpus hf:{name}:{config or ''}:{split}:FIELD")
+                raise InputError(f"dataset {name!r} has no field {field!r}: "
+                                 f"use --corpus hf:{name}:{config or ''}:{split}:FIELD")
             yield f"{name}:{split}:{i}", str(row[field])
     except InputError:
         raise
     except Exception as exc:  # network, missing dataset, bad split: all one message
-        raise InputError(f"cannot stream dataset {name!r} ({one_line(exc, 160)}): check the name/split and the network, or pass a local --corpus") from None
+        raise InputError(f"cannot stream dataset {name!r} ({one_line(exc, 160)}): "
+                         "check the name/split and the network, or pass a local --corpus") from None
 
 
 def iter_documents(source: str) -> Iterator[tuple[str, str]]:
@@ -119,11 +123,14 @@ def iter_documents(source: str) -> Iterator[tuple[str, str]]:
         head, field = source.rsplit(":", 1)
         path = Path(head)
     if not path.exists():
-        raise InputError(f"corpus {source!r} does not exist: pass a text file, a folder, a .jsonl file, stdlib or hf:NAME")
+        raise InputError(f"corpus {source!r} does not exist: "
+                         "pass a text file, a folder, a .jsonl file, stdlib or hf:NAME")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
-            raise InputError(f"corpus folder {source!r} has no files: put text files in it or pick another --corpus")
+            raise InputError(f"corpus folder {source!r} has no files: "
+                             "put text files in it or pick another --corpus")
         for file in files:
             yield file.relative_to(path).as_posix(), _read_verbatim(file)
     elif path.suffix == ".jsonl":
@@ -162,7 +169,8 @@ def make_samples(tokenizer, source: str, max_length: int, count: int, bos: bool)
     size = max_length - (1 if bos else 0)
     samples: list[Sample] = []
     longest = 0
-    for doc_id, tokens in token_documents(source, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]):
+    for doc_id, tokens in token_documents(
+            source, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]):
         longest = max(longest, len(tokens))
         for start in range(0, len(tokens) - size + 1, size):
             samples.append(Sample(len(samples), doc_id, start, tokens[start:start + size]))

@@ -29,7 +29,8 @@ def init_distributed() -> bool:
 
 
 def any_rank_failed(exit_code: int) -> bool:
-    """After init_distributed: wait until every rank's shard is complete; True if any rank had failed cells."""
+    """After init_distributed: wait until every rank's shard is complete; True if any rank had failed
+    cells."""
     import torch
     import torch.distributed as dist
 

@@ -19,7 +19,8 @@ Regimes of a setting:
 
 A second, independent limit (Men et al., "Base of RoPE Bounds Context Length", NeurIPS 2024): with
 theta_n = b^(-2n/d), B(m) = sum_n cos(m*theta_n) is what a query gains, on average, from a similar key at
-distance m over a random one; past the first m with B(m) < 0 the model cannot tell them apart. See harness.retrieval_law.
+distance m over a random one; past the first m with B(m) < 0 the model cannot tell them apart. See
+harness.retrieval_law.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def _check_length(length: float, what: str) -> float:
 def _check_base(base: float, what: str) -> float:
     base = _check_number(base, what, "1e6")
     if base <= 1.0:
-        raise InputError(f"{what} {base:g} must be greater than 1: pass a RoPE base (theta) such as 10000 or 1e6")
+        raise InputError(f"{what} {base:g} must be greater than 1: "
+                         "pass a RoPE base (theta) such as 10000 or 1e6")
     return base
 
 

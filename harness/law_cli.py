@@ -1,7 +1,8 @@
 """`rope-harness law`: the scaling law's table for one model shape and a few bases, no model weights.
 
-harness.cli builds its parser; this module turns the parsed flags into the table. `--json` prints exactly one JSON object on stdout (numbers or null), so scripts can
-read it; anything else (library logs) goes to stderr.
+harness.cli builds its parser; this module turns the parsed flags into the table. `--json` prints
+exactly one JSON object on stdout (numbers or null), so scripts can read it; anything else (library
+logs) goes to stderr.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
                if inputs.get(key) is None]
     if missing:
         them = "them" if len(missing) > 1 else "it"
-        raise InputError(f"missing {' and '.join(missing)}: pass {them}, or --model PATH_OR_ID to read {them} "
+        raise InputError(f"missing {' and '.join(missing)}: "
+                         f"pass {them}, or --model PATH_OR_ID to read {them} "
                          "from a model config")
     if inputs["pretrain_base"] is None:
         inputs["pretrain_base"] = 10000.0
@@ -67,8 +69,10 @@ def _number(value: float | None) -> int | float | None:
 def report(args: argparse.Namespace) -> dict[str, Any]:
     """The law's answer for the parsed arguments, as the --json object."""
     inputs = _inputs(args)
-    d, train, tune, b0 = inputs["rotary_dim"], inputs["train_len"], inputs["tune_len"], inputs["pretrain_base"]
-    predictions = [law.predict(d, train, base, tune, b0, rope_type=inputs["rope_type"]) for base in inputs["bases"]]
+    d, train, tune, b0 = (inputs["rotary_dim"], inputs["train_len"], inputs["tune_len"],
+                          inputs["pretrain_base"])
+    predictions = [law.predict(d, train, base, tune, b0, rope_type=inputs["rope_type"])
+                   for base in inputs["bases"]]
     out: dict[str, Any] = {
         "head_dim": d,
         "train_len": _number(train),
@@ -78,12 +82,14 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "critical_base": _number(law.critical_base(train, tune, b0)),
         "thresholds": {k: _number(v) for k, v in law.small_base_thresholds(tune).items()},
         # The limit is a token count: reported rounded to an integer (LLaMA2, base 1e6: 129027).
-        # retrieval_bound (Men et al.) is null where B(m) >= 0 at every m below retrieval_law.RETRIEVAL_CAP, and for
-        # RoPE variants whose frequencies are not base^(-2n/d) (not-covered).
+        # retrieval_bound (Men et al.) is null where B(m) >= 0 at every m below
+        # retrieval_law.RETRIEVAL_CAP, and for RoPE variants whose frequencies are not base^(-2n/d)
+        # (not-covered).
         "settings": [
             {"base": _number(p.base), "regime": p.regime, "critical_dim": p.critical_dim,
              "extrapolation_limit": None if p.extrapolation_limit is None else round(p.extrapolation_limit),
-             "retrieval_bound": None if p.regime == "not-covered" else retrieval_law.retrieval_bound(p.base, d)}
+             "retrieval_bound": (None if p.regime == "not-covered"
+                                 else retrieval_law.retrieval_bound(p.base, d))}
             for p in predictions
         ],
     }
@@ -105,23 +111,24 @@ def _table(out: dict[str, Any]) -> str:
     header = [
         ("model", out.get("model")),
         ("rotary dim d", str(out["head_dim"])),
-        ("train length", g(out["train_len"]) + (f"  ({out['train_len_source']})" if out.get("train_len_source")
-                                                else "")),
+        ("train length", g(out["train_len"]) + (f"  ({out['train_len_source']})"
+                                                if out.get("train_len_source") else "")),
         ("tune length", g(out["tune_len"])),
         ("pre-training base b0", g(out["pretrain_base"])),
         ("critical dim d_extra", str(out["critical_dim"])),
         ("critical base beta0", g(out["critical_base"])),
         ("small-base thresholds", f"beta1 {g(t['beta1'])}  beta2 {g(t['beta2'])}  beta3 {g(t['beta3'])}"),
     ]
-    lines = ["RoPE base limits: extrapolation scaling law (Liu et al., ICLR 2024), retrieval bound (Men et al., "
+    lines = ["RoPE base limits: extrapolation scaling law (Liu et al., ICLR 2024), "
+             "retrieval bound (Men et al., "
              "NeurIPS 2024)"]
     lines += [f"  {name:<22} {value}" for name, value in header if value is not None]
     rows = [("base", "regime", "critical dim", "extrapolation limit", "retrieval bound")]
     for s in out["settings"]:
         limit, bound = s["extrapolation_limit"], s["retrieval_bound"]
         shown = {"unbounded": "no upper bound", "not-covered": "no prediction"}.get(s["regime"], g(limit))
-        retrieval = ("no prediction" if s["regime"] == "not-covered" else f">= {g(retrieval_law.RETRIEVAL_CAP)}"
-                     if bound is None else g(bound))
+        retrieval = ("no prediction" if s["regime"] == "not-covered"
+                     else f">= {g(retrieval_law.RETRIEVAL_CAP)}" if bound is None else g(bound))
         rows.append((g(s["base"]), s["regime"], "-" if s["critical_dim"] is None else str(s["critical_dim"]),
                      shown if limit is None else g(limit), retrieval))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
@@ -137,22 +144,28 @@ def _table(out: dict[str, Any]) -> str:
                         if liu == out["critical_base"] else ""))
         lo, hi = retrieval_law.BASE_SEARCH_RANGE
         lines.append(f"  min base for retrieval at {target}: "
-                     + (f"{g(retrieval)}  (B(m) >= 0 for every distance m < {target})" if retrieval is not None
+                     + (f"{g(retrieval)}  (B(m) >= 0 for every distance m < {target})"
+                        if retrieval is not None
                         else f"none in [{lo:g}, {hi:g}]"))
         if retrieval is None:
-            lines.append(f"  binding: retrieval (no base in [{lo:g}, {hi:g}] keeps B(m) >= 0 up to the target)")
+            lines.append(f"  binding: retrieval (no base in [{lo:g}, {hi:g}] "
+                         "keeps B(m) >= 0 up to the target)")
         else:
             binding = "retrieval" if retrieval > liu else "extrapolation" if retrieval < liu else "both"
             lines.append(f"  binding: {binding} (the larger base: {g(max(liu, retrieval))}; "
                          f"Liu {g(liu)}, retrieval {g(retrieval)})")
-            lines.append("    B(m) >= 0 is not monotone in the base: check the retrieval bound of the base you pick")
+            lines.append("    B(m) >= 0 is not monotone in the base: "
+                         "check the retrieval bound of the base you pick")
     lines += [
         "",
-        "  beta1 = 2*T_tune/pi, beta2 = T_tune/pi, beta3 = T_tune/(2*pi): below them even the slowest RoPE pair",
+        "  beta1 = 2*T_tune/pi, beta2 = T_tune/pi, beta3 = T_tune/(2*pi): "
+        "below them even the slowest RoPE pair",
         "    (angle rate ~1/base) turns through a quarter, a half, a full period within T_tune; below beta3",
         "    every pair completes a period, so the law sets no upper bound (regime unbounded)",
-        "  retrieval bound: the longest context whose every distance m keeps B(m) = sum_n cos(m*b^(-2n/d)) >= 0,",
-        "    i.e. similar keys still outscore random ones (Men et al.); a context needs both limits: the smaller",
+        "  retrieval bound: the longest context whose every distance m keeps "
+        "B(m) = sum_n cos(m*b^(-2n/d)) >= 0,",
+        "    i.e. similar keys still outscore random ones (Men et al.); "
+        "a context needs both limits: the smaller",
         "    one applies",
     ]
     return "\n".join(lines)

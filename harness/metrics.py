@@ -60,7 +60,8 @@ class MeasureSpec:
         if self.transform not in TRANSFORMS:
             raise ValueError(f"MeasureSpec.transform must be one of {sorted(TRANSFORMS)}")
         if self.factor is None and self.delta is None and self.threshold is None:
-            raise ValueError("MeasureSpec needs a factor (relative rule), a delta (additive rule) or a threshold "
+            raise ValueError("MeasureSpec needs a factor (relative rule), a delta (additive rule) "
+                             "or a threshold "
                              "(absolute rule)")
         if self.delta is not None and not self.delta >= 0:
             raise ValueError("MeasureSpec.delta must be >= 0")
@@ -78,7 +79,8 @@ class MeasureSpec:
         return "delta" if self.delta is not None else "threshold"
 
     def param(self, factor: float | None = None, delta: float | None = None) -> float | None:
-        """The rule's parameter; an override applies only to its own rule (--factor leaves a delta rule alone)."""
+        """The rule's parameter; an override applies only to its own rule (--factor leaves a delta rule
+        alone)."""
         if self.rule == "factor":
             return self.factor if factor is None else factor
         if self.rule == "delta":
@@ -113,7 +115,8 @@ class MeasureSpec:
 
 @dataclass(frozen=True)
 class PositionMeasureSpec(MeasureSpec):
-    """A measured length read off the per-position loss curve (positions*.jsonl) instead of per-length records.
+    """A measured length read off the per-position loss curve (positions*.jsonl) instead of per-length
+    records.
 
     Curve: per setting, the position buckets of the longest pass (pos_start, pos_end, mean nll, tokens) of
     each sample; per bucket, the token-weighted mean loss over samples, placed at the bucket's mean position
@@ -155,7 +158,8 @@ class PositionMeasureSpec(MeasureSpec):
         return (f"first token position past {self.reference} where the {self.name} (mean over samples, "
                 f"token-weighted running mean over {self.window} position buckets) exceeds its reference + "
                 f"{self.param(factor, delta):g} nats; reference = token-weighted mean loss at positions in "
-                f"[{self.reference_from:g} x {self.reference}, {self.reference}]; interpolated in log(position) "
+                f"[{self.reference_from:g} x {self.reference}, {self.reference}]; "
+                "interpolated in log(position) "
                 f"between bucket centres; censored at the last bucket if it never exceeds")
 
 
@@ -243,8 +247,10 @@ def smooth_buckets(loss: np.ndarray, tokens: np.ndarray, window: int) -> np.ndar
 
 
 def position_limit(positions: Sequence[float], loss: Sequence[float], tokens: Sequence[float],
-                   reference_len: float | None, spec: PositionMeasureSpec, delta: float | None = None) -> Limit:
-    """The measured extrapolation length of one aggregate per-position loss curve (see PositionMeasureSpec)."""
+                   reference_len: float | None, spec: PositionMeasureSpec,
+                   delta: float | None = None) -> Limit:
+    """The measured extrapolation length of one aggregate per-position loss curve (see
+    PositionMeasureSpec)."""
     x = np.asarray(positions, dtype=float)
     loss = np.asarray(loss, dtype=float)
     tok = np.asarray(tokens, dtype=float)
@@ -263,7 +269,8 @@ def position_limit(positions: Sequence[float], loss: Sequence[float], tokens: Se
         if below.any():
             top = float(x[below].max())
             in_ref = below & (x >= spec.reference_from * top)
-            note = (f"no position bucket in [{spec.reference_from:g} x {ref_len:g}, {ref_len:g}]; reference from "
+            note = (f"no position bucket in [{spec.reference_from:g} x {ref_len:g}, {ref_len:g}]; "
+                    "reference from "
                     f"the buckets up to position {top:.0f}")
         else:
             in_ref = x == x[0]
@@ -272,7 +279,8 @@ def position_limit(positions: Sequence[float], loss: Sequence[float], tokens: Se
     thr = ref + float(spec.param(delta=delta))
     scan = (x > ref_len) & (np.arange(len(x)) > np.where(in_ref)[0].max())
     if not scan.any():
-        note = "; ".join(n for n in (note, "no position bucket beyond the reference length: nothing to measure") if n)
+        note = "; ".join(n for n in (note, "no position bucket beyond the reference length: "
+                                           "nothing to measure") if n)
         return Limit(math.nan, False, ref, thr, note)
     above = np.where(scan & (smoothed > thr))[0]
     if not len(above):

@@ -133,18 +133,37 @@ def rope_fixed_for_length(model, config, length: int) -> Iterator[None]:
     """Freeze length-dependent RoPE at the frequencies a fresh model would use for `length` tokens.
 
     transformers' dynamic NTK is stateful (recomputes only when it sees a longer input) and LongRoPE
-    switches at original_max_position_embeddings; both break chunked prefill. Inside this context the
-    modules use fixed frequencies (their rope_type reads as default), restored on exit.
+    switches at original_max_position_embeddings; both break chunked prefill. The frequencies come from
+    transformers' own ROPE_INIT_FUNCTIONS, called as a fresh model's first forward of `length` tokens calls
+    them (bit for bit the same), and are checked against harness.rope_math (the independent recomputation).
+    Inside this context the modules use them fixed (their rope_type reads as default), restored on exit.
     """
     import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     saved = []
     for module, section, buffer in rotary_buffers(model):
         params = rope_sections(config)[section]
-        if params.get("rope_type") not in rope_math.LENGTH_DEPENDENT_TYPES:
+        kind = params.get("rope_type")
+        if kind not in rope_math.LENGTH_DEPENDENT_TYPES:
             continue
-        values, scaling = expected_inv_freq(config, section, length)
-        scaling_attr = f"{section}_attention_scaling" if section else "attention_scaling"
+        prefix = f"{section}_" if section else ""
+        scaling_attr = f"{prefix}attention_scaling" if section else "attention_scaling"
+        values, scaling = getattr(module, f"{prefix}original_inv_freq"), getattr(module, scaling_attr)
+        if kind == "dynamic" and length > module.original_max_seq_len:  # growth: seq_len = max(position_ids) + 1
+            seq_len = torch.tensor(length, dtype=torch.long, device=buffer.device)
+            values, scaling = ROPE_INIT_FUNCTIONS[kind](config, buffer.device, seq_len=seq_len, layer_type=section)
+        elif kind == "longrope" and length > params["original_max_position_embeddings"]:  # the long factors
+            values, _ = ROPE_INIT_FUNCTIONS[kind](config, buffer.device,
+                                                  seq_len=params["original_max_position_embeddings"] + 1,
+                                                  layer_type=section)
+        expected, want_scaling = expected_inv_freq(config, section, length)
+        got = values.detach().to("cpu", torch.float64)
+        if got.shape != expected.shape or not torch.allclose(got, expected, rtol=2e-6, atol=0) \
+                or abs(float(scaling) - want_scaling) > 1e-6 * max(1.0, abs(want_scaling)):
+            raise RuntimeError(f"{kind} RoPE at L={length}: transformers gives inv_freq[:3]={got[:3].tolist()} "
+                               f"(scaling {float(scaling)}), harness.rope_math {expected[:3].tolist()} "
+                               f"(scaling {want_scaling})")
         saved.append((module, section, buffer.clone(), copy.copy(module.rope_type), getattr(module, scaling_attr)))
         buffer.copy_(values.to(dtype=torch.float32, device=buffer.device))
         setattr(module, scaling_attr, scaling)

@@ -48,19 +48,22 @@ def _check_distances(m) -> np.ndarray:
 def _check_cap(cap: int) -> int:
     integral = not isinstance(cap, bool) and hasattr(type(cap), "__index__")
     if not integral or cap.__index__() < 2:
-        raise InputError(f"search cap {cap!r} is not an integer >= 2: pass a token count such as {RETRIEVAL_CAP}")
+        raise InputError(f"search cap {cap!r} is not an integer >= 2: "
+                         f"pass a token count such as {RETRIEVAL_CAP}")
     return cap.__index__()
 
 
 def _rotary_thetas(bases, rotary_dim: int) -> np.ndarray:
     """theta_n = b^(-2n/d) for n < d/2, one row per base: shape (len(bases), d/2)."""
-    return np.asarray(bases, dtype=np.float64).reshape(-1, 1) ** (-2.0 * np.arange(rotary_dim // 2) / rotary_dim)
+    return (np.asarray(bases, dtype=np.float64).reshape(-1, 1)
+            ** (-2.0 * np.arange(rotary_dim // 2) / rotary_dim))
 
 
 def _phasors(theta: np.ndarray, start: float, stride: float, count: int, last: bool = False) -> np.ndarray:
     """exp(i*(start + j*stride)*theta) for j < count, shape (W, count, d/2), or (W, d/2, count) if `last`.
     Filled by doubling (entry j+h is entry j times exp(i*h*stride*theta)), so each entry is a product of at
-    most log2(count)+1 directly computed phasors: no drift, and O(d log count) cos/sin calls, not O(d count)."""
+    most log2(count)+1 directly computed phasors: no drift, and O(d log count) cos/sin calls, not
+    O(d count)."""
     axis = 2 if last else 1
     shape = list(theta.shape)
     shape.insert(axis, count)
@@ -80,7 +83,8 @@ def _phasors(theta: np.ndarray, start: float, stride: float, count: int, last: b
 
 
 def _columns(theta: np.ndarray, dtype) -> np.ndarray:
-    """[cos(k*theta); sin(k*theta)] for k < _ROW, shape (W, d, _ROW): the right factor of every score block."""
+    """[cos(k*theta); sin(k*theta)] for k < _ROW, shape (W, d, _ROW): the right factor of every score
+    block."""
     p = _phasors(theta, 0.0, 1.0, _ROW, last=True)
     half = theta.shape[1]
     columns = np.empty((theta.shape[0], 2 * half, _ROW), dtype=dtype)
@@ -105,8 +109,9 @@ def _scores(theta: np.ndarray, columns: np.ndarray, first_row: int, row_stride: 
 
 
 def _first_negative(theta: np.ndarray, stop: int) -> int | None:
-    """Smallest integer 1 <= m < stop with B(m) < 0 (float64) for the one base in `theta`, else None. Blocks of
-    doubling size, in order: it stops at the first dip and never holds more than _BLOCK values."""
+    """Smallest integer 1 <= m < stop with B(m) < 0 (float64) for the one base in `theta`, else None.
+    Blocks of doubling size, in order: it stops at the first dip and never holds more than _BLOCK
+    values."""
     columns = _columns(theta, np.float64)
     total_rows = -(-stop // _ROW)
     row, rows = 0, 1
@@ -158,7 +163,8 @@ def _feasible(base: float, rotary_dim: int, stop: int) -> bool:
 
 def _base_grid(first: int, stop: int) -> np.ndarray:
     """Bases k = first .. stop-1 of min_base_for_retrieval's grid: lo * (1 + BASE_GRID_STEP)^k."""
-    return BASE_SEARCH_RANGE[0] * np.exp(math.log1p(BASE_GRID_STEP) * np.arange(first, stop, dtype=np.float64))
+    return BASE_SEARCH_RANGE[0] * np.exp(
+        math.log1p(BASE_GRID_STEP) * np.arange(first, stop, dtype=np.float64))
 
 
 def retrieval_score(m, base: float, rotary_dim: int):
@@ -204,7 +210,8 @@ def min_base_for_retrieval(length: float, rotary_dim: int) -> float | None:
     d = _check_rotary_dim(rotary_dim)
     stop = math.ceil(target)  # the distances 0 <= m < length are 0 .. stop-1
     if stop > RETRIEVAL_CAP:
-        raise InputError(f"context length {target:g} is beyond the search cap {RETRIEVAL_CAP}: pass a length up "
+        raise InputError(f"context length {target:g} is beyond the search cap {RETRIEVAL_CAP}: "
+                         "pass a length up "
                          f"to {RETRIEVAL_CAP} tokens")
     count = math.floor(math.log(BASE_SEARCH_RANGE[1] / BASE_SEARCH_RANGE[0]) / math.log1p(BASE_GRID_STEP)) + 1
     for first in range(0, count, _WINDOW):
@@ -220,7 +227,8 @@ def min_base_for_retrieval(length: float, rotary_dim: int) -> float | None:
 
 
 def _refine(infeasible: float, feasible: float, rotary_dim: int, stop: int) -> float:
-    """Bisect (geometric midpoints) between an infeasible and a feasible base; returns a checked feasible one."""
+    """Bisect (geometric midpoints) between an infeasible and a feasible base; returns a checked feasible
+    one."""
     lo, hi = infeasible, feasible
     while hi / lo - 1 > _REFINE_TOL:
         mid = math.sqrt(lo * hi)

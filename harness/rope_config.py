@@ -18,15 +18,19 @@ from harness.law import check_inputs as check_law_inputs
 ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope")
 _USED_KEYS: dict[str, set[str]] = {  # scaling keys each rope type reads (transformers' rope init functions)
     "default": set(), "linear": {"factor"}, "ntk": {"factor"}, "dynamic": {"factor"},
-    "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
-             "attention_factor", "truncate"},
+    "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale",
+             "mscale_all_dim", "attention_factor", "truncate"},
     "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"},
-    "longrope": {"factor", "original_max_position_embeddings", "short_factor", "long_factor", "attention_factor"},
+    "longrope": {"factor", "original_max_position_embeddings", "short_factor", "long_factor",
+                 "attention_factor"},
 }
-_TYPE_KEYS = set().union(*_USED_KEYS.values())  # keys that belong to one rope type and must not leak into another
-_COMMON_KEYS = {"rope_theta"}  # read by every rope type (transformers' rope validation also lists partial_rotary_factor)
-# transformers computes base**(i/d) in float32: past ~1e25 its rounding exceeds verify_rope's tolerance for some
-# rotary dims, and near 1e38 the frequencies underflow to 0; 1e20 leaves a wide margin above any real base.
+# keys that belong to one rope type and must not leak into another
+_TYPE_KEYS = set().union(*_USED_KEYS.values())
+# read by every rope type (transformers' rope validation also lists partial_rotary_factor)
+_COMMON_KEYS = {"rope_theta"}
+# transformers computes base**(i/d) in float32: past ~1e25 its rounding exceeds verify_rope's tolerance
+# for some rotary dims, and near 1e38 the frequencies underflow to 0; 1e20 leaves a wide margin above
+# any real base.
 MAX_THETA = 1e20
 _F32_TINY, _F32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38  # float32's normal range
 LAW_SECTION = "full_attention"  # Gemma3-style per-layer-type RoPE: the law reads the global layers
@@ -45,7 +49,8 @@ class RopeOverride:
     tune_len: int | None = None
 
     def changes_rope(self) -> bool:
-        return self.theta is not None or self.rope_type is not None or self.factor is not None or bool(self.params)
+        return (self.theta is not None or self.rope_type is not None or self.factor is not None
+                or bool(self.params))
 
 
 
@@ -61,7 +66,8 @@ def rope_sections(config) -> dict[str | None, dict[str, Any]]:
     params = getattr(text, "rope_parameters", None)
     if not params:
         raise InputError(f"{type(text).__name__} has no rotary position embedding (rope_parameters): "
-                         "rope-harness evaluates RoPE models only (Llama, Mistral, Qwen, Gemma, Phi3, GPT-NeoX, ...)")
+                         "rope-harness evaluates RoPE models only "
+                         "(Llama, Mistral, Qwen, Gemma, Phi3, GPT-NeoX, ...)")
     if all(isinstance(v, dict) or v is None for v in params.values()) and "rope_theta" not in params:
         return {k: v for k, v in params.items() if v is not None}
     return {None: params}
@@ -85,7 +91,8 @@ def max_positions(config) -> int:
 
 
 def _law_entry(config) -> dict[str, Any]:
-    entry = getattr(text_config(config), "rope_harness_law", None) or getattr(config, "rope_harness_law", None)
+    entry = (getattr(text_config(config), "rope_harness_law", None)
+             or getattr(config, "rope_harness_law", None))
     return dict(entry) if isinstance(entry, dict) else {}
 
 
@@ -112,13 +119,18 @@ def law_inputs(config, override: RopeOverride | None = None) -> dict[str, Any]:
         return None, None
 
     base, base_src = pick(override.pretrain_base, "pretrain_base", [(params.get("rope_theta"), "rope_theta")])
-    original = params.get("original_max_position_embeddings") or getattr(text, "original_max_position_embeddings", None)
-    train, train_src = pick(override.train_len, "train_len", [(original, "original_max_position_embeddings"),
-                                                             (text.max_position_embeddings, "max_position_embeddings")])
+    original = (params.get("original_max_position_embeddings")
+                or getattr(text, "original_max_position_embeddings", None))
+    train, train_src = pick(override.train_len, "train_len",
+                            [(original, "original_max_position_embeddings"),
+                             (text.max_position_embeddings, "max_position_embeddings")])
     tune, tune_src = pick(override.tune_len, "tune_len", [(train, "train_len")])
-    check_law_inputs(train, tune, base)  # compare the resolved values: a config's train_len can meet a --tune-len flag
-    return {"rotary_dim": rotary_dim(config, section), "pretrain_base": float(base), "pretrain_base_source": base_src,
-            "train_len": int(train), "train_len_source": train_src, "tune_len": int(tune), "tune_len_source": tune_src}
+    # compare the resolved values: a config's train_len can meet a --tune-len flag
+    check_law_inputs(train, tune, base)
+    return {"rotary_dim": rotary_dim(config, section), "pretrain_base": float(base),
+            "pretrain_base_source": base_src,
+            "train_len": int(train), "train_len_source": train_src,
+            "tune_len": int(tune), "tune_len_source": tune_src}
 
 
 def is_length_dependent(config) -> bool:
@@ -129,37 +141,49 @@ def _check_override(override: RopeOverride) -> None:
     if override.rope_type is not None and override.rope_type not in ROPE_TYPES:
         raise InputError(f"unknown --rope-type {override.rope_type!r}: use one of {', '.join(ROPE_TYPES)}")
     if override.theta is not None and not override.theta > 1:
-        raise InputError(f"--rope-theta must be > 1 (got {override.theta:g}): pass a base such as 10000 or 1e6")
+        raise InputError(f"--rope-theta must be > 1 (got {override.theta:g}): "
+                         "pass a base such as 10000 or 1e6")
     if override.factor is not None and not override.factor >= 1:
-        raise InputError(f"--rope-factor must be >= 1 (got {override.factor:g}): a factor stretches the context, e.g. 4")
+        raise InputError(f"--rope-factor must be >= 1 (got {override.factor:g}): "
+                         "a factor stretches the context, e.g. 4")
     for name in ("train_len", "tune_len"):
         value = getattr(override, name)
         if value is not None and value < 7:
-            raise InputError(f"--{name.replace('_', '-')} must be a length above 2*pi (got {value}): pass the training length in tokens")
+            raise InputError(f"--{name.replace('_', '-')} must be a length above 2*pi (got {value}): "
+                             "pass the training length in tokens")
 
 
 def _check_keys_used(override: RopeOverride, kind: str, section: str | None, config) -> None:
     """A key the rope type never reads (a scaling key of another type, or a typo) would be recorded (label,
     hash) but change nothing."""
     asked = set(override.params) | ({"factor"} if override.factor is not None else set())
-    if asked & {"rope_type", "type"}:  # apply_override sets rope_type from --rope-type: a param would be overwritten
-        raise InputError("--rope-param rope_type is not read: pass --rope-type TYPE (rope_type in a suite) instead")
-    if "partial_rotary_factor" in asked:  # Llama ignores it (verify_rope fails); GPT-NeoX obeys, the manifest's rotary_dim not
-        raise InputError("--rope-param partial_rotary_factor changes which head dimensions rotate (the architecture), "
+    # apply_override sets rope_type from --rope-type: a param would be overwritten
+    if asked & {"rope_type", "type"}:
+        raise InputError("--rope-param rope_type is not read: "
+                         "pass --rope-type TYPE (rope_type in a suite) instead")
+    # Llama ignores it (verify_rope fails); GPT-NeoX obeys, the manifest's rotary_dim not
+    if "partial_rotary_factor" in asked:
+        raise InputError("--rope-param partial_rotary_factor changes which head dimensions rotate "
+                         "(the architecture), "
                          "not a RoPE setting: drop it")
     if kind in _USED_KEYS:  # a type unknown here is not judged
-        valid = _COMMON_KEYS | _USED_KEYS[kind] | set(getattr(text_config(config), "ignore_keys_at_rope_validation",
-                                                              None) or ())
+        valid = _COMMON_KEYS | _USED_KEYS[kind] | set(
+            getattr(text_config(config), "ignore_keys_at_rope_validation", None) or ())
         unknown = sorted(asked - valid - _TYPE_KEYS)
         if unknown:
             raise InputError(f"unknown RoPE parameter {', '.join(unknown)}: rope_type {kind} reads "
                              f"{', '.join(sorted(valid))}; fix the name or drop the --rope-param")
-    ignored = sorted((asked & _TYPE_KEYS) - _USED_KEYS.get(kind, _TYPE_KEYS))  # a type unknown here is not judged
+    # a type unknown here is not judged
+    ignored = sorted((asked & _TYPE_KEYS) - _USED_KEYS.get(kind, _TYPE_KEYS))
     if ignored:
-        raise InputError(f"rope_type {kind} ignores {', '.join(ignored)}: add --rope-type with a scaling type that "
-                         f"uses it ({', '.join(t for t in ROPE_TYPES if set(ignored) <= _USED_KEYS[t])}) or drop it")
-    if section is not None and override.params.get("truncate") is False:  # transformers reads it from the top level
-        raise InputError("--rope-param truncate=false is ignored by transformers for per-layer-type RoPE (Gemma3): "
+        raise InputError(f"rope_type {kind} ignores {', '.join(ignored)}: "
+                         "add --rope-type with a scaling type that "
+                         f"uses it ({', '.join(t for t in ROPE_TYPES if set(ignored) <= _USED_KEYS[t])}) "
+                         "or drop it")
+    # transformers reads it from the top level
+    if section is not None and override.params.get("truncate") is False:
+        raise InputError("--rope-param truncate=false is ignored by transformers "
+                         "for per-layer-type RoPE (Gemma3): "
                          "drop it")
 
 
@@ -167,17 +191,20 @@ def _check_frequencies(params: dict[str, Any], kind: str, dim: int, mpe: int) ->
     """The model keeps inv_freq in float32: a base or factor it cannot represent would fail verify_rope with a
     traceback (or overflow before it) instead of naming the flag to change."""
     theta, flags = params["rope_theta"], "--rope-theta or --rope-factor" if kind == "ntk" else "--rope-theta"
-    asked = f"rope_type {kind}, rope_theta {theta!r}" + (f", factor {params['factor']!r}" if "factor" in params else "")
+    asked = (f"rope_type {kind}, rope_theta {theta!r}"
+             + (f", factor {params['factor']!r}" if "factor" in params else ""))
     if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta <= MAX_THETA):
         what = "the effective NTK base b*s^(d/(d-2))" if kind == "ntk" else "rope_theta"
-        raise InputError(f"{what} {theta!r} is above {MAX_THETA:g}, where float32 RoPE frequencies lose their "
+        raise InputError(f"{what} {theta!r} is above {MAX_THETA:g}, "
+                         "where float32 RoPE frequencies lose their "
                          f"precision: pass a smaller {flags}")
     if kind not in _USED_KEYS:  # rope_math knows only these; verify_rope names any other
         return
     try:
         values, _ = rope_math.inv_freq(params, dim, mpe)
     except (ArithmeticError, ValueError) as exc:
-        raise InputError(f"{asked} gives no RoPE frequencies ({one_line(exc, 80)}): check --rope-factor and the "
+        raise InputError(f"{asked} gives no RoPE frequencies ({one_line(exc, 80)}): "
+                         "check --rope-factor and the "
                          "--rope-param values") from None
     if not all(_F32_TINY <= v <= _F32_MAX for v in values):
         raise InputError(f"{asked} gives RoPE frequencies outside float32's range ({min(values):g} to "
@@ -232,8 +259,10 @@ def apply_override(config, override: RopeOverride) -> dict[str, Any]:
     text = text_config(config)
     if section is None:
         text.rope_parameters = new
-        if "original_max_position_embeddings" in override.params and hasattr(text, "original_max_position_embeddings"):
-            text.original_max_position_embeddings = new["original_max_position_embeddings"]  # Phi3: top level wins
+        if ("original_max_position_embeddings" in override.params
+                and hasattr(text, "original_max_position_embeddings")):
+            # Phi3: top level wins
+            text.original_max_position_embeddings = new["original_max_position_embeddings"]
     else:
         text.rope_parameters[section] = new
     return spec

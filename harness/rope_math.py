@@ -15,7 +15,8 @@ LENGTH_DEPENDENT_TYPES = ("dynamic", "longrope")
 
 
 def ntk_theta(theta: float, factor: float, rotary_dim: int) -> float:
-    """Static NTK-aware scaling = default RoPE with base b * s^(d/(d-2)); inf past float64 (callers refuse it)."""
+    """Static NTK-aware scaling = default RoPE with base b * s^(d/(d-2)); inf past float64 (callers refuse
+    it)."""
     try:
         return theta * factor ** (rotary_dim / (rotary_dim - 2))
     except OverflowError:
@@ -77,7 +78,8 @@ def _llama3(params: dict[str, Any], dim: int) -> list[float]:
     return out
 
 
-def _longrope(params: dict[str, Any], dim: int, max_positions: int, length: int | None) -> tuple[list[float], float]:
+def _longrope(params: dict[str, Any], dim: int, max_positions: int,
+              length: int | None) -> tuple[list[float], float]:
     original = params["original_max_position_embeddings"]
     factor = params.get("factor") or max_positions / original
     attention = params.get("attention_factor")
@@ -100,7 +102,8 @@ def inv_freq(params: dict[str, Any], rotary_dim: int, max_positions: int,
     if kind == "linear":
         return [f / params["factor"] for f in _default(theta, rotary_dim)], 1.0
     if kind == "dynamic":
-        return _default(dynamic_theta(theta, params["factor"], rotary_dim, length or max_positions, max_positions), rotary_dim), 1.0
+        return _default(dynamic_theta(theta, params["factor"], rotary_dim, length or max_positions,
+                                      max_positions), rotary_dim), 1.0
     if kind == "yarn":
         return _yarn(params, rotary_dim, max_positions)
     if kind == "llama3":

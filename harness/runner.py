@@ -1,8 +1,10 @@
-"""Grid of cells -> records: skip finished cells, shard across ranks, survive OOM, show progress.
+"""Grid of cells -> records: skip finished cells, retry failed ones, shard across ranks, survive OOM.
 
-Flow per setting: load + verify the model once, then for each task: cells -> missing cells of this
-rank -> groups -> engine -> one record per cell. Everything that can be validated (configs, overrides,
-tokenizers, corpora, lengths) is validated before the run folder is touched.
+Flow: preflight (harness.preflight: configs, overrides, tokenizers, corpora, lengths) and the identity check
+(harness.identity: no second experiment under a label of the folder) before the run folder is touched;
+then per setting: load + verify the model once, and for each task: cells -> cells of this rank without an
+ok last record -> groups -> engine -> one record per cell. The exit code is 0 only when every cell of the
+grid (this rank's share) ends with an ok record.
 """
 
 from __future__ import annotations
@@ -18,23 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import models, rope_config
+from harness import identity, models, rope_config
 from harness.distributed import rank_and_world, shard_cells
+from harness.dry_run import show as show_dry_run
 from harness.errors import InputError, one_line
 from harness.memory_guard import address_space_limit, free_accelerator_memory, is_oom
+from harness.preflight import PreparedSetting, preflight
 from harness.run_info import write_run_json
 from harness.store import Store
 from harness.suite import RunOptions, Setting, TaskSpec
-from tasks.base import Cell, Preflight, RunContext, TaskParams, get_task
+from tasks.base import Cell, RunContext, get_task
 
 log = logging.getLogger("rope_harness")
 
 
 @dataclass
 class RunResult:
-    counts: Counter
-    records: int
-    failed: list[dict[str, Any]]
+    counts: Counter  # this run's records by status, plus skipped (ok already) and retried (failed before)
+    records: int  # records written now
+    failed: int  # cells of the grid (this rank's) whose last record is not ok
     table: list[dict[str, Any]]
 
     @property
@@ -48,59 +52,11 @@ def cell_key(fingerprint: str, rope_hash: str, task: str, identity: dict[str, An
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def validate_params(params: TaskParams) -> None:
-    if not params.lengths or any(not isinstance(n, int) or n < 2 for n in params.lengths):
-        raise InputError(f"--lengths must be integers >= 2 (got {params.lengths}): e.g. --lengths 1024,2048,4096")
-    if params.samples < 1:
-        raise InputError(f"--samples must be >= 1 (got {params.samples})")
-
-
 def _bad_number(metrics: dict[str, Any]) -> str | None:
     for key, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
             return key
     return None
-
-
-@dataclass
-class _Prepared:
-    """One setting after preflight: its config, tokenizer, and every task's prepared state."""
-
-    setting: Setting
-    config: Any
-    tokenizer: Any
-    states: dict[str, Any]
-    available: dict[str, int | None]
-
-
-def _preflight(settings: list[Setting], tasks: list[TaskSpec], warn) -> list[_Prepared]:
-    """Validate every setting and task before anything is written (bad input -> InputError)."""
-    import copy
-
-    from transformers import AutoTokenizer
-
-    prepared = []
-    for spec in tasks:
-        validate_params(spec.params)
-        get_task(spec.name)
-    for setting in settings:
-        config = models.load_config(setting.model, setting.revision, setting.trust_remote_code)
-        rope_config.law_inputs(config, setting.override)
-        rope_config.apply_override(copy.deepcopy(config), setting.override)
-        path = models.resolve_model_path(setting.model)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, revision=setting.revision,
-                                                      trust_remote_code=setting.trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot load the tokenizer of {setting.model!r} ({one_line(exc)}): check the model folder") from None
-        states, available = {}, {}
-        for spec in tasks:
-            if spec.params.bos and tokenizer.bos_token_id is None:
-                spec.params.bos = False  # BOS by default only when the tokenizer has one (docs/design.md)
-            ready = get_task(spec.name).prepare(Preflight(tokenizer, spec.params, warn))
-            states[spec.name], available[spec.name] = ready.state, ready.available
-        prepared.append(_Prepared(setting, config, tokenizer, states, available))
-    return prepared
 
 
 def _base_record(setting: Setting, loaded: models.Loaded, label: str, seed: int) -> dict[str, Any]:
@@ -112,8 +68,27 @@ def _base_record(setting: Setting, loaded: models.Loaded, label: str, seed: int)
             "dtype": loaded.dtype, "attn": loaded.attn, "fingerprint": loaded.fingerprint}
 
 
+def _warn_past_max_positions(prepared: list[PreparedSetting], tasks: list[TaskSpec], latest, warn) -> None:
+    """One warning for the run, naming every setting that has cells to run past max_position_embeddings."""
+    done = identity.done_cells(latest)
+    past: dict[int, list[str]] = {}
+    for prep in prepared:
+        if prep.config is None:
+            continue
+        limit = rope_config.max_positions(prep.config)
+        if any(c.length > limit and (prep.label, spec.name, c.length, c.depth, c.sample, spec.params.seed) not in done
+               for spec in tasks if spec.applies_to(prep.label) and max(spec.params.lengths) > limit
+               for c in get_task(spec.name).cells(spec.params)):
+            past.setdefault(limit, []).append(prep.label)
+    if past:
+        named = "; ".join(f"{', '.join(labels)} (max_position_embeddings {limit})" for limit, labels in past.items())
+        count = sum(len(labels) for labels in past.values())
+        warn(f"{count} setting(s) run past max_position_embeddings, evaluated as asked (extrapolation is the point): "
+             f"{named}")
+
+
 def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> RunResult:
-    """Run every missing cell of this rank; see the module docstring."""
+    """Run every cell of this rank without an ok record; see the module docstring."""
     from harness.engine import Engine, device_budget
 
     rank, world = rank_and_world()
@@ -124,22 +99,26 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
             warned.add(message)
             print(f"rope-harness: warning: {message}", file=sys.stderr)
 
-    prepared = _preflight(settings, tasks, warn)
+    prepared = preflight(settings, tasks, warn, tolerant=options.dry_run)
     store = Store(options.out, rank, world)
+    latest = store.latest()  # read once: this run only adds records of cells without an ok one here
+    identity.refuse_mixing(prepared, tasks, latest.values(), options.out)
+    _warn_past_max_positions(prepared, tasks, latest.values(), warn)
     if options.dry_run:
-        return _dry_run(prepared, tasks, options, store)
+        show_dry_run(prepared, tasks, options, list(latest.values()))
+        return RunResult(Counter(), 0, 0, [])
     started = time.time()
     counts: Counter = Counter()
-    failed: list[dict[str, Any]] = []
     manifests: dict[str, Any] = {}
     opened = False
-    finished = store.finished_keys()  # read once: this run only adds keys of cells it did not find here
+    finished = {key for key, r in latest.items() if r.get("status") == "ok"}
+    grid: set[str] = set()  # this rank's cells: the exit code asks each for an ok last record
     try:
         for setting_index, prep in enumerate(prepared):
-            setting = prep.setting
+            setting, label = prep.setting, prep.label
             loaded = models.load(setting.model, setting.override, dtype=setting.dtype, device=setting.device,
                                  attn=setting.attn, revision=setting.revision, trust_remote_code=setting.trust_remote_code)
-            label = setting.label or models.default_label(setting.model, loaded.manifest)
+            identity.refuse_other_rope_hash(label, loaded.manifest["rope_hash"], latest.values(), options.out)
             manifests[label] = {**loaded.manifest, "model": setting.model, "fingerprint": loaded.fingerprint}
             engine = Engine(loaded, chunk_size=options.chunk_size,
                             max_memory=options.max_memory or device_budget(loaded.device))
@@ -147,41 +126,44 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 if not spec.applies_to(label):
                     continue
                 task = get_task(spec.name)
+                base = {**_base_record(setting, loaded, label, spec.params.seed),
+                        "model_fingerprint": prep.model_fingerprint, **identity.task_fields(task, spec.params)}
                 ctx = RunContext(engine, prep.tokenizer, spec.params, prep.states[spec.name], loaded.manifest,
-                                 _base_record(setting, loaded, label, spec.params.seed), store.append, warn)
-                identity = task.identity(spec.params)
+                                 base, store.append, warn, run_dir=options.out)
+                key_identity = task.identity(spec.params)
                 limit = prep.available[spec.name]
                 cells = [c for c in task.cells(spec.params) if limit is None or c.sample < limit]
-                keyed = {c: cell_key(loaded.fingerprint, loaded.manifest["rope_hash"], spec.name, identity, c,
+                keyed = {c: cell_key(loaded.fingerprint, loaded.manifest["rope_hash"], spec.name, key_identity, c,
                                      spec.params.seed) for c in cells}
                 owner = shard_cells(cells, world, setting_index)
-                missing = [c for c in cells if keyed[c] not in finished and owner[c] == rank]
+                mine = [c for c in cells if owner[c] == rank]
+                grid.update(keyed[c] for c in mine)
+                missing = [c for c in mine if keyed[c] not in finished]
                 if missing and not opened:
                     store.open()
                     opened = True
                     finished = store.finished_keys()  # again under the lock: a run that held it may have added cells
                     missing = [c for c in missing if keyed[c] not in finished]
                     write_run_json(options, store, started, None, manifests, prepared, counts)
-                counts["skipped"] += len(cells) - len(missing)
+                counts["skipped"] += len(mine) - len(missing)
+                counts["retried"] += sum(keyed[c] in latest for c in missing)  # their last record failed
                 if not missing:
                     continue
-                if any(c.length > rope_config.max_positions(loaded.config) for c in missing):
-                    warn(f"{label}: lengths beyond max_position_embeddings={rope_config.max_positions(loaded.config)} "
-                         "are evaluated as asked (extrapolation is the point)")
+                hashes = prep.sample_hashes.get(spec.name) or []
                 with address_space_limit(options.max_memory, loaded.device):
                     for cell, record in _run_cells(task, ctx, engine, missing, options, label, spec.name):
-                        record["cell_key"] = keyed[cell]
+                        record.update(cell_key=keyed[cell], recorded_at=round(time.time(), 3),
+                                      sample_hash=hashes[cell.sample] if cell.sample < len(hashes) else None)
                         store.append("records", record)
                         counts[record["status"]] += 1
-                        if record["status"] != "ok":
-                            failed.append(record)
             del engine, loaded
     finally:
         if opened:
             write_run_json(options, store, started, time.time(), manifests, prepared, counts)
             store.close()
-    table = summary_table(options.out)
-    return RunResult(counts, sum(counts[s] for s in ("ok", "oom", "error")), failed, table)
+    after = store.latest()
+    failed = sum(after.get(key, {}).get("status") != "ok" for key in grid)
+    return RunResult(counts, sum(counts[s] for s in ("ok", "oom", "error")), failed, summary_table(options.out))
 
 
 def _size(n_bytes: float) -> str:
@@ -237,58 +219,30 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
     bar.close()
 
 
-def _dry_run(prepared: list[_Prepared], tasks: list[TaskSpec], options: RunOptions, store: Store) -> RunResult:
-    """List cells and the planner's memory estimate per cell before any model is loaded."""
-    import copy
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from harness.engine import make_plan
-
-    finished = store.finished_keys()
-    print(f"{'setting':<36} {'task':<11} {'length':>7} {'depth':>6} {'sample':>6}  {'plan':<13} {'est. GiB':>8}")
-    total = 0
-    for prep in prepared:
-        config = copy.deepcopy(prep.config)
-        rope_config.apply_override(config, prep.setting.override)
-        with torch.device("meta"):
-            n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-        device = models.pick_device(prep.setting.device)
-        dtype = models.pick_dtype(prep.setting.dtype, device)
-        label = prep.setting.label or prep.setting.model
-        for spec in tasks:
-            if not spec.applies_to(label):
-                continue
-            limit = prep.available[spec.name]
-            for cell in get_task(spec.name).cells(spec.params):
-                if limit is not None and cell.sample >= limit:
-                    continue
-                plan = make_plan(config, cell.length, dtype=dtype, attn=prep.setting.attn or "sdpa", n_params=n_params,
-                                 max_memory=options.max_memory, chunk_size=options.chunk_size)
-                depth = "-" if cell.depth is None else f"{cell.depth:g}"
-                mark = "" if plan.fits else "  (oom: exceeds --max-memory)"
-                print(f"{label[:36]:<36} {spec.name:<11} {cell.length:>7} {depth:>6} {cell.sample:>6}  "
-                      f"{str(plan):<13} {plan.estimate_bytes / 2**30:>8.2f}{mark}")
-                total += 1
-    print(f"{total} cells ({len(finished)} already recorded in {options.out})")
-    return RunResult(Counter(), 0, [], [])
-
-
 def summary_table(folder: Path) -> list[dict[str, Any]]:
     """Per (setting, task, length): n ok, failed, and the task's default measure aggregated over samples
-    (its transform of the mean over ok cells: ppl@L is exp of the mean NLL)."""
+    (its transform of the mean over ok cells: ppl@L is exp of the mean NLL). Under it, one row per further
+    per-length measure with a console name whose metric some ok record carries (ppl_key with --key-tokens):
+    ok = cells with a value, failed = 0 (the default row counts the failures once)."""
     import math
 
-    from harness.store import read_jsonl
+    from harness.store import latest_records
 
     if not folder.exists():
         return []
+
+    def further(task: str) -> list:
+        try:
+            measures = get_task(task).measures
+        except InputError:
+            return []
+        return [m for m in measures[1:] if m.source == "records" and m.console]
+
     groups: dict[tuple, dict[str, Any]] = {}
-    for r in read_jsonl(folder, "records"):
+    for r in latest_records(folder).values():  # the last record of each cell, as everywhere
         key = (r["setting"], r["task"], r["length"])
         g = groups.setdefault(key, {"setting": key[0], "task": key[1], "length": key[2], "ok": 0, "failed": 0,
-                                    "values": [], "names": []})
+                                    "values": [], "names": [], "further": {}})
         if r["status"] != "ok":
             g["failed"] += 1
             continue
@@ -297,14 +251,23 @@ def summary_table(folder: Path) -> list[dict[str, Any]]:
         if spec is not None and r.get(spec.metric) is not None:
             g["values"].append(float(r[spec.metric]))
             g["names"].append(spec.console or r.get("metric") or spec.metric)
+        for extra in further(r["task"]):
+            if extra.metric in r:
+                got = g["further"].setdefault(extra.console, (extra, []))[1]
+                if r[extra.metric] is not None:
+                    got.append(float(r[extra.metric]))
     rows = []
     for g in sorted(groups.values(), key=lambda g: (g["setting"], g["task"], g["length"])):
-        values, names = g.pop("values"), g.pop("names")
+        values, names, more = g.pop("values"), g.pop("names"), g.pop("further")
         spec = _default_measure(g["task"])
         mean = sum(values) / len(values) if values else None
         g["metric"] = names[-1] if names else (spec.console if spec is not None else "") or "value"
         g["value"] = None if mean is None else (math.exp(mean) if spec.transform == "exp" else mean)
         rows.append(g)
+        for console, (extra, got) in more.items():
+            mean = sum(got) / len(got) if got else None
+            value = None if mean is None else (math.exp(mean) if extra.transform == "exp" else mean)
+            rows.append({**g, "ok": len(got), "failed": 0, "metric": console, "value": value})
     return rows
 
 

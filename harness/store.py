@@ -1,12 +1,19 @@
 """Append-only record store: one JSON line per finished cell, written whole and fsynced.
 
 A crash (kill -9 at any moment) can leave at most one torn last line; opening the store for writing
-cuts it off, so a resumed run appends clean lines and ends with exactly the records of an
+cuts it off, so a resumed run appends clean lines and ends with the same cells and numbers as an
 uninterrupted run. Each rank writes its own shard; readers glob every shard.
+
+A cell may be recorded more than once (a failed cell is retried by the next run): its last record wins
+everywhere (resume, exit code, console table, report). Readers see a folder's lines in the order they
+were recorded: each shard in file order, shards merged by `recorded_at` (unix seconds; lines without it,
+written before runs healed, first), so "last" is the same for every reader even when a later run with
+another world size healed a cell into another shard.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 from collections.abc import Iterator
@@ -32,11 +39,32 @@ def _repair_torn_tail(path: Path) -> None:
         handle.truncate(data.rfind(b"\n") + 1)
 
 
+def _recorded(row: dict[str, Any]) -> float:
+    stamp = row.get("recorded_at")
+    return float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else 0.0
+
+
 def read_jsonl(folder: Path, stem: str, notes: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Every complete record of every shard `<stem>*.jsonl` in `folder` (lenient: see harness.jsonl)."""
-    for path in sorted(folder.glob(f"{stem}*.jsonl")):
-        if path.is_file():
-            yield from lenient_objects(path, notes)
+    """Every complete line of every shard `<stem>*.jsonl` in `folder` (lenient: see harness.jsonl), in the
+    order they were recorded (see the module docstring; a stable merge: each shard keeps its file order)."""
+    paths = [p for p in sorted(folder.glob(f"{stem}*.jsonl")) if p.is_file()]
+    yield from heapq.merge(*(lenient_objects(p, notes) for p in paths), key=_recorded)
+
+
+def cell_id(record: dict[str, Any]) -> str:
+    """A record's cell: its cell_key, or (for hand-written records without one) what the key is made of."""
+    key = record.get("cell_key")
+    if key:
+        return str(key)
+    return json.dumps([record.get(k) for k in ("setting", "rope_hash", "task", "length", "depth", "sample", "seed")],
+                      default=str)
+
+
+def latest_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """The last record of every cell of a run folder (see the module docstring), by cell_id."""
+    if not folder.exists():
+        return {}
+    return {cell_id(r): r for r in read_jsonl(folder, "records")}
 
 
 class Store:
@@ -85,11 +113,13 @@ class Store:
         finally:
             os.close(fd)
 
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """The last record of every cell, any rank's (latest_records)."""
+        return latest_records(self.folder)
+
     def finished_keys(self) -> set[str]:
-        """Cells already recorded by any rank (ok or failed: a rerun does not duplicate them)."""
-        if not self.folder.exists():
-            return set()
-        return {r["cell_key"] for r in read_jsonl(self.folder, "records") if "cell_key" in r}
+        """Cells whose last record (any rank's) is ok: a rerun skips them and retries the rest (oom, error)."""
+        return {key for key, r in self.latest().items() if r.get("status") == "ok" and r.get("cell_key")}
 
 
 def _alive(pid: int) -> bool:

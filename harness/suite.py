@@ -12,7 +12,7 @@ A suite file has an optional [run] table, one or more [[settings]] and one or mo
     tune_len = 4096                      # law inputs: pretrain_base, train_len, tune_len
     [[tasks]]
     name = "perplexity"
-    lengths = [4096, 8192, 16384]
+    lengths = [4096, 8192, 16384]       # or ["4k", "8k", "16k"] (k = 1024)
     samples = 8                          # also seed, corpus, bos, task options (depths, ...), and
                                          # settings = ["label", ...] to run this task on some settings only
 
@@ -32,7 +32,7 @@ import tomllib
 
 from harness.errors import InputError, one_line, writable_folder
 from harness.rope_config import RopeOverride
-from harness.values import parse_lengths, parse_param, parse_size
+from harness.values import length_value, parse_lengths, parse_param, parse_size, safe_name
 from tasks.base import TaskParams, get_task
 
 RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "max_memory", "report"}
@@ -45,7 +45,7 @@ DEFAULT_SAMPLES = 4
 RUN_TYPES = {"out": str, "dtype": str, "device": str, "attn": str, "chunk_size": int, "report": bool}
 SETTING_TYPES = {"model": str, "label": str, "rope_type": str, "dtype": str, "device": str, "attn": str,
                  "revision": str, "trust_remote_code": bool, "rope_params": dict, "rope_theta": float,
-                 "rope_factor": float, "pretrain_base": float, "train_len": int, "tune_len": int}
+                 "rope_factor": float, "pretrain_base": float}  # train_len, tune_len: _length
 TASK_TYPES = {"name": str, "lengths": list, "samples": int, "seed": int, "corpus": str, "bos": bool, "settings": list}
 _MISSING = object()
 
@@ -83,6 +83,7 @@ class RunOptions:
     progress: bool = True
     command: list[str] = field(default_factory=list)
     suite: str | None = None
+    verbose: bool = False  # dry run: every cell's line
 
 
 @dataclass
@@ -98,7 +99,7 @@ class Flags:
     pretrain_base: float | None = None
     train_len: int | None = None
     tune_len: int | None = None
-    task: str = "perplexity"
+    task: str = "perplexity"  # a comma list: --tasks perplexity,passkey (--task is the same flag)
     lengths: str | None = None
     samples: int | None = None
     seed: int = 0
@@ -115,6 +116,7 @@ class Flags:
     trust_remote_code: bool = False
     dry_run: bool = False
     no_progress: bool = False
+    verbose: bool = False
     task_options: dict[str, Any] = field(default_factory=dict)  # raw flag values of every task option
     argv: list[str] = field(default_factory=list)
 
@@ -189,6 +191,18 @@ def _typed(value: Any, kind: type, key: str, source: str, text: str, whole: Any 
     return value
 
 
+def _length(value: Any, key: str, source: str, text: str, whole: Any = _MISSING) -> int:
+    """A token count: an integer or a string such as "4k" (k = 1024)."""
+    number = length_value(value) if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if number is None:
+        line = _line_of(text, key, value if whole is _MISSING else whole)
+        raise InputError(f"{source}:{line or '?'}: {key} must be an integer or a length such as \"4k\" (k = 1024), "
+                         f"got {value!r}")
+    return number
+
+
 def _check_types(table: dict[str, Any], types: dict[str, type], source: str, text: str) -> None:
     for key, kind in types.items():
         if key in table:
@@ -230,7 +244,7 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
             raise InputError(f"{source}: a [[settings]] entry has no model: add model = \"PATH_OR_ID\"")
         _check_types(entry, SETTING_TYPES, source, text)
         num = {k: _typed(entry[k], float, k, source, text) for k in ("rope_theta", "rope_factor", "pretrain_base") if k in entry}
-        ints = {k: _typed(entry[k], int, k, source, text) for k in ("train_len", "tune_len") if k in entry}
+        ints = {k: _length(entry[k], k, source, text) for k in ("train_len", "tune_len") if k in entry}
         override = RopeOverride(theta=num.get("rope_theta"), rope_type=entry.get("rope_type"),
                                        factor=num.get("rope_factor"), params=dict(entry.get("rope_params", {})),
                                        pretrain_base=num.get("pretrain_base"), train_len=ints.get("train_len"),
@@ -256,7 +270,7 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
         if "lengths" not in entry:
             raise InputError(f"{source}: task {name} has no lengths: add lengths = [1024, 2048, 4096]")
         _check_types(entry, TASK_TYPES, source, text)
-        lengths = [_typed(x, int, "lengths", source, text, entry["lengths"]) for x in entry["lengths"]]
+        lengths = [_length(x, "lengths", source, text, entry["lengths"]) for x in entry["lengths"]]
         params = TaskParams(lengths=sorted(set(lengths)), samples=entry.get("samples", DEFAULT_SAMPLES),
                             seed=entry.get("seed", 0), corpus=entry.get("corpus", "stdlib"),
                             bos=entry.get("bos", True),
@@ -279,7 +293,8 @@ def _run_options(run: dict[str, Any], flags: Flags, default_out: Path, suite: st
         raise InputError(f"--chunk-size must be a positive number of tokens (got {chunk})")
     writable_folder(out, "--out")
     return RunOptions(out=out, chunk_size=chunk, max_memory=parse_size(str(memory)) if memory is not None else None,
-                      dry_run=flags.dry_run, progress=not flags.no_progress, command=list(flags.argv), suite=suite)
+                      dry_run=flags.dry_run, progress=not flags.no_progress, command=list(flags.argv), suite=suite,
+                      verbose=flags.verbose)
 
 
 def load_suite(name_or_path: str, flags: Flags) -> Suite:
@@ -323,8 +338,18 @@ def task_options(flags: Flags, name: str) -> dict[str, Any]:
     return {o.name: o.from_flag(flags.task_options.get(o.name)) for o in get_task(name).options}
 
 
+def task_list(text: str) -> list[str]:
+    """--tasks 'perplexity,passkey' -> names in order, each once (each checked by get_task)."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise InputError(f"--tasks {text!r} names no task: e.g. --tasks perplexity,passkey")
+    for name in names:
+        get_task(name)
+    return names
+
+
 def from_flags(flags: Flags) -> Suite:
-    """One setting and one task from `rope-harness run --model ... --task ... --lengths ...`."""
+    """One setting and one or more tasks from `rope-harness run --model ... --tasks ... --lengths ...`."""
     if not flags.lengths:
         raise InputError("--lengths is required with --model: e.g. --lengths 1024,2048,4096")
     override = RopeOverride(theta=flags.rope_theta, rope_type=flags.rope_type, factor=flags.rope_factor,
@@ -334,8 +359,11 @@ def from_flags(flags: Flags) -> Suite:
                       flags.trust_remote_code)
     check_device(setting.device)
     samples = DEFAULT_SAMPLES if flags.samples is None else flags.samples  # --samples 0 is an error, not the default
-    params = TaskParams(lengths=parse_lengths(flags.lengths), samples=samples, seed=flags.seed,
-                        corpus=flags.corpus or "stdlib", bos=not flags.no_bos, options=task_options(flags, flags.task))
-    label = flags.label or f"{Path(flags.model.replace('zoo:', '')).name}-{flags.task}"
-    default_out = Path("results") / re.sub(r"[^A-Za-z0-9._-]+", "_", label)
-    return Suite([setting], [TaskSpec(flags.task, params)], _run_options({}, flags, default_out, None), report=False)
+    names = task_list(flags.task)
+    lengths = parse_lengths(flags.lengths)
+    specs = [TaskSpec(name, TaskParams(lengths=list(lengths), samples=samples, seed=flags.seed,
+                                       corpus=flags.corpus or "stdlib", bos=not flags.no_bos,
+                                       options=task_options(flags, name))) for name in names]
+    name = flags.label or f"{Path(flags.model.replace('zoo:', '')).name}-{'-'.join(names)}"
+    default_out = Path("results") / safe_name(name)  # one folder under results/, never hidden or outside it
+    return Suite([setting], specs, _run_options({}, flags, default_out, None))

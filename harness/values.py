@@ -1,4 +1,5 @@
-"""Values from the command line or a suite: sizes, lengths, finite numbers, comma lists, RoPE parameters.
+"""Values from the command line or a suite: sizes, lengths (4k = 4096), finite numbers, comma lists, RoPE
+parameters, safe folder names.
 
 Each parser returns the value or raises InputError naming the flag and an example of a good value.
 """
@@ -29,15 +30,63 @@ def parse_size(text: str) -> int:
     return int(number * scale)
 
 
-def parse_lengths(text: str) -> list[int]:
-    """'1024,2048' or '1e3' -> sorted unique ints; '64.5' or 'inf' are refused, never truncated."""
+_LENGTH = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kK]?)\s*")
+
+
+def length_value(text: str) -> int | None:
+    """'4096', '1e3', '4k' / '32K' (multiples of 1024: 4096, 32768), '1.5k' (1536) -> int; None when the
+    text is no whole number of tokens ('64.5', 'inf', '0.1k')."""
+    match = _LENGTH.fullmatch(str(text))
+    if not match:
+        return None
     try:
-        numbers = [float(x) for x in text.split(",") if x.strip()]
+        value = float(match.group(1)) * (1024 if match.group(2) else 1)
+    except (ValueError, OverflowError):
+        return None
+    return int(value) if math.isfinite(value) and value.is_integer() else None
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'1024,2048', '4k,8k' or '1e3' -> sorted unique ints; '64.5' or 'inf' are refused, never truncated."""
+    numbers = [length_value(x) for x in text.split(",") if x.strip()]
+    if not numbers or None in numbers:
+        raise InputError(f"--lengths {text!r} is not a comma list of integers: use e.g. --lengths 1024,2048,4096 "
+                         "or 1k,2k,4k (k = 1024)")
+    return sorted(set(numbers))
+
+
+def length_arg(text: str) -> int:
+    """argparse type for one token count (--train-len, --tune-len, --chunk-size): '4096' or '4k'."""
+    value = length_value(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of tokens: pass e.g. 4096 or 4k")
+    return value
+
+
+length_arg.__name__ = "length"
+
+
+def float_list(text: str) -> list[float]:
+    """argparse type for a comma list of finite numbers ('1.5,2'); with action='extend' a flag may also
+    be repeated (--factor 1.5 --factor 2)."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        numbers = [math.nan]
-    if not all(math.isfinite(x) and x.is_integer() for x in numbers):
-        raise InputError(f"--lengths {text!r} is not a comma list of integers: use e.g. --lengths 1024,2048,4096")
-    return sorted({int(x) for x in numbers})
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of numbers: pass e.g. 1.5 or 1.5,2")
+    return values
+
+
+float_list.__name__ = "number list"
+
+
+def safe_name(text: str, fallback: str = "run") -> str:
+    """A label as one safe folder name: only [A-Za-z0-9._-], never hidden, '.', '..' or starting with '-'
+    ('../x' -> 'x', 'b=1e6 tuned@1024' -> 'b_1e6_tuned_1024')."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    name = name.lstrip("._-").rstrip(".")[:120]
+    return name or fallback
 
 
 def finite_float(text: str) -> float:
@@ -79,7 +128,10 @@ def parse_param(text: str) -> tuple[str, object]:
 
 
 def token_count(text: str) -> int | float:
-    """A token count for the law: '4096', '1.6e4' (integral values become int)."""
+    """A token count for the law: '4096', '1.6e4', '4k' (= 4096; integral values become int)."""
+    whole = length_value(text)
+    if whole is not None:
+        return whole
     value = float(text)
     return int(value) if value.is_integer() else value
 

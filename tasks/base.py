@@ -14,6 +14,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from harness.errors import InputError
@@ -85,7 +86,8 @@ class Preflight:
 
 @dataclass
 class Prepared(Generic[State]):
-    """What `prepare` returns: the task's own state and, when the data has fewer samples than asked, how many."""
+    """What `prepare` returns: the task's own state and, when the data has fewer samples than asked, how
+    many."""
 
     state: State
     available: int | None = None
@@ -97,7 +99,8 @@ def _discard(stem: str, row: dict[str, Any]) -> None:
 
 @dataclass
 class RunContext:
-    """What a task may use while scoring: the engine, the tokenizer, its prepared state, a sink for side files."""
+    """What a task may use while scoring: the engine, the tokenizer, its prepared state, a sink for side
+    files."""
 
     engine: Engine | Any
     tokenizer: Any
@@ -107,6 +110,7 @@ class RunContext:
     base_record: dict[str, Any] = field(default_factory=dict)
     write_side: Callable[[str, dict[str, Any]], None] = _discard
     warn: Callable[[str], None] = print
+    run_dir: Path | None = None  # the run folder, to read back side files (None: a context without one)
 
     @property
     def preflight(self) -> Preflight:
@@ -134,6 +138,12 @@ class Task:
     def prepare(self, pre: Preflight) -> Prepared:
         """Build what every cell needs once (samples, prompts' parts). May raise InputError."""
         return Prepared(None)
+
+    def samples_hash(self, state: Any) -> list[str] | None:
+        """One hash per prepared sample (of its tokens), in sample order, or None (the default) for a task
+        without token samples. Records carry their sample's hash: a rerun whose corpus text changed under the
+        same corpus spec is refused, not mixed into the folder's aggregates."""
+        return None
 
     def state_of(self, ctx: RunContext) -> Any:
         """The prepared state of `ctx`, prepared now when the caller built the context by hand."""

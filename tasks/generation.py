@@ -17,7 +17,8 @@ from tasks.base import Option
 
 # the tasks parse --depths themselves (parse_depths: a flag's comma text or a suite's list, one message)
 # the flag's text goes through the same comma-list parser as every other list flag (a suite gives a list)
-DEPTHS = Option("depths", "comma list of needle depths in [0, 1]", parse=lambda text: parse_floats(text, "--depths"))
+DEPTHS = Option("depths", "comma list of needle depths in [0, 1]",
+                parse=lambda text: parse_floats(text, "--depths"))
 MAX_NEW_TOKENS = Option("max_new_tokens", "greedy tokens generated per answer", type=int)
 CHAT_TEMPLATE = Option("chat_template", "wrap prompts in the tokenizer's chat template", type=bool)
 SHARED_OPTIONS = (DEPTHS, MAX_NEW_TOKENS, CHAT_TEMPLATE)
@@ -34,7 +35,8 @@ def first_integer(text: str) -> str | None:
 
 def int_option(options: dict[str, Any], key: str, flag: str, default: int, low: int,
                high: int | None = None) -> int:
-    """A whole-number task option (CLI or suite) with its default; out of range -> InputError naming the flag."""
+    """A whole-number task option (CLI or suite) with its default; out of range -> InputError naming the
+    flag."""
     value = options.get(key)
     if value is None:
         return default
@@ -50,7 +52,8 @@ def int_option(options: dict[str, Any], key: str, flag: str, default: int, low: 
 
 
 def parse_depths(value: Any) -> list[float] | None:
-    """`--depths` from the CLI (comma string) or a suite (list): sorted fractions in [0, 1]; None if not given."""
+    """`--depths` from the CLI (comma string) or a suite (list): sorted fractions in [0, 1]; None if not
+    given."""
     if value is None or (isinstance(value, (str, list, tuple)) and not value):
         return None
     if isinstance(value, str):
@@ -62,7 +65,8 @@ def parse_depths(value: Any) -> list[float] | None:
         try:
             depth = float(item)
         except (TypeError, ValueError):
-            raise InputError(f"--depths {value!r}: {item!r} is not a number: pass fractions like 0,0.5,1") from None
+            raise InputError(f"--depths {value!r}: {item!r} is not a number: "
+                             "pass fractions like 0,0.5,1") from None
         if not 0.0 <= depth <= 1.0:
             raise InputError(f"--depths {value!r}: {depth:g} is outside [0, 1]: pass fractions like 0,0.5,1")
         depths.add(depth)

@@ -246,3 +246,98 @@ def test_run_flags_a_suite_would_ignore(argv, message, tmp_path, capsys, monkeyp
     code, err = run_cli([*argv, "--dry-run"], capsys)
     assert code == 2 and message in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- lm-eval habits: k lengths, several tasks, safe folder names; dry runs offline ----
+
+
+def test_lengths_take_k_suffixes_in_flags_and_suites(tmp_path):
+    from harness.values import parse_lengths
+
+    assert parse_lengths("4k,32K,1.5k,1000") == [1000, 1536, 4096, 32768]
+    for bad in ("0.1k", "4kk", "4m", "k"):
+        with pytest.raises(InputError, match="not a comma list of integers"):
+            parse_lengths(bad)
+    path = tmp_path / "s.toml"
+    path.write_text('[[settings]]\nmodel = "m"\ntune_len = "8k"\n[[tasks]]\nname = "perplexity"\n'
+                    'lengths = ["4k", 1024, "32K"]\n')
+    loaded = suite.load_suite(str(path), ARGS)
+    assert loaded.tasks[0].params.lengths == [1024, 4096, 32768] and loaded.settings[0].override.tune_len == 8192
+    path.write_text('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = ["4x"]\n')
+    with pytest.raises(InputError, match=r':5: lengths must be an integer or a length such as "4k"'):
+        suite.load_suite(str(path), ARGS)
+
+
+def test_tasks_flag_runs_several_tasks_with_their_own_options():
+    flags = suite.Flags(model="zoo:base-1e4", task="perplexity, passkey", lengths="1k,2k",
+                        task_options={"depths": "0,1", "sliding_stride": None})
+    loaded = suite.from_flags(flags)
+    assert [t.name for t in loaded.tasks] == ["perplexity", "passkey"] and loaded.report
+    assert loaded.tasks[0].params is not loaded.tasks[1].params
+    assert loaded.tasks[1].params.options["depths"] == [0.0, 1.0] and "depths" not in loaded.tasks[0].params.options
+    assert loaded.tasks[0].params.lengths == [1024, 2048]
+    assert str(loaded.options.out) == "results/base-1e4-perplexity-passkey"
+    with pytest.raises(InputError, match="unknown task 'nope'"):
+        suite.from_flags(suite.Flags(model="zoo:base-1e4", task="perplexity,nope", lengths="64"))
+
+
+@pytest.mark.parametrize("label, folder", [
+    ("../../etc", "etc"), ("..", "run"), (".hidden", "hidden"), ("b=1e6 tuned@1024", "b_1e6_tuned_1024"),
+    ("llama:default:10000", "llama_default_10000"), ("-rf", "rf"), ("a/../b", "a_.._b"),
+])
+def test_labels_become_one_safe_folder_under_results(label, folder):
+    loaded = suite.from_flags(suite.Flags(model="zoo:base-1e4", lengths="64", label=label))
+    assert loaded.options.out == Path("results") / folder
+    assert loaded.settings[0].label == label  # the label itself is kept as given
+
+
+def test_run_with_several_tasks_and_k_lengths_dry_run(tiny_llama, tmp_path, capsys):
+    code = main_run(["--model", str(tiny_llama), "--tasks", "perplexity,passkey", "--lengths", "1k",
+                     "--depths", "0.5", "--samples", "1", "--dry-run", "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 0 and "2 cells (0 already recorded" in out
+    assert {line.split()[1] for line in out.splitlines() if line.startswith(f"{tiny_llama.name}:")} >= \
+        {"perplexity", "passkey"}
+
+
+def main_run(argv):
+    from harness.cli import main
+
+    return main(["run", *argv])
+
+
+def test_paper_dry_run_offline_lists_cells_without_estimates(offline, tmp_path, monkeypatch, capsys):
+    """A hub model that is not in the local cache, and an hf: corpus: listed and marked, exit 0."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.toml"
+    path.write_text('[[settings]]\nmodel = "no-such-owner/no-such-model-xyz"\nlabel = "hub:base"\n'
+                    '[[tasks]]\nname = "perplexity"\ncorpus = "hf:no-such-owner/ds::test:text"\nlengths = ["4k", "8k"]\n'
+                    'samples = 2\n')
+    assert main_run([str(path), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "hub:base" in captured.out and "no estimate (config not read)" in captured.out
+    assert "4 cells (0 already recorded" in captured.out
+    assert "config of 'no-such-owner/no-such-model-xyz' not available offline" in captured.err
+    assert list(tmp_path.iterdir()) == [path]  # nothing written
+    assert main_run(["paper", "--dry-run"]) == 0 and main_run(["compare-scaling", "--dry-run"]) == 0
+    assert main_run([str(path)]) == 2  # a real run still needs the config
+
+
+def test_dry_run_reads_a_hub_config_from_the_local_cache(offline, tiny_llama, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--owner--tiny" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text((tiny_llama / "config.json").read_text())
+    (tmp_path / "hub" / "models--owner--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--owner--tiny" / "refs" / "main").write_text("abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.toml"
+    path.write_text('[[settings]]\nmodel = "owner/tiny"\nlabel = "t"\n[[tasks]]\nname = "perplexity"\n'
+                    'corpus = "hf:owner/ds"\nlengths = [1024, 4096]\nsamples = 1\n')
+    assert main_run([str(path), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    row = next(line for line in captured.out.splitlines() if line.startswith("t "))
+    assert "at 4096 (single)" in row and "MiB" in row
+    assert "tokenizer of 'owner/tiny' not available offline" in captured.err

@@ -43,7 +43,8 @@ def test_regimes_llama2():
     assert law.predict(**LLAMA2, base=1e4).extrapolation_limit == 4096
     assert law.predict(**LLAMA2, base=652.0).regime == "tuning-bounded"
     unbounded = law.predict(**LLAMA2, base=600.0)
-    assert (unbounded.regime, unbounded.extrapolation_limit, unbounded.critical_dim) == ("unbounded", None, 128)
+    assert ((unbounded.regime, unbounded.extrapolation_limit, unbounded.critical_dim)
+            == ("unbounded", None, 128))
     assert {law.predict(**LLAMA2, base=b).regime for b in (2.0, 1e3, 1e5)} <= set(law.REGIMES)
 
 

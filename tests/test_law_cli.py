@@ -26,10 +26,11 @@ def test_issue_example(capsys):
     out = run_json(["--head-dim", "128", "--train-len", "4096", "--base", "1e6"], capsys)
     assert out["critical_dim"] == 92
     assert out["critical_base"] == 10000
-    assert (out["head_dim"], out["train_len"], out["tune_len"], out["pretrain_base"]) == (128, 4096, 4096, 10000)
+    assert ((out["head_dim"], out["train_len"], out["tune_len"], out["pretrain_base"])
+            == (128, 4096, 4096, 10000))
     [setting] = out["settings"]
-    assert setting == {"base": 1000000, "regime": "larger-base", "critical_dim": 92, "extrapolation_limit": 129027,
-                       "retrieval_bound": 27115}
+    assert setting == {"base": 1000000, "regime": "larger-base", "critical_dim": 92,
+                       "extrapolation_limit": 129027, "retrieval_bound": 27115}
     assert "base_for_target" not in out
 
 
@@ -37,7 +38,8 @@ def test_several_bases_target_and_null(capsys):
     argv = ["--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--base", "1e4", "--base", "500",
             "--base", "2e5", "--target-len", "100000"]
     out = run_json(argv, capsys)
-    assert [s["regime"] for s in out["settings"]] == ["larger-base", "tuning-bounded", "unbounded", "larger-base"]
+    assert [s["regime"] for s in out["settings"]] == ["larger-base", "tuning-bounded", "unbounded",
+                                                      "larger-base"]
     assert out["settings"][1]["extrapolation_limit"] == 4096
     assert out["settings"][2]["extrapolation_limit"] is None
     assert out["base_for_target"] == pytest.approx(701472, rel=1e-5)
@@ -45,8 +47,8 @@ def test_several_bases_target_and_null(capsys):
 
 
 def test_tune_len_and_pretrain_base(capsys):
-    out = run_json(["--head-dim", "128", "--train-len", "4096", "--tune-len", "16384", "--pretrain-base", "1e4",
-                    "--base", "1e4"], capsys)
+    out = run_json(["--head-dim", "128", "--train-len", "4096", "--tune-len", "16384",
+                    "--pretrain-base", "1e4", "--base", "1e4"], capsys)
     assert out["tune_len"] == 16384
     assert out["critical_base"] > 10000
     assert out["settings"][0] == {"base": 10000, "regime": "tuning-bounded", "critical_dim": 110,
@@ -68,8 +70,9 @@ def test_table(capsys):
         (["--head-dim", "127", "--train-len", "4096", "--base", "1e6"], "positive even integer"),
         (["--head-dim", "128", "--train-len", "6", "--base", "1e6"], "2*pi"),
         (["--head-dim", "128", "--train-len", "4096", "--base", "1"], "greater than 1"),
-        (["--head-dim", "128", "--train-len", "4096", "--base", "nan"], "not a finite number: pass a plain number "
-                                                                          "such as 1e6"),
+        (["--head-dim", "128", "--train-len", "4096", "--base", "nan"],
+         "not a finite number: pass a plain number "
+         "such as 1e6"),
         (["--head-dim", "128", "--train-len", "nan", "--base", "1e6"], "such as 4096"),
         (["--head-dim", "128", "--train-len", "4096"], "--base"),
         (["--train-len", "4096", "--base", "1e6"], "--head-dim"),
@@ -132,6 +135,7 @@ def test_library_warnings_are_printed_once():
 
     code = ("import logging; from harness.cli import main; "
             "main(['law', '--head-dim', '128', '--train-len', '4096', '--base', '1e6']); "
-            "lib = logging.getLogger('somelib'); lib.addHandler(logging.StreamHandler()); lib.warning('retrying')")
+            "lib = logging.getLogger('somelib'); lib.addHandler(logging.StreamHandler()); "
+            "lib.warning('retrying')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr.count("retrying") == 1

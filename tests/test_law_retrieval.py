@@ -25,7 +25,8 @@ def direct_feasible(base: float, d: int, length: int) -> bool:
 
 @pytest.fixture(scope="module")
 def min_bases_d128() -> dict[int, float]:
-    return {length: retrieval_law.min_base_for_retrieval(length, 128) for length in (1024, 2048, 16384, 65536)}
+    return {length: retrieval_law.min_base_for_retrieval(length, 128)
+            for length in (1024, 2048, 16384, 65536)}
 
 
 # --- B(m) -----------------------------------------------------------------------------------------------
@@ -46,7 +47,8 @@ def test_score_matches_scalar_summation(base, d):
     # any shape in, the same shape out; a number in, a float out
     grid = retrieval_law.retrieval_score(np.array(ms).reshape(2, 3), base, d)
     assert grid.shape == (2, 3) and grid.reshape(-1) == pytest.approx(got, rel=0, abs=0)
-    assert retrieval_law.retrieval_score(ms[2], base, d) == pytest.approx(direct_score(ms[2], base, d), abs=1e-12)
+    assert retrieval_law.retrieval_score(ms[2], base, d) == pytest.approx(direct_score(ms[2], base, d),
+                                                                          abs=1e-12)
 
 
 # --- retrieval_bound -------------------------------------------------------------------------------------
@@ -100,7 +102,8 @@ def test_min_base_is_feasible_and_no_grid_base_below_is(min_bases_d128):
     assert direct_feasible(base, d, length)
     assert retrieval_law.retrieval_bound(base, d) >= length
     step = 1 + retrieval_law.BASE_GRID_STEP
-    below = math.floor(math.log(base / retrieval_law.BASE_SEARCH_RANGE[0]) / math.log(step))  # last grid index below
+    # last grid index below
+    below = math.floor(math.log(base / retrieval_law.BASE_SEARCH_RANGE[0]) / math.log(step))
     grid = [retrieval_law.BASE_SEARCH_RANGE[0] * step**k for k in range(below + 1)]
     assert grid[-1] < base < grid[-1] * step  # refined inside the first feasible grid cell
     # every grid base in [base/2, base) by direct summation, every 7th one below that by the bound
@@ -191,11 +194,13 @@ def law_cli(argv: list[str], capsys) -> str:
 
 
 def test_cli_json_carries_both_limits_and_both_bases(capsys):
-    argv = ["--head-dim", "128", "--train-len", "4096", "--base", "1e4", "--base", "1e6", "--target-len", "32768"]
+    argv = ["--head-dim", "128", "--train-len", "4096", "--base", "1e4", "--base", "1e6",
+            "--target-len", "32768"]
     out = json.loads(law_cli([*argv, "--json"], capsys))
     liu = [(s["regime"], s["extrapolation_limit"]) for s in out["settings"]]
     assert liu == [("tuning-bounded", 4096), ("larger-base", 129027)]
-    assert [s["retrieval_bound"] for s in out["settings"]] == [retrieval_law.retrieval_bound(1e4, 128), 27115] == [1707, 27115]
+    assert ([s["retrieval_bound"] for s in out["settings"]]
+            == [retrieval_law.retrieval_bound(1e4, 128), 27115] == [1707, 27115])
     assert out["base_for_target"] == pytest.approx(law.base_for_target(32768, 128, 4096), rel=1e-12)
     assert out["min_base_for_retrieval"] == pytest.approx(629978.2629, rel=1e-8)
     assert direct_feasible(out["min_base_for_retrieval"], 128, 32768)
@@ -240,7 +245,8 @@ def test_cli_not_covered_rope_type_has_no_retrieval_bound(tmp_path, capsys):
 
     transformers.LlamaConfig(
         hidden_size=64, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64, vocab_size=300,
-        max_position_embeddings=256, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
     ).save_pretrained(tmp_path)
     out = json.loads(law_cli(["--model", str(tmp_path), "--json"], capsys))
     assert [(s["regime"], s["retrieval_bound"]) for s in out["settings"]] == [("not-covered", None)]
@@ -251,6 +257,7 @@ def test_cli_not_covered_rope_type_has_no_retrieval_bound(tmp_path, capsys):
 def test_cli_bad_target_for_retrieval_is_one_line(capsys):
     from harness.cli import main
 
-    assert main(["law", "--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--target-len", "1e9"]) == 2
+    assert main(["law", "--head-dim", "128", "--train-len", "4096", "--base", "1e6",
+                 "--target-len", "1e9"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "search cap" in captured.err

@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # floor -> module prefixes (a package prefix covers its submodules)
 FLOORS = {
     0: ["harness", "harness.errors", "harness.values", "harness.hub", "harness.jsonl", "harness.law",
-        "harness.retrieval_law", "harness.rope_math", "harness.bytetok", "harness.metrics", "harness.zoo_models",
-        "harness.suites"],
+        "harness.retrieval_law", "harness.rope_math", "harness.bytetok", "harness.metrics",
+        "harness.zoo_models", "harness.suites"],
     1: ["harness.rope_config", "harness.models", "harness.engine", "harness.stream", "harness.corpus",
         "harness.zoo", "harness.law_cli"],
     2: ["tasks"],
     3: ["harness.suite", "harness.store", "harness.run_info", "harness.distributed", "harness.memory_guard",
-        "harness.runner"],
+        "harness.preflight", "harness.identity", "harness.dry_run", "harness.runner"],
     4: ["harness.report"],
     5: ["harness.cli"],
 }
@@ -103,7 +103,8 @@ def test_no_import_circles():
         state[node] = 1
         for nxt in sorted(g[node]):
             if state.get(nxt) == 1:
-                circles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]) if nxt in stack else f"{node}->{nxt}")
+                circles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]) if nxt in stack
+                               else f"{node}->{nxt}")
             elif nxt not in state:
                 visit(nxt, stack + [node])
         state[node] = 2
@@ -125,8 +126,9 @@ def test_no_source_file_is_too_long():
     assert long == {}
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["law", "--head-dim", "128", "--train-len", "4096", "--base", "1e6",
-                                                "--json"]])
+@pytest.mark.parametrize("argv", [["--help"],
+                                  ["law", "--head-dim", "128", "--train-len", "4096", "--base", "1e6",
+                                   "--json"]])
 def test_help_and_law_load_no_heavy_library(argv):
     code = ("import sys, contextlib, io\nfrom harness.cli import main\n"
             f"with contextlib.redirect_stdout(io.StringIO()):\n    main({argv!r})\n"

@@ -40,8 +40,8 @@ def _rows() -> list[dict]:
         {"input": "What colour is the door?", "context": "The door is painted teal.", "answers": ["teal"],
          "length": 5, "dataset": "hotpotqa", "_id": "hp2"},
         {"input": "", "context": "The agency reviewed 40 programs and found gaps in oversight. " * 6,
-         "answers": ["The agency found gaps in oversight of 40 programs."], "length": 60, "dataset": "gov_report",
-         "_id": "gr0"},
+         "answers": ["The agency found gaps in oversight of 40 programs."], "length": 60,
+         "dataset": "gov_report", "_id": "gr0"},
         {"input": "Which animal?", "context": FILLER * 4 + "The animal was an otter.", "answers": ["otter"],
          "length": 40, "dataset": "mydata", "_id": "my0"},
     ]
@@ -127,7 +127,8 @@ def test_middle_truncate_keeps_both_ends():
 
 def _fixed_bytes(row: dict) -> tuple[int, int]:
     before, _, after = DATASETS[row["dataset"]].template.partition("{context}")
-    return 1 + len(before.replace("{input}", row["input"]).encode()), len(after.replace("{input}", row["input"]).encode())
+    return (1 + len(before.replace("{input}", row["input"]).encode()),
+            len(after.replace("{input}", row["input"]).encode()))
 
 
 def test_longbench_exact_length_and_truncation_accounting(longbench_file):
@@ -181,7 +182,8 @@ def test_longbench_padding_depth_and_no_pad(longbench_file, text_corpus):
             assert bytes(prompt.ids[head + len(context):600 - tail]) == (b"\n\n" + other)[:pad]
         else:
             assert bytes(prompt.ids[head:head + pad]) == (other + b"\n\n")[-pad:]
-    ctx = make_ctx(tok, [600], {"source": str(longbench_file), "qa_pad": "corpus"}, samples=5, corpus=text_corpus)
+    ctx = make_ctx(tok, [600], {"source": str(longbench_file), "qa_pad": "corpus"}, samples=5,
+                   corpus=text_corpus)
     prompt = task.build(ctx, cell_for(task, ctx, 600, "hp2", 0.0))
     pad = prompt.record["pad_tokens"]
     assert bytes(prompt.ids[head + len(context):600 - tail]) == (b"\n\n" + text_corpus.read_bytes())[:pad]
@@ -209,7 +211,8 @@ def test_longbench_exact_length_with_a_bpe_tokenizer(longbench_file, bpe_tokeniz
         assert prompt.ids.count(bpe_tokenizer.bos_token_id) == 1
         row = rows_of(task, ctx.params)[cell.sample]
         before, _, after = (DATASETS.get(row.dataset) or GENERIC).template.partition("{context}")
-        fixed = 1 + len(encode(before.replace("{input}", row.question))) + len(encode(after.replace("{input}", row.question)))
+        fixed = (1 + len(encode(before.replace("{input}", row.question)))
+                 + len(encode(after.replace("{input}", row.question))))
         context = encode(row.context)
         assert prompt.record["context_tokens"] == len(context) < len(row.context.encode())  # merges happened
         assert prompt.record["truncated_tokens"] == max(0, len(context) - (cell.length - fixed))
@@ -218,7 +221,8 @@ def test_longbench_exact_length_with_a_bpe_tokenizer(longbench_file, bpe_tokeniz
 
 def test_longbench_datasets_templates_and_selection(longbench_file):
     task, tok = LongQATask(), byte_tokenizer()
-    ctx = make_ctx(tok, [1024], {"source": str(longbench_file), "qa_datasets": "gov_report,mydata"}, samples=1)
+    ctx = make_ctx(tok, [1024], {"source": str(longbench_file), "qa_datasets": "gov_report,mydata"},
+                   samples=1)
     cells = task.cells(ctx.params)
     rows = rows_of(task, ctx.params)
     assert [rows[c.sample].dataset for c in cells] == ["gov_report", "mydata"]
@@ -232,8 +236,10 @@ def test_longbench_datasets_templates_and_selection(longbench_file):
     ctx = make_ctx(tok, [1024], {"source": str(longbench_file), "max_new_tokens": 7}, samples=2)
     assert LongQATask().build(ctx, Cell(1024, None, 0)).max_new_tokens == 7
     # --samples N: each dataset's first N rows; indices do not move when N changes
-    two = [c.sample for c in LongQATask().cells(make_ctx(tok, [1024], {"source": str(longbench_file)}, samples=2).params)]
-    one = [c.sample for c in LongQATask().cells(make_ctx(tok, [1024], {"source": str(longbench_file)}, samples=1).params)]
+    two = [c.sample for c in LongQATask().cells(
+        make_ctx(tok, [1024], {"source": str(longbench_file)}, samples=2).params)]
+    one = [c.sample for c in LongQATask().cells(
+        make_ctx(tok, [1024], {"source": str(longbench_file)}, samples=1).params)]
     assert two == [0, 1, 3, 4] and one == [0, 3, 4]
 
 
@@ -265,7 +271,8 @@ def test_bad_input_is_input_error(tmp_path, longbench_file):
     with pytest.raises(InputError, match="does not exist"):
         LongQATask().cells(make_ctx(tok, [1024], {"source": str(tmp_path / "missing.jsonl")}).params)
     with pytest.raises(InputError, match="not in"):
-        LongQATask().cells(make_ctx(tok, [1024], {"source": str(longbench_file), "qa_datasets": "musique"}).params)
+        LongQATask().cells(
+            make_ctx(tok, [1024], {"source": str(longbench_file), "qa_datasets": "musique"}).params)
     (tmp_path / "broken.jsonl").write_text("{not json\n")
     with pytest.raises(InputError, match="not valid JSON"):
         LongQATask().cells(make_ctx(tok, [1024], {"source": str(tmp_path / "broken.jsonl")}).params)
@@ -276,7 +283,8 @@ def test_bad_input_is_input_error(tmp_path, longbench_file):
     with pytest.raises(InputError, match="--qa-hops"):
         LongQATask().cells(make_ctx(tok, [1024], {"qa_hops": "4"}).params)
     # an option of the other source was silently ignored
-    with pytest.raises(InputError, match="--qa-datasets applies to LongBench data but no --source.*drop --qa-datasets"):
+    with pytest.raises(InputError,
+                       match="--qa-datasets applies to LongBench data but no --source.*drop --qa-datasets"):
         LongQATask().cells(make_ctx(tok, [1024], {"qa_datasets": "x"}).params)
     with pytest.raises(InputError, match="--qa-pad applies to LongBench data"):
         LongQATask().cells(make_ctx(tok, [1024], {"qa_pad": "none"}).params)
@@ -328,7 +336,8 @@ def test_synthetic_exact_length_from_1024_and_determinism(text_corpus, bpe_token
 
 def test_synthetic_depth_places_the_first_fact(text_corpus):
     task, tok = LongQATask(), byte_tokenizer()
-    ctx = make_ctx(tok, [2048], {"qa_hops": "1", "qa_distractors": 0, "depths": "0,0.5,1"}, corpus=text_corpus)
+    ctx = make_ctx(tok, [2048], {"qa_hops": "1", "qa_distractors": 0, "depths": "0,0.5,1"},
+                   corpus=text_corpus)
     prepare(task, ctx)
     head = 1 + len(b"The text below hides")  # lower bound on the head: BOS + instruction
     positions = {d: task.build(ctx, Cell(2048, d, 0)).record["fact_position"] for d in (0.0, 0.5, 1.0)}
@@ -344,10 +353,12 @@ def test_synthetic_chat_template_exact_length_no_double_bos(text_corpus):
     task = LongQATask()
     ctx = make_ctx(tok, [1024], {"chat_template": True, "qa_hops": "2"}, corpus=text_corpus)
     prompt = task.build(ctx, Cell(1024, None, 0))
-    assert len(prompt.ids) == 1024 and prompt.ids.count(tok.bos_token_id) == 1 and prompt.ids[0] == tok.bos_token_id
+    assert (len(prompt.ids) == 1024 and prompt.ids.count(tok.bos_token_id) == 1
+            and prompt.ids[0] == tok.bos_token_id)
     assert "[ASSISTANT] Answer: The vault where" in tok.decode(prompt.ids)
     # --no-bos: the template's own BOS goes too (as in passkey), the prompt stays exactly L tokens
-    no_bos = task.build(make_ctx(tok, [1024], {"chat_template": True, "qa_hops": "2"}, corpus=text_corpus, bos=False),
+    no_bos = task.build(make_ctx(tok, [1024], {"chat_template": True, "qa_hops": "2"}, corpus=text_corpus,
+                                 bos=False),
                         Cell(1024, None, 0))
     assert len(no_bos.ids) == 1024 and tok.bos_token_id not in no_bos.ids
 
@@ -365,11 +376,13 @@ def engine(tiny_llama):
 
 def test_score_cells_end_to_end(engine, text_corpus, longbench_file):
     task = LongQATask()
-    ctx = make_ctx(engine.tokenizer, [1024], {"qa_hops": "2", "max_new_tokens": 4}, corpus=text_corpus, engine=engine)
+    ctx = make_ctx(engine.tokenizer, [1024], {"qa_hops": "2", "max_new_tokens": 4}, corpus=text_corpus,
+                   engine=engine)
     prepare(task, ctx)
     (record,) = task.score_group(ctx, [Cell(1024, None, 0)])
     assert record["metric"] == "match" and record["score"] in (0.0, 1.0)
-    assert record["prompt_tokens"] == 1024 and record["truncated_tokens"] == 0 and record["answer_in_context"] is True
+    assert (record["prompt_tokens"] == 1024 and record["truncated_tokens"] == 0
+            and record["answer_in_context"] is True)
     assert math.isfinite(record["answer_logprob"]) and record["answer_logprob"] < 0
     assert record["answer_rank"] >= 1 and record["answer_tokens"] == 7  # " " + six digits, one byte each
     assert 1 <= record["generated_tokens"] <= 4 and isinstance(record["prediction"], str)
@@ -384,7 +397,8 @@ def test_score_cells_end_to_end(engine, text_corpus, longbench_file):
     assert [r["dataset"] for r in records] == ["hotpotqa", "gov_report"]
     assert [r["metric"] for r in records] == ["f1", "rouge_l"]
     for r in records:
-        assert r["prompt_tokens"] == 400 and r["truncated_tokens"] > 0 and isinstance(r["answer_in_context"], bool)
+        assert (r["prompt_tokens"] == 400 and r["truncated_tokens"] > 0
+                and isinstance(r["answer_in_context"], bool))
         assert 0.0 <= r["score"] <= 1.0 and {"f1", "rouge_l", "exact_match", "substring_match"} <= set(r)
         assert "answer_logprob" not in r
         json.dumps(r)
@@ -396,10 +410,12 @@ def test_score_cells_end_to_end(engine, text_corpus, longbench_file):
 def test_cli_flags_are_the_declared_options():
     from harness.cli import build_parser
 
-    assert [o.flag for o in LongQATask.options] == ["--source", "--qa-datasets", "--qa-hops", "--qa-distractors",
-                                                   "--qa-pad", "--depths", "--max-new-tokens", "--chat-template"]
+    assert [o.flag for o in LongQATask.options] == ["--source", "--qa-datasets", "--qa-hops",
+                                                   "--qa-distractors", "--qa-pad", "--depths",
+                                                   "--max-new-tokens", "--chat-template"]
     args = build_parser().parse_args(["run", "--model", "m", "--task", "longqa", "--source", "x.jsonl",
-                                      "--qa-datasets", "hotpotqa", "--qa-hops", "1,3", "--qa-distractors", "5",
+                                      "--qa-datasets", "hotpotqa", "--qa-hops", "1,3",
+                                      "--qa-distractors", "5",
                                       "--qa-pad", "none", "--depths", "0,1", "--max-new-tokens", "9"])
     given = {o.name: o.from_flag(getattr(args, o.name)) for o in LongQATask.options}
     assert given == {"source": "x.jsonl", "qa_datasets": "hotpotqa", "qa_hops": "1,3", "qa_distractors": 5,
@@ -417,15 +433,19 @@ def _fake_records():
     import pandas as pd
 
     rows = []
-    for setting, theta, limit in (("tiny:default:10000", 10000.0, 256), ("tiny:default:500000", 500000.0, 1024)):
+    for setting, theta, limit in (("tiny:default:10000", 10000.0, 256),
+                                  ("tiny:default:500000", 500000.0, 1024)):
         for sample in range(3):
             for length in (64, 128, 256, 512, 1024, 2048):
                 for k, dataset in enumerate(("hotpotqa", "gov_report")):
                     score = 0.8 if length <= limit else 0.1
-                    rows.append({"task": "longqa", "setting": setting, "model": "tiny", "rope_type": "default",
-                                 "rope_theta": theta, "pretrain_base": 10000.0, "train_len": 128, "tune_len": 128,
+                    rows.append({"task": "longqa", "setting": setting, "model": "tiny",
+                                 "rope_type": "default",
+                                 "rope_theta": theta, "pretrain_base": 10000.0, "train_len": 128,
+                                 "tune_len": 128,
                                  "rotary_dim": 16, "rope_hash": setting, "length": length, "depth": None,
-                                 "sample": 10 * k + sample, "seed": 0, "status": "ok", "error": None, "dataset": dataset,
+                                 "sample": 10 * k + sample, "seed": 0, "status": "ok", "error": None,
+                                 "dataset": dataset,
                                  "score": score + 0.01 * sample, "answer_logprob": -1.0 - length / 512,
                                  "truncated_tokens": max(0, 600 - length), "answer_in_context": length > 300})
     return pd.DataFrame(rows)
@@ -440,7 +460,8 @@ def test_report_draws_every_figure(tmp_path):
     assert spec.metric == "score" and spec.higher_is_better
     run = tmp_path / "run"
     run.mkdir()
-    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _fake_records().to_dict("records")))
+    (run / "records.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in _fake_records().to_dict("records")))
     out = build_report([run], tmp_path / "report", n_boot=20)
     assert {f"longqa_{name}.png" for name in figures} <= {p.name for p in out.iterdir()}
     summary = (out / "summary.csv").read_text()

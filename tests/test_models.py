@@ -211,3 +211,47 @@ def test_unreachable_hub_switches_to_the_cache_before_any_request(monkeypatch):
     with pytest.raises(InputError, match="cannot load the config"):
         models.load_config("no-such-owner/no-such-model-xyz")
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True
+
+
+def _fresh_inv_freqs(path, override, length):
+    """Every rotary buffer of a freshly loaded model after one plain forward of `length` tokens."""
+    model = models.load(str(path), override).model
+    with torch.no_grad():
+        model(torch.arange(length)[None] % 250)
+    return {section: buffer.clone() for _, section, buffer in models.rotary_buffers(model)}
+
+
+LONGROPE = rope_config.RopeOverride(rope_type="longrope", params={
+    "short_factor": [1.0 + 0.1 * i for i in range(8)], "long_factor": [2.0 + 0.5 * i for i in range(8)]})
+
+
+@pytest.mark.parametrize("family, override, lengths", [
+    ("llama", OVERRIDES["dynamic"], (64, 128, 129, 333, 1000)),  # max_position_embeddings 128
+    ("gemma3", OVERRIDES["dynamic"], (100, 300)),  # the global layers' section only
+    ("phi3", LONGROPE, (50, 64, 65, 200)),  # short factors up to original_max_position_embeddings 64
+])
+def test_per_length_frequencies_equal_a_fresh_transformers_model_bit_for_bit(family, override, lengths,
+                                                                             family_dirs):
+    """The engine's fixed per-length frequencies (models.rope_fixed_for_length) are transformers' own
+    (ROPE_INIT_FUNCTIONS), not a float64 recomputation rounded to float32."""
+    path = family_dirs[family]
+    loaded = models.load(str(path), override)
+    before = {s: b.clone() for _, s, b in models.rotary_buffers(loaded.model)}
+    for length in lengths:
+        want = _fresh_inv_freqs(path, override, length)
+        with models.rope_fixed_for_length(loaded.model, loaded.config, length):
+            got = {s: b.clone() for _, s, b in models.rotary_buffers(loaded.model)}
+        assert got.keys() == want.keys()
+        for section in got:
+            assert torch.equal(got[section], want[section]), (family, length, section)
+    assert all(torch.equal(b, before[s]) for _, s, b in models.rotary_buffers(loaded.model))  # restored
+
+
+def test_per_length_frequencies_are_checked_against_rope_math(tiny_llama, monkeypatch):
+    """rope_math stays the independent verifier: frequencies transformers got wrong are refused."""
+    loaded = models.load(str(tiny_llama), OVERRIDES["dynamic"])
+    real = models.expected_inv_freq
+    monkeypatch.setattr(models, "expected_inv_freq", lambda c, s, n=None: (real(c, s, n)[0] * 1.001, 1.0))
+    with pytest.raises(RuntimeError, match="harness.rope_math"), \
+            models.rope_fixed_for_length(loaded.model, loaded.config, 500):
+        pass

@@ -22,7 +22,8 @@ from tasks.base import Preflight, RunContext, TaskParams, get_task
 
 
 def trained_bpe(kind: str) -> PreTrainedTokenizerFast:
-    """A small BPE trained here (offline, ~0.1 s): GPT-2 style byte-level, or SentencePiece-style Metaspace."""
+    """A small BPE trained here (offline, ~0.1 s): GPT-2 style byte-level, or SentencePiece-style
+    Metaspace."""
     rng = random.Random(0)
     words = ("the rotary base of a model sets how far its positions reach before attention fails again "
              "0 1 2 3 4 5 6 7 8 9 10 42 123 2048").split()
@@ -121,7 +122,8 @@ def test_prepare_checks_every_length_before_any_model(tokenizer):
     prepared = pk.TASK.prepare(pre)
     assert prepared.available is None  # filler haystack: every sample available
     assert isinstance(prepared.state, pk.PasskeyState) and prepared.state.haystack.kind == "filler"
-    ctx = RunContext(engine=None, tokenizer=tokenizer, params=params, state=prepared.state, warn=lambda _: None)
+    ctx = RunContext(engine=None, tokenizer=tokenizer, params=params, state=prepared.state,
+                     warn=lambda _: None)
     for cell in pk.TASK.cells(params):  # the minimum prepare names holds for every cell
         assert len(pk.TASK.build(ctx, cell).ids) == cell.length
 
@@ -177,13 +179,14 @@ def test_keys_and_prompts_are_seeded():
 def test_options_identity_and_flags():
     from harness.cli import build_parser
 
-    assert [o.flag for o in pk.TASK.options] == ["--depths", "--max-new-tokens", "--chat-template", "--key-digits",
-                                                "--haystack", "--needles"]
+    assert [o.flag for o in pk.TASK.options] == ["--depths", "--max-new-tokens", "--chat-template",
+                                                "--key-digits", "--haystack", "--needles"]
     args = build_parser().parse_args(["run", "--model", "m", "--task", "passkey", "--key-digits", "7",
-                                      "--haystack", "corpus", "--needles", "3", "--depths", "0,1", "--chat-template"])
+                                      "--haystack", "corpus", "--needles", "3", "--depths", "0,1",
+                                      "--chat-template"])
     given = {o.name: o.from_flag(getattr(args, o.name)) for o in pk.TASK.options}
-    assert given == {"key_digits": 7, "haystack": "corpus", "needles": 3, "depths": [0.0, 1.0], "chat_template": True,
-                     "max_new_tokens": None}
+    assert given == {"key_digits": 7, "haystack": "corpus", "needles": 3, "depths": [0.0, 1.0],
+                     "chat_template": True, "max_new_tokens": None}
     assert pk.Options.from_params(TaskParams(lengths=[512], options=given)) == pk.Options(
         depths=(0.0, 1.0), key_digits=7, haystack="corpus", needles=3, chat_template=True, max_new_tokens=32)
     assert {"depths", "max_new_tokens", "chat_template", "key_digits", "haystack", "needles"} == \
@@ -194,7 +197,8 @@ def test_options_identity_and_flags():
     assert pk.Options.from_params(plain).max_new_tokens == 9
     corpus = TaskParams(lengths=[512], corpus="a.txt", options={"haystack": "corpus"})
     assert pk.TASK.identity(corpus)["corpus"] == "a.txt"
-    for bad in ({"depths": [1.5]}, {"depths": "0,x"}, {"haystack": "nope"}, {"needles": 0}, {"key_digits": 0}):
+    for bad in ({"depths": [1.5]}, {"depths": "0,x"}, {"haystack": "nope"}, {"needles": 0},
+                {"key_digits": 0}):
         with pytest.raises(InputError):
             pk.Options.from_params(TaskParams(lengths=[512], options=bad))
     assert get_task("passkey") is pk.TASK
@@ -226,7 +230,8 @@ def test_multi_key_corpus_haystack_and_chat_template(text_corpus):
     params = TaskParams(lengths=[1200], samples=100, corpus=str(text_corpus), options={"haystack": "corpus"})
     prepared = pk.TASK.prepare(Preflight(tok, params, warn=warnings.append))
     assert prepared.available == len(prepared.state.haystack.sample_starts) < 100
-    assert warnings == [f"corpus {str(text_corpus)!r} has haystack text for only {prepared.available} passkey "
+    assert warnings == [f"corpus {str(text_corpus)!r} has haystack text for only "
+                        f"{prepared.available} passkey "
                         "samples of 1200 tokens (asked 100): running those"]
 
     chat = byte_tokenizer()

@@ -3,6 +3,9 @@
 import json
 import shutil
 import subprocess
+from pathlib import Path
+
+import pytest
 
 from harness import suite
 from harness.cli import main
@@ -36,9 +39,79 @@ def test_quick_suite_grid_is_what_the_readme_promises():
 def test_default_job_dry_run_loads_no_model(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert f"{grid_size(quick_suite())} cells (0 already recorded" in out and "b=1e6 tuned@1024" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert f"{grid_size(quick_suite())} cells (0 already recorded" in out and "add -v" in out
     assert not (tmp_path / "results").exists()
+    # one summary row per setting and task (the label, not the model), not 1,300 cell lines
+    lines = out.strip().splitlines()
+    assert len(lines) < 20
+    rows = [line.split() for line in lines if " perplexity " in line or " passkey " in line]
+    assert len(rows) == 8 + 4 and not any("zoo:" in line for line in lines)
+    tuned = next(line for line in lines if line.startswith("b=1e6 tuned@1024"))
+    assert tuned.split()[3:5] == ["156", "156"] and "at 8192 (single)" in tuned  # cells, to run, estimate
+    # the max_position_embeddings warning once for the run, naming the settings
+    assert captured.err.count("past max_position_embeddings") == 1 and captured.err.count("\n") == 1
+    assert "8 setting(s)" in captured.err and "b=40, b=500" in captured.err
+    assert main(["-v", "run", "--dry-run"]) == 0  # every cell with -v
+    assert len(capsys.readouterr().out.splitlines()) > grid_size(quick_suite())
+
+
+def test_bare_command_prints_help_and_run_alone_is_the_quick_suite(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rope-harness") and "run" in out and "report" in out
+    from harness.cli import build_parser
+
+    args = build_parser().parse_args(["run"])
+    assert args.suite is None and args.model is None  # run_command then picks the quick suite
+
+
+@pytest.mark.parametrize("argv, hint, help_of", [
+    (["run", "--lenghts", "4k"], "did you mean --lengths (not --lenghts)?", "rope-harness run --help"),
+    (["run", "--model", "m", "--sampels=3"], "did you mean --samples (not --sampels)?", "rope-harness run --help"),
+    (["report", "RUN", "--factr", "2"], "did you mean --factor (not --factr)?", "rope-harness report --help"),
+    (["run", "stray", "extra"], "unrecognized arguments: extra", "rope-harness run --help"),
+])
+def test_misspelt_flags_get_a_did_you_mean_and_the_subcommand_help(argv, hint, help_of, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert hint in err and f"(see {help_of})" in err and err.count("\n") == 1
+
+
+def test_help_tells_the_truth_about_defaults(capsys):
+    from harness.cli import build_parser
+
+    commands = build_parser().commands
+    run_help = commands["run"].format_help()
+    assert "results/<model name>-<tasks>" in " ".join(run_help.split())
+    assert "--tasks TASK[,TASK...], --task TASK[,TASK...]" in run_help
+    zoo_help = commands["zoo"].format_help()
+    assert "~15 min" in zoo_help  # README: ~15 min; CARD.md: 865 s of training
+    train = commands["zoo"]._subparsers._group_actions[0].choices["train"]
+    assert train.parse_args([]).out == Path("zoo")  # never the installed checkpoints by default
+
+
+def test_zoo_train_defaults_to_a_zoo_folder_here(tmp_path, monkeypatch, capsys):
+    from harness import zoo
+
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    monkeypatch.setattr(zoo, "train_family", lambda out, recipe: seen.append(Path(out)) or [Path(out) / "base-1e6"])
+    assert main(["zoo", "train", "--tiny"]) == 0
+    assert seen == [Path("zoo")] and "--model ./zoo/base-1e6" in capsys.readouterr().out
+
+
+def test_zoo_list_has_a_header_and_short_paths(monkeypatch, capsys):
+    from harness.zoo import ZOO_DIR
+
+    monkeypatch.chdir(ZOO_DIR.parent.parent)
+    assert main(["zoo", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "zoo checkpoints in harness/zoo_models/ (use them as --model zoo:NAME)"
+    assert lines[1].split() == ["name", "rope_theta", "pretrain_base", "train_len", "tune_len", "folder"]
+    assert [line.split()[0] for line in lines[2:]] == [f"zoo:{n}" for n in zoo_names()]
+    assert str(ZOO_DIR) not in "\n".join(lines)
 
 
 def test_console_script_smoke():

@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 from harness import law, metrics  # noqa: E402
 from harness.cli import main as cli_main  # noqa: E402
 from harness.errors import InputError  # noqa: E402
-from harness.report import analysis, plots, registry  # noqa: E402
+from harness.report import analysis, overlay, plots, registry  # noqa: E402
 from harness.report.base import NoData  # noqa: E402
 from harness.report.build import build_report  # noqa: E402
 from harness.report.figures.perplexity import FIGURES, TABLES, loss_vs_position, ppl_vs_length  # noqa: E402
@@ -348,7 +348,7 @@ def test_overlay_with_distinct_train_lengths_uses_curve_colours():
     ctx = ppl_ctx(rows, n_boot=0)
     fig, ax = plt.subplots()
     plots.plot_metric_curves(ax, ctx, ctx.default)
-    lines = plots.law_overlay(ax, ctx, ctx.default)
+    lines = overlay.law_overlay(ax, ctx, ctx.default)
     train = {line.get_gid(): line for line in lines if line.get_gid().startswith("law-train:")}
     assert train["law-train:a"].get_xdata()[0] == 4096 and train["law-train:a"].get_color() == ctx.colors["a"]
     assert train["law-train:b"].get_xdata()[0] == 2048 and train["law-train:b"].get_color() == ctx.colors["b"]
@@ -511,12 +511,15 @@ def test_cli_command_and_exit_code(tmp_path, capsys):
 
 
 def test_figures_registry_complete():
-    assert set(FIGURES) == {"ppl_vs_length", "loss_vs_position", "measured_vs_predicted",
-                            "measured_vs_predicted_position_loss"}
+    assert {"ppl_vs_length", "loss_vs_position", "measured_vs_predicted",
+            "measured_vs_predicted_position_loss", "limit_vs_base", "limit_vs_base_position_loss",
+            "ppl_sliding_vs_length"} <= set(FIGURES)
     found = registry.task_figures("perplexity")
-    assert found.figures == FIGURES and found.tables == TABLES and found.extra_measures == ()
-    assert registry.task_measures("perplexity") == MEASURES == [MEASURE, POSITION_LOSS]
-    assert [m.key for m in MEASURES] == ["ppl@L", "position-loss"]
+    assert found.figures == FIGURES and found.tables == TABLES
+    assert [m.key for m in found.extra_measures] == ["ppl_sliding@L"]
+    assert set(found.columns) == {"sliding_nll"}
+    assert registry.task_measures("perplexity") == MEASURES and MEASURES[:2] == [MEASURE, POSITION_LOSS]
+    assert [m.key for m in MEASURES[:2]] == ["ppl@L", "position-loss"]
     assert registry.task_figures("no-such-task") == registry.FigureSet()
     assert registry.task_measures("no-such-task") == []
 
@@ -556,7 +559,7 @@ def test_figures_draw_the_analysis_of_the_run_settings(tmp_path):
 
     found = registry.task_figures("longqa")
     assert found.extra_measures == (longqa.LOGPROB,)
-    assert set(found.tables) == {"score_by_dataset", "answer_in_context"}
+    assert set(found.tables) == {"score_by_dataset", "answer_in_context", "law_vs_base"}
     frame = load_runs([write_run(tmp_path / "qa", longqa_rows())]).records
 
     def context(n_boot: int, seed: int = 0) -> analysis.FigureContext:

@@ -18,7 +18,9 @@ from harness.store import read_jsonl
 
 RECORD_KEYS = {"task", "setting", "model", "rope_type", "rope_theta", "rope_params", "rotary_dim", "pretrain_base",
                "train_len", "tune_len", "rope_hash", "length", "depth", "sample", "seed", "status", "error", "dtype",
-               "attn", "plan", "ppl", "nll", "tokens", "bos", "doc_id", "offset"}
+               "attn", "plan", "ppl", "nll", "tokens", "bos", "doc_id", "offset",
+               # experiment identity (docs/design.md, Records) and the order of a cell's records
+               "fingerprint", "model_fingerprint", "corpus", "task_identity", "sample_hash", "cell_key", "recorded_at"}
 
 
 def records(folder: Path) -> list[dict]:
@@ -27,7 +29,7 @@ def records(folder: Path) -> list[dict]:
 
 def run(tiny, corpus, out, *extra) -> int:
     return main(["run", "--model", str(tiny), "--corpus", str(corpus), "--out", str(out), "--no-progress",
-                 "--lengths", "32,100,200", "--samples", "2", *extra])
+                 "--no-report", "--lengths", "32,100,200", "--samples", "2", *extra])
 
 
 @pytest.mark.parametrize("bos", [True, False])
@@ -88,7 +90,7 @@ def test_rerun_resumes_and_changed_setting_never_reuses_cells(tiny_llama, text_c
 
 def test_fewer_samples_than_asked_warns_and_runs_those(tiny_llama, text_corpus, tmp_path, capsys):
     assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out", str(tmp_path / "r"),
-                 "--no-progress", "--lengths", "5000", "--samples", "9"]) == 0
+                 "--no-progress", "--no-report", "--lengths", "5000", "--samples", "9"]) == 0
     available = len(text_corpus.read_bytes()) // 4999
     assert "yields only" in capsys.readouterr().err
     assert len(records(tmp_path / "r")) == available < 9
@@ -125,7 +127,7 @@ def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus
     real_generate = engine.Engine.generate
     monkeypatch.setattr(engine.Engine, "generate", flaky_generate)
     assert main(["run", "--model", str(tiny_llama), "--task", "passkey", "--lengths", "300", "--depths", "0.5",
-                 "--samples", "1", "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+                 "--samples", "1", "--out", str(tmp_path / "p"), "--no-progress", "--no-report"]) == 0
     (row,) = records(tmp_path / "p")
     assert row["status"] == "ok" and row["plan"] == f"prefill:{calls[-1]}"  # the plan that produced the record
 
@@ -184,8 +186,8 @@ def _cli(*args, env=None):
 
 
 def test_kill_9_then_resume_equals_uninterrupted(tiny_llama, text_corpus, tmp_path):
-    args = ["run", "--model", tiny_llama, "--corpus", text_corpus, "--no-progress", "--lengths", "64,128,256,512",
-            "--samples", "6", "--rope-type", "dynamic", "--rope-factor", "2"]
+    args = ["run", "--model", tiny_llama, "--corpus", text_corpus, "--no-progress", "--no-report",
+            "--lengths", "64,128,256,512", "--samples", "6", "--rope-type", "dynamic", "--rope-factor", "2"]
     clean = _cli(*args, "--out", tmp_path / "clean")
     proc = _cli(*args, "--out", tmp_path / "killed")
     path = tmp_path / "killed" / "records.jsonl"
@@ -247,8 +249,8 @@ def test_run_folder_that_cannot_be_made_is_bad_input():
 
 
 def test_two_ranks_split_cells_and_equal_one_process(tiny_llama, text_corpus, tmp_path):
-    args = ["--model", str(tiny_llama), "--corpus", str(text_corpus), "--no-progress", "--lengths", "64,128",
-            "--samples", "4"]
+    args = ["--model", str(tiny_llama), "--corpus", str(text_corpus), "--no-progress", "--no-report",
+            "--lengths", "64,128", "--samples", "4"]
     assert main(["run", *args, "--out", str(tmp_path / "one")]) == 0
     torchrun = Path(sys.executable).parent / "torchrun"
     proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29533", "-m", "harness.cli", "run",

@@ -42,8 +42,9 @@ def hf_sliding(model, ids: list[int], window: int, stride: int) -> tuple[float, 
 def test_ppl_sliding_equals_hand_computed_hf_loop(lengths, stride, tiny_llama, text_corpus, tmp_path):
     out = tmp_path / "r"
     lengths_arg = lengths if str(LONGEST) in lengths.split(",") else f"{lengths},{LONGEST}"
-    assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out", str(out), "--no-progress",
-                 "--lengths", lengths_arg, "--samples", "2", "--sliding-stride", str(stride)]) == 0
+    assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out", str(out),
+                 "--no-progress", "--lengths", lengths_arg, "--samples", "2",
+                 "--sliding-stride", str(stride)]) == 0
     rows = list(read_jsonl(out, "records"))
     assert len(rows) == 2 * len(lengths_arg.split(",")) and all(r["status"] == "ok" for r in rows)
 
@@ -56,7 +57,8 @@ def test_ppl_sliding_equals_hand_computed_hf_loop(lengths, stride, tiny_llama, t
         total, count = hf_sliding(loaded.model, ids, r["length"], stride)
         assert r["sliding_window"] == r["length"] and r["sliding_stride"] == stride
         assert r["sliding_tokens"] == count
-        assert r["ppl_sliding"] == pytest.approx(math.exp(total / count), rel=1e-5), (r["length"], r["sample"])
+        assert r["ppl_sliding"] == pytest.approx(math.exp(total / count), rel=1e-5), (r["length"],
+                                                                                      r["sample"])
         if stride <= r["length"]:
             assert count == LONGEST - 1  # every prediction scored exactly once
         if r["length"] == LONGEST:  # one window covers the sample: sliding = ppl@L

@@ -1,9 +1,11 @@
-"""The reporting layer: run folders -> figures and tables, the law drawn on every curve.
+"""The reporting layer: run folders -> figures and tables, both RoPE limits drawn on every curve.
 
-Steps, each a module of this package, importing only downward: `load` (records*.jsonl and positions*.jsonl
-of every run, one frame each) -> `analysis` (per task: every measured-length definition's per-length table,
-measured vs predicted limit per setting, and the extra tables its figures draw from; bootstrap CIs via
-`curves`) -> the task's figure functions (`figures/<task>.py`, found by `registry`, drawn with `plots`) ->
+Steps, each a module of this package, importing only downward: `load` (records*.jsonl, positions*.jsonl and
+run.json of every run) -> `analysis` (per task: every measured-length definition's per-length table, the
+law block of each setting from `lawblock` (Liu's limit, the retrieval bound, d_measured), warnings from
+`checks`, bootstrap CIs via `curves`, and the extra tables its figures draw, `tables`) -> the task's figure
+functions (`figures/<task>.py`, found by `registry`, drawn with `plots`, `overlay` (both limits on a length
+axis), `mvp` (measured vs predicted) and `basefig` (length vs base)) -> the page's blocks (`page`) ->
 report.md and a self-contained report.html (`render`); `build.build_report` runs them in this order.
 
 This file stays import-light (no pandas) so that the CLI can build its parser without the analysis;

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from harness.errors import InputError
 from harness.metrics import Limit, MeasureSpec, measured_limit, position_limit, smooth_buckets
 from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, NoData
+from harness.report.checks import curve_warnings, peer_warnings, position_warnings
 from harness.report.curves import (
     bootstrap_weights,
     build_curve,
@@ -24,6 +24,7 @@ from harness.report.curves import (
     percentile_interval,
     setting_seed,
 )
+from harness.report.lawblock import law_group, measured_critical_dim, predict_for
 from harness.report.load import LAW_COLUMNS
 
 if TYPE_CHECKING:
@@ -31,24 +32,8 @@ if TYPE_CHECKING:
 
 TABLE_COLUMNS = ["setting", "task", "metric", "length", "mean", "ci_low", "ci_high", "n", "n_failed"]
 
-
-def predict_for(row: pd.Series | dict[str, Any]):
-    """The law's Prediction for a setting's law inputs, or (None, message) when they are unusable."""
-    from harness import law
-
-    def num(key):
-        value = row.get(key)
-        return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-    try:
-        prediction = law.predict(
-            rotary_dim=int(num("rotary_dim")) if num("rotary_dim") is not None else None,
-            train_len=num("train_len"), base=num("rope_theta"), tune_len=num("tune_len"),
-            pretrain_base=num("pretrain_base") if num("pretrain_base") is not None else 10000.0,
-            rope_type=str(num("rope_type") or "default"))
-        return prediction, ""
-    except (InputError, TypeError, ValueError) as exc:
-        return None, f"law inputs unusable: {str(exc).splitlines()[0]}"
+__all__ = ["TABLE_COLUMNS", "Analysis", "FigureContext", "analyze", "predict_for", "setting_colors",
+           "setting_order"]
 
 
 def _first(frame: pd.DataFrame, col: str):
@@ -156,18 +141,25 @@ def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *,
             extra: Sequence[MeasureSpec] = (), tables: Mapping[str, TableSpec] | None = None,
             factors: Sequence[float | None] = (None,), deltas: Sequence[float | None] = (None,),
             n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
-            positions: pd.DataFrame | None = None, colors: dict[str, Any] | None = None) -> FigureContext:
+            positions: pd.DataFrame | None = None, colors: dict[str, Any] | None = None,
+            columns: Mapping[str, Any] | None = None) -> FigureContext:
     """One task's records (all runs concatenated) -> its FigureContext, every bootstrap done here.
 
     `spec`: one definition or a list of them (a task's measures; the first is the default). A per-position
     definition is left out, with a note, when the task has no positions*.jsonl rows (unless it is the
     first). `extra` definitions and `tables` are what the task's figures draw beyond that; they get the
-    same n_boot, seed and rule overrides but stay out of summary.csv and table.csv.
+    same n_boot, seed and rule overrides but stay out of summary.csv (table.csv lists the per-length ones).
+    `columns`: record columns derived before anything is measured ({name: fn(records) -> Series or None}).
+    A records definition other than the first whose metric no record carries is left out quietly.
     """
     specs = [spec] if isinstance(spec, MeasureSpec) else list(spec)
     if not specs:
         raise ValueError("analyze needs at least one MeasureSpec")
     records = records.copy()
+    for name, derive in (columns or {}).items():
+        values = derive(records)
+        if values is not None:
+            records[name] = values
     task = task or str(_first(records, "task") or "")
     order = setting_order(records)
     colors = colors or setting_colors(order)
@@ -187,12 +179,22 @@ def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *,
             ctx.notes.append(f"measured length {each.key!r} left out: no positions*.jsonl rows for task "
                              f"{task!r}")
             continue
+        if each.source == "records" and k and not _has_values(records, each.metric):
+            continue  # an optional metric (e.g. nll_key without --key-tokens): left out quietly
         ctx.analyses[each.key] = one(each)
     for each in extra:
         if each.key not in ctx.analyses and (each.source != "positions" or has_positions):
             ctx.extras[each.key] = one(each)
     ctx.tables = {name: table.compute(records, task_positions) for name, table in (tables or {}).items()}
+    for name, table in (tables or {}).items():
+        note = table.note(ctx.tables[name]) if hasattr(table, "note") else ""
+        if note:
+            ctx.notes.append(note)
     return ctx
+
+
+def _has_values(records: pd.DataFrame, metric: str) -> bool:
+    return metric in records and bool(records[metric].notna().any())
 
 
 def _limit(spec: MeasureSpec, axis: np.ndarray, values, ref_len: float | None, factor: float | None,
@@ -247,6 +249,32 @@ def _position_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, sett
     return curve.x, (loss, tokens), draws, len(curve.samples), rows
 
 
+def _measured_dims(regime: str, limit: Limit, lo: float, hi: float, info: dict[str, Any]) -> dict[str, Any]:
+    """The measured critical dimension d ln(T / 2 pi) / ln(beta) and its CI (larger-base regime only, where
+    Liu's limit is 2 pi beta^(d_extra / d)); a censored T gives a lower bound
+    (`measured_critical_dim_censored`)."""
+    keys = ("measured_critical_dim", "measured_critical_dim_ci_low", "measured_critical_dim_ci_high")
+    out: dict[str, Any] = dict.fromkeys(keys, math.nan)
+    out["measured_critical_dim_censored"] = None
+    if regime != "larger-base" or not np.isfinite(limit.value):
+        return out
+    for key, value in zip(keys, (limit.value, lo, hi), strict=True):
+        out[key] = measured_critical_dim(value, info["rope_theta"], info["rotary_dim"])
+    out["measured_critical_dim_censored"] = bool(limit.censored)
+    return out
+
+
+def _add_peer_warnings(spec: MeasureSpec, rows: list[dict[str, Any]], params) -> None:
+    """Append peer_warnings (a reference far worse than another setting's of the same model) to `rows`."""
+    for n_param, (factor, delta) in enumerate(params):
+        group = [r for r in rows if r["_param"] == n_param]
+        found = peer_warnings(spec, [r["setting"] for r in group], [r["model"] for r in group],
+                              [r["reference_value"] for r in group], factor, delta)
+        for row in group:
+            if row["setting"] in found:
+                row["warning"] = "; ".join(w for w in (row["warning"], found[row["setting"]]) if w)
+
+
 def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params, n_boot: int, seed: int,
                  ci: float, positions: pd.DataFrame | None, order: list[str]) -> Analysis:
     """One definition: per setting its curve, table rows and a summary row per rule parameter."""
@@ -260,7 +288,7 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
                                                           n_boot=n_boot)
         table_rows += rows
         info = {c: _first(recs, c) for c in LAW_COLUMNS}
-        prediction, law_note = predict_for(info)
+        block = predict_for(info)
         ref_len = _first(recs, spec.reference)
         if ref_len is None:
             ref_len = _first(recs, "train_len")
@@ -273,39 +301,47 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
             if draws_in is not None and np.isfinite(limit.value):
                 draws = np.array([_limit(spec, axis, row, ref_len, factor, delta).value for row in draws_in])
                 lo, hi = percentile_interval(draws, ci)
-            predicted = prediction.extrapolation_limit if prediction is not None else None
+            predicted = block.predicted_limit
             ratio = limit.value / predicted if predicted and np.isfinite(limit.value) else math.nan
             no_positions = spec.source == "positions" and not n_samples
-            row_notes = [n for n in (law_note, "no positions*.jsonl rows for this setting" if no_positions
+            row_notes = [n for n in (block.note, "no positions*.jsonl rows for this setting" if no_positions
                                      else limit.note) if n]
             if finetune_assumed:
                 row_notes.append("base changed without fine-tuning; the law assumes fine-tuning at tune_len")
+            if spec.source == "positions":
+                warnings = position_warnings(limit.note)
+            else:
+                warnings = curve_warnings(spec, axis, point, ref_len, factor, delta) if n_samples else []
             row = {
                 "setting": setting, "model": info["model"], "task": task, "measure": spec.key,
                 "rope_type": info["rope_type"], "rope_theta": info["rope_theta"],
                 "pretrain_base": info["pretrain_base"], "train_len": info["train_len"],
                 "tune_len": info["tune_len"], "rotary_dim": info["rotary_dim"],
-                "regime": prediction.regime if prediction is not None else "",
-                "critical_dim": prediction.critical_dim if prediction is not None else None,
-                "predicted_limit": predicted,
+                "regime": block.regime, "critical_dim": block.critical_dim, "predicted_limit": predicted,
+                "retrieval_bound": block.retrieval_bound, "critical_base": block.critical_base,
                 "measured_limit": limit.value, "measured_ci_low": lo, "measured_ci_high": hi,
                 "measured_censored": bool(limit.censored) if np.isfinite(limit.value) else None,
                 "ratio_measured_to_predicted": ratio,
+                "ratio_measured_to_retrieval": limit.value / block.retrieval_bound
+                if block.retrieval_bound and np.isfinite(limit.value) else math.nan,
+                **_measured_dims(block.regime, limit, lo, hi, info),
                 "definition": spec.definition(factor, delta),
                 "factor": used_factor, "delta": used_delta,
                 "reference_value": limit.reference, "threshold_value": limit.threshold,
                 "n_samples": n_samples, "n_failed": int((recs["status"] != "ok").sum()),
                 "law_assumes_finetune": finetune_assumed,
                 "rope_hash": _first(recs, "rope_hash"), "run": _first(recs, "run"),
-                "note": "; ".join(row_notes),
+                "warning": "; ".join(warnings), "note": "; ".join(row_notes), "law_group": law_group(info),
+                "_param": n_param,
             }
             summary_rows.append(row)
             if n_param == 0:
                 first_rows.append(row)
+    _add_peer_warnings(spec, summary_rows, params)
     extra = ["pos_start", "pos_end", "smoothed", "tokens"] if spec.source == "positions" else []
     table = pd.DataFrame(table_rows, columns=TABLE_COLUMNS + extra)
-    summary = pd.DataFrame(summary_rows)
-    settings = pd.DataFrame(first_rows)
+    summary = pd.DataFrame(summary_rows).drop(columns="_param", errors="ignore")
+    settings = pd.DataFrame(first_rows).drop(columns="_param", errors="ignore")
     if len(settings):
         settings = settings.set_index("setting", drop=False).rename_axis(None)
     factor, delta = _rule_values(spec, *params[0])

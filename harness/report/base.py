@@ -3,9 +3,46 @@
 Pandas-free, so that `rope-harness --help` can show the report's defaults without loading the analysis.
 """
 
+from __future__ import annotations
+
+import math
+
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_CI = 0.95
 
 
 class NoData(Exception):
     """Raised by a figure function with nothing to draw; the report skips the figure and says why."""
+
+
+class NotApplicable(NoData):
+    """Raised by a figure function that does not apply to these runs (e.g. ppl_sliding without
+    --sliding-stride records): the report skips it without a note."""
+
+
+def fmt_length(x: float) -> str:
+    """4096 -> '4K', 131072 -> '128K', 1500 -> '1.5K', 300 -> '300'."""
+    x = float(x)
+    if not math.isfinite(x):
+        return ""
+    if x >= 1024 * 1024 and (x / 1024**2) * 10 % 1 == 0:
+        return f"{x / 1024**2:g}M"
+    if x >= 1024 and (x / 1024) * 10 % 1 == 0:
+        return f"{x / 1024:g}K"
+    if x >= 1000:
+        return f"{x / 1000:.3g}k"
+    return f"{x:.3g}"
+
+
+def fmt_base(value) -> str:
+    """A RoPE base the same way everywhere: 40, 500, 1e4, 5e5, 1.5e6 (never 10000 / 1e+06)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "" if value is None else str(value)
+    if not math.isfinite(number):
+        return ""
+    if abs(number) < 1e4:
+        return f"{number:.4g}"
+    mantissa, exponent = f"{number:.3e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"

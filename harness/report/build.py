@@ -10,7 +10,6 @@ moved in place at the end, after all input has been validated: bad input leaves 
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import shutil
@@ -23,20 +22,27 @@ import pandas as pd
 
 from harness.errors import InputError, one_line, writable_folder
 from harness.report.analysis import TABLE_COLUMNS, FigureContext, analyze, setting_colors, setting_order
-from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, NoData
+from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI
 from harness.report.load import Loaded, load_runs
-from harness.report.plots import fmt_length
+from harness.report.page import caption, provenance_items, task_blocks, task_order
 from harness.report.registry import FigureFn, task_figures, task_measures
-from harness.report.render import Block, render_figure, to_html, to_markdown
+from harness.report.render import Block, to_html, to_markdown
 
-__all__ = ["build_report", "command"]
+__all__ = ["build_report", "caption", "command"]
 
+# summary.csv. Both limits: predicted_limit (Liu) and retrieval_bound (Men); critical_base = Liu's beta0.
+# measured_critical_dim*: d ln(T / 2 pi) / ln(rope_theta) of the measured length and its CI, larger-base
+# regime only (else empty); measured_critical_dim_censored: the measured length is censored, so the value is
+# a lower bound. warning: why the measured length may mislead (a model broken at its reference lengths;
+# checks.py).
 SUMMARY_COLUMNS = ["setting", "model", "task", "measure", "rope_type", "rope_theta", "pretrain_base",
-                   "train_len", "tune_len", "rotary_dim", "regime", "critical_dim", "predicted_limit",
+                   "train_len", "tune_len", "rotary_dim", "regime", "critical_base", "critical_dim",
+                   "measured_critical_dim", "measured_critical_dim_ci_low", "measured_critical_dim_ci_high",
+                   "measured_critical_dim_censored", "predicted_limit", "retrieval_bound",
                    "measured_limit", "measured_ci_low", "measured_ci_high", "measured_censored",
-                   "ratio_measured_to_predicted", "definition", "factor", "delta", "reference_value",
-                   "threshold_value", "n_samples", "n_failed", "law_assumes_finetune", "rope_hash", "run",
-                   "note"]
+                   "ratio_measured_to_predicted", "ratio_measured_to_retrieval", "definition", "factor",
+                   "delta", "reference_value", "threshold_value", "n_samples", "n_failed",
+                   "law_assumes_finetune", "rope_hash", "run", "warning", "note"]
 FAILED_COLUMNS = ["run", "setting", "task", "length", "depth", "sample", "status", "error"]
 MAX_FAILED_LISTED = 200
 
@@ -70,7 +76,7 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
     writable_folder(out_dir, "--out")
     records = loaded.records
-    present = sorted(records["task"].dropna().astype(str).unique())
+    present = task_order(list(records["task"].dropna().astype(str).unique()))
     if tasks:
         unknown = [t for t in tasks if t not in present]
         if unknown:
@@ -92,7 +98,8 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
         figures = task_figures(task)
         ctx = analyze(task_records, measures, task=task, extra=figures.extra_measures, tables=figures.tables,
                       factors=list(factors) if factors else [None], deltas=list(deltas) if deltas else [None],
-                      n_boot=n_boot, seed=seed, ci=ci, positions=loaded.positions, colors=colors)
+                      n_boot=n_boot, seed=seed, ci=ci, positions=loaded.positions, colors=colors,
+                      columns=figures.columns)
         notes += [f"task {task!r}: {note}" for note in ctx.notes]
         contexts.append((ctx, figures.figures))
 
@@ -114,13 +121,6 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
     return out_dir
 
 
-def caption(fn: FigureFn, name: str) -> str:
-    """A figure's caption: its docstring's first paragraph on one line (else its name), so that a long
-    caption can wrap in the source."""
-    doc = inspect.getdoc(fn) or name
-    return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
-
-
 def _write_outputs(tmp: Path, loaded: Loaded, contexts: list[tuple[FigureContext, dict[str, FigureFn]]],
                    notes: list[str], log: Callable[[str], None] | None) -> list[Block]:
     """Write the CSV files and figures into `tmp`; return the report's blocks (figure failures go to
@@ -129,7 +129,9 @@ def _write_outputs(tmp: Path, loaded: Loaded, contexts: list[tuple[FigureContext
     views = [view for ctx, _ in contexts for view in ctx.analyses.values()]
     summary = pd.concat([v.summary for v in views], ignore_index=True) if views else pd.DataFrame()
     summary = summary.reindex(columns=SUMMARY_COLUMNS)
-    tables = [v.table for v in views if v.spec.source == "records" and len(v.table)]
+    # table.csv: every per-length definition, the figure-only ones (e.g. ppl_sliding@L) included when present
+    extras = [v for ctx, _ in contexts for v in ctx.extras.values()]
+    tables = [v.table for v in views + extras if v.spec.source == "records" and v.table["mean"].notna().any()]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TABLE_COLUMNS)
     table = table.reindex(columns=TABLE_COLUMNS)
     summary.to_csv(tmp / "summary.csv", index=False)
@@ -141,12 +143,13 @@ def _write_outputs(tmp: Path, loaded: Loaded, contexts: list[tuple[FigureContext
     blocks = [Block("h1", "rope-harness report")]
     run_items = [f"{name}: {path} ({n} records)" for name, path, n in loaded.runs]
     blocks += [Block("p", "Runs:"), Block("ul", run_items)]
+    blocks += [Block("p", "Provenance (run.json of each run):"), Block("ul", provenance_items(loaded))]
     blocks.append(Block("p", "Files: summary.csv (one row per setting, task and measured-length definition), "
                              "table.csv (per setting, task, metric and length: aggregate, bootstrap CI over "
                              "samples, n)"
                         + (", failed.csv (every failed cell)" if len(failed) else "") + "."))
     for ctx, figures in contexts:
-        blocks += _task_blocks(ctx, figures, tmp, notes, log)
+        blocks += task_blocks(ctx, figures, tmp, notes, log or (lambda m: print(m, file=sys.stderr)))
     blocks.append(Block("h2", "Failed cells"))
     if len(failed):
         more = f" First {MAX_FAILED_LISTED} shown; all in failed.csv." if len(failed) > MAX_FAILED_LISTED \
@@ -158,59 +161,6 @@ def _write_outputs(tmp: Path, loaded: Loaded, contexts: list[tuple[FigureContext
         blocks.append(Block("p", "None: every cell finished."))
     if notes:
         blocks += [Block("h2", "Notes"), Block("ul", notes)]
-    return blocks
-
-
-def _task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, notes: list[str],
-                 log: Callable[[str], None] | None) -> list[Block]:
-    """One task's section: definitions, a summary table per definition, its figures (drawn into `tmp`), the
-    per-length table."""
-    blocks = [Block("h2", f"Task: {ctx.task}")]
-    task_views = list(ctx.analyses.values())
-    definitions = list(dict.fromkeys(f"{v.spec.name}: {v.spec.description}" for v in task_views
-                                     if v.spec.description))
-    definitions += [f"measured extrapolation length `{view.spec.key}`"
-                    + (" (default)" if view is task_views[0] else "")
-                    + f": {view.spec.definition(view.factor, view.delta)}" for view in task_views]
-    definitions += [f"CIs: {100 * ctx.ci:g}% percentile bootstrap over samples (whole samples resampled)",
-                    "predicted limit: Liu et al. (ICLR 2024) scaling law from each setting's law inputs "
-                    "(rotary_dim, train_len, tune_len, pretrain_base, rope_theta) - harness/law.py"]
-    blocks += [Block("p", "Definitions:"), Block("ul", definitions)]
-    for view in task_views:
-        shown = view.summary.reindex(columns=[
-            "setting", "rope_type", "rope_theta", "train_len", "tune_len", "regime", "predicted_limit",
-            "measured_limit", "measured_ci_low", "measured_ci_high", "measured_censored",
-            "ratio_measured_to_predicted", "factor", "delta", "n_samples", "n_failed"])
-        shown = shown.drop(columns=[c for c in ("factor", "delta") if shown[c].isna().all()])
-        shown = shown.rename(columns={"ratio_measured_to_predicted": "measured/predicted",
-                                      "measured_censored": "censored"})
-        label = view.spec.label(view.factor, view.delta)
-        blocks += [Block("p", f"Measured extrapolation length `{view.spec.key}` ({label}):"),
-                   Block("table", shown)]
-    default = ctx.default
-    flagged = default.summary[default.summary["law_assumes_finetune"].astype(bool)]["setting"].unique()
-    if len(flagged):
-        blocks.append(Block("p", "Base changed at evaluation time only (law_assumes_finetune): "
-                            + ", ".join(flagged) + ". The law's prediction assumes fine-tuning at tune_len."))
-    for name, fn in figures.items():
-        filename = f"{ctx.task}_{name}.png"
-        try:
-            render_figure(fn, ctx, tmp / filename)
-        except NoData as exc:
-            notes.append(f"figure {ctx.task}/{name} skipped: {exc}")
-            continue
-        except Exception as exc:  # a broken figure must not take the tables down with it
-            message = f"figure {ctx.task}/{name} failed: {one_line(exc)}"
-            notes.append(message)
-            (log or (lambda m: print(m, file=sys.stderr)))(message)
-            continue
-        blocks.append(Block("img", filename, caption(fn, name)))
-    pivot = default.table.pivot_table(index="setting", columns="length", values="mean", aggfunc="first")
-    if len(pivot):
-        pivot = pivot.reindex([s for s in ctx.order if s in pivot.index])
-        pivot.columns = [fmt_length(c) for c in pivot.columns]
-        blocks += [Block("p", f"{default.spec.name} per length (mean over samples; CIs in table.csv):"),
-                   Block("table", pivot.reset_index())]
     return blocks
 
 

@@ -7,6 +7,7 @@ files themselves are read by harness.store.read_jsonl, the one reader of run fol
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.errors import InputError
+from harness.errors import InputError, one_line
 from harness.store import read_jsonl
 
 # Columns that identify a setting's law inputs; copied from the records into summary.csv.
@@ -31,6 +32,7 @@ class Loaded:
     runs: list[tuple[str, Path, int]]
     notes: list[str] = field(default_factory=list)
     superseded: int = 0
+    run_info: dict[str, dict] = field(default_factory=dict)  # run name -> its run.json ({} when absent)
 
 
 def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
@@ -50,6 +52,7 @@ def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
     if len(dirs) < len(run_dirs):  # `report a a` would list a twice (its records merge: same run name)
         notes.append(f"{len(run_dirs) - len(dirs)} run folder(s) given more than once were read once")
     frames, pos_frames, runs = [], [], []
+    run_info: dict[str, dict] = {}
     for run_dir, name in zip(dirs, _run_names(dirs), strict=True):
         if not run_dir.is_dir():
             raise InputError(f"{run_dir}: no such folder: pass a run folder written by `rope-harness run`")
@@ -65,6 +68,7 @@ def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
                              "records.jsonl was written by `rope-harness run`")
         frame.insert(0, "run", name)
         frames.append(frame)
+        run_info[name] = _run_json(run_dir, notes)
         runs.append((name, run_dir, len(frame)))
         pos_rows = list(read_jsonl(run_dir, "positions", notes))
         if pos_rows:
@@ -89,7 +93,20 @@ def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
     records, superseded = _dedupe(records)
     if superseded:
         notes.append(f"{superseded} failed record(s) were superseded by a later record of the same cell")
-    return Loaded(records.reset_index(drop=True), positions, runs, notes, superseded)
+    return Loaded(records.reset_index(drop=True), positions, runs, notes, superseded, run_info)
+
+
+def _run_json(run_dir: Path, notes: list[str]) -> dict:
+    """The run's run.json (command, commit, versions, device, times), {} when absent or unreadable."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        notes.append(f"{path}: unreadable run.json ({one_line(exc)}): no provenance for this run")
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _run_names(run_dirs: list[Path]) -> list[str]:

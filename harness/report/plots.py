@@ -1,9 +1,9 @@
-"""Shared plotting for the report's task figures: curves, the law overlay, measured-vs-predicted.
+"""Shared plotting for the report's task figures: axes formatting, the metric curves, legends, panels.
 
 Every figure function of a task (harness/report/figures/<task>.py) draws on one Axes with these helpers, so
-all figures share axes formatting, colours, the law overlay (training length dotted, predicted limit
-dashed, in the curve's colour) and the markers for measured / censored limits. Helpers take the task's
-FigureContext (order, colours) and the Analysis of the definition they draw; they compute nothing.
+all figures share axes formatting and colours; the law overlay lives in overlay.py, the measured-vs-predicted
+and limit-vs-base figures in mvp.py and basefig.py. Helpers take the task's FigureContext (order, colours)
+and the Analysis of the definition they draw; they compute nothing.
 """
 
 from __future__ import annotations
@@ -14,25 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.report.base import NoData
+from harness.report.base import NoData, fmt_length
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from harness.report.analysis import Analysis, FigureContext
-
-
-def fmt_length(x: float) -> str:
-    """4096 -> '4K', 131072 -> '128K', 1500 -> '1.5K', 300 -> '300'."""
-    if not np.isfinite(x):
-        return ""
-    if x >= 1024 * 1024 and (x / 1024**2) * 10 % 1 == 0:
-        return f"{x / 1024**2:g}M"
-    if x >= 1024 and (x / 1024) * 10 % 1 == 0:
-        return f"{x / 1024:g}K"
-    if x >= 1000:
-        return f"{x / 1000:.3g}k"
-    return f"{x:.3g}"
 
 
 def format_length_axis(ax: Axes, axis: str = "x") -> None:
@@ -71,120 +58,48 @@ def style_axes(ax: Axes) -> None:
     ax.tick_params(labelsize=8)
 
 
+# Marker shapes per setting where curves may coincide (bounded metrics such as accuracy).
+CURVE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
+
+
 def plot_metric_curves(ax: Axes, ctx: FigureContext, analysis: Analysis, ylabel: str | None = None,
-                       log_y: bool = True, ci: bool = True) -> None:
-    """One aggregate curve per setting (markers at grid points, CI band) from analysis.table."""
+                       log_y: bool = True, ci: bool = True, spread: float = 0.0) -> bool:
+    """One aggregate curve per setting (markers at grid points, CI band) from analysis.table; returns
+    whether a CI band was drawn (there is none with fewer than two samples).
+
+    `spread` > 0 (bounded metrics whose curves often coincide, e.g. accuracy 0 everywhere): setting k of n is
+    drawn shifted by (k - (n - 1) / 2) x spread in y, with its own marker shape, so every curve stays visible.
+    """
     table = analysis.table[np.isfinite(analysis.table["mean"].astype(float))]
     if not len(table):
         raise NoData(f"no ok {analysis.spec.name} values")
-    for setting in ctx.order:
+    drawn = [s for s in ctx.order if (table["setting"] == s).any()]
+    banded = False
+    for k, setting in enumerate(drawn):
         rows = table[table["setting"] == setting].sort_values("length")
-        if not len(rows):
-            continue
+        shift = (k - (len(drawn) - 1) / 2) * spread
         color = ctx.colors[setting]
-        ax.plot(rows["length"], rows["mean"], marker="o", markersize=3.5, linewidth=1.5, color=color,
-                label=setting, zorder=3)
+        marker = CURVE_MARKERS[k % len(CURVE_MARKERS)] if spread else "o"
+        ax.plot(rows["length"], rows["mean"] + shift, marker=marker, markersize=4 if spread else 3.5,
+                linewidth=1.5, color=color, label=setting, zorder=3, gid=f"curve:{setting}")
         band = rows[np.isfinite(rows["ci_low"].astype(float))]
         if ci and len(band):
-            ax.fill_between(band["length"], band["ci_low"], band["ci_high"], color=color, alpha=0.15,
-                            linewidth=0, zorder=2)
+            banded = True
+            ax.fill_between(band["length"], band["ci_low"] + shift, band["ci_high"] + shift, color=color,
+                            alpha=0.15, linewidth=0, zorder=2)
     ax.set_xlabel("context length L (tokens)")
     ax.set_ylabel(ylabel or analysis.spec.name)
     format_length_axis(ax)
     format_value_axis(ax, log_y)
     style_axes(ax)
+    return banded
 
 
-# Line styles of the law overlay (shared by every task's figures and legends).
-TRAIN_STYLE = {"linestyle": ":", "linewidth": 1.1}
-PREDICTED_STYLE = {"linestyle": "--", "linewidth": 1.3}
-SHARED_TRAIN_COLOR = "0.35"
-
-
-def law_overlay(ax: Axes, ctx: FigureContext, analysis: Analysis, reach: float = 2.0) -> list[Any]:
-    """Training length and each setting's predicted limit as vertical lines in the curve's colour.
-
-    Call after the data are drawn. A training length shared by several settings is drawn once, in grey
-    (the colours would overlap). The x-range grows to show predicted limits up to `reach` x the data's
-    largest length; farther ones keep their line (outside the view) and get a "predicted N ->" label in
-    the setting's colour above the top-right corner.
-    Returns the lines drawn (gid 'law-train:<setting>' / 'law-predicted:<setting>').
-    """
-    lo, hi = ax.get_xlim()
-    lines: list[Any] = []
-    settings = analysis.settings
-    if not len(settings):
-        return lines
-    drawn_train: dict[float, list[str]] = {}
-    for setting in ctx.order:
-        if setting not in settings.index:
-            continue
-        train = settings.at[setting, "train_len"]
-        if train is not None and np.isfinite(float(train)):
-            drawn_train.setdefault(float(train), []).append(setting)
-    for train, owners in drawn_train.items():
-        color = ctx.colors[owners[0]] if len(owners) == 1 else SHARED_TRAIN_COLOR
-        line = ax.axvline(train, color=color, zorder=1, **TRAIN_STYLE)
-        line.set_gid("law-train:" + "|".join(owners))
-        lines.append(line)
-    new_hi = hi
-    far = []
-    for setting in ctx.order:
-        if setting not in settings.index:
-            continue
-        predicted = settings.at[setting, "predicted_limit"]
-        if predicted is None or not np.isfinite(float(predicted)):
-            continue
-        predicted = float(predicted)
-        line = ax.axvline(predicted, color=ctx.colors[setting], zorder=1, **PREDICTED_STYLE)
-        line.set_gid(f"law-predicted:{setting}")
-        lines.append(line)
-        if predicted > hi * reach:
-            far.append((setting, predicted))
-        else:
-            new_hi = max(new_hi, predicted * 1.15)
-    new_lo = min([lo] + [t / 1.15 for t in drawn_train])
-    ax.set_xlim(new_lo, new_hi)
-    format_length_axis(ax)
-    for k, (setting, predicted) in enumerate(sorted(far, key=lambda p: p[1])):
-        ax.annotate(f"predicted {predicted:,.0f} \u2192", xy=(1.0, 1.01 + 0.065 * k),
-                    xycoords="axes fraction", ha="right", va="bottom", fontsize=7.5,
-                    color=ctx.colors[setting], annotation_clip=False)
-    return lines
-
-
-def mark_measured(ax: Axes, ctx: FigureContext, analysis: Analysis, y: str = "threshold") -> None:
-    """The measured limit on each curve: filled circle at (measured L, threshold); open when censored."""
-    for setting in ctx.order:
-        if setting not in analysis.settings.index:
-            continue
-        row = analysis.settings.loc[setting]
-        value = float(row["measured_limit"]) if row["measured_limit"] is not None else math.nan
-        if not np.isfinite(value):
-            continue
-        yv = float(row["threshold_value"]) if y == "threshold" else float(y)
-        if row["measured_censored"]:
-            table = analysis.table
-            table = table[(table["setting"] == setting) & (table["length"] == value)]
-            yv = float(table["mean"].iloc[0]) if len(table) else yv
-        color = ctx.colors[setting]
-        censored = bool(row["measured_censored"])
-        ax.plot([value], [yv], marker=">" if censored else "o", markersize=7 if censored else 6.5,
-                markerfacecolor="white" if censored else color, markeredgecolor=color, markeredgewidth=1.5,
-                linestyle="none", zorder=5, gid=f"measured:{setting}")
-
-
-def law_legend_handles(measured: bool = True) -> list[Any]:
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color="0.3", **TRAIN_STYLE, label="training length"),
-               Line2D([], [], color="0.3", **PREDICTED_STYLE, label="predicted limit (law)")]
-    if measured:
-        handles += [Line2D([], [], color="0.3", marker="o", linestyle="none", markersize=5,
-                           label="measured limit"),
-                    Line2D([], [], color="0.3", marker=">", markerfacecolor="white", linestyle="none",
-                           markersize=6, label="censored (\u2265 grid end)")]
-    return handles
+def band_caption(banded: bool, ctx: FigureContext) -> str:
+    """The caption's sentence on CI bands: what the band is, or why there is none."""
+    if banded:
+        return f"Bands: {100 * ctx.ci:g}% bootstrap CI over samples."
+    return "No CI band: fewer than two samples per setting."
 
 
 def finish_legend(ax: Axes, extra: Sequence[Any] = (), title: str | None = None) -> None:
@@ -196,90 +111,15 @@ def finish_legend(ax: Axes, extra: Sequence[Any] = (), title: str | None = None)
               title=title, title_fontsize=8, handlelength=2.2, borderaxespad=0.0)
 
 
-REGIME_MARKERS = {"larger-base": "o", "tuning-bounded": "s"}
-
-
-def _mvp_points(ctx: FigureContext, analysis: Analysis
-                ) -> tuple[list[tuple[str, float, float, float, float, bool, str]], list[str]]:
-    """(setting, predicted, measured, ci_low, ci_high, censored, regime) of the settings with both values, and
-    a line for each setting left off (no predicted limit, or no measured length)."""
-    rows = analysis.settings
-    points, aside = [], []
-    for setting in ctx.order:
-        if not len(rows) or setting not in rows.index:
-            continue
-        row = rows.loc[setting]
-        measured = float(row["measured_limit"]) if row["measured_limit"] is not None else math.nan
-        predicted = float(row["predicted_limit"]) if row["predicted_limit"] is not None else math.nan
-        if not np.isfinite(predicted):
-            what = row["regime"] or "no prediction"
-            shown = (("\u2265 " if row["measured_censored"] else "") + fmt_length(measured)) \
-                if np.isfinite(measured) else "n/a"
-            aside.append(f"{setting} ({what}): measured {shown}")
-            continue
-        if not np.isfinite(measured):
-            aside.append(f"{setting}: predicted {fmt_length(predicted)}, measured n/a")
-            continue
-        points.append((setting, predicted, measured, float(row["measured_ci_low"]),
-                       float(row["measured_ci_high"]), bool(row["measured_censored"]), str(row["regime"])))
-    return points, aside
-
-
-def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, analysis: Analysis, share_limits: bool = True
-                               ) -> None:
-    """Measured extrapolation length vs the law's prediction per setting (log-log, y = x, CI bars).
-
-    Censored points: open marker with an upward arrow (the true value is at least that). Settings without
-    a predicted limit (unbounded, not-covered, unusable law inputs) are listed in a note under the axes.
-    With `share_limits`, the axes span the points of every definition of the task (ctx.analyses), so the
-    task's measured-vs-predicted figures compare at a glance.
-    """
-    from matplotlib.lines import Line2D
-
-    rows = analysis.settings
-    if not len(rows) or not np.isfinite(rows["measured_limit"].astype(float)).any():
-        raise NoData("no measured extrapolation length")
-    points, aside = _mvp_points(ctx, analysis)
-    for setting, predicted, measured, lo, hi, censored, regime in points:
-        color = ctx.colors[setting]
-        marker = REGIME_MARKERS.get(regime, "D")
-        if np.isfinite(lo) and np.isfinite(hi):
-            ax.errorbar([predicted], [measured], yerr=[[max(0.0, measured - lo)], [max(0.0, hi - measured)]],
-                        fmt="none", ecolor=color, elinewidth=1.2, capsize=3, zorder=3)
-        ax.plot([predicted], [measured], marker=marker, markersize=7, linestyle="none", color=color,
-                markerfacecolor="white" if censored else color, markeredgewidth=1.5, label=setting, zorder=4,
-                gid=f"mvp:{setting}")
-        if censored:
-            ax.annotate("", xy=(predicted, measured * 1.5), xytext=(predicted, measured * 1.04),
-                        arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.3}, zorder=4)
-    views = list(ctx.analyses.values()) if share_limits else []
-    if not any(view is analysis for view in views):
-        views.append(analysis)
-    spanned = [p for view in views for p in _mvp_points(ctx, view)[0]]
-    if spanned:
-        values = [v for p in spanned for v in (p[1], p[2], p[4] if np.isfinite(p[4]) else p[2], p[2] * 1.6)]
-        lo_v, hi_v = min(values) / 1.6, max(values) * 1.3
-    else:
-        lo_v, hi_v = 256.0, 65536.0
-    if not points:
-        ax.text(0.5, 0.5, "no setting with a predicted limit", transform=ax.transAxes, ha="center",
-                va="center", fontsize=9, color="0.4")
-    ax.plot([lo_v, hi_v], [lo_v, hi_v], color="0.45", linewidth=1.0, linestyle="-", zorder=1, label="y = x")
-    ax.set_xlim(lo_v, hi_v)
-    ax.set_ylim(lo_v, hi_v)
-    format_length_axis(ax, "x")
-    format_length_axis(ax, "y")
-    ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("predicted extrapolation limit (tokens, law)")
-    label = analysis.spec.label(analysis.factor, analysis.delta)
-    ax.set_ylabel(f"measured extrapolation length (tokens)\n{label}")
-    style_axes(ax)
-    extra = [Line2D([], [], color="0.3", marker="o", linestyle="none", label="larger-base regime"),
-             Line2D([], [], color="0.3", marker="s", linestyle="none",
-                    label="tuning-bounded (law: \u2265 T_tune)"),
-             Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
-                    label="censored (\u2265, never failed)")]
-    finish_legend(ax, extra)
-    if aside:
-        ax.text(0.0, -0.2, "Not on this plot (no predicted limit):\n" + "\n".join(aside),
-                transform=ax.transAxes, ha="left", va="top", fontsize=7.5, color="0.25")
+def split_panels(ax: Axes, n: int, width: float = 3.3, height: float = 2.6) -> list[Axes]:
+    """`n` panels in the slot of `ax` (which is replaced when n > 1); the figure grows to fit them."""
+    if n == 1:
+        return [ax]
+    fig = ax.figure
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    w, h = fig.get_size_inches()
+    fig.set_size_inches(max(w, width * cols + 1.0), max(h, height * rows + 0.3))
+    grid = ax.get_subplotspec().subgridspec(rows, cols, wspace=0.35, hspace=0.55)
+    ax.remove()
+    return [fig.add_subplot(grid[i // cols, i % cols]) for i in range(n)]

@@ -2,7 +2,9 @@
 
 Measures belong to the task (`tasks.base.get_task(name).measures`, the default first); figures to the
 report (harness/report/figures/<task>.py: `FIGURES: dict[name, fn(ctx, ax)]`, optionally `EXTRA_MEASURES`
-and `TABLES`, what those figures draw beyond the task's measures). Figure modules are imported lazily,
+and `TABLES`, what those figures draw beyond the task's measures, and `COLUMNS`, record columns derived
+for those measures). A figure function may return a string: a sentence appended to its caption (what this
+figure shows or lacks for these runs, e.g. no CI band with one sample). Figure modules are imported lazily,
 by name, so a task without figures still gets tables and an unknown task gets neither.
 """
 
@@ -18,12 +20,14 @@ from harness.errors import InputError
 from harness.metrics import MeasureSpec
 
 if TYPE_CHECKING:
+    import pandas as pd
     from matplotlib.axes import Axes
 
     from harness.report.analysis import FigureContext
     from harness.report.tables import TableSpec
 
-FigureFn = Callable[["FigureContext", "Axes"], None]
+FigureFn = Callable[["FigureContext", "Axes"], "str | None"]
+ColumnFn = Callable[["pd.DataFrame"], "pd.Series | None"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class FigureSet:
     figures: dict[str, FigureFn] = field(default_factory=dict)
     extra_measures: tuple[MeasureSpec, ...] = ()
     tables: dict[str, TableSpec] = field(default_factory=dict)
+    columns: dict[str, ColumnFn] = field(default_factory=dict)
 
 
 def task_measures(task: str) -> list[MeasureSpec]:
@@ -51,4 +56,4 @@ def task_figures(task: str) -> FigureSet:
     with contextlib.suppress(ImportError):
         module = importlib.import_module(f"harness.report.figures.{task}")
     return FigureSet(dict(getattr(module, "FIGURES", {})), tuple(getattr(module, "EXTRA_MEASURES", ())),
-                     dict(getattr(module, "TABLES", {})))
+                     dict(getattr(module, "TABLES", {})), dict(getattr(module, "COLUMNS", {})))

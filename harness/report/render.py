@@ -1,12 +1,15 @@
 """Rendering the report: a list of Blocks -> report.md and a self-contained report.html; figures -> PNG.
 
-The report's content is built once as Blocks so that the markdown and the HTML say the same thing.
+The report's content is built once as Blocks so that the markdown and the HTML say the same thing. In the
+HTML, `code` spans become <code> (no literal backticks), every table sits in a horizontally scrollable box
+(wide tables never overflow the page), and warnings are set apart.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +18,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.report.base import fmt_base
+
+# Columns holding a RoPE base: printed as 40, 500, 1e4, 1e6 (harness.report.base.fmt_base).
+BASE_COLUMNS = ("rope_theta", "pretrain_base", "b0", "base", "critical_base")
+
 
 @dataclass
 class Block:
-    """One piece of the report: kind is h1, h2, p, ul (content: items), table (a DataFrame) or img (a file
-    name)."""
+    """One piece of the report: kind is h1, h2, h3, p, warn (a warning paragraph), ul (content: items),
+    table (a DataFrame) or img (a file name)."""
 
     kind: str
     content: Any
@@ -33,6 +41,8 @@ def fmt_cell(value: Any, column: str = "") -> str:
         return ""
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
+    if column in BASE_COLUMNS:
+        return fmt_base(value)
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
@@ -48,10 +58,12 @@ def fmt_cell(value: Any, column: str = "") -> str:
 def to_markdown(blocks: list[Block]) -> str:
     out = []
     for b in blocks:
-        if b.kind in ("h1", "h2"):
+        if b.kind in ("h1", "h2", "h3"):
             out.append("#" * int(b.kind[1]) + " " + b.content)
         elif b.kind == "p":
             out.append(b.content)
+        elif b.kind == "warn":
+            out.append(f"> **Warning:** {b.content}")
         elif b.kind == "ul":
             out.append("\n".join(f"- {item}" for item in b.content))
         elif b.kind == "table":
@@ -71,13 +83,25 @@ padding:0 1em;color:#222;line-height:1.45}table{border-collapse:collapse;font-si
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f4f4f4}td:first-child,
 th:first-child{text-align:left}figure{margin:1em 0 2em}img{max-width:100%}\
 figcaption{font-size:13px;color:#555}
-code{background:#f4f4f4;padding:0 3px}"""
+code{background:#f4f4f4;padding:0 3px}.scroll{overflow-x:auto;max-width:100%}
+td{white-space:nowrap}td.wrap{white-space:normal;min-width:16em;text-align:left}
+.warn{background:#fff4e5;border-left:4px solid #e69500;padding:.4em .8em}"""
+
+WRAP_COLUMNS = ("note", "warning", "command", "what")  # long text: wraps instead of widening the table
+
+
+def _inline(text: str) -> str:
+    """Escape for HTML and turn `code` spans into <code> (no literal backticks reach the page)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text))).replace("`", "")
 
 
 def _html_row(columns: Any, row: tuple) -> str:
     """One table row: the markdown cells, unescaped from markdown's `\\|` and escaped for HTML."""
-    return "<tr>" + "".join(f"<td>{html.escape(fmt_cell(v, c).replace(chr(92) + '|', '|'))}</td>"
-                            for c, v in zip(columns, row, strict=True)) + "</tr>"
+    cells = []
+    for c, v in zip(columns, row, strict=True):
+        wrap = " class='wrap'" if str(c) in WRAP_COLUMNS else ""
+        cells.append(f"<td{wrap}>{_inline(fmt_cell(v, c).replace(chr(92) + '|', '|'))}</td>")
+    return "<tr>" + "".join(cells) + "</tr>"
 
 
 def to_html(blocks: list[Block], folder: Path, title: str) -> str:
@@ -85,28 +109,32 @@ def to_html(blocks: list[Block], folder: Path, title: str) -> str:
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_CSS}</style></head><body>"]
     for b in blocks:
-        if b.kind in ("h1", "h2"):
-            out.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
+        if b.kind in ("h1", "h2", "h3"):
+            out.append(f"<{b.kind}>{_inline(b.content)}</{b.kind}>")
         elif b.kind == "p":
-            out.append(f"<p>{html.escape(b.content)}</p>")
+            out.append(f"<p>{_inline(b.content)}</p>")
+        elif b.kind == "warn":
+            out.append(f"<p class='warn'><b>Warning:</b> {_inline(b.content)}</p>")
         elif b.kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{html.escape(str(i))}</li>" for i in b.content) + "</ul>")
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.content) + "</ul>")
         elif b.kind == "table":
             frame = b.content
-            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+            head = "".join(f"<th>{_inline(c)}</th>" for c in frame.columns)
             body = "".join(_html_row(frame.columns, row) for row in frame.itertuples(index=False))
-            out.append(f"<table><tr>{head}</tr>{body}</table>")
+            out.append(f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>")
         elif b.kind == "img":
             data = base64.b64encode((folder / b.content).read_bytes()).decode("ascii")
-            out.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
-                       f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+            alt = html.escape(b.caption.replace("`", ""), quote=True)
+            out.append(f"<figure><img alt=\"{alt}\" src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{_inline(b.caption)}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out)
 
 
-def render_figure(fn: Callable[[Any, Any], None], ctx: Any, path: Path) -> None:
+def render_figure(fn: Callable[[Any, Any], Any], ctx: Any, path: Path) -> str:
     """Call a task's figure function `fn(ctx, ax)` on one fresh Axes with the report's shared style and save
-    it as PNG (`ctx`: the task's analysis.FigureContext; not imported here, render knows no analysis)."""
+    it as PNG (`ctx`: the task's analysis.FigureContext; not imported here, render knows no analysis).
+    Returns what the function returned for its caption ("" for None)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -116,7 +144,8 @@ def render_figure(fn: Callable[[Any, Any], None], ctx: Any, path: Path) -> None:
                          "savefig.dpi": 150, "figure.dpi": 100}):
         fig, ax = plt.subplots(figsize=(5.6, 3.7))
         try:
-            fn(ctx, ax)
+            extra = fn(ctx, ax)
             fig.savefig(path, bbox_inches="tight", facecolor="white")
         finally:
             plt.close(fig)
+    return extra if isinstance(extra, str) else ""

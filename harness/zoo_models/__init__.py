@@ -33,7 +33,8 @@ def resolve(model_id: str) -> Path:
     """'zoo:base-1e6' -> the packaged checkpoint folder."""
     name = model_id.removeprefix("zoo:")
     if name not in FAMILY:
-        raise InputError(f"unknown zoo model {model_id!r}: use one of " + ", ".join(f"zoo:{n}" for n in FAMILY))
+        raise InputError(f"unknown zoo model {model_id!r}: use one of "
+                         + ", ".join(f"zoo:{n}" for n in FAMILY))
     path = Path(str(resources.files("harness.zoo_models") / name))
     if not (path / "config.json").is_file():
         raise InputError(f"zoo model {name!r} is not trained in {path.parent}: run `rope-harness zoo train`")

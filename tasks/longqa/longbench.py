@@ -41,26 +41,37 @@ class DatasetSpec:
     stop_newline: bool = False  # LongBench also stops generating at a newline (samsum)
 
 
-_HOTPOT = ("Answer the question based on the given passages. Only give me the answer and do not output any other "
-           "words.\n\nThe following are given passages.\n{context}\n\nAnswer the question based on the given "
-           "passages. Only give me the answer and do not output any other words.\n\nQuestion: {input}\nAnswer:")
-_QASPER_RULE = ("as concisely as you can, using a single phrase or sentence if possible. If the question cannot be "
-                "answered based on the information in the article, write \"unanswerable\". If the question is a "
-                "yes/no question, answer \"yes\", \"no\", or \"unanswerable\". Do not provide any explanation.")
+_HOTPOT = ("Answer the question based on the given passages. "
+           "Only give me the answer and do not output any other "
+           "words.\n\nThe following are given passages.\n{context}\n\n"
+           "Answer the question based on the given "
+           "passages. Only give me the answer and do not output any other words.\n\n"
+           "Question: {input}\nAnswer:")
+_QASPER_RULE = ("as concisely as you can, using a single phrase or sentence if possible. "
+                "If the question cannot be "
+                "answered based on the information in the article, write \"unanswerable\". "
+                "If the question is a "
+                "yes/no question, answer \"yes\", \"no\", or \"unanswerable\". "
+                "Do not provide any explanation.")
 
 DATASETS: dict[str, DatasetSpec] = {
     "narrativeqa": DatasetSpec(
-        "You are given a story, which can be either a novel or a movie script, and a question. Answer the question "
-        "asconcisely as you can, using a single phrase if possible. Do not provide any explanation.\n\nStory: "
-        "{context}\n\nNow, answer the question based on the story asconcisely as you can, using a single phrase if "
+        "You are given a story, which can be either a novel or a movie script, and a question. "
+        "Answer the question "
+        "asconcisely as you can, using a single phrase if possible. "
+        "Do not provide any explanation.\n\nStory: "
+        "{context}\n\nNow, answer the question based on the story asconcisely as you can, "
+        "using a single phrase if "
         "possible. Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:", 128),
     "qasper": DatasetSpec(
         "You are given a scientific article and a question. Answer the question " + _QASPER_RULE
         + "\n\nArticle: {context}\n\n Answer the question based on the above article " + _QASPER_RULE
         + "\n\nQuestion: {input}\n\nAnswer:", 128),
     "multifieldqa_en": DatasetSpec(
-        "Read the following text and answer briefly.\n\n{context}\n\nNow, answer the following question based on "
-        "the above text, only give me the answer and do not output any other words.\n\nQuestion: {input}\nAnswer:",
+        "Read the following text and answer briefly.\n\n{context}\n\n"
+        "Now, answer the following question based on "
+        "the above text, only give me the answer and do not output any other words.\n\n"
+        "Question: {input}\nAnswer:",
         64),
     "hotpotqa": DatasetSpec(_HOTPOT, 32),
     "2wikimqa": DatasetSpec(_HOTPOT, 32),
@@ -69,8 +80,10 @@ DATASETS: dict[str, DatasetSpec] = {
         "You are given a report by a government agency. Write a one-page summary of the report.\n\nReport:\n"
         "{context}\n\nNow, write a one-page summary of the report.\n\nSummary:", 512, "rouge_l"),
     "qmsum": DatasetSpec(
-        "You are given a meeting transcript and a query containing a question or instruction. Answer the query in "
-        "one or more sentences.\n\nTranscript:\n{context}\n\nNow, answer the query based on the above meeting "
+        "You are given a meeting transcript and a query containing a question or instruction. "
+        "Answer the query in "
+        "one or more sentences.\n\nTranscript:\n{context}\n\n"
+        "Now, answer the query based on the above meeting "
         "transcript in one or more sentences.\n\nQuery: {input}\nAnswer:", 512, "rouge_l"),
     "multi_news": DatasetSpec(
         "You are given several news passages. Write a one-page summary of all news. \n\nNews:\n{context}\n\n"
@@ -82,10 +95,12 @@ DATASETS: dict[str, DatasetSpec] = {
         "Summarize the dialogue into a few short sentences. The following are some examples.\n\n{context}\n\n"
         "{input}", 128, "rouge_l", first_line=True, stop_newline=True),
 }
-GENERIC = DatasetSpec("Read the following text and answer the question briefly.\n\n{context}\n\nNow, answer the "
-                      "question based on the above text. Only give the answer.\n\nQuestion: {input}\nAnswer:", 64)
-DEFAULT_HF_DATASETS = ("narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique", "gov_report",
-                       "qmsum", "multi_news", "triviaqa", "samsum")
+GENERIC = DatasetSpec("Read the following text and answer the question briefly.\n\n{context}\n\n"
+                      "Now, answer the "
+                      "question based on the above text. Only give the answer.\n\n"
+                      "Question: {input}\nAnswer:", 64)
+DEFAULT_HF_DATASETS = ("narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique",
+                       "gov_report", "qmsum", "multi_news", "triviaqa", "samsum")
 PADS = ("others", "corpus", "none")
 
 
@@ -105,13 +120,15 @@ class QARow:
 
 def _row_from_json(obj: Any, where: str, default_dataset: str) -> QARow:
     if not isinstance(obj, dict):
-        raise InputError(f"{where} is not a JSON object: each line needs input, context and answers (LongBench format)")
+        raise InputError(f"{where} is not a JSON object: "
+                         "each line needs input, context and answers (LongBench format)")
     missing = [k for k in ("input", "context", "answers") if k not in obj or obj[k] is None]
     if missing:
         raise InputError(f"{where} lacks {', '.join(missing)}: each row needs input, context and answers "
                          "(LongBench format; dataset and _id optional)")
     answers = obj["answers"]
-    answers = [answers] if isinstance(answers, str) else list(answers) if isinstance(answers, (list, tuple)) else None
+    answers = ([answers] if isinstance(answers, str)
+               else list(answers) if isinstance(answers, (list, tuple)) else None)
     if not answers or not all(isinstance(a, str) for a in answers):
         raise InputError(f"{where}: answers must be a non-empty list of strings: fix the row")
     if not isinstance(obj["context"], str) or not isinstance(obj["input"], str):
@@ -121,7 +138,8 @@ def _row_from_json(obj: Any, where: str, default_dataset: str) -> QARow:
 
 
 def _read_jsonl_rows(path: Path, default_dataset: str) -> list[QARow]:
-    return [_row_from_json(obj, f"{path.name}:{line_no}", default_dataset) for line_no, obj in strict_lines(path)]
+    return [_row_from_json(obj, f"{path.name}:{line_no}", default_dataset)
+            for line_no, obj in strict_lines(path)]
 
 
 def _read_hf_rows(spec: str, names: Sequence[str]) -> list[QARow]:
@@ -139,8 +157,10 @@ def _read_hf_rows(spec: str, names: Sequence[str]) -> list[QARow]:
         try:
             data = datasets.load_dataset(repo, name, split=split)
         except Exception as exc:  # network, scripts no longer supported, missing config: one message
-            raise InputError(f"cannot load {repo!r} config {name!r} ({one_line(exc, 160)}): check the id and the "
-                             "network, or download LongBench's data.zip and pass its folder as --source DIR") from None
+            raise InputError(f"cannot load {repo!r} config {name!r} ({one_line(exc, 160)}): "
+                             "check the id and the "
+                             "network, or download LongBench's data.zip "
+                             "and pass its folder as --source DIR") from None
         for i, obj in enumerate(data):
             rows.append(_row_from_json(dict(obj), f"{repo}:{name}:{split}:{i}", name))
     return rows
@@ -149,11 +169,13 @@ def _read_hf_rows(spec: str, names: Sequence[str]) -> list[QARow]:
 def load_rows(source: str, datasets: Sequence[str]) -> list[QARow]:
     """All rows of the selected datasets, grouped by dataset (in `datasets` order, else first appearance)."""
     path = Path(source)
-    if source.startswith("hf:") or (not path.exists() and source.count("/") == 1 and not source.endswith(".jsonl")
+    if source.startswith("hf:") or (not path.exists() and source.count("/") == 1
+                                    and not source.endswith(".jsonl")
                                     and not source.startswith((".", "/", "~"))):
         return _read_hf_rows(source, list(datasets) or list(DEFAULT_HF_DATASETS))
     if not path.exists():
-        raise InputError(f"--source {source!r} does not exist: pass a LongBench-format .jsonl file, a folder of "
+        raise InputError(f"--source {source!r} does not exist: "
+                         "pass a LongBench-format .jsonl file, a folder of "
                          "<dataset>.jsonl files, hf:ID, or omit --source for the synthetic QA")
     if path.is_dir():
         files = {p.stem: p for p in sorted(path.glob("*.jsonl"))}
@@ -167,12 +189,14 @@ def load_rows(source: str, datasets: Sequence[str]) -> list[QARow]:
     elif path.suffix == ".jsonl":
         rows = _read_jsonl_rows(path, path.stem)
     else:
-        raise InputError(f"--source {source!r} is not a .jsonl file or a folder: pass LongBench-format JSONL")
+        raise InputError(f"--source {source!r} is not a .jsonl file or a folder: "
+                         "pass LongBench-format JSONL")
     present = list(dict.fromkeys(r.dataset for r in rows))
     wanted = list(datasets) or present
     unknown = [n for n in wanted if n not in present]
     if unknown:
-        raise InputError(f"--qa-datasets {','.join(unknown)} not in {source} (has {', '.join(present) or 'no rows'}):"
+        raise InputError(f"--qa-datasets {','.join(unknown)} not in {source} "
+                         f"(has {', '.join(present) or 'no rows'}):"
                          " pick datasets from that list")
     order = {n: i for i, n in enumerate(wanted)}
     return sorted((r for r in rows if r.dataset in order), key=lambda r: order[r.dataset])
@@ -192,7 +216,8 @@ class LongBenchSource(Source):
     """Rows of the selected datasets; each cell's context is cut in the middle or padded to the budget."""
 
     foreign = ("qa_hops", "qa_distractors")
-    refusal = ("{flag} applies to the synthetic QA, not to --source {source}: drop {flag}, or drop --source for "
+    refusal = ("{flag} applies to the synthetic QA, not to --source {source}: "
+               "drop {flag}, or drop --source for "
                "the synthetic QA")
 
     def __init__(self, options: dict[str, Any], cache: dict[Any, Any]) -> None:
@@ -229,7 +254,8 @@ class LongBenchSource(Source):
         if warn is not None:
             for name, n in taken.items():
                 if n < params.samples:
-                    warn(f"longqa: dataset {name} has {n} row(s), fewer than --samples {params.samples}: running {n}")
+                    warn(f"longqa: dataset {name} has {n} row(s), "
+                         f"fewer than --samples {params.samples}: running {n}")
         return picked
 
     def load(self, shortest: int, warn: Callable[[str], None]) -> None:
@@ -262,28 +288,29 @@ class LongBenchSource(Source):
         return self.contexts[index]
 
     def _pad_docs(self, index: int) -> Iterator[list[int]]:
-        """Token lists of padding documents: the dataset's other rows (cyclic from the next one), else the corpus."""
+        """Token lists of padding documents: the dataset's other rows (cyclic from the next one), else the
+        corpus."""
         others = [i for i in self.by_dataset[self.rows[index].dataset] if i != index]
         if self.pad == "others" and others:
             pos = sum(1 for i in others if i < index)
             while True:
                 for i in others[pos:] + others[:pos]:
                     yield self._context_ids(i)
-        from harness.corpus import iter_documents
+        from harness.corpus import token_documents
 
         corpus = self.params.corpus
         while True:
             got = False
-            for _, text in iter_documents(corpus):
-                ids = encode(self.tokenizer, text)
-                if ids:
-                    got = True
-                    yield ids
+            for _, ids in token_documents(corpus, lambda text: encode(self.tokenizer, text)):
+                got = True
+                yield ids
             if not got:
-                raise InputError(f"corpus {corpus!r} has no text to pad with: pass another --corpus or --qa-pad none")
+                raise InputError(f"corpus {corpus!r} has no text to pad with: "
+                                 "pass another --corpus or --qa-pad none")
 
     def _padding(self, index: int, before: int, after: int) -> tuple[list[int], list[int]]:
-        """`before` tokens ending in a blank line and `after` tokens starting with one, from padding documents."""
+        """`before` tokens ending in a blank line and `after` tokens starting with one, from padding
+        documents."""
         sep = encode(self.tokenizer, "\n\n")
         docs = self._pad_docs(index)
         after_ids: list[int] = []
@@ -310,23 +337,25 @@ class LongBenchSource(Source):
         if summary:
             in_context = cut == 0
         elif cut:
-            in_context = contains_answer(tok.decode(front), row.answers) or contains_answer(tok.decode(back),
-                                                                                           row.answers)
+            in_context = (contains_answer(tok.decode(front), row.answers)
+                          or contains_answer(tok.decode(back), row.answers))
         else:
             in_context = in_full
         pad = budget - len(context) if not cut and self.pad != "none" else 0
         depth = cell.depth
         if depth is None:
             depth = random.Random(f"longqa-depth:{self.params.seed}:{row.dataset}:{row.qa_id}").random()
-        before, after = self._padding(cell.sample, round(depth * pad), pad - round(depth * pad)) if pad else ([], [])
+        before, after = (self._padding(cell.sample, round(depth * pad), pad - round(depth * pad))
+                         if pad else ([], []))
         ids = head + before + front + back + after + tail
         assert pad == 0 and self.pad == "none" or len(ids) == cell.length, (len(ids), cell.length)
         stop = []
         if spec.stop_newline:
             newline = encode(tok, "\n")
             stop = newline if len(newline) == 1 else []
-        record = {"source": self.source, "dataset": row.dataset, "qa_id": row.qa_id, "prompt_tokens": len(ids),
-                  "context_tokens": len(context), "truncated_tokens": cut, "pad_tokens": pad,
+        record = {"source": self.source, "dataset": row.dataset, "qa_id": row.qa_id,
+                  "prompt_tokens": len(ids), "context_tokens": len(context), "truncated_tokens": cut,
+                  "pad_tokens": pad,
                   "context_depth": depth if pad else None, "answer_in_context": bool(in_context),
                   "answer_in_full_context": bool(in_full) if not summary else None}
         return Prompt(ids, self.max_new_tokens or spec.max_new_tokens, stop, row.answers, spec.metric,

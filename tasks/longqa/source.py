@@ -80,7 +80,8 @@ class Source(ABC):
 def check_fit(fixed: int, length: int, what: str) -> None:
     """The fixed parts must leave room for context: InputError naming the least length."""
     if fixed >= length:
-        raise InputError(f"--lengths {length} is too small for longqa: {what} needs {fixed} tokens before any "
+        raise InputError(f"--lengths {length} is too small for longqa: "
+                         f"{what} needs {fixed} tokens before any "
                          f"context: use lengths >= {fixed + 1} (or fewer distractors / a shorter template)")
 
 

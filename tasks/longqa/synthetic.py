@@ -21,19 +21,23 @@ from tasks.base import Cell, TaskParams
 from tasks.generation import answer_tokens, encode, int_option
 from tasks.longqa.source import Prompt, Source, check_fit, split_names
 
-_ADJECTIVES = ("amber", "silver", "crimson", "velvet", "granite", "copper", "ivory", "cobalt", "jade", "scarlet",
-               "golden", "violet", "marble", "bronze", "azure", "ashen", "coral", "olive", "onyx", "pearl")
-_NOUNS = ("compass", "lantern", "teapot", "violin", "telescope", "hourglass", "chessboard", "typewriter", "kettle",
-          "globe", "saddle", "anchor", "harp", "mirror", "locket", "clock", "quill", "drum", "fan", "vase")
-_VAULTS = ("Alder", "Birch", "Cedar", "Dover", "Elm", "Falcon", "Granite", "Harbor", "Iris", "Juniper", "Kestrel",
-           "Linden", "Maple", "Nettle", "Orchid", "Pine", "Quarry", "Raven", "Sable", "Thistle", "Umber", "Willow")
-_PEOPLE = ("Alice Brandt", "Boris Chen", "Clara Diaz", "Daniel Eze", "Elena Fischer", "Farid Gupta", "Greta Holm",
-           "Hiro Ito", "Ines Jansen", "Jonas Kova", "Kira Lund", "Luca Moreau", "Mira Novak", "Nils Ortiz",
-           "Olga Petrov", "Pavel Quinn", "Rosa Silva", "Sven Tanaka", "Tara Ueda", "Umar Vance")
+_ADJECTIVES = ("amber", "silver", "crimson", "velvet", "granite", "copper", "ivory", "cobalt", "jade",
+               "scarlet", "golden", "violet", "marble", "bronze", "azure", "ashen", "coral", "olive", "onyx",
+               "pearl")
+_NOUNS = ("compass", "lantern", "teapot", "violin", "telescope", "hourglass", "chessboard", "typewriter",
+          "kettle", "globe", "saddle", "anchor", "harp", "mirror", "locket", "clock", "quill", "drum", "fan",
+          "vase")
+_VAULTS = ("Alder", "Birch", "Cedar", "Dover", "Elm", "Falcon", "Granite", "Harbor", "Iris", "Juniper",
+           "Kestrel", "Linden", "Maple", "Nettle", "Orchid", "Pine", "Quarry", "Raven", "Sable", "Thistle",
+           "Umber", "Willow")
+_PEOPLE = ("Alice Brandt", "Boris Chen", "Clara Diaz", "Daniel Eze", "Elena Fischer", "Farid Gupta",
+           "Greta Holm", "Hiro Ito", "Ines Jansen", "Jonas Kova", "Kira Lund", "Luca Moreau", "Mira Novak",
+           "Nils Ortiz", "Olga Petrov", "Pavel Quinn", "Rosa Silva", "Sven Tanaka", "Tara Ueda", "Umar Vance")
 MAX_HOPS = 3
 MAX_DISTRACTORS = len(_PEOPLE) - 1  # every distractor chain needs its own entities
 
-SYNTH_HEAD = ("The text below hides a few short facts among unrelated material. Read it, then answer the question "
+SYNTH_HEAD = ("The text below hides a few short facts among unrelated material. "
+              "Read it, then answer the question "
               "after it.\n\n")
 SYNTH_MAX_NEW_TOKENS = 16
 SNAP_WINDOW = 48  # tokens searched on each side of a fact's position for a line break
@@ -81,7 +85,8 @@ def synthetic_question(seed: int, sample: int, hops: int, distractors: int) -> S
 
 
 def _hops(value: Any) -> list[int]:
-    names = [str(value)] if isinstance(value, int) else split_names(value) if value is not None else ["1", "2"]
+    names = ([str(value)] if isinstance(value, int)
+             else split_names(value) if value is not None else ["1", "2"])
     try:
         hops = [int(h) for h in names]
     except ValueError:
@@ -95,7 +100,8 @@ class SyntheticSource(Source):
     """Questions cycle through `--qa-hops`; every cell of a question reads the same stretch of the stream."""
 
     foreign = ("qa_datasets", "qa_pad")
-    refusal = ("{flag} applies to LongBench data but no --source is given: pass --source FILE.jsonl, a folder "
+    refusal = ("{flag} applies to LongBench data but no --source is given: "
+               "pass --source FILE.jsonl, a folder "
                "or a hub id (hf:ID), or drop {flag} for the synthetic QA")
 
     def __init__(self, options: dict[str, Any], cache: dict[Any, Any]) -> None:
@@ -159,7 +165,8 @@ class SyntheticSource(Source):
         budget = cell.length - len(fixed)
         check_fit(len(fixed), cell.length, f"synthetic question {cell.sample}")
         stream, window = self.stream, self.window
-        hay = stream.take(np.arange(cell.sample * window, cell.sample * window + budget) % len(stream)).tolist()
+        hay = stream.take(
+            np.arange(cell.sample * window, cell.sample * window + budget) % len(stream)).tolist()
         fractions = list(q.fractions)
         if cell.depth is not None:
             fractions[0] = cell.depth
@@ -192,8 +199,10 @@ class SyntheticSource(Source):
         assert len(ids) == cell.length, (len(ids), cell.length)
         answer_ids, _ = answer_tokens(tok, tail_text, tail, q.answer)
         record = {"source": "synthetic", "dataset": f"synthetic_{q.hops}hop",
-                  "qa_id": f"seed{self.params.seed}:q{cell.sample}", "hops": q.hops, "distractors": len(q.distractors),
-                  "answer": q.answer, "prompt_tokens": len(ids), "context_tokens": budget, "truncated_tokens": 0,
+                  "qa_id": f"seed{self.params.seed}:q{cell.sample}", "hops": q.hops,
+                  "distractors": len(q.distractors),
+                  "answer": q.answer, "prompt_tokens": len(ids), "context_tokens": budget,
+                  "truncated_tokens": 0,
                   "pad_tokens": 0, "answer_in_context": True, "answer_in_full_context": True,
                   "fact_position": fact_position}
         return Prompt(ids, self.max_new_tokens or SYNTH_MAX_NEW_TOKENS, [], (q.answer,), "match",

@@ -1,4 +1,5 @@
-"""The longqa task: options, measures, cells, and scoring of a source's prompts (see tasks/longqa/__init__.py).
+"""The longqa task: options, measures, cells, and scoring of a source's prompts (see
+tasks/longqa/__init__.py).
 
 Scores (every record; `metric`/`score` name the dataset's headline): the metrics of metrics.py on the
 greedy answer; the synthetic QA adds first-integer `match` and the teacher-forced `answer_logprob` /
@@ -26,8 +27,10 @@ MEASURE = MeasureSpec(
     factor=2.0,
     reference="tune_len",
     log_interp=False,
-    description="per question and length, the dataset's headline metric in [0, 1] (token F1 for QA, ROUGE-L for "
-                "summaries, first-integer match for the synthetic QA) of the greedy answer to a prompt of exactly L "
+    description="per question and length, the dataset's headline metric in [0, 1] "
+                "(token F1 for QA, ROUGE-L for "
+                "summaries, first-integer match for the synthetic QA) "
+                "of the greedy answer to a prompt of exactly L "
                 "tokens (context cut in the middle or padded); mean over questions",
 )
 
@@ -49,15 +52,18 @@ class LongQATask(Task):
     name = "longqa"
     options = (
         Option("source", "longqa: LongBench-format data (a .jsonl file, a folder of <dataset>.jsonl, or a "
-               "Hugging Face id); omitted: the offline synthetic QA over --corpus", metavar="FILE.jsonl|DIR|hf:ID"),
+               "Hugging Face id); omitted: the offline synthetic QA over --corpus",
+               metavar="FILE.jsonl|DIR|hf:ID"),
         Option("qa_datasets", "longqa: comma-separated LongBench datasets to run (default: all in --source; "
                f"hf: {','.join(DEFAULT_HF_DATASETS)})", metavar="NAMES"),
         Option("qa_hops", f"longqa synthetic: facts per question chain, 1 (single fact) to {MAX_HOPS} "
                "(multi-hop); questions cycle through the list (default 1,2)", metavar="H[,H...]"),
         Option("qa_distractors", "longqa synthetic: distractor facts per question (default 3)", type=int,
                metavar="N"),
-        Option("qa_pad", "longqa LongBench: fill a context shorter than L with other rows' contexts of the same "
-               "dataset (others, default), with --corpus text (corpus), or not at all (none: the prompt stays "
+        Option("qa_pad", "longqa LongBench: fill a context shorter than L "
+               "with other rows' contexts of the same "
+               "dataset (others, default), with --corpus text (corpus), "
+               "or not at all (none: the prompt stays "
                "shorter than L)", choices=PADS),
         DEPTHS, MAX_NEW_TOKENS, CHAT_TEMPLATE,
     )
@@ -93,7 +99,8 @@ class LongQATask(Task):
         return Prepared(source)
 
     def build(self, ctx: RunContext, cell: Cell) -> Prompt:
-        """The prompt of one cell (exactly cell.length tokens, except `--qa-pad none` with a short context)."""
+        """The prompt of one cell (exactly cell.length tokens, except `--qa-pad none` with a short
+        context)."""
         source: Source = self.state_of(ctx)
         return source.build(cell)
 

@@ -41,8 +41,8 @@ from tasks.passkey.task import (
     PasskeyTask,
 )
 
-__all__ = ["ANSWER_PREFIX", "DEFAULT_DEPTHS", "DEFAULT_KEY_DIGITS", "FILLER", "HAYSTACKS", "INSTRUCTION", "LOGPROB",
-           "MEASURE", "MEASURES", "NAMED_ANSWER_PREFIX", "NAMED_NEEDLE", "NAMED_QUESTION", "NAMES", "NEEDLE",
-           "QUESTION", "TASK", "Haystack", "NeedleSpec", "Options", "PasskeyState", "PasskeyTask", "Prompt",
-           "Stream", "answer_tokens", "build_prompt", "corpus_haystack", "filler_haystack", "fixed_tokens",
-           "make_needles"]
+__all__ = ["ANSWER_PREFIX", "DEFAULT_DEPTHS", "DEFAULT_KEY_DIGITS", "FILLER", "HAYSTACKS", "INSTRUCTION",
+           "LOGPROB", "MEASURE", "MEASURES", "NAMED_ANSWER_PREFIX", "NAMED_NEEDLE", "NAMED_QUESTION", "NAMES",
+           "NEEDLE", "QUESTION", "TASK", "Haystack", "NeedleSpec", "Options", "PasskeyState", "PasskeyTask",
+           "Prompt", "Stream", "answer_tokens", "build_prompt", "corpus_haystack", "filler_haystack",
+           "fixed_tokens", "make_needles"]

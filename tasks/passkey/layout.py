@@ -18,7 +18,8 @@ from tasks.generation import answer_tokens, encode, prompt_wrap
 from tasks.passkey.haystack import Haystack, corpus_haystack, encode_offsets, filler_haystack
 from tasks.passkey.options import NAMES, Options
 
-INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. "
+               "Find it and memorize them. "
                "I will quiz you about the important information there.")
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key?"
@@ -183,7 +184,8 @@ class _Layout:
         return "".join(parts), pieces, needle_chars
 
 
-def fixed_tokens(tokenizer, needles: list[NeedleSpec], options: Options, bos: bool, haystack: Haystack) -> int:
+def fixed_tokens(tokenizer, needles: list[NeedleSpec], options: Options, bos: bool,
+                 haystack: Haystack) -> int:
     """Tokens of the prompt with an empty haystack, BOS included: the least L for these needles."""
     frame = _frame(tokenizer, needles, options, bos)
     text = _Layout(frame, haystack, 0, [0] * (len(frame.needles) + 1)).render()[0]
@@ -212,8 +214,10 @@ def build_prompt(tokenizer, length: int, depth: float, sample: int = 0, *, seed:
     empty_ids, empty_spans = encode_offsets(tokenizer, empty_text)
     fixed = len(empty_ids)
     if fixed > target:
-        raise InputError(f"length {length} is below the passkey prompt's fixed parts (instruction, needle, question"
-                         f"{', BOS' if b else ''}): use --lengths of at least {fixed + b} tokens for this tokenizer")
+        raise InputError(f"length {length} is below the passkey prompt's fixed parts "
+                         "(instruction, needle, question"
+                         f"{', BOS' if b else ''}): "
+                         f"use --lengths of at least {fixed + b} tokens for this tokenizer")
     hay = target - fixed
     _fill(layout, needles, hay)
     text = _solve(tokenizer, layout, target, length)
@@ -229,7 +233,8 @@ def build_prompt(tokenizer, length: int, depth: float, sample: int = 0, *, seed:
     decoded = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     roundtrip = encode(tokenizer, decoded) == ids
     return Prompt(text, full_ids, length, needles[0].key, needles[0].name, needles, position + b,
-                  before / hay if hay else depth, hay, fixed + b, pieces, layout.pad, answer, in_context, roundtrip)
+                  before / hay if hay else depth, hay, fixed + b, pieces, layout.pad, answer, in_context,
+                  roundtrip)
 
 
 def _fill(layout: _Layout, needles: list[NeedleSpec], hay: int) -> None:

@@ -8,9 +8,9 @@ from harness.errors import InputError
 from tasks.base import TaskParams
 from tasks.generation import int_option, parse_depths
 
-NAMES = ("Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India", "Juliett", "Kilo",
-         "Lima", "Mike", "November", "Oscar", "Papa", "Quebec", "Romeo", "Sierra", "Tango", "Uniform", "Victor",
-         "Whiskey", "Xray", "Yankee", "Zulu")
+NAMES = ("Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel", "India", "Juliett",
+         "Kilo", "Lima", "Mike", "November", "Oscar", "Papa", "Quebec", "Romeo", "Sierra", "Tango",
+         "Uniform", "Victor", "Whiskey", "Xray", "Yankee", "Zulu")
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_KEY_DIGITS = 5
@@ -35,7 +35,8 @@ class Options:
         digits = int_option(o, "key_digits", "--key-digits", DEFAULT_KEY_DIGITS, 1, 64)
         haystack = o.get("haystack") or "filler"
         if haystack not in HAYSTACKS:
-            raise InputError(f"--haystack {haystack!r} is unknown: use --haystack filler or --haystack corpus")
+            raise InputError(f"--haystack {haystack!r} is unknown: "
+                             "use --haystack filler or --haystack corpus")
         needles = int_option(o, "needles", "--needles", 1, 1, len(NAMES))
         chat = bool(o.get("chat_template") or False)
         new_tokens = int_option(o, "max_new_tokens", "--max-new-tokens", 32 if chat else digits + 4, 1, 4096)

@@ -34,7 +34,8 @@ MEASURE = MeasureSpec(
     threshold=0.5,
     reference="tune_len",
     log_interp=False,
-    description="share of cells whose greedy answer's first integer equals the key (Landmark-attention passkey, "
+    description="share of cells whose greedy answer's first integer equals the key "
+                "(Landmark-attention passkey, "
                 "prompt of exactly L tokens), averaged over depths per sample, then over samples",
     id="passkey-accuracy",
     console="accuracy",
@@ -53,7 +54,8 @@ LOGPROB = MeasureSpec(
     delta=2.0,
     reference="tune_len",
     log_interp=False,
-    description="sum of the log-probs of the continuation ' K' tokenised in context (nats), averaged over depths "
+    description="sum of the log-probs of the continuation ' K' tokenised in context (nats), "
+                "averaged over depths "
                 "per sample, then over samples",
 )
 
@@ -72,7 +74,8 @@ class PasskeyTask(Task):
     name = "passkey"
     options = (
         DEPTHS, MAX_NEW_TOKENS, CHAT_TEMPLATE,
-        Option("key_digits", f"passkey: digits of each key (default {DEFAULT_KEY_DIGITS})", type=int, metavar="N"),
+        Option("key_digits", f"passkey: digits of each key (default {DEFAULT_KEY_DIGITS})", type=int,
+               metavar="N"),
         Option("haystack", "passkey: Landmark filler sentences (default) or real text from --corpus",
                choices=HAYSTACKS),
         Option("needles", "passkey: hide N named keys at seeded depths and ask for one (default 1)", type=int,
@@ -108,8 +111,10 @@ class PasskeyTask(Task):
                        for cell in self.cells(params)), default=0)
         short = [length for length in params.lengths if length < minimum]
         if short:
-            raise InputError(f"--lengths {','.join(map(str, short))} is below the passkey prompt's fixed parts "
-                             f"(instruction, needles, question{', BOS' if params.bos else ''}): use --lengths of "
+            raise InputError(f"--lengths {','.join(map(str, short))} "
+                             "is below the passkey prompt's fixed parts "
+                             f"(instruction, needles, question{', BOS' if params.bos else ''}): "
+                             "use --lengths of "
                              f"at least {minimum} tokens for this tokenizer")
         state = PasskeyState(options, haystack)
         available = len(haystack.sample_starts) if haystack.kind == "corpus" else None
@@ -137,14 +142,17 @@ class PasskeyTask(Task):
         out = []
         for cell in cells:
             prompt = self.build(ctx, cell)
-            new = ctx.engine.generate(prompt.ids, options.max_new_tokens, stop_ids=stop_ids(ctx.tokenizer, ctx.engine))
+            new = ctx.engine.generate(prompt.ids, options.max_new_tokens,
+                                      stop_ids=stop_ids(ctx.tokenizer, ctx.engine))
             generated = ctx.tokenizer.decode(new, skip_special_tokens=True)
             answer = first_integer(generated)
             score = ctx.engine.answer_score(prompt.ids, prompt.answer_ids)
             out.append({
                 "key": prompt.key, "correct": answer == prompt.key, "generated": generated, "answer": answer,
-                "answer_logprob": score.logprob, "answer_rank": score.rank, "answer_tokens": len(prompt.answer_ids),
-                "chance_logprob": -options.key_digits * math.log(10.0), "needle_position": prompt.needle_position,
+                "answer_logprob": score.logprob, "answer_rank": score.rank,
+                "answer_tokens": len(prompt.answer_ids),
+                "chance_logprob": -options.key_digits * math.log(10.0),
+                "needle_position": prompt.needle_position,
                 "needle_depth": prompt.needle_depth, "haystack_tokens": prompt.haystack_tokens,
                 "needles": options.needles, "needle_name": prompt.name, "haystack": options.haystack,
             })

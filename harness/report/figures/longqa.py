@@ -11,17 +11,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from harness.report.base import NoData
+from harness.report.basefig import TABLE as LAW_VS_BASE
+from harness.report.basefig import plot_limit_vs_base
+from harness.report.mvp import plot_measured_vs_predicted
+from harness.report.overlay import law_legend_handles, law_overlay, mark_measured
 from harness.report.plots import (
+    band_caption,
     finish_legend,
     format_length_axis,
-    law_legend_handles,
-    law_overlay,
-    mark_measured,
-    plot_measured_vs_predicted,
     plot_metric_curves,
     style_axes,
 )
-from harness.report.tables import Breakdown
+from harness.report.tables import Breakdown, LawVsBase
 from tasks.longqa import LOGPROB, MEASURE
 
 if TYPE_CHECKING:
@@ -31,30 +32,34 @@ if TYPE_CHECKING:
 
 EXTRA_MEASURES = (LOGPROB,)
 TABLES = {"score_by_dataset": Breakdown("score", ("dataset",)),  # mean per setting, dataset and length
-          "answer_in_context": Breakdown("answer_in_context")}  # share per setting and length
+          "answer_in_context": Breakdown("answer_in_context"),  # share per setting and length
+          LAW_VS_BASE: LawVsBase()}
 
 
-def score_vs_length(ctx: FigureContext, ax: Axes) -> None:
-    """QA score (mean over questions; band: bootstrap CI) vs context length per setting; dotted: training
-    length, dashed: the law's predicted limit, circle: measured length (score >= best / 2)."""
+def score_vs_length(ctx: FigureContext, ax: Axes) -> str:
+    """QA score (mean over questions) vs context length per setting; dotted: training length, dashed /
+    triangle: Liu's predicted limit, dash-dot / diamond: the retrieval bound; circle: measured length
+    (score >= best / 2)."""
     view = ctx.measure(MEASURE.key)
-    plot_metric_curves(ax, ctx, view, ylabel="QA score (mean over questions)", log_y=False)
+    banded = plot_metric_curves(ax, ctx, view, ylabel="QA score (mean over questions)", log_y=False)
     ax.set_ylim(-0.03, 1.03)
     law_overlay(ax, ctx, view)
     mark_measured(ax, ctx, view)
-    finish_legend(ax, law_legend_handles())
+    finish_legend(ax, law_legend_handles(ax))
+    return band_caption(banded, ctx)
 
 
-def answer_logprob_vs_length(ctx: FigureContext, ax: Axes) -> None:
-    """Synthetic QA: teacher-forced answer log-prob (mean over questions) vs context length; same law
-    overlay."""
+def answer_logprob_vs_length(ctx: FigureContext, ax: Axes) -> str:
+    """Synthetic QA: teacher-forced answer log-prob (mean over questions) vs context length; same overlay of
+    both limits."""
     records = ctx.records
     if "answer_logprob" not in records or not records["answer_logprob"].notna().any():
         raise NoData("no answer_logprob values (LongBench-format runs have none)")
     view = ctx.measure(LOGPROB.key)
-    plot_metric_curves(ax, ctx, view, ylabel="answer log-prob (nats)", log_y=False)
+    banded = plot_metric_curves(ax, ctx, view, ylabel="answer log-prob (nats)", log_y=False)
     law_overlay(ax, ctx, view)
-    finish_legend(ax, law_legend_handles(measured=False))
+    finish_legend(ax, law_legend_handles(ax))
+    return band_caption(banded, ctx)
 
 
 _STYLES = ("-", "--", "-.", ":")
@@ -62,8 +67,8 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def score_by_dataset(ctx: FigureContext, ax: Axes) -> None:
-    """QA score per dataset vs context length: colour = setting, line style and marker = dataset; same law
-    overlay."""
+    """QA score per dataset vs context length: colour = setting, line style and marker = dataset; same overlay
+    of both limits."""
     from matplotlib.lines import Line2D
 
     table = ctx.tables["score_by_dataset"]
@@ -85,11 +90,12 @@ def score_by_dataset(ctx: FigureContext, ax: Axes) -> None:
     format_length_axis(ax)
     style_axes(ax)
     law_overlay(ax, ctx, ctx.measure(MEASURE.key))
-    handles = [Line2D([], [], color=ctx.colors[s], linewidth=1.5, label=s) for s in ctx.order]
+    shown = set(table["setting"])
+    handles = [Line2D([], [], color=ctx.colors[s], linewidth=1.5, label=s) for s in ctx.order if s in shown]
     handles += [Line2D([], [], color="0.3", linestyle=_STYLES[k % len(_STYLES)],
                        marker=_MARKERS[k % len(_MARKERS)], markersize=4, label=name)
                 for k, name in enumerate(names)]
-    finish_legend(ax, handles + law_legend_handles(measured=False))
+    finish_legend(ax, handles + law_legend_handles(ax))
 
 
 def answer_in_context_vs_length(ctx: FigureContext, ax: Axes) -> None:
@@ -120,10 +126,18 @@ def measured_vs_predicted(ctx: FigureContext, ax: Axes) -> None:
     plot_measured_vs_predicted(ax, ctx, ctx.measure(MEASURE.key))
 
 
+def limit_vs_base(ctx: FigureContext, ax: Axes) -> None:
+    """QA extrapolation length (score >= best / 2) vs RoPE base for the settings sharing rotary_dim,
+    pretrain_base, train_len and tune_len: Liu's law (solid, shaded where it gives no upper bound), the
+    retrieval bound (dash-dot), T_train / T_tune (horizontal), measured lengths with CIs (open: censored)."""
+    plot_limit_vs_base(ax, ctx, ctx.measure(MEASURE.key))
+
+
 FIGURES = {
     "score_vs_length": score_vs_length,
     "answer_logprob_vs_length": answer_logprob_vs_length,
     "score_by_dataset": score_by_dataset,
     "answer_in_context_vs_length": answer_in_context_vs_length,
     "measured_vs_predicted": measured_vs_predicted,
+    "limit_vs_base": limit_vs_base,
 }

@@ -1,0 +1,96 @@
+"""Warnings for settings whose measured length would mislead: a model already broken at its reference lengths.
+
+A measured length reads "how far past tune_len the metric stays near its best at L <= tune_len". That says
+nothing when the reference itself is broken, and a broken model that never gets worse would otherwise
+show up as "censored >= the grid's end". Flagged (summary.csv `warning`, and on the report page):
+- no grid length <= the reference length (tune_len): the shortest length stands in for the reference;
+- the best value at L <= tune_len already fails the rule (nothing to measure);
+- the curve already fails the rule at a length <= tune_len past its best (degrading inside its tuning
+  length);
+- the best reference value fails the rule against another setting of the same model and definition
+  (e.g. a base changed at evaluation time that breaks the model at every length).
+Pure numpy on one definition's curves; analysis.py calls it and fills the column.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from harness.metrics import MeasureSpec
+from harness.report.base import fmt_length
+
+
+def _fails(spec: MeasureSpec, value: float, reference: float, param: float | None) -> bool:
+    """Whether `value` fails the definition's rule against `reference` (as measured_limit applies it)."""
+    if spec.rule == "factor":
+        return value < reference / param if spec.higher_is_better else value > reference * param
+    if spec.rule == "delta":
+        return value < reference - param if spec.higher_is_better else value > reference + param
+    return value < param if spec.higher_is_better else value > param
+
+
+def curve_warnings(spec: MeasureSpec, lengths: Sequence[float], values: Sequence[float],
+                   reference_len: float | None, factor: float | None = None, delta: float | None = None
+                   ) -> list[str]:
+    """Warnings about one setting's per-length aggregate curve (a records definition)."""
+    lens = np.asarray(lengths, dtype=float)
+    vals = np.asarray(values, dtype=float)
+    keep = np.isfinite(lens) & np.isfinite(vals)
+    lens, vals = lens[keep], vals[keep]
+    if not len(lens) or reference_len is None or not math.isfinite(float(reference_len)):
+        return []
+    order = np.argsort(lens, kind="stable")
+    lens, vals = lens[order], vals[order]
+    ref_len = float(reference_len)
+    param = spec.param(factor, delta)
+    in_ref = np.where(lens <= ref_len)[0]
+    if not len(in_ref):
+        return [f"no grid length <= {spec.reference} ({fmt_length(ref_len)}): the shortest length "
+                f"({fmt_length(lens[0])}) stands in for the reference, so the measured length is not "
+                "relative to the tuned range"]
+    pick = np.argmax if spec.higher_is_better else np.argmin
+    best = int(in_ref[pick(vals[in_ref])])
+    if spec.rule == "threshold" and _fails(spec, vals[best], vals[best], param):
+        return [f"broken at the reference lengths: its best {spec.name} at L <= {spec.reference} "
+                f"({vals[best]:.3g}) already fails the rule ({spec.label(factor, delta)})"]
+    worse = [int(k) for k in in_ref if k > best and _fails(spec, vals[k], vals[best], param)]
+    if worse:
+        return [f"degrades inside its tuning length: {spec.name} already fails the rule at "
+                f"L = {fmt_length(lens[worse[0]])} <= {spec.reference} ({fmt_length(ref_len)})"]
+    return []
+
+
+def position_warnings(note: str) -> list[str]:
+    """Warnings of a per-position definition, read off position_limit's note."""
+    if "every position bucket lies beyond" in note:
+        return [f"no position bucket <= the reference length: {note}"]
+    return []
+
+
+def peer_warnings(spec: MeasureSpec, settings: Sequence[str], models: Sequence[str | None],
+                  references: Sequence[float], factor: float | None = None, delta: float | None = None
+                  ) -> dict[str, str]:
+    """Settings whose best reference value fails the rule against the best one of another setting of the same
+    model (same definition and parameter): {setting: warning}."""
+    if spec.rule == "threshold":
+        return {}
+    param = spec.param(factor, delta)
+    out: dict[str, str] = {}
+    by_model: dict[str, list[tuple[str, float]]] = {}
+    for setting, model, ref in zip(settings, models, references, strict=True):
+        if model is not None and ref is not None and math.isfinite(float(ref)):
+            by_model.setdefault(str(model), []).append((setting, float(ref)))
+    for peers in by_model.values():
+        if len(peers) < 2:
+            continue
+        pick = max if spec.higher_is_better else min
+        best_setting, best = pick(peers, key=lambda p: p[1])
+        for setting, ref in peers:
+            if setting != best_setting and _fails(spec, ref, best, param):
+                out[setting] = (f"broken at the reference lengths: its best {spec.name} at L <= "
+                                f"{spec.reference} ({ref:.4g}) fails the rule against {best_setting}'s "
+                                f"({best:.4g}, same model)")
+    return out

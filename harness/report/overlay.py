@@ -1,0 +1,189 @@
+"""Both RoPE limits on every length axis: training length, Liu's predicted limit, Men's retrieval bound.
+
+Styles (shared by every task's figures and legends): training length dotted (labelled "T_train" at the
+bottom edge), Liu et al.'s predicted limit dashed with a down triangle above the top edge, the retrieval
+bound (Men et al.) dash-dot with a diamond above the top edge. A line belongs to the settings whose limit
+sits there: in the setting's colour when it is one, grey when several share it; the markers above the
+top edge are stacked, one per owning setting in its colour, so coinciding limits stay countable and
+attributable. Limits far outside the data get a "Liu 129K ->" / "<- retrieval 22" label in the setting's
+colour instead of stretching the axis. The legend lists only what was drawn (`law_legend_handles(ax)`).
+Helpers read the Analysis (settings: train_len, predicted_limit, retrieval_bound, measured_*); they compute
+nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from harness.report.base import fmt_length
+from harness.report.plots import format_length_axis
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from harness.report.analysis import Analysis, FigureContext
+
+TRAIN_STYLE = {"linestyle": ":", "linewidth": 1.1}
+PREDICTED_STYLE = {"linestyle": "--", "linewidth": 1.3}
+RETRIEVAL_STYLE = {"linestyle": "-.", "linewidth": 1.2}  # dash-dot
+SHARED_COLOR = "0.35"
+SHARED_TRAIN_COLOR = SHARED_COLOR
+# (summary column, gid prefix, line style, marker above the top edge, words of the far label)
+LIMITS = (("predicted_limit", "law-predicted", PREDICTED_STYLE, "v", "Liu"),
+          ("retrieval_bound", "law-retrieval", RETRIEVAL_STYLE, "D", "retrieval"))
+_SAME_X = 0.03  # limits closer than 3% (in log x) share one column of top-edge markers
+_STACK = 0.045  # axes-fraction height of one top-edge marker
+
+
+def _number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def _owners(ctx: FigureContext, analysis: Analysis, column: str) -> dict[float, list[str]]:
+    """{value: settings} of one summary column, settings in legend order."""
+    out: dict[float, list[str]] = {}
+    settings = analysis.settings
+    if not len(settings) or column not in settings:
+        return out
+    for setting in ctx.order:
+        if setting in settings.index:
+            value = _number(settings.at[setting, column])
+            if np.isfinite(value) and value > 0:
+                out.setdefault(value, []).append(setting)
+    return out
+
+
+def law_overlay(ax: Axes, ctx: FigureContext, analysis: Analysis, reach: float = 2.0) -> list[Any]:
+    """Training length, predicted limit and retrieval bound of every setting as vertical lines (see module).
+
+    Call after the data are drawn. The x-range grows to show limits within `reach` x of the data's range.
+    Returns the lines drawn: gid 'law-train:<settings>', 'law-predicted:<settings>',
+    'law-retrieval:<settings>' (settings joined by '|' where several share the value).
+    """
+    from matplotlib.transforms import blended_transform_factory
+
+    lo, hi = ax.get_xlim()
+    lines: list[Any] = []
+    if not len(analysis.settings):
+        return lines
+    trains = _owners(ctx, analysis, "train_len")
+    new_lo, new_hi = min([lo] + [t / 1.15 for t in trains]), hi
+    placed: list[tuple[float, str, str]] = []  # (x, marker, colour) of the top-edge markers
+    far: list[tuple[bool, float, str, str]] = []  # (right of the view, value, label, colour)
+    for column, gid, style, marker, word in LIMITS:
+        for value, owners in _owners(ctx, analysis, column).items():
+            color = ctx.colors[owners[0]] if len(owners) == 1 else SHARED_COLOR
+            line = ax.axvline(value, color=color, zorder=1, **style)
+            line.set_gid(f"{gid}:" + "|".join(owners))
+            lines.append(line)
+            if value > hi * reach or value < lo / reach:
+                far += [(value > hi, value, word, ctx.colors[owner]) for owner in owners]
+                continue
+            new_hi, new_lo = max(new_hi, value * 1.15), min(new_lo, value / 1.15)
+            placed += [(value, marker, ctx.colors[owner]) for owner in owners]
+    for train, owners in trains.items():
+        color = ctx.colors[owners[0]] if len(owners) == 1 else SHARED_TRAIN_COLOR
+        line = ax.axvline(train, color=color, zorder=1, **TRAIN_STYLE)
+        line.set_gid("law-train:" + "|".join(owners))
+        lines.append(line)
+    ax.set_xlim(new_lo, new_hi)
+    format_length_axis(ax)
+    edge = blended_transform_factory(ax.transData, ax.transAxes)
+    for train in trains:
+        ax.text(train, 0.015, "T_train", transform=edge, rotation=90, ha="right", va="bottom", fontsize=6,
+                color="0.25", zorder=6, bbox={"boxstyle": "square,pad=0.1", "facecolor": "white",
+                                              "edgecolor": "none", "alpha": 0.8})
+    height = _top_markers(ax, placed, edge)
+    _far_labels(ax, far, height)
+    return lines
+
+
+def _top_markers(ax: Axes, placed: list[tuple[float, str, str]], edge) -> int:
+    """Stack the markers above the top edge, one column per cluster of nearby x; returns the tallest stack."""
+    columns: list[list[tuple[float, str, str]]] = []
+    for item in sorted(placed, key=lambda p: p[0]):
+        if columns and math.log(item[0] / columns[-1][0][0]) < _SAME_X:
+            columns[-1].append(item)
+        else:
+            columns.append([item])
+    for column in columns:
+        for k, (x, marker, color) in enumerate(column):
+            ax.plot([x], [1.0 + 0.03 + _STACK * k], marker=marker, markersize=5, color=color,
+                    markeredgecolor="white", markeredgewidth=0.4, linestyle="none", transform=edge,
+                    clip_on=False, zorder=7, gid="law-top-marker")
+    return max((len(c) for c in columns), default=0)
+
+
+def _far_labels(ax: Axes, far: list[tuple[bool, float, str, str]], height: int) -> None:
+    """'Liu 129K ->' (right) and '<- retrieval 22' (left) above the top edge, stacked above the markers."""
+    base = 1.0 + 0.03 + _STACK * height + (0.01 if height else 0.0)
+    for right in (True, False):
+        side = sorted((f for f in far if f[0] == right), key=lambda f: f[1])
+        for k, (_, value, word, color) in enumerate(side):
+            text = f"{word} {fmt_length(value)} \u2192" if right else f"\u2190 {word} {fmt_length(value)}"
+            ax.annotate(text, xy=(1.0 if right else 0.0, base + 0.06 * k), xycoords="axes fraction",
+                        ha="right" if right else "left", va="bottom", fontsize=7, color=color,
+                        annotation_clip=False, gid="law-far")
+
+
+def mark_measured(ax: Axes, ctx: FigureContext, analysis: Analysis, y: str = "threshold") -> None:
+    """The measured limit on each curve: filled circle at (measured L, threshold); open '>' when censored."""
+    for setting in ctx.order:
+        if setting not in analysis.settings.index:
+            continue
+        row = analysis.settings.loc[setting]
+        value = _number(row["measured_limit"])
+        if not np.isfinite(value):
+            continue
+        yv = float(row["threshold_value"]) if y == "threshold" else float(y)
+        censored = bool(row["measured_censored"])
+        if censored:
+            table = analysis.table
+            table = table[(table["setting"] == setting) & (table["length"] == value)]
+            yv = float(table["mean"].iloc[0]) if len(table) else yv
+        color = ctx.colors[setting]
+        ax.plot([value], [yv], marker=">" if censored else "o", markersize=7 if censored else 6.5,
+                markerfacecolor="white" if censored else color, markeredgecolor=color, markeredgewidth=1.5,
+                linestyle="none", zorder=5, gid=f"measured:{setting}")
+
+
+def law_legend_handles(ax: Axes | None = None, measured: bool = True) -> list[Any]:
+    """Legend entries for the overlay: with `ax`, only for what was drawn on it (training length, Liu's
+    limit, retrieval bound, measured and censored markers); without, all of them (measured ones if asked)."""
+    from matplotlib.lines import Line2D
+
+    drawn = {"train", "predicted", "retrieval", "measured", "censored"}
+    if ax is not None:
+        drawn = set()
+        for line in ax.get_lines():
+            gid = line.get_gid() or ""
+            kind = gid.split(":")[0]
+            if kind.startswith("law-") and kind != "law-top-marker":
+                drawn.add(kind[4:])
+            elif kind == "measured":
+                drawn.add("censored" if line.get_marker() == ">" else "measured")
+    elif not measured:
+        drawn -= {"measured", "censored"}
+    handles = []
+    if "train" in drawn:
+        handles.append(Line2D([], [], color="0.3", **TRAIN_STYLE, label="training length"))
+    if "predicted" in drawn:
+        handles.append(Line2D([], [], color="0.3", marker="v", markersize=4.5, **PREDICTED_STYLE,
+                              label="predicted limit (Liu law)"))
+    if "retrieval" in drawn:
+        handles.append(Line2D([], [], color="0.3", marker="D", markersize=4, **RETRIEVAL_STYLE,
+                              label="retrieval bound (Men, B(m) < 0)"))
+    if "measured" in drawn:
+        handles.append(Line2D([], [], color="0.3", marker="o", linestyle="none", markersize=5,
+                              label="measured limit"))
+    if "censored" in drawn:
+        handles.append(Line2D([], [], color="0.3", marker=">", markerfacecolor="white", linestyle="none",
+                              markersize=6, label="censored (\u2265 grid end)"))
+    return handles

@@ -1,0 +1,234 @@
+"""The report page's content as Blocks (render.py turns them into report.md and report.html).
+
+Order: runs and their provenance (run.json: command, commit, versions, device, dates), then one section per
+task, the headline perplexity first: its definitions, the law block of every setting (both limits: Liu's
+predicted limit and Men's retrieval bound), warnings for settings whose measured length would mislead, a
+compact table per measured-length definition (measured [CI], ratios to both limits, the measured critical
+dimension, the reason where a value is missing), the figures, and the per-length tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.report.analysis import Analysis, FigureContext
+from harness.report.base import NoData, NotApplicable, fmt_base, fmt_length
+from harness.report.load import Loaded
+from harness.report.registry import FigureFn
+from harness.report.render import Block, render_figure
+
+HEADLINE_TASK = "perplexity"
+
+
+def task_order(tasks: list[str]) -> list[str]:
+    """The headline perplexity task first, the others in name order."""
+    return sorted(tasks, key=lambda t: (t != HEADLINE_TASK, t))
+
+
+def _num(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def _tokens(value: Any) -> str:
+    number = _num(value)
+    return f"{number:,.0f}" if math.isfinite(number) else ""
+
+
+def with_ci(value: Any, lo: Any, hi: Any, censored: Any = False, digits: int | None = None) -> str:
+    """'1,297 [1,144, 1,451]', '>= 8,192' (censored: a lower bound), '' when missing."""
+    def show(x: float) -> str:
+        return f"{x:,.0f}" if digits is None else f"{x:.{digits}f}"
+
+    v, a, b = _num(value), _num(lo), _num(hi)
+    if not math.isfinite(v):
+        return ""
+    if _censored(censored):
+        return f"\u2265 {show(v)} (censored)"
+    return show(v) + (f" [{show(a)}, {show(b)}]" if math.isfinite(a) and math.isfinite(b) else "")
+
+
+def provenance_items(loaded: Loaded) -> list[str]:
+    """One line per run from its run.json: command, suite, commit, versions, device, start and end."""
+    items = []
+    for name, path, _ in loaded.runs:
+        info = loaded.run_info.get(name) or {}
+        if not info:
+            items.append(f"{name}: no run.json in {path} (no provenance recorded)")
+            continue
+        command = info.get("command")
+        command = "rope-harness " + " ".join(map(str, command)) if isinstance(command, list) else str(command)
+        versions = info.get("versions") or {}
+        shown = ", ".join(f"{k} {versions[k]}" for k in ("rope-harness", "torch", "transformers", "python")
+                          if versions.get(k))
+        device = str(info.get("device") or "unknown device")
+        cuda = info.get("torch_cuda")
+        device += f", CUDA {cuda}" if cuda else (", no CUDA" if info.get("cuda_available") is False else "")
+        commit = str(info.get("git_commit") or "unknown")[:12]
+        suite = f" ({info['suite']})" if info.get("suite") else ""
+        when = " to ".join(str(info[k]) for k in ("started", "ended") if info.get(k))
+        items.append(f"{name}: `{command}`{suite}; commit {commit}; {shown or 'versions not recorded'}; "
+                     f"device {device}; {when or 'date not recorded'}")
+    return items
+
+
+def law_table(ctx: FigureContext) -> pd.DataFrame:
+    """One row per setting: its law inputs and both limits (the task's default definition carries them)."""
+    rows = ctx.default.settings
+    out = pd.DataFrame({
+        "setting": rows["setting"], "rope_type": rows["rope_type"],
+        "rope_theta": [fmt_base(v) for v in rows["rope_theta"]],
+        "pretrain_base": [fmt_base(v) for v in rows["pretrain_base"]],
+        "rotary_dim": [_tokens(v) for v in rows["rotary_dim"]],
+        "train_len": [_tokens(v) for v in rows["train_len"]],
+        "tune_len": [_tokens(v) for v in rows["tune_len"]],
+        "regime": rows["regime"], "d_extra (Liu)": [_tokens(v) for v in rows["critical_dim"]],
+        "predicted limit (Liu)": [_tokens(v) for v in rows["predicted_limit"]],
+        "retrieval bound (Men)": [_tokens(v) for v in rows["retrieval_bound"]],
+    })
+    if set(out["rope_type"].fillna("default")) == {"default"}:
+        out = out.drop(columns="rope_type")
+    return out.reset_index(drop=True)
+
+
+def _censored(flag: Any) -> bool:
+    return flag is not None and not isinstance(flag, float) and bool(flag)
+
+
+def _ratio(value: Any, limit: Any, censored: Any = False) -> str:
+    """measured / limit to 3 digits, '>= r' when the measured length is censored."""
+    v, limit = _num(value), _num(limit)
+    if not (math.isfinite(v) and math.isfinite(limit) and limit > 0):
+        return ""
+    return ("\u2265 " if _censored(censored) else "") + f"{v / limit:.3g}"
+
+
+def measured_table(view: Analysis) -> pd.DataFrame:
+    """One row per setting (and rule parameter): measured [CI], ratios to both limits, d_measured, reason."""
+    s = view.summary
+    params = [c for c in ("factor", "delta") if c in s and s[c].nunique() > 1]
+    out = pd.DataFrame({"setting": s["setting"]})
+    for c in params:
+        out[c] = s[c]
+    measured = zip(s["measured_limit"], s["measured_ci_low"], s["measured_ci_high"], s["measured_censored"],
+                   strict=True)
+    out["measured [CI]"] = [with_ci(*r) for r in measured]
+    for column, limit in (("measured / Liu", "predicted_limit"), ("measured / retrieval", "retrieval_bound")):
+        out[column] = [_ratio(*r) for r in zip(s["measured_limit"], s[limit], s["measured_censored"],
+                                               strict=True)]
+    dims = [with_ci(*r, digits=1) for r in zip(s["measured_critical_dim"], s["measured_critical_dim_ci_low"],
+                                                s["measured_critical_dim_ci_high"],
+                                                s["measured_critical_dim_censored"], strict=True)]
+    if any(dims):
+        out["d_measured [CI]"] = dims
+    out["n_samples"] = s["n_samples"]
+    out["n_failed"] = s["n_failed"]
+    out["note"] = [n if isinstance(n, str) else "" for n in s["note"]]
+    return out.reset_index(drop=True)
+
+
+def warning_blocks(ctx: FigureContext) -> list[Block]:
+    """A warning per distinct (definition, text), naming its settings."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for view in ctx.analyses.values():
+        for setting, text in zip(view.summary["setting"], view.summary["warning"], strict=True):
+            if isinstance(text, str) and text:
+                found.setdefault((view.spec.key, text), [])
+                if setting not in found[(view.spec.key, text)]:
+                    found[(view.spec.key, text)].append(setting)
+    return [Block("warn", f"{', '.join(settings)} (`{key}`): {text}")
+            for (key, text), settings in found.items()]
+
+
+def caption(fn: FigureFn, name: str) -> str:
+    """A figure's caption: its docstring's first paragraph on one line (else its name), so that a long
+    caption can wrap in the source."""
+    import inspect
+
+    doc = inspect.getdoc(fn) or name
+    return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
+
+
+def _figure_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, notes: list[str],
+                   log: Callable[[str], None]) -> list[Block]:
+    blocks = []
+    for name, fn in figures.items():
+        filename = f"{ctx.task}_{name}.png"
+        try:
+            extra = render_figure(fn, ctx, tmp / filename)
+        except NotApplicable:
+            continue
+        except NoData as exc:
+            notes.append(f"figure {ctx.task}/{name} skipped: {exc}")
+            continue
+        except Exception as exc:  # a broken figure must not take the tables down with it
+            from harness.errors import one_line
+
+            message = f"figure {ctx.task}/{name} failed: {one_line(exc)}"
+            notes.append(message)
+            log(message)
+            continue
+        blocks.append(Block("img", filename, " ".join(t for t in (caption(fn, name), extra) if t)))
+    return blocks
+
+
+def _per_length(ctx: FigureContext, view: Analysis, title: str) -> list[Block]:
+    table = view.table[view.table["mean"].astype(float).notna()]
+    pivot = table.pivot_table(index="setting", columns="length", values="mean", aggfunc="first")
+    if not len(pivot):
+        return []
+    pivot = pivot.reindex([s for s in ctx.order if s in pivot.index])
+    pivot.columns = [fmt_length(c) for c in pivot.columns]
+    return [Block("p", title), Block("table", pivot.reset_index())]
+
+
+def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, notes: list[str],
+                log: Callable[[str], None]) -> list[Block]:
+    """One task's section (figures drawn into `tmp`; a skipped or failed figure goes to `notes`)."""
+    blocks = [Block("h2", f"Task: {ctx.task}")]
+    views = list(ctx.analyses.values())
+    definitions = list(dict.fromkeys(f"{v.spec.name}: {v.spec.description}" for v in views
+                                     if v.spec.description))
+    definitions += [f"measured extrapolation length `{view.spec.key}`"
+                    + (" (default)" if view is views[0] else "")
+                    + f": {view.spec.definition(view.factor, view.delta)}" for view in views]
+    definitions += [f"CIs: {100 * ctx.ci:g}% percentile bootstrap over samples (whole samples resampled)",
+                    "predicted limit: Liu et al. (ICLR 2024) scaling law from each setting's law inputs "
+                    "(rotary_dim, train_len, tune_len, pretrain_base, rope_theta) - harness/law.py",
+                    "retrieval bound: Men et al. (NeurIPS 2024), the first distance m where B(m) = sum_n "
+                    "cos(m theta_n) < 0 for the evaluated base - harness/retrieval_law.py",
+                    "d_measured: the dimension whose period is the measured length, d ln(T / 2 pi) / "
+                    "ln(base) (Liu's larger-base limit solved for d, no ceiling); next to d_extra; a lower "
+                    "bound when the length is censored"]
+    blocks += [Block("p", "Definitions:"), Block("ul", definitions)]
+    blocks += [Block("p", "Law block of every setting (both limits):"), Block("table", law_table(ctx))]
+    blocks += warning_blocks(ctx)
+    for view in views:
+        label = view.spec.label(view.factor, view.delta)
+        blocks += [Block("p", f"Measured extrapolation length `{view.spec.key}` ({label}):"),
+                   Block("table", measured_table(view))]
+        if not view.summary["measured_limit"].astype(float).notna().any():
+            reasons = sorted({n for n in view.summary["note"] if isinstance(n, str) and n}) or ["no data"]
+            blocks.append(Block("p", f"No measured `{view.spec.key}` length for any setting: "
+                                + "; ".join(reasons) + "."))
+    summary = ctx.default.summary
+    flagged = summary[summary["law_assumes_finetune"].astype(bool)]["setting"].unique()
+    if len(flagged):
+        blocks.append(Block("p", "Base changed at evaluation time only (law_assumes_finetune): "
+                            + ", ".join(flagged) + ". The law's prediction assumes fine-tuning at tune_len."))
+    blocks += _figure_blocks(ctx, figures, tmp, notes, log)
+    blocks += _per_length(ctx, ctx.default, f"{ctx.default.spec.name} per length (mean over samples; CIs in "
+                                            "table.csv):")
+    for view in ctx.extras.values():
+        if view.spec.source == "records":
+            blocks += _per_length(ctx, view, f"{view.spec.name} per length (mean over samples; CIs in "
+                                             "table.csv):")
+    return blocks

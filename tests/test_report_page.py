@@ -1,0 +1,106 @@
+"""The report page: ppl_sliding@L, provenance, layout of the HTML, base formatting, section order, empty
+tables that say why, and warnings for models broken at their reference lengths."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+import pytest
+from report_records import curve_rows, knee_nll, passkey_rows, record, write_run
+
+from harness.report.base import fmt_base
+from harness.report.build import build_report
+
+RUN_JSON = {"command": ["run", "--model", "m", "--sliding-stride", "512"], "suite": None,
+            "versions": {"rope-harness": "0.1.0", "torch": "2.13.0+cpu", "transformers": "5.24.0",
+                         "python": "3.11.7"},
+            "torch_cuda": None, "cuda_available": False, "device": "x86_64",
+            "git_commit": "4b515022698f85fe583f30db0acdcd77b23244d5", "started": "2026-11-25T12:04:19",
+            "ended": "2026-11-25T12:07:39"}
+
+
+def sliding_rows() -> list[dict]:
+    """Two samples; ppl_sliding = exp(nll - 0.1 - 0.05 s) (more context per token than ppl@L)."""
+    return [dict(r, ppl_sliding=math.exp(r["nll"] - 0.1 - 0.05 * r["sample"]), sliding_window=r["length"],
+                 sliding_stride=512, sliding_tokens=r["length"] - 1) for r in curve_rows("s", 1e6, 9000, 2)]
+
+
+def test_ppl_sliding_reaches_table_report_and_figure(tmp_path):
+    out = build_report([write_run(tmp_path / "r", sliding_rows(), run_json=RUN_JSON)], n_boot=50)
+    table = pd.read_csv(out / "table.csv")
+    sliding = table[table["metric"] == "ppl_sliding@L"].set_index("length")
+    assert list(sliding.index) == [1024, 2048, 4096, 8192, 16384]
+    # over samples: exp(mean of per-sample log ppl_sliding), like ppl@L
+    expected = math.exp(knee_nll(8192, 9000) + 0.02 * 0.5 - 0.1 - 0.05 * 0.5)
+    assert sliding.at[8192, "mean"] == pytest.approx(expected) and sliding.at[8192, "n"] == 2
+    assert sliding["ci_low"].notna().all()
+    assert (out / "perplexity_ppl_sliding_vs_length.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "ppl_sliding@L per length" in md and "Stride S = 512 tokens." in md
+    assert "ppl_sliding" not in set(pd.read_csv(out / "summary.csv")["measure"])  # figure-only: not a row
+    plain = build_report([write_run(tmp_path / "plain", curve_rows("s", 1e6, 9000, 2))], n_boot=0)
+    assert not (plain / "perplexity_ppl_sliding_vs_length.png").exists()
+    plain_md = (plain / "report.md").read_text()
+    assert "ppl_sliding@L" not in plain_md  # absent: left out quietly
+    assert "perplexity/ppl_sliding" not in plain_md
+
+
+def mixed_run(tmp_path):
+    rows = (curve_rows("b=1e4", 1e4, 5000, 2) + curve_rows("b=1e6", 1e6, 9000, 2)
+            + curve_rows("b=40", 40, 6000, 2)
+            + passkey_rows({"pk=1e5": (1e5, 0), "pk=1e6": (1e6, 0)}, accuracy=0.0))
+    return write_run(tmp_path / "mixed", rows, run_json=RUN_JSON)
+
+
+def test_page_layout_provenance_order_and_bases(tmp_path):
+    out = build_report([mixed_run(tmp_path)], n_boot=0)
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert md.index("## Task: perplexity") < md.index("## Task: passkey")  # the headline first
+    for text in ("`rope-harness run --model m --sliding-stride 512`", "commit 4b515022698f",
+                 "torch 2.13.0+cpu", "device x86_64, no CUDA", "2026-11-25T12:04:19 to 2026-11-25T12:07:39"):
+        assert text in md, text
+    assert "<code>rope-harness run --model m --sliding-stride 512</code>" in html
+    assert "`" not in html  # code spans are <code>, never literal backticks
+    assert html.count("<table>") == html.count("<div class='scroll'><table>") > 0  # wide tables scroll
+    for header in re.findall(r"^\| setting \|.*$", md, flags=re.M):
+        assert header.count("|") - 1 <= 14, header  # the per-length table of 5 lengths and the compact ones
+    measured = [h for h in re.findall(r"^\| setting \|.*$", md, flags=re.M) if "measured [CI]" in h]
+    assert measured and all(h.count("|") - 1 <= 9 for h in measured)
+    law = [line for line in md.splitlines() if line.startswith("| b=1e6 |")][0]
+    assert "| 1e6 | 1e4 |" in law  # rope_theta and pretrain_base as bases
+    assert "1e+06" not in md and "| 10000 |" not in md and "| 1000000 |" not in md and "| 40 | 1e4 |" in md
+    assert [fmt_base(v) for v in (40, 500, 1e4, 1e5, 1e6, 5e5, 1.5e6)] == ["40", "500", "1e4", "1e5", "1e6",
+                                                                           "5e5", "1.5e6"]
+    # the passkey accuracy table is empty (accuracy 0 at every length): the page says why
+    assert ("No measured `passkey-accuracy` length for any setting: the best reference point already fails "
+            "the threshold.") in md
+    assert "no run.json" in (build_report([write_run(tmp_path / "bare", curve_rows("s", 1e6, 9000, 1))],
+                                          n_boot=0) / "report.md").read_text()
+
+
+def test_model_broken_at_its_reference_lengths_is_flagged(tmp_path):
+    rows = curve_rows("ok", 1e4, 6000, 2) + curve_rows("broken", 1e6, 1e9, 2, shift=3.0)  # same model "tiny"
+    out = build_report([write_run(tmp_path / "r", rows)], n_boot=0)
+    summary = pd.read_csv(out / "summary.csv").set_index("setting")
+    broken = summary.loc["broken"]
+    assert broken["measured_censored"]  # flat: never fails relative to itself ("censored >= 16K") ...
+    assert "broken at the reference lengths" in broken["warning"]  # ... flagged
+    assert "ok's" in broken["warning"]
+    assert pd.isna(summary.at["ok", "warning"])
+    md = (out / "report.md").read_text()
+    assert "> **Warning:** broken (`ppl@L`): broken at the reference lengths" in md
+    assert "class='warn'" in (out / "report.html").read_text()
+
+
+def test_no_reference_length_or_degrading_inside_it_is_flagged(tmp_path):
+    short_grid = [record("late", 1e6, L, s, knee_nll(L, 9000))
+                  for s in range(2) for L in (8192, 16384, 32768)]
+    degrading = curve_rows("tuned16k", 1e6, 2000, 2, tune_len=16384)  # fails 1.5x already at 8K <= T_tune
+    out = build_report([write_run(tmp_path / "r", short_grid + degrading)], n_boot=0)
+    warning = pd.read_csv(out / "summary.csv").set_index("setting")["warning"]
+    assert warning["late"].startswith("no grid length <= tune_len (4K): the shortest length (8K)")
+    assert warning["tuned16k"].startswith("degrades inside its tuning length: ppl@L already fails the rule "
+                                          "at L = 4K <= tune_len (16K)")
