@@ -1,13 +1,16 @@
 """Exact per-token log-likelihoods for very long inputs, with bounded memory.
 
-The only module that touches attention, caches and chunking. Three verbs (the lm-eval seams):
-`token_nll` (teacher-forced loss of every token), `answer_score` (log-prob and rank of an answer span
-after a prompt) and `generate` (greedy continuation after a chunked prefill).
+The only module that touches attention, caches and chunking (with `harness.stream`, which only it
+calls). Three verbs (the lm-eval seams): `token_nll` (teacher-forced loss of every token),
+`answer_score` (log-prob and rank of an answer span after a prompt) and `generate` (greedy
+continuation after a chunked prefill).
 
 Memory: the output head and cross-entropy run over sub-chunks of the final hidden states, so
 [T, vocab] logits never exist. When even one decoder pass over T tokens would not fit `max_memory`,
-the planner switches to chunked prefill through the KV cache. The plan is a pure function of the
-model config, T, dtype and the budget, never of momentary free memory, so reruns are reproducible.
+the planner switches to layer-streamed scoring (`stream`: one decoder layer at a time over the whole
+sequence, so only one layer's K/V is ever held) where the model family supports it, else to chunked
+prefill through the KV cache. The plan is a pure function of the model config, T, dtype and the
+budget, never of momentary free memory, so reruns are reproducible.
 """
 
 from __future__ import annotations
@@ -21,23 +24,27 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness import models
+from harness import models, stream
+from harness.errors import one_line
 
 HEAD_CHUNK = 1024  # tokens per output-head / loss sub-chunk: bounds logits at HEAD_CHUNK x vocab
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+STRATEGIES = ("auto", "single", "stream", "prefill")
+STREAM_MAX_CHUNK = 4096  # query tokens per layer-streamed chunk: larger buys no speed, only activations
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How one sequence is scored: a single pass, or prefill in `chunk`-token pieces."""
+    """How one sequence is scored: a single pass, layer-streamed in `chunk`-token query chunks, or prefill
+    through the KV cache in `chunk`-token pieces."""
 
-    strategy: str  # "single" | "prefill"
+    strategy: str  # "single" | "stream" | "prefill"
     chunk: int
     estimate_bytes: int
     fits: bool = True
 
     def __str__(self) -> str:
-        return "single" if self.strategy == "single" else f"prefill:{self.chunk}"
+        return "single" if self.strategy == "single" else f"{self.strategy}:{self.chunk}"
 
 
 @dataclass(frozen=True)
@@ -47,13 +54,17 @@ class AnswerScore:
     token_logprobs: list[float]
 
 
-def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str, n_params: int) -> int:
+def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str, n_params: int,
+                   strategy: str | None = None) -> int:
     """Conservative peak-memory estimate of scoring `length` tokens (weights included).
 
     Per token of a pass: residual stream and q/k/v/o projections (~8 x hidden), the MLP's
     intermediate activations (3 x intermediate), float32 final hidden states; eager attention also
     materialises heads x q x kv scores. Prefill adds the KV cache over the whole length.
+    `strategy="stream"` (chunk = query tokens per layer step): see `_stream_bytes`.
     """
+    if strategy == "stream":
+        return _stream_bytes(config, length, chunk or length, dtype, n_params)
     text = models.text_config(config)
     bytes_w = _DTYPE_BYTES[dtype]
     hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
@@ -72,25 +83,81 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     return int(weights + activations + head + cache + scores)
 
 
-def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_memory: int | None = None,
-              chunk_size: int | None = None) -> Plan:
-    """Single pass when it fits (or no budget is set), else the largest power-of-two prefill chunk that fits."""
-    def est(chunk: int | None) -> int:
-        return estimate_bytes(config, length, chunk, dtype, attn, n_params)
+def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) -> int:
+    """Layer-streamed pass: weights + the residual stream (2 x T x H, model dtype: the layer's input and
+    output chunk) + one layer's K/V over T + one query chunk's activations (as a pass of `chunk` tokens,
+    its final hidden states included) + the chunk's boolean causal mask (materialised on CPU) + the output
+    head sub-chunk. Layers with attention-logit softcapping (Gemma2) also build heads x chunk x T float32
+    scores. Independent of the number of layers."""
+    text = models.text_config(config)
+    bytes_w = _DTYPE_BYTES[dtype]
+    hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    q_len = min(chunk, length)
+    weights = n_params * bytes_w
+    residual = 2 * length * hidden * bytes_w
+    layer_kv = 2 * kv_heads * head_dim * length * bytes_w
+    activations = q_len * (8 * hidden + 3 * inter) * bytes_w + q_len * hidden * 4
+    mask = q_len * length
+    scores = heads * q_len * length * 4 if getattr(text, "attn_logit_softcapping", None) else 0
+    head = min(HEAD_CHUNK, length) * text.vocab_size * 4 * 3
+    return int(weights + residual + layer_kv + activations + mask + scores + head)
 
-    if chunk_size is not None and chunk_size < length:
-        need = est(chunk_size)
-        return Plan("prefill", chunk_size, need, max_memory is None or need <= max_memory)
+
+def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_memory: int | None = None,
+              chunk_size: int | None = None, strategy: str = "auto", stream_ok: bool | None = None) -> Plan:
+    """Single pass when it fits (or no budget is set), else layer-streamed scoring with the largest
+    power-of-two query chunk (<= STREAM_MAX_CHUNK) that fits, where the family supports it, else the
+    largest power-of-two prefill chunk that fits. `chunk_size` below the length forces prefill in that
+    chunk (as --chunk-size does). `strategy` other than "auto" forces single / stream / prefill (with
+    `chunk_size` as the chunk when given, else the largest that fits); `fits` tells whether it does.
+    `stream_ok`: whether this model streams exactly (Engine.stream_exact); None = its model type is one
+    `harness.stream` supports (all a config tells)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if stream_ok is None:
+        stream_ok = stream.refusal(config) is None
+
+    def est(chunk: int | None, kind: str | None = None) -> int:
+        return estimate_bytes(config, length, chunk, dtype, attn, n_params, kind)
+
+    def fits(need: int) -> bool:
+        return max_memory is None or need <= max_memory
+
+    def largest(kind: str | None, top: int) -> Plan | None:
+        chunk = 1 << max(6, min(top, length - 1).bit_length() - 1)
+        while chunk >= 64:
+            need = est(chunk, kind)
+            if fits(need):
+                return Plan(kind or "prefill", chunk, need)
+            chunk //= 2
+        return None
+
+    if strategy == "single":
+        need = est(None)
+        return Plan("single", length, need, fits(need))
+    if strategy == "stream":
+        if not stream_ok:
+            raise ValueError(f"strategy stream: {stream.refusal(config) or 'this model does not stream exactly'}")
+        chunk = chunk_size or (largest("stream", STREAM_MAX_CHUNK) or Plan("stream", 64, 0)).chunk
+        chunk = min(chunk, length)
+        need = est(chunk, "stream")
+        return Plan("stream", chunk, need, fits(need))
+    if strategy == "prefill" and chunk_size is None:
+        return largest(None, length) or Plan("prefill", 64, est(64), fits=False)
+    if chunk_size is not None and (chunk_size < length or strategy == "prefill"):
+        need = est(min(chunk_size, length))
+        return Plan("prefill", min(chunk_size, length), need, fits(need))
     single = est(None)
-    if max_memory is None or single <= max_memory:
+    if fits(single):
         return Plan("single", length, single)
-    chunk = 1 << max(6, (length - 1).bit_length() - 1)
-    while chunk >= 64:
-        need = est(chunk)
-        if need <= max_memory:
-            return Plan("prefill", chunk, need)
-        chunk //= 2
-    return Plan("prefill", 64, est(64), fits=False)
+    if stream_ok:
+        plan = largest("stream", STREAM_MAX_CHUNK)
+        if plan is not None:
+            return plan
+    return largest(None, length) or Plan("prefill", 64, est(64), fits=False)
 
 
 def device_budget(device: str) -> int | None:
@@ -128,7 +195,11 @@ def postprocess_logits(config, logits: torch.Tensor) -> torch.Tensor:
 class Engine:
     """Scores token sequences with a loaded model; see the module docstring for the guarantees."""
 
-    def __init__(self, loaded: models.Loaded, *, chunk_size: int | None = None, max_memory: int | None = None):
+    def __init__(self, loaded: models.Loaded, *, chunk_size: int | None = None, max_memory: int | None = None,
+                 strategy: str = "auto"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        self.strategy = strategy
         self.model = loaded.model
         self.config = loaded.config
         self.tokenizer = loaded.tokenizer
@@ -144,30 +215,45 @@ class Engine:
         # transformers 5.24 renamed past_key_values to cache (5.23 knows only the old name)
         self.cache_kw = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         self.self_check()
+        if strategy == "stream":
+            self._check_stream()
 
     # ---------------------------------------------------------------------------------- planning
-    def plan(self, length: int) -> Plan:
+    def plan(self, length: int, strategy: str | None = None) -> Plan:
         return make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
-                         max_memory=self.max_memory, chunk_size=self.chunk_size)
+                         max_memory=self.max_memory, chunk_size=self.chunk_size, strategy=strategy or self.strategy,
+                         stream_ok=self.stream_exact)
 
     @torch.inference_mode()
     def self_check(self, tokens: int = 12) -> None:
         """Scoring runs decoder -> output head -> `postprocess_logits`, long inputs through chunked prefill: on
         a few tokens both must reproduce the model's own logits. Unknown logit scaling raises here; a family
         whose cache does not carry its state across multi-token chunks (Bamba's Mamba layers in transformers
-        5.x) is marked, and a prefill plan then raises instead of returning wrong numbers."""
+        5.x) is marked, and a prefill plan then raises instead of returning wrong numbers. Likewise a
+        layer-streamed pass (query chunks of 5) must reproduce them, else `stream_exact` is False: the planner
+        never picks stream for this model and a forced stream plan raises (`stream_refusal` says why)."""
         vocab = models.text_config(self.config).vocab_size
         ids = self._tensor([i % vocab for i in range(1, tokens + 1)])
-        self.prefill_exact = True
+        self.prefill_exact = self.stream_exact = True
+        self.stream_refusal = stream.model_refusal(self.model)
         with self._rope_context(tokens):
             want = self.model(input_ids=ids[None], use_cache=False).logits[0].float()
             single = self._logits(ids, Plan("single", tokens, 0))
             prefill = self._logits(ids, Plan("prefill", 5, 0))
+            streamed = None
+            if self.stream_refusal is None:
+                try:
+                    streamed = self._logits(ids, Plan("stream", 5, 0))
+                except Exception as exc:  # a layer this pass cannot drive: refused, never guessed
+                    self.stream_refusal = f"the layer-streamed pass failed ({one_line(exc, 160)})"
         tol = (1e-4 if self.dtype == "float32" else 3e-2) * (1 + float(want.abs().max()))
         if single.shape != want.shape or (single - want).abs().max() > tol:
             raise RuntimeError(f"{type(self.model).__name__}: the engine's output head does not reproduce the model's "
                                "logits (unknown logit post-processing): add this family to engine.postprocess_logits")
         self.prefill_exact = bool((prefill - want).abs().max() <= tol)
+        if streamed is not None and not (streamed - want).abs().max() <= tol:
+            self.stream_refusal = "the layer-streamed pass does not reproduce the model's logits"
+        self.stream_exact = self.stream_refusal is None
 
     def _logits(self, ids: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Post-processed float32 logits of every position (short inputs only: [T, vocab])."""
@@ -178,12 +264,21 @@ class Engine:
             raise RuntimeError(f"{type(self.model).__name__}: chunked prefill through the cache is not exact for this "
                                "family: score in a single pass (no --chunk-size, a larger --max-memory)")
 
+    def _check_stream(self) -> None:
+        if not self.stream_exact:
+            raise RuntimeError(f"{type(self.model).__name__}: layer-streamed scoring (strategy stream) is refused for "
+                               f"this model: {self.stream_refusal}; use strategy auto, single or prefill")
+
     # ---------------------------------------------------------------------------------- internals
     def _hidden_chunks(self, ids: torch.Tensor, plan: Plan):
         """Yield (start, final hidden states [n, H]) covering every position, per the plan."""
         if plan.strategy == "single":
             out = self.decoder(input_ids=ids[None], use_cache=False)
             yield 0, out.last_hidden_state[0]
+            return
+        if plan.strategy == "stream":
+            self._check_stream()
+            yield from stream.hidden_chunks(self.model, ids, plan.chunk)
             return
         from transformers import DynamicCache
 
@@ -248,6 +343,9 @@ class Engine:
 
         tensor = self._tensor(prompt_ids)
         plan = self.plan(tensor.numel())
+        if plan.strategy == "stream":  # a cache for generation holds every layer's K/V: a pass or a prefill builds it
+            plan = make_plan(self.config, tensor.numel(), dtype=self.dtype, attn=self.attn, n_params=self.n_params,
+                             max_memory=self.max_memory, chunk_size=self.chunk_size, stream_ok=False)
         chunk = plan.chunk if plan.strategy == "prefill" else tensor.numel()
         if chunk < tensor.numel():
             self._check_prefill()
