@@ -1,9 +1,9 @@
 """Exact per-token log-likelihoods for very long inputs, with bounded memory.
 
 The only module that touches attention, caches and chunking (with `harness.stream`, which only it
-calls). Three verbs (the lm-eval seams): `token_nll` (teacher-forced loss of every token),
-`answer_score` (log-prob and rank of an answer span after a prompt) and `generate` (greedy
-continuation after a chunked prefill).
+calls). Verbs (the lm-eval seams): `token_nll` (teacher-forced loss of every token), `answer_score`
+(log-prob and rank of an answer span after a prompt), `generate` (greedy continuation after a chunked
+prefill) and `score_and_generate` (both of the last two from one prefill of the prompt).
 
 Memory: the output head and cross-entropy run over sub-chunks of the final hidden states, so
 [T, vocab] logits never exist. When even one decoder pass over T tokens would not fit `max_memory`,
@@ -339,29 +339,91 @@ class Engine:
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
         """Greedy continuation after a chunked prefill (RoPE fixed at the prompt length when length-dependent)."""
+        tensor = self._tensor(prompt_ids)
+        with self._rope_context(tensor.numel()):
+            cache, out = self._prefill(tensor)
+            return self._greedy(cache, out, max_new_tokens, stop_ids)
+
+    @torch.inference_mode()
+    def score_and_generate(self, prompt_ids: Sequence[int], answer_ids: Sequence[int], max_new_tokens: int,
+                           stop_ids: Sequence[int] = ()) -> tuple[AnswerScore, list[int]]:
+        """`answer_score(prompt_ids, answer_ids)` and `generate(prompt_ids, max_new_tokens, stop_ids)` from ONE
+        prefill of the prompt: the prompt goes into the KV cache exactly as `generate` puts it there; the
+        answer is teacher-forced on top of that cache (log-probs and ranks through the engine's head, as in
+        `answer_score`, equal to its numbers up to float rounding), the cache is cropped back to the prompt
+        and the greedy continuation runs from it (the very calls of `generate`: the same tokens).
+
+        Length-dependent RoPE (dynamic, LongRoPE) fixes the frequencies for the whole input, which differs
+        between the two (prompt + answer vs prompt): there the two verbs run as they are (two prefills).
+        """
+        if not answer_ids:
+            raise ValueError("score_and_generate needs at least one answer token")
+        if self.length_dependent:
+            return self.answer_score(prompt_ids, answer_ids), self.generate(prompt_ids, max_new_tokens, stop_ids)
+        prompt, answer = self._tensor(prompt_ids), self._tensor(answer_ids)
+        last: list[torch.Tensor] = []  # the head's input on the last prefill chunk: hidden state of the last prompt token
+
+        def keep(module, args):
+            last[:] = [args[0][0, -1:]]
+
+        hook = self.head.register_forward_pre_hook(keep)
+        try:
+            cache, out = self._prefill(prompt)
+        finally:
+            hook.remove()
+        if not last:  # a head the model forward does not call as a module: no shared prefill, same numbers
+            return self.answer_score(prompt_ids, answer_ids), self._greedy(cache, out, max_new_tokens, stop_ids)
+        hidden = [last[0]]
+        if answer.numel() > 1:
+            if hasattr(cache, "activate_past_recording"):  # sliding-window layers keep what the crop restores
+                cache.activate_past_recording()
+            step = self.decoder(input_ids=answer[None, :-1], use_cache=True, **{self.cache_kw: cache})
+            hidden.append(step.last_hidden_state[0])
+        hidden = torch.cat(hidden)
+        logprobs, ranks = [], []
+        for s in range(0, answer.numel(), HEAD_CHUNK):
+            logits = postprocess_logits(self.config, self.head(hidden[s:s + HEAD_CHUNK]).float())
+            target = answer[s:s + HEAD_CHUNK]
+            logprobs.append(-F.cross_entropy(logits, target, reduction="none").cpu())
+            ranks.append((logits > logits.gather(1, target[:, None])).sum(1).cpu() + 1)
+        del hidden, logits
+        if answer.numel() > 1:
+            cache.crop(-(answer.numel() - 1))  # back to the prompt (a negative count: tokens to remove)
+        new = self._greedy(cache, out, max_new_tokens, stop_ids)
+        logprob = torch.cat(logprobs)
+        score = AnswerScore(float(logprob.sum()), int(torch.cat(ranks).max()), [float(x) for x in logprob])
+        return score, new
+
+    def _prefill(self, tensor: torch.Tensor):
+        """(DynamicCache holding the prompt, the model's output on its last chunk with logits_to_keep=1), in the
+        chunks of the plan: one chunk when a single pass fits, the prefill plan's chunk otherwise. Where scoring
+        would stream, the plan without stream decides: a cache for generation holds every layer's K/V, which
+        is what a pass or a prefill builds."""
         from transformers import DynamicCache
 
-        tensor = self._tensor(prompt_ids)
-        plan = self.plan(tensor.numel())
-        if plan.strategy == "stream":  # a cache for generation holds every layer's K/V: a pass or a prefill builds it
-            plan = make_plan(self.config, tensor.numel(), dtype=self.dtype, attn=self.attn, n_params=self.n_params,
+        length = tensor.numel()
+        plan = self.plan(length)
+        if plan.strategy == "stream":
+            plan = make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
                              max_memory=self.max_memory, chunk_size=self.chunk_size, stream_ok=False)
-        chunk = plan.chunk if plan.strategy == "prefill" else tensor.numel()
-        if chunk < tensor.numel():
+        chunk = plan.chunk if plan.strategy == "prefill" else length
+        if chunk < length:
             self._check_prefill()
         cache = DynamicCache(config=self.model.config)
+        for start in range(0, length, chunk):
+            out = self.model(input_ids=tensor[None, start:start + chunk], use_cache=True, logits_to_keep=1,
+                             **{self.cache_kw: cache})
+        return cache, out
+
+    def _greedy(self, cache, out, max_new_tokens: int, stop_ids: Sequence[int]) -> list[int]:
         new: list[int] = []
-        with self._rope_context(tensor.numel()):
-            for start in range(0, tensor.numel(), chunk):
-                out = self.model(input_ids=tensor[None, start:start + chunk], use_cache=True, logits_to_keep=1,
-                                 **{self.cache_kw: cache})
-            for _ in range(max_new_tokens):
-                token = int(out.logits[0, -1].argmax())
-                new.append(token)
-                if token in stop_ids:
-                    break
-                out = self.model(input_ids=self._tensor([token])[None], use_cache=True, logits_to_keep=1,
-                                 **{self.cache_kw: cache})
+        for _ in range(max_new_tokens):
+            token = int(out.logits[0, -1].argmax())
+            new.append(token)
+            if token in stop_ids or len(new) == max_new_tokens:  # no forward whose logits nobody reads
+                break
+            out = self.model(input_ids=self._tensor([token])[None], use_cache=True, logits_to_keep=1,
+                             **{self.cache_kw: cache})
         return new
 
 

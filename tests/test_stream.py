@@ -1,5 +1,5 @@
 """Layer-streamed scoring equals a plain full forward (relative 1e-5, float32) for every family it supports;
-the planner picks it only where it fits and is exact."""
+the planner picks it only where it fits and is exact; score_and_generate equals the two verbs it merges."""
 
 import pytest
 import torch
@@ -149,3 +149,61 @@ def test_self_check_refuses_a_family_the_pass_does_not_reproduce(tmp_path, monke
     assert not eng.stream_exact and "does not reproduce" in eng.stream_refusal
     with pytest.raises(RuntimeError, match="does not reproduce"):
         eng.token_nll(ids_of(40), engine.Plan("stream", 16, 0))
+
+
+# ------------------------------------------------------------------------------- score_and_generate
+
+
+def separate(eng, prompt, answer, new_tokens, stop=()):
+    return eng.answer_score(prompt, answer), eng.generate(prompt, new_tokens, stop)
+
+
+def assert_scores_equal(got, want):
+    assert got.logprob == pytest.approx(want.logprob, rel=1e-5, abs=1e-5)
+    assert got.token_logprobs == pytest.approx(want.token_logprobs, rel=1e-5, abs=1e-5)
+    assert got.rank == want.rank
+
+
+@pytest.mark.parametrize("variant", ["llama", "gemma2", "gemma3"])
+def test_score_and_generate_equals_the_two_verbs(variant, variant_dirs):
+    """Gemma2/3: the prompt is longer than the sliding window (64), so the crop must restore sliding layers."""
+    loaded = models.load(str(variant_dirs[variant]))
+    prompt, answer = ids_of(200, seed=2), ids_of(7, seed=5)
+    for chunk in (None, 64):  # one prefill pass, and chunked prefill
+        eng = engine.Engine(loaded, chunk_size=chunk)
+        want_score, want_tokens = separate(eng, prompt, answer, 8)
+        score, tokens = eng.score_and_generate(prompt, answer, 8)
+        assert_scores_equal(score, want_score)
+        assert tokens == want_tokens, (variant, chunk)
+        one, tokens = eng.score_and_generate(prompt, answer[:1], 8)  # a one-token answer
+        assert_scores_equal(one, eng.answer_score(prompt, answer[:1]))
+        assert tokens == want_tokens
+
+
+def test_score_and_generate_prefills_once(tiny_llama):
+    eng = engine.Engine(models.load(str(tiny_llama)))
+    prompt, answer = ids_of(200, seed=2), ids_of(5, seed=5)
+    seen = []
+    hook = eng.decoder.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]),
+                                                 with_kwargs=True)
+    try:
+        _, tokens = eng.score_and_generate(prompt, answer, 4)
+    finally:
+        hook.remove()
+    assert sum(seen) == len(prompt) + len(answer) - 1 + len(tokens) - 1  # prompt once, answer, one per new token
+
+
+def test_score_and_generate_stops_and_handles_length_dependent_rope(tiny_llama):
+    prompt, answer = ids_of(200, seed=2), ids_of(5, seed=5)
+    eng = engine.Engine(models.load(str(tiny_llama)))
+    free = eng.generate(prompt, 8)
+    stop = (free[2],)
+    want_score, want_tokens = separate(eng, prompt, answer, 8, stop)
+    score, tokens = eng.score_and_generate(prompt, answer, 8, stop)
+    assert tokens == want_tokens and tokens[-1] == free[2] and len(tokens) <= 3
+    assert_scores_equal(score, want_score)
+    dynamic = engine.Engine(models.load(str(tiny_llama), models.RopeOverride(rope_type="dynamic", factor=4)))
+    want_score, want_tokens = separate(dynamic, prompt, answer, 4)
+    score, tokens = dynamic.score_and_generate(prompt, answer, 4)
+    assert tokens == want_tokens
+    assert_scores_equal(score, want_score)
