@@ -86,9 +86,10 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
 def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) -> int:
     """Layer-streamed pass: weights + the residual stream (2 x T x H, model dtype: the layer's input and
     output chunk) + one layer's K/V over T + one query chunk's activations (as a pass of `chunk` tokens,
-    its final hidden states included) + the chunk's boolean causal mask (materialised on CPU) + the output
-    head sub-chunk. Layers with attention-logit softcapping (Gemma2) also build heads x chunk x T float32
-    scores. Independent of the number of layers."""
+    its final hidden states included) + the output head sub-chunk. Independent of the number of layers.
+    Full-attention layers build no mask (CPU: two fused-kernel calls merged by log-sum-exp; CUDA: sdpa's
+    lower-right causal bias); sliding-window layers build a bool and a float mask of chunk x (window +
+    chunk); layers with attention-logit softcapping (Gemma2) build heads x chunk x T float32 scores."""
     text = models.text_config(config)
     bytes_w = _DTYPE_BYTES[dtype]
     hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
@@ -100,7 +101,8 @@ def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) ->
     residual = 2 * length * hidden * bytes_w
     layer_kv = 2 * kv_heads * head_dim * length * bytes_w
     activations = q_len * (8 * hidden + 3 * inter) * bytes_w + q_len * hidden * 4
-    mask = q_len * length
+    window = getattr(text, "sliding_window", None)
+    mask = 5 * q_len * min(length, window + q_len) if window else 0
     scores = heads * q_len * length * 4 if getattr(text, "attn_logit_softcapping", None) else 0
     head = min(HEAD_CHUNK, length) * text.vocab_size * 4 * 3
     return int(weights + residual + layer_kv + activations + mask + scores + head)

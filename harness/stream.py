@@ -33,6 +33,9 @@ from torch.nn.attention.bias import causal_lower_right
 from harness import models
 
 ATTENTION_NAME = "rope_harness_stream"
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa (torch 2.5+)
+# torch's CPU flash-attention kernel (what sdpa runs on CPU), called directly for its log-sum-exp output
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
 @dataclass(frozen=True)
@@ -146,10 +149,38 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         del scores
         out = torch.matmul(probs, value)
+    elif window is None and query.device.type == "cpu" and _CPU_FLASH is not None:
+        out = _split_attention(query, key, value, offset, scale)
     else:
+        if groups > 1 and not _SDPA_GQA:
+            key, value, groups = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), 1
         mask = causal_lower_right(n, k) if window is None else _visible(n, k, offset, window, query.device)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
+        gqa = {"enable_gqa": True} if groups > 1 else {}
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, **gqa)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _split_attention(query, key, value, offset: int, scale: float) -> torch.Tensor:
+    """CPU: the chunk against the keys before it (no mask) and against its own keys (causal), merged by
+    their log-sum-exps. Exact; sdpa with the [n, k] lower-right mask would be ~2x slower on CPU (its kernel
+    cannot skip the masked blocks) and materialise the mask twice (bool and float). Query heads are
+    grouped by kv head, the kv heads broadcast over their group (GQA without copies)."""
+    batch, heads, n, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    q = query.reshape(batch * kv_heads, groups, n, dim)
+
+    def spread(x):
+        return x.reshape(batch * kv_heads, 1, *x.shape[-2:]).expand(-1, groups, -1, -1)
+
+    key, value = spread(key), spread(value)
+    out, lse = _CPU_FLASH(q, key[:, :, offset:], value[:, :, offset:], is_causal=True, scale=scale)[:2]
+    if offset:
+        before, before_lse = _CPU_FLASH(q, key[:, :, :offset], value[:, :, :offset], scale=scale)[:2]
+        total = torch.logaddexp(lse, before_lse)
+        out = (out.float() * (lse - total).exp()[..., None]
+               + before.float() * (before_lse - total).exp()[..., None]).to(query.dtype)
+    return out.reshape(batch, heads, n, dim)
 
 
 def _register() -> None:

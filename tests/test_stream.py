@@ -58,6 +58,16 @@ def test_stream_matches_plain_forward(variant, variant_dirs):
     assert_same(eng.token_nll(ids), plain_nll(variant_dirs[variant], override, ids), variant)
 
 
+def test_sdpa_lower_right_path_matches_plain_forward(variant_dirs, monkeypatch):
+    """Without the CPU kernel's log-sum-exp (CUDA, old torch), full layers run sdpa with the lower-right
+    causal bias: the same numbers."""
+    monkeypatch.setattr(stream, "_CPU_FLASH", None)
+    ids = ids_of(301)
+    for variant in ("llama", "gemma3"):
+        eng = engine.Engine(models.load(str(variant_dirs[variant])), strategy="stream", chunk_size=CHUNK)
+        assert_same(eng.token_nll(ids), plain_nll(variant_dirs[variant], models.RopeOverride(), ids), variant)
+
+
 def test_the_sliding_window_binds(variant_dirs, tmp_path):
     """Without the window the numbers differ: the window tests above are not vacuous."""
     ids = ids_of(301)
