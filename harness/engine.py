@@ -85,8 +85,10 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
 
 def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) -> int:
     """Layer-streamed pass: weights + the residual stream (2 x T x H, model dtype: the layer's input and
-    output chunk) + one layer's K/V over T + one query chunk's activations (as a pass of `chunk` tokens,
-    its final hidden states included) + the output head sub-chunk. Independent of the number of layers.
+    output chunk) + one layer's K/V over T + one query chunk's activations + its final hidden states +
+    the output head sub-chunk. Independent of the number of layers. A chunk's activations count twice a
+    pass's per-token model: benchmarks/memory.py measured ~1.9x that model for 4,096-token chunks (rotary
+    temporaries, gate/up/act/product of the MLP live at once, allocator slack).
     Full-attention layers build no mask (CPU: two fused-kernel calls merged by log-sum-exp; CUDA: sdpa's
     lower-right causal bias); sliding-window layers build a bool and a float mask of chunk x (window +
     chunk); layers with attention-logit softcapping (Gemma2) build heads x chunk x T float32 scores."""
@@ -100,7 +102,7 @@ def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) ->
     weights = n_params * bytes_w
     residual = 2 * length * hidden * bytes_w
     layer_kv = 2 * kv_heads * head_dim * length * bytes_w
-    activations = q_len * (8 * hidden + 3 * inter) * bytes_w + q_len * hidden * 4
+    activations = q_len * 2 * (8 * hidden + 3 * inter) * bytes_w + q_len * hidden * 4
     window = getattr(text, "sliding_window", None)
     mask = 5 * q_len * min(length, window + q_len) if window else 0
     scores = heads * q_len * length * 4 if getattr(text, "attn_logit_softcapping", None) else 0

@@ -9,9 +9,11 @@ re-implementation). Two things are swapped in for the pass:
   layer alone, filled chunk by chunk, so every token's K/V is computed once and the layer's full K/V
   (up to the current chunk: all a causal query needs) is what each query chunk attends to; it is freed
   before the next layer;
-- the attention function is `_attention`: torch's scaled_dot_product_attention of the query chunk
-  against those keys with a lower-right causal offset (plus the layer's sliding window when it has
-  one); layers with attention-logit softcapping (Gemma2) run the eager formula on the chunk instead.
+- the attention function is `_attention`: the query chunk against those keys, causal at the chunk's
+  offset: torch's scaled_dot_product_attention with the lower-right causal bias (on CPU: its fused
+  kernel twice, keys before the chunk and the chunk's own keys, merged by log-sum-exp, which is faster
+  and builds no mask); a band mask where the layer has a sliding window; the eager formula on the
+  chunk for layers with attention-logit softcapping (Gemma2).
 
 Peak memory ~ weights + the residual stream + one layer's K/V + one chunk's activations, whatever the
 number of layers. The final norm runs per chunk; the engine does output head and loss as for any plan.
