@@ -33,8 +33,9 @@ MODEL = dict(vocab_size=32000, hidden_size=256, intermediate_size=768, num_hidde
 GRID = (1024, 2048, 4096, 8192, 16384)
 
 
-def build_model(path: Path, seed: int = 0) -> Path:
-    """Save the benchmark Llama (float32, default RoPE theta 1e4) + the byte tokenizer to `path`."""
+def build_model(path: Path, seed: int = 0, spec: dict | None = None) -> Path:
+    """Save the benchmark Llama (float32, default RoPE theta 1e4) + the byte tokenizer to `path`; `spec`
+    overrides entries of MODEL (another shape)."""
     import torch
     import transformers
 
@@ -42,17 +43,19 @@ def build_model(path: Path, seed: int = 0) -> Path:
 
     if (path / "config.json").exists():
         return path
-    config = transformers.LlamaConfig(**MODEL, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    config = transformers.LlamaConfig(**{**MODEL, **(spec or {})},
+                                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     torch.manual_seed(seed)
     transformers.LlamaForCausalLM(config).save_pretrained(path)
     byte_tokenizer().save_pretrained(path)
     return path
 
 
-def random_ids(n: int, seed: int = 0) -> list[int]:
+def random_ids(n: int, seed: int = 0, vocab: int | None = None) -> list[int]:
     import torch
 
-    return torch.randint(0, MODEL["vocab_size"], (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    vocab = vocab or MODEL["vocab_size"]
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def _cpu_model() -> str:
@@ -72,13 +75,13 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def header(title: str, where: str = "float32, sdpa attention, CPU") -> str:
-    """Machine, load, versions and the benchmark model, as markdown lines."""
+def header(title: str, where: str = "float32, sdpa attention, CPU", model: str | None = None) -> str:
+    """Machine, load, versions and the benchmark model (or `model`, a description of another), as markdown lines."""
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    model = ", ".join(f"{k}={MODEL[k]}" for k in ("vocab_size", "hidden_size", "intermediate_size",
+    default = ", ".join(f"{k}={MODEL[k]}" for k in ("vocab_size", "hidden_size", "intermediate_size",
                                                    "num_hidden_layers", "num_attention_heads",
                                                    "max_position_embeddings", "initializer_range"))
     return "\n".join([
@@ -88,7 +91,7 @@ def header(title: str, where: str = "float32, sdpa attention, CPU") -> str:
         f"{platform.system()} {platform.release()}; load average (1/5/15 min) at start: {load}",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, transformers "
         f"{_version('transformers')}, rope-harness {_version('rope-harness')}, lm-eval {_version('lm-eval')}",
-        f"- benchmark model: random Llama, {model}, {where}",
+        f"- benchmark model: random Llama, {default}, {where}" if model is None else f"- models: {model}, {where}",
         "",
     ])
 

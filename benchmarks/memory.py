@@ -1,17 +1,25 @@
-"""Peak memory (RSS) of scoring L tokens: the harness engine vs `model(ids, labels=ids)` vs lm-evaluation-harness.
+"""Peak memory (RSS) of scoring L tokens: the harness engine vs `model(ids, labels=ids)` vs lm-evaluation-harness;
+then the engine's strategies (single / stream / prefill), the planner's estimate vs the measured peak.
 
 Every measurement runs in its own child process (a fresh interpreter: peaks do not leak between
 measurements). The child reads its own peak RSS from /proc/self/status (VmHWM) once after loading the
 model and once after the pass; the table shows both the total peak and the pass's increment over the
 loaded model. Linear memory in L means the increment doubles (x2.0) when L doubles; quadratic, x4.
 
-    python benchmarks/memory.py [--lengths 2048,4096,8192,16384]
+The strategy table runs on two models of its own (a deep MHA one, where every layer's K/V is as wide as
+the hidden state, and a GQA one); its children fork from a server that has imported torch once
+(multiprocessing forkserver: a fresh process per measurement, without ~5 s of imports each). With CUDA
+(--device cuda) it also reads torch.cuda.max_memory_allocated above the loaded model.
+
+    python benchmarks/memory.py [--lengths 2048,4096,8192,16384] [--strategy-lengths 2048,...,32768]
+                                [--part all|methods|strategies] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import subprocess
 import sys
 import tempfile
@@ -25,6 +33,19 @@ METHODS = {
     "labels": "model(ids, labels=ids) under torch.no_grad()",
     "lm-eval": "lm-evaluation-harness HFLM.loglikelihood_rolling, max_length=L, batch 1",
 }
+
+
+# the strategy table's models (random Llamas; a 4,096-token vocabulary keeps the output-head sub-chunk,
+# the same for every strategy, from hiding what grows with L)
+STRATEGY_VOCAB = 4096
+STRATEGY_MODELS = {
+    "deep-mha": dict(vocab_size=STRATEGY_VOCAB, hidden_size=128, intermediate_size=384, num_hidden_layers=24,
+                     num_attention_heads=2, num_key_value_heads=2),
+    "gqa": dict(vocab_size=STRATEGY_VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=2),
+}
+STRATEGIES = ("single", "stream", "prefill")
+STRATEGY_CHUNK = 4096  # query tokens per chunk for stream and prefill alike (the stream planner's largest)
 
 
 def vm_hwm_kb() -> int:
@@ -123,9 +144,147 @@ def report(results: dict[tuple[str, int], dict], lengths: list[int]) -> str:
                      "increment growth per doubling of L", "peak / labels= peak"], rows)
 
 
+# ------------------------------------------------------------------------------ strategies
+
+
+def strategy_child(model_dir: str, strategy: str, length: int, device: str, queue) -> None:
+    """One strategy measurement in a child forked from the server (nothing computed before the fork)."""
+    result: dict = {"strategy": strategy, "length": length}
+    try:
+        import torch
+
+        from harness import engine, models
+        from harness.rope_config import RopeOverride
+
+        start = time.perf_counter()
+        loaded = models.load(model_dir, RopeOverride(), dtype="float32", device=device, attn="sdpa")
+        eng = engine.Engine(loaded, strategy=strategy, chunk_size=None if strategy == "single" else STRATEGY_CHUNK)
+        ids = bc.random_ids(length, vocab=STRATEGY_VOCAB)
+        plan = eng.plan(length)
+        cuda = device.startswith("cuda")
+        if cuda:
+            torch.cuda.synchronize()
+            floor = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        result.update(plan=str(plan), estimate=plan.estimate_bytes - eng.n_params * 4, load_kb=vm_hwm_kb())
+        nll = eng.token_nll(ids, plan)
+        if cuda:
+            torch.cuda.synchronize()
+            result["cuda_peak"] = torch.cuda.max_memory_allocated() - floor
+        result.update(peak_kb=vm_hwm_kb(), nll=nll.double().mean().item(), seconds=time.perf_counter() - start)
+    except Exception as exc:  # reported in the table
+        result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    queue.put(result)
+
+
+def measure_strategies(ctx, model_dir: Path, lengths: list[int], device: str) -> dict[tuple[str, int], dict]:
+    results = {}
+    for length in lengths:
+        for strategy in STRATEGIES:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=strategy_child, args=(str(model_dir), strategy, length, device, queue))
+            proc.start()
+            try:
+                r = queue.get(timeout=3600)
+            except Exception:
+                r = {"strategy": strategy, "length": length, "error": f"child exit {proc.exitcode} without a result"}
+            proc.join()
+            results[(strategy, length)] = r
+            print(f"  measured {model_dir.name} {strategy} L={length}: " + (r.get("error") or
+                  f"{r['plan']}, +{(r['peak_kb'] - r['load_kb']) / 2**20:.2f} GiB, {r['seconds']:.1f}s"),
+                  file=sys.stderr, flush=True)
+    return results
+
+
+def strategy_report(name: str, results: dict, lengths: list[int]) -> tuple[str, str]:
+    """(per-cell table, side-by-side at the top L)."""
+    spec = STRATEGY_MODELS[name]
+    cuda = any("cuda_peak" in r for r in results.values())
+    rows = []
+    for length in lengths:
+        for strategy in STRATEGIES:
+            r = results[(strategy, length)]
+            if "error" in r:
+                rows.append([length, strategy, r.get("plan", ""), "", f"failed: {r['error']}", "", ""] + ([""] if cuda else []))
+                continue
+            measured = (r["peak_kb"] - r["load_kb"]) * 1024
+            ratio = measured / r["estimate"]
+            row = [length, strategy, r["plan"], f"{r['estimate'] / 2**30:.3f}", f"{measured / 2**30:.3f}", f"{ratio:.2f}",
+                   f"{r['seconds']:.1f}"]
+            if cuda:
+                row.append(f"{r['cuda_peak'] / 2**30:.3f} ({r['cuda_peak'] / r['estimate']:.2f})" if "cuda_peak" in r else "")
+            rows.append(row)
+    columns = ["L", "strategy", "plan", "estimate GiB (pass, weights excluded)", "measured RSS increment GiB",
+               "measured / estimate", "seconds"] + (["CUDA max allocated GiB (/ estimate)"] if cuda else [])
+    cells = bc.table(columns, rows)
+    top = max(lengths)
+    at = {s: results[(s, top)] for s in STRATEGIES}
+    if any("error" in r for r in at.values()):
+        return cells, f"(side by side at L={top} unavailable: a measurement failed)"
+    inc = {s: (r["peak_kb"] - r["load_kb"]) * 1024 for s, r in at.items()}
+    nll = {s: r["nll"] for s, r in at.items()}
+    side = [["measured RSS increment GiB"] + [f"{inc[s] / 2**30:.3f}" for s in STRATEGIES]
+            + [f"{inc['stream'] / inc['single']:.2f}", f"{inc['stream'] / inc['prefill']:.2f}"],
+            ["planner estimate GiB"] + [f"{at[s]['estimate'] / 2**30:.3f}" for s in STRATEGIES]
+            + [f"{at['stream']['estimate'] / at['single']['estimate']:.2f}",
+               f"{at['stream']['estimate'] / at['prefill']['estimate']:.2f}"]]
+    if cuda and all("cuda_peak" in r for r in at.values()):
+        side.append(["CUDA max allocated GiB"] + [f"{at[s]['cuda_peak'] / 2**30:.3f}" for s in STRATEGIES]
+                    + [f"{at['stream']['cuda_peak'] / at['single']['cuda_peak']:.2f}",
+                       f"{at['stream']['cuda_peak'] / at['prefill']['cuda_peak']:.2f}"])
+    agree = max(abs(nll[s] / nll["single"] - 1) for s in STRATEGIES)
+    text = (f"Side by side at L={top} ({name}: {spec['num_hidden_layers']} layers, hidden {spec['hidden_size']}, "
+            f"{spec['num_attention_heads']} heads / {spec['num_key_value_heads']} kv heads); mean NLL of the three "
+            f"agrees to {agree:.1e} (relative)\n\n"
+            + bc.table(["", *(f"{s} ({at[s]['plan']})" for s in STRATEGIES), "stream / single", "stream / prefill"], side))
+    return cells, text
+
+
+def strategies_main(lengths: list[int], device: str, tmp: Path) -> None:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "transformers", "transformers.models.llama.modeling_llama",
+                                "harness.engine", "harness.models", "harness.stream"])
+    described = "; ".join(f"{n}: {s['num_hidden_layers']} layers, hidden {s['hidden_size']}, intermediate "
+                          f"{s['intermediate_size']}, {s['num_attention_heads']} heads / {s['num_key_value_heads']} "
+                          "kv heads" for n, s in STRATEGY_MODELS.items())
+    print(bc.header("Memory by strategy: planner estimate vs measured peak", f"float32, sdpa attention, {device}",
+                    model=f"random Llamas, vocab {STRATEGY_VOCAB} ({described})"))
+    print(f"- Engine(strategy=...): single = one pass; stream = layer-streamed, query chunks of {STRATEGY_CHUNK}; "
+          f"prefill = KV-cache prefill in chunks of {STRATEGY_CHUNK}; head + loss in 1,024-token sub-chunks for all")
+    print("- estimate = the plan's estimate_bytes minus the weights; measured = peak RSS (VmHWM) after the pass minus "
+          "VmHWM once the engine is built (model loaded, self-check run); one run per cell\n")
+    ratios: dict[str, list[float]] = {s: [] for s in STRATEGIES}
+    versus_prefill = {}
+    top = max(lengths)
+    for name, spec in STRATEGY_MODELS.items():
+        model_dir = bc.build_model(tmp / name, spec=spec)
+        results = measure_strategies(ctx, model_dir, lengths, device)
+        cells, side = strategy_report(name, results, lengths)
+        print(f"### {name}\n\n{cells}\n\n{side}\n")
+        for (strategy, _), r in results.items():
+            if "error" not in r:
+                ratios[strategy].append((r["peak_kb"] - r["load_kb"]) * 1024 / r["estimate"])
+        stream, prefill = results[("stream", top)], results[("prefill", top)]
+        if "error" not in stream and "error" not in prefill:
+            versus_prefill[name] = (stream["peak_kb"] - stream["load_kb"]) / (prefill["peak_kb"] - prefill["load_kb"])
+    worst = max(ratios["stream"], default=float("nan"))
+    print(f"Target stream estimate >= measured peak (measured / estimate <= 1) in every stream cell: highest "
+          f"{worst:.2f} -> {bc.verdict(worst <= 1)}")
+    halves = bool(versus_prefill) and all(v <= 0.5 for v in versus_prefill.values())
+    print(f"Target stream peak <= 1/2 of prefill's at L={top}: "
+          + ", ".join(f"{n} {v:.2f}" for n, v in versus_prefill.items()) + f" -> {bc.verdict(halves)}")
+    print("(single and prefill, for reference: highest measured / estimate "
+          + ", ".join(f"{s} {max(ratios[s], default=float('nan')):.2f}" for s in ("single", "prefill")) + ")")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="2048,4096,8192,16384")
+    parser.add_argument("--strategy-lengths", default="2048,8192,32768",
+                        help="lengths of the strategy table (single / stream / prefill)")
+    parser.add_argument("--part", choices=("all", "methods", "strategies"), default="all",
+                        help="methods: harness vs labels= vs lm-eval; strategies: the engine's strategies")
+    parser.add_argument("--device", default=None, help="device of the strategy table (default: cuda if available)")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a benchmark model folder")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "L", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -134,9 +293,21 @@ def main() -> int:
         print(json.dumps(child(method, int(length), model_dir)), flush=True)
         return 0
 
-    lengths = [int(x) for x in args.lengths.split(",")]
+    if args.part in ("all", "methods"):
+        methods_main([int(x) for x in args.lengths.split(",")], args.model_dir)
+    if args.part in ("all", "strategies"):
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        with tempfile.TemporaryDirectory() as tmp:
+            strategies_main([int(x) for x in args.strategy_lengths.split(",")], device, Path(tmp))
+        print(f"\nload average at end: {bc.load_now()}")
+    return 0
+
+
+def methods_main(lengths: list[int], model_dir_arg: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = bc.build_model(args.model_dir or Path(tmp) / "model")
+        model_dir = bc.build_model(model_dir_arg or Path(tmp) / "model")
         print(bc.header("Memory: peak RSS of scoring L tokens (one child process per measurement)"))
         for method, what in METHODS.items():
             print(f"- {method}: {what}")
@@ -162,7 +333,6 @@ def main() -> int:
             print(f"Target memory at most linear in L (harness pass increment <= x2 per doubling, +15% noise): "
                   f"{', '.join(f'x{g:.2f}' for g in growth)} -> {bc.verdict(linear)}")
         print(f"\nload average at end: {bc.load_now()}")
-    return 0
 
 
 if __name__ == "__main__":

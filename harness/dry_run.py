@@ -32,7 +32,7 @@ def _planner(prep: PreparedSetting, options: RunOptions):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harness.engine import make_plan
+    from harness.planner import make_plan
 
     with torch.device("meta"):
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(prep.config).parameters())

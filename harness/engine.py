@@ -1,13 +1,16 @@
 """Exact per-token log-likelihoods for very long inputs, with bounded memory.
 
-The only module that touches attention, caches and chunking. Three verbs (the lm-eval seams):
-`token_nll` (teacher-forced loss of every token), `answer_score` (log-prob and rank of an answer span
-after a prompt) and `generate` (greedy continuation after a chunked prefill).
+The only module that touches attention, caches and chunking (with `harness.stream`, which only it
+calls). Verbs (the lm-eval seams): `token_nll` (teacher-forced loss of every token), `answer_score`
+(log-prob and rank of an answer span after a prompt), `generate` (greedy continuation after a chunked
+prefill) and `score_and_generate` (both of the last two from one prefill of the prompt).
 
 Memory: the output head and cross-entropy run over sub-chunks of the final hidden states, so
 [T, vocab] logits never exist. When even one decoder pass over T tokens would not fit `max_memory`,
-the planner switches to chunked prefill through the KV cache. The plan is a pure function of the
-model config, T, dtype and the budget, never of momentary free memory, so reruns are reproducible.
+the planner switches to layer-streamed scoring (`stream`: one decoder layer at a time over the whole
+sequence, so only one layer's K/V is ever held) where the model family supports it, else to chunked
+prefill through the KV cache. The plan is a pure function of the model config, T, dtype and the
+budget, never of momentary free memory, so reruns are reproducible.
 """
 
 from __future__ import annotations
@@ -21,23 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness import models, rope_config
-
-HEAD_CHUNK = 1024  # tokens per output-head / loss sub-chunk: bounds logits at HEAD_CHUNK x vocab
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one sequence is scored: a single pass, or prefill in `chunk`-token pieces."""
-
-    strategy: str  # "single" | "prefill"
-    chunk: int
-    estimate_bytes: int
-    fits: bool = True
-
-    def __str__(self) -> str:
-        return "single" if self.strategy == "single" else f"prefill:{self.chunk}"
+from harness import models, rope_config, stream
+from harness.errors import one_line
+from harness.planner import HEAD_CHUNK, STRATEGIES, Plan, make_plan
 
 
 @dataclass(frozen=True)
@@ -45,52 +34,6 @@ class AnswerScore:
     logprob: float  # sum over the answer tokens
     rank: int  # worst (largest) 1-based rank of an answer token under the model
     token_logprobs: list[float]
-
-
-def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str, n_params: int) -> int:
-    """Conservative peak-memory estimate of scoring `length` tokens (weights included).
-
-    Per token of a pass: residual stream and q/k/v/o projections (~8 x hidden), the MLP's
-    intermediate activations (3 x intermediate), float32 final hidden states; eager attention also
-    materialises heads x q x kv scores. Prefill adds the KV cache over the whole length.
-    """
-    text = rope_config.text_config(config)
-    bytes_w = _DTYPE_BYTES[dtype]
-    hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or hidden // heads
-    vocab = text.vocab_size
-    q_len = length if chunk is None else min(chunk, length)
-    activations = q_len * (8 * hidden + 3 * inter) * bytes_w + length * hidden * 4
-    head = min(HEAD_CHUNK, length) * vocab * 4 * 3
-    weights = n_params * bytes_w
-    cache = 0 if chunk is None else 2 * text.num_hidden_layers * kv_heads * head_dim * length * bytes_w
-    # scores: eager always; sdpa with a non-trivial mask (prefill after the first chunk) on CPU falls
-    # back to the math kernel, which builds them too.
-    scores = heads * q_len * length * 4 if attn == "eager" or chunk is not None else 0
-    return int(weights + activations + head + cache + scores)
-
-
-def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_memory: int | None = None,
-              chunk_size: int | None = None) -> Plan:
-    """Single pass when it fits (or no budget is set), else the largest power-of-two prefill chunk that fits."""
-    def est(chunk: int | None) -> int:
-        return estimate_bytes(config, length, chunk, dtype, attn, n_params)
-
-    if chunk_size is not None and chunk_size < length:
-        need = est(chunk_size)
-        return Plan("prefill", chunk_size, need, max_memory is None or need <= max_memory)
-    single = est(None)
-    if max_memory is None or single <= max_memory:
-        return Plan("single", length, single)
-    chunk = 1 << max(6, (length - 1).bit_length() - 1)
-    while chunk >= 64:
-        need = est(chunk)
-        if need <= max_memory:
-            return Plan("prefill", chunk, need)
-        chunk //= 2
-    return Plan("prefill", 64, est(64), fits=False)
 
 
 def device_budget(device: str) -> int | None:
@@ -128,7 +71,11 @@ def postprocess_logits(config, logits: torch.Tensor) -> torch.Tensor:
 class Engine:
     """Scores token sequences with a loaded model; see the module docstring for the guarantees."""
 
-    def __init__(self, loaded: models.Loaded, *, chunk_size: int | None = None, max_memory: int | None = None):
+    def __init__(self, loaded: models.Loaded, *, chunk_size: int | None = None, max_memory: int | None = None,
+                 strategy: str = "auto"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        self.strategy = strategy
         self.model = loaded.model
         self.config = loaded.config
         self.tokenizer = loaded.tokenizer
@@ -144,30 +91,45 @@ class Engine:
         # transformers 5.24 renamed past_key_values to cache (5.23 knows only the old name)
         self.cache_kw = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         self.self_check()
+        if strategy == "stream":
+            self._check_stream()
 
     # ---------------------------------------------------------------------------------- planning
-    def plan(self, length: int) -> Plan:
+    def plan(self, length: int, strategy: str | None = None) -> Plan:
         return make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
-                         max_memory=self.max_memory, chunk_size=self.chunk_size)
+                         max_memory=self.max_memory, chunk_size=self.chunk_size, strategy=strategy or self.strategy,
+                         stream_ok=self.stream_exact)
 
     @torch.inference_mode()
     def self_check(self, tokens: int = 12) -> None:
         """Scoring runs decoder -> output head -> `postprocess_logits`, long inputs through chunked prefill: on
         a few tokens both must reproduce the model's own logits. Unknown logit scaling raises here; a family
         whose cache does not carry its state across multi-token chunks (Bamba's Mamba layers in transformers
-        5.x) is marked, and a prefill plan then raises instead of returning wrong numbers."""
+        5.x) is marked, and a prefill plan then raises instead of returning wrong numbers. Likewise a
+        layer-streamed pass (query chunks of 5) must reproduce them, else `stream_exact` is False: the planner
+        never picks stream for this model and a forced stream plan raises (`stream_refusal` says why)."""
         vocab = rope_config.text_config(self.config).vocab_size
         ids = self._tensor([i % vocab for i in range(1, tokens + 1)])
-        self.prefill_exact = True
+        self.prefill_exact = self.stream_exact = True
+        self.stream_refusal = stream.model_refusal(self.model)
         with self._rope_context(tokens):
             want = self.model(input_ids=ids[None], use_cache=False).logits[0].float()
             single = self._logits(ids, Plan("single", tokens, 0))
             prefill = self._logits(ids, Plan("prefill", 5, 0))
+            streamed = None
+            if self.stream_refusal is None:
+                try:
+                    streamed = self._logits(ids, Plan("stream", 5, 0))
+                except Exception as exc:  # a layer this pass cannot drive: refused, never guessed
+                    self.stream_refusal = f"the layer-streamed pass failed ({one_line(exc, 160)})"
         tol = (1e-4 if self.dtype == "float32" else 3e-2) * (1 + float(want.abs().max()))
         if single.shape != want.shape or (single - want).abs().max() > tol:
             raise RuntimeError(f"{type(self.model).__name__}: the engine's output head does not reproduce the model's "
                                "logits (unknown logit post-processing): add this family to engine.postprocess_logits")
         self.prefill_exact = bool((prefill - want).abs().max() <= tol)
+        if streamed is not None and not (streamed - want).abs().max() <= tol:
+            self.stream_refusal = "the layer-streamed pass does not reproduce the model's logits"
+        self.stream_exact = self.stream_refusal is None
 
     def _logits(self, ids: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Post-processed float32 logits of every position (short inputs only: [T, vocab])."""
@@ -178,12 +140,21 @@ class Engine:
             raise RuntimeError(f"{type(self.model).__name__}: chunked prefill through the cache is not exact for this "
                                "family: score in a single pass (no --chunk-size, a larger --max-memory)")
 
+    def _check_stream(self) -> None:
+        if not self.stream_exact:
+            raise RuntimeError(f"{type(self.model).__name__}: layer-streamed scoring (strategy stream) is refused for "
+                               f"this model: {self.stream_refusal}; use strategy auto, single or prefill")
+
     # ---------------------------------------------------------------------------------- internals
     def _hidden_chunks(self, ids: torch.Tensor, plan: Plan):
         """Yield (start, final hidden states [n, H]) covering every position, per the plan."""
         if plan.strategy == "single":
             out = self.decoder(input_ids=ids[None], use_cache=False)
             yield 0, out.last_hidden_state[0]
+            return
+        if plan.strategy == "stream":
+            self._check_stream()
+            yield from stream.hidden_chunks(self.model, ids, plan.chunk)
             return
         from transformers import DynamicCache
 
@@ -244,26 +215,91 @@ class Engine:
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
         """Greedy continuation after a chunked prefill (RoPE fixed at the prompt length when length-dependent)."""
+        tensor = self._tensor(prompt_ids)
+        with self._rope_context(tensor.numel()):
+            cache, out = self._prefill(tensor)
+            return self._greedy(cache, out, max_new_tokens, stop_ids)
+
+    @torch.inference_mode()
+    def score_and_generate(self, prompt_ids: Sequence[int], answer_ids: Sequence[int], max_new_tokens: int,
+                           stop_ids: Sequence[int] = ()) -> tuple[AnswerScore, list[int]]:
+        """`answer_score(prompt_ids, answer_ids)` and `generate(prompt_ids, max_new_tokens, stop_ids)` from ONE
+        prefill of the prompt: the prompt goes into the KV cache exactly as `generate` puts it there; the
+        answer is teacher-forced on top of that cache (log-probs and ranks through the engine's head, as in
+        `answer_score`, equal to its numbers up to float rounding), the cache is cropped back to the prompt
+        and the greedy continuation runs from it (the very calls of `generate`: the same tokens).
+
+        Length-dependent RoPE (dynamic, LongRoPE) fixes the frequencies for the whole input, which differs
+        between the two (prompt + answer vs prompt): there the two verbs run as they are (two prefills).
+        """
+        if not answer_ids:
+            raise ValueError("score_and_generate needs at least one answer token")
+        if self.length_dependent:
+            return self.answer_score(prompt_ids, answer_ids), self.generate(prompt_ids, max_new_tokens, stop_ids)
+        prompt, answer = self._tensor(prompt_ids), self._tensor(answer_ids)
+        last: list[torch.Tensor] = []  # the head's input on the last prefill chunk: hidden state of the last prompt token
+
+        def keep(module, args):
+            last[:] = [args[0][0, -1:]]
+
+        hook = self.head.register_forward_pre_hook(keep)
+        try:
+            cache, out = self._prefill(prompt)
+        finally:
+            hook.remove()
+        if not last:  # a head the model forward does not call as a module: no shared prefill, same numbers
+            return self.answer_score(prompt_ids, answer_ids), self._greedy(cache, out, max_new_tokens, stop_ids)
+        hidden = [last[0]]
+        if answer.numel() > 1:
+            if hasattr(cache, "activate_past_recording"):  # sliding-window layers keep what the crop restores
+                cache.activate_past_recording()
+            step = self.decoder(input_ids=answer[None, :-1], use_cache=True, **{self.cache_kw: cache})
+            hidden.append(step.last_hidden_state[0])
+        hidden = torch.cat(hidden)
+        logprobs, ranks = [], []
+        for s in range(0, answer.numel(), HEAD_CHUNK):
+            logits = postprocess_logits(self.config, self.head(hidden[s:s + HEAD_CHUNK]).float())
+            target = answer[s:s + HEAD_CHUNK]
+            logprobs.append(-F.cross_entropy(logits, target, reduction="none").cpu())
+            ranks.append((logits > logits.gather(1, target[:, None])).sum(1).cpu() + 1)
+        del hidden, logits
+        if answer.numel() > 1:
+            cache.crop(-(answer.numel() - 1))  # back to the prompt (a negative count: tokens to remove)
+        new = self._greedy(cache, out, max_new_tokens, stop_ids)
+        logprob = torch.cat(logprobs)
+        score = AnswerScore(float(logprob.sum()), int(torch.cat(ranks).max()), [float(x) for x in logprob])
+        return score, new
+
+    def _prefill(self, tensor: torch.Tensor):
+        """(DynamicCache holding the prompt, the model's output on its last chunk with logits_to_keep=1), in the
+        chunks of the plan: one chunk when a single pass fits, the prefill plan's chunk otherwise. Where scoring
+        would stream, the plan without stream decides: a cache for generation holds every layer's K/V, which
+        is what a pass or a prefill builds."""
         from transformers import DynamicCache
 
-        tensor = self._tensor(prompt_ids)
-        plan = self.plan(tensor.numel())
-        chunk = plan.chunk if plan.strategy == "prefill" else tensor.numel()
-        if chunk < tensor.numel():
+        length = tensor.numel()
+        plan = self.plan(length)
+        if plan.strategy == "stream":
+            plan = make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
+                             max_memory=self.max_memory, chunk_size=self.chunk_size, stream_ok=False)
+        chunk = plan.chunk if plan.strategy == "prefill" else length
+        if chunk < length:
             self._check_prefill()
         cache = DynamicCache(config=self.model.config)
+        for start in range(0, length, chunk):
+            out = self.model(input_ids=tensor[None, start:start + chunk], use_cache=True, logits_to_keep=1,
+                             **{self.cache_kw: cache})
+        return cache, out
+
+    def _greedy(self, cache, out, max_new_tokens: int, stop_ids: Sequence[int]) -> list[int]:
         new: list[int] = []
-        with self._rope_context(tensor.numel()):
-            for start in range(0, tensor.numel(), chunk):
-                out = self.model(input_ids=tensor[None, start:start + chunk], use_cache=True, logits_to_keep=1,
-                                 **{self.cache_kw: cache})
-            for _ in range(max_new_tokens):
-                token = int(out.logits[0, -1].argmax())
-                new.append(token)
-                if token in stop_ids:
-                    break
-                out = self.model(input_ids=self._tensor([token])[None], use_cache=True, logits_to_keep=1,
-                                 **{self.cache_kw: cache})
+        for _ in range(max_new_tokens):
+            token = int(out.logits[0, -1].argmax())
+            new.append(token)
+            if token in stop_ids or len(new) == max_new_tokens:  # no forward whose logits nobody reads
+                break
+            out = self.model(input_ids=self._tensor([token])[None], use_cache=True, logits_to_keep=1,
+                             **{self.cache_kw: cache})
         return new
 
 

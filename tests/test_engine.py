@@ -110,12 +110,16 @@ def test_generate_equals_plain_greedy(tiny_llama):
         assert engine.Engine(loaded, chunk_size=chunk).generate(prompt, 6) == want
 
 
-def test_planner_is_deterministic_and_switches_to_prefill(tiny_llama):
+def test_planner_is_deterministic_and_switches_to_stream_then_prefill(tiny_llama):
     loaded = models.load(str(tiny_llama))
     eng = engine.Engine(loaded)
     assert str(eng.plan(4096)) == "single"
     single = eng.plan(4096).estimate_bytes
     eng.max_memory = single - 1
+    plan = eng.plan(4096)
+    assert plan.strategy == "stream" and plan.fits and plan.estimate_bytes <= single - 1
+    assert eng.plan(4096) == plan
+    eng.stream_exact = False  # a model that does not stream: chunked prefill, as before
     plan = eng.plan(4096)
     assert plan.strategy == "prefill" and plan.fits and plan.estimate_bytes <= single - 1
     assert eng.plan(4096) == plan

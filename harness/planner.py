@@ -1,0 +1,140 @@
+"""The memory planner: how one sequence is scored (single pass, layer-streamed, or chunked prefill).
+
+A pure function of the model config, the length, the dtype and the budget (never of momentary free
+memory), so reruns plan the same; the estimates are conservative (benchmarks/memory.py measures them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness import rope_config, stream
+
+HEAD_CHUNK = 1024  # tokens per output-head / loss sub-chunk: bounds logits at HEAD_CHUNK x vocab
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+STRATEGIES = ("auto", "single", "stream", "prefill")
+STREAM_MAX_CHUNK = 4096  # query tokens per layer-streamed chunk: larger buys no speed, only activations
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one sequence is scored: a single pass, layer-streamed in `chunk`-token query chunks, or prefill
+    through the KV cache in `chunk`-token pieces."""
+
+    strategy: str  # "single" | "stream" | "prefill"
+    chunk: int
+    estimate_bytes: int
+    fits: bool = True
+
+    def __str__(self) -> str:
+        return "single" if self.strategy == "single" else f"{self.strategy}:{self.chunk}"
+
+
+def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str, n_params: int,
+                   strategy: str | None = None) -> int:
+    """Conservative peak-memory estimate of scoring `length` tokens (weights included).
+
+    Per token of a pass: residual stream and q/k/v/o projections (~8 x hidden), the MLP's
+    intermediate activations (3 x intermediate), float32 final hidden states; eager attention also
+    materialises heads x q x kv scores. Prefill adds the KV cache over the whole length.
+    `strategy="stream"` (chunk = query tokens per layer step): see `_stream_bytes`.
+    """
+    if strategy == "stream":
+        return _stream_bytes(config, length, chunk or length, dtype, n_params)
+    text = rope_config.text_config(config)
+    bytes_w = _DTYPE_BYTES[dtype]
+    hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    vocab = text.vocab_size
+    q_len = length if chunk is None else min(chunk, length)
+    activations = q_len * (8 * hidden + 3 * inter) * bytes_w + length * hidden * 4
+    head = min(HEAD_CHUNK, length) * vocab * 4 * 3
+    weights = n_params * bytes_w
+    cache = 0 if chunk is None else 2 * text.num_hidden_layers * kv_heads * head_dim * length * bytes_w
+    # scores: eager always; sdpa with a non-trivial mask (prefill after the first chunk) on CPU falls
+    # back to the math kernel, which builds them too.
+    scores = heads * q_len * length * 4 if attn == "eager" or chunk is not None else 0
+    return int(weights + activations + head + cache + scores)
+
+
+def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) -> int:
+    """Layer-streamed pass: weights + the residual stream (2 x T x H, model dtype: the layer's input and
+    output chunk) + one layer's K/V over T + one query chunk's activations + its final hidden states +
+    the output head sub-chunk. Independent of the number of layers. A chunk's activations count twice a
+    pass's per-token model: benchmarks/memory.py measured ~1.9x that model for 4,096-token chunks (rotary
+    temporaries, gate/up/act/product of the MLP live at once, allocator slack).
+    Full-attention layers build no mask (CPU: two fused-kernel calls merged by log-sum-exp; CUDA: sdpa's
+    lower-right causal bias); sliding-window layers build a bool and a float mask of chunk x (window +
+    chunk); layers with attention-logit softcapping (Gemma2) build heads x chunk x T float32 scores."""
+    text = rope_config.text_config(config)
+    bytes_w = _DTYPE_BYTES[dtype]
+    hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    q_len = min(chunk, length)
+    weights = n_params * bytes_w
+    residual = 2 * length * hidden * bytes_w
+    layer_kv = 2 * kv_heads * head_dim * length * bytes_w
+    activations = q_len * 2 * (8 * hidden + 3 * inter) * bytes_w + q_len * hidden * 4
+    window = getattr(text, "sliding_window", None)
+    mask = 5 * q_len * min(length, window + q_len) if window else 0
+    scores = heads * q_len * length * 4 if getattr(text, "attn_logit_softcapping", None) else 0
+    head = min(HEAD_CHUNK, length) * text.vocab_size * 4 * 3
+    return int(weights + residual + layer_kv + activations + mask + scores + head)
+
+
+def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_memory: int | None = None,
+              chunk_size: int | None = None, strategy: str = "auto", stream_ok: bool | None = None) -> Plan:
+    """Single pass when it fits (or no budget is set), else layer-streamed scoring with the largest
+    power-of-two query chunk (<= STREAM_MAX_CHUNK) that fits, where the family supports it, else the
+    largest power-of-two prefill chunk that fits. `chunk_size` below the length forces prefill in that
+    chunk (as --chunk-size does). `strategy` other than "auto" forces single / stream / prefill (with
+    `chunk_size` as the chunk when given, else the largest that fits); `fits` tells whether it does.
+    `stream_ok`: whether this model streams exactly (Engine.stream_exact); None = its model type is one
+    `harness.stream` supports (all a config tells)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if stream_ok is None:
+        stream_ok = stream.refusal(config) is None
+
+    def est(chunk: int | None, kind: str | None = None) -> int:
+        return estimate_bytes(config, length, chunk, dtype, attn, n_params, kind)
+
+    def fits(need: int) -> bool:
+        return max_memory is None or need <= max_memory
+
+    def largest(kind: str | None, top: int) -> Plan | None:
+        chunk = 1 << max(6, min(top, length - 1).bit_length() - 1)
+        while chunk >= 64:
+            need = est(chunk, kind)
+            if fits(need):
+                return Plan(kind or "prefill", chunk, need)
+            chunk //= 2
+        return None
+
+    if strategy == "single":
+        need = est(None)
+        return Plan("single", length, need, fits(need))
+    if strategy == "stream":
+        if not stream_ok:
+            raise ValueError(f"strategy stream: {stream.refusal(config) or 'this model does not stream exactly'}")
+        chunk = chunk_size or (largest("stream", STREAM_MAX_CHUNK) or Plan("stream", 64, 0)).chunk
+        chunk = min(chunk, length)
+        need = est(chunk, "stream")
+        return Plan("stream", chunk, need, fits(need))
+    if strategy == "prefill" and chunk_size is None:
+        return largest(None, length) or Plan("prefill", 64, est(64), fits=False)
+    if chunk_size is not None and (chunk_size < length or strategy == "prefill"):
+        need = est(min(chunk_size, length))
+        return Plan("prefill", min(chunk_size, length), need, fits(need))
+    single = est(None)
+    if fits(single):
+        return Plan("single", length, single)
+    if stream_ok:
+        plan = largest("stream", STREAM_MAX_CHUNK)
+        if plan is not None:
+            return plan
+    return largest(None, length) or Plan("prefill", 64, est(64), fits=False)
