@@ -24,7 +24,7 @@ from harness.errors import InputError, one_line
 from harness.values import finite_float, float_list, length_arg, token_count
 
 # `run` flags that describe the run, not one setting or task: they may be combined with a suite.
-RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "max_memory", "dry_run", "no_progress",
+RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "strategy", "max_memory", "dry_run", "no_progress",
                    "no_report", "func", "flag_defaults", "verbose"}
 LAW_DESCRIPTION = ("Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024) and their retrieval "
                    "bound (Men et al., NeurIPS 2024). Give the shape with --head-dim/--train-len, or read it from a "
@@ -122,7 +122,11 @@ def add_run_parser(sub) -> None:
     p.add_argument("--dtype", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, or auto (device_map=auto across GPUs)")
     p.add_argument("--attn", choices=["sdpa", "flash_attention_2", "eager"])
-    p.add_argument("--chunk-size", type=length_arg, help="force chunked prefill with this many tokens per chunk")
+    p.add_argument("--chunk-size", type=length_arg, help="force chunked prefill with this many tokens per chunk "
+                   "(with --strategy stream: the query chunk)")
+    p.add_argument("--strategy", choices=["auto", "single", "stream", "prefill"], default=None,
+                   help="how a sequence is scored: auto (default: single pass if it fits the budget, else "
+                        "layer-streamed, else chunked prefill) or one forced (recorded in each record's plan)")
     p.add_argument("--max-memory",
                    help="memory budget, e.g. 8GiB: cells the planner says exceed it are recorded as oom")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")

@@ -43,7 +43,7 @@ def _planner(prep: PreparedSetting, options: RunOptions):
         if length not in plans:
             plans[length] = make_plan(prep.config, length, dtype=dtype, attn=prep.setting.attn or "sdpa",
                                       n_params=n_params, max_memory=options.max_memory,
-                                      chunk_size=options.chunk_size)
+                                      chunk_size=options.chunk_size, strategy=options.strategy)
         return plans[length]
 
     return plan

@@ -121,7 +121,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
             identity.refuse_other_rope_hash(label, loaded.manifest["rope_hash"], latest.values(), options.out)
             manifests[label] = {**loaded.manifest, "model": setting.model, "fingerprint": loaded.fingerprint}
             engine = Engine(loaded, chunk_size=options.chunk_size,
-                            max_memory=options.max_memory or device_budget(loaded.device))
+                            max_memory=options.max_memory or device_budget(loaded.device), strategy=options.strategy)
             for spec in tasks:
                 if not spec.applies_to(label):
                     continue
@@ -201,9 +201,10 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
                         break
                     status, error = "oom", one_line(exc)
                     free_accelerator_memory()
-                    if attempt == 0:  # retry once with a smaller prefill chunk
-                        engine.chunk_size = max(64, (engine.plan(longest).chunk or longest) // 4)
-            engine.chunk_size = options.chunk_size
+                    if attempt == 0:  # retry once with a smaller chunk of the same strategy
+                        engine.strategy = plan.strategy if plan.strategy != "single" else "prefill"
+                        engine.chunk_size = max(64, (plan.chunk or longest) // 4)
+            engine.chunk_size, engine.strategy = options.chunk_size, options.strategy
         for i, cell in enumerate(group):
             record = {**ctx.base_record, "task": task_name, "length": cell.length, "depth": cell.depth,
                       "sample": cell.sample, "status": status, "error": error, "plan": str(plan)}

@@ -4,7 +4,7 @@ A suite file has an optional [run] table, one or more [[settings]] and one or mo
 
     [run]                      # all optional; CLI flags override
     out = "results/my-sweep"   # relative to the current directory
-    dtype = "bfloat16"         # also device, attn, chunk_size, max_memory, report
+    dtype = "bfloat16"         # also device, attn, chunk_size, strategy, max_memory, report
     [[settings]]
     model = "meta-llama/Llama-2-7b-hf"   # or a local folder, or zoo:NAME
     label = "llama2-base-1e6"
@@ -35,14 +35,15 @@ from harness.rope_config import RopeOverride
 from harness.values import length_value, parse_lengths, parse_param, parse_size, safe_name
 from tasks.base import TaskParams, get_task
 
-RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "max_memory", "report"}
+RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "strategy", "max_memory", "report"}
 SETTING_KEYS = {"model", "label", "rope_theta", "rope_type", "rope_factor", "rope_params", "pretrain_base", "train_len",
                 "tune_len", "dtype", "device", "attn", "revision", "trust_remote_code"}
 TASK_KEYS = {"name", "lengths", "samples", "seed", "corpus", "bos", "settings"}
 DEFAULT_SAMPLES = 4
 # The type each key must have (TOML would otherwise hand a string to code that expects a number, or make
 # bool("false") true). Task options (depths, ...) are checked by their task.
-RUN_TYPES = {"out": str, "dtype": str, "device": str, "attn": str, "chunk_size": int, "report": bool}
+RUN_TYPES = {"out": str, "dtype": str, "device": str, "attn": str, "chunk_size": int, "strategy": str,
+             "report": bool}
 SETTING_TYPES = {"model": str, "label": str, "rope_type": str, "dtype": str, "device": str, "attn": str,
                  "revision": str, "trust_remote_code": bool, "rope_params": dict, "rope_theta": float,
                  "rope_factor": float, "pretrain_base": float}  # train_len, tune_len: _length
@@ -78,6 +79,7 @@ class TaskSpec:
 class RunOptions:
     out: Path
     chunk_size: int | None = None
+    strategy: str = "auto"  # auto | single | stream | prefill (harness.planner)
     max_memory: int | None = None
     dry_run: bool = False
     progress: bool = True
@@ -110,6 +112,7 @@ class Flags:
     device: str | None = None
     attn: str | None = None
     chunk_size: int | None = None
+    strategy: str | None = None
     max_memory: str | None = None
     no_bos: bool = False
     revision: str | None = None
@@ -291,8 +294,11 @@ def _run_options(run: dict[str, Any], flags: Flags, default_out: Path, suite: st
     memory = flags.max_memory if flags.max_memory is not None else run.get("max_memory")
     if chunk is not None and chunk < 1:
         raise InputError(f"--chunk-size must be a positive number of tokens (got {chunk})")
+    strategy = flags.strategy or run.get("strategy") or "auto"
+    if strategy not in ("auto", "single", "stream", "prefill"):
+        raise InputError(f"strategy {strategy!r} is unknown: use auto, single, stream or prefill")
     writable_folder(out, "--out")
-    return RunOptions(out=out, chunk_size=chunk, max_memory=parse_size(str(memory)) if memory is not None else None,
+    return RunOptions(out=out, chunk_size=chunk, strategy=strategy, max_memory=parse_size(str(memory)) if memory is not None else None,
                       dry_run=flags.dry_run, progress=not flags.no_progress, command=list(flags.argv), suite=suite,
                       verbose=flags.verbose)
 

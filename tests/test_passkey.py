@@ -265,6 +265,9 @@ class CopyEngine:
     def answer_score(self, prompt_ids, answer_ids):
         return AnswerScore(-0.01 * len(answer_ids), 1, [-0.01] * len(answer_ids))
 
+    def score_and_generate(self, prompt_ids, answer_ids, max_new_tokens, stop_ids=()):
+        return self.answer_score(prompt_ids, answer_ids), self.generate(prompt_ids, max_new_tokens, stop_ids)
+
 
 def run_cells(engine, tokenizer, params) -> list[dict]:
     ctx = RunContext(engine=engine, tokenizer=tokenizer, params=params, warn=lambda _: None)

@@ -124,8 +124,8 @@ def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_generate(self, *args, **kwargs)
 
-    real_generate = engine.Engine.generate
-    monkeypatch.setattr(engine.Engine, "generate", flaky_generate)
+    real_generate = engine.Engine.score_and_generate  # passkey scores and generates from one prefill
+    monkeypatch.setattr(engine.Engine, "score_and_generate", flaky_generate)
     assert main(["run", "--model", str(tiny_llama), "--task", "passkey", "--lengths", "300", "--depths", "0.5",
                  "--samples", "1", "--out", str(tmp_path / "p"), "--no-progress", "--no-report"]) == 0
     (row,) = records(tmp_path / "p")

@@ -218,3 +218,22 @@ def test_score_and_generate_stops_and_handles_length_dependent_rope(tiny_llama):
     score, tokens = dynamic.score_and_generate(prompt, answer, 4)
     assert tokens == want_tokens
     assert_scores_equal(score, want_score)
+
+
+def test_run_strategy_flag_reaches_the_plan_of_every_record(tiny_llama, text_corpus, tmp_path):
+    """`--strategy stream` is recorded in each record's plan, and its ppl equals the default plan's."""
+    import json
+
+    from harness.cli import main
+
+    runs = {}
+    for strategy in ("auto", "stream"):
+        out = tmp_path / strategy
+        assert main(["run", "--model", str(tiny_llama), "--lengths", "64,128", "--samples", "1", "--corpus",
+                     str(text_corpus), "--out", str(out), "--strategy", strategy, "--no-progress",
+                     "--no-report"]) == 0
+        runs[strategy] = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["plan"].split(":")[0] for r in runs["auto"]} == {"single"}
+    assert {r["plan"].split(":")[0] for r in runs["stream"]} == {"stream"}
+    for a, b in zip(runs["auto"], runs["stream"], strict=True):
+        assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-5)

@@ -108,8 +108,13 @@ class LongQATask(Task):
         out = []
         for cell in cells:
             prompt = self.build(ctx, cell)
-            new = ctx.engine.generate(prompt.ids, prompt.max_new_tokens,
-                                      stop_ids(ctx.tokenizer, ctx.engine) + prompt.stop_ids)
+            stops = stop_ids(ctx.tokenizer, ctx.engine) + prompt.stop_ids
+            scored = None
+            if prompt.answer_ids is not None:  # one prefill for the answer's score and the generation
+                scored, new = ctx.engine.score_and_generate(prompt.ids, prompt.answer_ids, prompt.max_new_tokens,
+                                                            stops)
+            else:
+                new = ctx.engine.generate(prompt.ids, prompt.max_new_tokens, stops)
             text = ctx.tokenizer.decode(new, skip_special_tokens=True)
             if prompt.first_line:
                 text = text.lstrip("\n").split("\n")[0]
@@ -117,7 +122,6 @@ class LongQATask(Task):
             scores = best_scores(text, prompt.answers)
             if prompt.answer_ids is not None:
                 scores["match"] = float(first_integer(text) == prompt.answers[0])
-                scored = ctx.engine.answer_score(prompt.ids, prompt.answer_ids)
                 record.update(answer_logprob=scored.logprob, answer_rank=scored.rank,
                               answer_tokens=len(prompt.answer_ids))
             record.update(metric=prompt.metric, score=scores[prompt.metric], **scores, prediction=text,

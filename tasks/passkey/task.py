@@ -142,11 +142,11 @@ class PasskeyTask(Task):
         out = []
         for cell in cells:
             prompt = self.build(ctx, cell)
-            new = ctx.engine.generate(prompt.ids, options.max_new_tokens,
-                                      stop_ids=stop_ids(ctx.tokenizer, ctx.engine))
+            # one prefill: the answer's teacher-forced score and the greedy continuation share the prompt's cache
+            score, new = ctx.engine.score_and_generate(prompt.ids, prompt.answer_ids, options.max_new_tokens,
+                                                       stop_ids=stop_ids(ctx.tokenizer, ctx.engine))
             generated = ctx.tokenizer.decode(new, skip_special_tokens=True)
             answer = first_integer(generated)
-            score = ctx.engine.answer_score(prompt.ids, prompt.answer_ids)
             out.append({
                 "key": prompt.key, "correct": answer == prompt.key, "generated": generated, "answer": answer,
                 "answer_logprob": score.logprob, "answer_rank": score.rank,
