@@ -27,9 +27,9 @@ if str(ROOT) not in sys.path:  # run from anywhere without an install
 # its [T, vocab] logits dominate memory at long T) and max_position_embeddings 2,048, so 4K..16K are
 # real extrapolation. Random weights (timing and memory do not depend on them), drawn 2.5x wider than
 # the default init so that per-token losses depend visibly on positions and the RoPE setting.
-MODEL = dict(vocab_size=32000, hidden_size=256, intermediate_size=768, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=4, max_position_embeddings=2048, bos_token_id=256, eos_token_id=257,
-             pad_token_id=258, tie_word_embeddings=False, initializer_range=0.05)
+MODEL = dict(vocab_size=32000, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048, bos_token_id=256,
+             eos_token_id=257, pad_token_id=258, tie_word_embeddings=False, initializer_range=0.05)
 GRID = (1024, 2048, 4096, 8192, 16384)
 
 
@@ -76,7 +76,8 @@ def _version(name: str) -> str:
 
 
 def header(title: str, where: str = "float32, sdpa attention, CPU", model: str | None = None) -> str:
-    """Machine, load, versions and the benchmark model (or `model`, a description of another), as markdown lines."""
+    """Machine, load, versions and the benchmark model (or `model`, a description of another), as markdown
+    lines."""
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -91,7 +92,8 @@ def header(title: str, where: str = "float32, sdpa attention, CPU", model: str |
         f"{platform.system()} {platform.release()}; load average (1/5/15 min) at start: {load}",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, transformers "
         f"{_version('transformers')}, rope-harness {_version('rope-harness')}, lm-eval {_version('lm-eval')}",
-        f"- benchmark model: random Llama, {default}, {where}" if model is None else f"- models: {model}, {where}",
+        (f"- benchmark model: random Llama, {default}, {where}" if model is None
+         else f"- models: {model}, {where}"),
         "",
     ])
 

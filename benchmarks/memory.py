@@ -1,5 +1,6 @@
-"""Peak memory (RSS) of scoring L tokens: the harness engine vs `model(ids, labels=ids)` vs lm-evaluation-harness;
-then the engine's strategies (single / stream / prefill), the planner's estimate vs the measured peak.
+"""Peak memory (RSS) of scoring L tokens: the harness engine vs `model(ids, labels=ids)` vs
+lm-evaluation-harness; then the engine's strategies (single / stream / prefill), the planner's estimate vs the
+measured peak.
 
 Every measurement runs in its own child process (a fresh interpreter: peaks do not leak between
 measurements). The child reads its own peak RSS from /proc/self/status (VmHWM) once after loading the
@@ -63,7 +64,8 @@ def child(method: str, length: int, model_dir: str) -> dict:
     if method == "harness":
         from harness import engine, models, rope_config
 
-        loaded = models.load(model_dir, rope_config.RopeOverride(), dtype="float32", device="cpu", attn="sdpa")
+        loaded = models.load(model_dir, rope_config.RopeOverride(), dtype="float32", device="cpu",
+                             attn="sdpa")
         eng = engine.Engine(loaded)
         ids = bc.random_ids(length)
         result["load_kb"] = vm_hwm_kb()
@@ -72,7 +74,8 @@ def child(method: str, length: int, model_dir: str) -> dict:
     elif method == "labels":
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                     attn_implementation="sdpa").eval()
         ids = torch.tensor([bc.random_ids(length)])
         result["load_kb"] = vm_hwm_kb()
         with torch.no_grad():
@@ -85,10 +88,12 @@ def child(method: str, length: int, model_dir: str) -> dict:
             from lm_eval.api.instance import Instance
             from lm_eval.models.huggingface import HFLM
         except Exception as exc:  # not installed, or broken against this transformers
-            return {**result, "error": f"import lm_eval failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+            return {**result,
+                    "error": f"import lm_eval failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                     attn_implementation="sdpa").eval()
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         try:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, max_length=length, batch_size=1, device="cpu",
@@ -102,7 +107,8 @@ def child(method: str, length: int, model_dir: str) -> dict:
             (loglik,) = lm.loglikelihood_rolling([request], disable_tqdm=True)
             result["ppl"] = float(torch.exp(torch.tensor(-loglik / length)))
         except Exception as exc:
-            return {**result, "error": f"lm-eval failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+            return {**result,
+                    "error": f"lm-eval failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
     else:
         raise SystemExit(f"unknown method {method}")
     result["peak_kb"] = vm_hwm_kb()
@@ -158,7 +164,8 @@ def strategy_child(model_dir: str, strategy: str, length: int, device: str, queu
 
         start = time.perf_counter()
         loaded = models.load(model_dir, RopeOverride(), dtype="float32", device=device, attn="sdpa")
-        eng = engine.Engine(loaded, strategy=strategy, chunk_size=None if strategy == "single" else STRATEGY_CHUNK)
+        eng = engine.Engine(loaded, strategy=strategy,
+                            chunk_size=None if strategy == "single" else STRATEGY_CHUNK)
         ids = bc.random_ids(length, vocab=STRATEGY_VOCAB)
         plan = eng.plan(length)
         cuda = device.startswith("cuda")
@@ -171,7 +178,8 @@ def strategy_child(model_dir: str, strategy: str, length: int, device: str, queu
         if cuda:
             torch.cuda.synchronize()
             result["cuda_peak"] = torch.cuda.max_memory_allocated() - floor
-        result.update(peak_kb=vm_hwm_kb(), nll=nll.double().mean().item(), seconds=time.perf_counter() - start)
+        result.update(peak_kb=vm_hwm_kb(), nll=nll.double().mean().item(),
+                      seconds=time.perf_counter() - start)
     except Exception as exc:  # reported in the table
         result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     queue.put(result)
@@ -187,7 +195,8 @@ def measure_strategies(ctx, model_dir: Path, lengths: list[int], device: str) ->
             try:
                 r = queue.get(timeout=3600)
             except Exception:
-                r = {"strategy": strategy, "length": length, "error": f"child exit {proc.exitcode} without a result"}
+                r = {"strategy": strategy, "length": length,
+                     "error": f"child exit {proc.exitcode} without a result"}
             proc.join()
             results[(strategy, length)] = r
             print(f"  measured {model_dir.name} {strategy} L={length}: " + (r.get("error") or
@@ -205,14 +214,16 @@ def strategy_report(name: str, results: dict, lengths: list[int]) -> tuple[str, 
         for strategy in STRATEGIES:
             r = results[(strategy, length)]
             if "error" in r:
-                rows.append([length, strategy, r.get("plan", ""), "", f"failed: {r['error']}", "", ""] + ([""] if cuda else []))
+                rows.append([length, strategy, r.get("plan", ""), "", f"failed: {r['error']}", "", ""]
+                            + ([""] if cuda else []))
                 continue
             measured = (r["peak_kb"] - r["load_kb"]) * 1024
             ratio = measured / r["estimate"]
-            row = [length, strategy, r["plan"], f"{r['estimate'] / 2**30:.3f}", f"{measured / 2**30:.3f}", f"{ratio:.2f}",
-                   f"{r['seconds']:.1f}"]
+            row = [length, strategy, r["plan"], f"{r['estimate'] / 2**30:.3f}", f"{measured / 2**30:.3f}",
+                   f"{ratio:.2f}", f"{r['seconds']:.1f}"]
             if cuda:
-                row.append(f"{r['cuda_peak'] / 2**30:.3f} ({r['cuda_peak'] / r['estimate']:.2f})" if "cuda_peak" in r else "")
+                row.append(f"{r['cuda_peak'] / 2**30:.3f} ({r['cuda_peak'] / r['estimate']:.2f})"
+                           if "cuda_peak" in r else "")
             rows.append(row)
     columns = ["L", "strategy", "plan", "estimate GiB (pass, weights excluded)", "measured RSS increment GiB",
                "measured / estimate", "seconds"] + (["CUDA max allocated GiB (/ estimate)"] if cuda else [])
@@ -233,10 +244,12 @@ def strategy_report(name: str, results: dict, lengths: list[int]) -> tuple[str, 
                     + [f"{at['stream']['cuda_peak'] / at['single']['cuda_peak']:.2f}",
                        f"{at['stream']['cuda_peak'] / at['prefill']['cuda_peak']:.2f}"])
     agree = max(abs(nll[s] / nll["single"] - 1) for s in STRATEGIES)
-    text = (f"Side by side at L={top} ({name}: {spec['num_hidden_layers']} layers, hidden {spec['hidden_size']}, "
-            f"{spec['num_attention_heads']} heads / {spec['num_key_value_heads']} kv heads); mean NLL of the three "
-            f"agrees to {agree:.1e} (relative)\n\n"
-            + bc.table(["", *(f"{s} ({at[s]['plan']})" for s in STRATEGIES), "stream / single", "stream / prefill"], side))
+    text = (f"Side by side at L={top} ({name}: {spec['num_hidden_layers']} layers, "
+            f"hidden {spec['hidden_size']}, {spec['num_attention_heads']} heads / "
+            f"{spec['num_key_value_heads']} kv heads); mean NLL of the three agrees to {agree:.1e} "
+            "(relative)\n\n"
+            + bc.table(["", *(f"{s} ({at[s]['plan']})" for s in STRATEGIES), "stream / single",
+                        "stream / prefill"], side))
     return cells, text
 
 
@@ -245,14 +258,16 @@ def strategies_main(lengths: list[int], device: str, tmp: Path) -> None:
     ctx.set_forkserver_preload(["torch", "transformers", "transformers.models.llama.modeling_llama",
                                 "harness.engine", "harness.models", "harness.stream"])
     described = "; ".join(f"{n}: {s['num_hidden_layers']} layers, hidden {s['hidden_size']}, intermediate "
-                          f"{s['intermediate_size']}, {s['num_attention_heads']} heads / {s['num_key_value_heads']} "
-                          "kv heads" for n, s in STRATEGY_MODELS.items())
-    print(bc.header("Memory by strategy: planner estimate vs measured peak", f"float32, sdpa attention, {device}",
+                          f"{s['intermediate_size']}, {s['num_attention_heads']} heads / "
+                          f"{s['num_key_value_heads']} kv heads" for n, s in STRATEGY_MODELS.items())
+    print(bc.header("Memory by strategy: planner estimate vs measured peak",
+                    f"float32, sdpa attention, {device}",
                     model=f"random Llamas, vocab {STRATEGY_VOCAB} ({described})"))
-    print(f"- Engine(strategy=...): single = one pass; stream = layer-streamed, query chunks of {STRATEGY_CHUNK}; "
-          f"prefill = KV-cache prefill in chunks of {STRATEGY_CHUNK}; head + loss in 1,024-token sub-chunks for all")
-    print("- estimate = the plan's estimate_bytes minus the weights; measured = peak RSS (VmHWM) after the pass minus "
-          "VmHWM once the engine is built (model loaded, self-check run); one run per cell\n")
+    print(f"- Engine(strategy=...): single = one pass; stream = layer-streamed, query chunks of "
+          f"{STRATEGY_CHUNK}; prefill = KV-cache prefill in chunks of {STRATEGY_CHUNK}; head + loss in "
+          "1,024-token sub-chunks for all")
+    print("- estimate = the plan's estimate_bytes minus the weights; measured = peak RSS (VmHWM) after the "
+          "pass minus VmHWM once the engine is built (model loaded, self-check run); one run per cell\n")
     ratios: dict[str, list[float]] = {s: [] for s in STRATEGIES}
     versus_prefill = {}
     top = max(lengths)
@@ -266,7 +281,8 @@ def strategies_main(lengths: list[int], device: str, tmp: Path) -> None:
                 ratios[strategy].append((r["peak_kb"] - r["load_kb"]) * 1024 / r["estimate"])
         stream, prefill = results[("stream", top)], results[("prefill", top)]
         if "error" not in stream and "error" not in prefill:
-            versus_prefill[name] = (stream["peak_kb"] - stream["load_kb"]) / (prefill["peak_kb"] - prefill["load_kb"])
+            versus_prefill[name] = ((stream["peak_kb"] - stream["load_kb"])
+                                    / (prefill["peak_kb"] - prefill["load_kb"]))
     worst = max(ratios["stream"], default=float("nan"))
     print(f"Target stream estimate >= measured peak (measured / estimate <= 1) in every stream cell: highest "
           f"{worst:.2f} -> {bc.verdict(worst <= 1)}")
@@ -284,7 +300,8 @@ def main() -> int:
                         help="lengths of the strategy table (single / stream / prefill)")
     parser.add_argument("--part", choices=("all", "methods", "strategies"), default="all",
                         help="methods: harness vs labels= vs lm-eval; strategies: the engine's strategies")
-    parser.add_argument("--device", default=None, help="device of the strategy table (default: cuda if available)")
+    parser.add_argument("--device", default=None,
+                        help="device of the strategy table (default: cuda if available)")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a benchmark model folder")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "L", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -312,14 +329,16 @@ def methods_main(lengths: list[int], model_dir_arg: Path | None) -> None:
         for method, what in METHODS.items():
             print(f"- {method}: {what}")
         print("- peak RSS = VmHWM of the child's /proc/self/status; 'after load' = VmHWM once the model is "
-              "loaded, before the pass; one run per cell (allocator behaviour moves peaks between runs by up to ~0.2 GiB)\n")
+              "loaded, before the pass; one run per cell (allocator behaviour moves peaks between runs by up "
+              "to ~0.2 GiB)\n")
         results = {}
         for length in lengths:
             for method in METHODS:
                 results[(method, length)] = measure(method, length, model_dir)
                 r = results[(method, length)]
                 print(f"  measured {method} L={length}: " + (r.get("error") or
-                      f"peak {gib(r['peak_kb'])} GiB, ppl {r['ppl']:.1f}, {r['seconds']:.1f}s"), file=sys.stderr)
+                      f"peak {gib(r['peak_kb'])} GiB, ppl {r['ppl']:.1f}, {r['seconds']:.1f}s"),
+                  file=sys.stderr)
         print(report(results, lengths))
         top = max(lengths)
         h, lab = results[("harness", top)], results[("labels", top)]
@@ -330,8 +349,8 @@ def methods_main(lengths: list[int], model_dir_arg: Path | None) -> None:
             incs = [results[("harness", n)]["peak_kb"] - results[("harness", n)]["load_kb"] for n in lengths]
             growth = [b / a for a, b in zip(incs[:-1], incs[1:], strict=True) if a > 0]
             linear = all(g <= 2.3 for g in growth)
-            print(f"Target memory at most linear in L (harness pass increment <= x2 per doubling, +15% noise): "
-                  f"{', '.join(f'x{g:.2f}' for g in growth)} -> {bc.verdict(linear)}")
+            print(f"Target memory at most linear in L (harness pass increment <= x2 per doubling, +15% "
+                  f"noise): {', '.join(f'x{g:.2f}' for g in growth)} -> {bc.verdict(linear)}")
         print(f"\nload average at end: {bc.load_now()}")
 
 

@@ -24,11 +24,11 @@ from harness.errors import InputError, one_line
 from harness.values import finite_float, float_list, length_arg, token_count
 
 # `run` flags that describe the run, not one setting or task: they may be combined with a suite.
-RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "strategy", "max_memory", "dry_run", "no_progress",
-                   "no_report", "func", "flag_defaults", "verbose"}
-LAW_DESCRIPTION = ("Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024) and their retrieval "
-                   "bound (Men et al., NeurIPS 2024). Give the shape with --head-dim/--train-len, or read it from a "
-                   "model config with --model (no weights).")
+RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "strategy", "max_memory",
+                   "dry_run", "no_progress", "no_report", "func", "flag_defaults", "verbose"}
+LAW_DESCRIPTION = ("Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024) and their "
+                   "retrieval bound (Men et al., NeurIPS 2024). Give the shape with --head-dim/--train-len, "
+                   "or read it from a model config with --model (no weights).")
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,7 +51,8 @@ class Parser(argparse.ArgumentParser):
                 if arg.startswith("--"):
                     close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.6)
                     hints += [f"did you mean {close[0]} (not {arg.split('=', 1)[0]})?"] if close else []
-            owner.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; {' '.join(hints)}" if hints else ""))
+            owner.error(f"unrecognized arguments: {' '.join(extra)}"
+                        + (f"; {' '.join(hints)}" if hints else ""))
         return parsed
 
 
@@ -60,7 +61,8 @@ class Parser(argparse.ArgumentParser):
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-dim", type=int, metavar="D",
                         help="rotary dimensions per head (head_dim x partial_rotary_factor)")
-    parser.add_argument("--train-len", type=token_count, metavar="T", help="pre-training context length in tokens")
+    parser.add_argument("--train-len", type=token_count, metavar="T",
+                        help="pre-training context length in tokens")
     parser.add_argument("--base", type=float, action="append", metavar="B",
                         help="RoPE base (theta) used for fine-tuning, e.g. 1e6; repeat for several "
                              "(default with --model: the model's own rope_theta)")
@@ -71,9 +73,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "which of the two binds")
     parser.add_argument("--pretrain-base", type=float, metavar="B0",
                         help="pre-training base b0 (default 10000, or the model's rope_theta with --model)")
-    parser.add_argument("--model", metavar="PATH_OR_ID", help="read d, T_train and b0 from this model's config")
+    parser.add_argument("--model", metavar="PATH_OR_ID",
+                        help="read d, T_train and b0 from this model's config")
     parser.add_argument("--revision", metavar="R", help="model revision (with --model)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (with --model)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow custom model code (with --model)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -96,13 +100,17 @@ def add_law_parser(sub) -> None:
 def add_run_parser(sub) -> None:
     from tasks.base import get_task, task_names
 
-    p = sub.add_parser("run", help="evaluate models on a task grid (no arguments: the quick suite on the zoo)",
-                       description="Run a suite file, flags for one setting, or (no arguments) the quick suite.")
-    p.add_argument("suite", nargs="?", help="suite TOML file or packaged suite name (quick, paper, compare-scaling)")
+    p = sub.add_parser("run",
+                       help="evaluate models on a task grid (no arguments: the quick suite on the zoo)",
+                       description="Run a suite file, flags for one setting, or (no arguments) the "
+                                   "quick suite.")
+    p.add_argument("suite", nargs="?",
+                   help="suite TOML file or packaged suite name (quick, paper, compare-scaling)")
     p.add_argument("--model", help="local folder, hub id, or zoo:NAME")
     p.add_argument("--rope-theta", type=finite_float, help="RoPE base to evaluate with")
     p.add_argument("--rope-type", help="default, linear, ntk, dynamic, yarn, llama3, longrope")
-    p.add_argument("--rope-factor", type=finite_float, help="scaling factor for linear/ntk/dynamic/yarn/llama3")
+    p.add_argument("--rope-factor", type=finite_float,
+                   help="scaling factor for linear/ntk/dynamic/yarn/llama3")
     p.add_argument("--rope-param", action="append", default=[], metavar="KEY=VALUE",
                    help="extra RoPE parameter (repeatable)")
     p.add_argument("--pretrain-base", type=finite_float, help="law input: the pre-training base b0")
@@ -110,31 +118,35 @@ def add_run_parser(sub) -> None:
     p.add_argument("--tune-len", type=length_arg, help="law input: fine-tuning length (e.g. 4096 or 4k)")
     p.add_argument("--tasks", "--task", dest="task", default="perplexity", metavar="TASK[,TASK...]",
                    help=f"comma list of tasks from {', '.join(task_names())} (default perplexity)")
-    p.add_argument("--lengths", help="comma list of context lengths; k = 1024: e.g. 1024,2048,4096 or 1k,2k,4k")
+    p.add_argument("--lengths",
+                   help="comma list of context lengths; k = 1024: e.g. 1024,2048,4096 or 1k,2k,4k")
     p.add_argument("--samples", type=int, default=None, help="samples per length (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the tasks' random choices (default 0)")
     p.add_argument("--corpus", default=None,
                    help="text file, folder, .jsonl[:FIELD], stdlib, or hf:NAME[:CONFIG][:SPLIT][:FIELD] "
                         "(default stdlib: the held-out Python standard library)")
     p.add_argument("--out", help="run folder (default: results/<label> with --label, else "
-                                 "results/<model name>-<tasks>; for a suite its [run] out, else results/<suite>)")
+                                 "results/<model name>-<tasks>; for a suite its [run] out, else "
+                                 "results/<suite>)")
     p.add_argument("--label", help="setting label (default <model name>:<rope_type>:<theta>[:f<factor>])")
     p.add_argument("--dtype", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, or auto (device_map=auto across GPUs)")
     p.add_argument("--attn", choices=["sdpa", "flash_attention_2", "eager"])
-    p.add_argument("--chunk-size", type=length_arg, help="force chunked prefill with this many tokens per chunk "
+    p.add_argument("--chunk-size", type=length_arg,
+                   help="force chunked prefill with this many tokens per chunk "
                    "(with --strategy stream: the query chunk)")
     p.add_argument("--strategy", choices=["auto", "single", "stream", "prefill"], default=None,
                    help="how a sequence is scored: auto (default: single pass if it fits the budget, else "
-                        "layer-streamed, else chunked prefill) or one forced (recorded in each record's plan)")
+                        "layer-streamed, else chunked prefill) or one forced (recorded in each record's "
+                        "plan)")
     p.add_argument("--max-memory",
                    help="memory budget, e.g. 8GiB: cells the planner says exceed it are recorded as oom")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
     p.add_argument("--revision", help="hub revision")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--dry-run", action="store_true",
-                   help="per setting: cells, cells to run, largest memory estimate (per cell with -v); loads no "
-                        "weights, writes nothing, reads hub configs from the local cache offline")
+                   help="per setting: cells, cells to run, largest memory estimate (per cell with -v); "
+                        "loads no weights, writes nothing, reads hub configs from the local cache offline")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="do not render <out>/report after the run")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -155,7 +167,8 @@ def add_run_parser(sub) -> None:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    """Setting/task flags never silently ignored: not with a suite, not without --model, not for another task."""
+    """Setting/task flags never silently ignored: not with a suite, not without --model, not for another
+    task."""
     from tasks.base import get_task, task_names
 
     defaults = getattr(args, "flag_defaults", None)
@@ -165,8 +178,8 @@ def _check_flags(args: argparse.Namespace) -> None:
     flags = ", ".join("--" + k.replace("_", "-") for k in given)
     them, needs = ("them", "need") if len(given) > 1 else ("it", "needs")
     if args.suite is not None and given:
-        raise InputError(f"{flags} cannot be combined with suite {args.suite!r}: set {them} in the suite file, "
-                         "or drop the suite and pass --model")
+        raise InputError(f"{flags} cannot be combined with suite {args.suite!r}: set {them} in the suite "
+                         "file, or drop the suite and pass --model")
     if args.suite is None and args.model is None and given:
         raise InputError(f"{flags} {needs} --model: e.g. --model zoo:base-1e4 --lengths 256,1024 "
                          "(with no --model, `run` runs the quick suite)")
@@ -242,10 +255,12 @@ def _print_table(result) -> None:
     print(f"\n{'setting':<36} {'task':<11} {'length':>7} {'ok':>4} {'failed':>6}  value")
     for r in rows:
         value = "-" if r["value"] is None else f"{r['metric']} {r['value']:.4g}"
-        print(f"{r['setting'][:36]:<36} {r['task']:<11} {r['length']:>7} {r['ok']:>4} {r['failed']:>6}  {value}")
+        print(f"{r['setting'][:36]:<36} {r['task']:<11} {r['length']:>7} {r['ok']:>4} "
+              f"{r['failed']:>6}  {value}")
     failed = sum(r["failed"] for r in rows)
     retried = result.counts["retried"]
-    print(f"{result.records} cells run now, {result.counts['skipped']} already recorded, {failed} failed in total"
+    print(f"{result.records} cells run now, {result.counts['skipped']} already recorded, "
+          f"{failed} failed in total"
           + (f" ({retried} run again after an earlier failure)" if retried else "")
           + ("; rerun the same command to retry the failed cells" if failed else ""))
 
@@ -264,15 +279,17 @@ def add_zoo_parser(sub) -> None:
     commands = zoo.add_subparsers(dest="zoo_command", required=True)
     train = commands.add_parser("train", help="pre-train + fine-tune the family (~15 min on 2 CPU cores)")
     train.add_argument("--out", type=Path, default=Path("zoo"),
-                       help="output folder (default ./zoo; use the models with --model ./zoo/NAME). The installed "
-                            "checkpoints (zoo:NAME) are replaced only when --out names their folder, shown by "
-                            "`rope-harness zoo list`")
-    train.add_argument("--tiny", action="store_true", help="a seconds-long smoke recipe (tiny sizes, few steps)")
+                       help="output folder (default ./zoo; use the models with --model ./zoo/NAME). The "
+                            "installed checkpoints (zoo:NAME) are replaced only when --out names their "
+                            "folder, shown by `rope-harness zoo list`")
+    train.add_argument("--tiny", action="store_true",
+                       help="a seconds-long smoke recipe (tiny sizes, few steps)")
     train.add_argument("--steps", type=int, help="pre-training steps")
     train.add_argument("--tune-steps", type=int, help="fine-tuning steps per base")
     train.add_argument("--seed", type=int, help="random seed")
     train.set_defaults(func=zoo_command)
-    listing = commands.add_parser("list", help="the zoo names, their RoPE base and law inputs, and where they are")
+    listing = commands.add_parser("list",
+                                  help="the zoo names, their RoPE base and law inputs, and where they are")
     listing.set_defaults(func=zoo_command)
 
 
@@ -284,8 +301,9 @@ def report_command(args: argparse.Namespace) -> int:
 
     for run_dir in args.run_dirs:  # `--factor 1.5 2 RUN` (the old form) makes "2" a run folder
         if not run_dir.exists() and token_like(str(run_dir)):
-            raise InputError(f"run folder {str(run_dir)!r} does not exist and looks like a number: give several "
-                             "values as --factor 1.5,2 (or --factor 1.5 --factor 2), then the run folders")
+            raise InputError(f"run folder {str(run_dir)!r} does not exist and looks like a number: give "
+                             "several values as --factor 1.5,2 (or --factor 1.5 --factor 2), then the run "
+                             "folders")
     return command(args)
 
 
@@ -309,8 +327,8 @@ def add_report_parser(sub) -> None:
                         help="output folder (default <first run>/report)")
     parser.add_argument("--factor", type=float_list, action="extend", default=None, metavar="F[,F...]",
                         help="relative measured-length rules: how many times worse than the best (default "
-                             "per task; ppl@L: 1.5); several (--factor 1.5,2 or --factor 1.5 --factor 2) give "
-                             "one summary row each")
+                             "per task; ppl@L: 1.5); several (--factor 1.5,2 or --factor 1.5 --factor 2) "
+                             "give one summary row each")
     parser.add_argument("--delta", type=float_list, action="extend", default=None, metavar="NATS[,NATS...]",
                         help="additive measured-length rules: how many nats worse than the reference "
                              "(default per definition; per-position loss: 0.5, passkey answer log-prob: 2); "
@@ -350,10 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             args = parser.parse_args(argv)
-        except SystemExit as exc:  # argparse's usage error (one line, see Parser), --help, --version: a code to return
+        # argparse's usage error (one line, see Parser), --help, --version: a code to return
+        except SystemExit as exc:
             return int(exc.code or 0)
         if args.verbose:  # only then: a root handler would print every library warning a second time
-            logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+            logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                                format="%(levelname)s %(name)s: %(message)s")
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

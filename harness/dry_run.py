@@ -69,8 +69,8 @@ def show(prepared: list[PreparedSetting], tasks: list[TaskSpec], options: RunOpt
                     not in done}
             lengths = sorted({c.length for c in cells})
             row = {"setting": prep.label, "task": spec.name, "cells": len(cells), "todo": len(todo),
-                   "lengths": _lengths(lengths) if lengths else "-", "estimate": "no estimate (config not read)",
-                   "oom": 0}
+                   "lengths": _lengths(lengths) if lengths else "-",
+                   "estimate": "no estimate (config not read)", "oom": 0}
             if plan is not None and lengths:
                 longest = plan(lengths[-1])
                 row["estimate"] = f"{_size(longest.estimate_bytes)} at {lengths[-1]} ({longest})"
@@ -78,12 +78,13 @@ def show(prepared: list[PreparedSetting], tasks: list[TaskSpec], options: RunOpt
             rows.append(row)
             for c in cells:
                 cells_out.append((prep.label, spec.name, c, plan(c.length) if plan else None, c in todo))
-    print(f"dry run of {options.suite or 'the run flags'} into {options.out}: no model is loaded, nothing written")
+    print(f"dry run of {options.suite or 'the run flags'} into {options.out}: no model is loaded, "
+          "nothing written")
     print(f"{'setting':<28} {'task':<11} {'cells':>6} {'to run':>6}  {'lengths':<18} largest estimate (plan)")
     for r in rows:
         oom = f"; {r['oom']} over --max-memory (recorded oom)" if r["oom"] else ""
-        print(f"{r['setting'][:28]:<28} {r['task'][:11]:<11} {r['cells']:>6} {r['todo']:>6}  {r['lengths']:<18} "
-              f"{r['estimate']}{oom}")
+        print(f"{r['setting'][:28]:<28} {r['task'][:11]:<11} {r['cells']:>6} {r['todo']:>6}  "
+              f"{r['lengths']:<18} {r['estimate']}{oom}")
     total, todo = sum(r["cells"] for r in rows), sum(r["todo"] for r in rows)
     if options.verbose or total <= CELL_LINES:
         _cell_lines(cells_out)
@@ -94,7 +95,8 @@ def show(prepared: list[PreparedSetting], tasks: list[TaskSpec], options: RunOpt
 
 
 def _cell_lines(cells_out) -> None:
-    print(f"\n{'setting':<28} {'task':<11} {'length':>7} {'depth':>6} {'sample':>6}  {'plan':<13} {'estimate':>10}")
+    print(f"\n{'setting':<28} {'task':<11} {'length':>7} {'depth':>6} {'sample':>6}  {'plan':<13} "
+          f"{'estimate':>10}")
     for label, task, cell, plan, todo in cells_out:
         depth = "-" if cell.depth is None else f"{cell.depth:g}"
         state = "" if todo else "  (recorded)"
@@ -103,6 +105,7 @@ def _cell_lines(cells_out) -> None:
         else:
             shown = f"{str(plan):<13} {_size(plan.estimate_bytes):>10}"
             state += "" if plan.fits else "  (oom: exceeds --max-memory)"
-        print(f"{label[:28]:<28} {task[:11]:<11} {cell.length:>7} {depth:>6} {cell.sample:>6}  {shown}{state}")
+        print(f"{label[:28]:<28} {task[:11]:<11} {cell.length:>7} {depth:>6} {cell.sample:>6}  "
+              f"{shown}{state}")
     print()
 

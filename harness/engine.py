@@ -89,7 +89,8 @@ class Engine:
         self.head = self.model.get_output_embeddings()
         self.device = next(self.model.parameters()).device
         # transformers 5.24 renamed past_key_values to cache (5.23 knows only the old name)
-        self.cache_kw = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
+        self.cache_kw = ("cache" if "cache" in inspect.signature(self.decoder.forward).parameters
+                         else "past_key_values")
         self.self_check()
         if strategy == "stream":
             self._check_stream()
@@ -97,17 +98,18 @@ class Engine:
     # ---------------------------------------------------------------------------------- planning
     def plan(self, length: int, strategy: str | None = None) -> Plan:
         return make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
-                         max_memory=self.max_memory, chunk_size=self.chunk_size, strategy=strategy or self.strategy,
-                         stream_ok=self.stream_exact)
+                         max_memory=self.max_memory, chunk_size=self.chunk_size,
+                         strategy=strategy or self.strategy, stream_ok=self.stream_exact)
 
     @torch.inference_mode()
     def self_check(self, tokens: int = 12) -> None:
-        """Scoring runs decoder -> output head -> `postprocess_logits`, long inputs through chunked prefill: on
-        a few tokens both must reproduce the model's own logits. Unknown logit scaling raises here; a family
-        whose cache does not carry its state across multi-token chunks (Bamba's Mamba layers in transformers
-        5.x) is marked, and a prefill plan then raises instead of returning wrong numbers. Likewise a
-        layer-streamed pass (query chunks of 5) must reproduce them, else `stream_exact` is False: the planner
-        never picks stream for this model and a forced stream plan raises (`stream_refusal` says why)."""
+        """Scoring runs decoder -> output head -> `postprocess_logits`, long inputs through chunked prefill:
+        on a few tokens both must reproduce the model's own logits. Unknown logit scaling raises here; a
+        family whose cache does not carry its state across multi-token chunks (Bamba's Mamba layers in
+        transformers 5.x) is marked, and a prefill plan then raises instead of returning wrong numbers.
+        Likewise a layer-streamed pass (query chunks of 5) must reproduce them, else `stream_exact` is False:
+        the planner never picks stream for this model and a forced stream plan raises (`stream_refusal` says
+        why)."""
         vocab = rope_config.text_config(self.config).vocab_size
         ids = self._tensor([i % vocab for i in range(1, tokens + 1)])
         self.prefill_exact = self.stream_exact = True
@@ -124,8 +126,9 @@ class Engine:
                     self.stream_refusal = f"the layer-streamed pass failed ({one_line(exc, 160)})"
         tol = (1e-4 if self.dtype == "float32" else 3e-2) * (1 + float(want.abs().max()))
         if single.shape != want.shape or (single - want).abs().max() > tol:
-            raise RuntimeError(f"{type(self.model).__name__}: the engine's output head does not reproduce the model's "
-                               "logits (unknown logit post-processing): add this family to engine.postprocess_logits")
+            raise RuntimeError(f"{type(self.model).__name__}: the engine's output head does not reproduce "
+                               "the model's logits (unknown logit post-processing): add this family to "
+                               "engine.postprocess_logits")
         self.prefill_exact = bool((prefill - want).abs().max() <= tol)
         if streamed is not None and not (streamed - want).abs().max() <= tol:
             self.stream_refusal = "the layer-streamed pass does not reproduce the model's logits"
@@ -133,17 +136,20 @@ class Engine:
 
     def _logits(self, ids: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Post-processed float32 logits of every position (short inputs only: [T, vocab])."""
-        return torch.cat([postprocess_logits(self.config, self.head(h).float()) for _, h in self._hidden_chunks(ids, plan)])
+        return torch.cat([postprocess_logits(self.config, self.head(h).float())
+                          for _, h in self._hidden_chunks(ids, plan)])
 
     def _check_prefill(self) -> None:
         if not self.prefill_exact:
-            raise RuntimeError(f"{type(self.model).__name__}: chunked prefill through the cache is not exact for this "
-                               "family: score in a single pass (no --chunk-size, a larger --max-memory)")
+            raise RuntimeError(f"{type(self.model).__name__}: chunked prefill through the cache is not exact "
+                               "for this family: score in a single pass (no --chunk-size, a larger "
+                               "--max-memory)")
 
     def _check_stream(self) -> None:
         if not self.stream_exact:
-            raise RuntimeError(f"{type(self.model).__name__}: layer-streamed scoring (strategy stream) is refused for "
-                               f"this model: {self.stream_refusal}; use strategy auto, single or prefill")
+            raise RuntimeError(f"{type(self.model).__name__}: layer-streamed scoring (strategy stream) is "
+                               f"refused for this model: {self.stream_refusal}; use strategy auto, single or "
+                               "prefill")
 
     # ---------------------------------------------------------------------------------- internals
     def _hidden_chunks(self, ids: torch.Tensor, plan: Plan):
@@ -161,10 +167,12 @@ class Engine:
         self._check_prefill()
         cache = DynamicCache(config=self.model.config)
         for start in range(0, ids.numel(), plan.chunk):
-            out = self.decoder(input_ids=ids[None, start:start + plan.chunk], use_cache=True, **{self.cache_kw: cache})
+            out = self.decoder(input_ids=ids[None, start:start + plan.chunk], use_cache=True,
+                               **{self.cache_kw: cache})
             yield start, out.last_hidden_state[0]
 
-    def _score(self, ids: torch.Tensor, first: int, with_rank: bool, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _score(self, ids: torch.Tensor, first: int, with_rank: bool,
+               plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
         """NLL (float32) of ids[t+1] given ids[:t+1] for t in [first, T-1); ranks when asked."""
         total = ids.numel()
         nll = torch.empty(total - 1 - first, dtype=torch.float32)
@@ -213,8 +221,10 @@ class Engine:
         return AnswerScore(float(-nll.sum()), int(ranks.max()), [float(-x) for x in nll])
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, stop_ids: Sequence[int] = ()) -> list[int]:
-        """Greedy continuation after a chunked prefill (RoPE fixed at the prompt length when length-dependent)."""
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                 stop_ids: Sequence[int] = ()) -> list[int]:
+        """Greedy continuation after a chunked prefill (RoPE fixed at the prompt length when
+        length-dependent)."""
         tensor = self._tensor(prompt_ids)
         with self._rope_context(tensor.numel()):
             cache, out = self._prefill(tensor)
@@ -223,8 +233,8 @@ class Engine:
     @torch.inference_mode()
     def score_and_generate(self, prompt_ids: Sequence[int], answer_ids: Sequence[int], max_new_tokens: int,
                            stop_ids: Sequence[int] = ()) -> tuple[AnswerScore, list[int]]:
-        """`answer_score(prompt_ids, answer_ids)` and `generate(prompt_ids, max_new_tokens, stop_ids)` from ONE
-        prefill of the prompt: the prompt goes into the KV cache exactly as `generate` puts it there; the
+        """`answer_score(prompt_ids, answer_ids)` and `generate(prompt_ids, max_new_tokens, stop_ids)` from
+        ONE prefill of the prompt: the prompt goes into the KV cache exactly as `generate` puts it there; the
         answer is teacher-forced on top of that cache (log-probs and ranks through the engine's head, as in
         `answer_score`, equal to its numbers up to float rounding), the cache is cropped back to the prompt
         and the greedy continuation runs from it (the very calls of `generate`: the same tokens).
@@ -235,9 +245,11 @@ class Engine:
         if not answer_ids:
             raise ValueError("score_and_generate needs at least one answer token")
         if self.length_dependent:
-            return self.answer_score(prompt_ids, answer_ids), self.generate(prompt_ids, max_new_tokens, stop_ids)
+            return (self.answer_score(prompt_ids, answer_ids),
+                    self.generate(prompt_ids, max_new_tokens, stop_ids))
         prompt, answer = self._tensor(prompt_ids), self._tensor(answer_ids)
-        last: list[torch.Tensor] = []  # the head's input on the last prefill chunk: hidden state of the last prompt token
+        # the head's input on the last prefill chunk: hidden state of the last prompt token
+        last: list[torch.Tensor] = []
 
         def keep(module, args):
             last[:] = [args[0][0, -1:]]
@@ -248,7 +260,8 @@ class Engine:
         finally:
             hook.remove()
         if not last:  # a head the model forward does not call as a module: no shared prefill, same numbers
-            return self.answer_score(prompt_ids, answer_ids), self._greedy(cache, out, max_new_tokens, stop_ids)
+            return (self.answer_score(prompt_ids, answer_ids),
+                    self._greedy(cache, out, max_new_tokens, stop_ids))
         hidden = [last[0]]
         if answer.numel() > 1:
             if hasattr(cache, "activate_past_recording"):  # sliding-window layers keep what the crop restores
@@ -271,10 +284,10 @@ class Engine:
         return score, new
 
     def _prefill(self, tensor: torch.Tensor):
-        """(DynamicCache holding the prompt, the model's output on its last chunk with logits_to_keep=1), in the
-        chunks of the plan: one chunk when a single pass fits, the prefill plan's chunk otherwise. Where scoring
-        would stream, the plan without stream decides: a cache for generation holds every layer's K/V, which
-        is what a pass or a prefill builds."""
+        """(DynamicCache holding the prompt, the model's output on its last chunk with logits_to_keep=1), in
+        the chunks of the plan: one chunk when a single pass fits, the prefill plan's chunk otherwise. Where
+        scoring would stream, the plan without stream decides: a cache for generation holds every layer's K/V,
+        which is what a pass or a prefill builds."""
         from transformers import DynamicCache
 
         length = tensor.numel()

@@ -1,12 +1,12 @@
 """Experiment identity: what makes a record's number, and the refusal to mix experiments in one run folder.
 
 Every record carries its checkpoint's `model_fingerprint` (config before the override + weights), its
-setting's `fingerprint` (the same after the override; part of the cell key) and RoPE fields (+ `rope_hash`), its task's
-`task_identity` (the corpus spec and every option that changes a result, as canonical JSON; `corpus` also
-on its own), its sample's token hash (`sample_hash`, where the task provides one) and the `seed`. Under one
-label a folder holds one experiment: a run whose identity differs from the last records already there
-under the same label is refused before anything is written (exit 2), naming what differs and the fix.
-Records written before a key existed are compared on the keys they have. The rope_hash (which covers the
+setting's `fingerprint` (the same after the override; part of the cell key) and RoPE fields (+ `rope_hash`),
+its task's `task_identity` (the corpus spec and every option that changes a result, as canonical JSON;
+`corpus` also on its own), its sample's token hash (`sample_hash`, where the task provides one) and the
+`seed`. Under one label a folder holds one experiment: a run whose identity differs from the last records
+already there under the same label is refused before anything is written (exit 2), naming what differs and the
+fix. Records written before a key existed are compared on the keys they have. The rope_hash (which covers the
 built model's frequency bytes) is compared once the setting's model is loaded, before its first record.
 """
 
@@ -29,7 +29,8 @@ HINTS = {"max_length": " (the longest of --lengths: samples are cut at it)"}
 
 def task_fields(task: Task, params: TaskParams) -> dict[str, Any]:
     """The task identity every record of (task, params) carries."""
-    return {"corpus": params.corpus, "task_identity": json.dumps(task.identity(params), sort_keys=True, default=str)}
+    return {"corpus": params.corpus,
+            "task_identity": json.dumps(task.identity(params), sort_keys=True, default=str)}
 
 
 def done_cells(latest: Iterable[dict[str, Any]]) -> set[tuple]:
@@ -112,7 +113,8 @@ def refuse_mixing(prepared: list[PreparedSetting], tasks: list[TaskSpec], latest
             if problem is None and spec.applies_to(prep.label):
                 problem = _task_difference(prep, spec, [r for r in old if r.get("task") == spec.name])
         if problem:
-            raise InputError(f"{out} already holds setting {prep.label!r} of another experiment ({problem}): {FIX}")
+            raise InputError(f"{out} already holds setting {prep.label!r} of another experiment ({problem}): "
+                             f"{FIX}")
 
 
 def refuse_other_rope_hash(label: str, rope_hash: str, latest: Iterable[dict[str, Any]], out: Path) -> None:

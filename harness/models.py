@@ -63,7 +63,8 @@ def load_config(model_id: str, revision: str | None = None, trust_remote_code: b
     path = resolve_model_path(model_id)
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1  # a hub id is exactly owner/name
     if looks_local and not Path(path).expanduser().exists():
-        raise InputError(f"model path {path!r} does not exist: pass an existing folder or a hub id (owner/name)")
+        raise InputError(f"model path {path!r} does not exist: pass an existing folder or a hub id "
+                         "(owner/name)")
     if not Path(path).expanduser().exists():
         use_cache_if_hub_unreachable()
     try:
@@ -78,7 +79,8 @@ def law_inputs_for(model: str, revision: str | None = None, trust_remote_code: b
                    tune_len: int | None = None) -> dict[str, Any]:
     """Law inputs straight from a model's config (no weights), for `rope-harness law --model`."""
     config = load_config(model, revision, trust_remote_code)
-    inputs = law_inputs(config, RopeOverride(pretrain_base=pretrain_base, train_len=train_len, tune_len=tune_len))
+    inputs = law_inputs(config, RopeOverride(pretrain_base=pretrain_base, train_len=train_len,
+                                             tune_len=tune_len))
     own = rope_sections(config)[law_section(config)]
     return {**inputs, "rope_theta": float(own["rope_theta"]), "rope_type": own.get("rope_type", "default")}
 
@@ -112,19 +114,21 @@ def verify_rope(model, config) -> dict[str | None, tuple[Any, float]]:
     seen: dict[str | None, tuple[Any, float]] = {}
     for module, section, buffer in rotary_buffers(model):
         if buffer.dtype != torch.float32:
-            raise RuntimeError(f"RoPE inv_freq is {buffer.dtype}, not float32: load with from_pretrained(dtype=...), "
-                               "never model.to(dtype)")
+            raise RuntimeError(f"RoPE inv_freq is {buffer.dtype}, not float32: load with "
+                               "from_pretrained(dtype=...), never model.to(dtype)")
         expected, scaling = expected_inv_freq(config, section)
         actual = buffer.detach().to("cpu", torch.float64)
         if actual.shape != expected.shape or not torch.allclose(actual, expected, rtol=2e-6, atol=0):
             raise RuntimeError(f"RoPE override did not take effect for section {section or 'all'}: "
                                f"model inv_freq[:3]={actual[:3].tolist()} expected {expected[:3].tolist()}")
-        have_scaling = getattr(module, f"{section}_attention_scaling" if section else "attention_scaling", 1.0)
+        have_scaling = getattr(module, f"{section}_attention_scaling" if section else "attention_scaling",
+                               1.0)
         if abs(float(have_scaling) - scaling) > 1e-6 * max(1.0, abs(scaling)):
             raise RuntimeError(f"RoPE attention scaling is {have_scaling}, expected {scaling}")
         seen[section] = (actual.to(torch.float32), scaling)
     if not seen:
-        raise InputError(f"{type(model).__name__} has no RoPE inv_freq buffer: rope-harness evaluates RoPE models only")
+        raise InputError(f"{type(model).__name__} has no RoPE inv_freq buffer: rope-harness evaluates RoPE "
+                         "models only")
     return seen
 
 
@@ -150,9 +154,11 @@ def rope_fixed_for_length(model, config, length: int) -> Iterator[None]:
         prefix = f"{section}_" if section else ""
         scaling_attr = f"{prefix}attention_scaling" if section else "attention_scaling"
         values, scaling = getattr(module, f"{prefix}original_inv_freq"), getattr(module, scaling_attr)
-        if kind == "dynamic" and length > module.original_max_seq_len:  # growth: seq_len = max(position_ids) + 1
+        # growth: seq_len = max(position_ids) + 1
+        if kind == "dynamic" and length > module.original_max_seq_len:
             seq_len = torch.tensor(length, dtype=torch.long, device=buffer.device)
-            values, scaling = ROPE_INIT_FUNCTIONS[kind](config, buffer.device, seq_len=seq_len, layer_type=section)
+            values, scaling = ROPE_INIT_FUNCTIONS[kind](config, buffer.device, seq_len=seq_len,
+                                                        layer_type=section)
         elif kind == "longrope" and length > params["original_max_position_embeddings"]:  # the long factors
             values, _ = ROPE_INIT_FUNCTIONS[kind](config, buffer.device,
                                                   seq_len=params["original_max_position_embeddings"] + 1,
@@ -161,10 +167,12 @@ def rope_fixed_for_length(model, config, length: int) -> Iterator[None]:
         got = values.detach().to("cpu", torch.float64)
         if got.shape != expected.shape or not torch.allclose(got, expected, rtol=2e-6, atol=0) \
                 or abs(float(scaling) - want_scaling) > 1e-6 * max(1.0, abs(want_scaling)):
-            raise RuntimeError(f"{kind} RoPE at L={length}: transformers gives inv_freq[:3]={got[:3].tolist()} "
+            raise RuntimeError(f"{kind} RoPE at L={length}: transformers gives "
+                               f"inv_freq[:3]={got[:3].tolist()} "
                                f"(scaling {float(scaling)}), harness.rope_math {expected[:3].tolist()} "
                                f"(scaling {want_scaling})")
-        saved.append((module, section, buffer.clone(), copy.copy(module.rope_type), getattr(module, scaling_attr)))
+        saved.append((module, section, buffer.clone(), copy.copy(module.rope_type),
+                      getattr(module, scaling_attr)))
         buffer.copy_(values.to(dtype=torch.float32, device=buffer.device))
         setattr(module, scaling_attr, scaling)
         if section is None:
@@ -183,7 +191,8 @@ def rope_fixed_for_length(model, config, length: int) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------- manifest
 
 
-def rope_manifest(config, spec: dict[str, Any], law: dict[str, Any], inv_freqs: dict, changed: bool) -> dict[str, Any]:
+def rope_manifest(config, spec: dict[str, Any], law: dict[str, Any], inv_freqs: dict,
+                  changed: bool) -> dict[str, Any]:
     """The RoPE manifest (docs/design.md); rope_hash covers every field plus the inv_freq bytes."""
     section = law_section(config)
     params = {k: v for k, v in spec.items() if k not in ("rope_type", "rope_theta")}
@@ -251,7 +260,8 @@ def pick_attn(attn: str | None, device: str) -> str:
 
     flash_ok = device.startswith(("cuda", "auto")) and importlib.util.find_spec("flash_attn") is not None
     if attn == "flash_attention_2" and not flash_ok:
-        raise InputError("--attn flash_attention_2 needs CUDA and the flash-attn package: install it (README, GPU) or use --attn sdpa")
+        raise InputError("--attn flash_attention_2 needs CUDA and the flash-attn package: install it "
+                         "(README, GPU) or use --attn sdpa")
     return attn or ("flash_attention_2" if flash_ok else "sdpa")
 
 
@@ -263,8 +273,9 @@ def pick_dtype(dtype: str | None, device: str) -> str:
     return dtype
 
 
-def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | None = None, device: str | None = None,
-         attn: str | None = None, revision: str | None = None, trust_remote_code: bool = False) -> Loaded:
+def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | None = None,
+         device: str | None = None, attn: str | None = None, revision: str | None = None,
+         trust_remote_code: bool = False) -> Loaded:
     """Config -> override -> model (weights in `dtype`, RoPE float32) -> verified manifest."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -284,8 +295,8 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
 
     def build(implementation: str):
         return AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=getattr(torch, dtype), attn_implementation=implementation, revision=revision,
-            trust_remote_code=trust_remote_code, **placement)
+            path, config=config, dtype=getattr(torch, dtype), attn_implementation=implementation,
+            revision=revision, trust_remote_code=trust_remote_code, **placement)
 
     try:
         try:
@@ -295,15 +306,18 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
                 raise
             attn = "eager"
             model = build(attn)
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision,
+                                                  trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load model {model_id!r} ({one_line(exc, 160)}): check the path/hub id, network, and --attn") from None
+        raise InputError(f"cannot load model {model_id!r} ({one_line(exc, 160)}): check the path/hub id, "
+                         "network, and --attn") from None
     if device != "auto":
         model.to(device)  # moves; never casts (inv_freq must stay float32)
     model.eval()
     inv_freqs = verify_rope(model, config)
     manifest = rope_manifest(config, spec, law, inv_freqs, override.changes_rope())
-    return Loaded(model, tokenizer, config, manifest, model_fingerprint(path, config, revision), device, dtype, attn)
+    return Loaded(model, tokenizer, config, manifest, model_fingerprint(path, config, revision), device,
+                  dtype, attn)
 
 
 def default_label(model_id: str, manifest: dict[str, Any]) -> str:

@@ -30,6 +30,17 @@ class Plan:
         return "single" if self.strategy == "single" else f"{self.strategy}:{self.chunk}"
 
 
+def _shape(config, dtype: str) -> tuple:
+    """(text config, bytes per weight, hidden, intermediate, heads, kv heads, head dim): what the estimates
+    read."""
+    text = rope_config.text_config(config)
+    hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    return text, _DTYPE_BYTES[dtype], hidden, inter, heads, kv_heads, head_dim
+
+
 def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str, n_params: int,
                    strategy: str | None = None) -> int:
     """Conservative peak-memory estimate of scoring `length` tokens (weights included).
@@ -41,12 +52,7 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     """
     if strategy == "stream":
         return _stream_bytes(config, length, chunk or length, dtype, n_params)
-    text = rope_config.text_config(config)
-    bytes_w = _DTYPE_BYTES[dtype]
-    hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    text, bytes_w, hidden, inter, heads, kv_heads, head_dim = _shape(config, dtype)
     vocab = text.vocab_size
     q_len = length if chunk is None else min(chunk, length)
     activations = q_len * (8 * hidden + 3 * inter) * bytes_w + length * hidden * 4
@@ -68,12 +74,7 @@ def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) ->
     Full-attention layers build no mask (CPU: two fused-kernel calls merged by log-sum-exp; CUDA: sdpa's
     lower-right causal bias); sliding-window layers build a bool and a float mask of chunk x (window +
     chunk); layers with attention-logit softcapping (Gemma2) build heads x chunk x T float32 scores."""
-    text = rope_config.text_config(config)
-    bytes_w = _DTYPE_BYTES[dtype]
-    hidden, inter = text.hidden_size, getattr(text, "intermediate_size", 4 * text.hidden_size)
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    text, bytes_w, hidden, inter, heads, kv_heads, head_dim = _shape(config, dtype)
     q_len = min(chunk, length)
     weights = n_params * bytes_w
     residual = 2 * length * hidden * bytes_w
@@ -120,7 +121,8 @@ def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_
         return Plan("single", length, need, fits(need))
     if strategy == "stream":
         if not stream_ok:
-            raise ValueError(f"strategy stream: {stream.refusal(config) or 'this model does not stream exactly'}")
+            raise ValueError("strategy stream: "
+                             f"{stream.refusal(config) or 'this model does not stream exactly'}")
         chunk = chunk_size or (largest("stream", STREAM_MAX_CHUNK) or Plan("stream", 64, 0)).chunk
         chunk = min(chunk, length)
         need = est(chunk, "stream")

@@ -22,7 +22,8 @@ from harness.suite import Setting, TaskSpec
 from tasks.base import Preflight, TaskParams, get_task
 
 # Manifest fields known before any weight is loaded; records carry them, the identity check compares them.
-ROPE_FIELDS = ("rope_type", "rope_theta", "rope_params", "rotary_dim", "pretrain_base", "train_len", "tune_len")
+ROPE_FIELDS = ("rope_type", "rope_theta", "rope_params", "rotary_dim", "pretrain_base", "train_len",
+               "tune_len")
 
 
 @dataclass
@@ -44,13 +45,15 @@ class PreparedSetting:
 
 def validate_params(params: TaskParams) -> None:
     if not params.lengths or any(not isinstance(n, int) or n < 2 for n in params.lengths):
-        raise InputError(f"--lengths must be integers >= 2 (got {params.lengths}): e.g. --lengths 1024,2048,4096")
+        raise InputError(f"--lengths must be integers >= 2 (got {params.lengths}): "
+                         "e.g. --lengths 1024,2048,4096")
     if params.samples < 1:
         raise InputError(f"--samples must be >= 1 (got {params.samples})")
 
 
 def is_hub_id(model: str) -> bool:
-    """owner/name (or name) that is neither a zoo name nor a local path: only the hub (or its cache) has it."""
+    """owner/name (or name) that is neither a zoo name nor a local path: only the hub (or its cache) has
+    it."""
     if model.startswith("zoo:") or model.startswith((".", "/", "~")) or model.count("/") > 1:
         return False
     return not Path(model).expanduser().exists()
@@ -72,7 +75,8 @@ def _rope_identity(setting: Setting, config) -> tuple[Any, dict[str, Any], str, 
     manifest = models.rope_manifest(overridden, spec, law, {}, setting.override.changes_rope())
     rope = {k: manifest[k] for k in ROPE_FIELDS}
     rope["rope_params"] = json.dumps(rope["rope_params"], sort_keys=True)
-    fingerprint = models.model_fingerprint(models.resolve_model_path(setting.model), overridden, setting.revision)
+    fingerprint = models.model_fingerprint(models.resolve_model_path(setting.model), overridden,
+                                           setting.revision)
     return overridden, rope, fingerprint, setting.label or models.default_label(setting.model, manifest)
 
 
@@ -85,14 +89,15 @@ def _tokenizer(setting: Setting, tolerant: bool, notes: list[str]):
                                              trust_remote_code=setting.trust_remote_code)
     except (OSError, ValueError) as exc:
         if tolerant and is_hub_id(setting.model):
-            notes.append(f"tokenizer of {setting.model!r} not available offline ({one_line(exc, 120)}): samples "
-                         "not checked")
+            notes.append(f"tokenizer of {setting.model!r} not available offline ({one_line(exc, 120)}): "
+                         "samples not checked")
             return None
         raise InputError(f"cannot load the tokenizer of {setting.model!r} ({one_line(exc)}): check the model "
                          "folder") from None
 
 
-def preflight(settings: list[Setting], tasks: list[TaskSpec], warn, tolerant: bool = False) -> list[PreparedSetting]:
+def preflight(settings: list[Setting], tasks: list[TaskSpec], warn,
+              tolerant: bool = False) -> list[PreparedSetting]:
     """Validate every setting and task before anything is written; `tolerant` (dry run): see the docstring."""
     for spec in tasks:
         validate_params(spec.params)
@@ -109,12 +114,13 @@ def preflight(settings: list[Setting], tasks: list[TaskSpec], warn, tolerant: bo
                          "samples not checked")
             config = None
         if config is None:
-            prep = PreparedSetting(setting, setting.label or setting.model, None, None, None, None, {}, notes=notes)
+            prep = PreparedSetting(setting, setting.label or setting.model, None, None, None, None, {},
+                                   notes=notes)
         else:
             own = models.model_fingerprint(models.resolve_model_path(setting.model), config, setting.revision)
             overridden, rope, fingerprint, label = _rope_identity(setting, config)
-            prep = PreparedSetting(setting, label, overridden, _tokenizer(setting, tolerant, notes), fingerprint,
-                                   own, rope, notes=notes)
+            prep = PreparedSetting(setting, label, overridden, _tokenizer(setting, tolerant, notes),
+                                   fingerprint, own, rope, notes=notes)
         for spec in tasks:
             if spec.applies_to(prep.label):
                 _prepare_task(prep, spec, warn, tolerant)

@@ -19,7 +19,8 @@ def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for name in ("rope-harness", "torch", "transformers", "datasets", "pandas", "matplotlib", "safetensors", "accelerate"):
+    for name in ("rope-harness", "torch", "transformers", "datasets", "pandas", "matplotlib", "safetensors",
+                 "accelerate"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -49,7 +50,8 @@ def write_run_json(options: RunOptions, store: Store, started: float, ended: flo
     info = {
         "command": options.command, "suite": options.suite, "versions": _versions(),
         "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine(),
+        "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                   else platform.processor() or platform.machine()),
         "git_commit": _git_commit(), "rank": rank, "world_size": store.world,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)) if ended else None,

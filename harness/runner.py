@@ -46,7 +46,8 @@ class RunResult:
         return 1 if self.failed else 0
 
 
-def cell_key(fingerprint: str, rope_hash: str, task: str, identity: dict[str, Any], cell: Cell, seed: int) -> str:
+def cell_key(fingerprint: str, rope_hash: str, task: str, identity: dict[str, Any], cell: Cell,
+             seed: int) -> str:
     payload = json.dumps([fingerprint, rope_hash, task, identity, cell.length, cell.depth, cell.sample, seed],
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -61,8 +62,9 @@ def _bad_number(metrics: dict[str, Any]) -> str | None:
 
 def _base_record(setting: Setting, loaded: models.Loaded, label: str, seed: int) -> dict[str, Any]:
     m = loaded.manifest
-    return {"setting": label, "model": setting.model, "rope_type": m["rope_type"], "rope_theta": m["rope_theta"],
-            "rope_params": json.dumps(m["rope_params"], sort_keys=True), "rotary_dim": m["rotary_dim"],
+    return {"setting": label, "model": setting.model, "rope_type": m["rope_type"],
+            "rope_theta": m["rope_theta"], "rope_params": json.dumps(m["rope_params"], sort_keys=True),
+            "rotary_dim": m["rotary_dim"],
             "pretrain_base": m["pretrain_base"], "train_len": m["train_len"], "tune_len": m["tune_len"],
             "rope_hash": m["rope_hash"], "law_assumes_finetune": m["law_assumes_finetune"], "seed": seed,
             "dtype": loaded.dtype, "attn": loaded.attn, "fingerprint": loaded.fingerprint}
@@ -76,15 +78,17 @@ def _warn_past_max_positions(prepared: list[PreparedSetting], tasks: list[TaskSp
         if prep.config is None:
             continue
         limit = rope_config.max_positions(prep.config)
-        if any(c.length > limit and (prep.label, spec.name, c.length, c.depth, c.sample, spec.params.seed) not in done
+        if any(c.length > limit
+               and (prep.label, spec.name, c.length, c.depth, c.sample, spec.params.seed) not in done
                for spec in tasks if spec.applies_to(prep.label) and max(spec.params.lengths) > limit
                for c in get_task(spec.name).cells(spec.params)):
             past.setdefault(limit, []).append(prep.label)
     if past:
-        named = "; ".join(f"{', '.join(labels)} (max_position_embeddings {limit})" for limit, labels in past.items())
+        named = "; ".join(f"{', '.join(labels)} (max_position_embeddings {limit})"
+                          for limit, labels in past.items())
         count = sum(len(labels) for labels in past.values())
-        warn(f"{count} setting(s) run past max_position_embeddings, evaluated as asked (extrapolation is the point): "
-             f"{named}")
+        warn(f"{count} setting(s) run past max_position_embeddings, evaluated as asked (extrapolation is the "
+             f"point): {named}")
 
 
 def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> RunResult:
@@ -117,24 +121,27 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
         for setting_index, prep in enumerate(prepared):
             setting, label = prep.setting, prep.label
             loaded = models.load(setting.model, setting.override, dtype=setting.dtype, device=setting.device,
-                                 attn=setting.attn, revision=setting.revision, trust_remote_code=setting.trust_remote_code)
+                                 attn=setting.attn, revision=setting.revision,
+                                 trust_remote_code=setting.trust_remote_code)
             identity.refuse_other_rope_hash(label, loaded.manifest["rope_hash"], latest.values(), options.out)
             manifests[label] = {**loaded.manifest, "model": setting.model, "fingerprint": loaded.fingerprint}
             engine = Engine(loaded, chunk_size=options.chunk_size,
-                            max_memory=options.max_memory or device_budget(loaded.device), strategy=options.strategy)
+                            max_memory=options.max_memory or device_budget(loaded.device),
+                            strategy=options.strategy)
             for spec in tasks:
                 if not spec.applies_to(label):
                     continue
                 task = get_task(spec.name)
                 base = {**_base_record(setting, loaded, label, spec.params.seed),
-                        "model_fingerprint": prep.model_fingerprint, **identity.task_fields(task, spec.params)}
+                        "model_fingerprint": prep.model_fingerprint,
+                        **identity.task_fields(task, spec.params)}
                 ctx = RunContext(engine, prep.tokenizer, spec.params, prep.states[spec.name], loaded.manifest,
                                  base, store.append, warn, run_dir=options.out)
                 key_identity = task.identity(spec.params)
                 limit = prep.available[spec.name]
                 cells = [c for c in task.cells(spec.params) if limit is None or c.sample < limit]
-                keyed = {c: cell_key(loaded.fingerprint, loaded.manifest["rope_hash"], spec.name, key_identity, c,
-                                     spec.params.seed) for c in cells}
+                keyed = {c: cell_key(loaded.fingerprint, loaded.manifest["rope_hash"], spec.name,
+                                     key_identity, c, spec.params.seed) for c in cells}
                 owner = shard_cells(cells, world, setting_index)
                 mine = [c for c in cells if owner[c] == rank]
                 grid.update(keyed[c] for c in mine)
@@ -142,7 +149,8 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 if missing and not opened:
                     store.open()
                     opened = True
-                    finished = store.finished_keys()  # again under the lock: a run that held it may have added cells
+                    # again under the lock: a run that held it may have added cells
+                    finished = store.finished_keys()
                     missing = [c for c in missing if keyed[c] not in finished]
                     write_run_json(options, store, started, None, manifests, prepared, counts)
                 counts["skipped"] += len(mine) - len(missing)
@@ -163,7 +171,8 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
             store.close()
     after = store.latest()
     failed = sum(after.get(key, {}).get("status") != "ok" for key in grid)
-    return RunResult(counts, sum(counts[s] for s in ("ok", "oom", "error")), failed, summary_table(options.out))
+    return RunResult(counts, sum(counts[s] for s in ("ok", "oom", "error")), failed,
+                     summary_table(options.out))
 
 
 def _size(n_bytes: float) -> str:
@@ -171,7 +180,8 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
-def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOptions, label: str, task_name: str):
+def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOptions, label: str,
+               task_name: str):
     """Yield (cell, record) for every cell; OOM retried once with a smaller chunk, then recorded."""
     from tqdm import tqdm
 

@@ -56,7 +56,8 @@ def cell_id(record: dict[str, Any]) -> str:
     key = record.get("cell_key")
     if key:
         return str(key)
-    return json.dumps([record.get(k) for k in ("setting", "rope_hash", "task", "length", "depth", "sample", "seed")],
+    return json.dumps([record.get(k)
+                       for k in ("setting", "rope_hash", "task", "length", "depth", "sample", "seed")],
                       default=str)
 
 
@@ -83,19 +84,21 @@ class Store:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"cannot create the run folder {self.folder} ({one_line(exc)}): pass a writable --out") from None
+            raise InputError(f"cannot create the run folder {self.folder} ({one_line(exc)}): "
+                             "pass a writable --out") from None
         self._lock = self.folder / (f".lock.rank{self.rank}" if self.world > 1 else ".lock")
         try:
             fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             holder = self._lock.read_text().strip() or "0"
             if holder.isdigit() and _alive(int(holder)):
-                raise InputError(f"another run (pid {holder}) is writing {self.folder}: wait for it or pass another --out") from None
+                raise InputError(f"another run (pid {holder}) is writing {self.folder}: wait for it or pass "
+                                 "another --out") from None
             self._lock.unlink(missing_ok=True)  # stale lock of a killed run
             fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
-        for stem in ("records", "positions"):
+        for stem in ("records", "positions", "key_tokens"):
             _repair_torn_tail(self._path(stem))
 
     def close(self) -> None:
@@ -118,7 +121,8 @@ class Store:
         return latest_records(self.folder)
 
     def finished_keys(self) -> set[str]:
-        """Cells whose last record (any rank's) is ok: a rerun skips them and retries the rest (oom, error)."""
+        """Cells whose last record (any rank's) is ok: a rerun skips them and retries the rest (oom,
+        error)."""
         return {key for key, r in self.latest().items() if r.get("status") == "ok" and r.get("cell_key")}
 
 

@@ -68,8 +68,8 @@ def refusal(config) -> str | None:
     text = rope_config.text_config(config)
     kind = getattr(text, "model_type", None)
     if text is not config:
-        return (f"layer-streamed scoring runs text-only decoders ({getattr(config, 'model_type', None)!r} wraps "
-                f"{kind!r})")
+        return (f"layer-streamed scoring runs text-only decoders "
+                f"({getattr(config, 'model_type', None)!r} wraps {kind!r})")
     if kind not in SUPPORTED:
         return f"layer-streamed scoring supports model types {', '.join(SUPPORTED)} (not {kind!r})"
     if getattr(text, "use_bidirectional_attention", False):
@@ -147,7 +147,8 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         scores = torch.matmul(query, key.transpose(2, 3)) * scale
         scores = torch.tanh(scores / softcap) * softcap
-        scores = scores.masked_fill(~_visible(n, k, offset, window, query.device), torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill(~_visible(n, k, offset, window, query.device),
+                                    torch.finfo(scores.dtype).min)
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         del scores
         out = torch.matmul(probs, value)
@@ -155,7 +156,8 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         out = _split_attention(query, key, value, offset, scale)
     else:
         if groups > 1 and not _SDPA_GQA:
-            key, value, groups = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), 1
+            key, value, groups = (key.repeat_interleave(groups, dim=1),
+                                  value.repeat_interleave(groups, dim=1), 1)
         mask = causal_lower_right(n, k) if window is None else _visible(n, k, offset, window, query.device)
         gqa = {"enable_gqa": True} if groups > 1 else {}
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, **gqa)
@@ -238,7 +240,8 @@ def hidden_chunks(model, ids: torch.Tensor, chunk: int) -> Iterator[tuple[int, t
                 x = residual[:, start:start + chunk]
                 pos = positions[:, start:start + chunk]
                 rope = rotary(x, pos, layer_types[index]) if per_type else rotary(x, pos)
-                out = layer(x, attention_mask=None, position_ids=pos, position_embeddings=rope, **{cache_kw: kv})
+                out = layer(x, attention_mask=None, position_ids=pos, position_embeddings=rope,
+                            **{cache_kw: kv})
                 # in place: later chunks need this layer's K/V of earlier chunks, never their inputs
                 residual[:, start:start + chunk] = out[0] if isinstance(out, tuple) else out
             del kv

@@ -36,8 +36,8 @@ from harness.values import length_value, parse_lengths, parse_param, parse_size,
 from tasks.base import TaskParams, get_task
 
 RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "strategy", "max_memory", "report"}
-SETTING_KEYS = {"model", "label", "rope_theta", "rope_type", "rope_factor", "rope_params", "pretrain_base", "train_len",
-                "tune_len", "dtype", "device", "attn", "revision", "trust_remote_code"}
+SETTING_KEYS = {"model", "label", "rope_theta", "rope_type", "rope_factor", "rope_params", "pretrain_base",
+                "train_len", "tune_len", "dtype", "device", "attn", "revision", "trust_remote_code"}
 TASK_KEYS = {"name", "lengths", "samples", "seed", "corpus", "bos", "settings"}
 DEFAULT_SAMPLES = 4
 # The type each key must have (TOML would otherwise hand a string to code that expects a number, or make
@@ -47,7 +47,8 @@ RUN_TYPES = {"out": str, "dtype": str, "device": str, "attn": str, "chunk_size":
 SETTING_TYPES = {"model": str, "label": str, "rope_type": str, "dtype": str, "device": str, "attn": str,
                  "revision": str, "trust_remote_code": bool, "rope_params": dict, "rope_theta": float,
                  "rope_factor": float, "pretrain_base": float}  # train_len, tune_len: _length
-TASK_TYPES = {"name": str, "lengths": list, "samples": int, "seed": int, "corpus": str, "bos": bool, "settings": list}
+TASK_TYPES = {"name": str, "lengths": list, "samples": int, "seed": int, "corpus": str, "bos": bool,
+              "settings": list}
 _MISSING = object()
 
 
@@ -133,12 +134,14 @@ class Suite:
 
 
 def packaged_suites() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("harness.suites").iterdir() if p.name.endswith(".toml"))
+    return sorted(p.name[:-5] for p in resources.files("harness.suites").iterdir()
+                  if p.name.endswith(".toml"))
 
 
 def _line_of(text: str, key: str, value: Any = _MISSING) -> int | None:
     """Line of `key = ...` (or, failing that, of a `[key]` table header): error messages name it. Given the
-    bad `value`, the line that holds it, so that a bad key in a third [[settings]] is not blamed on the first."""
+    bad `value`, the line that holds it, so that a bad key in a third [[settings]] is not blamed on the
+    first."""
     lines = text.splitlines()
     assigned = [n for n, line in enumerate(lines, 1) if re.match(rf"\s*{re.escape(key)}\s*=", line)]
     for number in assigned if value is not _MISSING else []:
@@ -168,14 +171,18 @@ def _read(name_or_path: str) -> tuple[str, str]:
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             what = "is a folder" if path.is_dir() else "does not exist"
-            raise InputError(f"suite file {name_or_path!r} {what}: pass a TOML file or one of {', '.join(packaged_suites())}")
+            raise InputError(f"suite file {name_or_path!r} {what}: pass a TOML file or one of "
+                             f"{', '.join(packaged_suites())}")
         try:
             return str(path), path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read suite file {name_or_path!r} ({one_line(exc)}): pass a UTF-8 TOML file") from None
+            raise InputError(f"cannot read suite file {name_or_path!r} ({one_line(exc)}): "
+                             "pass a UTF-8 TOML file") from None
     if name_or_path not in packaged_suites():
-        raise InputError(f"unknown suite {name_or_path!r}: pass a TOML file or one of {', '.join(packaged_suites())}")
-    return f"suite:{name_or_path}", resources.files("harness.suites").joinpath(f"{name_or_path}.toml").read_text()
+        raise InputError(f"unknown suite {name_or_path!r}: pass a TOML file or one of "
+                         f"{', '.join(packaged_suites())}")
+    return (f"suite:{name_or_path}",
+            resources.files("harness.suites").joinpath(f"{name_or_path}.toml").read_text())
 
 
 def _typed(value: Any, kind: type, key: str, source: str, text: str, whole: Any = _MISSING) -> Any:
@@ -201,8 +208,8 @@ def _length(value: Any, key: str, source: str, text: str, whole: Any = _MISSING)
         return value
     if number is None:
         line = _line_of(text, key, value if whole is _MISSING else whole)
-        raise InputError(f"{source}:{line or '?'}: {key} must be an integer or a length such as \"4k\" (k = 1024), "
-                         f"got {value!r}")
+        raise InputError(f"{source}:{line or '?'}: {key} must be an integer or a length such as \"4k\" "
+                         f"(k = 1024), got {value!r}")
     return number
 
 
@@ -234,8 +241,8 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
     _check_types(run, RUN_TYPES, source, text)
     memory = run.get("max_memory")
     if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (str, int))):
-        raise InputError(f"{source}:{_line_of(text, 'max_memory') or '?'}: max_memory must be a size such as \"8GiB\" "
-                         f"or a number of bytes, got {run['max_memory']!r}")
+        raise InputError(f"{source}:{_line_of(text, 'max_memory') or '?'}: max_memory must be a size such as "
+                         f"\"8GiB\" or a number of bytes, got {run['max_memory']!r}")
     if not data.get("settings"):
         raise InputError(f"{source}: no [[settings]]: add at least one with model = \"...\"")
     if not data.get("tasks"):
@@ -246,26 +253,31 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
         if "model" not in entry:
             raise InputError(f"{source}: a [[settings]] entry has no model: add model = \"PATH_OR_ID\"")
         _check_types(entry, SETTING_TYPES, source, text)
-        num = {k: _typed(entry[k], float, k, source, text) for k in ("rope_theta", "rope_factor", "pretrain_base") if k in entry}
+        num = {k: _typed(entry[k], float, k, source, text)
+               for k in ("rope_theta", "rope_factor", "pretrain_base") if k in entry}
         ints = {k: _length(entry[k], k, source, text) for k in ("train_len", "tune_len") if k in entry}
         override = RopeOverride(theta=num.get("rope_theta"), rope_type=entry.get("rope_type"),
-                                       factor=num.get("rope_factor"), params=dict(entry.get("rope_params", {})),
-                                       pretrain_base=num.get("pretrain_base"), train_len=ints.get("train_len"),
+                                       factor=num.get("rope_factor"),
+                                       params=dict(entry.get("rope_params", {})),
+                                       pretrain_base=num.get("pretrain_base"),
+                                       train_len=ints.get("train_len"),
                                        tune_len=ints.get("tune_len"))
-        settings.append(Setting(entry["model"], override, entry.get("label"), entry.get("dtype", run.get("dtype")),
+        settings.append(Setting(entry["model"], override, entry.get("label"),
+                                entry.get("dtype", run.get("dtype")),
                                 entry.get("device", run.get("device")), entry.get("attn", run.get("attn")),
                                 entry.get("revision"), entry.get("trust_remote_code", False)))
     labels = [s.label for s in settings if s.label is not None]
     for label in labels:
         if labels.count(label) > 1:  # one label is one curve, and tasks pick settings by label
             line = _line_of(text, "label", label)
-            raise InputError(f"{source}:{line or '?'}: label {label!r} is given to several [[settings]]: give each "
-                             "its own label")
+            raise InputError(f"{source}:{line or '?'}: label {label!r} is given to several [[settings]]: "
+                             "give each its own label")
     tasks = []
     for entry in _tables(data, "tasks", source, text):
         name = entry.get("name")
         if not name:
-            raise InputError(f"{source}: a [[tasks]] entry has no name: add name = \"perplexity\" (or passkey, longqa)")
+            raise InputError(f"{source}: a [[tasks]] entry has no name: "
+                             "add name = \"perplexity\" (or passkey, longqa)")
         _typed(name, str, "name", source, text)
         task = get_task(name)
         option_names = set(task.option_names())
@@ -298,9 +310,10 @@ def _run_options(run: dict[str, Any], flags: Flags, default_out: Path, suite: st
     if strategy not in ("auto", "single", "stream", "prefill"):
         raise InputError(f"strategy {strategy!r} is unknown: use auto, single, stream or prefill")
     writable_folder(out, "--out")
-    return RunOptions(out=out, chunk_size=chunk, strategy=strategy, max_memory=parse_size(str(memory)) if memory is not None else None,
-                      dry_run=flags.dry_run, progress=not flags.no_progress, command=list(flags.argv), suite=suite,
-                      verbose=flags.verbose)
+    return RunOptions(out=out, chunk_size=chunk, strategy=strategy,
+                      max_memory=parse_size(str(memory)) if memory is not None else None,
+                      dry_run=flags.dry_run, progress=not flags.no_progress, command=list(flags.argv),
+                      suite=suite, verbose=flags.verbose)
 
 
 def load_suite(name_or_path: str, flags: Flags) -> Suite:
@@ -360,11 +373,13 @@ def from_flags(flags: Flags) -> Suite:
         raise InputError("--lengths is required with --model: e.g. --lengths 1024,2048,4096")
     override = RopeOverride(theta=flags.rope_theta, rope_type=flags.rope_type, factor=flags.rope_factor,
                             params=dict(parse_param(p) for p in flags.rope_param),
-                            pretrain_base=flags.pretrain_base, train_len=flags.train_len, tune_len=flags.tune_len)
-    setting = Setting(flags.model, override, flags.label, flags.dtype, flags.device, flags.attn, flags.revision,
-                      flags.trust_remote_code)
+                            pretrain_base=flags.pretrain_base, train_len=flags.train_len,
+                            tune_len=flags.tune_len)
+    setting = Setting(flags.model, override, flags.label, flags.dtype, flags.device, flags.attn,
+                      flags.revision, flags.trust_remote_code)
     check_device(setting.device)
-    samples = DEFAULT_SAMPLES if flags.samples is None else flags.samples  # --samples 0 is an error, not the default
+    # --samples 0 is an error, not the default
+    samples = DEFAULT_SAMPLES if flags.samples is None else flags.samples
     names = task_list(flags.task)
     lengths = parse_lengths(flags.lengths)
     specs = [TaskSpec(name, TaskParams(lengths=list(lengths), samples=samples, seed=flags.seed,

@@ -21,12 +21,13 @@ def parse_size(text: str) -> int:
         number = float(match.group(1)) if match else math.nan
     except ValueError:  # '1.5.5G' passes the pattern but is no number
         number = math.nan
-    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[match.group(2).upper()] if match else 1
+    scale = ({"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[match.group(2).upper()]
+             if match else 1)
     if not (math.isfinite(number) and number * scale >= 1):
         raise InputError(f"--max-memory {text!r} is not a positive size: use e.g. 8GiB, 500MiB or 2e9")
     if number * scale < 1 << 20:  # '--max-memory 24' meant GiB: 24 bytes would only ever record oom
-        raise InputError(f"--max-memory {text!r} is {int(number * scale)} bytes, less than 1 MiB: give the unit, "
-                         f"e.g. {match.group(1)}GiB")
+        raise InputError(f"--max-memory {text!r} is {int(number * scale)} bytes, less than 1 MiB: give the "
+                         f"unit, e.g. {match.group(1)}GiB")
     return int(number * scale)
 
 
@@ -50,8 +51,8 @@ def parse_lengths(text: str) -> list[int]:
     """'1024,2048', '4k,8k' or '1e3' -> sorted unique ints; '64.5' or 'inf' are refused, never truncated."""
     numbers = [length_value(x) for x in text.split(",") if x.strip()]
     if not numbers or None in numbers:
-        raise InputError(f"--lengths {text!r} is not a comma list of integers: use e.g. --lengths 1024,2048,4096 "
-                         "or 1k,2k,4k (k = 1024)")
+        raise InputError(f"--lengths {text!r} is not a comma list of integers: use e.g. "
+                         "--lengths 1024,2048,4096 or 1k,2k,4k (k = 1024)")
     return sorted(set(numbers))
 
 
@@ -121,7 +122,8 @@ def parse_param(text: str) -> tuple[str, object]:
         parsed = json.loads(value)
     except json.JSONDecodeError:
         parsed = None
-    if parsed is None or isinstance(parsed, (str, dict)) or (isinstance(parsed, float) and not math.isfinite(parsed)):
+    if (parsed is None or isinstance(parsed, (str, dict))
+            or (isinstance(parsed, float) and not math.isfinite(parsed))):
         raise InputError(f"--rope-param {text!r}: the value must be a number, a JSON list or true/false: "
                          f"e.g. --rope-param {key.strip()}=32")
     return key.strip(), parsed

@@ -32,7 +32,8 @@ def test_samples_walk_documents_in_order_with_bos_offset(tmp_path, tok):
     (folder / "c.txt").write_text("tiny")
     samples = corpus.make_samples(tok, str(folder), max_length=11, count=10, bos=True)
     # a.txt: 31 tokens -> 3 samples of 10; b.txt: 25 -> 2; c.txt too short
-    assert [(s.doc_id, s.offset) for s in samples] == [("a.txt", 0), ("a.txt", 10), ("a.txt", 20), ("b.txt", 0), ("b.txt", 10)]
+    assert [(s.doc_id, s.offset) for s in samples] == [("a.txt", 0), ("a.txt", 10), ("a.txt", 20),
+                                                       ("b.txt", 0), ("b.txt", 10)]
     assert all(len(s.tokens) == 10 for s in samples)
     no_bos = corpus.make_samples(tok, str(folder), max_length=11, count=2, bos=False)
     assert [(s.offset, len(s.tokens)) for s in no_bos] == [(0, 11), (11, 11)]
@@ -41,7 +42,8 @@ def test_samples_walk_documents_in_order_with_bos_offset(tmp_path, tok):
 def test_jsonl_field_and_errors(tmp_path, tok):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": "x" * 20, "body": "y" * 20}) + "\n")
-    assert corpus.make_samples(tok, str(path), 11, 1, True)[0].tokens == tok("x" * 10, add_special_tokens=False)["input_ids"]
+    assert (corpus.make_samples(tok, str(path), 11, 1, True)[0].tokens
+            == tok("x" * 10, add_special_tokens=False)["input_ids"])
     assert corpus.make_samples(tok, f"{path}:body", 11, 1, True)[0].tokens[0] == ord("y")
     with pytest.raises(InputError, match="no field 'nope'"):
         corpus.make_samples(tok, f"{path}:nope", 11, 1, True)
@@ -66,7 +68,8 @@ def test_stdlib_split_is_deterministic_and_disjoint():
 def test_hf_corpus_streams_a_local_dataset(tmp_path, tok):
     data = tmp_path / "ds"
     data.mkdir()
-    (data / "test.jsonl").write_text("".join(json.dumps({"content": f"doc{i} " * 10}) + "\n" for i in range(50)))
+    (data / "test.jsonl").write_text("".join(json.dumps({"content": f"doc{i} " * 10}) + "\n"
+                                             for i in range(50)))
     samples = corpus.make_samples(tok, "hf:json::test:content".replace("json", str(data)), 21, 2, True)
     assert [s.offset for s in samples] == [0, 20] and samples[0].doc_id.endswith(":0")
 
@@ -105,24 +108,34 @@ def test_packaged_suites_parse():
 
 
 @pytest.mark.parametrize("body, message", [
-    ('[[settings]]\nmodel = "m"\nrope_thta = 5\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', r":3: unknown key 'rope_thta'"),
-    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlenghts = [8]\n', r":5: unknown key 'lenghts'"),
-    ('[run]\nouts = "x"\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', r":2: unknown key 'outs'"),
+    ('[[settings]]\nmodel = "m"\nrope_thta = 5\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     r":3: unknown key 'rope_thta'"),
+    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlenghts = [8]\n',
+     r":5: unknown key 'lenghts'"),
+    ('[run]\nouts = "x"\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     r":2: unknown key 'outs'"),
     ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\n', "has no lengths"),
     ('[[tasks]]\nname = "perplexity"\nlengths = [8]\n', "no \\[\\[settings\\]\\]"),
-    ('[[settings]]\nmodel = "m"\nrope_theta = "big"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":3: rope_theta must be float"),
+    ('[[settings]]\nmodel = "m"\nrope_theta = "big"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     ":3: rope_theta must be float"),
     ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "nope"\nlengths = [8]\n', "unknown task"),
     ('[[settings]\n', "invalid TOML"),
-    ('[[settings]]\nmodel = "m"\nlabel = "a"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nsettings = ["b"]\n',
+    ('[[settings]]\nmodel = "m"\nlabel = "a"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n'
+     'settings = ["b"]\n',
      ":7: task perplexity settings must list labels"),
     # wrong types are named with their line, never coerced (bool("false") is True) nor a traceback
-    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nbos = "false"\n', ":6: bos must be bool"),
-    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nsamples = 1.7\n', ":6: samples must be int"),
-    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nseed = "x"\n', ":6: seed must be int"),
-    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = 8\n', ":5: lengths must be a list"),
+    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nbos = "false"\n',
+     ":6: bos must be bool"),
+    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nsamples = 1.7\n',
+     ":6: samples must be int"),
+    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\nseed = "x"\n',
+     ":6: seed must be int"),
+    ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = 8\n',
+     ":5: lengths must be a list"),
     ('[[settings]]\nmodel = "m"\n[[tasks]]\nname = 3\nlengths = [8]\n', ":4: name must be str"),
     ('[[settings]]\nmodel = 5\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":2: model must be str"),
-    ('[[settings]]\nmodel = "m"\nlabel = 5\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":3: label must be str"),
+    ('[[settings]]\nmodel = "m"\nlabel = 5\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     ":3: label must be str"),
     ('[[settings]]\nmodel = "m"\nrope_params = "a=1"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
      ":3: rope_params must be a table"),
     ('[[settings]]\nmodel = "m"\nrope_theta = inf\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
@@ -131,10 +144,14 @@ def test_packaged_suites_parse():
      ":2: chunk_size must be int"),
     ('[run]\nreport = "no"\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
      ":2: report must be bool"),
-    ('[run]\nout = 5\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":2: out must be str"),
-    ('run = 5\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":1: run must be a table"),
-    ('[settings]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n', ":1: settings must be an array of tables"),
-    ('[[settings]]\nmodel = "m"\n[tasks]\nname = "perplexity"\nlengths = [8]\n', ":3: tasks must be an array of tables"),
+    ('[run]\nout = 5\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     ":2: out must be str"),
+    ('run = 5\n[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     ":1: run must be a table"),
+    ('[settings]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = [8]\n',
+     ":1: settings must be an array of tables"),
+    ('[[settings]]\nmodel = "m"\n[tasks]\nname = "perplexity"\nlengths = [8]\n',
+     ":3: tasks must be an array of tables"),
     # the line of the entry that holds the bad value, not the first line with that key
     ('[[settings]]\nmodel = "m"\nrope_theta = 1e4\n[[settings]]\nmodel = "m"\nrope_theta = "x"\n[[tasks]]\n'
      'name = "perplexity"\nlengths = [8]\n', ":6: rope_theta must be float"),
@@ -200,7 +217,8 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     (["--rope-factor", "nan"], "--rope-factor: 'nan' is not a finite number"),
     (["--pretrain-base", "nan"], "--pretrain-base: 'nan' is not a finite number"),
     (["--rope-param", "=3"], "is not KEY=VALUE"),
-    (["--rope-type", "yarn", "--rope-factor", "2", "--rope-param", "beta_fast=abc"], "must be a number, a JSON list"),
+    (["--rope-type", "yarn", "--rope-factor", "2", "--rope-param", "beta_fast=abc"],
+     "must be a number, a JSON list"),
     (["--max-memory", "0"], "not a positive size"),
     (["--max-memory", "1e400"], "not a positive size"),  # was an OverflowError traceback
     (["--max-memory", "1.5.5G"], "not a positive size"),  # was a ValueError traceback
@@ -208,8 +226,10 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     (["--device", "bogus"], "unknown --device 'bogus'"),
     (["--depths", "0.5"], "--depths applies to --task longqa or passkey, not perplexity"),
     (["--source", "x.jsonl"], "--source applies to --task longqa, not perplexity"),
-    (["--samples", "x"], "argument --samples: invalid int value: 'x' (see rope-harness run --help)"),  # argparse, one line
-    (["--task", "passkey", "--depths", ""], "--depths '' is not a comma list of numbers"),  # was the default depths
+    # argparse, one line
+    (["--samples", "x"], "argument --samples: invalid int value: 'x' (see rope-harness run --help)"),
+    # was the default depths
+    (["--task", "passkey", "--depths", ""], "--depths '' is not a comma list of numbers"),
 ])
 def test_run_flag_errors_are_one_line(extra, message, tiny_llama, text_corpus, tmp_path, capsys):
     base = ["--model", str(tiny_llama), "--corpus", str(text_corpus), "--lengths", "32", "--samples", "1",
@@ -262,7 +282,8 @@ def test_lengths_take_k_suffixes_in_flags_and_suites(tmp_path):
     path.write_text('[[settings]]\nmodel = "m"\ntune_len = "8k"\n[[tasks]]\nname = "perplexity"\n'
                     'lengths = ["4k", 1024, "32K"]\n')
     loaded = suite.load_suite(str(path), ARGS)
-    assert loaded.tasks[0].params.lengths == [1024, 4096, 32768] and loaded.settings[0].override.tune_len == 8192
+    assert (loaded.tasks[0].params.lengths == [1024, 4096, 32768]
+            and loaded.settings[0].override.tune_len == 8192)
     path.write_text('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = ["4x"]\n')
     with pytest.raises(InputError, match=r':5: lengths must be an integer or a length such as "4k"'):
         suite.load_suite(str(path), ARGS)
@@ -274,7 +295,8 @@ def test_tasks_flag_runs_several_tasks_with_their_own_options():
     loaded = suite.from_flags(flags)
     assert [t.name for t in loaded.tasks] == ["perplexity", "passkey"] and loaded.report
     assert loaded.tasks[0].params is not loaded.tasks[1].params
-    assert loaded.tasks[1].params.options["depths"] == [0.0, 1.0] and "depths" not in loaded.tasks[0].params.options
+    assert (loaded.tasks[1].params.options["depths"] == [0.0, 1.0]
+            and "depths" not in loaded.tasks[0].params.options)
     assert loaded.tasks[0].params.lengths == [1024, 2048]
     assert str(loaded.options.out) == "results/base-1e4-perplexity-passkey"
     with pytest.raises(InputError, match="unknown task 'nope'"):
@@ -311,7 +333,8 @@ def test_paper_dry_run_offline_lists_cells_without_estimates(offline, tmp_path, 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "s.toml"
     path.write_text('[[settings]]\nmodel = "no-such-owner/no-such-model-xyz"\nlabel = "hub:base"\n'
-                    '[[tasks]]\nname = "perplexity"\ncorpus = "hf:no-such-owner/ds::test:text"\nlengths = ["4k", "8k"]\n'
+                    '[[tasks]]\nname = "perplexity"\ncorpus = "hf:no-such-owner/ds::test:text"\n'
+                    'lengths = ["4k", "8k"]\n'
                     'samples = 2\n')
     assert main_run([str(path), "--dry-run"]) == 0
     captured = capsys.readouterr()

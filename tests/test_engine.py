@@ -46,7 +46,8 @@ def test_unknown_logit_post_processing_is_refused(family_dirs, monkeypatch):
 
 
 def test_prefill_that_loses_state_is_refused_not_wrong(tmp_path):
-    """Bamba's Mamba layers ignore the cached state on a multi-token chunk: prefill would be silently wrong."""
+    """Bamba's Mamba layers ignore the cached state on a multi-token chunk: prefill would be silently
+    wrong."""
     path = make_tiny(tmp_path / "bamba", "bamba")
     ids = ids_of(60)
     ref = plain_nll(path, rope_config.RopeOverride(), ids)
@@ -132,7 +133,8 @@ def test_longrope_across_original_max_positions_matches_fresh_models(tmp_path):
     path = make_tiny(tmp_path / "phi3", "phi3")
     dim_half = 8  # head_dim 16
     override = rope_config.RopeOverride(rope_type="longrope", params={
-        "short_factor": [1.0 + 0.1 * i for i in range(dim_half)], "long_factor": [2.0 + 0.5 * i for i in range(dim_half)]})
+        "short_factor": [1.0 + 0.1 * i for i in range(dim_half)],
+        "long_factor": [2.0 + 0.5 * i for i in range(dim_half)]})
     eng = engine.Engine(models.load(str(path), override))
     ids = ids_of(300, seed=4)
     for length in (300, 50, 64, 65, 200):

@@ -165,9 +165,10 @@ def test_spans_cache_serves_every_setting_of_a_shared_evaluator(tiny_llama, bpe_
 
 def test_identity_gains_key_parameters_only_with_key_tokens():
     params = TaskParams(lengths=[256, 1024], options=dict.fromkeys(TASK.option_names()))
-    assert TASK.identity(params) == {"corpus": "stdlib", "bos": True, "sliding_stride": None, "max_length": 1024}
+    plain = {"corpus": "stdlib", "bos": True, "sliding_stride": None, "max_length": 1024}
+    assert TASK.identity(params) == plain
     params.options["key_tokens"] = "self"
-    assert TASK.identity(params) == {"corpus": "stdlib", "bos": True, "sliding_stride": None, "max_length": 1024,
+    assert TASK.identity(params) == {**plain,
                                      "key_tokens": "self", "key_context": kt.DEFAULT_CONTEXT,
                                      "key_alpha": kt.DEFAULT_ALPHA, "key_beta": kt.DEFAULT_BETA}
 

@@ -69,20 +69,27 @@ def test_bf16_load_keeps_float32_rope(tiny_llama):
 
 def test_hash_differs_whenever_a_parameter_differs(tiny_llama):
     hashes = {models.load(str(tiny_llama), o).manifest["rope_hash"] for o in [
-        rope_config.RopeOverride(), rope_config.RopeOverride(theta=5e5), rope_config.RopeOverride(theta=5e5 + 1),
-        rope_config.RopeOverride(rope_type="linear", factor=4), rope_config.RopeOverride(rope_type="linear", factor=2),
-        rope_config.RopeOverride(rope_type="yarn", factor=4), rope_config.RopeOverride(rope_type="yarn", factor=4, params={"beta_fast": 16}),
+        rope_config.RopeOverride(), rope_config.RopeOverride(theta=5e5),
+        rope_config.RopeOverride(theta=5e5 + 1),
+        rope_config.RopeOverride(rope_type="linear", factor=4),
+        rope_config.RopeOverride(rope_type="linear", factor=2),
+        rope_config.RopeOverride(rope_type="yarn", factor=4),
+        rope_config.RopeOverride(rope_type="yarn", factor=4, params={"beta_fast": 16}),
         rope_config.RopeOverride(tune_len=512)]}
     assert len(hashes) == 8
-    assert models.load(str(tiny_llama)).manifest["rope_hash"] == models.load(str(tiny_llama)).manifest["rope_hash"]
+    assert (models.load(str(tiny_llama)).manifest["rope_hash"]
+            == models.load(str(tiny_llama)).manifest["rope_hash"])
 
 
 def test_law_inputs_sources(tiny_llama, tmp_path):
     config = models.load_config(str(tiny_llama))
     law = rope_config.law_inputs(config)
-    assert (law["train_len"], law["train_len_source"], law["tune_len"], law["pretrain_base"]) == (128, "max_position_embeddings", 128, 1e4)
-    law = rope_config.law_inputs(config, rope_config.RopeOverride(train_len=4096, tune_len=8192, pretrain_base=5e5))
-    assert (law["train_len"], law["tune_len"], law["pretrain_base"], law["tune_len_source"]) == (4096, 8192, 5e5, "flag")
+    assert ((law["train_len"], law["train_len_source"], law["tune_len"], law["pretrain_base"])
+            == (128, "max_position_embeddings", 128, 1e4))
+    law = rope_config.law_inputs(config, rope_config.RopeOverride(train_len=4096, tune_len=8192,
+                                                                  pretrain_base=5e5))
+    assert ((law["train_len"], law["tune_len"], law["pretrain_base"], law["tune_len_source"])
+            == (4096, 8192, 5e5, "flag"))
     config.rope_harness_law = {"pretrain_base": 1e4, "train_len": 64, "tune_len": 96}
     law = rope_config.law_inputs(config)
     assert (law["train_len"], law["tune_len"], law["train_len_source"]) == (64, 96, "rope_harness_law")
@@ -96,7 +103,8 @@ def test_length_dependent_rope_is_fixed_per_length_and_restored(tiny_llama):
     before = buffer.clone()
     with models.rope_fixed_for_length(loaded.model, loaded.config, 1024):
         theta = rope_math.dynamic_theta(1e4, 4, 16, 1024, 128)
-        assert torch.allclose(buffer, torch.tensor([1 / theta ** (i / 16) for i in range(0, 16, 2)]), rtol=1e-6)
+        assert torch.allclose(buffer, torch.tensor([1 / theta ** (i / 16) for i in range(0, 16, 2)]),
+                              rtol=1e-6)
     assert torch.equal(buffer, before)
 
 
@@ -108,12 +116,16 @@ def test_length_dependent_rope_is_fixed_per_length_and_restored(tiny_llama):
     (rope_config.RopeOverride(rope_type="longrope"), "short_factor"),
     (rope_config.RopeOverride(train_len=3), "--train-len"),
     (rope_config.RopeOverride(factor=4), "rope_type default ignores factor"),  # a forgotten --rope-type
-    (rope_config.RopeOverride(rope_type="linear", factor=4, params={"beta_fast": 8}), "linear ignores beta_fast"),
+    (rope_config.RopeOverride(rope_type="linear", factor=4, params={"beta_fast": 8}),
+     "linear ignores beta_fast"),
     # a typo was recorded in rope_params and the hash but changed nothing
-    (rope_config.RopeOverride(params={"bogus": 3}), "unknown RoPE parameter bogus: rope_type default reads rope_theta;"),
-    (rope_config.RopeOverride(rope_type="yarn", factor=4, params={"beta_fst": 8}), "rope_type yarn reads .*beta_fast"),
+    (rope_config.RopeOverride(params={"bogus": 3}),
+     "unknown RoPE parameter bogus: rope_type default reads rope_theta;"),
+    (rope_config.RopeOverride(rope_type="yarn", factor=4, params={"beta_fst": 8}),
+     "rope_type yarn reads .*beta_fast"),
     (rope_config.RopeOverride(params={"rope_type": "yarn"}), "pass --rope-type"),
-    (rope_config.RopeOverride(params={"partial_rotary_factor": 0.5}), "partial_rotary_factor .* drop it"),  # a traceback
+    # a traceback
+    (rope_config.RopeOverride(params={"partial_rotary_factor": 0.5}), "partial_rotary_factor .* drop it"),
     # law inputs the law refuses were only found out in the report; train_len 128 comes from the config
     (rope_config.RopeOverride(pretrain_base=1.0), "pre-training base 1 must be greater than 1"),
     (rope_config.RopeOverride(pretrain_base=0.5), "pre-training base 0.5 must be greater than 1"),
@@ -121,7 +133,8 @@ def test_length_dependent_rope_is_fixed_per_length_and_restored(tiny_llama):
     # frequencies float32 cannot hold: OverflowError / "did not take effect" tracebacks before
     (rope_config.RopeOverride(rope_type="ntk", factor=1e308), "effective NTK base .* inf is above 1e\\+20"),
     (rope_config.RopeOverride(theta=1e308), "rope_theta 1e\\+308 is above 1e\\+20.*smaller --rope-theta"),
-    (rope_config.RopeOverride(rope_type="linear", factor=1e300), "outside float32's range.*smaller --rope-factor"),
+    (rope_config.RopeOverride(rope_type="linear", factor=1e300),
+     "outside float32's range.*smaller --rope-factor"),
 ])
 def test_bad_overrides_are_one_line_errors(override, message, tiny_llama):
     with pytest.raises(InputError, match=message) as err:
@@ -134,7 +147,8 @@ def test_keys_and_values_transformers_reads_are_still_accepted(tiny_llama, tmp_p
     only exceeds a config's train_len (zoo base-1e6-t1024) all load and verify."""
     loaded = models.load(str(tiny_llama), rope_config.RopeOverride(params={"rope_theta": 2e4}))
     assert loaded.manifest["rope_theta"] == 2e4
-    assert models.load(str(tiny_llama), rope_config.RopeOverride(theta=rope_config.MAX_THETA)).manifest["rope_theta"] == 1e20
+    assert models.load(str(tiny_llama),
+                       rope_config.RopeOverride(theta=rope_config.MAX_THETA)).manifest["rope_theta"] == 1e20
     config = models.load_config(str(tiny_llama))
     config.rope_harness_law = {"train_len": 64, "tune_len": 96}
     assert rope_config.law_inputs(config)["tune_len"] == 96
@@ -146,8 +160,8 @@ def test_run_refuses_an_unknown_rope_param_and_writes_nothing(tiny_llama, tmp_pa
     from harness.cli import main
 
     out = tmp_path / "r"
-    assert main(["run", "--model", str(tiny_llama), "--lengths", "64", "--samples", "1", "--rope-param", "bogus=3",
-                 "--out", str(out), "--no-progress"]) == 2
+    assert main(["run", "--model", str(tiny_llama), "--lengths", "64", "--samples", "1", "--rope-param",
+                 "bogus=3", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown RoPE parameter bogus" in err and err.count("\n") == 0 and not out.exists()
 
@@ -159,14 +173,17 @@ def test_run_refuses_an_unknown_rope_param_and_writes_nothing(tiny_llama, tmp_pa
 def test_default_label_keeps_round_numbers_and_tells_near_ones_apart(theta, factor, label):
     """`:g` gave theta 1.0000001 the label of theta 1: two settings shared one label."""
     params = {} if factor is None else {"factor": factor}
-    assert models.default_label("x/m", {"rope_type": "default", "rope_theta": theta, "rope_params": params}) == label
+    assert models.default_label("x/m", {"rope_type": "default", "rope_theta": theta,
+                                        "rope_params": params}) == label
 
 
 def test_original_max_positions_param_reaches_phi3_and_gemma3_truncate_is_refused(family_dirs):
     """Phi3's top-level original_max_position_embeddings wins in transformers: an explicit param must win
     there too; transformers ignores yarn's truncate for per-layer-type RoPE, so asking for it is an error."""
-    override = rope_config.RopeOverride(rope_type="yarn", factor=4, params={"original_max_position_embeddings": 32})
-    loaded = models.load(str(family_dirs["phi3"]), override)  # original_max_position_embeddings 64 in the checkpoint
+    override = rope_config.RopeOverride(rope_type="yarn", factor=4,
+                                        params={"original_max_position_embeddings": 32})
+    # original_max_position_embeddings 64 in the checkpoint
+    loaded = models.load(str(family_dirs["phi3"]), override)
     assert loaded.manifest["rope_params"]["original_max_position_embeddings"] == 32
     (_, _, buffer), = models.rotary_buffers(loaded.model)
     values, _ = rope_math.inv_freq({"rope_type": "yarn", "rope_theta": 1e4, "factor": 4,

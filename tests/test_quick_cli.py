@@ -69,7 +69,8 @@ def test_bare_command_prints_help_and_run_alone_is_the_quick_suite(capsys):
 
 @pytest.mark.parametrize("argv, hint, help_of", [
     (["run", "--lenghts", "4k"], "did you mean --lengths (not --lenghts)?", "rope-harness run --help"),
-    (["run", "--model", "m", "--sampels=3"], "did you mean --samples (not --sampels)?", "rope-harness run --help"),
+    (["run", "--model", "m", "--sampels=3"], "did you mean --samples (not --sampels)?",
+     "rope-harness run --help"),
     (["report", "RUN", "--factr", "2"], "did you mean --factor (not --factr)?", "rope-harness report --help"),
     (["run", "stray", "extra"], "unrecognized arguments: extra", "rope-harness run --help"),
 ])
@@ -97,7 +98,8 @@ def test_zoo_train_defaults_to_a_zoo_folder_here(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     seen = []
-    monkeypatch.setattr(zoo, "train_family", lambda out, recipe: seen.append(Path(out)) or [Path(out) / "base-1e6"])
+    monkeypatch.setattr(zoo, "train_family",
+                        lambda out, recipe: seen.append(Path(out)) or [Path(out) / "base-1e6"])
     assert main(["zoo", "train", "--tiny"]) == 0
     assert seen == [Path("zoo")] and "--model ./zoo/base-1e6" in capsys.readouterr().out
 

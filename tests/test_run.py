@@ -16,11 +16,12 @@ from harness import models, rope_config
 from harness.cli import main
 from harness.store import read_jsonl
 
-RECORD_KEYS = {"task", "setting", "model", "rope_type", "rope_theta", "rope_params", "rotary_dim", "pretrain_base",
-               "train_len", "tune_len", "rope_hash", "length", "depth", "sample", "seed", "status", "error", "dtype",
-               "attn", "plan", "ppl", "nll", "tokens", "bos", "doc_id", "offset",
+RECORD_KEYS = {"task", "setting", "model", "rope_type", "rope_theta", "rope_params", "rotary_dim",
+               "pretrain_base", "train_len", "tune_len", "rope_hash", "length", "depth", "sample", "seed",
+               "status", "error", "dtype", "attn", "plan", "ppl", "nll", "tokens", "bos", "doc_id", "offset",
                # experiment identity (docs/design.md, Records) and the order of a cell's records
-               "fingerprint", "model_fingerprint", "corpus", "task_identity", "sample_hash", "cell_key", "recorded_at"}
+               "fingerprint", "model_fingerprint", "corpus", "task_identity", "sample_hash", "cell_key",
+               "recorded_at"}
 
 
 def records(folder: Path) -> list[dict]:
@@ -34,7 +35,8 @@ def run(tiny, corpus, out, *extra) -> int:
 
 @pytest.mark.parametrize("bos", [True, False])
 def test_ppl_at_L_is_a_plain_forward_of_exactly_L_tokens(bos, tiny_llama, text_corpus, tmp_path):
-    assert run(tiny_llama, text_corpus, tmp_path / "r", *([] if bos else ["--no-bos"]), "--rope-theta", "5e4") == 0
+    assert run(tiny_llama, text_corpus, tmp_path / "r", *([] if bos else ["--no-bos"]), "--rope-theta",
+               "5e4") == 0
     rows = records(tmp_path / "r")
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
     loaded = models.load(str(tiny_llama), rope_config.RopeOverride(theta=5e4))
@@ -58,7 +60,8 @@ def test_records_schema_positions_and_run_json(tiny_llama, text_corpus, tmp_path
         assert set(r) >= RECORD_KEYS, RECORD_KEYS - set(r)
         assert r["depth"] is None and r["error"] is None and isinstance(r["rope_params"], str)
         assert r["setting"] == f"{tiny_llama.name}:default:10000"
-    assert sorted((r["length"], r["sample"]) for r in rows) == [(L, s) for L in (32, 100, 200) for s in (0, 1)]
+    assert sorted((r["length"], r["sample"]) for r in rows) == [(L, s) for L in (32, 100, 200)
+                                                                for s in (0, 1)]
     positions = list(read_jsonl(tmp_path / "r", "positions"))
     assert {p["length"] for p in positions} == {200}
     for sample in (0, 1):
@@ -70,8 +73,10 @@ def test_records_schema_positions_and_run_json(tiny_llama, text_corpus, tmp_path
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["ended"] and info["versions"]["transformers"] and info["cells"]["ok"] == 6
     assert info["command"] and info["device"] and info["world_size"] == 1
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(models.__file__).parent)
-    assert info["git_commit"] == (head.stdout.strip() or None)  # the commit of the code that ran, when it has one
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(models.__file__).parent)
+    # the commit of the code that ran, when it has one
+    assert info["git_commit"] == (head.stdout.strip() or None)
     assert not (tmp_path / "r" / ".lock").exists()
 
 
@@ -89,8 +94,9 @@ def test_rerun_resumes_and_changed_setting_never_reuses_cells(tiny_llama, text_c
 
 
 def test_fewer_samples_than_asked_warns_and_runs_those(tiny_llama, text_corpus, tmp_path, capsys):
-    assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out", str(tmp_path / "r"),
-                 "--no-progress", "--no-report", "--lengths", "5000", "--samples", "9"]) == 0
+    assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out",
+                 str(tmp_path / "r"), "--no-progress", "--no-report", "--lengths", "5000", "--samples",
+                 "9"]) == 0
     available = len(text_corpus.read_bytes()) // 4999
     assert "yields only" in capsys.readouterr().err
     assert len(records(tmp_path / "r")) == available < 9
@@ -126,10 +132,11 @@ def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus
 
     real_generate = engine.Engine.score_and_generate  # passkey scores and generates from one prefill
     monkeypatch.setattr(engine.Engine, "score_and_generate", flaky_generate)
-    assert main(["run", "--model", str(tiny_llama), "--task", "passkey", "--lengths", "300", "--depths", "0.5",
-                 "--samples", "1", "--out", str(tmp_path / "p"), "--no-progress", "--no-report"]) == 0
+    assert main(["run", "--model", str(tiny_llama), "--task", "passkey", "--lengths", "300", "--depths",
+                 "0.5", "--samples", "1", "--out", str(tmp_path / "p"), "--no-progress", "--no-report"]) == 0
     (row,) = records(tmp_path / "p")
-    assert row["status"] == "ok" and row["plan"] == f"prefill:{calls[-1]}"  # the plan that produced the record
+    # the plan that produced the record
+    assert row["status"] == "ok" and row["plan"] == f"prefill:{calls[-1]}"
 
     monkeypatch.setattr(engine.Engine, "token_nll", always)
     assert run(tiny_llama, text_corpus, tmp_path / "b") == 1
@@ -144,7 +151,8 @@ def test_nan_loss_is_an_error_and_max_memory_records_oom(tiny_llama, text_corpus
     assert "--max-memory 1.0 MiB" in rows[0]["error"]  # a budget in MiB reads as MiB, not "0.00 GiB"
     from harness import engine
 
-    monkeypatch.setattr(engine.Engine, "token_nll", lambda self, ids, plan=None: torch.full((len(ids) - 1,), float("nan")))
+    monkeypatch.setattr(engine.Engine, "token_nll",
+                        lambda self, ids, plan=None: torch.full((len(ids) - 1,), float("nan")))
     assert run(tiny_llama, text_corpus, tmp_path / "n") == 1
     assert {r["status"] for r in records(tmp_path / "n")} == {"error"}
 
@@ -160,7 +168,8 @@ def test_nan_loss_is_an_error_and_max_memory_records_oom(tiny_llama, text_corpus
     (["--sliding-stride", "0"], "--sliding-stride must be a positive"),
     (["--sliding-stride", "-5"], "--sliding-stride must be a positive"),
 ])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(extra, message, tiny_llama, text_corpus, tmp_path, capsys):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(extra, message, tiny_llama, text_corpus, tmp_path,
+                                                            capsys):
     assert run(tiny_llama, text_corpus, tmp_path / "r", *extra) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.count("\n") == 0 and "Traceback" not in err
@@ -181,8 +190,8 @@ def test_dry_run_lists_cells_without_loading_or_writing(tiny_llama, text_corpus,
 
 
 def _cli(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)],
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_kill_9_then_resume_equals_uninterrupted(tiny_llama, text_corpus, tmp_path):
@@ -204,7 +213,8 @@ def test_kill_9_then_resume_equals_uninterrupted(tiny_llama, text_corpus, tmp_pa
     got, want = records(tmp_path / "killed"), records(tmp_path / "clean")
     assert len(got) == 24 and len({r["cell_key"] for r in got}) == 24
     key = lambda r: r["cell_key"]  # noqa: E731
-    assert [(r["cell_key"], r["ppl"]) for r in sorted(got, key=key)] == [(r["cell_key"], r["ppl"]) for r in sorted(want, key=key)]
+    assert ([(r["cell_key"], r["ppl"]) for r in sorted(got, key=key)]
+            == [(r["cell_key"], r["ppl"]) for r in sorted(want, key=key)])
 
 
 def test_lock_stops_a_second_writer(tiny_llama, text_corpus, tmp_path, capsys):
@@ -221,7 +231,8 @@ def test_lock_stops_a_second_writer(tiny_llama, text_corpus, tmp_path, capsys):
     assert run(tiny_llama, text_corpus, out) == 0  # a stale lock (dead pid) is taken over
 
 
-def test_cells_finished_while_waiting_for_the_lock_are_not_rerun(tiny_llama, text_corpus, tmp_path, monkeypatch, capsys):
+def test_cells_finished_while_waiting_for_the_lock_are_not_rerun(tiny_llama, text_corpus, tmp_path,
+                                                                  monkeypatch, capsys):
     """Run B reads the folder while run A still writes it; A finishes and lets go before B takes the lock."""
     from harness.store import Store
 
@@ -253,8 +264,9 @@ def test_two_ranks_split_cells_and_equal_one_process(tiny_llama, text_corpus, tm
             "--lengths", "64,128", "--samples", "4"]
     assert main(["run", *args, "--out", str(tmp_path / "one")]) == 0
     torchrun = Path(sys.executable).parent / "torchrun"
-    proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29533", "-m", "harness.cli", "run",
-                           *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29533", "-m",
+                           "harness.cli", "run", *args, "--out", str(tmp_path / "two")], capture_output=True,
+                          text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "two").glob("records*.jsonl"))
     assert shards == ["records.rank0.jsonl", "records.rank1.jsonl"]

@@ -68,7 +68,8 @@ def test_another_experiment_under_a_label_is_refused_before_anything_is_written(
     assert run(model, corpus, out, *extra, "--label", "y") == 0  # the fix: another label in the same folder
 
 
-def test_a_corpus_whose_text_changed_under_the_same_path_is_refused(tiny_llama, text_corpus, tmp_path, capsys):
+def test_a_corpus_whose_text_changed_under_the_same_path_is_refused(tiny_llama, text_corpus, tmp_path,
+                                                                     capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text(text_corpus.read_text())
     assert run(tiny_llama, corpus, tmp_path / "r") == 0
@@ -84,7 +85,8 @@ def test_the_same_experiment_resumes_and_adds_samples(tiny_llama, text_corpus, t
     assert len(records(out)) == 6 and len({r["cell_key"] for r in records(out)}) == 6
 
 
-def test_failed_cells_heal_and_the_exit_code_counts_the_grid(tiny_llama, text_corpus, tmp_path, monkeypatch, capsys):
+def test_failed_cells_heal_and_the_exit_code_counts_the_grid(tiny_llama, text_corpus, tmp_path, monkeypatch,
+                                                              capsys):
     from harness import engine
 
     out = tmp_path / "r"
@@ -104,7 +106,8 @@ def test_failed_cells_heal_and_the_exit_code_counts_the_grid(tiny_llama, text_co
     capsys.readouterr()
     assert run(tiny_llama, text_corpus, out, "--samples", "3") == 0  # healed: only sample 1 ran again
     printed = capsys.readouterr().out
-    assert "2 cells run now, 4 already recorded, 0 failed in total (2 run again after an earlier failure)" in printed
+    assert ("2 cells run now, 4 already recorded, 0 failed in total (2 run again after an earlier failure)"
+            in printed)
     rows = records(out)
     assert len(rows) == 8 and [(r["sample"], r["status"]) for r in rows[-2:]] == [(1, "ok"), (1, "ok")]
     last = latest_records(out)
@@ -141,12 +144,14 @@ def test_the_last_record_of_a_cell_wins_across_shards_and_in_the_console_table(t
     assert Store(tmp_path).finished_keys() == {"a", "b"}
     (row,) = [r for r in summary_table(tmp_path) if r["metric"] == "ppl"]
     assert (row["ok"], row["failed"]) == (2, 0)
-    assert row["value"] == pytest.approx(float(torch.tensor(2.5).exp()))  # exp(mean of 3 and 2), not of 1, 3, 2
+    # exp(mean of 3 and 2), not of 1, 3, 2
+    assert row["value"] == pytest.approx(float(torch.tensor(2.5).exp()))
     report = load_runs([tmp_path]).records  # the report aggregates the same records
     assert sorted(report["nll"]) == [2.0, 3.0]
 
 
-def test_a_flags_run_renders_its_report_and_names_folder_and_report(tiny_llama, text_corpus, tmp_path, capsys):
+def test_a_flags_run_renders_its_report_and_names_folder_and_report(tiny_llama, text_corpus, tmp_path,
+                                                                    capsys):
     out = tmp_path / "r"
     assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out", str(out),
                  "--no-progress", "--lengths", "32,64", "--samples", "2"]) == 0

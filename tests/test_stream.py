@@ -17,8 +17,10 @@ VARIANTS = {
     "qwen2-window": ("qwen2", {"use_sliding_window": True, "sliding_window": 48, "max_window_layers": 1}),
     "qwen3": ("qwen3", {}),  # q/k norms
     "gemma": ("gemma", {}),  # embedding scale, (1 + w) norms
-    "gemma2": ("gemma2", {}),  # sliding window 64, attention and final logit softcapping, query_pre_attn_scalar
-    "gemma3": ("gemma3", {"query_pre_attn_scalar": 24}),  # sliding + full layers, per-layer-type RoPE, q/k norms
+    # sliding window 64, attention and final logit softcapping, query_pre_attn_scalar
+    "gemma2": ("gemma2", {}),
+    # sliding + full layers, per-layer-type RoPE, q/k norms
+    "gemma3": ("gemma3", {"query_pre_attn_scalar": 24}),
     "phi3": ("phi3", {}),  # fused qkv
     "gpt_neox": ("gpt_neox", {}),  # partial rotary, parallel residual
     "gpt_neox-sequential": ("gpt_neox", {"use_parallel_residual": False}),
@@ -54,7 +56,8 @@ def variant_dirs(tmp_path_factory):
 def test_stream_matches_plain_forward(variant, variant_dirs):
     ids = ids_of(301)
     override = RopeOverride(theta=5e4)
-    eng = engine.Engine(models.load(str(variant_dirs[variant]), override), strategy="stream", chunk_size=CHUNK)
+    eng = engine.Engine(models.load(str(variant_dirs[variant]), override), strategy="stream",
+                        chunk_size=CHUNK)
     assert eng.stream_exact and str(eng.plan(len(ids))) == f"stream:{CHUNK}"
     assert_same(eng.token_nll(ids), plain_nll(variant_dirs[variant], override, ids), variant)
 
@@ -72,8 +75,10 @@ def test_sdpa_lower_right_path_matches_plain_forward(variant_dirs, monkeypatch):
 def test_the_sliding_window_binds(variant_dirs, tmp_path):
     """Without the window the numbers differ: the window tests above are not vacuous."""
     ids = ids_of(301)
-    windowed = engine.Engine(models.load(str(variant_dirs["mistral-window"])), strategy="stream", chunk_size=CHUNK)
-    full = engine.Engine(models.load(str(make_tiny(tmp_path / "m", "mistral"))), strategy="stream", chunk_size=CHUNK)
+    windowed = engine.Engine(models.load(str(variant_dirs["mistral-window"])), strategy="stream",
+                             chunk_size=CHUNK)
+    full = engine.Engine(models.load(str(make_tiny(tmp_path / "m", "mistral"))), strategy="stream",
+                         chunk_size=CHUNK)
     assert not torch.allclose(windowed.token_nll(ids), full.token_nll(ids), rtol=1e-3)
 
 
@@ -84,13 +89,15 @@ def test_length_dependent_rope_is_fixed_per_length(tiny_llama, tmp_path):
     dynamic = RopeOverride(rope_type="dynamic", factor=4)
     eng = engine.Engine(models.load(str(tiny_llama), dynamic), strategy="stream", chunk_size=CHUNK)
     for length in (400, 150):
-        assert_same(eng.token_nll(ids[:length]), plain_nll(tiny_llama, dynamic, ids[:length]), ("dynamic", length))
+        assert_same(eng.token_nll(ids[:length]), plain_nll(tiny_llama, dynamic, ids[:length]),
+                    ("dynamic", length))
     path = make_tiny(tmp_path / "phi3", "phi3")
     longrope = RopeOverride(rope_type="longrope", params={
         "short_factor": [1.0 + 0.1 * i for i in range(8)], "long_factor": [2.0 + 0.5 * i for i in range(8)]})
     eng = engine.Engine(models.load(str(path), longrope), strategy="stream", chunk_size=40)
     for length in (300, 50, 65):
-        assert_same(eng.token_nll(ids[:length]), plain_nll(path, longrope, ids[:length]), ("longrope", length))
+        assert_same(eng.token_nll(ids[:length]), plain_nll(path, longrope, ids[:length]),
+                    ("longrope", length))
 
 
 # ------------------------------------------------------------------------------------------ planner
@@ -131,7 +138,8 @@ def test_forced_strategy_is_honoured(tiny_llama):
         assert str(eng.plan(len(ids))) == want
         assert torch.allclose(eng.token_nll(ids), ref, rtol=1e-5, atol=1e-5), strategy
     assert str(engine.Engine(loaded, strategy="stream", chunk_size=77).plan(301)) == "stream:77"
-    assert str(engine.Engine(loaded, chunk_size=77).plan(301)) == "prefill:77"  # auto + a chunk: prefill, as before
+    # auto + a chunk: prefill, as before
+    assert str(engine.Engine(loaded, chunk_size=77).plan(301)) == "prefill:77"
     tight = engine.Engine(loaded, strategy="single", max_memory=1000)
     assert str(tight.plan(301)) == "single" and not tight.plan(301).fits
     with pytest.raises(ValueError, match="unknown strategy"):
@@ -177,7 +185,8 @@ def assert_scores_equal(got, want):
 
 @pytest.mark.parametrize("variant", ["llama", "gemma2", "gemma3"])
 def test_score_and_generate_equals_the_two_verbs(variant, variant_dirs):
-    """Gemma2/3: the prompt is longer than the sliding window (64), so the crop must restore sliding layers."""
+    """Gemma2/3: the prompt is longer than the sliding window (64), so the crop must restore sliding
+    layers."""
     loaded = models.load(str(variant_dirs[variant]))
     prompt, answer = ids_of(200, seed=2), ids_of(7, seed=5)
     for chunk in (None, 64):  # one prefill pass, and chunked prefill
@@ -195,13 +204,14 @@ def test_score_and_generate_prefills_once(tiny_llama):
     eng = engine.Engine(models.load(str(tiny_llama)))
     prompt, answer = ids_of(200, seed=2), ids_of(5, seed=5)
     seen = []
-    hook = eng.decoder.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]),
-                                                 with_kwargs=True)
+    hook = eng.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
     try:
         _, tokens = eng.score_and_generate(prompt, answer, 4)
     finally:
         hook.remove()
-    assert sum(seen) == len(prompt) + len(answer) - 1 + len(tokens) - 1  # prompt once, answer, one per new token
+    # prompt once, answer, one per new token
+    assert sum(seen) == len(prompt) + len(answer) - 1 + len(tokens) - 1
 
 
 def test_score_and_generate_stops_and_handles_length_dependent_rope(tiny_llama):

@@ -111,8 +111,8 @@ class LongQATask(Task):
             stops = stop_ids(ctx.tokenizer, ctx.engine) + prompt.stop_ids
             scored = None
             if prompt.answer_ids is not None:  # one prefill for the answer's score and the generation
-                scored, new = ctx.engine.score_and_generate(prompt.ids, prompt.answer_ids, prompt.max_new_tokens,
-                                                            stops)
+                scored, new = ctx.engine.score_and_generate(prompt.ids, prompt.answer_ids,
+                                                            prompt.max_new_tokens, stops)
             else:
                 new = ctx.engine.generate(prompt.ids, prompt.max_new_tokens, stops)
             text = ctx.tokenizer.decode(new, skip_special_tokens=True)

@@ -142,7 +142,8 @@ class PasskeyTask(Task):
         out = []
         for cell in cells:
             prompt = self.build(ctx, cell)
-            # one prefill: the answer's teacher-forced score and the greedy continuation share the prompt's cache
+            # one prefill: the answer's teacher-forced score and the greedy continuation share the prompt's
+            # cache
             score, new = ctx.engine.score_and_generate(prompt.ids, prompt.answer_ids, options.max_new_tokens,
                                                        stop_ids=stop_ids(ctx.tokenizer, ctx.engine))
             generated = ctx.tokenizer.decode(new, skip_special_tokens=True)

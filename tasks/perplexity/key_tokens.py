@@ -260,7 +260,7 @@ _LOADED: dict[tuple[str, str, str], Any] = {}  # the last foreign evaluator engi
 
 def evaluator_engine(name: str, like) -> Any:
     """The evaluator's engine, loaded through harness.models.load (no override) on the evaluated model's
-    device and dtype, with its memory settings; kept for the next setting."""
+    device and dtype, with its memory settings and strategy; kept for the next setting."""
     from harness import models
     from harness.engine import Engine
 
@@ -268,7 +268,8 @@ def evaluator_engine(name: str, like) -> Any:
     if key not in _LOADED:
         _LOADED.clear()
         loaded = models.load(name, dtype=like.dtype, device=str(like.device))
-        _LOADED[key] = Engine(loaded, chunk_size=like.chunk_size, max_memory=like.max_memory)
+        _LOADED[key] = Engine(loaded, chunk_size=like.chunk_size, max_memory=like.max_memory,
+                              strategy=getattr(like, "strategy", "auto"))
     return _LOADED[key]
 
 

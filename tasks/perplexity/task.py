@@ -28,7 +28,8 @@ MEASURE = MeasureSpec(
     factor=1.5,
     reference="tune_len",
     log_interp=True,
-    description="the model sees exactly L tokens (BOS + the sample's first L-1); ppl@L = exp(mean over samples "
+    description="the model sees exactly L tokens (BOS + the sample's first L-1); ppl@L = exp(mean over "
+                "samples "
                 "of the per-sample mean NLL over the L-1 predictions)",
     id="ppl@L",
     console="ppl",
@@ -47,7 +48,8 @@ POSITION_LOSS = PositionMeasureSpec(
     window=3,
     reference="tune_len",
     reference_from=0.5,
-    description="mean NLL (nats) of the predictions in each position bucket of the longest pass (positions.jsonl), "
+    description="mean NLL (nats) of the predictions in each position bucket of the longest pass "
+                "(positions.jsonl), "
                 "token-weighted over samples: the loss at a token position, not averaged up to it",
 )
 
@@ -126,21 +128,25 @@ class PerplexityTask(Task):
         return identity if settings is None else {**identity, **settings.identity()}
 
     def cells(self, params: TaskParams) -> list[Cell]:
-        return [Cell(length, None, sample) for sample in range(params.samples) for length in sorted(params.lengths)]
+        return [Cell(length, None, sample) for sample in range(params.samples)
+                for length in sorted(params.lengths)]
 
     def prepare(self, pre: Preflight) -> Prepared[Samples]:
         params = pre.params
         stride = params.options.get("sliding_stride")
         if stride is not None and (not isinstance(stride, int) or stride < 1):
-            raise InputError(f"--sliding-stride must be a positive number of tokens (got {stride!r}): e.g. 512")
+            raise InputError(f"--sliding-stride must be a positive number of tokens (got {stride!r}): "
+                             "e.g. 512")
         settings = kt.key_settings(params.options, params.lengths)
         evaluator = None
         if settings is not None:  # the evaluator's id is checked before any sample is built
             own = settings.evaluator == "self"
             evaluator = kt.Evaluator("self") if own else kt.foreign_evaluator(settings.evaluator)
-        samples = make_samples(pre.tokenizer, params.corpus, max(params.lengths), params.samples, params.bos)
+        samples = make_samples(pre.tokenizer, params.corpus, max(params.lengths), params.samples,
+                               params.bos)
         if len(samples) < params.samples:
-            pre.warn(f"corpus {params.corpus!r} yields only {len(samples)} samples of {max(params.lengths)} tokens "
+            pre.warn(f"corpus {params.corpus!r} yields only {len(samples)} samples of "
+                     f"{max(params.lengths)} tokens "
                      f"(asked {params.samples}): running those")
         key = None
         if settings is not None:
@@ -242,7 +248,8 @@ class PerplexityTask(Task):
             part = nll[start:start + width]
             # position of a prediction = index of the predicted token in the L-token input
             ctx.write_side("positions", {"task": self.name, "setting": ctx.base_record["setting"],
-                                         "rope_hash": ctx.base_record["rope_hash"], "sample": sample, "length": length,
+                                         "rope_hash": ctx.base_record["rope_hash"], "sample": sample,
+                                         "length": length,
                                          "pos_start": start + 1, "pos_end": start + 1 + part.numel(),
                                          "nll": float(part.double().mean()), "tokens": part.numel()})
 
