@@ -1,17 +1,23 @@
-"""GPU: tokens/s and model-FLOPs utilisation (MFU) of the harness engine at 8K / 32K tokens with
-flash_attention_2 vs sdpa, and the longest L that fits for a given model. Only where CUDA is present.
+"""GPU: tokens/s, MFU and peak memory of the harness engine on a Llama-3-8B-shaped model (random bf16 weights,
+built on the card: no download), per strategy (single / stream / prefill) and L (32K .. 1M), flash_attention_2
+vs sdpa. Only where CUDA is present; elsewhere it prints one line and exits 0.
 
-    python benchmarks/gpu.py [--model PATH_OR_ID] [--lengths 8192,32768] [--dtype bfloat16]
-                             [--repeats 3] [--peak-tflops T] [--fit-start 8192] [--fit-limit 1048576]
+    python benchmarks/gpu.py [--lengths 32768,131072,524288,1048576] [--strategies single,stream,prefill]
+                             [--attn flash_attention_2,sdpa] [--time-box 420] [--peak-tflops T]
+                             [--max-memory-gib G] [--plan-only [--card-gib 139]]
 
-Without --model it builds the benchmark's tiny Llama (32K vocabulary): tokens/s are then real but MFU is
-tiny by construction; pass a real checkpoint for meaningful MFU. Model FLOPs of one scoring pass of L
-tokens (forward only, causal attention): 2 * N * L + 2 * layers * L^2 * (heads * head_dim), N = the
-non-embedding parameters plus the output head (PaLM appendix B convention, forward = 1/3 of training).
-MFU = model FLOPs / seconds / the device's dense peak (--peak-tflops, else a small table of known cards).
-The longest L that fits is searched the way a user would run the harness with --max-memory set to the
-card's memory: L doubles from --fit-start until a pass fails (CUDA out-of-memory, or the planner says it
-cannot fit), then a few bisection steps narrow it down.
+Model: LlamaConfig(hidden 4096, intermediate 14336, 32 layers, 32 heads, 8 KV heads, vocab 128256, RoPE theta
+5e5), weights drawn on the device in bfloat16 (timing and memory do not depend on their values). Each cell
+is ONE pass of Engine(loaded, strategy=S, max_memory=card).token_nll(L random tokens) after one short
+warm-up per attention implementation; a cell is skipped, with the planner's estimate recorded, when that
+estimate exceeds the card, and skipped as over the time box when its projected time (its model FLOPs at
+the slowest rate measured so far for that strategy
+and attention, padded 1.5x) would pass the deadline, so the whole run stays
+under --time-box seconds of passes (default 420 s: < 8 min with the model build on one H100/H200).
+Model FLOPs of one scoring pass (forward only, causal attention): 2 * N * L + 2 * layers * L^2 * (heads *
+head_dim), N = non-embedding parameters plus the output head (PaLM appendix B convention).
+MFU = model FLOPs / seconds / the card's dense bf16 peak (--peak-tflops, else a small table of known cards).
+--plan-only prints the planner's table for the model on a card of --card-gib GiB (CPU; no weights).
 """
 
 from __future__ import annotations
@@ -19,18 +25,22 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import bench_common as bc
 
-PEAK_TFLOPS = {  # dense bf16/fp16 tensor-core peak, TFLOP/s (vendor datasheets)
+PEAK_TFLOPS = {  # dense bf16/fp16 tensor-core peak, TFLOP/s (vendor datasheets); most specific first
     "H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100": 756.0,
     "A100": 312.0, "L40S": 362.1, "A10G": 70.0, "L4": 121.0,
 }
+LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                 rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001)
+LENGTHS = (32768, 131072, 524288, 1048576)
+STRATEGIES = ("single", "stream", "prefill")
+ATTNS = ("flash_attention_2", "sdpa")
+NO_CUDA = "no CUDA device: nothing to run"
 
 
 def peak_tflops(name: str, dtype: str, given: float | None) -> float | None:
@@ -38,189 +48,238 @@ def peak_tflops(name: str, dtype: str, given: float | None) -> float | None:
         return given
     if dtype == "float32":
         return None  # MFU against a tensor-core peak is meaningless in fp32
-    for key, value in PEAK_TFLOPS.items():  # most specific first
+    for key, value in PEAK_TFLOPS.items():
         if key in name:
             return value
     return None
 
 
-def model_flops(model, config, length: int) -> float:
-    from harness import rope_config
+def llama3_8b_config(attn: str = "sdpa"):
+    import transformers
 
-    text = rope_config.text_config(config)
-    params = {id(p): p.numel() for p in model.parameters()}
-    embed = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    n = sum(params.values()) - embed.numel() + (embed.numel() if head is embed else 0)
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return 2.0 * n * length + 2.0 * text.num_hidden_layers * length**2 * heads * head_dim
+    config = transformers.LlamaConfig(**LLAMA3_8B,
+                                      rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    config._attn_implementation = attn
+    return config
 
 
-def load(model: str, dtype: str, attn: str):
-    from harness import models, rope_config
+def param_counts(config) -> tuple[int, int]:
+    """(all parameters, model-FLOPs parameters N = non-embedding + output head), from a meta-device build."""
+    import torch
+    import transformers
 
-    return models.load(model, rope_config.RopeOverride(), dtype=dtype, device="cuda", attn=attn)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    embed = model.get_input_embeddings().weight.numel()
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    return total, total - embed + (embed if tied else 0)
+
+
+def model_flops(config, n_flops_params: int, length: int) -> float:
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2.0 * n_flops_params * length + 2.0 * config.num_hidden_layers * length**2 * heads * head_dim
+
+
+def plan_for(config, length: int, strategy: str, attn: str, n_params: int, budget: int):
+    from harness import planner
+
+    return planner.make_plan(config, length, dtype="bfloat16", attn=attn, n_params=n_params,
+                             max_memory=budget, strategy=strategy)
+
+
+def plan_table(config, lengths, strategies, attn: str, n_params: int, budget: int) -> list[list[object]]:
+    rows = []
+    for length in lengths:
+        for strategy in strategies:
+            plan = plan_for(config, length, strategy, attn, n_params, budget)
+            rows.append([length, strategy, str(plan), f"{plan.estimate_bytes / 2**30:.1f}",
+                         "yes" if plan.fits else "no: skipped"])
+    return rows
+
+
+SAFETY = 1.5  # projected seconds are padded by this factor (a longer L or smaller chunk runs slower)
+
+
+def projected_seconds(flops: float, rates: list[float]) -> float | None:
+    """Seconds a pass of `flops` would take at the slowest measured rate (FLOP/s), padded by SAFETY; None
+    before any rate was measured."""
+    return SAFETY * flops / min(rates) if rates else None
+
+
+def build_model(attn: str):
+    """The Llama-3-8B-shaped model, random bf16 weights initialised on the card, as a harness Loaded."""
+    import torch
+    import transformers
+
+    from harness import models
+
+    config = llama3_8b_config(attn)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = transformers.LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.eval()
+    for module in model.modules():  # RoPE frequencies in float32, as models.load keeps them
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if name.endswith("inv_freq"):
+                setattr(module, name, buffer.float())
+    return models.Loaded(model=model, tokenizer=None, config=model.config, manifest={}, fingerprint="random",
+                         device="cuda", dtype="bfloat16", attn=attn)
+
+
+def set_attn(loaded, attn: str) -> None:
+    if hasattr(loaded.model, "set_attn_implementation"):
+        loaded.model.set_attn_implementation(attn)
+    else:
+        loaded.model.config._attn_implementation = attn
+    loaded.attn = attn
 
 
 def free() -> None:
-    """Return cached blocks to the card (callers drop their references first)."""
     import torch
 
     gc.collect()
     torch.cuda.empty_cache()
 
 
-def time_pass(eng, ids: list[int], repeats: int) -> tuple[float, float]:
-    """Median seconds of Engine.token_nll(ids) after one warm-up, and peak GPU memory (GiB)."""
-    import torch
-
-    torch.cuda.reset_peak_memory_stats()
-    eng.token_nll(ids)  # warm-up (kernels, allocator)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        eng.token_nll(ids)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**30
-
-
-def throughput(args, model: str, peak: float | None) -> list[list[object]]:
+def run_cells(args, loaded, n_flops: int, peak: float | None, budget: int,
+              deadline: float) -> list[list[object]]:
     import torch
 
     from harness import engine
+    from harness.errors import one_line
 
     rows = []
-    for attn in ("flash_attention_2", "sdpa"):
+    vocab = loaded.config.vocab_size
+    for attn in args.attn:
         if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-            rows.append([attn, "", "unavailable: flash-attn not installed (optional GPU install step)",
-                         "", "", "", ""])
+            rows.append([attn, "", "", "", "unavailable: flash-attn not installed", "", "", "", ""])
             continue
         try:
-            loaded = load(model, args.dtype, attn)
+            set_attn(loaded, attn)
+            engines = {s: engine.Engine(loaded, strategy=s, max_memory=budget) for s in args.strategies
+                       if s != "stream"}
+            if "stream" in args.strategies:
+                try:
+                    engines["stream"] = engine.Engine(loaded, strategy="stream", max_memory=budget)
+                except Exception as exc:
+                    rows.append([attn, "", "stream", "", f"unavailable: {one_line(exc, 120)}",
+                                 "", "", "", ""])
+            warm = next(iter(engines.values()), None)
+            if warm is not None:
+                warm.token_nll(bc.random_ids(4096, vocab=vocab))
+            torch.cuda.synchronize()  # warm-up: kernels, allocator
         except Exception as exc:
-            rows.append([attn, "", f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}",
-                         "", "", "", ""])
+            rows.append([attn, "", "", "", f"unavailable: {one_line(exc, 140)}", "", "", "", ""])
+            free()
             continue
-        eng = engine.Engine(loaded)
+        rates: dict[str, list[float]] = {}  # FLOP/s measured per strategy
         for length in args.lengths:
-            ids = [i % loaded.config.vocab_size for i in bc.random_ids(length)]
-            oom = False
-            try:
-                seconds, mem = time_pass(eng, ids, args.repeats)
-            except torch.cuda.OutOfMemoryError:
-                oom = True
-            if oom:  # outside the except block: the failed pass's tensors are released by now
+            flops = model_flops(loaded.config, n_flops, length)
+            for strategy in args.strategies:
+                eng = engines.get(strategy)
+                if eng is None:
+                    continue
+                plan = eng.plan(length)
+                est = f"{plan.estimate_bytes / 2**30:.1f}"
+                if not plan.fits:
+                    rows.append([attn, length, strategy, str(plan),
+                                 "skipped: planner estimate exceeds the card", "", "", "", est])
+                    continue
+                known = rates.get(strategy) or [r for v in rates.values() for r in v]
+                guess = projected_seconds(flops, known)
+                if guess is not None and time.perf_counter() + guess > deadline:
+                    rows.append([attn, length, strategy, str(plan),
+                                 f"skipped: projected {guess:.0f} s passes the time box", "", "", "", est])
+                    continue
+                ids = bc.random_ids(length, vocab=vocab)
                 free()
-                rows.append([attn, length, "out of memory (single pass)", "", "", "", ""])
-                continue
-            flops = model_flops(loaded.model, loaded.config, length)
-            mfu = f"{100 * flops / seconds / (peak * 1e12):.1f}%" if peak else "n/a"
-            rows.append([attn, length, f"{seconds:.3f}", f"{length / seconds:,.0f}",
-                         f"{flops / seconds / 1e12:.1f}", mfu, f"{mem:.1f}"])
-        del eng, loaded
+                torch.cuda.reset_peak_memory_stats()
+                error = None
+                start = time.perf_counter()
+                try:
+                    eng.token_nll(ids, plan)
+                    torch.cuda.synchronize()
+                except torch.cuda.OutOfMemoryError:
+                    error = "CUDA out of memory"
+                except Exception as exc:
+                    error = one_line(exc, 120)
+                seconds = time.perf_counter() - start
+                mem = torch.cuda.max_memory_allocated() / 2**30
+                free()  # outside the except blocks: the failed pass's tensors are released by now
+                if error:
+                    rows.append([attn, length, strategy, str(plan), f"failed: {error}", "", "", f"{mem:.1f}",
+                                 est])
+                    continue
+                rates.setdefault(strategy, []).append(flops / seconds)
+                mfu = f"{100 * flops / seconds / (peak * 1e12):.1f}%" if peak else "n/a"
+                rows.append([attn, length, strategy, str(plan), f"{seconds:.2f}", f"{length / seconds:,.0f}",
+                             mfu, f"{mem:.1f}", est])
+        del engines
         free()
     return rows
 
 
-def longest_fit(args, model: str) -> tuple[str, int | None, int | None, list[list[object]]]:
-    """Doubling then bisection; returns (attn, longest L that ran, shortest L that failed, tried rows)."""
-    import torch
-
-    from harness import engine
-
-    attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
-    loaded = load(model, args.dtype, attn)
-    budget = torch.cuda.get_device_properties(0).total_memory
-    eng = engine.Engine(loaded, max_memory=budget)
-    vocab = loaded.config.vocab_size
-    tried: list[list[object]] = []
-
-    def fits(length: int) -> bool:
-        plan = eng.plan(length)
-        if not plan.fits:
-            tried.append([length, str(plan), "no: the planner's estimate exceeds the card", ""])
-            return False
-        ids = [i % vocab for i in bc.random_ids(length)]
-        start = time.perf_counter()
-        ok = True
-        try:
-            eng.token_nll(ids, plan)
-            torch.cuda.synchronize()
-        except torch.cuda.OutOfMemoryError:
-            ok = False
-        free()  # outside the except block: the failed pass's tensors are released by now
-        tried.append([length, str(plan), "yes" if ok else "no: CUDA out of memory",
-                      f"{time.perf_counter() - start:.1f}"])
-        return ok
-
-    good, bad, length = None, None, args.fit_start
-    while length <= args.fit_limit:
-        if fits(length):
-            good, length = length, length * 2
-        else:
-            bad = length
-            break
-    if good is not None and bad is not None:
-        for _ in range(args.bisect_steps):
-            mid = (good + bad) // 2 // 1024 * 1024
-            if mid in (good, bad):
-                break
-            if fits(mid):
-                good = mid
-            else:
-                bad = mid
-    eng = loaded = None  # drop the model before freeing (the closure above shares these names)
-    free()
-    return attn, good, bad, tried
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None,
-                        help="checkpoint path or hub id (default: the tiny benchmark Llama)")
-    parser.add_argument("--lengths", default="8192,32768")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--attn", default=",".join(ATTNS))
+    parser.add_argument("--time-box", type=float, default=420.0, help="seconds of passes, all cells together")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense peak for MFU")
-    parser.add_argument("--fit-start", type=int, default=8192)
-    parser.add_argument("--fit-limit", type=int, default=1 << 20, help="stop the doubling search here")
-    parser.add_argument("--bisect-steps", type=int, default=3)
-    parser.add_argument("--no-fit", action="store_true", help="skip the longest-L search")
+    parser.add_argument("--max-memory-gib", type=float, default=None,
+                        help="planner budget (default: the card's total memory)")
+    parser.add_argument("--plan-only", action="store_true", help="print the planner table only (no CUDA)")
+    parser.add_argument("--card-gib", type=float, default=139.0, help="card memory for --plan-only")
     args = parser.parse_args()
     args.lengths = [int(x) for x in args.lengths.split(",")]
+    args.strategies = [s for s in args.strategies.split(",") if s]
+    args.attn = [a for a in args.attn.split(",") if a]
+
+    if args.plan_only:
+        config = llama3_8b_config()
+        total, _ = param_counts(config)
+        budget = int((args.max_memory_gib or args.card_gib) * 2**30)
+        print(f"Llama-3-8B shape, {total / 1e9:.2f} B parameters, bf16, budget {budget / 2**30:.0f} GiB")
+        print(bc.table(["L", "strategy", "plan", "estimate GiB", "fits"],
+                       plan_table(config, args.lengths, args.strategies, "sdpa", total, budget)))
+        return 0
 
     import torch
 
     if not torch.cuda.is_available():
-        print("skipped: no CUDA")
+        print(NO_CUDA)
         return 0
+    started = time.perf_counter()
     name = torch.cuda.get_device_name(0)
-    peak = peak_tflops(name, args.dtype, args.peak_tflops)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(bc.build_model(Path(tmp) / "model"))
-        print(bc.header("GPU: throughput and MFU, flash_attention_2 vs sdpa", where=f"{args.dtype}, CUDA"))
-        memory = torch.cuda.get_device_properties(0).total_memory / 2**30
-        print(f"- GPU: {name}, {memory:.0f} GiB, CUDA {torch.version.cuda}; dense peak used for MFU: "
-              f"{f'{peak:g} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}")
-        print(f"- model: {args.model or 'the tiny benchmark Llama above (MFU tiny by construction)'}"
-              f", {args.dtype}; "
-              f"harness Engine.token_nll, single pass; {args.repeats} repeats after one warm-up, median; "
-              f"flash-attn {'installed' if importlib.util.find_spec('flash_attn') else 'not installed'}\n")
-        rows = throughput(args, model, peak)
-        print(bc.table(["attention", "L", "seconds", "tokens/s", "model TFLOP/s", "MFU", "peak GPU GiB"],
-                       rows))
-        if not args.no_fit:
-            attn, good, bad, tried = longest_fit(args, model)
-            print(f"\n### Longest L that fits ({attn}, --max-memory = the card's {memory:.0f} GiB)\n")
-            print(bc.table(["L", "plan", "fits", "seconds"], tried))
-            if bad is None:
-                note = f" (every L up to --fit-limit {args.fit_limit} ran: the limit is higher)"
-            else:
-                note = f"; {bad} did not"
-            print(f"\nLongest L that ran: {good if good else 'none'}{note}")
+    peak = peak_tflops(name, "bfloat16", args.peak_tflops)
+    card = torch.cuda.get_device_properties(0).total_memory
+    budget = int(args.max_memory_gib * 2**30) if args.max_memory_gib else card
+    first = next((a for a in args.attn if a != "flash_attention_2" or importlib.util.find_spec("flash_attn")),
+                 "sdpa")
+    loaded = build_model(first)
+    total, n_flops = param_counts(loaded.config)
+    built = time.perf_counter() - started
+    shape = ", ".join(f"{k}={v}" for k, v in LLAMA3_8B.items() if k.endswith(("size", "layers", "heads")))
+    print(bc.header("GPU: Llama-3-8B shape, tokens/s, MFU and peak memory per strategy and L",
+                    where="bfloat16, CUDA",
+                    model=f"random Llama-3-8B-shaped ({total / 1e9:.2f} B parameters, {shape})"))
+    print(f"- GPU: {name}, {card / 2**30:.0f} GiB, CUDA {torch.version.cuda}; planner budget "
+          f"{budget / 2**30:.0f} GiB; dense peak used for MFU: "
+          f"{f'{peak:g} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}; flash-attn "
+          f"{'installed' if importlib.util.find_spec('flash_attn') else 'not installed'}")
+    print(f"- one pass of Engine(strategy=S).token_nll per cell after one 4K warm-up per attention; "
+          f"model built on the card in {built:.0f} s; time box {args.time_box:.0f} s of passes\n")
+    rows = run_cells(args, loaded, n_flops, peak, budget, time.perf_counter() + args.time_box)
+    print(bc.table(["attention", "L", "strategy", "plan", "seconds", "tokens/s", "MFU", "peak GPU GiB",
+                    "planner estimate GiB"], rows))
+    print(f"\nwall time {time.perf_counter() - started:.0f} s")
     return 0
 
 

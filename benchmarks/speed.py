@@ -9,10 +9,17 @@ repeats).
 - plain pass at L: `model(ids[:L], labels=ids[:L])` under torch.no_grad() (what users write);
 - separate passes per length (YaRN-style scripts): one plain pass per L of the grid, i.e. the sum of
   the plain-pass medians at each L;
-- throughput at L: the harness's Engine.token_nll(ids[:L]) vs the plain pass at L.
+- throughput at L: the harness's Engine.token_nll(ids[:L]) vs the plain pass at L;
+- stream vs single at L (--pair-lengths, where both fit): Engine(strategy="stream").token_nll vs
+  Engine(strategy="single").token_nll on the same ids, paired in each repeat;
+- passkey cell at L (--pair-lengths): `score_and_generate(prompt, answer, max_new_tokens=9)` (one prefill)
+  vs ONE `token_nll` pass over the same prompt, with the old two-prefill path (`answer_score` then
+  `generate`) timed alongside for comparison.
+
+Exit status 1 when any target line reads MISSED, else 0.
 
     python benchmarks/speed.py [--lengths 1024,2048,4096,8192,16384] [--repeats 5] [--long-repeats 3]
-                               [--threads N]
+                               [--pair-lengths 2048,8192] [--threads N]
 """
 
 from __future__ import annotations
@@ -31,9 +38,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="repeats at L < 16384")
     parser.add_argument("--long-repeats", type=int, default=3, help="repeats at L >= 16384")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--pair-lengths", default="2048,8192",
+                        help="lengths of the stream-vs-single and passkey rows")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a benchmark model folder")
     args = parser.parse_args()
     lengths = sorted(int(x) for x in args.lengths.split(","))
+    pair_lengths = sorted(int(x) for x in args.pair_lengths.split(",") if x)
     top = max(lengths)
 
     import torch
@@ -110,8 +120,70 @@ def main() -> int:
         print(f"Target harness >= 0.8x plain throughput at every L: "
               f"lowest {ratios[worst]:.2f} at L={worst} -> "
               f"{bc.verdict(ratios[worst] >= 0.8)}")
+        held = [grid_ratio <= 1.2, ratios[worst] >= 0.8]
+        if pair_lengths:
+            held += pair_rows(args, loaded, eng, pair_lengths)
         print(f"\nload average at end: {bc.load_now()}")
-    return 0
+    return 0 if all(held) else 1
+
+
+def pair_rows(args, loaded, eng, pair_lengths: list[int]) -> list[bool]:
+    """Stream vs single throughput and the passkey cell at each of `pair_lengths`; prints the tables and
+    target lines, returns whether each target held."""
+    from harness import engine
+
+    single = engine.Engine(loaded, strategy="single")
+    streamed = engine.Engine(loaded, strategy="stream")
+    ids = bc.random_ids(max(pair_lengths), seed=2)
+    answer = bc.random_ids(7, seed=3)  # a passkey-sized answer
+    new_tokens = 9
+    stream_rows, key_rows, stream_ratio, key_ratio = [], [], {}, {}
+    for i, n in enumerate(pair_lengths):
+        reps = args.long_repeats if n >= 16384 else args.repeats
+        prompt = ids[:n]
+        got = bc.timings({"stream": lambda p=prompt: streamed.token_nll(p),
+                          "single": lambda p=prompt: single.token_nll(p)}, reps, warmup=1 if i == 0 else 0)
+        stream_ratio[n] = bc.paired_ratio(got["single"], got["stream"])  # stream / single throughput
+        s, p = bc.median(got["stream"]), bc.median(got["single"])
+        stream_rows.append([n, reps, str(streamed.plan(n)), f"{s:.3f}", f"{p:.3f}", f"{n / s:,.0f}",
+                            f"{n / p:,.0f}", f"{stream_ratio[n]:.2f}", bc.verdict(stream_ratio[n] >= 0.8)])
+        print(f"  stream L={n}: stream {' '.join(f'{x:.2f}' for x in got['stream'])}s, single "
+              f"{' '.join(f'{x:.2f}' for x in got['single'])}s (load {bc.load_now()})", file=sys.stderr)
+
+        def two(p=prompt):
+            eng.answer_score(p, answer)
+            eng.generate(p, new_tokens)
+
+        def fused(p=prompt):
+            return eng.score_and_generate(p, answer, max_new_tokens=new_tokens)
+
+        got = bc.timings({"fused": fused,
+                          "nll": lambda p=prompt: eng.token_nll(p), "two": two}, reps,
+                         warmup=1 if i == 0 else 0)
+        key_ratio[n] = bc.paired_ratio(got["fused"], got["nll"])
+        two_ratio = bc.paired_ratio(got["two"], got["nll"])
+        f, t, o = bc.median(got["fused"]), bc.median(got["nll"]), bc.median(got["two"])
+        key_rows.append([n, reps, f"{f:.3f}", f"{t:.3f}", f"{o:.3f}", f"{key_ratio[n]:.2f}x",
+                         f"{two_ratio:.2f}x", bc.verdict(key_ratio[n] <= 1.15)])
+        print(f"  passkey L={n}: fused {' '.join(f'{x:.2f}' for x in got['fused'])}s, token_nll "
+              f"{' '.join(f'{x:.2f}' for x in got['nll'])}s, two-prefill "
+              f"{' '.join(f'{x:.2f}' for x in got['two'])}s (load {bc.load_now()})", file=sys.stderr)
+
+    print("\n### Stream vs single pass (token_nll, Engine(strategy=...), same ids, paired repeats)\n")
+    print(bc.table(["L", "repeats", "stream plan", "stream s", "single s", "stream tok/s", "single tok/s",
+                    "stream / single throughput (median of paired ratios)", "target >= 0.8"], stream_rows))
+    print(f"\n### Passkey cell: score_and_generate(prompt, {len(answer)}-token answer, max_new_tokens="
+          f"{new_tokens}) vs one token_nll pass over the prompt\n")
+    print(bc.table(["prompt L", "repeats", "score_and_generate s", "token_nll s",
+                    "answer_score + generate s (old two prefills)", "score_and_generate / token_nll",
+                    "two prefills / token_nll", "target <= 1.15x"], key_rows))
+    low = min(stream_ratio, key=stream_ratio.get)
+    high = max(key_ratio, key=key_ratio.get)
+    print(f"\nTarget stream >= 0.8x single-pass throughput at every paired L: lowest {stream_ratio[low]:.2f} "
+          f"at L={low} -> {bc.verdict(stream_ratio[low] >= 0.8)}")
+    print(f"Target passkey score_and_generate <= 1.15x one token_nll pass: highest {key_ratio[high]:.2f}x "
+          f"at L={high} -> {bc.verdict(key_ratio[high] <= 1.15)}")
+    return [stream_ratio[low] >= 0.8, key_ratio[high] <= 1.15]
 
 
 if __name__ == "__main__":
