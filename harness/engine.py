@@ -2,15 +2,17 @@
 
 The only module that touches attention, caches and chunking (with `harness.stream`, which only it
 calls). Verbs (the lm-eval seams): `token_nll` (teacher-forced loss of every token), `answer_score`
-(log-prob and rank of an answer span after a prompt), `generate` (greedy continuation after a chunked
-prefill) and `score_and_generate` (both of the last two from one prefill of the prompt).
+(log-prob and rank of an answer span after a prompt), `generate` (greedy continuation after a prefill
+of the prompt) and `score_and_generate` (both of the last two from one prefill of the prompt).
 
 Memory: the output head and cross-entropy run over sub-chunks of the final hidden states, so
 [T, vocab] logits never exist. When even one decoder pass over T tokens would not fit `max_memory`,
 the planner switches to layer-streamed scoring (`stream`: one decoder layer at a time over the whole
 sequence, so only one layer's K/V is ever held) where the model family supports it, else to chunked
-prefill through the KV cache. The plan is a pure function of the model config, T, dtype and the
-budget, never of momentary free memory, so reruns are reproducible.
+prefill through the KV cache. A prompt to generate after, whose plan streams, is prefilled
+layer-streamed into the cache (every layer's K/V; on CUDA offloaded to the CPU layer by layer when it
+would not fit the budget). The plan is a pure function of the model config, T, dtype and the budget,
+never of momentary free memory, so reruns are reproducible.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 
 from harness import models, rope_config, stream
 from harness.errors import one_line
-from harness.planner import HEAD_CHUNK, STRATEGIES, Plan, make_plan
+from harness.planner import HEAD_CHUNK, STRATEGIES, Plan, kv_cache_bytes, make_plan
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,14 @@ def postprocess_logits(config, logits: torch.Tensor) -> torch.Tensor:
     if scaling is not None:
         logits = logits * scaling if text.model_type in _MULTIPLIES_LOGITS_SCALING else logits / scaling
     return logits
+
+
+@dataclass(frozen=True)
+class _Prefilled:
+    """A layer-streamed prefill's output: the next-token logits [1, 1, vocab] (as the model's output with
+    logits_to_keep=1) and the final hidden state of the last prompt token [1, H] (the head's input)."""
+    logits: torch.Tensor
+    hidden: torch.Tensor
 
 
 class Engine:
@@ -223,8 +233,8 @@ class Engine:
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
                  stop_ids: Sequence[int] = ()) -> list[int]:
-        """Greedy continuation after a chunked prefill (RoPE fixed at the prompt length when
-        length-dependent)."""
+        """Greedy continuation after a prefill of the prompt in the plan for its length (chunked, or
+        layer-streamed into the cache; RoPE fixed at the prompt length when length-dependent)."""
         tensor = self._tensor(prompt_ids)
         with self._rope_context(tensor.numel()):
             cache, out = self._prefill(tensor)
@@ -259,6 +269,8 @@ class Engine:
             cache, out = self._prefill(prompt)
         finally:
             hook.remove()
+        if isinstance(out, _Prefilled):  # a streamed prompt: the head's input is known
+            last[:] = [out.hidden]
         if not last:  # a head the model forward does not call as a module: no shared prefill, same numbers
             return (self.answer_score(prompt_ids, answer_ids),
                     self._greedy(cache, out, max_new_tokens, stop_ids))
@@ -284,25 +296,39 @@ class Engine:
         return score, new
 
     def _prefill(self, tensor: torch.Tensor):
-        """(DynamicCache holding the prompt, the model's output on its last chunk with logits_to_keep=1), in
-        the chunks of the plan: one chunk when a single pass fits, the prefill plan's chunk otherwise. Where
-        scoring would stream, the plan without stream decides: a cache for generation holds every layer's K/V,
-        which is what a pass or a prefill builds."""
-        from transformers import DynamicCache
-
+        """(cache holding the prompt, the output on its last position), in the plan for the prompt length: one
+        pass when a single pass fits, the prefill plan's chunks through the cache, or, where the plan streams,
+        a layer-streamed prefill (`stream.prefill`: each layer's K/V goes into the cache as it is produced,
+        activations stay one layer's). The model's output (logits_to_keep=1) or a `_Prefilled`; generation
+        and teacher forcing run from the cache the same way after either."""
         length = tensor.numel()
         plan = self.plan(length)
         if plan.strategy == "stream":
-            plan = make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
-                             max_memory=self.max_memory, chunk_size=self.chunk_size, stream_ok=False)
+            self._check_stream()
+            cache = self._new_cache(self._offload_cache(length, plan))
+            hidden = stream.prefill(self.model, tensor, plan.chunk, cache)
+            logits = postprocess_logits(self.config, self.head(hidden).float())
+            return cache, _Prefilled(logits[None], hidden)
         chunk = plan.chunk if plan.strategy == "prefill" else length
         if chunk < length:
             self._check_prefill()
-        cache = DynamicCache(config=self.model.config)
+        cache = self._new_cache()
         for start in range(0, length, chunk):
             out = self.model(input_ids=tensor[None, start:start + chunk], use_cache=True, logits_to_keep=1,
                              **{self.cache_kw: cache})
         return cache, out
+
+    def _new_cache(self, offload: bool = False):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config, offloading=offload)
+
+    def _offload_cache(self, length: int, plan: Plan) -> bool:
+        """A streamed prompt's cache goes layer by layer to the CPU (transformers' offloading DynamicCache)
+        when, on CUDA, every layer's K/V on top of the stream pass would not fit the budget."""
+        if self.device.type != "cuda" or self.max_memory is None:
+            return False
+        return plan.estimate_bytes + kv_cache_bytes(self.config, length, self.dtype) > self.max_memory
 
     def _greedy(self, cache, out, max_new_tokens: int, stop_ids: Sequence[int]) -> list[int]:
         new: list[int] = []

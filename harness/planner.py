@@ -58,11 +58,17 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     activations = q_len * (8 * hidden + 3 * inter) * bytes_w + length * hidden * 4
     head = min(HEAD_CHUNK, length) * vocab * 4 * 3
     weights = n_params * bytes_w
-    cache = 0 if chunk is None else 2 * text.num_hidden_layers * kv_heads * head_dim * length * bytes_w
+    cache = 0 if chunk is None else kv_cache_bytes(config, length, dtype)
     # scores: eager always; sdpa with a non-trivial mask (prefill after the first chunk) on CPU falls
     # back to the math kernel, which builds them too.
     scores = heads * q_len * length * 4 if attn == "eager" or chunk is not None else 0
     return int(weights + activations + head + cache + scores)
+
+
+def kv_cache_bytes(config, length: int, dtype: str) -> int:
+    """Every layer's K/V over `length` tokens (what a prefill's cache holds; sliding layers in full)."""
+    text, bytes_w, _, _, _, kv_heads, head_dim = _shape(config, dtype)
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * length * bytes_w
 
 
 def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) -> int:

@@ -18,6 +18,10 @@ re-implementation). Two things are swapped in for the pass:
 Peak memory ~ weights + the residual stream + one layer's K/V + one chunk's activations, whatever the
 number of layers. The final norm runs per chunk; the engine does output head and loss as for any plan.
 
+`prefill` is the same pass for generation: each layer's K/V, once complete, also goes into a transformers
+cache (as a prefill through the model would fill it), and the final hidden state of the last position
+comes back; the engine then generates / teacher-forces from that cache through the model.
+
 Only the model types in `SUPPORTED` are streamed; `Engine.self_check` also compares a stream pass with
 the model's own logits and refuses the strategy for a model that does not reproduce them.
 """
@@ -220,12 +224,14 @@ def _cache_kw(layer) -> str:
     return next((name for name in ("layer_past", "cache", "past_key_values") if name in params), "cache")
 
 
-def hidden_chunks(model, ids: torch.Tensor, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (start, final hidden states [n, H]) of `ids` (1-D) in `chunk`-token pieces, computed layer by
-    layer over the whole sequence. The caller fixes length-dependent RoPE for len(ids) (as for any pass)."""
+def _run_layers(model, ids: torch.Tensor, chunk: int, cache=None) -> torch.Tensor:
+    """The residual stream [1, T, H] after every decoder layer (before the final norm), each layer over the
+    whole sequence in `chunk`-token query chunks. With `cache` (a transformers Cache built for the model's
+    config), each layer's K/V over all T positions goes into it as soon as the layer is done (`update` with
+    the layer's index: the cache keeps what a prefill would, e.g. a sliding layer's last window - 1 tokens,
+    and an offloading cache moves the layer to the CPU); activations still live one layer at a time."""
     decoder = model.base_model
     text = rope_config.text_config(model.config)
-    family = SUPPORTED[text.model_type]
     total = ids.numel()
     rotary = decoder.rotary_emb
     per_type = "layer_type" in inspect.signature(rotary.forward).parameters  # Gemma3: RoPE per layer type
@@ -244,7 +250,27 @@ def hidden_chunks(model, ids: torch.Tensor, chunk: int) -> Iterator[tuple[int, t
                             **{cache_kw: kv})
                 # in place: later chunks need this layer's K/V of earlier chunks, never their inputs
                 residual[:, start:start + chunk] = out[0] if isinstance(out, tuple) else out
+            if cache is not None:
+                cache.update(kv.keys, kv.values, index)
             del kv
-    norm = getattr(decoder, family.norm)
-    for start in range(0, total, chunk):
+    return residual
+
+
+def hidden_chunks(model, ids: torch.Tensor, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (start, final hidden states [n, H]) of `ids` (1-D) in `chunk`-token pieces, computed layer by
+    layer over the whole sequence. The caller fixes length-dependent RoPE for len(ids) (as for any pass)."""
+    residual = _run_layers(model, ids, chunk)
+    norm = getattr(model.base_model, SUPPORTED[rope_config.text_config(model.config).model_type].norm)
+    for start in range(0, ids.numel(), chunk):
         yield start, norm(residual[0, start:start + chunk])
+
+
+def prefill(model, ids: torch.Tensor, chunk: int, cache) -> torch.Tensor:
+    """A layer-streamed prefill: fills `cache` (empty, built for the model's config) with the K/V of every
+    layer over `ids` (1-D) as a prefill through the model would, and returns the final hidden state of the
+    last position [1, H] (what the output head reads for the next token). Generation and teacher forcing
+    then run from `cache` through the model as after any prefill. Memory: the cache holds every layer's K/V
+    (generation needs them); the activations are one layer's, as in `hidden_chunks`."""
+    residual = _run_layers(model, ids, chunk, cache)
+    norm = getattr(model.base_model, SUPPORTED[rope_config.text_config(model.config).model_type].norm)
+    return norm(residual[0, -1:])

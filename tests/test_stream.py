@@ -247,3 +247,60 @@ def test_run_strategy_flag_reaches_the_plan_of_every_record(tiny_llama, text_cor
     assert {r["plan"].split(":")[0] for r in runs["stream"]} == {"stream"}
     for a, b in zip(runs["auto"], runs["stream"], strict=True):
         assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------- generation after a streamed prompt
+
+
+@pytest.mark.parametrize("variant", ["llama", "gemma2", "gemma3"])
+def test_generation_after_a_streamed_prompt_equals_prefill(variant, variant_dirs, monkeypatch):
+    """Strategy stream prefills the prompt layer by layer into the cache; the greedy tokens and the
+    teacher-forced answer from it equal those after a chunked prefill (Gemma2/3: prompt > sliding window)."""
+    loaded = models.load(str(variant_dirs[variant]))
+    prompt, answer = ids_of(200, seed=2), ids_of(7, seed=5)
+    ref = engine.Engine(loaded, strategy="prefill", chunk_size=CHUNK)
+    eng = engine.Engine(loaded, strategy="stream", chunk_size=CHUNK)
+    assert eng.plan(len(prompt)).strategy == "stream" and ref.plan(len(prompt)).strategy == "prefill"
+    calls = []
+    real = stream.prefill
+    monkeypatch.setattr(stream, "prefill", lambda *a: calls.append(a[1].numel()) or real(*a))
+    want_tokens = ref.generate(prompt, 8)
+    assert not calls
+    assert eng.generate(prompt, 8) == want_tokens
+    assert calls == [len(prompt)]
+    want_score, tokens = ref.score_and_generate(prompt, answer, 8)
+    assert tokens == want_tokens
+    seen = []
+    hook = eng.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        score, tokens = eng.score_and_generate(prompt, answer, 8)
+    finally:
+        hook.remove()
+    assert calls == [len(prompt)] * 2 and sum(seen) == len(answer) - 1 + len(tokens) - 1  # prompt streamed
+    assert tokens == want_tokens
+    assert_scores_equal(score, want_score)
+    assert_scores_equal(score, ref.answer_score(prompt, answer))
+    one, tokens = eng.score_and_generate(prompt, answer[:1], 8)
+    assert tokens == want_tokens
+    assert_scores_equal(one, ref.answer_score(prompt, answer[:1]))
+
+
+def test_generation_after_a_streamed_prompt_with_length_dependent_rope(tiny_llama):
+    """Dynamic NTK past max_position_embeddings (128): RoPE fixed at the prompt length for both paths."""
+    loaded = models.load(str(tiny_llama), RopeOverride(rope_type="dynamic", factor=4))
+    prompt = ids_of(200, seed=2)
+    want = engine.Engine(loaded, strategy="prefill", chunk_size=CHUNK).generate(prompt, 6)
+    assert engine.Engine(loaded, strategy="stream", chunk_size=CHUNK).generate(prompt, 6) == want
+
+
+def test_streamed_prompt_cache_is_offloaded_only_on_cuda_past_the_budget(tiny_llama):
+    eng = engine.Engine(models.load(str(tiny_llama)), strategy="stream", chunk_size=CHUNK)
+    plan = eng.plan(3000)
+    need = plan.estimate_bytes + planner.kv_cache_bytes(eng.config, 3000, eng.dtype)
+    assert not eng._offload_cache(3000, plan)  # CPU: never
+    eng.device = torch.device("cuda")  # the decision only (no cache is built)
+    eng.max_memory = need
+    assert not eng._offload_cache(3000, plan)
+    eng.max_memory = need - 1
+    assert eng._offload_cache(3000, plan)
