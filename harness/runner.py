@@ -235,20 +235,11 @@ def summary_table(folder: Path) -> list[dict[str, Any]]:
     (its transform of the mean over ok cells: ppl@L is exp of the mean NLL). Under it, one row per further
     per-length measure with a console name whose metric some ok record carries (ppl_key with --key-tokens):
     ok = cells with a value, failed = 0 (the default row counts the failures once)."""
-    import math
-
     from harness.store import latest_records
 
     if not folder.exists():
         return []
-
-    def further(task: str) -> list:
-        try:
-            measures = get_task(task).measures
-        except InputError:
-            return []
-        return [m for m in measures[1:] if m.source == "records" and m.console]
-
+    measures: dict[str, tuple] = {}  # task -> its measures, looked up once per task, not per record
     groups: dict[tuple, dict[str, Any]] = {}
     for r in latest_records(folder).values():  # the last record of each cell, as everywhere
         key = (r["setting"], r["task"], r["length"])
@@ -258,34 +249,41 @@ def summary_table(folder: Path) -> list[dict[str, Any]]:
             g["failed"] += 1
             continue
         g["ok"] += 1
-        spec = _default_measure(r["task"])
+        if r["task"] not in measures:
+            measures[r["task"]] = _task_measures(r["task"])
+        spec, *rest = measures[r["task"]] or (None,)
         if spec is not None and r.get(spec.metric) is not None:
             g["values"].append(float(r[spec.metric]))
             g["names"].append(spec.console or r.get("metric") or spec.metric)
-        for extra in further(r["task"]):
-            if extra.metric in r:
+        for extra in rest:
+            if extra.source == "records" and extra.console and extra.metric in r:
                 got = g["further"].setdefault(extra.console, (extra, []))[1]
                 if r[extra.metric] is not None:
                     got.append(float(r[extra.metric]))
     rows = []
     for g in sorted(groups.values(), key=lambda g: (g["setting"], g["task"], g["length"])):
         values, names, more = g.pop("values"), g.pop("names"), g.pop("further")
-        spec = _default_measure(g["task"])
-        mean = sum(values) / len(values) if values else None
+        spec = (measures.get(g["task"]) or _task_measures(g["task"]) or (None,))[0]
         g["metric"] = names[-1] if names else (spec.console if spec is not None else "") or "value"
-        g["value"] = None if mean is None else (math.exp(mean) if spec.transform == "exp" else mean)
+        g["value"] = _aggregate(spec, values)
         rows.append(g)
         for console, (extra, got) in more.items():
-            mean = sum(got) / len(got) if got else None
-            value = None if mean is None else (math.exp(mean) if extra.transform == "exp" else mean)
-            rows.append({**g, "ok": len(got), "failed": 0, "metric": console, "value": value})
+            rows.append({**g, "ok": len(got), "failed": 0, "metric": console,
+                         "value": _aggregate(extra, got)})
     return rows
 
 
-def _default_measure(task: str):
-    """The task's default measured-length definition (None for a task this install does not know)."""
+def _task_measures(task: str) -> tuple:
+    """The task's measured-length definitions, default first (() for a task this install does not know)."""
     try:
-        measures = get_task(task).measures
+        return tuple(get_task(task).measures)
     except InputError:
+        return ()
+
+
+def _aggregate(spec, values: list[float]) -> float | None:
+    """The measure's transform of the mean over samples (exp for a mean NLL); None without values."""
+    if not values:
         return None
-    return measures[0] if measures else None
+    mean = sum(values) / len(values)
+    return math.exp(mean) if spec.transform == "exp" else mean
