@@ -11,6 +11,7 @@ engine's job) and never writes files except through `RunContext.write_side`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,10 +178,15 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str) -> Task:
-    """tasks.<name>.TASK (an unknown name is an InputError naming the known tasks)."""
-    if name not in task_names():
+    """tasks.<name>.TASK (an unknown name is an InputError naming the known tasks). A known name is one
+    import lookup; the folder is scanned only to name the alternatives."""
+    module = None
+    if isinstance(name, str) and name.isidentifier() and not name.startswith("_") and name != "base" \
+            and importlib.util.find_spec(f"tasks.{name}") is not None:
+        module = importlib.import_module(f"tasks.{name}")
+    if module is None or not hasattr(module, "TASK"):
         raise InputError(f"unknown task {name!r}: use --task with one of {', '.join(task_names())}")
-    return importlib.import_module(f"tasks.{name}").TASK
+    return module.TASK
 
 
 def all_options() -> dict[str, Option]:
