@@ -200,16 +200,22 @@ def test_score_and_generate_equals_the_two_verbs(variant, variant_dirs):
         assert tokens == want_tokens
 
 
-def test_score_and_generate_prefills_once(tiny_llama):
-    eng = engine.Engine(models.load(str(tiny_llama)))
-    prompt, answer = ids_of(200, seed=2), ids_of(5, seed=5)
-    seen = []
+def decoder_tokens(eng, call):
+    """(input lengths of every decoder call made during `call()`, its result): counts what was prefilled."""
+    seen: list[int] = []
     hook = eng.decoder.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
     try:
-        _, tokens = eng.score_and_generate(prompt, answer, 4)
+        result = call()
     finally:
         hook.remove()
+    return seen, result
+
+
+def test_score_and_generate_prefills_once(tiny_llama):
+    eng = engine.Engine(models.load(str(tiny_llama)))
+    prompt, answer = ids_of(200, seed=2), ids_of(5, seed=5)
+    seen, (_, tokens) = decoder_tokens(eng, lambda: eng.score_and_generate(prompt, answer, 4))
     # prompt once, answer, one per new token
     assert sum(seen) == len(prompt) + len(answer) - 1 + len(tokens) - 1
 
@@ -270,13 +276,7 @@ def test_generation_after_a_streamed_prompt_equals_prefill(variant, variant_dirs
     assert calls == [len(prompt)]
     want_score, tokens = ref.score_and_generate(prompt, answer, 8)
     assert tokens == want_tokens
-    seen = []
-    hook = eng.decoder.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
-    try:
-        score, tokens = eng.score_and_generate(prompt, answer, 8)
-    finally:
-        hook.remove()
+    seen, (score, tokens) = decoder_tokens(eng, lambda: eng.score_and_generate(prompt, answer, 8))
     assert calls == [len(prompt)] * 2 and sum(seen) == len(answer) - 1 + len(tokens) - 1  # prompt streamed
     assert tokens == want_tokens
     assert_scores_equal(score, want_score)
