@@ -21,11 +21,11 @@ from pathlib import Path
 
 from harness import __version__
 from harness.errors import InputError, one_line
-from harness.values import finite_float, float_list, length_arg, token_count
+from harness.values import batch_arg, finite_float, float_list, length_arg, token_count
 
 # `run` flags that describe the run, not one setting or task: they may be combined with a suite.
-RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "strategy", "max_memory",
-                   "dry_run", "no_progress", "no_report", "func", "flag_defaults", "verbose"}
+RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "strategy", "batch_size",
+                   "max_memory", "dry_run", "no_progress", "no_report", "func", "flag_defaults", "verbose"}
 LAW_DESCRIPTION = ("Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024) and their "
                    "retrieval bound (Men et al., NeurIPS 2024). Give the shape with --head-dim/--train-len, "
                    "or read it from a model config with --model (no weights).")
@@ -139,6 +139,10 @@ def add_run_parser(sub) -> None:
                    help="how a sequence is scored: auto (default: single pass if it fits the budget, else "
                         "layer-streamed, else chunked prefill) or one forced (recorded in each record's "
                         "plan)")
+    p.add_argument("--batch-size", type=batch_arg, default=None, metavar="N|auto",
+                   help="same-length sequences scored in one forward where a single pass plans (default 1; "
+                        "auto: on a GPU the most that fit the budget, up to 64 rows and 64K tokens); the "
+                        "numbers equal batch 1's")
     p.add_argument("--max-memory",
                    help="memory budget, e.g. 8GiB: cells the planner says exceed it are recorded as oom")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from harness import models, rope_config, stream
 from harness.errors import one_line
-from harness.planner import HEAD_CHUNK, STRATEGIES, Plan, kv_cache_bytes, make_plan
+from harness.planner import HEAD_CHUNK, STRATEGIES, Plan, batch_rows, kv_cache_bytes, make_plan
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,11 @@ class Engine:
     """Scores token sequences with a loaded model; see the module docstring for the guarantees."""
 
     def __init__(self, loaded: models.Loaded, *, chunk_size: int | None = None, max_memory: int | None = None,
-                 strategy: str = "auto"):
+                 strategy: str = "auto", batch_size: int | str = 1):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
         self.strategy = strategy
+        self.batch = batch_size  # rows per single-pass forward: a number, or "auto" (planner.batch_rows)
         self.model = loaded.model
         self.config = loaded.config
         self.tokenizer = loaded.tokenizer
@@ -110,6 +111,15 @@ class Engine:
         return make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
                          max_memory=self.max_memory, chunk_size=self.chunk_size,
                          strategy=strategy or self.strategy, stream_ok=self.stream_exact)
+
+    def batch_size(self, length: int, generation: bool = False) -> int:
+        """Sequences of `length` tokens scored in one forward: `batch_rows` of the planner where the plan
+        for one is a single pass, else 1 (stream and prefill plans exist because one row barely fits)."""
+        if self.batch == 1 or self.plan(length).strategy != "single":
+            return 1
+        return batch_rows(self.config, length, self.batch, dtype=self.dtype, attn=self.attn,
+                          n_params=self.n_params, max_memory=self.max_memory, generation=generation,
+                          accelerator=self.device.type != "cpu")
 
     @torch.inference_mode()
     def self_check(self, tokens: int = 12) -> None:
@@ -146,8 +156,8 @@ class Engine:
 
     def _logits(self, ids: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Post-processed float32 logits of every position (short inputs only: [T, vocab])."""
-        return torch.cat([postprocess_logits(self.config, self.head(h).float())
-                          for _, h in self._hidden_chunks(ids, plan)])
+        return torch.cat([postprocess_logits(self.config, self.head(h[0]).float())
+                          for _, h in self._hidden_chunks(ids[None], plan)])
 
     def _check_prefill(self) -> None:
         if not self.prefill_exact:
@@ -163,40 +173,45 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- internals
     def _hidden_chunks(self, ids: torch.Tensor, plan: Plan):
-        """Yield (start, final hidden states [n, H]) covering every position, per the plan."""
+        """Yield (start, final hidden states [B, n, H]) of `ids` [B, T] covering every position, per the
+        plan (stream: one row, B = 1)."""
         if plan.strategy == "single":
-            out = self.decoder(input_ids=ids[None], use_cache=False)
-            yield 0, out.last_hidden_state[0]
+            out = self.decoder(input_ids=ids, use_cache=False)
+            yield 0, out.last_hidden_state
             return
         if plan.strategy == "stream":
             self._check_stream()
-            yield from stream.hidden_chunks(self.model, ids, plan.chunk)
+            for start, hidden in stream.hidden_chunks(self.model, ids[0], plan.chunk):
+                yield start, hidden[None]
             return
         from transformers import DynamicCache
 
         self._check_prefill()
         cache = DynamicCache(config=self.model.config)
-        for start in range(0, ids.numel(), plan.chunk):
-            out = self.decoder(input_ids=ids[None, start:start + plan.chunk], use_cache=True,
+        for start in range(0, ids.shape[1], plan.chunk):
+            out = self.decoder(input_ids=ids[:, start:start + plan.chunk], use_cache=True,
                                **{self.cache_kw: cache})
-            yield start, out.last_hidden_state[0]
+            yield start, out.last_hidden_state
 
     def _score(self, ids: torch.Tensor, first: int, with_rank: bool,
                plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """NLL (float32) of ids[t+1] given ids[:t+1] for t in [first, T-1); ranks when asked."""
-        total = ids.numel()
-        nll = torch.empty(total - 1 - first, dtype=torch.float32)
-        ranks = torch.empty(total - 1 - first, dtype=torch.long) if with_rank else None
+        """NLL (float32) of ids[:, t+1] given ids[:, :t+1] for t in [first, T-1), per row of ids [B, T]
+        ([B, T-1-first]); ranks when asked. The head and the loss run row by row in HEAD_CHUNK pieces."""
+        rows, total = ids.shape
+        nll = torch.empty(rows, total - 1 - first, dtype=torch.float32)
+        ranks = torch.empty(rows, total - 1 - first, dtype=torch.long) if with_rank else None
         for start, hidden in self._hidden_chunks(ids, plan):
-            stop = min(start + hidden.shape[0], total - 1)  # the last token predicts nothing
-            for s in range(max(start, first), stop, HEAD_CHUNK):
-                e = min(s + HEAD_CHUNK, stop)
-                logits = postprocess_logits(self.config, self.head(hidden[s - start:e - start]).float())
-                target = ids[s + 1:e + 1]
-                nll[s - first:e - first] = F.cross_entropy(logits, target, reduction="none").cpu()
-                if ranks is not None:
-                    gold = logits.gather(1, target[:, None])
-                    ranks[s - first:e - first] = (logits > gold).sum(1).cpu() + 1
+            stop = min(start + hidden.shape[1], total - 1)  # the last token predicts nothing
+            for row in range(rows):
+                for s in range(max(start, first), stop, HEAD_CHUNK):
+                    e = min(s + HEAD_CHUNK, stop)
+                    part = hidden[row, s - start:e - start]
+                    logits = postprocess_logits(self.config, self.head(part).float())
+                    target = ids[row, s + 1:e + 1]
+                    nll[row, s - first:e - first] = F.cross_entropy(logits, target, reduction="none").cpu()
+                    if ranks is not None:
+                        gold = logits.gather(1, target[:, None])
+                        ranks[row, s - first:e - first] = (logits > gold).sum(1).cpu() + 1
             del hidden
         return nll, ranks
 
@@ -208,18 +223,42 @@ class Engine:
     def _tensor(self, ids: Sequence[int]) -> torch.Tensor:
         return torch.as_tensor(list(ids), dtype=torch.long, device=self.device)
 
+    def _batches(self, sequences: Sequence[Sequence[int]], generation: bool) -> list[range]:
+        """Consecutive runs of equal-length sequences, each at most `batch_size` long: what one forward
+        scores (same-length rows need no padding, so every row's numbers are those of a forward alone)."""
+        runs: list[range] = []
+        start = 0
+        while start < len(sequences):
+            length = len(sequences[start])
+            size = self.batch_size(length, generation)
+            stop = start + 1
+            while stop < len(sequences) and stop - start < size and len(sequences[stop]) == length:
+                stop += 1
+            runs.append(range(start, stop))
+            start = stop
+        return runs
+
     # ---------------------------------------------------------------------------------- verbs
-    @torch.inference_mode()
     def token_nll(self, ids: Sequence[int], plan: Plan | None = None) -> torch.Tensor:
         """Per-token NLL (nats, float32, on CPU) of ids[1:], length len(ids) - 1.
 
         Length-dependent RoPE is fixed for len(ids): the numbers equal a plain forward of exactly
         these tokens on a freshly loaded model.
         """
-        tensor = self._tensor(ids)
-        plan = plan or self.plan(tensor.numel())
-        with self._rope_context(tensor.numel()):
-            return self._score(tensor, 0, False, plan)[0]
+        return self.token_nll_batch([ids], plan)[0]
+
+    @torch.inference_mode()
+    def token_nll_batch(self, sequences: Sequence[Sequence[int]],
+                        plan: Plan | None = None) -> list[torch.Tensor]:
+        """`token_nll` of each sequence; equal-length ones share a forward, `batch_size` rows at a time
+        (a single-pass plan only; each row's numbers are those of its own forward)."""
+        out: list[torch.Tensor] = []
+        for run in self._batches(sequences, False):
+            tensor = torch.stack([self._tensor(sequences[i]) for i in run])
+            length = tensor.shape[1]
+            with self._rope_context(length):
+                out.extend(self._score(tensor, 0, False, plan or self.plan(length))[0])
+        return out
 
     @torch.inference_mode()
     def answer_score(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> AnswerScore:
@@ -227,20 +266,19 @@ class Engine:
         tensor = self._tensor([*prompt_ids, *answer_ids])
         first = len(prompt_ids) - 1
         with self._rope_context(tensor.numel()):
-            nll, ranks = self._score(tensor, first, True, self.plan(tensor.numel()))
-        return AnswerScore(float(-nll.sum()), int(ranks.max()), [float(-x) for x in nll])
+            nll, ranks = self._score(tensor[None], first, True, self.plan(tensor.numel()))
+        return AnswerScore(float(-nll.sum()), int(ranks.max()), [float(-x) for x in nll[0]])
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
                  stop_ids: Sequence[int] = ()) -> list[int]:
         """Greedy continuation after a prefill of the prompt in the plan for its length (chunked, or
         layer-streamed into the cache; RoPE fixed at the prompt length when length-dependent)."""
-        tensor = self._tensor(prompt_ids)
-        with self._rope_context(tensor.numel()):
+        tensor = self._tensor(prompt_ids)[None]
+        with self._rope_context(tensor.shape[1]):
             cache, out = self._prefill(tensor)
-            return self._greedy(cache, out, max_new_tokens, stop_ids)
+            return self._greedy(cache, out, max_new_tokens, stop_ids)[0]
 
-    @torch.inference_mode()
     def score_and_generate(self, prompt_ids: Sequence[int], answer_ids: Sequence[int], max_new_tokens: int,
                            stop_ids: Sequence[int] = ()) -> tuple[AnswerScore, list[int]]:
         """`answer_score(prompt_ids, answer_ids)` and `generate(prompt_ids, max_new_tokens, stop_ids)` from
@@ -252,17 +290,34 @@ class Engine:
         Length-dependent RoPE (dynamic, LongRoPE) fixes the frequencies for the whole input, which differs
         between the two (prompt + answer vs prompt): there the two verbs run as they are (two prefills).
         """
-        if not answer_ids:
+        return self.score_and_generate_batch([prompt_ids], [answer_ids], max_new_tokens, stop_ids)[0]
+
+    @torch.inference_mode()
+    def score_and_generate_batch(self, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
+                                 max_new_tokens: int, stop_ids: Sequence[int] = ()
+                                 ) -> list[tuple[AnswerScore, list[int]]]:
+        """`score_and_generate` of each (prompt, answer); equal-length prompts share the prefill, the
+        teacher forcing (answers right-padded: a causal model's earlier positions never see the padding)
+        and the greedy steps, `batch_size(generation=True)` rows at a time."""
+        if any(not answer for answer in answers):
             raise ValueError("score_and_generate needs at least one answer token")
         if self.length_dependent:
-            return (self.answer_score(prompt_ids, answer_ids),
-                    self.generate(prompt_ids, max_new_tokens, stop_ids))
-        prompt, answer = self._tensor(prompt_ids), self._tensor(answer_ids)
-        # the head's input on the last prefill chunk: hidden state of the last prompt token
+            return [(self.answer_score(p, a), self.generate(p, max_new_tokens, stop_ids))
+                    for p, a in zip(prompts, answers, strict=True)]
+        out: list[tuple[AnswerScore, list[int]]] = []
+        for run in self._batches(prompts, True):
+            out.extend(self._score_and_generate(torch.stack([self._tensor(prompts[i]) for i in run]),
+                                                [answers[i] for i in run], max_new_tokens, stop_ids))
+        return out
+
+    def _score_and_generate(self, prompt: torch.Tensor, answers: list[Sequence[int]], max_new_tokens: int,
+                            stop_ids: Sequence[int]) -> list[tuple[AnswerScore, list[int]]]:
+        rows, widest = prompt.shape[0], max(len(a) for a in answers)
+        # the head's input on the last prefill chunk: hidden state of each row's last prompt token
         last: list[torch.Tensor] = []
 
         def keep(module, args):
-            last[:] = [args[0][0, -1:]]
+            last[:] = [args[0][:, -1:]]
 
         hook = self.head.register_forward_pre_hook(keep)
         try:
@@ -270,43 +325,49 @@ class Engine:
         finally:
             hook.remove()
         if isinstance(out, _Prefilled):  # a streamed prompt: the head's input is known
-            last[:] = [out.hidden]
+            last[:] = [out.hidden[:, None]]
         if not last:  # a head the model forward does not call as a module: no shared prefill, same numbers
-            return (self.answer_score(prompt_ids, answer_ids),
-                    self._greedy(cache, out, max_new_tokens, stop_ids))
+            new = self._greedy(cache, out, max_new_tokens, stop_ids)
+            return [(self.answer_score(p.tolist(), a), n)
+                    for p, a, n in zip(prompt, answers, new, strict=True)]
+        # right-pad with each answer's last token: rows run to the widest answer, real positions unchanged
+        padded = self._tensor([[*a, *[a[-1]] * (widest - len(a))] for a in answers]).view(rows, widest)
         hidden = [last[0]]
-        if answer.numel() > 1:
+        if widest > 1:
             if hasattr(cache, "activate_past_recording"):  # sliding-window layers keep what the crop restores
                 cache.activate_past_recording()
-            step = self.decoder(input_ids=answer[None, :-1], use_cache=True, **{self.cache_kw: cache})
-            hidden.append(step.last_hidden_state[0])
-        hidden = torch.cat(hidden)
-        logprobs, ranks = [], []
-        for s in range(0, answer.numel(), HEAD_CHUNK):
-            logits = postprocess_logits(self.config, self.head(hidden[s:s + HEAD_CHUNK]).float())
-            target = answer[s:s + HEAD_CHUNK]
-            logprobs.append(-F.cross_entropy(logits, target, reduction="none").cpu())
-            ranks.append((logits > logits.gather(1, target[:, None])).sum(1).cpu() + 1)
+            step = self.decoder(input_ids=padded[:, :-1], use_cache=True, **{self.cache_kw: cache})
+            hidden.append(step.last_hidden_state)
+        hidden = torch.cat(hidden, dim=1)
+        scores = []
+        for row, answer in enumerate(answers):
+            logprobs, ranks = [], []
+            for s in range(0, len(answer), HEAD_CHUNK):
+                e = min(s + HEAD_CHUNK, len(answer))
+                logits = postprocess_logits(self.config, self.head(hidden[row, s:e]).float())
+                target = padded[row, s:e]
+                logprobs.append(-F.cross_entropy(logits, target, reduction="none").cpu())
+                ranks.append((logits > logits.gather(1, target[:, None])).sum(1).cpu() + 1)
+            logprob = torch.cat(logprobs)
+            scores.append(AnswerScore(float(logprob.sum()), int(torch.cat(ranks).max()),
+                                      [float(x) for x in logprob]))
         del hidden, logits
-        if answer.numel() > 1:
-            cache.crop(-(answer.numel() - 1))  # back to the prompt (a negative count: tokens to remove)
-        new = self._greedy(cache, out, max_new_tokens, stop_ids)
-        logprob = torch.cat(logprobs)
-        score = AnswerScore(float(logprob.sum()), int(torch.cat(ranks).max()), [float(x) for x in logprob])
-        return score, new
+        if widest > 1:
+            cache.crop(-(widest - 1))  # back to the prompt (a negative count: tokens to remove)
+        return list(zip(scores, self._greedy(cache, out, max_new_tokens, stop_ids), strict=True))
 
     def _prefill(self, tensor: torch.Tensor):
-        """(cache holding the prompt, the output on its last position), in the plan for the prompt length: one
-        pass when a single pass fits, the prefill plan's chunks through the cache, or, where the plan streams,
-        a layer-streamed prefill (`stream.prefill`: each layer's K/V goes into the cache as it is produced,
-        activations stay one layer's). The model's output (logits_to_keep=1) or a `_Prefilled`; generation
-        and teacher forcing run from the cache the same way after either."""
-        length = tensor.numel()
+        """(cache holding the prompts [B, L], the output on their last position), in the plan for the prompt
+        length: one pass when a single pass fits, the prefill plan's chunks through the cache, or, where the
+        plan streams (one row), a layer-streamed prefill (`stream.prefill`: each layer's K/V goes into the
+        cache as it is produced, activations stay one layer's). The model's output (logits_to_keep=1) or a
+        `_Prefilled`; generation and teacher forcing run from the cache the same way after either."""
+        length = tensor.shape[1]
         plan = self.plan(length)
         if plan.strategy == "stream":
             self._check_stream()
             cache = self._new_cache(self._offload_cache(length, plan))
-            hidden = stream.prefill(self.model, tensor, plan.chunk, cache)
+            hidden = stream.prefill(self.model, tensor[0], plan.chunk, cache)
             logits = postprocess_logits(self.config, self.head(hidden).float())
             return cache, _Prefilled(logits[None], hidden)
         chunk = plan.chunk if plan.strategy == "prefill" else length
@@ -314,7 +375,7 @@ class Engine:
             self._check_prefill()
         cache = self._new_cache()
         for start in range(0, length, chunk):
-            out = self.model(input_ids=tensor[None, start:start + chunk], use_cache=True, logits_to_keep=1,
+            out = self.model(input_ids=tensor[:, start:start + chunk], use_cache=True, logits_to_keep=1,
                              **{self.cache_kw: cache})
         return cache, out
 
@@ -330,14 +391,22 @@ class Engine:
             return False
         return plan.estimate_bytes + kv_cache_bytes(self.config, length, self.dtype) > self.max_memory
 
-    def _greedy(self, cache, out, max_new_tokens: int, stop_ids: Sequence[int]) -> list[int]:
-        new: list[int] = []
+    def _greedy(self, cache, out, max_new_tokens: int, stop_ids: Sequence[int]) -> list[list[int]]:
+        """Greedy tokens per row: a row ends at a stop id or max_new_tokens; the batch steps while any row
+        runs (rows are independent, so each row's tokens are those it gets alone)."""
+        rows = out.logits.shape[0]
+        new: list[list[int]] = [[] for _ in range(rows)]
+        running = set(range(rows))
         for _ in range(max_new_tokens):
-            token = int(out.logits[0, -1].argmax())
-            new.append(token)
-            if token in stop_ids or len(new) == max_new_tokens:  # no forward whose logits nobody reads
+            tokens = out.logits[:, -1].argmax(-1)
+            for row in sorted(running):
+                token = int(tokens[row])
+                new[row].append(token)
+                if token in stop_ids or len(new[row]) == max_new_tokens:
+                    running.discard(row)
+            if not running:  # no forward whose logits nobody reads
                 break
-            out = self.model(input_ids=self._tensor([token])[None], use_cache=True, logits_to_keep=1,
+            out = self.model(input_ids=tokens[:, None], use_cache=True, logits_to_keep=1,
                              **{self.cache_kw: cache})
         return new
 

@@ -146,3 +146,27 @@ def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_
         if plan is not None:
             return plan
     return largest(None, length) or Plan("prefill", 64, est(64), fits=False)
+
+
+BATCH_MAX = 64  # rows per forward, at most
+BATCH_TOKENS = 1 << 16  # auto batching adds rows up to 64K tokens a forward: past that one row fills a GPU
+
+
+def batch_rows(config, length: int, requested: int | str, *, dtype: str, attn: str, n_params: int,
+               max_memory: int | None, generation: bool = False, accelerator: bool = False) -> int:
+    """Rows of `length` tokens in one single-pass forward: `requested` (a number, or "auto": the most up to
+    BATCH_MAX rows and BATCH_TOKENS tokens, on an accelerator only, since on CPU a row already keeps every
+    core busy), lowered to what fits `max_memory`. Weights and the output head's sub-chunk (run row by row)
+    count once; each row adds its pass's activations, and for generation its KV cache."""
+    if requested == "auto":
+        if not accelerator:
+            return 1
+        requested = max(1, min(BATCH_MAX, BATCH_TOKENS // max(length, 1)))
+    rows = int(requested)
+    if rows <= 1 or max_memory is None:
+        return max(rows, 1)
+    one = estimate_bytes(config, length, None, dtype, attn, n_params)
+    vocab = rope_config.text_config(config).vocab_size
+    fixed = n_params * _DTYPE_BYTES[dtype] + min(HEAD_CHUNK, length) * vocab * 4 * 3
+    per_row = one - fixed + (kv_cache_bytes(config, length, dtype) if generation else 0)
+    return max(1, min(rows, (max_memory - fixed) // max(per_row, 1)))

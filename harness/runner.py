@@ -127,7 +127,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
             manifests[label] = {**loaded.manifest, "model": setting.model, "fingerprint": loaded.fingerprint}
             engine = Engine(loaded, chunk_size=options.chunk_size,
                             max_memory=options.max_memory or device_budget(loaded.device),
-                            strategy=options.strategy)
+                            strategy=options.strategy, batch_size=options.batch_size)
             for spec in tasks:
                 if not spec.applies_to(label):
                     continue
@@ -211,10 +211,13 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
                         break
                     status, error = "oom", one_line(exc)
                     free_accelerator_memory()
-                    if attempt == 0:  # retry once with a smaller chunk of the same strategy
+                    if attempt == 0 and engine.batch_size(longest, task.generates) > 1:
+                        engine.batch = 1  # retry a batch row by row first
+                    elif attempt == 0:  # retry once with a smaller chunk of the same strategy
                         engine.strategy = plan.strategy if plan.strategy != "single" else "prefill"
                         engine.chunk_size = max(64, (plan.chunk or longest) // 4)
             engine.chunk_size, engine.strategy = options.chunk_size, options.strategy
+            engine.batch = options.batch_size
         for i, cell in enumerate(group):
             record = {**ctx.base_record, "task": task_name, "length": cell.length, "depth": cell.depth,
                       "sample": cell.sample, "status": status, "error": error, "plan": str(plan)}

@@ -32,10 +32,10 @@ import tomllib
 
 from harness.errors import InputError, one_line, writable_folder
 from harness.rope_config import RopeOverride
-from harness.values import length_value, parse_lengths, parse_param, parse_size, safe_name
+from harness.values import batch_value, length_value, parse_lengths, parse_param, parse_size, safe_name
 from tasks.base import TaskParams, get_task
 
-RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "strategy", "max_memory", "report"}
+RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "strategy", "batch_size", "max_memory", "report"}
 SETTING_KEYS = {"model", "label", "rope_theta", "rope_type", "rope_factor", "rope_params", "pretrain_base",
                 "train_len", "tune_len", "dtype", "device", "attn", "revision", "trust_remote_code"}
 TASK_KEYS = {"name", "lengths", "samples", "seed", "corpus", "bos", "settings"}
@@ -81,6 +81,7 @@ class RunOptions:
     out: Path
     chunk_size: int | None = None
     strategy: str = "auto"  # auto | single | stream | prefill (harness.planner)
+    batch_size: int | str = 1  # rows per single-pass forward, or "auto" (harness.planner.batch_rows)
     max_memory: int | None = None
     dry_run: bool = False
     progress: bool = True
@@ -114,6 +115,7 @@ class Flags:
     attn: str | None = None
     chunk_size: int | None = None
     strategy: str | None = None
+    batch_size: int | str | None = None
     max_memory: str | None = None
     no_bos: bool = False
     revision: str | None = None
@@ -309,8 +311,11 @@ def _run_options(run: dict[str, Any], flags: Flags, default_out: Path, suite: st
     strategy = flags.strategy or run.get("strategy") or "auto"
     if strategy not in ("auto", "single", "stream", "prefill"):
         raise InputError(f"strategy {strategy!r} is unknown: use auto, single, stream or prefill")
+    batch = flags.batch_size if flags.batch_size is not None else run.get("batch_size", 1)
+    if batch_value(batch) is None:
+        raise InputError(f"batch_size {batch!r} is not a batch size: use a whole number >= 1 or \"auto\"")
     writable_folder(out, "--out")
-    return RunOptions(out=out, chunk_size=chunk, strategy=strategy,
+    return RunOptions(out=out, chunk_size=chunk, strategy=strategy, batch_size=batch_value(batch),
                       max_memory=parse_size(str(memory)) if memory is not None else None,
                       dry_run=flags.dry_run, progress=not flags.no_progress, command=list(flags.argv),
                       suite=suite, verbose=flags.verbose)

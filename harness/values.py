@@ -67,6 +67,29 @@ def length_arg(text: str) -> int:
 length_arg.__name__ = "length"
 
 
+def batch_value(value) -> int | str | None:
+    """--batch-size / a suite's batch_size: a whole number >= 1 or "auto"; None when it is neither."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 1 else None
+    whole = length_value(value) if isinstance(value, str) else None
+    return whole if whole is not None and whole >= 1 else None
+
+
+def batch_arg(text: str) -> int | str:
+    """argparse type for --batch-size: a whole number >= 1 or auto."""
+    value = batch_value(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a batch size: pass a whole number >= 1 or auto")
+    return value
+
+
+batch_arg.__name__ = "batch size"
+
+
 def float_list(text: str) -> list[float]:
     """argparse type for a comma list of finite numbers ('1.5,2'); with action='extend' a flag may also
     be repeated (--factor 1.5 --factor 2)."""

@@ -152,6 +152,8 @@ class Task:
             ctx.state = self.prepare(ctx.preflight).state
         return ctx.state
 
+    generates = False  # whether its cells generate after a prompt (the KV cache stays for decoding)
+
     def groups(self, ctx: RunContext, cells: list[Cell]) -> list[list[Cell]]:
         """Cells that are scored together; default: each cell alone."""
         return [[c] for c in cells]
@@ -159,6 +161,27 @@ class Task:
     def score_group(self, ctx: RunContext, cells: list[Cell]) -> list[dict[str, Any]]:
         """Metrics per cell, in the order given. Raise on failure; the runner records it."""
         raise NotImplementedError
+
+
+def batch_groups(engine: Engine | None, units: list[list[Cell]],
+                 generation: bool = False) -> list[list[Cell]]:
+    """Units (cells scored together) merged into groups of up to `engine.batch_size(L)` units whose longest
+    length L is the same: the units of a group share forwards. Order is kept when nothing batches; else units
+    are ordered by that length first (stable), so equal lengths meet."""
+    def longest(unit: list[Cell]) -> int:
+        return max(c.length for c in unit)
+
+    sizes = {n: engine.batch_size(n, generation) if engine is not None else 1 for n in map(longest, units)}
+    if any(size > 1 for size in sizes.values()):
+        units = sorted(units, key=longest)
+    groups: list[list[list[Cell]]] = []
+    for unit in units:
+        last = groups[-1] if groups else None
+        if last and longest(last[0]) == longest(unit) and len(last) < sizes[longest(unit)]:
+            last.append(unit)
+        else:
+            groups.append([unit])
+    return [[cell for unit in group for cell in unit] for group in groups]
 
 
 # ------------------------------------------------------------------------------------------ registry

@@ -265,8 +265,12 @@ class CopyEngine:
     def answer_score(self, prompt_ids, answer_ids):
         return AnswerScore(-0.01 * len(answer_ids), 1, [-0.01] * len(answer_ids))
 
-    def score_and_generate(self, prompt_ids, answer_ids, max_new_tokens, stop_ids=()):
-        return self.answer_score(prompt_ids, answer_ids), self.generate(prompt_ids, max_new_tokens, stop_ids)
+    def score_and_generate_batch(self, prompts, answers, max_new_tokens, stop_ids=()):
+        return [(self.answer_score(p, a), self.generate(p, max_new_tokens, stop_ids))
+                for p, a in zip(prompts, answers, strict=True)]
+
+    def batch_size(self, length, generation=False):
+        return 1
 
 
 def run_cells(engine, tokenizer, params) -> list[dict]:

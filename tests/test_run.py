@@ -108,7 +108,7 @@ def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus
     from harness import engine
 
     calls = []
-    real = engine.Engine.token_nll
+    real = engine.Engine.token_nll_batch
 
     def flaky(self, ids, plan=None):
         calls.append(self.chunk_size)
@@ -116,7 +116,7 @@ def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(self, ids, plan)
 
-    monkeypatch.setattr(engine.Engine, "token_nll", flaky)
+    monkeypatch.setattr(engine.Engine, "token_nll_batch", flaky)
     assert run(tiny_llama, text_corpus, tmp_path / "a", "--samples", "1") == 0
     assert calls[0] is None and calls[1] is not None  # the retry ran with a smaller prefill chunk
     assert all(r["status"] == "ok" for r in records(tmp_path / "a"))
@@ -130,15 +130,15 @@ def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_generate(self, *args, **kwargs)
 
-    real_generate = engine.Engine.score_and_generate  # passkey scores and generates from one prefill
-    monkeypatch.setattr(engine.Engine, "score_and_generate", flaky_generate)
+    real_generate = engine.Engine.score_and_generate_batch  # passkey scores and generates from one prefill
+    monkeypatch.setattr(engine.Engine, "score_and_generate_batch", flaky_generate)
     assert main(["run", "--model", str(tiny_llama), "--task", "passkey", "--lengths", "300", "--depths",
                  "0.5", "--samples", "1", "--out", str(tmp_path / "p"), "--no-progress", "--no-report"]) == 0
     (row,) = records(tmp_path / "p")
     # the plan that produced the record
     assert row["status"] == "ok" and row["plan"] == f"prefill:{calls[-1]}"
 
-    monkeypatch.setattr(engine.Engine, "token_nll", always)
+    monkeypatch.setattr(engine.Engine, "token_nll_batch", always)
     assert run(tiny_llama, text_corpus, tmp_path / "b") == 1
     rows = records(tmp_path / "b")
     assert len(rows) == 6 and {r["status"] for r in rows} == {"oom"} and "simulated" in rows[0]["error"]
@@ -151,8 +151,8 @@ def test_nan_loss_is_an_error_and_max_memory_records_oom(tiny_llama, text_corpus
     assert "--max-memory 1.0 MiB" in rows[0]["error"]  # a budget in MiB reads as MiB, not "0.00 GiB"
     from harness import engine
 
-    monkeypatch.setattr(engine.Engine, "token_nll",
-                        lambda self, ids, plan=None: torch.full((len(ids) - 1,), float("nan")))
+    monkeypatch.setattr(engine.Engine, "token_nll_batch",
+                        lambda self, rows, plan=None: [torch.full((len(r) - 1,), float("nan")) for r in rows])
     assert run(tiny_llama, text_corpus, tmp_path / "n") == 1
     assert {r["status"] for r in records(tmp_path / "n")} == {"error"}
 

@@ -90,7 +90,7 @@ def test_failed_cells_heal_and_the_exit_code_counts_the_grid(tiny_llama, text_co
     from harness import engine
 
     out = tmp_path / "r"
-    real = engine.Engine.token_nll
+    real = engine.Engine.token_nll_batch
     calls = []
 
     def second_pass_fails(self, ids, plan=None):  # one pass per sample: the second is sample 1's
@@ -99,10 +99,10 @@ def test_failed_cells_heal_and_the_exit_code_counts_the_grid(tiny_llama, text_co
             raise RuntimeError("simulated failure")
         return real(self, ids, plan)
 
-    monkeypatch.setattr(engine.Engine, "token_nll", second_pass_fails)
+    monkeypatch.setattr(engine.Engine, "token_nll_batch", second_pass_fails)
     assert run(tiny_llama, text_corpus, out, "--samples", "3") == 1
     assert {(r["sample"], r["status"]) for r in records(out)} == {(0, "ok"), (1, "error"), (2, "ok")}
-    monkeypatch.setattr(engine.Engine, "token_nll", real)
+    monkeypatch.setattr(engine.Engine, "token_nll_batch", real)
     capsys.readouterr()
     assert run(tiny_llama, text_corpus, out, "--samples", "3") == 0  # healed: only sample 1 ran again
     printed = capsys.readouterr().out
@@ -120,7 +120,7 @@ def test_exit_1_while_any_cell_of_the_grid_has_no_ok_record(tiny_llama, text_cor
     from harness import engine
 
     out = tmp_path / "r"
-    monkeypatch.setattr(engine.Engine, "token_nll", lambda self, ids, plan=None: (_ for _ in ()).throw(
+    monkeypatch.setattr(engine.Engine, "token_nll_batch", lambda self, ids, plan=None: (_ for _ in ()).throw(
         torch.OutOfMemoryError("out of memory (simulated)")))
     assert run(tiny_llama, text_corpus, out) == 1
     assert run(tiny_llama, text_corpus, out) == 1  # retried, failed again: still 1, records appended

@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.errors import InputError
 from harness.metrics import MeasureSpec
-from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams
+from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams, batch_groups
 from tasks.generation import (
     CHAT_TEMPLATE,
     DEPTHS,
@@ -72,6 +72,7 @@ class PasskeyState:
 
 class PasskeyTask(Task):
     name = "passkey"
+    generates = True
     options = (
         DEPTHS, MAX_NEW_TOKENS, CHAT_TEMPLATE,
         Option("key_digits", f"passkey: digits of each key (default {DEFAULT_KEY_DIGITS})", type=int,
@@ -137,15 +138,21 @@ class PasskeyTask(Task):
                      "scores ' K' tokenised after the last word alone")
         return prompt
 
+    def groups(self, ctx: RunContext, cells: list[Cell]) -> list[list[Cell]]:
+        """Cells of one length (every prompt has exactly L tokens) batched as the engine allows."""
+        return batch_groups(ctx.engine, [[c] for c in cells], generation=True)
+
     def score_group(self, ctx: RunContext, cells: list[Cell]) -> list[dict[str, Any]]:
         options = self.state_of(ctx).options
+        prompts = [self.build(ctx, cell) for cell in cells]
+        # one prefill per prompt (shared by equal-length prompts of a batch): the answer's teacher-forced
+        # score and the greedy continuation share the prompt's cache
+        scored = ctx.engine.score_and_generate_batch(
+            [p.ids for p in prompts], [p.answer_ids for p in prompts], options.max_new_tokens,
+            stop_ids=stop_ids(ctx.tokenizer, ctx.engine))
+        batch = min(len(cells), ctx.engine.batch_size(max(c.length for c in cells), generation=True))
         out = []
-        for cell in cells:
-            prompt = self.build(ctx, cell)
-            # one prefill: the answer's teacher-forced score and the greedy continuation share the prompt's
-            # cache
-            score, new = ctx.engine.score_and_generate(prompt.ids, prompt.answer_ids, options.max_new_tokens,
-                                                       stop_ids=stop_ids(ctx.tokenizer, ctx.engine))
+        for prompt, (score, new) in zip(prompts, scored, strict=True):
             generated = ctx.tokenizer.decode(new, skip_special_tokens=True)
             answer = first_integer(generated)
             out.append({
@@ -156,6 +163,7 @@ class PasskeyTask(Task):
                 "needle_position": prompt.needle_position,
                 "needle_depth": prompt.needle_depth, "haystack_tokens": prompt.haystack_tokens,
                 "needles": options.needles, "needle_name": prompt.name, "haystack": options.haystack,
+                "batch": batch,
             })
         return out
 

@@ -17,7 +17,7 @@ import tasks.perplexity.key_tokens as kt
 from harness.corpus import Sample, iter_documents, make_samples
 from harness.errors import InputError
 from harness.metrics import MeasureSpec, PositionMeasureSpec
-from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams
+from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams, batch_groups
 
 BUCKETS = 128  # per-position buckets over the longest length
 
@@ -163,37 +163,54 @@ class PerplexityTask(Task):
         return [hashlib.sha256(",".join(map(str, s.tokens)).encode()).hexdigest()[:16] for s in state.samples]
 
     def groups(self, ctx: RunContext, cells: list[Cell]) -> list[list[Cell]]:
-        if ctx.engine is not None and ctx.engine.length_dependent:
-            return [[c] for c in cells]
-        by_sample: dict[int, list[Cell]] = {}
+        """Every length of a sample from one pass (length-dependent RoPE: one pass per length), and samples
+        of one longest length batched as the engine allows."""
+        dependent = ctx.engine is not None and ctx.engine.length_dependent
+        units: dict[tuple, list[Cell]] = {}
         for cell in cells:
-            by_sample.setdefault(cell.sample, []).append(cell)
-        return list(by_sample.values())
+            units.setdefault((cell.sample, cell.length) if dependent else (cell.sample,), []).append(cell)
+        return batch_groups(ctx.engine, list(units.values()))
 
     def _ids(self, ctx: RunContext, sample: Sample) -> list[int]:
         bos = [ctx.tokenizer.bos_token_id] if ctx.params.bos else []
         return bos + sample.tokens
 
     def score_group(self, ctx: RunContext, cells: list[Cell]) -> list[dict[str, Any]]:
-        sample = self.state_of(ctx).samples[cells[0].sample]
-        ids = self._ids(ctx, sample)
+        """The group's samples (one longest length) in shared forwards, then each sample's cells."""
+        state = self.state_of(ctx)
+        order = list(dict.fromkeys(c.sample for c in cells))
         longest = max(c.length for c in cells)
         plan = ctx.engine.plan(longest)
-        nll = ctx.engine.token_nll(ids[:longest], plan)
+        ids = {index: self._ids(ctx, state.samples[index]) for index in order}
+        nlls = ctx.engine.token_nll_batch([ids[index][:longest] for index in order], plan)
+        batch = min(len(order), ctx.engine.batch_size(longest))
+        results: dict[Cell, dict[str, Any]] = {}
+        for index, nll in zip(order, nlls, strict=True):
+            mine = [c for c in cells if c.sample == index]
+            for cell, metrics in zip(mine, self._sample_metrics(ctx, index, ids[index], nll, mine, str(plan)),
+                                     strict=True):
+                results[cell] = {**metrics, "batch": batch}
+        return [results[c] for c in cells]
+
+    def _sample_metrics(self, ctx: RunContext, index: int, ids: list[int], nll, cells: list[Cell],
+                        plan: str) -> list[dict[str, Any]]:
+        """Metrics of one sample's cells from its pass over the group's longest length (`nll`)."""
+        sample = self.state_of(ctx).samples[index]
+        longest = nll.numel() + 1
         if longest == max(ctx.params.lengths):
-            self._write_positions(ctx, cells[0].sample, nll, longest)
+            self._write_positions(ctx, index, nll, longest)
         stride = ctx.params.options.get("sliding_stride")
         key = self.state_of(ctx).key
         mask = None
         if key is not None:
             full = nll if longest == len(ids) else None  # 'self' reuses the longest pass as its full pass
-            mask = self._key_mask(ctx, key, cells[0].sample, sample, full)
+            mask = self._key_mask(ctx, key, index, sample, full)
         results = []
         for cell in cells:
             predicted = nll[:cell.length - 1]
             mean = float(predicted.double().mean())
             metrics = {"ppl": math.exp(mean), "nll": mean, "tokens": cell.length - 1, "bos": ctx.params.bos,
-                       "doc_id": sample.doc_id, "offset": sample.offset, "plan": str(plan)}
+                       "doc_id": sample.doc_id, "offset": sample.offset, "plan": plan}
             if mask is not None:
                 metrics.update(self._key_metrics(key.settings, predicted, mask, ctx.params.bos))
             if stride:

@@ -1,0 +1,156 @@
+"""Batching: same-length sequences in one forward give the numbers of batch 1 (scoring: bit for bit on CPU);
+the planner sizes the batch (auto: accelerators only, within the budget); runs with --batch-size write the
+records batch 1 writes."""
+
+import json
+
+import pytest
+import torch
+from tiny import make_tiny
+
+from harness import engine, models, planner
+from harness.cli import main
+from harness.store import read_jsonl
+
+
+def ids_of(n, seed=0):
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def shapes(eng, call):
+    """(input shapes [B, n] of every decoder call made during `call()`, its result)."""
+    seen: list[tuple[int, int]] = []
+    hook = eng.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        result = call()
+    finally:
+        hook.remove()
+    return seen, result
+
+
+@pytest.fixture(scope="module")
+def gemma2(tmp_path_factory):  # sliding window 64 below the prompts, softcapping, eager attention
+    return make_tiny(tmp_path_factory.mktemp("gemma2"), "gemma2")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_token_nll_batch_is_batch_one_exactly(family, tiny_llama, gemma2):
+    loaded = models.load(str(tiny_llama if family == "llama" else gemma2))
+    alone, batched = engine.Engine(loaded), engine.Engine(loaded, batch_size=3)
+    rows = [ids_of(150, seed=s) for s in range(4)] + [ids_of(90, seed=9)]
+    want = [alone.token_nll(r) for r in rows]
+    seen, got = shapes(batched, lambda: batched.token_nll_batch(rows))
+    assert seen == [(3, 150), (1, 150), (1, 90)]  # runs of one length, at most 3 rows a forward
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))  # CPU: bit for bit
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_score_and_generate_batch_is_batch_one(family, tiny_llama, gemma2):
+    loaded = models.load(str(tiny_llama if family == "llama" else gemma2))
+    alone, batched = engine.Engine(loaded), engine.Engine(loaded, batch_size=4)
+    prompts = [ids_of(120, seed=s) for s in range(3)]
+    answers = [ids_of(1, seed=10), ids_of(6, seed=11), ids_of(3, seed=12)]  # padded to 6 in the batch
+    stops = alone.generate(prompts[0], 2)[1:]  # row 0 stops at its second token, the others run on
+    want = [alone.score_and_generate(p, a, 5, stops) for p, a in zip(prompts, answers, strict=True)]
+    assert any(len(new) < 5 for _, new in want) and any(len(new) == 5 for _, new in want)
+    seen, got = shapes(batched, lambda: batched.score_and_generate_batch(prompts, answers, 5, stops))
+    # one prefill, one teacher-forced step (answers padded to 6), then greedy steps, all three rows at once
+    assert seen == [(3, 120), (3, 5)] + [(3, 1)] * 4
+    for (score, new), (ref, ref_new) in zip(got, want, strict=True):
+        assert new == ref_new
+        assert score.rank == ref.rank and len(score.token_logprobs) == len(ref.token_logprobs)
+        assert score.logprob == pytest.approx(ref.logprob, rel=1e-6, abs=1e-6)
+
+
+def test_batch_rows_auto_accelerator_only_and_within_budget(tiny_llama):
+    eng = engine.Engine(models.load(str(tiny_llama)))
+    shape = dict(dtype="float32", attn="sdpa", n_params=eng.n_params)
+    assert planner.batch_rows(eng.config, 256, "auto", max_memory=None, **shape) == 1  # CPU
+    assert planner.batch_rows(eng.config, 256, "auto", max_memory=None, accelerator=True, **shape) == 64
+    assert planner.batch_rows(eng.config, 8192, "auto", max_memory=None, accelerator=True, **shape) == 8
+    one = planner.estimate_bytes(eng.config, 2048, None, "float32", "sdpa", eng.n_params)
+    fixed = eng.n_params * 4 + 1024 * eng.config.vocab_size * 12  # weights and the head's sub-chunk: once
+    budget = fixed + 10 * (one - fixed) + 1
+    rows = planner.batch_rows(eng.config, 2048, 32, max_memory=budget, **shape)
+    assert rows == 10
+    generating = planner.batch_rows(eng.config, 2048, 32, max_memory=budget, generation=True, **shape)
+    assert 1 <= generating < rows  # each row's KV cache counts too
+    assert planner.batch_rows(eng.config, 2048, 32, max_memory=1, **shape) == 1  # never below one row
+
+
+def test_no_batching_where_one_row_does_not_fit_a_single_pass(tiny_llama):
+    eng = engine.Engine(models.load(str(tiny_llama)), batch_size=8, max_memory=None)
+    assert eng.batch_size(300) == 8
+    one = planner.estimate_bytes(eng.config, 300, None, "float32", "sdpa", eng.n_params)
+    eng.max_memory = one - 1  # the plan streams: one row at a time
+    assert eng.plan(300).strategy == "stream" and eng.batch_size(300) == 1
+    seen, _ = shapes(eng, lambda: eng.token_nll_batch([ids_of(300, s) for s in range(2)]))
+    assert seen == []  # the stream pass runs layers, never the decoder's forward over a batch
+
+
+def run(model, corpus, out, *extra):
+    return main(["run", "--model", str(model), "--corpus", str(corpus), "--out", str(out), "--no-progress",
+                 "--no-report", "--samples", "3", *extra])
+
+
+def comparable(folder):
+    """Records without what may differ: time, batch, and the answer log-prob (compared to rounding)."""
+    drop = {"recorded_at", "batch", "answer_logprob"}
+    rows = sorted(read_jsonl(folder, "records"), key=lambda r: (r["length"], r["depth"] or 0, r["sample"]))
+    return ([json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True) for r in rows],
+            [r.get("answer_logprob", 0.0) for r in rows])
+
+
+@pytest.mark.parametrize("task", ["perplexity", "passkey"])
+def test_run_with_batch_size_writes_batch_one_records(task, tiny_llama, text_corpus, tmp_path):
+    extra = ["--task", task, "--lengths", "100,200" if task == "perplexity" else "300"]
+    if task == "passkey":
+        extra += ["--depths", "0,1"]
+    assert run(tiny_llama, text_corpus, tmp_path / "one", *extra) == 0
+    assert run(tiny_llama, text_corpus, tmp_path / "four", *extra, "--batch-size", "4") == 0
+    (one, one_logprobs), (four, four_logprobs) = comparable(tmp_path / "one"), comparable(tmp_path / "four")
+    assert one == four  # perplexity: bit for bit; passkey: the same tokens, ranks, prompts
+    assert four_logprobs == pytest.approx(one_logprobs, rel=1e-6)  # small GEMMs of the teacher-forced step
+    batches = [r["batch"] for r in read_jsonl(tmp_path / "four", "records")]
+    assert batches == ([3] * 6 if task == "perplexity" else [4] * 4 + [2] * 2)
+    assert {r["batch"] for r in read_jsonl(tmp_path / "one", "records")} == {1}
+
+
+def test_batched_oom_is_retried_row_by_row(tiny_llama, text_corpus, tmp_path, monkeypatch):
+    real, sizes = engine.Engine.token_nll_batch, []
+
+    def flaky(self, rows, plan=None):
+        sizes.append(self.batch_size(len(rows[0])))
+        if len(sizes) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, rows, plan)
+
+    monkeypatch.setattr(engine.Engine, "token_nll_batch", flaky)
+    assert run(tiny_llama, text_corpus, tmp_path / "r", "--lengths", "100", "--batch-size", "3") == 0
+    assert sizes == [3, 1]  # the retry keeps the plan and scores the rows one at a time
+    rows = list(read_jsonl(tmp_path / "r", "records"))
+    assert {(r["status"], r["batch"], r["plan"]) for r in rows} == {("ok", 1, "single")}
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "x", "1.5"])
+def test_bad_batch_size_is_one_line_exit_2(value, tiny_llama, text_corpus, tmp_path, capsys):
+    assert run(tiny_llama, text_corpus, tmp_path / "r", "--batch-size", value) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch-size" in err[0] and "auto" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_suite_batch_size_key(tmp_path, tiny_llama, text_corpus):
+    from harness.errors import InputError
+    from harness.suite import Flags, load_suite
+
+    def suite(value):
+        path = tmp_path / f"s{len(list(tmp_path.iterdir()))}.toml"
+        path.write_text(f'[run]\nbatch_size = {value}\n[[settings]]\nmodel = "{tiny_llama}"\n'
+                        f'[[tasks]]\nname = "perplexity"\nlengths = [64]\ncorpus = "{text_corpus}"\n')
+        return load_suite(str(path), Flags(out=str(tmp_path / "out")))
+
+    assert suite('"auto"').options.batch_size == "auto" and suite("8").options.batch_size == 8
+    with pytest.raises(InputError, match="batch_size"):
+        suite("0")
