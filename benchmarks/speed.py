@@ -14,12 +14,17 @@ repeats).
   Engine(strategy="single").token_nll on the same ids, paired in each repeat;
 - passkey cell at L (--pair-lengths): `score_and_generate(prompt, answer, max_new_tokens=9)` (one prefill)
   vs ONE `token_nll` pass over the same prompt, with the old two-prefill path (`answer_score` then
-  `generate`) timed alongside for comparison.
+  `generate`) timed alongside for comparison;
+- batching at L (--batch-lengths): Engine(batch_size=B).token_nll_batch over B same-length sequences (one
+  forward) vs Engine(batch_size=1) over the same B (B forwards), paired in each repeat; the numbers must be
+  bit-identical. On CPU one row already keeps the cores busy, so this is measured, not targeted: batching
+  is meant for GPUs at short L (`--batch-size auto` batches only on an accelerator).
 
 Exit status 1 when any target line reads MISSED, else 0.
 
     python benchmarks/speed.py [--lengths 1024,2048,4096,8192,16384] [--repeats 5] [--long-repeats 3]
-                               [--pair-lengths 2048,8192] [--threads N]
+                               [--pair-lengths 2048,8192] [--batch-lengths 256,1024] [--batch 8]
+                               [--threads N]
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--pair-lengths", default="2048,8192",
                         help="lengths of the stream-vs-single and passkey rows")
+    parser.add_argument("--batch-lengths", default="256,1024", help="lengths of the batching rows")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per batch in the batching rows")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a benchmark model folder")
     args = parser.parse_args()
     lengths = sorted(int(x) for x in args.lengths.split(","))
@@ -123,6 +130,9 @@ def main() -> int:
         held = [grid_ratio <= 1.2, ratios[worst] >= 0.8]
         if pair_lengths:
             held += pair_rows(args, loaded, eng, pair_lengths)
+        batch_lengths = sorted(int(x) for x in args.batch_lengths.split(",") if x)
+        if batch_lengths:
+            held.append(batch_rows(args, loaded, batch_lengths))
         print(f"\nload average at end: {bc.load_now()}")
     return 0 if all(held) else 1
 
@@ -184,6 +194,35 @@ def pair_rows(args, loaded, eng, pair_lengths: list[int]) -> list[bool]:
     print(f"Target passkey score_and_generate <= 1.15x one token_nll pass: highest {key_ratio[high]:.2f}x "
           f"at L={high} -> {bc.verdict(key_ratio[high] <= 1.15)}")
     return [stream_ratio[low] >= 0.8, key_ratio[high] <= 1.15]
+
+
+def batch_rows(args, loaded, lengths: list[int]) -> bool:
+    """Batched vs row-by-row token_nll_batch at each L: prints the table and the equality target line."""
+    import torch
+
+    from harness import engine
+
+    one, many = engine.Engine(loaded), engine.Engine(loaded, batch_size=args.batch)
+    rows, equal = [], True
+    for i, n in enumerate(lengths):
+        seqs = [bc.random_ids(n, seed=10 + k) for k in range(args.batch)]
+        got = bc.timings({"batched": lambda s=seqs: many.token_nll_batch(s),
+                          "rows": lambda s=seqs: one.token_nll_batch(s)}, args.repeats,
+                         warmup=1 if i == 0 else 0)
+        same = all(torch.equal(a, b) for a, b in zip(many.token_nll_batch(seqs), one.token_nll_batch(seqs),
+                                                      strict=True))
+        equal &= same
+        ratio = bc.paired_ratio(got["rows"], got["batched"])  # batched / row-by-row throughput
+        b, r = bc.median(got["batched"]), bc.median(got["rows"])
+        rows.append([n, args.batch, args.repeats, f"{b:.3f}", f"{r:.3f}", f"{args.batch * n / b:,.0f}",
+                     f"{args.batch * n / r:,.0f}", f"{ratio:.2f}", "yes" if same else "NO"])
+    print(f"\n### Batching: {args.batch} same-length sequences in one forward vs one at a time "
+          "(token_nll_batch)\n")
+    print(bc.table(["L", "batch", "repeats", "batched s", "one at a time s", "batched tok/s",
+                    "one at a time tok/s", "batched / one at a time throughput", "bit-identical"], rows))
+    print(f"\nTarget batched token_nll bit-identical to batch 1 at every L (CPU): "
+          f"{'all equal' if equal else 'differs'} -> {bc.verdict(equal)}")
+    return equal
 
 
 if __name__ == "__main__":
