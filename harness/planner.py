@@ -149,19 +149,20 @@ def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_
 
 
 BATCH_MAX = 64  # rows per forward, at most
-BATCH_TOKENS = 1 << 16  # auto batching adds rows up to 64K tokens a forward: past that one row fills a GPU
+# auto batching adds rows up to this many tokens a forward: past 64K one row fills a GPU; on CPU, 4K tokens
+# already fill the GEMMs (benchmarks/speed.py) and cost no more memory than one 4K-token pass
+BATCH_TOKENS = {"accelerator": 1 << 16, "cpu": 1 << 12}
 
 
 def batch_rows(config, length: int, requested: int | str, *, dtype: str, attn: str, n_params: int,
                max_memory: int | None, generation: bool = False, accelerator: bool = False) -> int:
     """Rows of `length` tokens in one single-pass forward: `requested` (a number, or "auto": the most up to
-    BATCH_MAX rows and BATCH_TOKENS tokens, on an accelerator only, since on CPU a row already keeps every
-    core busy), lowered to what fits `max_memory`. Weights and the output head's sub-chunk (run row by row)
-    count once; each row adds its pass's activations, and for generation its KV cache."""
+    BATCH_MAX rows and BATCH_TOKENS tokens), lowered to what fits `max_memory`. Weights and the output
+    head's sub-chunk (run row by row) count once; each row adds its pass's activations, and for generation
+    its KV cache."""
     if requested == "auto":
-        if not accelerator:
-            return 1
-        requested = max(1, min(BATCH_MAX, BATCH_TOKENS // max(length, 1)))
+        tokens = BATCH_TOKENS["accelerator" if accelerator else "cpu"]
+        requested = max(1, min(BATCH_MAX, tokens // max(length, 1)))
     rows = int(requested)
     if rows <= 1 or max_memory is None:
         return max(rows, 1)
