@@ -4,7 +4,8 @@ vs sdpa. Only where CUDA is present; elsewhere it prints one line and exits 0.
 
     python benchmarks/gpu.py [--lengths 32768,131072,524288,1048576] [--strategies single,stream,prefill]
                              [--attn flash_attention_2,sdpa] [--time-box 420] [--peak-tflops T]
-                             [--max-memory-gib G] [--plan-only [--card-gib 139]]
+                             [--batch-lengths 4096,16384] [--max-memory-gib G] [--plan-only [--card-gib 139]]
+                             [--smoke]
 
 Model: LlamaConfig(hidden 4096, intermediate 14336, 32 layers, 32 heads, 8 KV heads, vocab 128256, RoPE theta
 5e5), weights drawn on the device in bfloat16 (timing and memory do not depend on their values). Each cell
@@ -17,7 +18,12 @@ under --time-box seconds of passes (default 420 s: < 8 min with the model build 
 Model FLOPs of one scoring pass (forward only, causal attention): 2 * N * L + 2 * layers * L^2 * (heads *
 head_dim), N = non-embedding parameters plus the output head (PaLM appendix B convention).
 MFU = model FLOPs / seconds / the card's dense bf16 peak (--peak-tflops, else a small table of known cards).
+Batching rows (--batch-lengths): Engine(batch_size="auto") over as many same-length sequences as the planner
+batches vs the same sequences one at a time (tokens/s of each, and the largest per-token NLL difference).
 --plan-only prints the planner's table for the model on a card of --card-gib GiB (CPU; no weights).
+--smoke runs every code path of the script on CPU with a tiny Llama (float32, lengths 1K/2K, batching at
+512), so it is known to run before a GPU is at hand (tests/test_benchmarks.py runs it); its numbers mean
+nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +47,32 @@ LENGTHS = (32768, 131072, 524288, 1048576)
 STRATEGIES = ("single", "stream", "prefill")
 ATTNS = ("flash_attention_2", "sdpa")
 NO_CUDA = "no CUDA device: nothing to run"
+SMOKE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+             tie_word_embeddings=False)
+SHAPE = LLAMA3_8B  # the model of this run (--smoke: SMOKE)
+DEVICE, DTYPE = "cuda", "bfloat16"
+
+
+def sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float:
+    """Peak device memory since reset_peak (CUDA max_memory_allocated; nan on CPU, where it is not read)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else float("nan")
 
 
 def peak_tflops(name: str, dtype: str, given: float | None) -> float | None:
@@ -57,7 +89,7 @@ def peak_tflops(name: str, dtype: str, given: float | None) -> float | None:
 def llama3_8b_config(attn: str = "sdpa"):
     import transformers
 
-    config = transformers.LlamaConfig(**LLAMA3_8B,
+    config = transformers.LlamaConfig(**SHAPE,
                                       rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
     config._attn_implementation = attn
     return config
@@ -85,7 +117,7 @@ def model_flops(config, n_flops_params: int, length: int) -> float:
 def plan_for(config, length: int, strategy: str, attn: str, n_params: int, budget: int):
     from harness import planner
 
-    return planner.make_plan(config, length, dtype="bfloat16", attn=attn, n_params=n_params,
+    return planner.make_plan(config, length, dtype=DTYPE, attn=attn, n_params=n_params,
                              max_memory=budget, strategy=strategy)
 
 
@@ -109,7 +141,7 @@ def projected_seconds(flops: float, rates: list[float]) -> float | None:
 
 
 def build_model(attn: str):
-    """The Llama-3-8B-shaped model, random bf16 weights initialised on the card, as a harness Loaded."""
+    """The model of SHAPE, random weights initialised on DEVICE in DTYPE, as a harness Loaded."""
     import torch
     import transformers
 
@@ -118,9 +150,9 @@ def build_model(attn: str):
     config = llama3_8b_config(attn)
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(getattr(torch, DTYPE))
     try:
-        with torch.device("cuda"):
+        with torch.device(DEVICE):
             model = transformers.LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
@@ -130,7 +162,7 @@ def build_model(attn: str):
             if name.endswith("inv_freq"):
                 setattr(module, name, buffer.float())
     return models.Loaded(model=model, tokenizer=None, config=model.config, manifest={}, fingerprint="random",
-                         device="cuda", dtype="bfloat16", attn=attn)
+                         device=DEVICE, dtype=DTYPE, attn=attn)
 
 
 def set_attn(loaded, attn: str) -> None:
@@ -145,7 +177,8 @@ def free() -> None:
     import torch
 
     gc.collect()
-    torch.cuda.empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
 
 
 def run_cells(args, loaded, n_flops: int, peak: float | None, budget: int,
@@ -173,8 +206,8 @@ def run_cells(args, loaded, n_flops: int, peak: float | None, budget: int,
                                  "", "", "", ""])
             warm = next(iter(engines.values()), None)
             if warm is not None:
-                warm.token_nll(bc.random_ids(4096, vocab=vocab))
-            torch.cuda.synchronize()  # warm-up: kernels, allocator
+                warm.token_nll(bc.random_ids(min(4096, min(args.lengths)), vocab=vocab))
+            sync()  # warm-up: kernels, allocator
         except Exception as exc:
             rows.append([attn, "", "", "", f"unavailable: {one_line(exc, 140)}", "", "", "", ""])
             free()
@@ -200,18 +233,18 @@ def run_cells(args, loaded, n_flops: int, peak: float | None, budget: int,
                     continue
                 ids = bc.random_ids(length, vocab=vocab)
                 free()
-                torch.cuda.reset_peak_memory_stats()
+                reset_peak()
                 error = None
                 start = time.perf_counter()
                 try:
                     eng.token_nll(ids, plan)
-                    torch.cuda.synchronize()
-                except torch.cuda.OutOfMemoryError:
-                    error = "CUDA out of memory"
+                    sync()
+                except torch.OutOfMemoryError:
+                    error = "out of memory"
                 except Exception as exc:
                     error = one_line(exc, 120)
                 seconds = time.perf_counter() - start
-                mem = torch.cuda.max_memory_allocated() / 2**30
+                mem = peak_gib()
                 free()  # outside the except blocks: the failed pass's tensors are released by now
                 if error:
                     rows.append([attn, length, strategy, str(plan), f"failed: {error}", "", "", f"{mem:.1f}",
@@ -226,6 +259,36 @@ def run_cells(args, loaded, n_flops: int, peak: float | None, budget: int,
     return rows
 
 
+def batch_cells(args, loaded, budget: int) -> list[list[object]]:
+    """Batched (auto) vs one at a time at each of --batch-lengths, sdpa: tokens/s, rows, NLL agreement."""
+    from harness import engine
+
+    set_attn(loaded, "sdpa")
+    one = engine.Engine(loaded, max_memory=budget)
+    many = engine.Engine(loaded, max_memory=budget, batch_size="auto")
+    vocab, rows = loaded.config.vocab_size, []
+    for length in args.batch_lengths:
+        size = many.batch_size(length)
+        seqs = [bc.random_ids(length, seed=s, vocab=vocab) for s in range(max(size, 2))]
+        times = {}
+        for name, eng in (("one", one), ("batched", many)):
+            eng.token_nll_batch(seqs[:1])  # warm-up at this length
+            sync()
+            reset_peak()
+            start = time.perf_counter()
+            nll = eng.token_nll_batch(seqs)
+            sync()
+            times[name] = (time.perf_counter() - start, peak_gib(), nll)
+        diff = max(float((a - b).abs().max()) for a, b in zip(times["one"][2], times["batched"][2],
+                                                              strict=True))
+        tokens = len(seqs) * length
+        rows.append([length, size, len(seqs), f"{tokens / times['one'][0]:,.0f}",
+                     f"{tokens / times['batched'][0]:,.0f}", f"{times['one'][0] / times['batched'][0]:.2f}",
+                     f"{times['one'][1]:.1f} / {times['batched'][1]:.1f}", f"{diff:.1e}"])
+        free()
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
@@ -235,12 +298,20 @@ def main() -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense peak for MFU")
     parser.add_argument("--max-memory-gib", type=float, default=None,
                         help="planner budget (default: the card's total memory)")
+    parser.add_argument("--batch-lengths", default="4096,16384", help="lengths of the batching rows")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run every code path on CPU with a tiny model (the script's own check)")
     parser.add_argument("--plan-only", action="store_true", help="print the planner table only (no CUDA)")
     parser.add_argument("--card-gib", type=float, default=139.0, help="card memory for --plan-only")
     args = parser.parse_args()
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.strategies = [s for s in args.strategies.split(",") if s]
     args.attn = [a for a in args.attn.split(",") if a]
+    args.batch_lengths = [int(x) for x in args.batch_lengths.split(",") if x]
+    if args.smoke:
+        global SHAPE, DEVICE, DTYPE
+        SHAPE, DEVICE, DTYPE = SMOKE, "cpu", "float32"
+        args.lengths, args.batch_lengths, args.time_box = [1024, 2048], [512], min(args.time_box, 60.0)
 
     if args.plan_only:
         config = llama3_8b_config()
@@ -253,32 +324,40 @@ def main() -> int:
 
     import torch
 
-    if not torch.cuda.is_available():
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         print(NO_CUDA)
         return 0
     started = time.perf_counter()
-    name = torch.cuda.get_device_name(0)
-    peak = peak_tflops(name, "bfloat16", args.peak_tflops)
-    card = torch.cuda.get_device_properties(0).total_memory
+    name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "CPU (smoke run)"
+    peak = peak_tflops(name, DTYPE, args.peak_tflops)
+    card = torch.cuda.get_device_properties(0).total_memory if DEVICE == "cuda" else 8 * 2**30
     budget = int(args.max_memory_gib * 2**30) if args.max_memory_gib else card
     first = next((a for a in args.attn if a != "flash_attention_2" or importlib.util.find_spec("flash_attn")),
                  "sdpa")
     loaded = build_model(first)
     total, n_flops = param_counts(loaded.config)
     built = time.perf_counter() - started
-    shape = ", ".join(f"{k}={v}" for k, v in LLAMA3_8B.items() if k.endswith(("size", "layers", "heads")))
-    print(bc.header("GPU: Llama-3-8B shape, tokens/s, MFU and peak memory per strategy and L",
-                    where="bfloat16, CUDA",
-                    model=f"random Llama-3-8B-shaped ({total / 1e9:.2f} B parameters, {shape})"))
+    shape = ", ".join(f"{k}={v}" for k, v in SHAPE.items() if k.endswith(("size", "layers", "heads")))
+    what = "a tiny Llama (SMOKE RUN: checks the script, numbers mean nothing)" if args.smoke else \
+        "Llama-3-8B shape"
+    print(bc.header(f"GPU: {what}, tokens/s, MFU and peak memory per strategy and L",
+                    where=f"{DTYPE}, {DEVICE}",
+                    model=f"random weights ({total / 1e9:.3f} B parameters, {shape})"))
     print(f"- GPU: {name}, {card / 2**30:.0f} GiB, CUDA {torch.version.cuda}; planner budget "
           f"{budget / 2**30:.0f} GiB; dense peak used for MFU: "
           f"{f'{peak:g} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}; flash-attn "
           f"{'installed' if importlib.util.find_spec('flash_attn') else 'not installed'}")
-    print(f"- one pass of Engine(strategy=S).token_nll per cell after one 4K warm-up per attention; "
+    print(f"- one pass of Engine(strategy=S).token_nll per cell after one warm-up pass (4K, or the shortest "
+          "L) per attention; "
           f"model built on the card in {built:.0f} s; time box {args.time_box:.0f} s of passes\n")
     rows = run_cells(args, loaded, n_flops, peak, budget, time.perf_counter() + args.time_box)
     print(bc.table(["attention", "L", "strategy", "plan", "seconds", "tokens/s", "MFU", "peak GPU GiB",
                     "planner estimate GiB"], rows))
+    if args.batch_lengths:
+        print("\n### Batching (sdpa): --batch-size auto vs one sequence a forward\n")
+        print(bc.table(["L", "rows per forward (auto)", "sequences", "one at a time tok/s", "batched tok/s",
+                        "speed-up", "peak GPU GiB (one / batched)", "max per-token NLL difference"],
+                       batch_cells(args, loaded, budget)))
     print(f"\nwall time {time.perf_counter() - started:.0f} s")
     return 0
 
