@@ -124,6 +124,7 @@ class Task:
     name: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
     measures: ClassVar[tuple[MeasureSpec, ...]] = ()  # measured-length definitions, the default first
+    generates: ClassVar[bool] = False  # generates after its prompts: plans count the cache kept for decoding
 
     @classmethod
     def option_names(cls) -> list[str]:

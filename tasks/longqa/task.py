@@ -50,6 +50,7 @@ LOGPROB = MeasureSpec(
 
 class LongQATask(Task):
     name = "longqa"
+    generates = True
     options = (
         Option("source", "longqa: LongBench-format data (a .jsonl file, a folder of <dataset>.jsonl, or a "
                "Hugging Face id); omitted: the offline synthetic QA over --corpus",

@@ -72,6 +72,7 @@ class PasskeyState:
 
 class PasskeyTask(Task):
     name = "passkey"
+    generates = True
     options = (
         DEPTHS, MAX_NEW_TOKENS, CHAT_TEMPLATE,
         Option("key_digits", f"passkey: digits of each key (default {DEFAULT_KEY_DIGITS})", type=int,
