@@ -122,26 +122,32 @@ def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_
 
     `generation`: the sequence is a prompt to generate after, so every estimate also counts the KV cache
     that stays for decoding (`kv_cache_bytes`; prefill's estimate holds it already): a single pass or a
-    stream chunk is chosen only where it fits with the cache. With `offload_ok` (the engine: a CUDA
-    device), a stream plan whose cache does not fit at any chunk offloads it (`offload=True`; the estimate
-    counts `offloaded_cache_bytes` instead). Without `generation` every plan and estimate is as before."""
+    stream chunk is chosen only where it fits with the cache. It is at least weights + twice the cache:
+    each decoding step concatenates every layer's K/V one token longer (DynamicLayer.update), and the
+    freed, one-token-shorter blocks are not reused at once (benchmarks/memory.py, 24-layer model at 16K
+    on CPU: 4 new tokens peaked 0.31 x the cache above the streamed prompt's peak). With `offload_ok`
+    (the engine: a CUDA device), a stream plan whose cache does not fit at any chunk offloads it
+    (`offload=True`; the estimate counts `offloaded_cache_bytes` instead: decoding then holds ~3 layers on
+    the device). Without `generation` every plan and estimate is as before."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if stream_ok is None:
         stream_ok = stream.refusal(config) is None
     cache = kv_cache_bytes(config, length, dtype) if generation else 0
     offloaded = offloaded_cache_bytes(config, length, dtype) if generation and offload_ok else None
+    decode = n_params * _DTYPE_BYTES[dtype] + 2 * cache if generation else 0
 
     def est(chunk: int | None, kind: str | None = None) -> int:
         need = estimate_bytes(config, length, chunk, dtype, attn, n_params, kind)
-        return need + cache if kind == "stream" or chunk is None else need  # prefill counts its cache
+        return max(need + cache if kind == "stream" or chunk is None else need, decode)  # prefill: has it
 
     def fits(need: int) -> bool:
         return max_memory is None or need <= max_memory
 
     def stream_plan(chunk: int, offload: bool) -> Plan:
         chunk = min(chunk, length)
-        need = est(chunk, "stream") - cache + offloaded if offload else est(chunk, "stream")
+        need = (estimate_bytes(config, length, chunk, dtype, attn, n_params, "stream") + offloaded
+                if offload else est(chunk, "stream"))
         return Plan("stream", chunk, need, fits(need), offload)
 
     def prefill_plan(chunk: int) -> Plan:
