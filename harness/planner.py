@@ -51,8 +51,8 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
 
     Per token of a pass: residual stream and q/k/v/o projections (~8 x hidden), the MLP's
     intermediate activations (3 x intermediate), float32 final hidden states; eager attention also
-    materialises heads x q x kv scores. Prefill adds the KV cache over the whole length and, for sdpa
-    once a chunk has a past (chunk < length), the attention mask of q x kv: benchmarks/memory.py measured
+    materialises heads x q x kv scores. Prefill adds the KV cache over the whole length and, for sdpa,
+    the attention mask of q x kv (a single chunk as well): benchmarks/memory.py measured
     ~5.8 bytes per query-key pair whatever the number of heads (2 or 8; a bool mask and its float form;
     sdpa's fused kernels take the mask, no heads x q x kv scores exist), counted as 8 for allocator slack.
     `strategy="stream"` (chunk = query tokens per layer step): see `_stream_bytes`.
@@ -66,8 +66,8 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     head = min(HEAD_CHUNK, length) * vocab * 4 * 3
     weights = n_params * bytes_w
     cache = 0 if chunk is None else kv_cache_bytes(config, length, dtype)
-    # eager: heads x q x kv scores; sdpa prefill with a past: the q x kv mask only (a single chunk has none)
-    scores = heads * q_len * length * 4 if attn == "eager" else 8 * q_len * length if q_len < length else 0
+    # eager: heads x q x kv scores; sdpa prefill: the q x kv mask (a single chunk measured as much)
+    scores = heads * q_len * length * 4 if attn == "eager" else 8 * q_len * length if chunk is not None else 0
     return int(weights + activations + head + cache + scores)
 
 

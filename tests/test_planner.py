@@ -39,15 +39,14 @@ SCORING = [
 ]
 
 
-def test_prefill_counts_the_mask_only_once_a_chunk_has_a_past():
+def test_sdpa_prefill_counts_the_mask_not_per_head_scores():
     config, n_params = PARAMS["tiny"]
-    one = planner.estimate_bytes(config, 3000, 3000, "float32", "sdpa", n_params)  # a single chunk: no mask
-    two = planner.estimate_bytes(config, 3000, 2999, "float32", "sdpa", n_params)
-    assert one - two == (
-        (3000 - 2999) * (8 * 64 + 3 * 96) * 4 - 8 * 2999 * 3000)
     eager = planner.estimate_bytes(config, 3000, 512, "float32", "eager", n_params)
     sdpa = planner.estimate_bytes(config, 3000, 512, "float32", "sdpa", n_params)
-    assert eager - sdpa == (4 * 4 - 8) * 512 * 3000  # eager: 4 heads x 4 bytes of scores per pair
+    assert eager - sdpa == (4 * 4 - 8) * 512 * 3000  # eager: 4 heads x 4 bytes of scores per pair; sdpa: 8
+    single = planner.estimate_bytes(config, 3000, None, "float32", "sdpa", n_params)
+    one_chunk = planner.estimate_bytes(config, 3000, 3000, "float32", "sdpa", n_params)
+    assert one_chunk == single + planner.kv_cache_bytes(config, 3000, "float32") + 8 * 3000 * 3000
 
 
 @pytest.mark.parametrize("name,length,kw,text,estimate,fits", SCORING)
