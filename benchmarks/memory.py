@@ -10,16 +10,20 @@ loaded model. Linear memory in L means the increment doubles (x2.0) when L doubl
 The strategy table runs on two models of its own (a deep MHA one, where every layer's K/V is as wide as
 the hidden state, and a GQA one); its children fork from a server that has imported torch once
 (multiprocessing forkserver: a fresh process per measurement, without ~5 s of imports each). With CUDA
-(--device cuda) it also reads torch.cuda.max_memory_allocated above the loaded model.
+(--device cuda) it also reads torch.cuda.max_memory_allocated above the loaded model. Its generation rows
+measure `Engine.generate(ids, 4)` with the prompt layer-streamed into the KV cache against the planner's
+generation estimate (`plan(L, generation=True)`: the stream pass + the cache kept for decoding).
 
     python benchmarks/memory.py [--lengths 2048,4096,8192,16384] [--strategy-lengths 2048,...,32768]
-                                [--part all|methods|strategies] [--device cpu|cuda]
+                                [--generation-lengths 4096,16384] [--part all|methods|strategies]
+                                [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import subprocess
 import sys
@@ -47,6 +51,8 @@ STRATEGY_MODELS = {
 }
 STRATEGIES = ("single", "stream", "prefill")
 STRATEGY_CHUNK = 4096  # query tokens per chunk for stream and prefill alike (the stream planner's largest)
+GENERATE = "generate"  # the generation rows: strategy stream, generate(ids, NEW_TOKENS) after the prompt
+NEW_TOKENS = 4
 
 
 def vm_hwm_kb() -> int:
@@ -164,44 +170,48 @@ def strategy_child(model_dir: str, strategy: str, length: int, device: str, queu
 
         start = time.perf_counter()
         loaded = models.load(model_dir, RopeOverride(), dtype="float32", device=device, attn="sdpa")
-        eng = engine.Engine(loaded, strategy=strategy,
+        generate = strategy == GENERATE
+        eng = engine.Engine(loaded, strategy="stream" if generate else strategy,
                             chunk_size=None if strategy == "single" else STRATEGY_CHUNK)
         ids = bc.random_ids(length, vocab=STRATEGY_VOCAB)
-        plan = eng.plan(length)
+        plan = eng.plan(length, generation=generate)
         cuda = device.startswith("cuda")
         if cuda:
             torch.cuda.synchronize()
             floor = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         result.update(plan=str(plan), estimate=plan.estimate_bytes - eng.n_params * 4, load_kb=vm_hwm_kb())
-        nll = eng.token_nll(ids, plan)
+        if generate:
+            result["new"] = eng.generate(ids, NEW_TOKENS)
+        else:
+            result["nll"] = eng.token_nll(ids, plan).double().mean().item()
         if cuda:
             torch.cuda.synchronize()
             result["cuda_peak"] = torch.cuda.max_memory_allocated() - floor
-        result.update(peak_kb=vm_hwm_kb(), nll=nll.double().mean().item(),
-                      seconds=time.perf_counter() - start)
+        result.update(peak_kb=vm_hwm_kb(), seconds=time.perf_counter() - start)
     except Exception as exc:  # reported in the table
         result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     queue.put(result)
 
 
-def measure_strategies(ctx, model_dir: Path, lengths: list[int], device: str) -> dict[tuple[str, int], dict]:
+def measure_strategies(ctx, model_dir: Path, lengths: list[int], device: str,
+                       gen_lengths: list[int]) -> dict[tuple[str, int], dict]:
     results = {}
-    for length in lengths:
-        for strategy in STRATEGIES:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=strategy_child, args=(str(model_dir), strategy, length, device, queue))
-            proc.start()
-            try:
-                r = queue.get(timeout=3600)
-            except Exception:
-                r = {"strategy": strategy, "length": length,
-                     "error": f"child exit {proc.exitcode} without a result"}
-            proc.join()
-            results[(strategy, length)] = r
-            print(f"  measured {model_dir.name} {strategy} L={length}: " + (r.get("error") or
-                  f"{r['plan']}, +{(r['peak_kb'] - r['load_kb']) / 2**20:.2f} GiB, {r['seconds']:.1f}s"),
-                  file=sys.stderr, flush=True)
+    cells = [(s, n) for n in lengths for s in STRATEGIES] + [(GENERATE, n) for n in gen_lengths]
+    for strategy, length in cells:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=strategy_child, args=(str(model_dir), strategy, length, device, queue))
+        proc.start()
+        try:
+            r = queue.get(timeout=3600)
+        except Exception:
+            r = {"strategy": strategy, "length": length,
+                 "error": f"child exit {proc.exitcode} without a result"}
+        proc.join()
+        results[(strategy, length)] = r
+        print(f"  measured {model_dir.name} {strategy} L={length}: " + (r.get("error") or
+              f"{r['plan']}, +{(r['peak_kb'] - r['load_kb']) / 2**20:.2f} GiB, {r['seconds']:.1f}s"),
+              file=sys.stderr, flush=True)
     return results
 
 
@@ -210,22 +220,22 @@ def strategy_report(name: str, results: dict, lengths: list[int]) -> tuple[str, 
     spec = STRATEGY_MODELS[name]
     cuda = any("cuda_peak" in r for r in results.values())
     rows = []
-    for length in lengths:
-        for strategy in STRATEGIES:
-            r = results[(strategy, length)]
-            if "error" in r:
-                rows.append([length, strategy, r.get("plan", ""), "", f"failed: {r['error']}", "", ""]
-                            + ([""] if cuda else []))
-                continue
-            measured = (r["peak_kb"] - r["load_kb"]) * 1024
-            ratio = measured / r["estimate"]
-            row = [length, strategy, r["plan"], f"{r['estimate'] / 2**30:.3f}", f"{measured / 2**30:.3f}",
-                   f"{ratio:.2f}", f"{r['seconds']:.1f}"]
-            if cuda:
-                row.append(f"{r['cuda_peak'] / 2**30:.3f} ({r['cuda_peak'] / r['estimate']:.2f})"
-                           if "cuda_peak" in r else "")
-            rows.append(row)
-    columns = ["L", "strategy", "plan", "estimate GiB (pass, weights excluded)", "measured RSS increment GiB",
+    for (strategy, length), r in results.items():  # by L, then the generation rows
+        if strategy == GENERATE:
+            strategy = f"stream, generate({NEW_TOKENS})"
+        if "error" in r:
+            rows.append([length, strategy, r.get("plan", ""), "", f"failed: {r['error']}", "", ""]
+                        + ([""] if cuda else []))
+            continue
+        measured = (r["peak_kb"] - r["load_kb"]) * 1024
+        ratio = measured / r["estimate"]
+        row = [length, strategy, r["plan"], f"{r['estimate'] / 2**30:.3f}", f"{measured / 2**30:.3f}",
+               f"{ratio:.2f}", f"{r['seconds']:.1f}"]
+        if cuda:
+            row.append(f"{r['cuda_peak'] / 2**30:.3f} ({r['cuda_peak'] / r['estimate']:.2f})"
+                       if "cuda_peak" in r else "")
+        rows.append(row)
+    columns = ["L", "strategy", "plan", "estimate GiB (weights excluded)", "measured RSS increment GiB",
                "measured / estimate", "seconds"] + (["CUDA max allocated GiB (/ estimate)"] if cuda else [])
     cells = bc.table(columns, rows)
     top = max(lengths)
@@ -253,7 +263,7 @@ def strategy_report(name: str, results: dict, lengths: list[int]) -> tuple[str, 
     return cells, text
 
 
-def strategies_main(lengths: list[int], device: str, tmp: Path) -> None:
+def strategies_main(lengths: list[int], device: str, tmp: Path, gen_lengths: list[int]) -> None:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "transformers", "transformers.models.llama.modeling_llama",
                                 "harness.engine", "harness.models", "harness.stream"])
@@ -268,36 +278,62 @@ def strategies_main(lengths: list[int], device: str, tmp: Path) -> None:
           "1,024-token sub-chunks for all")
     print("- estimate = the plan's estimate_bytes minus the weights; measured = peak RSS (VmHWM) after the "
           "pass minus VmHWM once the engine is built (model loaded, self-check run); one run per cell\n")
-    ratios: dict[str, list[float]] = {s: [] for s in STRATEGIES}
-    versus_prefill = {}
+    ratios: dict[str, list[tuple[float, str]]] = {s: [] for s in (*STRATEGIES, GENERATE)}
+    versus: dict[str, list[tuple[str, float]]] = {"prefill": [], "single": []}
+    growth: list[tuple[float, str]] = []  # stream pass increment per doubling of L
     top = max(lengths)
     for name, spec in STRATEGY_MODELS.items():
         model_dir = bc.build_model(tmp / name, spec=spec)
-        results = measure_strategies(ctx, model_dir, lengths, device)
+        results = measure_strategies(ctx, model_dir, lengths, device, gen_lengths)
         cells, side = strategy_report(name, results, lengths)
         print(f"### {name}\n\n{cells}\n\n{side}\n")
-        for (strategy, _), r in results.items():
-            if "error" not in r:
-                ratios[strategy].append((r["peak_kb"] - r["load_kb"]) * 1024 / r["estimate"])
-        stream, prefill = results[("stream", top)], results[("prefill", top)]
-        if "error" not in stream and "error" not in prefill:
-            versus_prefill[name] = ((stream["peak_kb"] - stream["load_kb"])
-                                    / (prefill["peak_kb"] - prefill["load_kb"]))
-    worst = max(ratios["stream"], default=float("nan"))
+        inc = {k: (r["peak_kb"] - r["load_kb"]) * 1024 for k, r in results.items() if "error" not in r}
+        for (strategy, length), measured in inc.items():
+            ratios[strategy].append((measured / results[(strategy, length)]["estimate"],
+                                     f"{strategy} {name} L={length}"))
+        for other in versus:
+            if ("stream", top) in inc and (other, top) in inc:
+                versus[other].append((name, inc[("stream", top)] / inc[(other, top)]))
+        streamed = sorted(n for s, n in inc if s == "stream")
+        growth += [((inc[("stream", b)] / inc[("stream", a)]) ** (1 / math.log2(b / a)), f"{name} L={b}")
+                   for a, b in zip(streamed[:-1], streamed[1:], strict=True)]
+    every = [x for s in STRATEGIES for x in ratios[s]]
+
+    def worst(items: list[tuple[float, str]]) -> str:
+        return (f"highest {max(items)[0]:.2f} ({max(items)[1]}), lowest {min(items)[0]:.2f} ({min(items)[1]})"
+                if items else "no measurement")
+
+    def within(items: list[tuple[float, str]], cells: int) -> bool:
+        return len(items) == cells and all(0.5 <= r <= 1 for r, _ in items)
+
+    worst_stream = max(ratios["stream"], default=(float("nan"), ""))[0]
     print(f"Target stream estimate >= measured peak (measured / estimate <= 1) in every stream cell: highest "
-          f"{worst:.2f} -> {bc.verdict(worst <= 1)}")
-    halves = bool(versus_prefill) and all(v <= 0.5 for v in versus_prefill.values())
-    print(f"Target stream peak <= 1/2 of prefill's at L={top}: "
-          + ", ".join(f"{n} {v:.2f}" for n, v in versus_prefill.items()) + f" -> {bc.verdict(halves)}")
-    print("(single and prefill, for reference: highest measured / estimate "
-          + ", ".join(f"{s} {max(ratios[s], default=float('nan')):.2f}" for s in ("single", "prefill")) + ")")
+          f"{worst_stream:.2f} -> {bc.verdict(worst_stream <= 1)}")
+    cells = len(STRATEGY_MODELS) * len(lengths)
+    print("Target planner estimate conservative (measured <= estimate) and within 2x (measured >= estimate "
+          f"/ 2) for every strategy at every L: measured / estimate {worst(every)} -> "
+          f"{bc.verdict(within(every, len(STRATEGIES) * cells))}")
+    gen = ratios[GENERATE]
+    print(f"Target generation estimate (stream prompt + the KV cache kept for decoding) conservative and "
+          f"within 2x at L={','.join(map(str, gen_lengths))}: measured / estimate {worst(gen)} -> "
+          f"{bc.verdict(within(gen, len(STRATEGY_MODELS) * len(gen_lengths)))}")
+    for other, limit, text in (("prefill", 0.25, "1/4"), ("single", 0.5, "1/2")):
+        ok = len(versus[other]) == len(STRATEGY_MODELS) and all(v <= limit for _, v in versus[other])
+        print(f"Target stream peak <= {text} of {other}'s at L={top}: "
+              + ", ".join(f"{n} {v:.2f}" for n, v in versus[other])
+              + f" -> {bc.verdict(ok)}")
+    linear = len(growth) == len(STRATEGY_MODELS) * (len(lengths) - 1) and all(g <= 2.3 for g, _ in growth)
+    print("Target stream memory at most linear in L (pass increment <= x2 per doubling, +15% noise): "
+          + ", ".join(f"x{g:.2f} ({w})" for g, w in growth) + f" -> {bc.verdict(linear)}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="2048,4096,8192,16384")
-    parser.add_argument("--strategy-lengths", default="2048,8192,32768",
+    parser.add_argument("--strategy-lengths", default="2048,4096,8192,16384,32768",
                         help="lengths of the strategy table (single / stream / prefill)")
+    parser.add_argument("--generation-lengths", default="4096,16384",
+                        help="prompt lengths of the strategy table's generation rows (stream + generate)")
     parser.add_argument("--part", choices=("all", "methods", "strategies"), default="all",
                         help="methods: harness vs labels= vs lm-eval; strategies: the engine's strategies")
     parser.add_argument("--device", default=None,
@@ -317,7 +353,8 @@ def main() -> int:
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         with tempfile.TemporaryDirectory() as tmp:
-            strategies_main([int(x) for x in args.strategy_lengths.split(",")], device, Path(tmp))
+            strategies_main([int(x) for x in args.strategy_lengths.split(",")], device, Path(tmp),
+                            [int(x) for x in args.generation_lengths.split(",") if x])
         print(f"\nload average at end: {bc.load_now()}")
     return 0
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from harness import models, rope_config, stream
 from harness.errors import one_line
-from harness.planner import HEAD_CHUNK, STRATEGIES, Plan, batch_rows, kv_cache_bytes, make_plan
+from harness.planner import HEAD_CHUNK, STRATEGIES, Plan, batch_rows, make_plan
 
 
 @dataclass(frozen=True)
@@ -107,15 +107,18 @@ class Engine:
             self._check_stream()
 
     # ---------------------------------------------------------------------------------- planning
-    def plan(self, length: int, strategy: str | None = None) -> Plan:
+    def plan(self, length: int, strategy: str | None = None, generation: bool = False) -> Plan:
+        """The planner's plan for `length` tokens; `generation`: a prompt to generate after (its estimate
+        counts the cache kept for decoding, offloaded only on CUDA)."""
         return make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
                          max_memory=self.max_memory, chunk_size=self.chunk_size,
-                         strategy=strategy or self.strategy, stream_ok=self.stream_exact)
+                         strategy=strategy or self.strategy, stream_ok=self.stream_exact,
+                         generation=generation, offload_ok=self.device.type == "cuda")
 
     def batch_size(self, length: int, generation: bool = False) -> int:
         """Sequences of `length` tokens scored in one forward: `batch_rows` of the planner where the plan
         for one is a single pass, else 1 (stream and prefill plans exist because one row barely fits)."""
-        if self.batch == 1 or self.plan(length).strategy != "single":
+        if self.batch == 1 or self.plan(length, generation=generation).strategy != "single":
             return 1
         return batch_rows(self.config, length, self.batch, dtype=self.dtype, attn=self.attn,
                           n_params=self.n_params, max_memory=self.max_memory, generation=generation,
@@ -357,16 +360,18 @@ class Engine:
         return list(zip(scores, self._greedy(cache, out, max_new_tokens, stop_ids), strict=True))
 
     def _prefill(self, tensor: torch.Tensor):
-        """(cache holding the prompts [B, L], the output on their last position), in the plan for the prompt
-        length: one pass when a single pass fits, the prefill plan's chunks through the cache, or, where the
-        plan streams (one row), a layer-streamed prefill (`stream.prefill`: each layer's K/V goes into the
-        cache as it is produced, activations stay one layer's). The model's output (logits_to_keep=1) or a
-        `_Prefilled`; generation and teacher forcing run from the cache the same way after either."""
+        """(cache holding the prompts [B, L], the output on their last position), in the generation plan for
+        the prompt length (its estimate counts the cache): one pass when a single pass fits, the prefill
+        plan's chunks through the cache, or, where the plan streams (one row), a layer-streamed prefill
+        (`stream.prefill`: each layer's K/V goes into the cache as it is produced, activations stay one
+        layer's; offloaded to the CPU layer by layer when the plan says so). The model's output
+        (logits_to_keep=1) or a `_Prefilled`; generation and teacher forcing run from the cache the same way
+        after either."""
         length = tensor.shape[1]
-        plan = self.plan(length)
+        plan = self.plan(length, generation=True)
         if plan.strategy == "stream":
             self._check_stream()
-            cache = self._new_cache(self._offload_cache(length, plan))
+            cache = self._new_cache(plan.offload)
             hidden = stream.prefill(self.model, tensor[0], plan.chunk, cache)
             logits = postprocess_logits(self.config, self.head(hidden).float())
             return cache, _Prefilled(logits[None], hidden)
@@ -383,13 +388,6 @@ class Engine:
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config, offloading=offload)
-
-    def _offload_cache(self, length: int, plan: Plan) -> bool:
-        """A streamed prompt's cache goes layer by layer to the CPU (transformers' offloading DynamicCache)
-        when, on CUDA, every layer's K/V on top of the stream pass would not fit the budget."""
-        if self.device.type != "cuda" or self.max_memory is None:
-            return False
-        return plan.estimate_bytes + kv_cache_bytes(self.config, length, self.dtype) > self.max_memory
 
     def _greedy(self, cache, out, max_new_tokens: int, stop_ids: Sequence[int]) -> list[list[int]]:
         """Greedy tokens per row: a row ends at a stop id or max_new_tokens; the batch steps while any row

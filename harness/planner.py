@@ -1,7 +1,8 @@
 """The memory planner: how one sequence is scored (single pass, layer-streamed, or chunked prefill).
 
-A pure function of the model config, the length, the dtype and the budget (never of momentary free
-memory), so reruns plan the same; the estimates are conservative (benchmarks/memory.py measures them).
+A pure function of the model config, the length, the dtype, the budget and two flags (a generation
+prompt; offloading allowed), never of momentary free memory, so reruns plan the same; the estimates are
+conservative (benchmarks/memory.py measures them).
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ STREAM_MAX_CHUNK = 4096  # query tokens per layer-streamed chunk: larger buys no
 @dataclass(frozen=True)
 class Plan:
     """How one sequence is scored: a single pass, layer-streamed in `chunk`-token query chunks, or prefill
-    through the KV cache in `chunk`-token pieces."""
+    through the KV cache in `chunk`-token pieces. `offload` (a generation prompt's stream plan only): the
+    cache it fills goes layer by layer to host memory (transformers' offloading DynamicCache)."""
 
     strategy: str  # "single" | "stream" | "prefill"
     chunk: int
     estimate_bytes: int
     fits: bool = True
+    offload: bool = False
 
     def __str__(self) -> str:
-        return "single" if self.strategy == "single" else f"{self.strategy}:{self.chunk}"
+        text = "single" if self.strategy == "single" else f"{self.strategy}:{self.chunk}"
+        return text + "+offload" if self.offload else text
 
 
 def _shape(config, dtype: str) -> tuple:
@@ -47,7 +51,10 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
 
     Per token of a pass: residual stream and q/k/v/o projections (~8 x hidden), the MLP's
     intermediate activations (3 x intermediate), float32 final hidden states; eager attention also
-    materialises heads x q x kv scores. Prefill adds the KV cache over the whole length.
+    materialises heads x q x kv scores. Prefill adds the KV cache over the whole length and, for sdpa,
+    the attention mask of q x kv (a single chunk as well): benchmarks/memory.py measured
+    ~5.8 bytes per query-key pair whatever the number of heads (2 or 8; a bool mask and its float form;
+    sdpa's fused kernels take the mask, no heads x q x kv scores exist), counted as 8 for allocator slack.
     `strategy="stream"` (chunk = query tokens per layer step): see `_stream_bytes`.
     """
     if strategy == "stream":
@@ -59,9 +66,8 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     head = min(HEAD_CHUNK, length) * vocab * 4 * 3
     weights = n_params * bytes_w
     cache = 0 if chunk is None else kv_cache_bytes(config, length, dtype)
-    # scores: eager always; sdpa with a non-trivial mask (prefill after the first chunk) on CPU falls
-    # back to the math kernel, which builds them too.
-    scores = heads * q_len * length * 4 if attn == "eager" or chunk is not None else 0
+    # eager: heads x q x kv scores; sdpa prefill: the q x kv mask (a single chunk measured as much)
+    scores = heads * q_len * length * 4 if attn == "eager" else 8 * q_len * length if chunk is not None else 0
     return int(weights + activations + head + cache + scores)
 
 
@@ -69,6 +75,16 @@ def kv_cache_bytes(config, length: int, dtype: str) -> int:
     """Every layer's K/V over `length` tokens (what a prefill's cache holds; sliding layers in full)."""
     text, bytes_w, _, _, _, kv_heads, head_dim = _shape(config, dtype)
     return 2 * text.num_hidden_layers * kv_heads * head_dim * length * bytes_w
+
+
+def offloaded_cache_bytes(config, length: int, dtype: str) -> int:
+    """What an offloading DynamicCache (transformers 5.x, every layer offloaded) keeps on the device beyond
+    the stream pass: two layers' K/V over `length`. In the streamed prefill, `update` concatenates the
+    finished layer into a new device tensor before moving it out (the pass's own buffer for that layer is
+    in `_stream_bytes`); in each decoding step the layer being updated is on the device twice during its
+    concatenation while the next layer is prefetched (three layers, with no residual stream or activations
+    of the pass alive, which `_stream_bytes` covers)."""
+    return 2 * kv_cache_bytes(config, length, dtype) // rope_config.text_config(config).num_hidden_layers
 
 
 def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) -> int:
@@ -94,32 +110,60 @@ def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) ->
 
 
 def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_memory: int | None = None,
-              chunk_size: int | None = None, strategy: str = "auto", stream_ok: bool | None = None) -> Plan:
+              chunk_size: int | None = None, strategy: str = "auto", stream_ok: bool | None = None,
+              generation: bool = False, offload_ok: bool = False) -> Plan:
     """Single pass when it fits (or no budget is set), else layer-streamed scoring with the largest
     power-of-two query chunk (<= STREAM_MAX_CHUNK) that fits, where the family supports it, else the
     largest power-of-two prefill chunk that fits. `chunk_size` below the length forces prefill in that
     chunk (as --chunk-size does). `strategy` other than "auto" forces single / stream / prefill (with
     `chunk_size` as the chunk when given, else the largest that fits); `fits` tells whether it does.
     `stream_ok`: whether this model streams exactly (Engine.stream_exact); None = its model type is one
-    `harness.stream` supports (all a config tells)."""
+    `harness.stream` supports (all a config tells).
+
+    `generation`: the sequence is a prompt to generate after, so every estimate also counts the KV cache
+    that stays for decoding (`kv_cache_bytes`; prefill's estimate holds it already): a single pass or a
+    stream chunk is chosen only where it fits with the cache. It is at least weights + twice the cache:
+    each decoding step concatenates every layer's K/V one token longer (DynamicLayer.update), and the
+    freed, one-token-shorter blocks are not reused at once (benchmarks/memory.py, 24-layer model at 16K
+    on CPU: 4 new tokens peaked 0.31 x the cache above the streamed prompt's peak). With `offload_ok`
+    (the engine: a CUDA device), a stream plan whose cache does not fit at any chunk offloads it
+    (`offload=True`; the estimate counts `offloaded_cache_bytes` instead: decoding then holds ~3 layers on
+    the device). Without `generation` every plan and estimate is as before."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if stream_ok is None:
         stream_ok = stream.refusal(config) is None
+    cache = kv_cache_bytes(config, length, dtype) if generation else 0
+    offloaded = offloaded_cache_bytes(config, length, dtype) if generation and offload_ok else None
+    decode = n_params * _DTYPE_BYTES[dtype] + 2 * cache if generation else 0
 
     def est(chunk: int | None, kind: str | None = None) -> int:
-        return estimate_bytes(config, length, chunk, dtype, attn, n_params, kind)
+        need = estimate_bytes(config, length, chunk, dtype, attn, n_params, kind)
+        return max(need + cache if kind == "stream" or chunk is None else need, decode)  # prefill: has it
 
     def fits(need: int) -> bool:
         return max_memory is None or need <= max_memory
 
+    def stream_plan(chunk: int, offload: bool) -> Plan:
+        chunk = min(chunk, length)
+        need = (estimate_bytes(config, length, chunk, dtype, attn, n_params, "stream") + offloaded
+                if offload else est(chunk, "stream"))
+        return Plan("stream", chunk, need, fits(need), offload)
+
+    def prefill_plan(chunk: int) -> Plan:
+        need = est(chunk)
+        return Plan("prefill", chunk, need, fits(need))
+
     def largest(kind: str | None, top: int) -> Plan | None:
-        chunk = 1 << max(6, min(top, length - 1).bit_length() - 1)
-        while chunk >= 64:
-            need = est(chunk, kind)
-            if fits(need):
-                return Plan(kind or "prefill", chunk, need)
-            chunk //= 2
+        """The largest power-of-two chunk that fits (stream: with the cache on the device at any chunk
+        before offloading it)."""
+        for offload in (False, True) if kind == "stream" and offloaded is not None else (False,):
+            chunk = 1 << max(6, min(top, length - 1).bit_length() - 1)
+            while chunk >= 64:
+                plan = stream_plan(chunk, offload) if kind == "stream" else prefill_plan(chunk)
+                if plan.fits:
+                    return plan
+                chunk //= 2
         return None
 
     if strategy == "single":
@@ -129,10 +173,10 @@ def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_
         if not stream_ok:
             raise ValueError("strategy stream: "
                              f"{stream.refusal(config) or 'this model does not stream exactly'}")
-        chunk = chunk_size or (largest("stream", STREAM_MAX_CHUNK) or Plan("stream", 64, 0)).chunk
-        chunk = min(chunk, length)
-        need = est(chunk, "stream")
-        return Plan("stream", chunk, need, fits(need))
+        if chunk_size is None:
+            return largest("stream", STREAM_MAX_CHUNK) or stream_plan(64, offloaded is not None)
+        plan = stream_plan(chunk_size, False)
+        return plan if plan.fits or offloaded is None else stream_plan(plan.chunk, True)
     if strategy == "prefill" and chunk_size is None:
         return largest(None, length) or Plan("prefill", 64, est(64), fits=False)
     if chunk_size is not None and (chunk_size < length or strategy == "prefill"):

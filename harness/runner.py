@@ -191,7 +191,7 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
     tokens, start = 0, time.time()
     for group in task.groups(ctx, cells):
         longest = max(c.length for c in group)
-        plan = engine.plan(longest)
+        plan = engine.plan(longest, generation=task.generates)
         status, error, metrics = "ok", None, None
         if not plan.fits:
             status = "oom"
@@ -199,7 +199,8 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
                      f"--max-memory {_size(options.max_memory)}")
         else:
             for attempt in (0, 1):
-                plan = engine.plan(longest)  # the retry's smaller chunk is the plan its records carry
+                # the retry's smaller chunk is the plan its records carry
+                plan = engine.plan(longest, generation=task.generates)
                 try:
                     metrics = task.score_group(ctx, group)
                     status, error = "ok", None

@@ -124,6 +124,7 @@ class Task:
     name: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
     measures: ClassVar[tuple[MeasureSpec, ...]] = ()  # measured-length definitions, the default first
+    generates: ClassVar[bool] = False  # generates after its prompts: plans count the cache kept for decoding
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -151,8 +152,6 @@ class Task:
         if ctx.state is None:
             ctx.state = self.prepare(ctx.preflight).state
         return ctx.state
-
-    generates = False  # whether its cells generate after a prompt (the KV cache stays for decoding)
 
     def groups(self, ctx: RunContext, cells: list[Cell]) -> list[list[Cell]]:
         """Cells that are scored together; default: each cell alone."""
