@@ -142,7 +142,7 @@ def add_run_parser(sub) -> None:
     p.add_argument("--batch-size", type=batch_arg, default=None, metavar="N|auto",
                    help="same-length sequences scored in one forward where a single pass plans (default 1; "
                         "auto: the most that fit the budget, up to 64 rows and 64K tokens a forward on a "
-                        "GPU, 4K on CPU); the numbers equal batch 1's")
+                        "GPU, 2K on CPU); the numbers equal batch 1's")
     p.add_argument("--max-memory",
                    help="memory budget, e.g. 8GiB: cells the planner says exceed it are recorded as oom")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")

@@ -66,8 +66,8 @@ def test_score_and_generate_batch_is_batch_one(family, tiny_llama, gemma2):
 def test_batch_rows_auto_and_within_budget(tiny_llama):
     eng = engine.Engine(models.load(str(tiny_llama)))
     shape = dict(dtype="float32", attn="sdpa", n_params=eng.n_params)
-    assert planner.batch_rows(eng.config, 256, "auto", max_memory=None, **shape) == 16  # CPU: 4K tokens
-    assert planner.batch_rows(eng.config, 4096, "auto", max_memory=None, **shape) == 1
+    assert planner.batch_rows(eng.config, 256, "auto", max_memory=None, **shape) == 8  # CPU: 2K tokens
+    assert planner.batch_rows(eng.config, 2048, "auto", max_memory=None, **shape) == 1
     assert planner.batch_rows(eng.config, 256, "auto", max_memory=None, accelerator=True, **shape) == 64
     assert planner.batch_rows(eng.config, 8192, "auto", max_memory=None, accelerator=True, **shape) == 8
     one = planner.estimate_bytes(eng.config, 2048, None, "float32", "sdpa", eng.n_params)
