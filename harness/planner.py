@@ -60,15 +60,20 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     if strategy == "stream":
         return _stream_bytes(config, length, chunk or length, dtype, n_params)
     text, bytes_w, hidden, inter, heads, kv_heads, head_dim = _shape(config, dtype)
-    vocab = text.vocab_size
     q_len = length if chunk is None else min(chunk, length)
     activations = q_len * (8 * hidden + 3 * inter) * bytes_w + length * hidden * 4
-    head = min(HEAD_CHUNK, length) * vocab * 4 * 3
+    head = head_bytes(config, length)
     weights = n_params * bytes_w
     cache = 0 if chunk is None else kv_cache_bytes(config, length, dtype)
     # eager: heads x q x kv scores; sdpa prefill: the q x kv mask (a single chunk measured as much)
     scores = heads * q_len * length * 4 if attn == "eager" else 8 * q_len * length if chunk is not None else 0
     return int(weights + activations + head + cache + scores)
+
+
+def head_bytes(config, length: int) -> int:
+    """The output head and loss over one sub-chunk: HEAD_CHUNK x vocab float32 logits, three times (the head's
+    output, its float32 copy, log-softmax), whatever the strategy."""
+    return min(HEAD_CHUNK, length) * rope_config.text_config(config).vocab_size * 4 * 3
 
 
 def kv_cache_bytes(config, length: int, dtype: str) -> int:
@@ -105,7 +110,7 @@ def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) ->
     window = getattr(text, "sliding_window", None)
     mask = 5 * q_len * min(length, window + q_len) if window else 0
     scores = heads * q_len * length * 4 if getattr(text, "attn_logit_softcapping", None) else 0
-    head = min(HEAD_CHUNK, length) * text.vocab_size * 4 * 3
+    head = head_bytes(config, length)
     return int(weights + residual + layer_kv + activations + mask + scores + head)
 
 
@@ -211,7 +216,6 @@ def batch_rows(config, length: int, requested: int | str, *, dtype: str, attn: s
     if rows <= 1 or max_memory is None:
         return max(rows, 1)
     one = estimate_bytes(config, length, None, dtype, attn, n_params)
-    vocab = rope_config.text_config(config).vocab_size
-    fixed = n_params * _DTYPE_BYTES[dtype] + min(HEAD_CHUNK, length) * vocab * 4 * 3
+    fixed = n_params * _DTYPE_BYTES[dtype] + head_bytes(config, length)
     per_row = one - fixed + (kv_cache_bytes(config, length, dtype) if generation else 0)
     return max(1, min(rows, (max_memory - fixed) // max(per_row, 1)))
