@@ -208,15 +208,23 @@ class Engine:
             for row in range(rows):
                 for s in range(max(start, first), stop, HEAD_CHUNK):
                     e = min(s + HEAD_CHUNK, stop)
-                    part = hidden[row, s - start:e - start]
-                    logits = postprocess_logits(self.config, self.head(part).float())
-                    target = ids[row, s + 1:e + 1]
-                    nll[row, s - first:e - first] = F.cross_entropy(logits, target, reduction="none").cpu()
+                    part, rank = self._head_nll(hidden[row, s - start:e - start], ids[row, s + 1:e + 1],
+                                                with_rank)
+                    nll[row, s - first:e - first] = part
                     if ranks is not None:
-                        gold = logits.gather(1, target[:, None])
-                        ranks[row, s - first:e - first] = (logits > gold).sum(1).cpu() + 1
+                        ranks[row, s - first:e - first] = rank
             del hidden
         return nll, ranks
+
+    def _head_nll(self, hidden: torch.Tensor, target: torch.Tensor,
+                  with_rank: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """NLL (float32, on CPU) of `target` [n] under the output head on `hidden` [n, H] (n <= HEAD_CHUNK),
+        and the 1-based rank of each target token when asked."""
+        logits = postprocess_logits(self.config, self.head(hidden).float())
+        nll = F.cross_entropy(logits, target, reduction="none").cpu()
+        if not with_rank:
+            return nll, None
+        return nll, (logits > logits.gather(1, target[:, None])).sum(1).cpu() + 1
 
     def _rope_context(self, length: int):
         if self.length_dependent:
@@ -344,17 +352,12 @@ class Engine:
         hidden = torch.cat(hidden, dim=1)
         scores = []
         for row, answer in enumerate(answers):
-            logprobs, ranks = [], []
-            for s in range(0, len(answer), HEAD_CHUNK):
-                e = min(s + HEAD_CHUNK, len(answer))
-                logits = postprocess_logits(self.config, self.head(hidden[row, s:e]).float())
-                target = padded[row, s:e]
-                logprobs.append(-F.cross_entropy(logits, target, reduction="none").cpu())
-                ranks.append((logits > logits.gather(1, target[:, None])).sum(1).cpu() + 1)
-            logprob = torch.cat(logprobs)
-            scores.append(AnswerScore(float(logprob.sum()), int(torch.cat(ranks).max()),
+            ends = [(s, min(s + HEAD_CHUNK, len(answer))) for s in range(0, len(answer), HEAD_CHUNK)]
+            parts = [self._head_nll(hidden[row, s:e], padded[row, s:e], True) for s, e in ends]
+            logprob = -torch.cat([nll for nll, _ in parts])
+            scores.append(AnswerScore(float(logprob.sum()), int(torch.cat([r for _, r in parts]).max()),
                                       [float(x) for x in logprob]))
-        del hidden, logits
+        del hidden
         if widest > 1:
             cache.crop(-(widest - 1))  # back to the prompt (a negative count: tokens to remove)
         return list(zip(scores, self._greedy(cache, out, max_new_tokens, stop_ids), strict=True))
