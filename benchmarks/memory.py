@@ -10,11 +10,14 @@ loaded model. Linear memory in L means the increment doubles (x2.0) when L doubl
 The strategy table runs on two models of its own (a deep MHA one, where every layer's K/V is as wide as
 the hidden state, and a GQA one); its children fork from a server that has imported torch once
 (multiprocessing forkserver: a fresh process per measurement, without ~5 s of imports each). With CUDA
-(--device cuda) it also reads torch.cuda.max_memory_allocated above the loaded model. Its generation rows
+(--device cuda) it also reads torch.cuda.max_memory_allocated above the loaded model. On CPU its children
+measure live tensors, not allocator slack: glibc unmaps freed tensors (`memory_guard.return_freed_tensors`,
+what a CPU run under --max-memory does) and the peak is reset once the engine is built (its self-check's
+transient would otherwise hide part of the pass). Its generation rows
 measure `Engine.generate(ids, 4)` with the prompt layer-streamed into the KV cache against the planner's
 generation estimate (`plan(L, generation=True)`: the stream pass + the cache kept for decoding).
 
-    python benchmarks/memory.py [--lengths 2048,4096,8192,16384] [--strategy-lengths 2048,...,32768]
+    python benchmarks/memory.py [--lengths 2048,4096,8192,16384] [--strategy-lengths 2048,...,65536]
                                 [--generation-lengths 4096,16384] [--part all|methods|strategies]
                                 [--device cpu|cuda]
 """
@@ -22,6 +25,7 @@ generation estimate (`plan(L, generation=True)`: the stream pass + the cache kep
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import multiprocessing
@@ -55,11 +59,27 @@ GENERATE = "generate"  # the generation rows: strategy stream, generate(ids, NEW
 NEW_TOKENS = 4
 
 
+SIDE_BY_SIDE = 32768  # the stream-vs-prefill-vs-single targets' length (the longest when absent)
+
+
+def side_by_side_length(lengths: list[int]) -> int:
+    return SIDE_BY_SIDE if SIDE_BY_SIDE in lengths else max(lengths)
+
+
 def vm_hwm_kb() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_kb() -> int:
+    """Return freed heap to the kernel and reset VmHWM to the current RSS (Linux >= 4.0, clear_refs 5), so
+    the peak after a pass is measured above what is live now, not above an earlier transient (the
+    engine's self-check)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    return vm_hwm_kb()
 
 
 def child(method: str, length: int, model_dir: str) -> dict:
@@ -163,9 +183,11 @@ def strategy_child(model_dir: str, strategy: str, length: int, device: str, queu
     """One strategy measurement in a child forked from the server (nothing computed before the fork)."""
     result: dict = {"strategy": strategy, "length": length}
     try:
+        from harness import engine, memory_guard, models
+
+        memory_guard.return_freed_tensors()  # as a CPU run under --max-memory: RSS follows the live tensors
         import torch
 
-        from harness import engine, models
         from harness.rope_config import RopeOverride
 
         start = time.perf_counter()
@@ -180,7 +202,8 @@ def strategy_child(model_dir: str, strategy: str, length: int, device: str, queu
             torch.cuda.synchronize()
             floor = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-        result.update(plan=str(plan), estimate=plan.estimate_bytes - eng.n_params * 4, load_kb=vm_hwm_kb())
+        result.update(plan=str(plan), estimate=plan.estimate_bytes - eng.n_params * 4,
+                      load_kb=reset_peak_kb())
         if generate:
             result["new"] = eng.generate(ids, NEW_TOKENS)
         else:
@@ -238,7 +261,7 @@ def strategy_report(name: str, results: dict, lengths: list[int]) -> tuple[str, 
     columns = ["L", "strategy", "plan", "estimate GiB (weights excluded)", "measured RSS increment GiB",
                "measured / estimate", "seconds"] + (["CUDA max allocated GiB (/ estimate)"] if cuda else [])
     cells = bc.table(columns, rows)
-    top = max(lengths)
+    top = side_by_side_length(lengths)
     at = {s: results[(s, top)] for s in STRATEGIES}
     if any("error" in r for r in at.values()):
         return cells, f"(side by side at L={top} unavailable: a measurement failed)"
@@ -277,11 +300,13 @@ def strategies_main(lengths: list[int], device: str, tmp: Path, gen_lengths: lis
           f"{STRATEGY_CHUNK}; prefill = KV-cache prefill in chunks of {STRATEGY_CHUNK}; head + loss in "
           "1,024-token sub-chunks for all")
     print("- estimate = the plan's estimate_bytes minus the weights; measured = peak RSS (VmHWM) after the "
-          "pass minus VmHWM once the engine is built (model loaded, self-check run); one run per cell\n")
+          "pass minus RSS once the engine is built (model loaded, self-check run; VmHWM reset there), glibc "
+          "unmapping freed tensors as a CPU run under --max-memory does (memory_guard.return_freed_tensors), "
+          "so RSS follows the live tensors as CUDA's max_memory_allocated does; one run per cell\n")
     ratios: dict[str, list[tuple[float, str]]] = {s: [] for s in (*STRATEGIES, GENERATE)}
     versus: dict[str, list[tuple[str, float]]] = {"prefill": [], "single": []}
     growth: list[tuple[float, str]] = []  # stream pass increment per doubling of L
-    top = max(lengths)
+    top = side_by_side_length(lengths)
     for name, spec in STRATEGY_MODELS.items():
         model_dir = bc.build_model(tmp / name, spec=spec)
         results = measure_strategies(ctx, model_dir, lengths, device, gen_lengths)
@@ -330,7 +355,7 @@ def strategies_main(lengths: list[int], device: str, tmp: Path, gen_lengths: lis
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="2048,4096,8192,16384")
-    parser.add_argument("--strategy-lengths", default="2048,4096,8192,16384,32768",
+    parser.add_argument("--strategy-lengths", default="2048,4096,8192,16384,32768,65536",
                         help="lengths of the strategy table (single / stream / prefill)")
     parser.add_argument("--generation-lengths", default="4096,16384",
                         help="prompt lengths of the strategy table's generation rows (stream + generate)")

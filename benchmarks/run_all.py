@@ -33,7 +33,8 @@ def main() -> int:
 
     started = time.perf_counter()
     parts = ["# rope-harness benchmarks", "",
-             f"Reproduce: `{REPRODUCE}` (CPU part: ~10 minutes on 2 quiet cores).",
+             f"Reproduce: `{REPRODUCE}` (CPU part: ~45 minutes on 2 quiet cores, most of it the strategy "
+             "table's 64K cells).",
              f"Load average (1/5/15 min) at start of the suite: {bc.load_now()}.", ""]
     failed = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -113,7 +113,7 @@ class Engine:
         return make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
                          max_memory=self.max_memory, chunk_size=self.chunk_size,
                          strategy=strategy or self.strategy, stream_ok=self.stream_exact,
-                         generation=generation, offload_ok=self.device.type == "cuda")
+                         generation=generation, cuda=self.device.type == "cuda")
 
     def batch_size(self, length: int, generation: bool = False) -> int:
         """Sequences of `length` tokens scored in one forward: `batch_rows` of the planner where the plan

@@ -1,7 +1,7 @@
 """The memory planner: how one sequence is scored (single pass, layer-streamed, or chunked prefill).
 
 A pure function of the model config, the length, the dtype, the budget and two flags (a generation
-prompt; offloading allowed), never of momentary free memory, so reruns plan the same; the estimates are
+prompt; a CUDA device), never of momentary free memory, so reruns plan the same; the estimates are
 conservative (benchmarks/memory.py measures them).
 """
 
@@ -45,41 +45,71 @@ def _shape(config, dtype: str) -> tuple:
     return text, _DTYPE_BYTES[dtype], hidden, inter, heads, kv_heads, head_dim
 
 
-def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str, n_params: int,
-                   strategy: str | None = None) -> int:
-    """Conservative peak-memory estimate of scoring `length` tokens (weights included).
+# what a pass allocates beyond the tensors modelled here (BLAS scratch, small tensors, rotary tables):
+# benchmarks/memory.py measured 3 to 7 MiB on CPU
+RUNTIME_BYTES = 16 << 20
 
-    Per token of a pass: residual stream and q/k/v/o projections (~8 x hidden), the MLP's
-    intermediate activations (3 x intermediate), float32 final hidden states; eager attention also
-    materialises heads x q x kv scores. Prefill adds the KV cache over the whole length and, for sdpa,
-    the attention mask of q x kv (a single chunk as well): benchmarks/memory.py measured
-    ~5.8 bytes per query-key pair whatever the number of heads (2 or 8; a bool mask and its float form;
-    sdpa's fused kernels take the mask, no heads x q x kv scores exist), counted as 8 for allocator slack.
-    `strategy="stream"` (chunk = query tokens per layer step): see `_stream_bytes`.
-    """
+
+def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str, n_params: int,
+                   strategy: str | None = None, rows: int = 1, cuda: bool = False) -> int:
+    """Conservative peak-memory estimate of scoring `length` tokens (weights included), for `rows` sequences
+    in one forward (single pass).
+
+    A pass has two phases that never overlap: the decoder, one layer at a time (`_layer_bytes`; for sdpa
+    prefill chunks after the first, the q x kv mask, bool and float, and K/V repeated to every query head,
+    since transformers' sdpa takes GQA natively only without a mask; eager attention: two heads x q x kv
+    copies of the scores and its float mask), then the output head over the final hidden states in
+    sub-chunks (`head_bytes`). The peak is the larger phase, plus what both hold: the weights, prefill's
+    cache (one layer twice while it is concatenated) and RUNTIME_BYTES. benchmarks/memory.py measures every
+    strategy against it with RSS following the live tensors.
+    `strategy="stream"` (chunk = query tokens per layer step; `cuda`: on a CUDA device): see
+    `_stream_bytes`."""
     if strategy == "stream":
-        return _stream_bytes(config, length, chunk or length, dtype, n_params)
+        return _stream_bytes(config, length, chunk or length, dtype, n_params, cuda)
     text, bytes_w, hidden, inter, heads, kv_heads, head_dim = _shape(config, dtype)
     q_len = length if chunk is None else min(chunk, length)
-    activations = q_len * (8 * hidden + 3 * inter) * bytes_w + length * hidden * 4
-    head = head_bytes(config, length)
-    weights = n_params * bytes_w
-    cache = 0 if chunk is None else kv_cache_bytes(config, length, dtype)
-    # eager: heads x q x kv scores; sdpa prefill: the q x kv mask (a single chunk measured as much)
-    scores = heads * q_len * length * 4 if attn == "eager" else 8 * q_len * length if chunk is not None else 0
-    return int(weights + activations + head + cache + scores)
+    decoder = _layer_bytes(q_len, hidden, inter, bytes_w)
+    if attn == "eager":
+        decoder += heads * q_len * length * (bytes_w + 4) + q_len * length * bytes_w
+    elif q_len < length:  # sdpa: the first chunk (and a single pass) is causal without a mask
+        decoder += _mask_bytes(q_len, length, bytes_w)
+    if kv_heads < heads and (attn == "eager" or q_len < length):
+        decoder += 2 * length * heads * head_dim * bytes_w
+    final = rows * q_len * hidden * bytes_w + head_bytes(config, length, dtype)  # the head runs row by row
+    cache = 0  # prefill: every layer's K/V, one layer twice while `update` concatenates it
+    if chunk is not None:
+        cache = kv_cache_bytes(config, length, dtype) + layer_kv_bytes(config, length, dtype)
+    return int(n_params * bytes_w + RUNTIME_BYTES + rows * cache + max(rows * decoder, final))
 
 
-def head_bytes(config, length: int) -> int:
-    """The output head and loss over one sub-chunk: HEAD_CHUNK x vocab float32 logits, three times (the head's
-    output, its float32 copy, log-softmax), whatever the strategy."""
-    return min(HEAD_CHUNK, length) * rope_config.text_config(config).vocab_size * 4 * 3
+def _layer_bytes(tokens: int, hidden: int, inter: int, bytes_w: int) -> int:
+    """One decoder layer's activations over `tokens`: the residual in and out, its norm, q/k/v/o and the
+    rotary temporaries (~8 x hidden), the MLP's gate, up and product (3 x intermediate)."""
+    return tokens * (8 * hidden + 3 * inter) * bytes_w
+
+
+def _mask_bytes(queries: int, keys: int, bytes_w: int) -> int:
+    """A boolean queries x keys mask and the float form sdpa adds to the scores."""
+    return queries * keys * (1 + bytes_w)
+
+
+def head_bytes(config, length: int, dtype: str = "float32") -> int:
+    """The output head and loss over one sub-chunk of HEAD_CHUNK x vocab: logits in the model dtype, their
+    float32 copy (none for a float32 model), log-softmax and the rank comparison's booleans."""
+    bytes_w = _DTYPE_BYTES[dtype]
+    per_entry = bytes_w + (0 if bytes_w == 4 else 4) + 4 + 1
+    return min(HEAD_CHUNK, length) * rope_config.text_config(config).vocab_size * per_entry
 
 
 def kv_cache_bytes(config, length: int, dtype: str) -> int:
     """Every layer's K/V over `length` tokens (what a prefill's cache holds; sliding layers in full)."""
     text, bytes_w, _, _, _, kv_heads, head_dim = _shape(config, dtype)
     return 2 * text.num_hidden_layers * kv_heads * head_dim * length * bytes_w
+
+
+def layer_kv_bytes(config, length: int, dtype: str) -> int:
+    """One layer's K/V over `length` tokens."""
+    return kv_cache_bytes(config, length, dtype) // rope_config.text_config(config).num_hidden_layers
 
 
 def offloaded_cache_bytes(config, length: int, dtype: str) -> int:
@@ -89,34 +119,37 @@ def offloaded_cache_bytes(config, length: int, dtype: str) -> int:
     in `_stream_bytes`); in each decoding step the layer being updated is on the device twice during its
     concatenation while the next layer is prefetched (three layers, with no residual stream or activations
     of the pass alive, which `_stream_bytes` covers)."""
-    return 2 * kv_cache_bytes(config, length, dtype) // rope_config.text_config(config).num_hidden_layers
+    return 2 * layer_kv_bytes(config, length, dtype)
 
 
-def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int) -> int:
-    """Layer-streamed pass: weights + the residual stream (2 x T x H, model dtype: the layer's input and
-    output chunk) + one layer's K/V over T + one query chunk's activations + its final hidden states +
-    the output head sub-chunk. Independent of the number of layers. A chunk's activations count twice a
-    pass's per-token model: benchmarks/memory.py measured ~1.9x that model for 4,096-token chunks (rotary
-    temporaries, gate/up/act/product of the MLP live at once, allocator slack).
+def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int, cuda: bool) -> int:
+    """Layer-streamed pass: weights + the residual stream (T x H, model dtype, updated in place) + the larger
+    of two phases: a layer step (that layer's K/V over T, one query chunk's activations) and the output head
+    (one chunk's final hidden states, the head's sub-chunk). Independent of the number of layers.
     Full-attention layers build no mask (CPU: two fused-kernel calls merged by log-sum-exp; CUDA: sdpa's
     lower-right causal bias); sliding-window layers build a bool and a float mask of chunk x (window +
-    chunk); layers with attention-logit softcapping (Gemma2) build heads x chunk x T float32 scores."""
+    chunk); layers with attention-logit softcapping (Gemma2) build the eager formula's chunk x T scores per
+    head, two copies at a time, and softmax's float32 output. GQA K/V are repeated to every query head for
+    softcapping, and on CUDA where sdpa's flash kernel cannot run (float32, a window)."""
     text, bytes_w, hidden, inter, heads, kv_heads, head_dim = _shape(config, dtype)
     q_len = min(chunk, length)
-    weights = n_params * bytes_w
-    residual = 2 * length * hidden * bytes_w
-    layer_kv = 2 * kv_heads * head_dim * length * bytes_w
-    activations = q_len * 2 * (8 * hidden + 3 * inter) * bytes_w + q_len * hidden * 4
+    step = layer_kv_bytes(config, length, dtype) + _layer_bytes(q_len, hidden, inter, bytes_w)
     window = getattr(text, "sliding_window", None)
-    mask = 5 * q_len * min(length, window + q_len) if window else 0
-    scores = heads * q_len * length * 4 if getattr(text, "attn_logit_softcapping", None) else 0
-    head = head_bytes(config, length)
-    return int(weights + residual + layer_kv + activations + mask + scores + head)
+    if window:
+        step += _mask_bytes(q_len, min(length, window + q_len), bytes_w)
+    softcap = getattr(text, "attn_logit_softcapping", None)
+    if softcap:
+        step += heads * q_len * length * (2 * bytes_w + 4) + q_len * length
+    if kv_heads < heads and (softcap or cuda and (window or bytes_w == 4)):
+        step += 2 * length * heads * head_dim * bytes_w
+    final = q_len * hidden * bytes_w + head_bytes(config, length, dtype)
+    residual = length * hidden * bytes_w
+    return int(n_params * bytes_w + RUNTIME_BYTES + residual + max(step, final))
 
 
 def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_memory: int | None = None,
               chunk_size: int | None = None, strategy: str = "auto", stream_ok: bool | None = None,
-              generation: bool = False, offload_ok: bool = False) -> Plan:
+              generation: bool = False, cuda: bool = False) -> Plan:
     """Single pass when it fits (or no budget is set), else layer-streamed scoring with the largest
     power-of-two query chunk (<= STREAM_MAX_CHUNK) that fits, where the family supports it, else the
     largest power-of-two prefill chunk that fits. `chunk_size` below the length forces prefill in that
@@ -127,31 +160,30 @@ def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_
 
     `generation`: the sequence is a prompt to generate after, so every estimate also counts the KV cache
     that stays for decoding (`kv_cache_bytes`; prefill's estimate holds it already): a single pass or a
-    stream chunk is chosen only where it fits with the cache. It is at least weights + twice the cache:
-    each decoding step concatenates every layer's K/V one token longer (DynamicLayer.update), and the
-    freed, one-token-shorter blocks are not reused at once (benchmarks/memory.py, 24-layer model at 16K
-    on CPU: 4 new tokens peaked 0.31 x the cache above the streamed prompt's peak). With `offload_ok`
-    (the engine: a CUDA device), a stream plan whose cache does not fit at any chunk offloads it
-    (`offload=True`; the estimate counts `offloaded_cache_bytes` instead: decoding then holds ~3 layers on
-    the device). Without `generation` every plan and estimate is as before."""
+    stream chunk is chosen only where it fits with the cache. Decoding needs no more than that: each step
+    concatenates one layer's K/V one token longer at a time (DynamicLayer.update), the cache plus one
+    layer, with no activations of the prompt's pass alive. On a CUDA device (`cuda`), a stream plan whose
+    cache does not fit at any chunk offloads it (`offload=True`; the estimate counts
+    `offloaded_cache_bytes` instead: decoding then holds ~3 layers on the device); `cuda` also counts the
+    CUDA kernels' needs in a stream step (`_stream_bytes`). Without `generation` every plan and estimate
+    is as before."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if stream_ok is None:
         stream_ok = stream.refusal(config) is None
     cache = kv_cache_bytes(config, length, dtype) if generation else 0
-    offloaded = offloaded_cache_bytes(config, length, dtype) if generation and offload_ok else None
-    decode = n_params * _DTYPE_BYTES[dtype] + 2 * cache if generation else 0
+    offloaded = offloaded_cache_bytes(config, length, dtype) if generation and cuda else None
 
     def est(chunk: int | None, kind: str | None = None) -> int:
-        need = estimate_bytes(config, length, chunk, dtype, attn, n_params, kind)
-        return max(need + cache if kind == "stream" or chunk is None else need, decode)  # prefill: has it
+        need = estimate_bytes(config, length, chunk, dtype, attn, n_params, kind, cuda=cuda)
+        return need + cache if kind == "stream" or chunk is None else need  # prefill's holds it already
 
     def fits(need: int) -> bool:
         return max_memory is None or need <= max_memory
 
     def stream_plan(chunk: int, offload: bool) -> Plan:
         chunk = min(chunk, length)
-        need = (estimate_bytes(config, length, chunk, dtype, attn, n_params, "stream") + offloaded
+        need = (estimate_bytes(config, length, chunk, dtype, attn, n_params, "stream", cuda=cuda) + offloaded
                 if offload else est(chunk, "stream"))
         return Plan("stream", chunk, need, fits(need), offload)
 
@@ -206,16 +238,17 @@ BATCH_TOKENS = {"accelerator": 1 << 16, "cpu": 1 << 11}
 def batch_rows(config, length: int, requested: int | str, *, dtype: str, attn: str, n_params: int,
                max_memory: int | None, generation: bool = False, accelerator: bool = False) -> int:
     """Rows of `length` tokens in one single-pass forward: `requested` (a number, or "auto": the most up to
-    BATCH_MAX rows and BATCH_TOKENS tokens), lowered to what fits `max_memory`. Weights and the output
-    head's sub-chunk (run row by row) count once; each row adds its pass's activations, and for generation
-    its KV cache."""
+    BATCH_MAX rows and BATCH_TOKENS tokens), lowered to what fits `max_memory` (`estimate_bytes` of that
+    many rows, each with its KV cache for generation)."""
     if requested == "auto":
         tokens = BATCH_TOKENS["accelerator" if accelerator else "cpu"]
         requested = max(1, min(BATCH_MAX, tokens // max(length, 1)))
-    rows = int(requested)
-    if rows <= 1 or max_memory is None:
-        return max(rows, 1)
-    one = estimate_bytes(config, length, None, dtype, attn, n_params)
-    fixed = n_params * _DTYPE_BYTES[dtype] + head_bytes(config, length)
-    per_row = one - fixed + (kv_cache_bytes(config, length, dtype) if generation else 0)
-    return max(1, min(rows, (max_memory - fixed) // max(per_row, 1)))
+    rows = max(int(requested), 1)
+    cache = kv_cache_bytes(config, length, dtype) if generation else 0
+
+    def need(n: int) -> int:
+        return estimate_bytes(config, length, None, dtype, attn, n_params, rows=n) + n * cache
+
+    while rows > 1 and max_memory is not None and need(rows) > max_memory:
+        rows -= 1
+    return rows

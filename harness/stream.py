@@ -159,7 +159,10 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     elif window is None and query.device.type == "cpu" and _CPU_FLASH is not None:
         out = _split_attention(query, key, value, offset, scale)
     else:
-        if groups > 1 and not _SDPA_GQA:
+        # CUDA runs GQA only in sdpa's flash kernel (half precision, no mask); K/V per query head let the
+        # memory-efficient kernel run instead of the math fallback's heads x n x k scores
+        if groups > 1 and (not _SDPA_GQA or query.device.type != "cpu" and (
+                window is not None or query.dtype == torch.float32)):
             key, value, groups = (key.repeat_interleave(groups, dim=1),
                                   value.repeat_interleave(groups, dim=1), 1)
         mask = causal_lower_right(n, k) if window is None else _visible(n, k, offset, window, query.device)

@@ -70,9 +70,12 @@ def test_batch_rows_auto_and_within_budget(tiny_llama):
     assert planner.batch_rows(eng.config, 2048, "auto", max_memory=None, **shape) == 1
     assert planner.batch_rows(eng.config, 256, "auto", max_memory=None, accelerator=True, **shape) == 64
     assert planner.batch_rows(eng.config, 8192, "auto", max_memory=None, accelerator=True, **shape) == 8
-    one = planner.estimate_bytes(eng.config, 2048, None, "float32", "sdpa", eng.n_params)
-    fixed = eng.n_params * 4 + 1024 * eng.config.vocab_size * 12  # weights and the head's sub-chunk: once
-    budget = fixed + 10 * (one - fixed) + 1
+    def need(rows):
+        return planner.estimate_bytes(eng.config, 2048, None, "float32", "sdpa", eng.n_params, rows=rows)
+
+    fixed = eng.n_params * 4 + planner.RUNTIME_BYTES  # weights and runtime count once, activations per row
+    assert need(10) - fixed == 10 * (need(1) - fixed)  # the decoder's layer dominates at 2K: per row
+    budget = need(10) + 1
     rows = planner.batch_rows(eng.config, 2048, 32, max_memory=budget, **shape)
     assert rows == 10
     generating = planner.batch_rows(eng.config, 2048, 32, max_memory=budget, generation=True, **shape)
