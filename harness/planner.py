@@ -58,10 +58,10 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     A pass has two phases that never overlap: the decoder, one layer at a time (`_layer_bytes`; for sdpa
     prefill chunks after the first, the q x kv mask, bool and float, and K/V repeated to every query head,
     since transformers' sdpa takes GQA natively only without a mask; eager attention: two heads x q x kv
-    copies of the scores and its float mask), then the output head over the final hidden states in
-    sub-chunks (`head_bytes`). The peak is the larger phase, plus what both hold: the weights, prefill's
-    cache (one layer twice while it is concatenated) and RUNTIME_BYTES. benchmarks/memory.py measures every
-    strategy against it with RSS following the live tensors.
+    copies of the scores and its float mask; flash attention: none of these), then the output head over
+    the final hidden states in sub-chunks (`head_bytes`). The peak is the larger phase, plus what both
+    hold: the weights, prefill's cache (one layer twice while it is concatenated) and RUNTIME_BYTES.
+    benchmarks/memory.py measures every strategy against it with RSS following the live tensors.
     `strategy="stream"` (chunk = query tokens per layer step; `cuda`: on a CUDA device): see
     `_stream_bytes`."""
     if strategy == "stream":
@@ -69,11 +69,14 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     text, bytes_w, hidden, inter, heads, kv_heads, head_dim = _shape(config, dtype)
     q_len = length if chunk is None else min(chunk, length)
     decoder = _layer_bytes(q_len, hidden, inter, bytes_w)
+    # flash kernels take the causal offset and GQA themselves; sdpa's first chunk (and a single pass) is
+    # causal without a mask
+    masked = attn == "eager" or q_len < length and "flash" not in attn
     if attn == "eager":
         decoder += heads * q_len * length * (bytes_w + 4) + q_len * length * bytes_w
-    elif q_len < length:  # sdpa: the first chunk (and a single pass) is causal without a mask
+    elif masked:
         decoder += _mask_bytes(q_len, length, bytes_w)
-    if kv_heads < heads and (attn == "eager" or q_len < length):
+    if kv_heads < heads and masked:
         decoder += 2 * length * heads * head_dim * bytes_w
     final = rows * q_len * hidden * bytes_w + head_bytes(config, length, dtype)  # the head runs row by row
     cache = 0  # prefill: every layer's K/V, one layer twice while `update` concatenates it

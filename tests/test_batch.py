@@ -106,15 +106,15 @@ def comparable(folder):
             [r.get("answer_logprob", 0.0) for r in rows])
 
 
-@pytest.mark.parametrize("task", ["perplexity", "passkey"])
+@pytest.mark.parametrize("task", ["perplexity", "passkey", "longqa"])
 def test_run_with_batch_size_writes_batch_one_records(task, tiny_llama, text_corpus, tmp_path):
-    extra = ["--task", task, "--lengths", "100,200" if task == "perplexity" else "300"]
-    if task == "passkey":
+    extra = ["--task", task, "--lengths", {"perplexity": "100,200", "passkey": "300"}.get(task, "600")]
+    if task != "perplexity":
         extra += ["--depths", "0,1"]
     assert run(tiny_llama, text_corpus, tmp_path / "one", *extra) == 0
     assert run(tiny_llama, text_corpus, tmp_path / "four", *extra, "--batch-size", "4") == 0
     (one, one_logprobs), (four, four_logprobs) = comparable(tmp_path / "one"), comparable(tmp_path / "four")
-    assert one == four  # perplexity: bit for bit; passkey: the same tokens, ranks, prompts
+    assert one == four  # perplexity: bit for bit; passkey, longqa: the same tokens, ranks, prompts
     assert four_logprobs == pytest.approx(one_logprobs, rel=1e-6)  # small GEMMs of the teacher-forced step
     batches = [r["batch"] for r in read_jsonl(tmp_path / "four", "records")]
     assert batches == ([3] * 6 if task == "perplexity" else [4] * 4 + [2] * 2)

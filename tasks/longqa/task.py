@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.errors import InputError
 from harness.metrics import MeasureSpec
-from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams
+from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams, batch_groups
 from tasks.generation import CHAT_TEMPLATE, DEPTHS, MAX_NEW_TOKENS, first_integer, parse_depths, stop_ids
 from tasks.longqa.longbench import DEFAULT_HF_DATASETS, PADS, LongBenchSource
 from tasks.longqa.metrics import best_scores
@@ -105,30 +105,47 @@ class LongQATask(Task):
         source: Source = self.state_of(ctx)
         return source.build(cell)
 
+    def groups(self, ctx: RunContext, cells: list[Cell]) -> list[list[Cell]]:
+        """Cells of one length batched as the engine allows (prompts of exactly L tokens share forwards
+        where they also share their generation budget and stop tokens: see `score_group`)."""
+        return batch_groups(ctx.engine, [[c] for c in cells], generation=True)
+
     def score_group(self, ctx: RunContext, cells: list[Cell]) -> list[dict[str, Any]]:
-        out = []
-        for cell in cells:
-            prompt = self.build(ctx, cell)
-            stops = stop_ids(ctx.tokenizer, ctx.engine) + prompt.stop_ids
-            scored = None
-            if prompt.answer_ids is not None:  # one prefill for the answer's score and the generation
-                scored, new = ctx.engine.score_and_generate(prompt.ids, prompt.answer_ids,
-                                                            prompt.max_new_tokens, stops)
+        prompts = [self.build(ctx, cell) for cell in cells]
+        stops = [stop_ids(ctx.tokenizer, ctx.engine) + p.stop_ids for p in prompts]
+        outputs: list[tuple[Any, list[int]]] = [(None, [])] * len(prompts)
+        batch = [1] * len(prompts)
+        # prompts with an answer to teacher-force (synthetic) and the same budget and stops: one batched
+        # prefill per run of equal lengths, the answer's score and the generation from it
+        runs: dict[tuple, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            if prompt.answer_ids is None:  # LongBench: generation only, one prompt at a time
+                outputs[i] = (None, ctx.engine.generate(prompt.ids, prompt.max_new_tokens, stops[i]))
             else:
-                new = ctx.engine.generate(prompt.ids, prompt.max_new_tokens, stops)
-            text = ctx.tokenizer.decode(new, skip_special_tokens=True)
-            if prompt.first_line:
-                text = text.lstrip("\n").split("\n")[0]
-            record = dict(prompt.record)
-            scores = best_scores(text, prompt.answers)
-            if prompt.answer_ids is not None:
-                scores["match"] = float(first_integer(text) == prompt.answers[0])
-                record.update(answer_logprob=scored.logprob, answer_rank=scored.rank,
-                              answer_tokens=len(prompt.answer_ids))
-            record.update(metric=prompt.metric, score=scores[prompt.metric], **scores, prediction=text,
-                          generated_tokens=len(new), max_new_tokens=prompt.max_new_tokens)
-            out.append(record)
-        return out
+                runs.setdefault((len(prompt.ids), prompt.max_new_tokens, tuple(stops[i])), []).append(i)
+        for (length, max_new_tokens, run_stops), members in runs.items():
+            scored = ctx.engine.score_and_generate_batch([prompts[i].ids for i in members],
+                                                         [prompts[i].answer_ids for i in members],
+                                                         max_new_tokens, list(run_stops))
+            rows = min(len(members), ctx.engine.batch_size(length, generation=True))
+            for i, result in zip(members, scored, strict=True):
+                outputs[i], batch[i] = result, rows
+        return [self._record(prompt, scored, new, ctx.tokenizer.decode(new, skip_special_tokens=True), rows)
+                for prompt, (scored, new), rows in zip(prompts, outputs, batch, strict=True)]
+
+    @staticmethod
+    def _record(prompt: Prompt, scored, new: list[int], text: str, batch: int) -> dict[str, Any]:
+        if prompt.first_line:
+            text = text.lstrip("\n").split("\n")[0]
+        record = dict(prompt.record)
+        scores = best_scores(text, prompt.answers)
+        if prompt.answer_ids is not None:
+            scores["match"] = float(first_integer(text) == prompt.answers[0])
+            record.update(answer_logprob=scored.logprob, answer_rank=scored.rank,
+                          answer_tokens=len(prompt.answer_ids))
+        record.update(metric=prompt.metric, score=scores[prompt.metric], **scores, prediction=text,
+                      generated_tokens=len(new), max_new_tokens=prompt.max_new_tokens, batch=batch)
+        return record
 
 
 TASK = LongQATask()
