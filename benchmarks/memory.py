@@ -15,7 +15,9 @@ measure live tensors, not allocator slack: glibc unmaps freed tensors (`memory_g
 what a CPU run under --max-memory does) and the peak is reset once the engine is built (its self-check's
 transient would otherwise hide part of the pass). Its generation rows
 measure `Engine.generate(ids, 4)` with the prompt layer-streamed into the KV cache against the planner's
-generation estimate (`plan(L, generation=True)`: the stream pass + the cache kept for decoding).
+generation estimate (`plan(L, generation=True)`: the stream pass + the cache kept for decoding). A last
+table measures the other paths the planner models at 4K: sliding windows (Mistral; Gemma2, with full
+layers too), eager attention and softcapping.
 
     python benchmarks/memory.py [--lengths 2048,4096,8192,16384] [--strategy-lengths 2048,...,65536]
                                 [--generation-lengths 4096,16384] [--part all|methods|strategies]
@@ -179,7 +181,8 @@ def report(results: dict[tuple[str, int], dict], lengths: list[int]) -> str:
 # ------------------------------------------------------------------------------ strategies
 
 
-def strategy_child(model_dir: str, strategy: str, length: int, device: str, queue) -> None:
+def strategy_child(model_dir: str, strategy: str, length: int, device: str, queue, attn: str = "sdpa",
+                   chunk: int = STRATEGY_CHUNK) -> None:
     """One strategy measurement in a child forked from the server (nothing computed before the fork)."""
     result: dict = {"strategy": strategy, "length": length}
     try:
@@ -191,10 +194,10 @@ def strategy_child(model_dir: str, strategy: str, length: int, device: str, queu
         from harness.rope_config import RopeOverride
 
         start = time.perf_counter()
-        loaded = models.load(model_dir, RopeOverride(), dtype="float32", device=device, attn="sdpa")
+        loaded = models.load(model_dir, RopeOverride(), dtype="float32", device=device, attn=attn)
         generate = strategy == GENERATE
         eng = engine.Engine(loaded, strategy="stream" if generate else strategy,
-                            chunk_size=None if strategy == "single" else STRATEGY_CHUNK)
+                            chunk_size=None if strategy == "single" else chunk)
         ids = bc.random_ids(length, vocab=STRATEGY_VOCAB)
         plan = eng.plan(length, generation=generate)
         cuda = device.startswith("cuda")
@@ -286,10 +289,68 @@ def strategy_report(name: str, results: dict, lengths: list[int]) -> tuple[str, 
     return cells, text
 
 
+# other families and attention paths the planner models (2 layers, GQA 8 / 2 heads, vocab 4,096): sliding
+# windows (a mask even in a single pass; Gemma2 builds one per kind of layer), eager scores, softcapping
+FAMILY_SHAPE = dict(vocab_size=STRATEGY_VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
+                    num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192)
+FAMILY_CELLS = [("mistral", "sdpa", s) for s in STRATEGIES] + [("gemma2", "eager", s) for s in STRATEGIES] + [
+    ("llama", "eager", s) for s in ("single", "prefill")]
+FAMILY_LENGTH, FAMILY_CHUNK = 4096, 1024
+
+
+def build_family(path: Path, kind: str) -> Path:
+    import torch
+    import transformers
+
+    from harness.bytetok import byte_tokenizer
+
+    if kind == "mistral":
+        config = transformers.MistralConfig(**FAMILY_SHAPE, sliding_window=512)
+    elif kind == "gemma2":
+        config = transformers.Gemma2Config(**FAMILY_SHAPE, head_dim=32, sliding_window=512,
+                                           attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                                           layer_types=["sliding_attention", "full_attention"])
+    else:
+        config = transformers.LlamaConfig(**FAMILY_SHAPE)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+def families_main(ctx, device: str, tmp: Path) -> None:
+    print(f"### Other families and attention paths (L={FAMILY_LENGTH}, chunks of {FAMILY_CHUNK}; 2 layers, "
+          "hidden 256, 8 heads / 2 kv heads; Mistral: sliding window 512; Gemma2: sliding window 512 and "
+          "full layers, attention and final logit softcapping)\n")
+    rows, ratios = [], []
+    for kind, attn, strategy in FAMILY_CELLS:
+        model_dir = tmp / kind
+        if not model_dir.exists():
+            build_family(model_dir, kind)
+        queue = ctx.Queue()
+        proc = ctx.Process(target=strategy_child, args=(str(model_dir), strategy, FAMILY_LENGTH, device,
+                                                        queue, attn, FAMILY_CHUNK))
+        proc.start()
+        r = queue.get(timeout=3600)
+        proc.join()
+        if "error" in r:
+            rows.append([kind, attn, strategy, r.get("plan", ""), "", f"failed: {r['error']}", ""])
+            continue
+        measured = (r["peak_kb"] - r["load_kb"]) * 1024
+        ratios.append((measured / r["estimate"], f"{kind} {attn} {strategy}"))
+        rows.append([kind, attn, strategy, r["plan"], f"{r['estimate'] / 2**30:.3f}",
+                     f"{measured / 2**30:.3f}", f"{ratios[-1][0]:.2f}"])
+    print(bc.table(["family", "attention", "strategy", "plan", "estimate GiB (weights excluded)",
+                    "measured RSS increment GiB", "measured / estimate"], rows) + "\n")
+    ok = len(ratios) == len(FAMILY_CELLS) and all(0.5 <= r <= 1 for r, _ in ratios)
+    low, high = min(ratios, default=(float("nan"), "")), max(ratios, default=(float("nan"), ""))
+    print(f"Target planner estimate conservative and within 2x on the other families and attention paths: "
+          f"measured / estimate highest {high[0]:.2f} ({high[1]}), lowest {low[0]:.2f} ({low[1]}) -> "
+          f"{bc.verdict(ok)}")
+
+
 def strategies_main(lengths: list[int], device: str, tmp: Path, gen_lengths: list[int]) -> None:
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "transformers", "transformers.models.llama.modeling_llama",
-                                "harness.engine", "harness.models", "harness.stream"])
+    ctx = forkserver()
     described = "; ".join(f"{n}: {s['num_hidden_layers']} layers, hidden {s['hidden_size']}, intermediate "
                           f"{s['intermediate_size']}, {s['num_attention_heads']} heads / "
                           f"{s['num_key_value_heads']} kv heads" for n, s in STRATEGY_MODELS.items())
@@ -349,7 +410,16 @@ def strategies_main(lengths: list[int], device: str, tmp: Path, gen_lengths: lis
               + f" -> {bc.verdict(ok)}")
     linear = len(growth) == len(STRATEGY_MODELS) * (len(lengths) - 1) and all(g <= 2.3 for g, _ in growth)
     print("Target stream memory at most linear in L (pass increment <= x2 per doubling, +15% noise): "
-          + ", ".join(f"x{g:.2f} ({w})" for g, w in growth) + f" -> {bc.verdict(linear)}")
+          + ", ".join(f"x{g:.2f} ({w})" for g, w in growth) + f" -> {bc.verdict(linear)}\n")
+    families_main(ctx, device, tmp)
+
+
+def forkserver():
+    """Children forked from a server that imported torch and transformers once."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "transformers", "transformers.models.llama.modeling_llama",
+                                "harness.engine", "harness.models", "harness.stream"])
+    return ctx
 
 
 def main() -> int:
@@ -359,8 +429,9 @@ def main() -> int:
                         help="lengths of the strategy table (single / stream / prefill)")
     parser.add_argument("--generation-lengths", default="4096,16384",
                         help="prompt lengths of the strategy table's generation rows (stream + generate)")
-    parser.add_argument("--part", choices=("all", "methods", "strategies"), default="all",
-                        help="methods: harness vs labels= vs lm-eval; strategies: the engine's strategies")
+    parser.add_argument("--part", choices=("all", "methods", "strategies", "families"), default="all",
+                        help="methods: harness vs labels= vs lm-eval; strategies: the engine's strategies "
+                             "(and the families table); families: that table alone")
     parser.add_argument("--device", default=None,
                         help="device of the strategy table (default: cuda if available)")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a benchmark model folder")
@@ -373,13 +444,16 @@ def main() -> int:
 
     if args.part in ("all", "methods"):
         methods_main([int(x) for x in args.lengths.split(",")], args.model_dir)
-    if args.part in ("all", "strategies"):
+    if args.part in ("all", "strategies", "families"):
         import torch
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         with tempfile.TemporaryDirectory() as tmp:
-            strategies_main([int(x) for x in args.strategy_lengths.split(",")], device, Path(tmp),
-                            [int(x) for x in args.generation_lengths.split(",") if x])
+            if args.part == "families":
+                families_main(forkserver(), device, Path(tmp))
+            else:
+                strategies_main([int(x) for x in args.strategy_lengths.split(",")], device, Path(tmp),
+                                [int(x) for x in args.generation_lengths.split(",") if x])
         print(f"\nload average at end: {bc.load_now()}")
     return 0
 

@@ -56,7 +56,8 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     in one forward (single pass).
 
     A pass has two phases that never overlap: the decoder, one layer at a time (`_layer_bytes`; for sdpa
-    prefill chunks after the first, the q x kv mask, bool and float, and K/V repeated to every query head,
+    prefill chunks after the first and passes longer than a sliding window, the q x kv mask, bool and
+    float, one per kind of layer (sliding, full), and K/V repeated to every query head,
     since transformers' sdpa takes GQA natively only without a mask; eager attention: two heads x q x kv
     copies of the scores and its float mask; flash attention: none of these), then the output head over
     the final hidden states in sub-chunks (`head_bytes`). The peak is the larger phase, plus what both
@@ -69,13 +70,15 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     text, bytes_w, hidden, inter, heads, kv_heads, head_dim = _shape(config, dtype)
     q_len = length if chunk is None else min(chunk, length)
     decoder = _layer_bytes(q_len, hidden, inter, bytes_w)
-    # flash kernels take the causal offset and GQA themselves; sdpa's first chunk (and a single pass) is
-    # causal without a mask
-    masked = attn == "eager" or q_len < length and "flash" not in attn
+    # flash kernels take the causal offset, windows and GQA themselves; sdpa's first chunk (and a single
+    # pass) is causal without a mask unless a sliding window cuts into it
+    window = getattr(text, "sliding_window", None)
+    masked = attn == "eager" or "flash" not in attn and (q_len < length or bool(window) and window < length)
+    kinds = len(set(getattr(text, "layer_types", None) or ())) or 1  # a mask per kind (sliding, full)
     if attn == "eager":
-        decoder += heads * q_len * length * (bytes_w + 4) + q_len * length * bytes_w
+        decoder += heads * q_len * length * (bytes_w + 4) + kinds * q_len * length * bytes_w
     elif masked:
-        decoder += _mask_bytes(q_len, length, bytes_w)
+        decoder += kinds * _mask_bytes(q_len, length, bytes_w)
     if kv_heads < heads and masked:
         decoder += 2 * length * heads * head_dim * bytes_w
     final = rows * q_len * hidden * bytes_w + head_bytes(config, length, dtype)  # the head runs row by row

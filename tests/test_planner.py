@@ -186,3 +186,22 @@ def test_engine_offloads_only_on_cuda(tmp_path):
     assert gen.estimate_bytes == on_cuda.estimate_bytes + planner.offloaded_cache_bytes(eng.config, 3000,
                                                                                         eng.dtype)
     assert not eng.plan(3000).offload  # scoring keeps no cache
+
+
+def test_a_sliding_window_needs_a_mask_per_kind_of_layer():
+    """sdpa runs a single pass causal without a mask, unless a sliding window cuts into it; a model with
+    sliding and full layers (Gemma2/3) builds one mask of each kind (benchmarks/memory.py, families table)."""
+    base = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
+                num_attention_heads=8, num_key_value_heads=8)
+    full = transformers.MistralConfig(**base, sliding_window=None)
+    window = transformers.MistralConfig(**base, sliding_window=512)
+    mixed = transformers.MistralConfig(**base, sliding_window=512,
+                                       layer_types=["sliding_attention", "full_attention"])
+
+    def single(config, length):
+        return planner.estimate_bytes(config, length, None, "float32", "sdpa", 0)
+
+    assert single(window, 512) == single(full, 512)  # the window holds the whole sequence: causal alone
+    mask = 4096 * 4096 * (1 + 4)
+    assert single(window, 4096) - single(full, 4096) == mask
+    assert single(mixed, 4096) - single(full, 4096) == 2 * mask
