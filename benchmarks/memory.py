@@ -27,7 +27,6 @@ layers too), eager attention and softcapping.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import multiprocessing
@@ -79,7 +78,9 @@ def reset_peak_kb() -> int:
     """Return freed heap to the kernel and reset VmHWM to the current RSS (Linux >= 4.0, clear_refs 5), so
     the peak after a pass is measured above what is live now, not above an earlier transient (the
     engine's self-check)."""
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    from harness import memory_guard
+
+    memory_guard.return_freed_tensors()
     Path("/proc/self/clear_refs").write_text("5")
     return vm_hwm_kb()
 
@@ -220,21 +221,35 @@ def strategy_child(model_dir: str, strategy: str, length: int, device: str, queu
     queue.put(result)
 
 
+def in_child(ctx, model_dir: Path, strategy: str, length: int, device: str, *more) -> dict:
+    """`strategy_child`'s result, measured in a fresh child (an error entry when it dies without one)."""
+    queue = ctx.Queue()
+    proc = ctx.Process(target=strategy_child, args=(str(model_dir), strategy, length, device, queue, *more))
+    proc.start()
+    try:
+        r = queue.get(timeout=3600)
+    except Exception:
+        r = {"strategy": strategy, "length": length, "error": f"child exit {proc.exitcode} without a result"}
+    proc.join()
+    return r
+
+
+def within_2x(ratios: list[tuple[float, str]], cells: int) -> bool:
+    """Every one of `cells` measured, each measured / estimate in [0.5, 1]: conservative and within 2x."""
+    return len(ratios) == cells and all(0.5 <= r <= 1 for r, _ in ratios)
+
+
+def worst(ratios: list[tuple[float, str]]) -> str:
+    return (f"highest {max(ratios)[0]:.2f} ({max(ratios)[1]}), lowest {min(ratios)[0]:.2f} ({min(ratios)[1]})"
+            if ratios else "no measurement")
+
+
 def measure_strategies(ctx, model_dir: Path, lengths: list[int], device: str,
                        gen_lengths: list[int]) -> dict[tuple[str, int], dict]:
     results = {}
     cells = [(s, n) for n in lengths for s in STRATEGIES] + [(GENERATE, n) for n in gen_lengths]
     for strategy, length in cells:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=strategy_child, args=(str(model_dir), strategy, length, device, queue))
-        proc.start()
-        try:
-            r = queue.get(timeout=3600)
-        except Exception:
-            r = {"strategy": strategy, "length": length,
-                 "error": f"child exit {proc.exitcode} without a result"}
-        proc.join()
-        results[(strategy, length)] = r
+        r = results[(strategy, length)] = in_child(ctx, model_dir, strategy, length, device)
         print(f"  measured {model_dir.name} {strategy} L={length}: " + (r.get("error") or
               f"{r['plan']}, +{(r['peak_kb'] - r['load_kb']) / 2**20:.2f} GiB, {r['seconds']:.1f}s"),
               file=sys.stderr, flush=True)
@@ -327,12 +342,7 @@ def families_main(ctx, device: str, tmp: Path) -> None:
         model_dir = tmp / kind
         if not model_dir.exists():
             build_family(model_dir, kind)
-        queue = ctx.Queue()
-        proc = ctx.Process(target=strategy_child, args=(str(model_dir), strategy, FAMILY_LENGTH, device,
-                                                        queue, attn, FAMILY_CHUNK))
-        proc.start()
-        r = queue.get(timeout=3600)
-        proc.join()
+        r = in_child(ctx, model_dir, strategy, FAMILY_LENGTH, device, attn, FAMILY_CHUNK)
         if "error" in r:
             rows.append([kind, attn, strategy, r.get("plan", ""), "", f"failed: {r['error']}", ""])
             continue
@@ -342,11 +352,9 @@ def families_main(ctx, device: str, tmp: Path) -> None:
                      f"{measured / 2**30:.3f}", f"{ratios[-1][0]:.2f}"])
     print(bc.table(["family", "attention", "strategy", "plan", "estimate GiB (weights excluded)",
                     "measured RSS increment GiB", "measured / estimate"], rows) + "\n")
-    ok = len(ratios) == len(FAMILY_CELLS) and all(0.5 <= r <= 1 for r, _ in ratios)
-    low, high = min(ratios, default=(float("nan"), "")), max(ratios, default=(float("nan"), ""))
+    ok = within_2x(ratios, len(FAMILY_CELLS))
     print(f"Target planner estimate conservative and within 2x on the other families and attention paths: "
-          f"measured / estimate highest {high[0]:.2f} ({high[1]}), lowest {low[0]:.2f} ({low[1]}) -> "
-          f"{bc.verdict(ok)}")
+          f"measured / estimate {worst(ratios)} -> {bc.verdict(ok)}")
 
 
 def strategies_main(lengths: list[int], device: str, tmp: Path, gen_lengths: list[int]) -> None:
@@ -385,24 +393,17 @@ def strategies_main(lengths: list[int], device: str, tmp: Path, gen_lengths: lis
                    for a, b in zip(streamed[:-1], streamed[1:], strict=True)]
     every = [x for s in STRATEGIES for x in ratios[s]]
 
-    def worst(items: list[tuple[float, str]]) -> str:
-        return (f"highest {max(items)[0]:.2f} ({max(items)[1]}), lowest {min(items)[0]:.2f} ({min(items)[1]})"
-                if items else "no measurement")
-
-    def within(items: list[tuple[float, str]], cells: int) -> bool:
-        return len(items) == cells and all(0.5 <= r <= 1 for r, _ in items)
-
     worst_stream = max(ratios["stream"], default=(float("nan"), ""))[0]
     print(f"Target stream estimate >= measured peak (measured / estimate <= 1) in every stream cell: highest "
           f"{worst_stream:.2f} -> {bc.verdict(worst_stream <= 1)}")
     cells = len(STRATEGY_MODELS) * len(lengths)
     print("Target planner estimate conservative (measured <= estimate) and within 2x (measured >= estimate "
           f"/ 2) for every strategy at every L: measured / estimate {worst(every)} -> "
-          f"{bc.verdict(within(every, len(STRATEGIES) * cells))}")
+          f"{bc.verdict(within_2x(every, len(STRATEGIES) * cells))}")
     gen = ratios[GENERATE]
     print(f"Target generation estimate (stream prompt + the KV cache kept for decoding) conservative and "
           f"within 2x at L={','.join(map(str, gen_lengths))}: measured / estimate {worst(gen)} -> "
-          f"{bc.verdict(within(gen, len(STRATEGY_MODELS) * len(gen_lengths)))}")
+          f"{bc.verdict(within_2x(gen, len(STRATEGY_MODELS) * len(gen_lengths)))}")
     for other, limit, text in (("prefill", 0.25, "1/4"), ("single", 0.5, "1/2")):
         ok = len(versus[other]) == len(STRATEGY_MODELS) and all(v <= limit for _, v in versus[other])
         print(f"Target stream peak <= {text} of {other}'s at L={top}: "

@@ -112,7 +112,8 @@ class LongQATask(Task):
 
     def score_group(self, ctx: RunContext, cells: list[Cell]) -> list[dict[str, Any]]:
         prompts = [self.build(ctx, cell) for cell in cells]
-        stops = [stop_ids(ctx.tokenizer, ctx.engine) + p.stop_ids for p in prompts]
+        eos = stop_ids(ctx.tokenizer, ctx.engine)
+        stops = [eos + p.stop_ids for p in prompts]
         outputs: list[tuple[Any, list[int]]] = [(None, [])] * len(prompts)
         batch = [1] * len(prompts)
         # prompts with an answer to teacher-force (synthetic) and the same budget and stops: one batched
