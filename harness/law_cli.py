@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from harness import law, retrieval_law
+from harness.checkpoints import KNOWN
 from harness.errors import InputError
 
 
@@ -57,6 +58,13 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError("no base given: pass --base B (repeatable, e.g. --base 1e6), or --model to use its "
                          "own rope_theta")
     return inputs
+
+
+def known_rows(out: dict[str, Any]) -> list:
+    """The known-checkpoint rows any law input was taken from (their source, to cite)."""
+    names = {str(out.get(f"{k}_source", "")).removeprefix("known:") for k in ("pretrain_base", "train_len",
+                                                                              "tune_len")}
+    return [row for row in KNOWN if row.name in names]
 
 
 def _number(value: float | None) -> int | float | None:
@@ -103,6 +111,15 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _source(out: dict[str, Any], key: str) -> str:
+    """'  (source)' for a law input read with --model; an input only assumed from the config says so."""
+    source = out.get(f"{key}_source")
+    if source is None:
+        return ""
+    assumed = source not in ("flag", "rope_harness_law") and not source.startswith("known:")
+    return f"  ({source}{': assumed from the config, check it' if assumed else ''})"
+
+
 def _table(out: dict[str, Any]) -> str:
     def g(x: float | None) -> str:
         return "-" if x is None else f"{x:,.0f}" if abs(x) >= 100 else f"{x:.4g}"
@@ -111,10 +128,9 @@ def _table(out: dict[str, Any]) -> str:
     header = [
         ("model", out.get("model")),
         ("rotary dim d", str(out["head_dim"])),
-        ("train length", g(out["train_len"]) + (f"  ({out['train_len_source']})"
-                                                if out.get("train_len_source") else "")),
-        ("tune length", g(out["tune_len"])),
-        ("pre-training base b0", g(out["pretrain_base"])),
+        ("train length", g(out["train_len"]) + _source(out, "train_len")),
+        ("tune length", g(out["tune_len"]) + _source(out, "tune_len")),
+        ("pre-training base b0", g(out["pretrain_base"]) + _source(out, "pretrain_base")),
         ("critical dim d_extra", str(out["critical_dim"])),
         ("critical base beta0", g(out["critical_base"])),
         ("small-base thresholds", f"beta1 {g(t['beta1'])}  beta2 {g(t['beta2'])}  beta3 {g(t['beta3'])}"),
@@ -123,6 +139,7 @@ def _table(out: dict[str, Any]) -> str:
              "retrieval bound (Men et al., "
              "NeurIPS 2024)"]
     lines += [f"  {name:<22} {value}" for name, value in header if value is not None]
+    lines += [f"  {'history':<22} {row.source}" for row in known_rows(out)]
     rows = [("base", "regime", "critical dim", "extrapolation limit", "retrieval bound")]
     for s in out["settings"]:
         limit, bound = s["extrapolation_limit"], s["retrieval_bound"]

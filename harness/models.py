@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import rope_math
+from harness import gguf, rope_math
+from harness.checkpoints import PACKAGED, packaged_path
 from harness.errors import InputError, one_line
 from harness.hub import use_cache_if_hub_unreachable
 from harness.rope_config import (
@@ -50,9 +51,12 @@ class Loaded:
 
 
 def resolve_model_path(model_id: str) -> str:
-    """zoo:NAME -> the packaged checkpoint folder; anything else is a local path or hub id."""
+    """zoo:NAME -> the packaged checkpoint folder; a packaged real model's name (smollm2) -> its GGUF file;
+    anything else is a local path (folder or .gguf file) or hub id."""
     if model_id.startswith("zoo:"):
         return str(resolve_zoo(model_id))
+    if model_id in PACKAGED:
+        return str(packaged_path(model_id))
     return model_id
 
 
@@ -65,6 +69,8 @@ def load_config(model_id: str, revision: str | None = None, trust_remote_code: b
     if looks_local and not Path(path).expanduser().exists():
         raise InputError(f"model path {path!r} does not exist: pass an existing folder or a hub id "
                          "(owner/name)")
+    if gguf.is_gguf(path):
+        return gguf.read_config(path)
     if not Path(path).expanduser().exists():
         use_cache_if_hub_unreachable()
     try:
@@ -83,6 +89,21 @@ def law_inputs_for(model: str, revision: str | None = None, trust_remote_code: b
                                              tune_len=tune_len))
     own = rope_sections(config)[law_section(config)]
     return {**inputs, "rope_theta": float(own["rope_theta"]), "rope_type": own.get("rope_type", "default")}
+
+
+def load_tokenizer(model_id: str, revision: str | None = None, trust_remote_code: bool = False):
+    """The model's tokenizer (a GGUF file's from its metadata); load errors propagate to the caller."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model_id)
+    if gguf.is_gguf(path):
+        return gguf.read_tokenizer(path)
+    return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def weights_source(path: str) -> dict[str, Any]:
+    """Record fields naming the weights' origin: a GGUF file's tensor types and hash; {} for HF weights."""
+    return gguf.describe(path) if gguf.is_gguf(path) else {}
 
 
 # ------------------------------------------------------------------------------------ verification
@@ -219,11 +240,13 @@ def model_fingerprint(path: str, config, revision: str | None) -> str:
 
     Hub snapshots name their blobs by sha256 (the symlink target), so those are free; local files are
     identified by name, size and a sha256 of their first and last 4 MiB (hashing whole multi-GB
-    weights would cost more than many cells).
+    weights would cost more than many cells); a GGUF file by the sha256 of all of it.
     """
     digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
     folder = Path(path).expanduser()
-    if folder.is_dir():
+    if gguf.is_gguf(path):  # every weight and the config come from this one file
+        digest.update(gguf.file_hash(path).encode())
+    elif folder.is_dir():
         for file in sorted(folder.iterdir()):
             if file.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
                 continue
@@ -278,7 +301,7 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
          trust_remote_code: bool = False) -> Loaded:
     """Config -> override -> model (weights in `dtype`, RoPE float32) -> verified manifest."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -293,9 +316,11 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
     attn = pick_attn(attn, device)
     placement = {"device_map": "auto"} if device == "auto" else {}
 
+    weights = str(gguf.materialised(path)) if gguf.is_gguf(path) else path
+
     def build(implementation: str):
         return AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=getattr(torch, dtype), attn_implementation=implementation,
+            weights, config=config, dtype=getattr(torch, dtype), attn_implementation=implementation,
             revision=revision, trust_remote_code=trust_remote_code, **placement)
 
     try:
@@ -306,8 +331,7 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
                 raise
             attn = "eager"
             model = build(attn)
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision,
-                                                  trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(model_id, revision, trust_remote_code)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load model {model_id!r} ({one_line(exc, 160)}): check the path/hub id, "
                          "network, and --attn") from None
@@ -316,6 +340,7 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
     model.eval()
     inv_freqs = verify_rope(model, config)
     manifest = rope_manifest(config, spec, law, inv_freqs, override.changes_rope())
+    manifest.update(weights_source(path))  # where the weights came from: no RoPE fact, so not in rope_hash
     return Loaded(model, tokenizer, config, manifest, model_fingerprint(path, config, revision), device,
                   dtype, attn)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import models, rope_config
+from harness.checkpoints import PACKAGED
 from harness.errors import InputError, one_line
 from harness.suite import Setting, TaskSpec
 from tasks.base import Preflight, TaskParams, get_task
@@ -54,7 +55,8 @@ def validate_params(params: TaskParams) -> None:
 def is_hub_id(model: str) -> bool:
     """owner/name (or name) that is neither a zoo name nor a local path: only the hub (or its cache) has
     it."""
-    if model.startswith("zoo:") or model.startswith((".", "/", "~")) or model.count("/") > 1:
+    if (model.startswith("zoo:") or model in PACKAGED or model.startswith((".", "/", "~"))
+            or model.count("/") > 1):
         return False
     return not Path(model).expanduser().exists()
 
@@ -81,12 +83,8 @@ def _rope_identity(setting: Setting, config) -> tuple[Any, dict[str, Any], str, 
 
 
 def _tokenizer(setting: Setting, tolerant: bool, notes: list[str]):
-    from transformers import AutoTokenizer
-
-    path = models.resolve_model_path(setting.model)
     try:
-        return AutoTokenizer.from_pretrained(path, revision=setting.revision,
-                                             trust_remote_code=setting.trust_remote_code)
+        return models.load_tokenizer(setting.model, setting.revision, setting.trust_remote_code)
     except (OSError, ValueError) as exc:
         if tolerant and is_hub_id(setting.model):
             notes.append(f"tokenizer of {setting.model!r} not available offline ({one_line(exc, 120)}): "

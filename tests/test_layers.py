@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {
     0: ["harness", "harness.errors", "harness.values", "harness.hub", "harness.jsonl", "harness.law",
         "harness.retrieval_law", "harness.rope_math", "harness.bytetok", "harness.metrics",
-        "harness.zoo_models", "harness.suites"],
-    1: ["harness.rope_config", "harness.models", "harness.planner", "harness.engine", "harness.stream",
-        "harness.corpus", "harness.zoo", "harness.law_cli"],
+        "harness.zoo_models", "harness.suites", "harness.checkpoints"],
+    1: ["harness.rope_config", "harness.gguf", "harness.models", "harness.planner", "harness.engine",
+        "harness.stream", "harness.corpus", "harness.zoo", "harness.law_cli"],
     2: ["tasks"],
     3: ["harness.suite", "harness.store", "harness.run_info", "harness.distributed", "harness.memory_guard",
         "harness.preflight", "harness.identity", "harness.dry_run", "harness.runner"],

