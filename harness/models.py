@@ -242,11 +242,14 @@ def model_fingerprint(path: str, config, revision: str | None) -> str:
     identified by name, size and a sha256 of their first and last 4 MiB (hashing whole multi-GB
     weights would cost more than many cells); a GGUF file by the sha256 of all of it.
     """
-    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
     folder = Path(path).expanduser()
-    if gguf.is_gguf(path):  # every weight and the config come from this one file
+    if gguf.is_gguf(path):  # every weight and the config come from this one file, wherever it lies
+        settings = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
         digest.update(gguf.file_hash(path).encode())
-    elif folder.is_dir():
+        return digest.hexdigest()[:16]
+    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
+    if folder.is_dir():
         for file in sorted(folder.iterdir()):
             if file.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
                 continue

@@ -249,6 +249,28 @@ def _position_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, sett
     return curve.x, (loss, tokens), draws, len(curve.samples), rows
 
 
+def law_inputs_from(recs: pd.DataFrame) -> str:
+    """Where a setting's law inputs came from (records' *_source fields), one short phrase; an input only
+    assumed from the config is said to be; '' for records that predate the sources."""
+    sources = {k: _first(recs, f"{k}_source") for k in ("pretrain_base", "train_len", "tune_len")}
+    if all(v is None for v in sources.values()):
+        return ""
+
+    def said(source: Any) -> str:
+        if source == "flag":
+            return "flag"
+        if source == "rope_harness_law":
+            return "config's rope_harness_law"
+        if isinstance(source, str) and source.startswith("known:"):
+            return f"known-checkpoint table ({source.removeprefix('known:')})"
+        return f"assumed from the config ({source}): check"
+
+    phrases = {k: said(v) for k, v in sources.items()}
+    if len(set(phrases.values())) == 1:
+        return next(iter(phrases.values()))
+    return "; ".join(f"{k}: {v}" for k, v in phrases.items())
+
+
 def _measured_dims(regime: str, limit: Limit, lo: float, hi: float, info: dict[str, Any]) -> dict[str, Any]:
     """The measured critical dimension d ln(T / 2 pi) / ln(beta) and its CI (larger-base regime only, where
     Liu's limit is 2 pi beta^(d_extra / d)); a censored T gives a lower bound
@@ -329,7 +351,7 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
                 "factor": used_factor, "delta": used_delta,
                 "reference_value": limit.reference, "threshold_value": limit.threshold,
                 "n_samples": n_samples, "n_failed": int((recs["status"] != "ok").sum()),
-                "law_assumes_finetune": finetune_assumed,
+                "law_assumes_finetune": finetune_assumed, "law_inputs_from": law_inputs_from(recs),
                 "rope_hash": _first(recs, "rope_hash"), "run": _first(recs, "run"),
                 "warning": "; ".join(warnings), "note": "; ".join(row_notes), "law_group": law_group(info),
                 "_param": n_param,

@@ -42,7 +42,7 @@ SUMMARY_COLUMNS = ["setting", "model", "task", "measure", "rope_type", "rope_the
                    "measured_limit", "measured_ci_low", "measured_ci_high", "measured_censored",
                    "ratio_measured_to_predicted", "ratio_measured_to_retrieval", "definition", "factor",
                    "delta", "reference_value", "threshold_value", "n_samples", "n_failed",
-                   "law_assumes_finetune", "rope_hash", "run", "warning", "note"]
+                   "law_assumes_finetune", "law_inputs_from", "rope_hash", "run", "warning", "note"]
 FAILED_COLUMNS = ["run", "setting", "task", "length", "depth", "sample", "status", "error"]
 MAX_FAILED_LISTED = 200
 

@@ -93,6 +93,7 @@ def law_table(ctx: FigureContext) -> pd.DataFrame:
         "regime": rows["regime"], "d_extra (Liu)": [_tokens(v) for v in rows["critical_dim"]],
         "predicted limit (Liu)": [_tokens(v) for v in rows["predicted_limit"]],
         "retrieval bound (Men)": [_tokens(v) for v in rows["retrieval_bound"]],
+        "law inputs from": rows.get("law_inputs_from", ""),
     })
     if set(out["rope_type"].fillna("default")) == {"default"}:
         out = out.drop(columns="rope_type")
