@@ -9,12 +9,15 @@ a stale folder, and the file's hash is the model's fingerprint.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import shutil
+import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +127,23 @@ def materialised(path: str | Path) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def _bar_only_on_a_terminal() -> Iterator[None]:
+    """transformers' per-tensor GGUF bar (plain tqdm, deaf to its logging switch): kept on a terminal,
+    silenced in a log file, where each redraw would pile onto one line."""
+    from transformers import modeling_gguf_pytorch_utils as loader
+
+    bar = getattr(loader, "tqdm", None)
+    if bar is None or sys.stderr.isatty():
+        yield
+        return
+    loader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        loader.tqdm = bar
+
+
 def _dequantise_into(file: Path, folder: Path) -> None:
     import torch
     from safetensors.torch import save_model
@@ -131,9 +151,11 @@ def _dequantise_into(file: Path, folder: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    print(f"rope-harness: dequantising {file.name} to float32 once, into {folder.parent}", file=sys.stderr)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
-                                                     dtype=torch.float32)
+        with _bar_only_on_a_terminal():
+            model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name,
+                                                         dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001
         raise _problem(file, exc) from None
     save_model(model, str(folder / "model.safetensors"))  # tied weights stored once

@@ -585,3 +585,37 @@ def test_figures_draw_the_analysis_of_the_run_settings(tmp_path):
     out = build_report([tmp_path / "qa"], n_boot=0)
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["measure"]) == [longqa.MEASURE.key]  # figure-only measures stay out of summary.csv
+
+
+def test_models_of_different_families_get_their_own_sections_and_figures(tmp_path):
+    """The zoo and a real model in one report: never one axis (other tokenizers, other training); law inputs'
+    sources per setting in summary.csv."""
+    zoo = [dict(r, model="zoo:base-1e6", pretrain_base_source="rope_harness_law",
+                train_len_source="rope_harness_law", tune_len_source="rope_harness_law")
+           for r in curve_rows("b=1e6", 1e6, knee=6000, samples=2)]
+    real = [dict(r, model="smollm2", pretrain_base_source="known:SmolLM2-135M",
+                 train_len_source="known:SmolLM2-135M", tune_len_source="flag")
+            for r in curve_rows("SmolLM2", 1e5, knee=12000, samples=2)]
+    out = build_report([write_run(tmp_path / "run", zoo + real)], tmp_path / "report", n_boot=20)
+    names = {p.name for p in out.glob("*.png")}
+    assert {"perplexity_zoo_ppl_vs_length.png", "perplexity_smollm2_ppl_vs_length.png"} <= names
+    assert "perplexity_ppl_vs_length.png" not in names
+    page = (out / "report.md").read_text()
+    assert "Task: perplexity (zoo)" in page and "Task: perplexity (smollm2)" in page
+    summary = pd.read_csv(out / "summary.csv").set_index("setting")
+    assert summary.loc["b=1e6", "law_inputs_from"] == "config's rope_harness_law"
+    table = "known-checkpoint table (SmolLM2-135M)"
+    assert summary.loc["SmolLM2", "law_inputs_from"] == (f"pretrain_base: {table}; train_len: {table}; "
+                                                         "tune_len: flag")
+    # one family: the file names of every earlier report
+    single = build_report([write_run(tmp_path / "zoo", zoo)], tmp_path / "single", n_boot=20)
+    assert (single / "perplexity_ppl_vs_length.png").is_file()
+    assert "Task: perplexity\n" in (single / "report.md").read_text()
+
+
+def test_law_inputs_only_assumed_from_the_config_are_flagged():
+    rows = pd.DataFrame([{"pretrain_base_source": "rope_theta", "train_len_source": "max_position_embeddings",
+                          "tune_len_source": "train_len"}])
+    said = analysis.law_inputs_from(rows)
+    assert said.count("assumed from the config") == 3 and said.count("check") == 3
+    assert analysis.law_inputs_from(pd.DataFrame([{"setting": "old"}])) == ""  # records before sources

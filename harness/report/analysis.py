@@ -42,6 +42,17 @@ def _first(frame: pd.DataFrame, col: str):
     return values.iloc[0] if len(values) else None
 
 
+def model_families(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Records split by model family: the zoo's checkpoints share one, any other model is its own. Settings of
+    different models (other tokenizers, other training) never share an axis; one family -> {"": records}."""
+    models = records["model"].astype(str) if "model" in records else pd.Series("", index=records.index)
+    family = models.where(~models.str.startswith("zoo:"), "zoo")
+    names = list(dict.fromkeys(family))
+    if len(names) <= 1:
+        return {"": records}
+    return {name: records[family == name] for name in names}
+
+
 def setting_order(records: pd.DataFrame) -> list[str]:
     """Settings ordered by model, rope type, theta, label: legends and colours follow this order."""
     first = records.groupby("setting", sort=False).first()
@@ -101,6 +112,7 @@ class FigureContext:
     colors: dict[str, Any]
     order: list[str]
     ci: float = DEFAULT_CI
+    family: str = ""  # the model family of these settings, where the report holds several (model_families)
     analyses: dict[str, Analysis] = field(default_factory=dict)
     extras: dict[str, Analysis] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)

@@ -21,7 +21,14 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import InputError, one_line, writable_folder
-from harness.report.analysis import TABLE_COLUMNS, FigureContext, analyze, setting_colors, setting_order
+from harness.report.analysis import (
+    TABLE_COLUMNS,
+    FigureContext,
+    analyze,
+    model_families,
+    setting_colors,
+    setting_order,
+)
 from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI
 from harness.report.load import Loaded, load_runs
 from harness.report.page import caption, provenance_items, task_blocks, task_order
@@ -94,14 +101,15 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
             continue
         if measures[0].metric not in records:
             notes.append(f"task {task!r}: records have no {measures[0].metric!r} column")
-        task_records = records[records["task"] == task]
         figures = task_figures(task)
-        ctx = analyze(task_records, measures, task=task, extra=figures.extra_measures, tables=figures.tables,
-                      factors=list(factors) if factors else [None], deltas=list(deltas) if deltas else [None],
-                      n_boot=n_boot, seed=seed, ci=ci, positions=loaded.positions, colors=colors,
-                      columns=figures.columns)
-        notes += [f"task {task!r}: {note}" for note in ctx.notes]
-        contexts.append((ctx, figures.figures))
+        for family, family_records in model_families(records[records["task"] == task]).items():
+            ctx = analyze(family_records, measures, task=task, extra=figures.extra_measures,
+                          tables=figures.tables, factors=list(factors) if factors else [None],
+                          deltas=list(deltas) if deltas else [None], n_boot=n_boot, seed=seed, ci=ci,
+                          positions=loaded.positions, colors=colors, columns=figures.columns)
+            ctx.family = family
+            notes += [f"task {task!r}{f' ({family})' if family else ''}: {note}" for note in ctx.notes]
+            contexts.append((ctx, figures.figures))
 
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ dimension, the reason where a value is missing), the figures, and the per-length
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -158,11 +159,16 @@ def caption(fn: FigureFn, name: str) -> str:
     return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
 
 
+def safe_name(text: str) -> str:
+    """A family name as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
 def _figure_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, notes: list[str],
                    log: Callable[[str], None]) -> list[Block]:
     blocks = []
     for name, fn in figures.items():
-        filename = f"{ctx.task}_{name}.png"
+        filename = f"{ctx.task}_{safe_name(ctx.family) + '_' if ctx.family else ''}{name}.png"
         try:
             extra = render_figure(fn, ctx, tmp / filename)
         except NotApplicable:
@@ -194,7 +200,7 @@ def _per_length(ctx: FigureContext, view: Analysis, title: str) -> list[Block]:
 def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, notes: list[str],
                 log: Callable[[str], None]) -> list[Block]:
     """One task's section (figures drawn into `tmp`; a skipped or failed figure goes to `notes`)."""
-    blocks = [Block("h2", f"Task: {ctx.task}")]
+    blocks = [Block("h2", f"Task: {ctx.task}" + (f" ({ctx.family})" if ctx.family else ""))]
     views = list(ctx.analyses.values())
     definitions = list(dict.fromkeys(f"{v.spec.name}: {v.spec.description}" for v in views
                                      if v.spec.description))
