@@ -320,7 +320,11 @@ def token_like(text: str) -> bool:
 
 
 def add_report_parser(sub) -> None:
-    from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI  # pandas-free: the analysis stays unloaded
+    from harness.report.base import (  # pandas-free: the analysis stays unloaded
+        DEFAULT_BOOTSTRAP,
+        DEFAULT_CI,
+        DEFAULT_MIN_SAMPLES,
+    )
 
     parser = sub.add_parser(
         "report", help="figures and tables from run folders, with the law's predicted limit on every curve",
@@ -341,6 +345,9 @@ def add_report_parser(sub) -> None:
                         help=f"bootstrap resamples for CIs (default {DEFAULT_BOOTSTRAP}; 0 = no CI)")
     parser.add_argument("--ci", type=float, default=DEFAULT_CI, help=f"CI level (default {DEFAULT_CI:g})")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--min-samples", type=int, default=DEFAULT_MIN_SAMPLES, metavar="N",
+                        help="samples per length a measured length needs to count as evidence (default "
+                             f"{DEFAULT_MIN_SAMPLES}); with fewer it is listed as insufficient, never drawn")
     parser.add_argument("--task", action="append", default=None, metavar="NAME",
                         help="only these tasks (repeatable)")
     parser.set_defaults(func=report_command)

@@ -39,6 +39,8 @@ class MeasureSpec:
     CI: percentile bootstrap over samples (resampled with replacement, all lengths of a sample together),
     seeded per setting; empty with fewer than two samples.
     `id` names the definition in summary.csv's `measure` column (default: the name, lower case, dashes).
+    Chance (`chance` / `chance_column`): a reference at chance means the model never did the task, so no
+    length is measured for it, whatever the curve does after.
     """
 
     metric: str
@@ -53,6 +55,11 @@ class MeasureSpec:
     id: str = ""
     delta: float | None = None
     console: str = ""  # the value's name in the run's console table ("": the records' `metric` field)
+    # What a model that cannot do the task scores, on the aggregate's scale: a fixed value, or
+    # `chance_column`, a record column in the metric's units (mean over the setting's records, then
+    # `transform`). A best reference value at chance or worse: no measured length (report/checks.py).
+    chance: float | None = None
+    chance_column: str = ""
 
     source: ClassVar[str] = "records"  # where the curve comes from: records*.jsonl (per length)
 

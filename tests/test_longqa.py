@@ -466,3 +466,23 @@ def test_report_draws_every_figure(tmp_path):
     assert {f"longqa_{name}.png" for name in figures} <= {p.name for p in out.iterdir()}
     summary = (out / "summary.csv").read_text()
     assert "tiny:default:500000" in summary and "Notes" not in (out / "report.md").read_text()
+
+
+def test_a_zero_scoring_setting_is_never_called_censored(tmp_path):
+    """Score 0 at every length (the zoo on QA): no measured length, no ratio, a broken-at-reference warning."""
+    import pandas as pd
+
+    from harness.report import build_report
+
+    rows = _fake_records()
+    rows = rows[rows["setting"] == "tiny:default:10000"].assign(score=0.0, answer_logprob=-20.0,
+                                                               chance_logprob=-6 * math.log(10.0))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows.to_dict("records")))
+    summary = pd.read_csv(build_report([run], tmp_path / "report", n_boot=20) / "summary.csv")
+    assert list(summary["measure"]) == ["qa-score"]
+    for _, row in summary.iterrows():
+        assert pd.isna(row["measured_limit"]) and pd.isna(row["measured_censored"])
+        assert pd.isna(row["ratio_measured_to_predicted"]) and pd.isna(row["ratio_measured_to_retrieval"])
+        assert row["warning"].startswith("broken at the reference lengths")

@@ -350,7 +350,7 @@ def test_report_figures_and_measured_length(tmp_path):
     run.mkdir()
     rows = passkey_records({"m:default:10000": (1e4, 2048), "m:default:1e+06": (1e6, 8192)})
     (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = build_report([run], tmp_path / "report", n_boot=20)
+    out = build_report([run], tmp_path / "report", n_boot=20, min_samples=1)
     for name in FIGURES:
         assert (out / f"passkey_{name}.png").is_file(), name
     import pandas as pd
@@ -378,3 +378,23 @@ def test_report_figures_and_measured_length(tmp_path):
     assert cells["m:default:10000"].tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0]] * 3
     assert cells["m:default:1e+06"].tolist() == [[1.0] * 5] * 3
     plt.close(fig)
+
+
+def test_a_zero_scoring_setting_is_never_called_censored(tmp_path):
+    """Accuracy 0 at every length and answer log-probs below a uniform guess over the keys: no length."""
+    import pandas as pd
+
+    from harness.report.build import build_report
+
+    rows = [dict(r, correct=False, answer_logprob=-30.0)
+            for r in passkey_records({"m:default:10000": (1e4, 0)}, samples=3)]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = pd.read_csv(build_report([run], tmp_path / "report", n_boot=20) / "summary.csv")
+    assert list(summary["measure"]) == ["passkey-accuracy", "passkey-logprob"]
+    for _, row in summary.iterrows():
+        assert pd.isna(row["measured_limit"]) and pd.isna(row["measured_critical_dim"])
+        assert row["warning"].startswith("broken at the reference lengths")
+    accuracy, logprob = summary["warning"]
+    assert "at chance (0)" in accuracy and "at chance (-11.51)" in logprob

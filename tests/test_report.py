@@ -76,6 +76,7 @@ def curve_rows(setting: str, theta: float, knee: float, samples: int, noise: flo
 
 
 def ppl_ctx(rows: list[dict], **kw) -> analysis.FigureContext:
+    kw.setdefault("min_samples", 1)  # these curves test the rules; the evidence bar has its own tests
     frame = load_runs([write_run_tmp(rows)]).records
     return analysis.analyze(frame, MEASURE, task="perplexity", **kw)
 
@@ -266,7 +267,7 @@ def test_position_loss_in_the_report_with_bootstrap_ci(tmp_path):
     positions = (step_position_rows("a", 1e5, [1025, 1025, 2049, 2049])
                  + step_position_rows("one", 1e6, [1025]))
     run = write_run(tmp_path / "r", rows, positions)
-    out = build_report([run], n_boot=200, seed=1, deltas=[0.6, 1.0])
+    out = build_report([run], n_boot=200, seed=1, deltas=[0.6, 1.0], min_samples=1)
     summary = pd.read_csv(out / "summary.csv")
     pos = summary[summary["measure"] == "position-loss"]
     assert len(summary[summary["measure"] == "ppl@L"]) == 2 and len(pos) == 4  # one row per delta
@@ -283,8 +284,8 @@ def test_position_loss_in_the_report_with_bootstrap_ci(tmp_path):
     # p = 0 (the same at the 2049 step) each come up with probability 1/16 > 2.5%: they are the CI's ends.
     assert a["measured_ci_low"] == pytest.approx(log_between(928.5, 992.5, 0.9))
     assert a["measured_ci_high"] == pytest.approx(log_between(1952.5, 2016.5, 0.9))
-    again = pd.read_csv(build_report([run], tmp_path / "again", n_boot=200, seed=1, deltas=[0.6, 1.0])
-                        / "summary.csv")
+    again = pd.read_csv(build_report([run], tmp_path / "again", n_boot=200, seed=1, deltas=[0.6, 1.0],
+                                     min_samples=1) / "summary.csv")
     pd.testing.assert_frame_equal(summary, again)  # seeded
     assert (out / "perplexity_measured_vs_predicted_position_loss.png").is_file()
     md = (out / "report.md").read_text()
@@ -302,7 +303,7 @@ def test_position_loss_left_out_without_positions_and_marked_on_the_loss_figure(
                     step_position_rows("s", 1e6, [1025, 1025]))
     loaded = load_runs([run])
     ctx = analysis.analyze(loaded.records, MEASURES, task="perplexity", positions=loaded.positions, n_boot=0,
-                           tables=TABLES)
+                           tables=TABLES, min_samples=1)
     assert list(ctx.analyses) == ["ppl@L", "position-loss"] and ctx.default.spec is MEASURE
     view = ctx.measure("position-loss")
     assert view.spec is POSITION_LOSS and view.delta == 0.5 and view.factor is None
@@ -383,7 +384,7 @@ def test_build_report_two_runs_files_and_failed_cells(tmp_path):
     run_b = write_run(tmp_path / "base1e6", curve_rows("tiny:default:1e+06", 1e6, 9000, samples=2)
                       + curve_rows("tiny:default:300", 300, 1e9, samples=2),
                       position_rows("tiny:default:1e+06", 1e6, 9000, samples=2))
-    out = build_report([run_a, run_b], n_boot=100)
+    out = build_report([run_a, run_b], n_boot=100, min_samples=1)
     assert out == run_a / "report"
     for name in ("report.md", "report.html", "summary.csv", "table.csv", "failed.csv",
                  "perplexity_ppl_vs_length.png", "perplexity_loss_vs_position.png",
@@ -619,3 +620,29 @@ def test_law_inputs_only_assumed_from_the_config_are_flagged():
     said = analysis.law_inputs_from(rows)
     assert said.count("assumed from the config") == 3 and said.count("check") == 3
     assert analysis.law_inputs_from(pd.DataFrame([{"setting": "old"}])) == ""  # records before sources
+
+
+def test_too_few_samples_give_no_measured_length_but_a_warning(tmp_path):
+    rows = curve_rows("two", 1e6, 6000, samples=2) + curve_rows("three", 1e5, 6000, samples=3)
+    summary = pd.read_csv(build_report([write_run(tmp_path / "r", rows)], n_boot=20) / "summary.csv")
+    two, three = (summary[summary["setting"] == s].iloc[0] for s in ("two", "three"))
+    assert pd.isna(two["measured_limit"]) and pd.isna(two["ratio_measured_to_predicted"])
+    assert pd.isna(two["measured_critical_dim"]) and pd.isna(two["measured_censored"])
+    assert two["warning"].startswith("insufficient samples: 2 per length, fewer than 3")
+    assert three["measured_limit"] == pytest.approx(6000 * 2 ** (LOG15 / 0.6)) and pd.isna(three["warning"])
+    # the bar is the user's to set
+    again = pd.read_csv(build_report([write_run(tmp_path / "r", rows)], tmp_path / "two", n_boot=20,
+                                     min_samples=2) / "summary.csv")
+    assert again["measured_limit"].notna().all()
+    with pytest.raises(InputError, match="--min-samples 0 must be >= 1"):
+        build_report([write_run(tmp_path / "r", rows)], tmp_path / "bad", min_samples=0)
+
+
+def test_a_perplexity_at_chance_is_never_called_censored(tmp_path):
+    """ppl at or above the vocabulary size (a uniform guess) everywhere: the model never worked."""
+    rows = [dict(r, chance_nll=math.log(50.0)) for r in curve_rows("noise", 1e6, 1e9, samples=3)]
+    rows = [dict(r, nll=math.log(60.0), ppl=60.0) for r in rows]
+    summary = pd.read_csv(build_report([write_run(tmp_path / "r", rows)], n_boot=20) / "summary.csv")
+    row = summary.iloc[0]
+    assert pd.isna(row["measured_limit"]) and pd.isna(row["measured_censored"])
+    assert row["warning"].startswith("broken at the reference lengths") and "at chance (50)" in row["warning"]

@@ -28,12 +28,13 @@ def _close():
     plt.close("all")
 
 
-def context(task: str, rows: list[dict], folder, n_boot: int = 50) -> analysis.FigureContext:
+def context(task: str, rows: list[dict], folder, n_boot: int = 50, min_samples: int = 1
+            ) -> analysis.FigureContext:
     found = registry.task_figures(task)
     loaded = load_runs([write_run(folder, rows)])
     return analysis.analyze(loaded.records, registry.task_measures(task), task=task,
                             extra=found.extra_measures, tables=found.tables, columns=found.columns,
-                            positions=loaded.positions, n_boot=n_boot)
+                            positions=loaded.positions, n_boot=n_boot, min_samples=min_samples)
 
 
 def gids(ax) -> dict[str, object]:
@@ -160,7 +161,7 @@ def test_captions_promise_a_band_only_where_one_is_drawn(tmp_path):
     two = context("perplexity", curve_rows("s", 1e6, 9000, samples=3), tmp_path / "two")
     assert perplexity.ppl_vs_length(two, plt.subplots()[1]).startswith("Bands: 95% bootstrap CI")
     run = write_run(tmp_path / "pk", passkey_rows({"s": (1e4, 512), "t": (1e5, 1024)}, samples=1))
-    md = (build_report([run], n_boot=50) / "report.md").read_text()
+    md = (build_report([run], n_boot=50, min_samples=1) / "report.md").read_text()
     assert "band: bootstrap CI" not in md and "Bands:" not in md and "No CI band" in md
 
 
@@ -186,7 +187,7 @@ def test_heatmap_flags_needle_depths_that_were_not_achieved(tmp_path):
     assert len(hatched) == 3 and {p.get_x() for p in hatched} == {-0.5}  # the L = 256 column
     assert {t.get_text().split("\n")[-1] for t in panel.texts if "@" in t.get_text()} == {"@0.00", "@0.38"}
     assert "Hatched (6 cells" in said
-    out = build_report([write_run(tmp_path / "run", rows)], n_boot=0)
+    out = build_report([write_run(tmp_path / "run", rows)], n_boot=0, min_samples=1)
     md = (out / "report.md").read_text()
     assert "needle depth: 6 of 24" in md and "Hatched (6 cells" in md
     plain = context("passkey", passkey_rows({"s": (1e4, 512)}), tmp_path / "plain")

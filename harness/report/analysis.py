@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from harness.metrics import Limit, MeasureSpec, measured_limit, position_limit, smooth_buckets
-from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, NoData
-from harness.report.checks import curve_warnings, peer_warnings, position_warnings
+from harness.metrics import TRANSFORMS, Limit, MeasureSpec, measured_limit, position_limit, smooth_buckets
+from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, DEFAULT_MIN_SAMPLES, NoData
+from harness.report.checks import curve_warnings, peer_warnings, position_warnings, withheld
 from harness.report.curves import (
     bootstrap_weights,
     build_curve,
@@ -154,7 +154,8 @@ def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *,
             factors: Sequence[float | None] = (None,), deltas: Sequence[float | None] = (None,),
             n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
             positions: pd.DataFrame | None = None, colors: dict[str, Any] | None = None,
-            columns: Mapping[str, Any] | None = None) -> FigureContext:
+            columns: Mapping[str, Any] | None = None,
+            min_samples: int = DEFAULT_MIN_SAMPLES) -> FigureContext:
     """One task's records (all runs concatenated) -> its FigureContext, every bootstrap done here.
 
     `spec`: one definition or a list of them (a task's measures; the first is the default). A per-position
@@ -184,7 +185,8 @@ def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *,
 
     def one(definition: MeasureSpec) -> Analysis:
         return _analyze_one(records, definition, task=task, params=_rule_params(definition, factors, deltas),
-                            n_boot=n_boot, seed=seed, ci=ci, positions=task_positions, order=order)
+                            n_boot=n_boot, seed=seed, ci=ci, positions=task_positions, order=order,
+                            min_samples=min_samples)
 
     for k, each in enumerate(specs):
         if each.source == "positions" and k and not has_positions:
@@ -309,8 +311,20 @@ def _add_peer_warnings(spec: MeasureSpec, rows: list[dict[str, Any]], params) ->
                 row["warning"] = "; ".join(w for w in (row["warning"], found[row["setting"]]) if w)
 
 
+def chance_of(spec: MeasureSpec, recs: pd.DataFrame) -> float | None:
+    """What a model that cannot do the task scores, on the aggregate's scale (MeasureSpec.chance)."""
+    if spec.chance is not None:
+        return float(spec.chance)
+    if spec.chance_column and spec.chance_column in recs:
+        values = pd.to_numeric(recs[spec.chance_column], errors="coerce").dropna()
+        if len(values):
+            return float(TRANSFORMS[spec.transform](np.array([values.mean()]))[0])
+    return None
+
+
 def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params, n_boot: int, seed: int,
-                 ci: float, positions: pd.DataFrame | None, order: list[str]) -> Analysis:
+                 ci: float, positions: pd.DataFrame | None, order: list[str],
+                 min_samples: int = DEFAULT_MIN_SAMPLES) -> Analysis:
     """One definition: per setting its curve, table rows and a summary row per rule parameter."""
     table_rows, summary_rows, first_rows = [], [], []
     for setting in order:
@@ -328,9 +342,13 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
             ref_len = _first(recs, "train_len")
         ref_len = float(ref_len) if ref_len is not None else None
         finetune_assumed = bool(_first(recs, "law_assumes_finetune") or False)
+        chance = chance_of(spec, recs)
         for n_param, (factor, delta) in enumerate(params):
             used_factor, used_delta = _rule_values(spec, factor, delta)
             limit = _limit(spec, axis, point, ref_len, factor, delta)
+            why_not = withheld(spec, limit.reference, chance, n_samples, min_samples)
+            if why_not:
+                limit = Limit(math.nan, False, limit.reference, limit.threshold, limit.note)
             lo = hi = math.nan
             if draws_in is not None and np.isfinite(limit.value):
                 draws = np.array([_limit(spec, axis, row, ref_len, factor, delta).value for row in draws_in])
@@ -342,7 +360,9 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
                                      else limit.note) if n]
             if finetune_assumed:
                 row_notes.append("base changed without fine-tuning; the law assumes fine-tuning at tune_len")
-            if spec.source == "positions":
+            if why_not:
+                warnings = [why_not]
+            elif spec.source == "positions":
                 warnings = position_warnings(limit.note)
             else:
                 warnings = curve_warnings(spec, axis, point, ref_len, factor, delta) if n_samples else []

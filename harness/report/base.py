@@ -9,6 +9,8 @@ import math
 
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_CI = 0.95
+# samples per length below which a measured length is not evidence: listed as insufficient, never drawn
+DEFAULT_MIN_SAMPLES = 3
 
 
 class NoData(Exception):

@@ -29,7 +29,7 @@ from harness.report.analysis import (
     setting_colors,
     setting_order,
 )
-from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI
+from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, DEFAULT_MIN_SAMPLES
 from harness.report.load import Loaded, load_runs
 from harness.report.page import caption, provenance_items, task_blocks, task_order
 from harness.report.registry import FigureFn, task_figures, task_measures
@@ -57,7 +57,8 @@ MAX_FAILED_LISTED = 200
 def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = None, *,
                  factors: Sequence[float] | None = None, deltas: Sequence[float] | None = None,
                  n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
-                 tasks: Sequence[str] | None = None, log: Callable[[str], None] | None = None) -> Path:
+                 tasks: Sequence[str] | None = None, log: Callable[[str], None] | None = None,
+                 min_samples: int = DEFAULT_MIN_SAMPLES) -> Path:
     """Write report.md, report.html, summary.csv, table.csv and PNG figures; return the output folder.
 
     out_dir defaults to <first run>/report/. Every measured-length definition of a task (its Task's
@@ -79,6 +80,8 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
         raise InputError(f"--ci {ci} must lie between 0 and 1 (e.g. 0.95)")
     if n_boot < 0:
         raise InputError(f"--bootstrap {n_boot} must be >= 0 (0 turns the CIs off)")
+    if min_samples < 1:
+        raise InputError(f"--min-samples {min_samples} must be >= 1 (e.g. 3)")
     loaded = load_runs(run_dirs)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
     writable_folder(out_dir, "--out")
@@ -106,7 +109,8 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
             ctx = analyze(family_records, measures, task=task, extra=figures.extra_measures,
                           tables=figures.tables, factors=list(factors) if factors else [None],
                           deltas=list(deltas) if deltas else [None], n_boot=n_boot, seed=seed, ci=ci,
-                          positions=loaded.positions, colors=colors, columns=figures.columns)
+                          positions=loaded.positions, colors=colors, columns=figures.columns,
+                          min_samples=min_samples)
             ctx.family = family
             notes += [f"task {task!r}{f' ({family})' if family else ''}: {note}" for note in ctx.notes]
             contexts.append((ctx, figures.figures))
@@ -175,6 +179,6 @@ def _write_outputs(tmp: Path, loaded: Loaded, contexts: list[tuple[FigureContext
 def command(args: argparse.Namespace) -> int:
     """`rope-harness report` (its parser: harness/cli.py, add_report_parser)."""
     out = build_report(args.run_dirs, args.out, factors=args.factor, deltas=args.delta, n_boot=args.bootstrap,
-                       seed=args.seed, ci=args.ci, tasks=args.task)
+                       seed=args.seed, ci=args.ci, tasks=args.task, min_samples=args.min_samples)
     print(f"report written to {out / 'report.md'} (and report.html, summary.csv, table.csv)")
     return 0

@@ -9,6 +9,8 @@ show up as "censored >= the grid's end". Flagged (summary.csv `warning`, and on 
   length);
 - the best reference value fails the rule against another setting of the same model and definition
   (e.g. a base changed at evaluation time that breaks the model at every length).
+And, before any of these, `withheld`: no measured length at all for a setting whose reference is at chance
+(MeasureSpec.chance: it never did the task) or with too few samples per length to be evidence.
 Pure numpy on one definition's curves; analysis.py calls it and fills the column.
 """
 
@@ -94,3 +96,18 @@ def peer_warnings(spec: MeasureSpec, settings: Sequence[str], models: Sequence[s
                                 f"{spec.reference} ({ref:.4g}) fails the rule against {best_setting}'s "
                                 f"({best:.4g}, same model)")
     return out
+
+
+def withheld(spec: MeasureSpec, reference: float, chance: float | None, n_samples: int,
+             min_samples: int) -> str:
+    """Why a measured length must not be shown as evidence ('' when it may): the reference is at chance (the
+    model never did the task), or too few samples per length."""
+    if chance is not None and np.isfinite(reference):
+        at_chance = reference <= chance if spec.higher_is_better else reference >= chance
+        if at_chance:
+            return (f"broken at the reference lengths: its best {spec.name} at L <= {spec.reference} "
+                    f"({reference:.4g}) is at chance ({chance:.4g}): no length is measured")
+    if 0 < n_samples < min_samples:
+        return (f"insufficient samples: {n_samples} per length, fewer than {min_samples} "
+                "(report --min-samples): no length is measured")
+    return ""

@@ -27,6 +27,7 @@ MEASURE = MeasureSpec(
     factor=2.0,
     reference="tune_len",
     log_interp=False,
+    chance=0.0,  # no overlap with any reference answer
     description="per question and length, the dataset's headline metric in [0, 1] "
                 "(token F1 for QA, ROUGE-L for "
                 "summaries, first-integer match for the synthetic QA) "
@@ -44,6 +45,7 @@ LOGPROB = MeasureSpec(
     threshold=math.log(0.5),
     reference="tune_len",
     log_interp=False,
+    chance_column="chance_logprob",  # a uniform guess over codes of the answer's digits: -digits * ln 10
     description="sum of the log-probs of the answer tokens, teacher-forced after the prompt (synthetic QA)",
 )
 
@@ -143,7 +145,8 @@ class LongQATask(Task):
         if prompt.answer_ids is not None:
             scores["match"] = float(first_integer(text) == prompt.answers[0])
             record.update(answer_logprob=scored.logprob, answer_rank=scored.rank,
-                          answer_tokens=len(prompt.answer_ids))
+                          answer_tokens=len(prompt.answer_ids),
+                          chance_logprob=-len(prompt.answers[0]) * math.log(10.0))
         record.update(metric=prompt.metric, score=scores[prompt.metric], **scores, prediction=text,
                       generated_tokens=len(new), max_new_tokens=prompt.max_new_tokens, batch=batch)
         return record

@@ -34,6 +34,7 @@ MEASURE = MeasureSpec(
     threshold=0.5,
     reference="tune_len",
     log_interp=False,
+    chance=0.0,  # exact match of a uniformly guessed key: 1/10^digits, nil at any resolution a grid shows
     description="share of cells whose greedy answer's first integer equals the key "
                 "(Landmark-attention passkey, "
                 "prompt of exactly L tokens), averaged over depths per sample, then over samples",
@@ -54,6 +55,7 @@ LOGPROB = MeasureSpec(
     delta=2.0,
     reference="tune_len",
     log_interp=False,
+    chance_column="chance_logprob",  # a uniform guess over the keys: -digits * ln 10
     description="sum of the log-probs of the continuation ' K' tokenised in context (nats), "
                 "averaged over depths "
                 "per sample, then over samples",

@@ -28,6 +28,7 @@ MEASURE = MeasureSpec(
     factor=1.5,
     reference="tune_len",
     log_interp=True,
+    chance_column="chance_nll",  # a uniform guess over the vocabulary: ln(vocab), ppl = vocab
     description="the model sees exactly L tokens (BOS + the sample's first L-1); ppl@L = exp(mean over "
                 "samples "
                 "of the per-sample mean NLL over the L-1 predictions)",
@@ -48,6 +49,7 @@ POSITION_LOSS = PositionMeasureSpec(
     window=3,
     reference="tune_len",
     reference_from=0.5,
+    chance_column="chance_nll",
     description="mean NLL (nats) of the predictions in each position bucket of the longest pass "
                 "(positions.jsonl), "
                 "token-weighted over samples: the loss at a token position, not averaged up to it",
@@ -210,7 +212,8 @@ class PerplexityTask(Task):
             predicted = nll[:cell.length - 1]
             mean = float(predicted.double().mean())
             metrics = {"ppl": math.exp(mean), "nll": mean, "tokens": cell.length - 1, "bos": ctx.params.bos,
-                       "doc_id": sample.doc_id, "offset": sample.offset, "plan": plan}
+                       "doc_id": sample.doc_id, "offset": sample.offset, "plan": plan,
+                       "chance_nll": math.log(len(ctx.tokenizer))}
             if mask is not None:
                 metrics.update(self._key_metrics(key.settings, predicted, mask, ctx.params.bos))
             if stride:
