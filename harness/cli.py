@@ -226,7 +226,8 @@ def run_command(args: argparse.Namespace) -> int:
         if not is_rank_zero():
             return exit_code
         result.table = runner.summary_table(loaded.options.out)
-    _print_table(result)
+    _print_table(result, full=bool(getattr(args, "verbose", False)) or not loaded.report
+                 or getattr(args, "no_report", False))
     out = loaded.options.out
     print(f"run folder: {out}")
     if not loaded.report or getattr(args, "no_report", False):
@@ -249,15 +250,23 @@ def _render_report(out: Path) -> None:
               f"`rope-harness report {out}`", file=sys.stderr)
         return
     print(f"report: {report / 'report.html'} (also report.md, summary.csv, figures)")
+    answer = report / "headline.txt"
+    if answer.is_file() and answer.stat().st_size:
+        answer = answer.read_text(encoding="utf-8")
+        print("\nWhat was measured (the measured limit against Liu's law and the retrieval bound):")
+        print(answer, end="")
 
 
-def _print_table(result) -> None:
+def _print_table(result, full: bool = True) -> None:
+    """The per-length table (with -v, or when no report follows; else it is the report's table.csv) and the
+    counts line."""
     rows = result.table
     if not rows:
         print("no records")
         return
-    print(f"\n{'setting':<36} {'task':<11} {'length':>7} {'ok':>4} {'failed':>6}  value")
-    for r in rows:
+    if full:
+        print(f"\n{'setting':<36} {'task':<11} {'length':>7} {'ok':>4} {'failed':>6}  value")
+    for r in rows if full else []:
         value = "-" if r["value"] is None else f"{r['metric']} {r['value']:.4g}"
         print(f"{r['setting'][:36]:<36} {r['task']:<11} {r['length']:>7} {r['ok']:>4} "
               f"{r['failed']:>6}  {value}")

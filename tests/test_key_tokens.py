@@ -197,10 +197,10 @@ def test_report_draws_ppl_key_and_leaves_it_out_quietly_without(tiny_llama, text
     assert run(tiny_llama, text_corpus, keyed, *key_args("self"), samples=1) == 0
     assert run(tiny_llama, text_corpus, plain, samples=1) == 0
     assert not any("nll_key" in json.dumps(r) for r in read_jsonl(plain, "records"))
-    report = build_report([keyed], n_boot=0)
+    report = build_report([keyed], n_boot=0, min_samples=1)
     assert (report / "perplexity_ppl_key_vs_length.png").is_file()
     assert "ppl_key@L" in set(pd.read_csv(report / "table.csv")["metric"])
-    report = build_report([plain], n_boot=0)
+    report = build_report([plain], n_boot=0, min_samples=1)
     assert not (report / "perplexity_ppl_key_vs_length.png").exists()
     md = (report / "report.md").read_text()  # (the test's folder names contain "ppl_key")
     assert "ppl_key@L" not in md and "ppl_key_vs_length" not in md and "ppl-key" not in md

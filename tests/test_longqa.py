@@ -469,7 +469,8 @@ def test_report_draws_every_figure(tmp_path):
 
 
 def test_a_zero_scoring_setting_is_never_called_censored(tmp_path):
-    """Score 0 at every length (the zoo on QA): no measured length, no ratio, a broken-at-reference warning."""
+    """Score 0 at every length (the zoo on QA): no measured length, no ratio, a broken-at-reference
+    warning."""
     import pandas as pd
 
     from harness.report import build_report

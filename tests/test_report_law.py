@@ -71,7 +71,7 @@ def test_measured_critical_dim_inverts_liu_without_the_ceiling():
 
 
 def test_summary_has_retrieval_bound_and_measured_critical_dim(tmp_path):
-    out = build_report([write_run(tmp_path / "r", zoo_like_rows())], n_boot=200, seed=2)
+    out = build_report([write_run(tmp_path / "r", zoo_like_rows())], n_boot=200, seed=2, min_samples=1)
     summary = pd.read_csv(out / "summary.csv").set_index("setting")
     for col in ("retrieval_bound", "measured_critical_dim", "measured_critical_dim_ci_low",
                 "measured_critical_dim_ci_high", "measured_critical_dim_censored", "critical_dim", "warning"):
@@ -108,7 +108,7 @@ def test_summary_has_retrieval_bound_and_measured_critical_dim(tmp_path):
 def _context(rows, tmp_path) -> analysis.FigureContext:
     figures = registry.task_figures("perplexity")
     frame = load_runs([write_run(tmp_path / "ctx", rows)]).records
-    return analysis.analyze(frame, MEASURES, task="perplexity", tables=figures.tables,
+    return analysis.analyze(frame, MEASURES, task="perplexity", tables=figures.tables, min_samples=1,
                             columns=figures.columns, n_boot=100)
 
 
@@ -161,10 +161,11 @@ def test_limit_vs_base_figure_draws_the_analysis(tmp_path):
 
 
 def test_limit_vs_base_in_the_report_only_for_shared_groups(tmp_path):
-    out = build_report([write_run(tmp_path / "r", zoo_like_rows())], n_boot=0)
+    out = build_report([write_run(tmp_path / "r", zoo_like_rows())], n_boot=0, min_samples=1)
     assert (out / "perplexity_limit_vs_base.png").is_file()
     md = (out / "report.md").read_text()
     assert "Extrapolation length vs RoPE base" in md and "(perplexity_limit_vs_base.png)" in md
-    alone = build_report([write_run(tmp_path / "one", curve_rows("s", 1e6, 9000, samples=2))], n_boot=0)
+    alone = build_report([write_run(tmp_path / "one", curve_rows("s", 1e6, 9000, samples=2))],
+                         n_boot=0, min_samples=1)
     assert not (alone / "perplexity_limit_vs_base.png").exists()
     assert "perplexity/limit_vs_base" not in (alone / "report.md").read_text()  # not applicable: no note

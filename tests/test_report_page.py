@@ -28,7 +28,8 @@ def sliding_rows() -> list[dict]:
 
 
 def test_ppl_sliding_reaches_table_report_and_figure(tmp_path):
-    out = build_report([write_run(tmp_path / "r", sliding_rows(), run_json=RUN_JSON)], n_boot=50)
+    out = build_report([write_run(tmp_path / "r", sliding_rows(), run_json=RUN_JSON)],
+                       n_boot=50, min_samples=1)
     table = pd.read_csv(out / "table.csv")
     sliding = table[table["metric"] == "ppl_sliding@L"].set_index("length")
     assert list(sliding.index) == [1024, 2048, 4096, 8192, 16384]
@@ -40,7 +41,8 @@ def test_ppl_sliding_reaches_table_report_and_figure(tmp_path):
     md = (out / "report.md").read_text()
     assert "ppl_sliding@L per length" in md and "Stride S = 512 tokens." in md
     assert "ppl_sliding" not in set(pd.read_csv(out / "summary.csv")["measure"])  # figure-only: not a row
-    plain = build_report([write_run(tmp_path / "plain", curve_rows("s", 1e6, 9000, 2))], n_boot=0)
+    plain = build_report([write_run(tmp_path / "plain", curve_rows("s", 1e6, 9000, 2))],
+                         n_boot=0, min_samples=1)
     assert not (plain / "perplexity_ppl_sliding_vs_length.png").exists()
     plain_md = (plain / "report.md").read_text()
     assert "ppl_sliding@L" not in plain_md  # absent: left out quietly
@@ -55,7 +57,7 @@ def mixed_run(tmp_path):
 
 
 def test_page_layout_provenance_order_and_bases(tmp_path):
-    out = build_report([mixed_run(tmp_path)], n_boot=0)
+    out = build_report([mixed_run(tmp_path)], n_boot=0, min_samples=1)
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     assert md.index("## Task: perplexity") < md.index("## Task: passkey")  # the headline first
@@ -83,7 +85,7 @@ def test_page_layout_provenance_order_and_bases(tmp_path):
 
 def test_model_broken_at_its_reference_lengths_is_flagged(tmp_path):
     rows = curve_rows("ok", 1e4, 6000, 2) + curve_rows("broken", 1e6, 1e9, 2, shift=3.0)  # same model "tiny"
-    out = build_report([write_run(tmp_path / "r", rows)], n_boot=0)
+    out = build_report([write_run(tmp_path / "r", rows)], n_boot=0, min_samples=1)
     summary = pd.read_csv(out / "summary.csv").set_index("setting")
     broken = summary.loc["broken"]
     assert broken["measured_censored"]  # flat: never fails relative to itself ("censored >= 16K") ...
@@ -99,7 +101,7 @@ def test_no_reference_length_or_degrading_inside_it_is_flagged(tmp_path):
     short_grid = [record("late", 1e6, L, s, knee_nll(L, 9000))
                   for s in range(2) for L in (8192, 16384, 32768)]
     degrading = curve_rows("tuned16k", 1e6, 2000, 2, tune_len=16384)  # fails 1.5x already at 8K <= T_tune
-    out = build_report([write_run(tmp_path / "r", short_grid + degrading)], n_boot=0)
+    out = build_report([write_run(tmp_path / "r", short_grid + degrading)], n_boot=0, min_samples=1)
     warning = pd.read_csv(out / "summary.csv").set_index("setting")["warning"]
     assert warning["late"].startswith("no grid length <= tune_len (4K): the shortest length (8K)")
     assert warning["tuned16k"].startswith("degrades inside its tuning length: ppl@L already fails the rule "

@@ -156,9 +156,14 @@ def test_a_flags_run_renders_its_report_and_names_folder_and_report(tiny_llama, 
     assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out", str(out),
                  "--no-progress", "--lengths", "32,64", "--samples", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-2] == f"run folder: {out}"
-    assert lines[-1].startswith(f"report: {out / 'report' / 'report.html'}")
+    at = lines.index(f"run folder: {out}")
+    assert lines[at + 1].startswith(f"report: {out / 'report' / 'report.html'}")
     assert (out / "report" / "report.html").is_file() and (out / "report" / "summary.csv").is_file()
+    # the console ends with the answer (the report's headline), not the per-length table (that needs -v)
+    assert lines[at + 3].startswith("What was measured") and lines[at + 4] == "perplexity:"
+    # a random-weight model: its loss is above a uniform guess's, so no length is claimed for it
+    assert lines[-1].startswith("  ") and "no measured length: broken at the reference lengths" in lines[-1]
+    assert not any(line.startswith("setting ") for line in lines)
     # `report --factor 2 RUN` read the run folder as a factor (nargs='+'): factors are comma lists or repeated
     assert main(["report", "--factor", "2", "--delta", "0.5,1", str(out), "--out", str(tmp_path / "rep"),
                  "--bootstrap", "0"]) == 0

@@ -30,6 +30,7 @@ from harness.report.analysis import (
     setting_order,
 )
 from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, DEFAULT_MIN_SAMPLES
+from harness.report.headline import headline, headline_text
 from harness.report.load import Loaded, load_runs
 from harness.report.page import caption, provenance_items, task_blocks, task_order
 from harness.report.registry import FigureFn, task_figures, task_measures
@@ -153,6 +154,16 @@ def _write_outputs(tmp: Path, loaded: Loaded, contexts: list[tuple[FigureContext
         failed.to_csv(tmp / "failed.csv", index=False)
 
     blocks = [Block("h1", "rope-harness report")]
+    answer = headline([ctx for ctx, _ in contexts])
+    (tmp / "headline.txt").write_text(headline_text(answer) + "\n" if len(answer) else "", encoding="utf-8")
+    if len(answer):
+        blocks += [Block("h2", "What was measured"),
+                   Block("p", "Per setting, the measured extrapolation length by the definition that tests "
+                              "the law (per-position loss for perplexity), against Liu's predicted limit and "
+                              "the retrieval bound; CIs over samples; details and definitions below.")]
+        for task, group in answer.groupby("task", sort=False):
+            blocks += [Block("p", f"{task}:"), Block("ul", [f"{r.setting}: {r.sentence}"
+                                                             for r in group.itertuples()])]
     run_items = [f"{name}: {path} ({n} records)" for name, path, n in loaded.runs]
     blocks += [Block("p", "Runs:"), Block("ul", run_items)]
     blocks += [Block("p", "Provenance (run.json of each run):"), Block("ul", provenance_items(loaded))]
