@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness import __version__
 from harness.errors import InputError, one_line
-from harness.values import batch_arg, finite_float, float_list, length_arg, token_count
+from harness.values import batch_arg, finite_float, float_list, law_override, length_arg, token_count
 
 # `run` flags that describe the run, not one setting or task: they may be combined with a suite.
 RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "strategy", "batch_size",
@@ -234,16 +234,17 @@ def run_command(args: argparse.Namespace) -> int:
         why = "--no-report" if getattr(args, "no_report", False) else "report = false in the suite"
         print(f"report: not rendered ({why}): rope-harness report {out}")
     elif result.table:
-        _render_report(out)
+        _render_report(out, result.law)
     return exit_code
 
 
-def _render_report(out: Path) -> None:
-    """<out>/report; a report that fails leaves the run's records and exit code as they are."""
+def _render_report(out: Path, law: dict | None = None) -> None:
+    """<out>/report (with the run's law-input flags); a report that fails leaves the run's records and exit
+    code as they are."""
     from harness.report import build_report
 
     try:
-        report = build_report([out], out / "report")
+        report = build_report([out], out / "report", law=law)
     except Exception as exc:  # noqa: BLE001 - the run is done; its report can be rendered again
         logging.getLogger("rope_harness").debug("report failed", exc_info=True)
         print(f"rope-harness: warning: the report failed ({one_line(exc)}): fix it and run "
@@ -354,6 +355,11 @@ def add_report_parser(sub) -> None:
                         help=f"bootstrap resamples for CIs (default {DEFAULT_BOOTSTRAP}; 0 = no CI)")
     parser.add_argument("--ci", type=float, default=DEFAULT_CI, help=f"CI level (default {DEFAULT_CI:g})")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    for flag, what in (("--pretrain-base", "pre-training base b0"), ("--train-len", "pre-training length"),
+                       ("--tune-len", "fine-tuning length")):
+        parser.add_argument(flag, type=law_override, action="append", default=None, metavar="[LABEL=]VALUE",
+                            help=f"law input: the {what} of every setting, or of one (LABEL=VALUE, "
+                                 "repeatable); no rerun: the law's inputs change no measured number")
     parser.add_argument("--min-samples", type=int, default=DEFAULT_MIN_SAMPLES, metavar="N",
                         help="samples per length a measured length needs to count as evidence (default "
                              f"{DEFAULT_MIN_SAMPLES}); with fewer it is listed as insufficient, never drawn")

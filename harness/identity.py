@@ -1,7 +1,8 @@
 """Experiment identity: what makes a record's number, and the refusal to mix experiments in one run folder.
 
 Every record carries its checkpoint's `model_fingerprint` (config before the override + weights), its
-setting's `fingerprint` (the same after the override; part of the cell key) and RoPE fields (+ `rope_hash`),
+setting's `fingerprint` (the same after the override; part of the cell key) and RoPE fields (+ `rope_hash`;
+the law inputs are not part of it: `rope-harness report --pretrain-base/--train-len/--tune-len` changes them),
 its task's `task_identity` (the corpus spec and every option that changes a result, as canonical JSON;
 `corpus` also on its own), its sample's token hash (`sample_hash`, where the task provides one) and the
 `seed`. Under one label a folder holds one experiment: a run whose identity differs from the last records
@@ -19,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InputError
-from harness.preflight import ROPE_FIELDS, PreparedSetting
+from harness.preflight import PreparedSetting
 from harness.suite import TaskSpec
 from tasks.base import Task, TaskParams, get_task
 
 FIX = "pass another --out, or another --label for this run"
+# RoPE fields of the identity; the law inputs (pretrain_base, train_len, tune_len) are the report's to change
+IDENTITY_FIELDS = ("rope_type", "rope_theta", "rope_params", "rotary_dim")
 HINTS = {"max_length": " (the longest of --lengths: samples are cut at it)"}
 
 
@@ -65,7 +68,7 @@ def _setting_difference(prep: PreparedSetting, old: list[dict[str, Any]]) -> str
     problem = _model_difference(prep, old, "model_fingerprint")
     if problem:
         return problem
-    changed = [(k, prep.rope[k], v) for k in ROPE_FIELDS if k in prep.rope
+    changed = [(k, prep.rope[k], v) for k in IDENTITY_FIELDS if k in prep.rope
                and (v := _differs(prep.rope[k], old, k)) is not None]
     if changed:
         what = ", ".join(f"{k} {_show(ours)} vs the folder's {_show(v)}" for k, ours, v in changed[:3])
@@ -117,10 +120,17 @@ def refuse_mixing(prepared: list[PreparedSetting], tasks: list[TaskSpec], latest
                              f"{FIX}")
 
 
-def refuse_other_rope_hash(label: str, rope_hash: str, latest: Iterable[dict[str, Any]], out: Path) -> None:
-    """The loaded model's rope_hash against the folder's records of `label` (same fields, other frequency
-    bytes: e.g. another transformers version)."""
-    theirs = _differs(rope_hash, [r for r in latest if r.get("setting") == label], "rope_hash")
-    if theirs is not None:
-        raise InputError(f"{out} already holds setting {label!r} of another experiment (the RoPE frequencies "
-                         f"differ: rope_hash {rope_hash} vs the folder's {theirs}): {FIX}")
+def folder_rope_hash(label: str, manifest: dict[str, Any], latest: Iterable[dict[str, Any]],
+                     out: Path) -> str:
+    """The rope_hash this setting's records and cell keys use in this folder: the manifest's, or its form with
+    the law inputs (rope_hash_v1) where the folder was written with that, so such folders resume; refused
+    when the folder's records of `label` carry neither (same fields, other frequency bytes, e.g. another
+    transformers version, or other law inputs in a folder of the earlier form)."""
+    mine = [r for r in latest if r.get("setting") == label]
+    for candidate in (manifest["rope_hash"], manifest.get("rope_hash_v1")):
+        if candidate and _differs(candidate, mine, "rope_hash") is None:
+            return candidate
+    theirs = _differs(manifest["rope_hash"], mine, "rope_hash")
+    raise InputError(f"{out} already holds setting {label!r} of another experiment (the RoPE frequencies "
+                     f"differ: rope_hash {manifest['rope_hash']} vs the folder's {theirs}; a folder written "
+                     "before law inputs left the identity also counts them): " + FIX)

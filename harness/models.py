@@ -34,6 +34,9 @@ from harness.rope_config import (
 from harness.zoo_models import resolve as resolve_zoo
 
 log = logging.getLogger("rope_harness")
+# manifest fields of the law's inputs: analysis-time facts, outside rope_hash and the experiment identity
+LAW_FIELDS = ("pretrain_base", "pretrain_base_source", "train_len", "train_len_source", "tune_len",
+              "tune_len_source", "law_assumes_finetune")
 
 @dataclass
 class Loaded:
@@ -214,7 +217,8 @@ def rope_fixed_for_length(model, config, length: int) -> Iterator[None]:
 
 def rope_manifest(config, spec: dict[str, Any], law: dict[str, Any], inv_freqs: dict,
                   changed: bool) -> dict[str, Any]:
-    """The RoPE manifest (docs/design.md); rope_hash covers every field plus the inv_freq bytes."""
+    """The RoPE manifest (docs/design.md); rope_hash covers every RoPE field (not the law inputs) plus the
+    inv_freq bytes."""
     section = law_section(config)
     params = {k: v for k, v in spec.items() if k not in ("rope_type", "rope_theta")}
     manifest = {
@@ -228,11 +232,18 @@ def rope_manifest(config, spec: dict[str, Any], law: dict[str, Any], inv_freqs: 
         "law_assumes_finetune": bool(changed and law["tune_len_source"] != "flag"
                                      and float(spec["rope_theta"]) != law["pretrain_base"]),
     }
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode())
+    # the law inputs describe the checkpoint's history, not what the model computes: outside the identity
+    manifest["rope_hash"] = _rope_hash({k: v for k, v in manifest.items() if k not in LAW_FIELDS}, inv_freqs)
+    # the hash of run folders written while law inputs were part of the identity (read, never written anew)
+    manifest["rope_hash_v1"] = _rope_hash({k: v for k, v in manifest.items() if k != "rope_hash"}, inv_freqs)
+    return manifest
+
+
+def _rope_hash(fields: dict[str, Any], inv_freqs: dict) -> str:
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     for key in sorted(inv_freqs, key=str):
         digest.update(inv_freqs[key][0].numpy().tobytes())
-    manifest["rope_hash"] = digest.hexdigest()[:16]
-    return manifest
+    return digest.hexdigest()[:16]
 
 
 def model_fingerprint(path: str, config, revision: str | None) -> str:

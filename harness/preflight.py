@@ -24,7 +24,7 @@ from tasks.base import Preflight, TaskParams, get_task
 
 # Manifest fields known before any weight is loaded; records carry them, the identity check compares them.
 ROPE_FIELDS = ("rope_type", "rope_theta", "rope_params", "rotary_dim", "pretrain_base", "train_len",
-               "tune_len")
+               "tune_len", "pretrain_base_source", "train_len_source", "tune_len_source")
 
 
 @dataclass

@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ class RunResult:
     records: int  # records written now
     failed: int  # cells of the grid (this rank's) whose last record is not ok
     table: list[dict[str, Any]]
+    # the law inputs given as flags, per setting: the report applies them (they are not in the identity)
+    law: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -73,6 +75,20 @@ def _base_record(setting: Setting, loaded: models.Loaded, label: str, seed: int)
             "rope_hash": m["rope_hash"], "law_assumes_finetune": m["law_assumes_finetune"], "seed": seed,
             "dtype": loaded.dtype, "attn": loaded.attn, "fingerprint": loaded.fingerprint,
             **{k: m[k] for k in LAW_SOURCES + WEIGHT_FIELDS if k in m}}
+
+
+def _warn_assumed_law_inputs(prepared: list[PreparedSetting], warn) -> None:
+    """A law input no flag, config entry or known checkpoint gave is a guess from the config: said, once per
+    setting, with the fix (no rerun needed: the report takes them too)."""
+    for prep in prepared:
+        guessed = [f"{key} {prep.rope[key]:g} from {prep.rope[f'{key}_source']}"
+                   for key in ("pretrain_base", "train_len", "tune_len")
+                   if prep.rope.get(f"{key}_source") not in (None, "flag", "rope_harness_law")
+                   and not str(prep.rope.get(f"{key}_source")).startswith("known:")]
+        if guessed:
+            warn(f"law inputs of {prep.label} assumed from the config ({', '.join(guessed)}): if the "
+                 "checkpoint was pre-trained at another base or length, pass --pretrain-base/--train-len/"
+                 "--tune-len to `run` or to `rope-harness report` (no rerun)")
 
 
 def _warn_past_max_positions(prepared: list[PreparedSetting], tasks: list[TaskSpec], latest, warn) -> None:
@@ -113,6 +129,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
     latest = store.latest()  # read once: this run only adds records of cells without an ok one here
     identity.refuse_mixing(prepared, tasks, latest.values(), options.out)
     _warn_past_max_positions(prepared, tasks, latest.values(), warn)
+    _warn_assumed_law_inputs(prepared, warn)
     if options.dry_run:
         show_dry_run(prepared, tasks, options, list(latest.values()))
         return RunResult(Counter(), 0, 0, [])
@@ -128,7 +145,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
             loaded = models.load(setting.model, setting.override, dtype=setting.dtype, device=setting.device,
                                  attn=setting.attn, revision=setting.revision,
                                  trust_remote_code=setting.trust_remote_code)
-            identity.refuse_other_rope_hash(label, loaded.manifest["rope_hash"], latest.values(), options.out)
+            rope_hash = identity.folder_rope_hash(label, loaded.manifest, latest.values(), options.out)
             manifests[label] = {**loaded.manifest, "model": setting.model, "fingerprint": loaded.fingerprint}
             engine = Engine(loaded, chunk_size=options.chunk_size,
                             max_memory=options.max_memory or device_budget(loaded.device),
@@ -137,7 +154,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 if not spec.applies_to(label):
                     continue
                 task = get_task(spec.name)
-                base = {**_base_record(setting, loaded, label, spec.params.seed),
+                base = {**_base_record(setting, loaded, label, spec.params.seed), "rope_hash": rope_hash,
                         "model_fingerprint": prep.model_fingerprint,
                         **identity.task_fields(task, spec.params)}
                 ctx = RunContext(engine, prep.tokenizer, spec.params, prep.states[spec.name], loaded.manifest,
@@ -145,7 +162,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 key_identity = task.identity(spec.params)
                 limit = prep.available[spec.name]
                 cells = [c for c in task.cells(spec.params) if limit is None or c.sample < limit]
-                keyed = {c: cell_key(loaded.fingerprint, loaded.manifest["rope_hash"], spec.name,
+                keyed = {c: cell_key(loaded.fingerprint, rope_hash, spec.name,
                                      key_identity, c, spec.params.seed) for c in cells}
                 owner = shard_cells(cells, world, setting_index)
                 mine = [c for c in cells if owner[c] == rank]
@@ -177,7 +194,18 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
     after = store.latest()
     failed = sum(after.get(key, {}).get("status") != "ok" for key in grid)
     return RunResult(counts, sum(counts[s] for s in ("ok", "oom", "error")), failed,
-                     summary_table(options.out))
+                     summary_table(options.out), law_flags(prepared))
+
+
+def law_flags(prepared: list[PreparedSetting]) -> dict[str, list[tuple[str, float]]]:
+    """{law input: [(label, value)]} for the inputs a setting gave as flags or suite keys."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for prep in prepared:
+        for key in ("pretrain_base", "train_len", "tune_len"):
+            value = getattr(prep.setting.override, key)
+            if value is not None:
+                out.setdefault(key, []).append((prep.label, value))
+    return out
 
 
 def _size(n_bytes: float) -> str:

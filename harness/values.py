@@ -162,3 +162,19 @@ def token_count(text: str) -> int | float:
 
 
 token_count.__name__ = "length"  # argparse names the type in its error: "invalid length value: 'x'"
+
+
+def law_override(text: str) -> tuple[str | None, float]:
+    """`report --pretrain-base/--train-len/--tune-len` values: 'VALUE' (every setting) or 'LABEL=VALUE' (one;
+    split at the last '=', so labels such as 'b=1e4' work: 'b=1e4=10000'); k = 1024 for lengths."""
+    label, _, value = text.rpartition("=")
+    number = length_value(value) if value.lower().endswith("k") else None
+    try:
+        number = float(value) if number is None else number
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not VALUE or LABEL=VALUE with a positive number: pass "
+                                         "e.g. 1e4, 2k, or 'b=1e6=10000'")
+    return (label or None), number
+

@@ -74,11 +74,19 @@ def test_hash_differs_whenever_a_parameter_differs(tiny_llama):
         rope_config.RopeOverride(rope_type="linear", factor=4),
         rope_config.RopeOverride(rope_type="linear", factor=2),
         rope_config.RopeOverride(rope_type="yarn", factor=4),
-        rope_config.RopeOverride(rope_type="yarn", factor=4, params={"beta_fast": 16}),
-        rope_config.RopeOverride(tune_len=512)]}
-    assert len(hashes) == 8
+        rope_config.RopeOverride(rope_type="yarn", factor=4, params={"beta_fast": 16})]}
+    assert len(hashes) == 7
     assert (models.load(str(tiny_llama)).manifest["rope_hash"]
             == models.load(str(tiny_llama)).manifest["rope_hash"])
+
+
+def test_law_inputs_stay_out_of_the_hash_but_in_its_earlier_form(tiny_llama):
+    """The law's inputs change no number the model computes: not in rope_hash (a rerun with corrected inputs
+    reuses every record); the form with them (rope_hash_v1) still reads folders written with it."""
+    plain = models.load(str(tiny_llama)).manifest
+    tuned = models.load(str(tiny_llama), rope_config.RopeOverride(pretrain_base=500.0, tune_len=512)).manifest
+    assert tuned["rope_hash"] == plain["rope_hash"] and tuned["rope_hash_v1"] != plain["rope_hash_v1"]
+    assert tuned["tune_len"] == 512 and tuned["tune_len_source"] == "flag"
 
 
 def test_law_inputs_sources(tiny_llama, tmp_path):

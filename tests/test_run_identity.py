@@ -5,6 +5,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from tiny import make_tiny
@@ -47,7 +48,6 @@ def test_records_carry_the_experiment_identity(tiny_llama, text_corpus, tmp_path
     (["--lengths", "32,100"], "max_length 100 vs the folder's 64"),
     (["--seed", "3"], "the perplexity seed differs: 3 vs the folder's 0"),
     (["--no-bos"], "bos False vs the folder's True"),
-    (["--tune-len", "256"], "tune_len 256 vs the folder's 128"),
 ])
 def test_another_experiment_under_a_label_is_refused_before_anything_is_written(
         change, what, tiny_llama, other_model, text_corpus, tmp_path, capsys):
@@ -66,6 +66,29 @@ def test_another_experiment_under_a_label_is_refused_before_anything_is_written(
     assert what in err and "another --out, or another --label" in err and "\n" not in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing written
     assert run(model, corpus, out, *extra, "--label", "y") == 0  # the fix: another label in the same folder
+
+
+def test_corrected_law_inputs_reuse_every_record_and_reach_the_report(tiny_llama, text_corpus, tmp_path,
+                                                                      capsys):
+    """The law's inputs are analysis-time facts: a rerun with them corrected computes nothing again, and the
+    report (and the console's answer) use the corrected ones; an input only assumed is said to be."""
+    out = tmp_path / "r"
+    assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out", str(out),
+                 "--no-progress", "--lengths", "32,64", "--samples", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "law inputs of tiny_llama0:default:10000 assumed from the config (pretrain_base 10000 from " \
+           "rope_theta, train_len 128 from max_position_embeddings, tune_len 128 from train_len)" in err
+    before = records(out)
+    assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out", str(out),
+                 "--no-progress", "--lengths", "32,64", "--samples", "1", "--pretrain-base", "500",
+                 "--tune-len", "256"]) == 0
+    console = capsys.readouterr()
+    assert "0 cells run now, 2 already recorded" in console.out and "assumed" in console.err  # train_len
+    assert records(out) == before  # nothing computed or written again
+    summary = pd.read_csv(out / "report" / "summary.csv").iloc[0]
+    assert (summary["pretrain_base"], summary["tune_len"], summary["train_len"]) == (500.0, 256, 128)
+    assert summary["law_inputs_from"] == ("pretrain_base: flag; train_len: assumed from the config "
+                                          "(max_position_embeddings): check; tune_len: flag")
 
 
 def test_a_corpus_whose_text_changed_under_the_same_path_is_refused(tiny_llama, text_corpus, tmp_path,

@@ -53,6 +53,12 @@ def model_families(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {name: records[family == name] for name in names}
 
 
+def _latest(frame: pd.DataFrame, col: str):
+    """The last non-null value of a column, in the order the records were written."""
+    values = frame[col].dropna() if col in frame else []
+    return values.iloc[-1] if len(values) else None
+
+
 def setting_order(records: pd.DataFrame) -> list[str]:
     """Settings ordered by model, rope type, theta, label: legends and colours follow this order."""
     first = records.groupby("setting", sort=False).first()
@@ -266,9 +272,10 @@ def _position_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, sett
 def law_inputs_from(recs: pd.DataFrame) -> str:
     """Where a setting's law inputs came from (records' *_source fields), one short phrase; an input only
     assumed from the config is said to be; '' for records that predate the sources."""
-    sources = {k: _first(recs, f"{k}_source") for k in ("pretrain_base", "train_len", "tune_len")}
+    sources = {k: _latest(recs, f"{k}_source") for k in ("pretrain_base", "train_len", "tune_len")}
     if all(v is None for v in sources.values()):
         return ""
+    sources = {k: "recorded" if v is None else v for k, v in sources.items()}  # records before sources
 
     def said(source: Any) -> str:
         if source == "flag":
@@ -277,6 +284,8 @@ def law_inputs_from(recs: pd.DataFrame) -> str:
             return "config's rope_harness_law"
         if isinstance(source, str) and source.startswith("known:"):
             return f"known-checkpoint table ({source.removeprefix('known:')})"
+        if source == "recorded":
+            return "as recorded (no source)"
         return f"assumed from the config ({source}): check"
 
     phrases = {k: said(v) for k, v in sources.items()}
@@ -335,7 +344,7 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
                                                           positions=positions, weights_seed=weights_seed,
                                                           n_boot=n_boot)
         table_rows += rows
-        info = {c: _first(recs, c) for c in LAW_COLUMNS}
+        info = {c: _latest(recs, c) for c in LAW_COLUMNS}  # a rerun with corrected law inputs wins
         block = predict_for(info)
         ref_len = _first(recs, spec.reference)
         if ref_len is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import InputError, one_line, writable_folder
+from harness.law import check_inputs as check_law_inputs
 from harness.report.analysis import (
     TABLE_COLUMNS,
     FigureContext,
@@ -59,7 +60,8 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
                  factors: Sequence[float] | None = None, deltas: Sequence[float] | None = None,
                  n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
                  tasks: Sequence[str] | None = None, log: Callable[[str], None] | None = None,
-                 min_samples: int = DEFAULT_MIN_SAMPLES) -> Path:
+                 min_samples: int = DEFAULT_MIN_SAMPLES,
+                 law: dict[str, list[tuple[str | None, float]]] | None = None) -> Path:
     """Write report.md, report.html, summary.csv, table.csv and PNG figures; return the output folder.
 
     out_dir defaults to <first run>/report/. Every measured-length definition of a task (its Task's
@@ -86,7 +88,7 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
     loaded = load_runs(run_dirs)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
     writable_folder(out_dir, "--out")
-    records = loaded.records
+    records = loaded.records = with_law_inputs(loaded.records, law or {})
     present = task_order(list(records["task"].dropna().astype(str).unique()))
     if tasks:
         unknown = [t for t in tasks if t not in present]
@@ -132,6 +134,31 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def with_law_inputs(records: pd.DataFrame, law: dict[str, list[tuple[str | None, float]]]) -> pd.DataFrame:
+    """The law inputs as analysis-time choices: {"pretrain_base": [(label or None for all, value)], ...}
+    replace the records' values (source "flag") for those settings; no number the model computed changes."""
+    records = records.copy()
+    labels = set(records["setting"].astype(str))
+    for key, pairs in law.items():
+        for label, value in pairs:
+            if label is not None and label not in labels:
+                flag = f"--{key.replace('_', '-')} {label}={value:g}"
+                raise InputError(f"{flag}: no setting {label!r} in these runs: use one of "
+                                 f"{', '.join(sorted(labels))} (LABEL=VALUE, the value after the last '='), "
+                                 "or VALUE alone for every setting")
+            rows = records["setting"] == label if label is not None else slice(None)
+            records.loc[rows, key] = int(value) if key != "pretrain_base" else float(value)
+            records.loc[rows, f"{key}_source"] = "flag"
+    if law:  # a combination the law refuses is the flags' fault: named now, not as an empty prediction later
+        for setting, recs in records.groupby("setting"):
+            first = recs.iloc[0]
+            try:
+                check_law_inputs(first["train_len"], first["tune_len"], first["pretrain_base"])
+            except InputError as exc:
+                raise InputError(f"law inputs of {setting!r} after the flags: {exc}") from None
+    return records
 
 
 def _write_outputs(tmp: Path, loaded: Loaded, contexts: list[tuple[FigureContext, dict[str, FigureFn]]],
@@ -190,6 +217,8 @@ def _write_outputs(tmp: Path, loaded: Loaded, contexts: list[tuple[FigureContext
 def command(args: argparse.Namespace) -> int:
     """`rope-harness report` (its parser: harness/cli.py, add_report_parser)."""
     out = build_report(args.run_dirs, args.out, factors=args.factor, deltas=args.delta, n_boot=args.bootstrap,
-                       seed=args.seed, ci=args.ci, tasks=args.task, min_samples=args.min_samples)
+                       seed=args.seed, ci=args.ci, tasks=args.task, min_samples=args.min_samples,
+                       law={k: getattr(args, k) for k in ("pretrain_base", "train_len", "tune_len")
+                            if getattr(args, k, None)})
     print(f"report written to {out / 'report.md'} (and report.html, summary.csv, table.csv)")
     return 0

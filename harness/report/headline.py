@@ -57,7 +57,7 @@ def _sentence(row: pd.Series, name: str) -> str:
 
     parts = [f"{name} {where}"]
     parts.append(f"{times(liu, row['predicted_limit'])} Liu's limit ({_tokens(row['predicted_limit'])})"
-                 if math.isfinite(liu) else f"Liu's law makes no prediction ({row['regime']})")
+                 if math.isfinite(liu) else f"Liu's law makes no prediction ({row['regime'] or 'no regime'})")
     if math.isfinite(men):
         parts.append(f"{times(men, row['retrieval_bound'])} the retrieval bound "
                      f"({_tokens(row['retrieval_bound'])})")

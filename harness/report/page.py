@@ -10,7 +10,6 @@ dimension, the reason where a value is missing), the figures, and the per-length
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from harness.report.base import NoData, NotApplicable, fmt_base, fmt_length
 from harness.report.load import Loaded
 from harness.report.registry import FigureFn
 from harness.report.render import Block, render_figure
+from harness.values import safe_name
 
 HEADLINE_TASK = "perplexity"
 
@@ -159,16 +159,11 @@ def caption(fn: FigureFn, name: str) -> str:
     return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
 
 
-def safe_name(text: str) -> str:
-    """A family name as part of a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
-
-
 def _figure_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, notes: list[str],
                    log: Callable[[str], None]) -> list[Block]:
     blocks = []
     for name, fn in figures.items():
-        filename = f"{ctx.task}_{safe_name(ctx.family) + '_' if ctx.family else ''}{name}.png"
+        filename = f"{ctx.task}_{safe_name(ctx.family, 'model') + '_' if ctx.family else ''}{name}.png"
         try:
             extra = render_figure(fn, ctx, tmp / filename)
         except NotApplicable:
