@@ -98,7 +98,7 @@ def add_law_parser(sub) -> None:
 
 
 def add_run_parser(sub) -> None:
-    from tasks.base import get_task, task_names
+    from tasks.base import all_options, get_task, task_names
 
     p = sub.add_parser("run",
                        help="evaluate models on a task grid (no arguments: the quick suite on the zoo)",
@@ -155,17 +155,16 @@ def add_run_parser(sub) -> None:
     p.add_argument("--no-report", action="store_true", help="do not render <out>/report after the run")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="debug logging; with --dry-run, one line per cell")
-    declared: set[str] = set()
-    for name in task_names():  # each option once, in the group of the first task that declares it
-        options = [o for o in get_task(name).options if o.name not in declared]
-        group = p.add_argument_group(f"{name} task") if options else None
-        for option in options:
-            declared.add(option.name)
-            if option.type is bool:
-                group.add_argument(option.flag, dest=option.name, action="store_true", help=option.help)
-            else:
-                group.add_argument(option.flag, dest=option.name, type=option.type, default=None,
-                                   choices=option.choices, metavar=option.metavar, help=option.help)
+    groups: dict[str, object] = {}
+    for option in all_options().values():  # a shared option (--depths) in a group naming every task
+        owners = [name for name in task_names() if option.name in get_task(name).option_names()]
+        title = " and ".join(owners) + (" tasks" if len(owners) > 1 else " task")
+        group = groups[title] if title in groups else groups.setdefault(title, p.add_argument_group(title))
+        if option.type is bool:
+            group.add_argument(option.flag, dest=option.name, action="store_true", help=option.help)
+        else:
+            group.add_argument(option.flag, dest=option.name, type=option.type, default=None,
+                               choices=option.choices, metavar=option.metavar, help=option.help)
     p.set_defaults(func=run_command)
     p.set_defaults(flag_defaults=vars(p.parse_args([])))  # to tell the flags a user gave from their defaults
 
@@ -193,8 +192,9 @@ def _check_flags(args: argparse.Namespace) -> None:
         for key in given:
             owners = [name for name in task_names() if key in get_task(name).option_names()]
             if owners and key not in own:
+                fix = " or ".join(f"--task {owner}" for owner in owners)
                 raise InputError(f"--{key.replace('_', '-')} applies to --task {' or '.join(owners)}, not "
-                                 f"{', '.join(names)}: drop it or pass --task {owners[0]}")
+                                 f"{', '.join(names)}: drop it or pass {fix}")
 
 
 def _flags(args: argparse.Namespace):

@@ -8,6 +8,7 @@ library's own source files, present on every machine: the held-out evaluation sp
 
 from __future__ import annotations
 
+import gzip
 import os
 import sysconfig
 import zlib
@@ -58,8 +59,19 @@ def stdlib_files(split: str = "eval") -> list[Path]:
 
 
 def _read_verbatim(path: Path) -> str:
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-        return handle.read()
+    """A text file as it is (a .gz file decompressed); binary content is bad input, not a corpus."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise InputError(f"corpus file {path} is not gzip data ({one_line(exc, 80)}): pass "
+                             "gzip-compressed text, or drop the .gz suffix") from None
+    text = raw.decode("utf-8", errors="replace")
+    if b"\x00" in raw[:1 << 16] or text.count("\ufffd") > 0.01 * len(text) + 8:
+        raise InputError(f"corpus file {path} is binary, not UTF-8 text: pass text files (plain or .gz), a "
+                         ".jsonl file, a folder of them, stdlib or hf:NAME")
+    return text
 
 
 def _iter_jsonl(path: Path, field: str) -> Iterator[tuple[str, str]]:

@@ -216,7 +216,7 @@ def rope_fixed_for_length(model, config, length: int) -> Iterator[None]:
 
 
 def rope_manifest(config, spec: dict[str, Any], law: dict[str, Any], inv_freqs: dict,
-                  changed: bool) -> dict[str, Any]:
+                  base_changed: bool) -> dict[str, Any]:
     """The RoPE manifest (docs/design.md); rope_hash covers every RoPE field (not the law inputs) plus the
     inv_freq bytes."""
     section = law_section(config)
@@ -229,7 +229,7 @@ def rope_manifest(config, spec: dict[str, Any], law: dict[str, Any], inv_freqs: 
         "attention_scaling": float(inv_freqs[section][1]) if section in inv_freqs else 1.0,
         "rope_section": section,
         **law,
-        "law_assumes_finetune": bool(changed and law["tune_len_source"] != "flag"
+        "law_assumes_finetune": bool(base_changed and law["tune_len_source"] != "flag"
                                      and float(spec["rope_theta"]) != law["pretrain_base"]),
     }
     # the law inputs describe the checkpoint's history, not what the model computes: outside the identity
@@ -353,7 +353,7 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
         model.to(device)  # moves; never casts (inv_freq must stay float32)
     model.eval()
     inv_freqs = verify_rope(model, config)
-    manifest = rope_manifest(config, spec, law, inv_freqs, override.changes_rope())
+    manifest = rope_manifest(config, spec, law, inv_freqs, override.changes_base())
     manifest.update(weights_source(path))  # where the weights came from: no RoPE fact, so not in rope_hash
     return Loaded(model, tokenizer, config, manifest, model_fingerprint(path, config, revision), device,
                   dtype, attn)

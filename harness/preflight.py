@@ -74,7 +74,7 @@ def _rope_identity(setting: Setting, config) -> tuple[Any, dict[str, Any], str, 
     law = rope_config.law_inputs(config, setting.override)
     overridden = copy.deepcopy(config)
     spec = rope_config.apply_override(overridden, setting.override)
-    manifest = models.rope_manifest(overridden, spec, law, {}, setting.override.changes_rope())
+    manifest = models.rope_manifest(overridden, spec, law, {}, setting.override.changes_base())
     rope = {k: manifest[k] for k in ROPE_FIELDS}
     rope["rope_params"] = json.dumps(rope["rope_params"], sort_keys=True)
     fingerprint = models.model_fingerprint(models.resolve_model_path(setting.model), overridden,

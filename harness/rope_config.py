@@ -49,10 +49,10 @@ class RopeOverride:
     train_len: int | None = None
     tune_len: int | None = None
 
-    def changes_rope(self) -> bool:
-        return (self.theta is not None or self.rope_type is not None or self.factor is not None
-                or bool(self.params))
-
+    def changes_base(self) -> bool:
+        """The base the model evaluates with differs from its checkpoint's (static NTK changes it too); a
+        scaling such as YaRN or PI leaves the base as fine-tuned."""
+        return self.theta is not None or self.rope_type == "ntk"
 
 
 def text_config(config):

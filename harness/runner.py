@@ -219,8 +219,10 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
     from tqdm import tqdm
 
     tqdm.monitor_interval = 0  # no monitor thread: under the address-space cap a thread may fail to start
-    bar = tqdm(total=len(cells), desc=f"{label} {task_name}", unit="cell", disable=not options.progress,
-               file=sys.stderr, dynamic_ncols=True)
+    # a redrawn bar only on a terminal: in a log file its redraws pile onto one line
+    terminal = sys.stderr.isatty()
+    bar = tqdm(total=len(cells), desc=f"{label} {task_name}", unit="cell",
+               disable=not options.progress or not terminal, file=sys.stderr, dynamic_ncols=True)
     tokens, start = 0, time.time()
     for group in task.groups(ctx, cells):
         longest = max(c.length for c in group)
@@ -264,6 +266,9 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
         tokens += longest
         bar.update(len(group))
         bar.set_postfix(tok_s=f"{tokens / max(time.time() - start, 1e-9):.0f}")
+        if options.progress and not terminal:  # one plain line per scored group instead
+            print(f"{label} {task_name}: {bar.n}/{len(cells)} cells, {time.time() - start:.0f} s",
+                  file=sys.stderr, flush=True)
     bar.close()
 
 

@@ -68,6 +68,9 @@ def latest_records(folder: Path) -> dict[str, dict[str, Any]]:
     return {cell_id(r): r for r in read_jsonl(folder, "records")}
 
 
+RECORD_KEYS = ("task", "setting", "length", "status")  # what every reader of a record relies on
+
+
 class Store:
     """Writes records (and side files such as positions) of one rank into a run folder."""
 
@@ -117,8 +120,15 @@ class Store:
             os.close(fd)
 
     def latest(self) -> dict[str, dict[str, Any]]:
-        """The last record of every cell, any rank's (latest_records)."""
-        return latest_records(self.folder)
+        """The last record of every cell, any rank's (latest_records); a folder whose records lack the keys
+        every record has (another tool's, or an older format's) is refused: new cells would mix with it."""
+        latest = latest_records(self.folder)
+        for record in latest.values():
+            missing = [k for k in RECORD_KEYS if k not in record]
+            if missing:
+                raise InputError(f"{self.folder} holds records without {', '.join(missing)} (another tool's "
+                                 "or an older format's): pass another --out")
+        return latest
 
     def finished_keys(self) -> set[str]:
         """Cells whose last record (any rank's) is ok: a rerun skips them and retries the rest (oom,

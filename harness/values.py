@@ -15,14 +15,16 @@ from harness.errors import InputError
 
 
 def parse_size(text: str) -> int:
-    """'24GiB', '500M', '2e9' -> bytes (a positive, finite size)."""
+    """'24GiB', '500M', '2e9' -> bytes (a positive, finite size). KiB/MiB/GiB/TiB and bare K/M/G/T are
+    powers of 1024; KB/MB/GB/TB powers of 1000, as accelerate reads them (1GB = 1e9 bytes)."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?B)?\s*", text or "", re.IGNORECASE)
     try:
         number = float(match.group(1)) if match else math.nan
     except ValueError:  # '1.5.5G' passes the pattern but is no number
         number = math.nan
-    scale = ({"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[match.group(2).upper()]
-             if match else 1)
+    decimal = bool(match and match.group(3) and match.group(3).lower() == "b" and match.group(2))
+    step = 1000 if decimal else 1024
+    scale = step ** "KMGT".find(match.group(2).upper()) * step if match and match.group(2) else 1
     if not (math.isfinite(number) and number * scale >= 1):
         raise InputError(f"--max-memory {text!r} is not a positive size: use e.g. 8GiB, 500MiB or 2e9")
     if number * scale < 1 << 20:  # '--max-memory 24' meant GiB: 24 bytes would only ever record oom

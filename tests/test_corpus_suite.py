@@ -364,3 +364,31 @@ def test_dry_run_reads_a_hub_config_from_the_local_cache(offline, tiny_llama, tm
     row = next(line for line in captured.out.splitlines() if line.startswith("t "))
     assert "at 4096 (single)" in row and "MiB" in row
     assert "tokenizer of 'owner/tiny' not available offline" in captured.err
+
+
+def test_gzip_corpora_read_transparently_and_binary_is_refused(tmp_path):
+    import gzip
+
+    from harness.corpus import iter_documents
+
+    text = "def f(x):\n    return x + 1\n" * 50
+    (tmp_path / "code.txt.gz").write_bytes(gzip.compress(text.encode()))
+    assert list(iter_documents(str(tmp_path / "code.txt.gz"))) == [("code.txt.gz", text)]
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(InputError, match=r"blob.bin is binary, not UTF-8 text: pass text files"):
+        list(iter_documents(str(tmp_path / "blob.bin")))
+    (tmp_path / "fake.gz").write_text(text)
+    with pytest.raises(InputError, match=r"fake.gz is not gzip data"):
+        list(iter_documents(str(tmp_path / "fake.gz")))
+    # a few bad bytes in real text stay replaced, as before
+    (tmp_path / "mostly.txt").write_bytes(text.encode() + b"\xff\xfe")
+    assert list(iter_documents(str(tmp_path / "mostly.txt")))[0][1].endswith("\ufffd\ufffd")
+
+
+def test_memory_sizes_read_as_accelerate_reads_them():
+    from harness.values import parse_size
+
+    assert parse_size("1GiB") == parse_size("1G") == 1 << 30 and parse_size("1GB") == 10**9
+    assert parse_size("500MB") == 500 * 10**6 and parse_size("500MiB") == 500 << 20
+    with pytest.raises(InputError, match="less than 1 MiB"):
+        parse_size("1KB")

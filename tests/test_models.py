@@ -280,3 +280,14 @@ def test_per_length_frequencies_are_checked_against_rope_math(tiny_llama, monkey
     with pytest.raises(RuntimeError, match="harness.rope_math"), \
             models.rope_fixed_for_length(loaded.model, loaded.config, 500):
         pass
+
+
+def test_only_a_changed_base_assumes_finetuning(tiny_llama):
+    """YaRN or PI on a checkpoint keep the base it was tuned with: the law's fine-tuning premise is not
+    broken by them (they are outside the law anyway); a new base or static NTK is flagged."""
+    def flagged(**kw) -> bool:
+        override = rope_config.RopeOverride(pretrain_base=500.0, **kw)
+        return models.load(str(tiny_llama), override).manifest["law_assumes_finetune"]
+
+    assert not flagged(rope_type="yarn", factor=4) and not flagged(rope_type="linear", factor=2)
+    assert flagged(theta=5e5) and flagged(rope_type="ntk", factor=2)

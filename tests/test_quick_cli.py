@@ -39,7 +39,7 @@ def test_quick_suite_grid_is_what_the_readme_promises():
     passkey = next(t for t in quick.tasks if t.name == "passkey")
     lengths = passkey.params.lengths
     assert passkey.settings == ["SmolLM2-135M"] and min(lengths) < 8192 < max(lengths)
-    assert grid_size(quick) == 8 * 13 * 12 + 9 + 3 * 2 + 2 * 2  # zoo ppl + real ppl, passkey, longqa
+    assert grid_size(quick) == 8 * 13 * 12 + 9 + 2 * 2 + 2  # zoo ppl + real ppl, passkey, longqa
 
 
 def test_zoo_passkey_suite_keeps_the_block_that_left_the_default_job():

@@ -216,3 +216,16 @@ def test_report_with_the_old_space_separated_factors_names_the_fix(tmp_path, cap
     assert main(["report", "--factor", "1.5", "2", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "looks like a number" in err and "--factor 1.5,2" in err and err.count("\n") == 1
+
+
+def test_a_folder_of_another_format_is_refused_before_anything_is_written(tiny_llama, text_corpus, tmp_path,
+                                                                           capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    old = json.dumps({"task_name": "perplexity", "label": "x", "L": 32, "state": "ok", "ppl": 9.0}) + "\n"
+    (out / "records.jsonl").write_text(old)
+    assert run(tiny_llama, text_corpus, out) == 2
+    err = capsys.readouterr().err
+    assert "holds records without task, setting, length, status" in err and "pass another --out" in err
+    assert (out / "records.jsonl").read_text() == old and sorted(p.name for p in out.iterdir()) == [
+        "records.jsonl"]

@@ -42,11 +42,16 @@ def _first(frame: pd.DataFrame, col: str):
     return values.iloc[0] if len(values) else None
 
 
+def family_of(model: str) -> str:
+    """The zoo's checkpoints are one family (one tokenizer, one pre-training); any other model is its own."""
+    return "zoo" if model.startswith("zoo:") else model
+
+
 def model_families(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Records split by model family: the zoo's checkpoints share one, any other model is its own. Settings of
     different models (other tokenizers, other training) never share an axis; one family -> {"": records}."""
     models = records["model"].astype(str) if "model" in records else pd.Series("", index=records.index)
-    family = models.where(~models.str.startswith("zoo:"), "zoo")
+    family = models.map(family_of)
     names = list(dict.fromkeys(family))
     if len(names) <= 1:
         return {"": records}
@@ -60,12 +65,13 @@ def _latest(frame: pd.DataFrame, col: str):
 
 
 def setting_order(records: pd.DataFrame) -> list[str]:
-    """Settings ordered by model, rope type, theta, label: legends and colours follow this order."""
+    """Settings ordered by model family, rope type, theta (as a number: 40 before 1e7), label: legends and
+    colours follow this order."""
     first = records.groupby("setting", sort=False).first()
     keys = []
     for setting, row in first.iterrows():
         theta = pd.to_numeric(row.get("rope_theta"), errors="coerce")
-        keys.append((str(row.get("model") or ""), str(row.get("rope_type") or ""),
+        keys.append((family_of(str(row.get("model") or "")), str(row.get("rope_type") or ""),
                      float(theta) if pd.notna(theta) else 0.0, str(setting), setting))
     return [k[-1] for k in sorted(keys, key=lambda k: k[:-1])]
 

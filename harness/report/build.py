@@ -192,12 +192,13 @@ def _write_outputs(tmp: Path, loaded: Loaded, contexts: list[tuple[FigureContext
             blocks += [Block("p", f"{task}:"), Block("ul", [f"{r.setting}: {r.sentence}"
                                                              for r in group.itertuples()])]
     run_items = [f"{name}: {path} ({n} records)" for name, path, n in loaded.runs]
-    blocks += [Block("p", "Runs:"), Block("ul", run_items)]
+    blocks += [Block("details", "Runs, provenance and files"), Block("p", "Runs:"), Block("ul", run_items)]
     blocks += [Block("p", "Provenance (run.json of each run):"), Block("ul", provenance_items(loaded))]
     blocks.append(Block("p", "Files: summary.csv (one row per setting, task and measured-length definition), "
                              "table.csv (per setting, task, metric and length: aggregate, bootstrap CI over "
                              "samples, n)"
                         + (", failed.csv (every failed cell)" if len(failed) else "") + "."))
+    blocks.append(Block("end", ""))
     for ctx, figures in contexts:
         blocks += task_blocks(ctx, figures, tmp, notes, log or (lambda m: print(m, file=sys.stderr)))
     blocks.append(Block("h2", "Failed cells"))

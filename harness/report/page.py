@@ -210,9 +210,9 @@ def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, not
                     "d_measured: the dimension whose period is the measured length, d ln(T / 2 pi) / "
                     "ln(base) (Liu's larger-base limit solved for d, no ceiling); next to d_extra; a lower "
                     "bound when the length is censored"]
-    blocks += [Block("p", "Definitions:"), Block("ul", definitions)]
-    blocks += [Block("p", "Law block of every setting (both limits):"), Block("table", law_table(ctx))]
     blocks += warning_blocks(ctx)
+    blocks += [Block("details", "Definitions and each setting's law inputs and limits"),
+               Block("ul", definitions), Block("table", law_table(ctx)), Block("end", "")]
     for view in views:
         label = view.spec.label(view.factor, view.delta)
         blocks += [Block("p", f"Measured extrapolation length `{view.spec.key}` ({label}):"),
@@ -227,10 +227,12 @@ def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, not
         blocks.append(Block("p", "Base changed at evaluation time only (law_assumes_finetune): "
                             + ", ".join(flagged) + ". The law's prediction assumes fine-tuning at tune_len."))
     blocks += _figure_blocks(ctx, figures, tmp, notes, log)
-    blocks += _per_length(ctx, ctx.default, f"{ctx.default.spec.name} per length (mean over samples; CIs in "
-                                            "table.csv):")
+    per_length = _per_length(ctx, ctx.default, f"{ctx.default.spec.name} per length (mean over samples; CIs "
+                                               "in table.csv):")
     for view in ctx.extras.values():
         if view.spec.source == "records":
-            blocks += _per_length(ctx, view, f"{view.spec.name} per length (mean over samples; CIs in "
-                                             "table.csv):")
+            per_length += _per_length(ctx, view, f"{view.spec.name} per length (mean over samples; CIs in "
+                                                 "table.csv):")
+    if per_length:
+        blocks += [Block("details", "Values per length"), *per_length, Block("end", "")]
     return blocks

@@ -27,7 +27,8 @@ BASE_COLUMNS = ("rope_theta", "pretrain_base", "b0", "base", "critical_base")
 @dataclass
 class Block:
     """One piece of the report: kind is h1, h2, h3, p, warn (a warning paragraph), ul (content: items),
-    table (a DataFrame) or img (a file name)."""
+    table (a DataFrame), img (a file name), or details / end (a collapsed section: its summary line, then
+    the blocks up to `end`)."""
 
     kind: str
     content: Any
@@ -75,6 +76,10 @@ def to_markdown(blocks: list[Block]) -> str:
             out.append("\n".join([head, sep, *body]))
         elif b.kind == "img":
             out.append(f"![{b.caption}]({b.content})\n\n*{b.caption}*")
+        elif b.kind == "details":
+            out.append(f"<details><summary>{b.content}</summary>")
+        elif b.kind == "end":
+            out.append("</details>")
     return "\n\n".join(out) + "\n"
 
 
@@ -127,6 +132,10 @@ def to_html(blocks: list[Block], folder: Path, title: str) -> str:
             alt = html.escape(b.caption.replace("`", ""), quote=True)
             out.append(f"<figure><img alt=\"{alt}\" src='data:image/png;base64,{data}'>"
                        f"<figcaption>{_inline(b.caption)}</figcaption></figure>")
+        elif b.kind == "details":
+            out.append(f"<details><summary>{_inline(b.content)}</summary>")
+        elif b.kind == "end":
+            out.append("</details>")
     out.append("</body></html>")
     return "\n".join(out)
 
