@@ -239,8 +239,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _render_report(out: Path, law: dict | None = None) -> None:
-    """<out>/report (with the run's law-input flags); a report that fails leaves the run's records and exit
-    code as they are."""
+    """<out>/report, with the run's law flags; a failing report leaves records and exit code as they are."""
     from harness.report import build_report
 
     try:
@@ -276,7 +275,8 @@ def _print_table(result, full: bool = True) -> None:
     print(f"{result.records} cells run now, {result.counts['skipped']} already recorded, "
           f"{failed} failed in total"
           + (f" ({retried} run again after an earlier failure)" if retried else "")
-          + ("; rerun the same command to retry the failed cells" if failed else ""))
+          + ("; rerun the same command to retry the failed cells" if failed and not result.advice else "")
+          + (f"\n{result.advice}" if result.advice else ""))
 
 
 # ------------------------------------------------------------------------------------------------ zoo

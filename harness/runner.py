@@ -16,6 +16,7 @@ import math
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class RunResult:
     table: list[dict[str, Any]]
     # the law inputs given as flags, per setting: the report applies them (they are not in the identity)
     law: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    advice: str = ""  # what to do about cells the planner refused (refusal_advice)
 
     @property
     def exit_code(self) -> int:
@@ -194,7 +196,20 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
     after = store.latest()
     failed = sum(after.get(key, {}).get("status") != "ok" for key in grid)
     return RunResult(counts, sum(counts[s] for s in ("ok", "oom", "error")), failed,
-                     summary_table(options.out), law_flags(prepared))
+                     summary_table(options.out), law_flags(prepared),
+                     refusal_advice([after[key] for key in grid if key in after]))
+
+
+def refusal_advice(records: list[dict[str, Any]]) -> str:
+    """What to do about cells the planner refused (a rerun refuses them again): '' when there are none."""
+    refused = [r for r in records if r.get("status") == "oom" and str(r.get("error")).startswith("planner:")]
+    if not refused:
+        return ""
+    shortest = min(r["length"] for r in refused)
+    worst = max(refused, key=lambda r: r["length"])
+    return (f"{len(refused)} cell(s) at L >= {shortest} exceed the memory budget by the planner's estimate "
+            f"({worst['error'].removeprefix('planner: ')}); a rerun refuses them again: raise --max-memory "
+            "to the estimate, pass --strategy stream (one decoder layer at a time), or drop those lengths")
 
 
 def law_flags(prepared: list[PreparedSetting]) -> dict[str, list[tuple[str, float]]]:
@@ -213,6 +228,14 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
+def _fitting_first(groups: list[list[Cell]], engine, generation: bool) -> Iterator[list[Cell]]:
+    """Each group, split where its longest length does not fit the budget: the lengths that fit are scored
+    (a shorter shared pass), the rest recorded as refused by the planner."""
+    for group in groups:
+        fit = [c for c in group if engine.plan(c.length, generation=generation).fits]
+        yield from (part for part in (fit, [c for c in group if c not in fit]) if part)
+
+
 def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOptions, label: str,
                task_name: str):
     """Yield (cell, record) for every cell; OOM retried once with a smaller chunk, then recorded."""
@@ -223,8 +246,8 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
     terminal = sys.stderr.isatty()
     bar = tqdm(total=len(cells), desc=f"{label} {task_name}", unit="cell",
                disable=not options.progress or not terminal, file=sys.stderr, dynamic_ncols=True)
-    tokens, start = 0, time.time()
-    for group in task.groups(ctx, cells):
+    tokens, done, start = 0, 0, time.time()
+    for group in _fitting_first(task.groups(ctx, cells), engine, task.generates):
         longest = max(c.length for c in group)
         plan = engine.plan(longest, generation=task.generates)
         status, error, metrics = "ok", None, None
@@ -266,8 +289,9 @@ def _run_cells(task, ctx: RunContext, engine, cells: list[Cell], options: RunOpt
         tokens += longest
         bar.update(len(group))
         bar.set_postfix(tok_s=f"{tokens / max(time.time() - start, 1e-9):.0f}")
+        done += len(group)
         if options.progress and not terminal:  # one plain line per scored group instead
-            print(f"{label} {task_name}: {bar.n}/{len(cells)} cells, {time.time() - start:.0f} s",
+            print(f"{label} {task_name}: {done}/{len(cells)} cells, {time.time() - start:.0f} s",
                   file=sys.stderr, flush=True)
     bar.close()
 

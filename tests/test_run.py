@@ -1,5 +1,6 @@
 """`rope-harness run`: ppl@L contract, records schema, resume, OOM, bad input, sharding."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -288,3 +289,36 @@ def test_cpu_address_space_cap_turns_overallocation_into_a_recorded_oom():
         assert float(small.sum()) == 1 << 20
     big = torch.empty(1 << 31, dtype=torch.uint8)  # the cap is lifted afterwards
     del big
+
+
+def test_lengths_that_fit_are_scored_when_the_longest_is_refused(tiny_llama, text_corpus, tmp_path, capsys,
+                                                                  monkeypatch):
+    """A planner refusal is deterministic: the shorter lengths of the shared pass still run, and the console
+    says what would help instead of 'rerun'."""
+    from harness import engine as engine_module
+
+    plan = engine_module.Engine.plan
+
+    def only_up_to_128(self, length, strategy=None, generation=False):  # a budget only 128 tokens fit
+        found = plan(self, length, strategy, generation)
+        return found if length <= 128 else dataclasses.replace(found, fits=False)
+
+    monkeypatch.setattr(engine_module.Engine, "plan", only_up_to_128)
+    assert run(tiny_llama, text_corpus, tmp_path / "r", "--max-memory", "8GiB") == 1  # lengths 32,100,200
+    status = {(r["length"], r["sample"]): r["status"] for r in records(tmp_path / "r")}
+    assert {status[(n, s)] for n in (32, 100) for s in (0, 1)} == {"ok"}
+    assert status[(200, 0)] == status[(200, 1)] == "oom"
+    out = capsys.readouterr().out
+    assert "2 cell(s) at L >= 200 exceed the memory budget by the planner's estimate" in out
+    assert "raise --max-memory" in out and "--strategy stream" in out and "rerun the same command" not in out
+
+
+def test_progress_in_a_log_is_one_plain_line_per_group(tiny_llama, text_corpus, tmp_path, capsys):
+    """Not a terminal (a log file, CI): no redrawn bar piling onto one line, a counted line per group."""
+    out = tmp_path / "r"
+    assert main(["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--out", str(out),
+                 "--no-report", "--lengths", "32,64", "--samples", "2"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if " perplexity: " in line]
+    assert [line.split(": ")[1].split(",")[0] for line in lines] == ["2/4 cells", "4/4 cells"]
+    assert "\r" not in err
