@@ -182,6 +182,9 @@ def _figure_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, 
     return blocks
 
 
+SHOWN_FIGURES = 1  # a task's first figure stays open; the rest, like the tables, one click away
+
+
 def _per_length(ctx: FigureContext, view: Analysis, title: str) -> list[Block]:
     table = view.table[view.table["mean"].astype(float).notna()]
     pivot = table.pivot_table(index="setting", columns="length", values="mean", aggfunc="first")
@@ -213,6 +216,9 @@ def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, not
     blocks += warning_blocks(ctx)
     blocks += [Block("details", "Definitions and each setting's law inputs and limits"),
                Block("ul", definitions), Block("table", law_table(ctx)), Block("end", "")]
+    figure_blocks = _figure_blocks(ctx, figures, tmp, notes, log)
+    blocks += figure_blocks[:SHOWN_FIGURES]
+    blocks.append(Block("details", "Measured lengths per definition (tables)"))
     for view in views:
         label = view.spec.label(view.factor, view.delta)
         blocks += [Block("p", f"Measured extrapolation length `{view.spec.key}` ({label}):"),
@@ -226,7 +232,10 @@ def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, not
     if len(flagged):
         blocks.append(Block("p", "Base changed at evaluation time only (law_assumes_finetune): "
                             + ", ".join(flagged) + ". The law's prediction assumes fine-tuning at tune_len."))
-    blocks += _figure_blocks(ctx, figures, tmp, notes, log)
+    blocks.append(Block("end", ""))
+    if figure_blocks[SHOWN_FIGURES:]:
+        blocks += [Block("details", f"{len(figure_blocks) - SHOWN_FIGURES} more figure(s)"),
+                   *figure_blocks[SHOWN_FIGURES:], Block("end", "")]
     per_length = _per_length(ctx, ctx.default, f"{ctx.default.spec.name} per length (mean over samples; CIs "
                                                "in table.csv):")
     for view in ctx.extras.values():
