@@ -7,6 +7,7 @@ Each parser returns the value or raises InputError naming the flag and an exampl
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -108,10 +109,14 @@ float_list.__name__ = "number list"
 
 
 def safe_name(text: str, fallback: str = "run") -> str:
-    """A label as one safe folder name: only [A-Za-z0-9._-], never hidden, '.', '..' or starting with '-'
-    ('../x' -> 'x', 'b=1e6 tuned@1024' -> 'b_1e6_tuned_1024')."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    """A label as one safe folder name: letters (any script), digits and ._- only, never hidden, '.', '..' or
+    starting with '-' ('../x' -> 'x', 'b=1e6 tuned@1024' -> 'b_1e6_tuned_1024', '长上下文' kept). A label that
+    loses characters other than ASCII punctuation (emoji) gets a short hash of itself, so two such labels
+    never share a folder."""
+    name = re.sub(r"[^\w.-]+", "_", text)
     name = name.lstrip("._-").rstrip(".")[:120]
+    if any(not (c.isalnum() or c.isascii()) for c in text):
+        name = f"{name or fallback}_{hashlib.sha256(text.encode()).hexdigest()[:8]}"
     return name or fallback
 
 
@@ -180,3 +185,16 @@ def law_override(text: str) -> tuple[str | None, float]:
                                          "e.g. 1e4, 2k, or 'b=1e6=10000'")
     return (label or None), number
 
+
+def fmt_base(value) -> str:
+    """A RoPE base the same way everywhere: 40, 500, 1e4, 5e5, 1.5e6 (never 10000 / 1e+06)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "" if value is None else str(value)
+    if not math.isfinite(number):
+        return ""
+    if abs(number) < 1e4:
+        return f"{number:.4g}"
+    mantissa, exponent = f"{number:.3e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"

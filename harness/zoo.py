@@ -24,6 +24,7 @@ import numpy as np
 
 from harness.checkpoints import PACKAGED, packaged_path
 from harness.errors import InputError, writable_folder
+from harness.values import fmt_base
 from harness.zoo_models import FAMILY, zoo_names
 
 ZOO_DIR = Path(__file__).parent / "zoo_models"
@@ -320,7 +321,7 @@ def list_command() -> int:
         law = cfg.get("rope_harness_law") or {}
         theta = cfg.get("rope_parameters", {}).get("rope_theta")
         base = law.get("pretrain_base")
-        print(f"{'zoo:' + name:<22} {theta:>10g} {'-' if base is None else f'{base:g}':>13} "
+        print(f"{'zoo:' + name:<22} {fmt_base(theta):>10} {'-' if base is None else fmt_base(base):>13} "
               f"{str(law.get('train_len', '-')):>9} {str(law.get('tune_len', '-')):>8}  {name}/")
     list_packaged()
     return 0

@@ -392,3 +392,12 @@ def test_memory_sizes_read_as_accelerate_reads_them():
     assert parse_size("500MB") == 500 * 10**6 and parse_size("500MiB") == 500 << 20
     with pytest.raises(InputError, match="less than 1 MiB"):
         parse_size("1KB")
+
+
+def test_labels_in_any_script_get_their_own_folder():
+    from harness.values import safe_name
+
+    assert safe_name("b=1e6 tuned@1024") == "b_1e6_tuned_1024" and safe_name("../x") == "x"  # as before
+    assert safe_name("长上下文") == "长上下文" and safe_name("ü-model") == "ü-model"
+    rocket, fire = safe_name("🚀"), safe_name("🔥")
+    assert rocket != fire and rocket.startswith("run_") and safe_name("🚀") == rocket  # distinct, stable

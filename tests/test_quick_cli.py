@@ -129,6 +129,7 @@ def test_zoo_list_has_a_header_and_short_paths(monkeypatch, capsys):
     assert lines[1].split() == ["name", "rope_theta", "pretrain_base", "train_len", "tune_len", "folder"]
     zoo = len(zoo_names())
     assert [line.split()[0] for line in lines[2:2 + zoo]] == [f"zoo:{n}" for n in zoo_names()]
+    assert lines[2].split()[1:3] == ["1e4", "1e4"]  # bases as the report and the labels write them
     assert str(ZOO_DIR) not in "\n".join(lines)
     # then the real models pip packages ship: installed (their file) or the install command
     assert lines[2 + zoo] == "" and lines[3 + zoo].startswith("real models from pip packages")

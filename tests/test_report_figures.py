@@ -192,3 +192,9 @@ def test_heatmap_flags_needle_depths_that_were_not_achieved(tmp_path):
     assert "needle depth: 6 of 24" in md and "Hatched (6 cells" in md
     plain = context("passkey", passkey_rows({"s": (1e4, 512)}), tmp_path / "plain")
     assert not plain.tables["needle_depth_check"]["flagged"].any() and not plain.notes
+
+
+def test_a_label_the_font_cannot_draw_is_said_in_the_caption(tmp_path):
+    rows = [dict(r, setting="b\ue000") for r in curve_rows("s", 1e6, 9000, samples=3)]
+    md = (build_report([write_run(tmp_path / "run", rows)], n_boot=0) / "report.md").read_text()
+    assert "missing from the plotting font and show as boxes" in md

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from harness.values import fmt_base  # noqa: F401 - one base format for the report and the zoo list
+
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_CI = 0.95
 # samples per length below which a measured length is not evidence: listed as insufficient, never drawn
@@ -34,17 +36,3 @@ def fmt_length(x: float) -> str:
     if x >= 1000:
         return f"{x / 1000:.3g}k"
     return f"{x:.3g}"
-
-
-def fmt_base(value) -> str:
-    """A RoPE base the same way everywhere: 40, 500, 1e4, 5e5, 1.5e6 (never 10000 / 1e+06)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "" if value is None else str(value)
-    if not math.isfinite(number):
-        return ""
-    if abs(number) < 1e4:
-        return f"{number:.4g}"
-    mantissa, exponent = f"{number:.3e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"

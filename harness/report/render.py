@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,8 +154,14 @@ def render_figure(fn: Callable[[Any, Any], Any], ctx: Any, path: Path) -> str:
                          "savefig.dpi": 150, "figure.dpi": 100}):
         fig, ax = plt.subplots(figsize=(5.6, 3.7))
         try:
-            extra = fn(ctx, ax)
-            fig.savefig(path, bbox_inches="tight", facecolor="white")
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always", UserWarning)
+                extra = fn(ctx, ax)
+                fig.savefig(path, bbox_inches="tight", facecolor="white")
         finally:
             plt.close(fig)
-    return extra if isinstance(extra, str) else ""
+    extra = extra if isinstance(extra, str) else ""
+    if any("missing from" in str(w.message) for w in seen):  # matplotlib's "Glyph ... missing from font"
+        extra += (" Some label characters are missing from the plotting font and show as boxes: install a "
+                  "font that has them (e.g. Debian's fonts-noto-cjk), or use ASCII labels.")
+    return extra.strip()
