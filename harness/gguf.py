@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,13 +66,18 @@ def file_hash(path: str | Path) -> str:
     return _sha256(file, stat.st_size, stat.st_mtime_ns)
 
 
+def _cached_folder(file: Path) -> Path:
+    """Where a file's dequantised HF folder lives (named by the file's hash)."""
+    return cache_root() / "gguf" / file_hash(file)
+
+
 def describe(path: str | Path) -> dict[str, Any]:
     """What records say of the weights: the file, its hash, its tensor types, and the dequantisation."""
     from gguf import GGUFReader
 
     file = _existing(path)
     try:
-        types = Counter(t.tensor_type.name for t in GGUFReader(file).tensors)
+        types = {t.tensor_type.name for t in GGUFReader(file).tensors}
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
         raise _problem(file, exc) from None
     return {"weights": f"gguf:{'+'.join(sorted(types))} dequantised to float32",
@@ -96,7 +100,7 @@ def read_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
     file = _existing(path)
-    folder = cache_root() / "gguf" / file_hash(file)
+    folder = _cached_folder(file)
     try:
         if (folder / DONE).is_file():
             return AutoTokenizer.from_pretrained(str(folder))
@@ -112,7 +116,7 @@ def materialised(path: str | Path) -> Path:
     looks finished.
     """
     file = _existing(path)
-    folder = cache_root() / "gguf" / file_hash(file)
+    folder = _cached_folder(file)
     if (folder / DONE).is_file():
         return folder
     building = folder.with_name(f"{folder.name}.building-{os.getpid()}")
