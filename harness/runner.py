@@ -68,13 +68,14 @@ LAW_SOURCES = ("pretrain_base_source", "train_len_source", "tune_len_source")
 WEIGHT_FIELDS = ("weights", "gguf_file", "gguf_sha256")  # GGUF checkpoints only (harness.gguf)
 
 
-def _base_record(setting: Setting, loaded: models.Loaded, label: str, seed: int) -> dict[str, Any]:
+def _base_record(setting: Setting, loaded: models.Loaded, label: str, seed: int,
+                 rope_hash: str) -> dict[str, Any]:
     m = loaded.manifest
     return {"setting": label, "model": setting.model, "rope_type": m["rope_type"],
             "rope_theta": m["rope_theta"], "rope_params": json.dumps(m["rope_params"], sort_keys=True),
             "rotary_dim": m["rotary_dim"],
             "pretrain_base": m["pretrain_base"], "train_len": m["train_len"], "tune_len": m["tune_len"],
-            "rope_hash": m["rope_hash"], "law_assumes_finetune": m["law_assumes_finetune"], "seed": seed,
+            "rope_hash": rope_hash, "law_assumes_finetune": m["law_assumes_finetune"], "seed": seed,
             "dtype": loaded.dtype, "attn": loaded.attn, "fingerprint": loaded.fingerprint,
             **{k: m[k] for k in LAW_SOURCES + WEIGHT_FIELDS if k in m}}
 
@@ -156,7 +157,7 @@ def run(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions) -> 
                 if not spec.applies_to(label):
                     continue
                 task = get_task(spec.name)
-                base = {**_base_record(setting, loaded, label, spec.params.seed), "rope_hash": rope_hash,
+                base = {**_base_record(setting, loaded, label, spec.params.seed, rope_hash),
                         "model_fingerprint": prep.model_fingerprint,
                         **identity.task_fields(task, spec.params)}
                 ctx = RunContext(engine, prep.tokenizer, spec.params, prep.states[spec.name], loaded.manifest,
