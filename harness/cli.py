@@ -208,7 +208,7 @@ def _flags(args: argparse.Namespace):
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from harness import runner, suite
+    from harness import dry_run, run_plan, runner, suite
     from harness.distributed import any_rank_failed, init_distributed, is_rank_zero
 
     _check_flags(args)
@@ -217,15 +217,18 @@ def run_command(args: argparse.Namespace) -> int:
     flags = _flags(args)
     loaded = suite.load_suite(args.suite, flags) if args.suite is not None else suite.from_flags(flags)
     distributed = init_distributed()
-    result = runner.run(loaded.settings, loaded.tasks, loaded.options)
-    exit_code = result.exit_code
+    warn = run_plan.warner()
+    plan = run_plan.build(loaded.settings, loaded.tasks, loaded.options, warn)
     if loaded.options.dry_run:
+        dry_run.show(plan, loaded.options)
         return 0
+    result = runner.run(plan, loaded.options, warn)
+    exit_code = result.exit_code
     if distributed:  # every rank's shard is complete before rank 0 reports on all of them
         exit_code = 1 if any_rank_failed(exit_code) else 0
         if not is_rank_zero():
             return exit_code
-        result.table = runner.summary_table(loaded.options.out)
+        result.table = runner.folder_summary(loaded.options.out)
     _print_table(result, full=bool(getattr(args, "verbose", False)) or not loaded.report
                  or getattr(args, "no_report", False))
     out = loaded.options.out

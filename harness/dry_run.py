@@ -13,10 +13,8 @@ import sys
 from typing import Any
 
 from harness import models
-from harness.identity import done_cells
-from harness.preflight import PreparedSetting
-from harness.suite import RunOptions, TaskSpec
-from tasks.base import get_task
+from harness.run_plan import RunPlan, SettingPlan
+from harness.suite import RunOptions
 
 CELL_LINES = 60  # per-cell lines without -v up to this many cells
 
@@ -25,7 +23,7 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
-def _planner(prep: PreparedSetting, options: RunOptions):
+def _planner(prep: SettingPlan, options: RunOptions):
     """length -> Plan for this setting (memoised: the estimate depends on the length only), or None."""
     if prep.config is None:
         return None
@@ -53,22 +51,16 @@ def _lengths(lengths: list[int]) -> str:
     return str(lengths[0]) if len(lengths) == 1 else f"{lengths[0]}..{lengths[-1]} ({len(lengths)})"
 
 
-def show(prepared: list[PreparedSetting], tasks: list[TaskSpec], options: RunOptions,
-         latest: list[dict[str, Any]]) -> None:
+def show(run: RunPlan, options: RunOptions) -> None:
     """Print the dry run (see the module docstring)."""
-    done = done_cells(latest)
     rows, cells_out = [], []
-    for prep in prepared:
+    for prep in run.settings:
         plan = _planner(prep, options)
-        for spec in tasks:
-            if not spec.applies_to(prep.label):
-                continue
-            limit = prep.available.get(spec.name)
-            cells = [c for c in get_task(spec.name).cells(spec.params) if limit is None or c.sample < limit]
-            todo = {c for c in cells if (prep.label, spec.name, c.length, c.depth, c.sample, spec.params.seed)
-                    not in done}
+        for task_plan in prep.tasks.values():
+            cells = task_plan.cells
+            todo = set(run.todo(prep, task_plan))
             lengths = sorted({c.length for c in cells})
-            row = {"setting": prep.label, "task": spec.name, "cells": len(cells), "todo": len(todo),
+            row = {"setting": prep.label, "task": task_plan.name, "cells": len(cells), "todo": len(todo),
                    "lengths": _lengths(lengths) if lengths else "-",
                    "estimate": "no estimate (config not read)", "oom": 0}
             if plan is not None and lengths:
@@ -77,7 +69,7 @@ def show(prepared: list[PreparedSetting], tasks: list[TaskSpec], options: RunOpt
                 row["oom"] = sum(not plan(c.length).fits for c in cells)
             rows.append(row)
             for c in cells:
-                cells_out.append((prep.label, spec.name, c, plan(c.length) if plan else None, c in todo))
+                cells_out.append((prep.label, task_plan.name, c, plan(c.length) if plan else None, c in todo))
     print(f"dry run of {options.suite or 'the run flags'} into {options.out}: no model is loaded, "
           "nothing written")
     print(f"{'setting':<28} {'task':<11} {'cells':>6} {'to run':>6}  {'lengths':<18} largest estimate (plan)")
@@ -90,7 +82,7 @@ def show(prepared: list[PreparedSetting], tasks: list[TaskSpec], options: RunOpt
         _cell_lines(cells_out)
     print(f"{total} cells ({total - todo} already recorded in {options.out}, {todo} to run)"
           + ("" if options.verbose or total <= CELL_LINES else "; per-cell lines: add -v"))
-    for note in dict.fromkeys(n for p in prepared for n in p.notes):
+    for note in dict.fromkeys(n for p in run.settings for n in p.notes):
         print(f"rope-harness: note: {note}", file=sys.stderr)
 
 

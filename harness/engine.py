@@ -20,22 +20,20 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from harness import models, rope_config, stream
+from harness.contract import AnswerScore, Ran, Scored
 from harness.errors import one_line
+from harness.memory_guard import free_accelerator_memory, is_oom
 from harness.planner import HEAD_CHUNK, STRATEGIES, Plan, batch_rows, make_plan
 
-
-@dataclass(frozen=True)
-class AnswerScore:
-    logprob: float  # sum over the answer tokens
-    rank: int  # worst (largest) 1-based rank of an answer token under the model
-    token_logprobs: list[float]
+__all__ = ["AnswerScore", "Engine", "device_budget", "perplexity", "postprocess_logits"]
+MIN_FALLBACK_CHUNK = 64  # the smallest chunk an out-of-memory fallback shrinks to
 
 
 def device_budget(device: str) -> int | None:
@@ -107,11 +105,12 @@ class Engine:
             self._check_stream()
 
     # ---------------------------------------------------------------------------------- planning
-    def plan(self, length: int, strategy: str | None = None, generation: bool = False) -> Plan:
+    def plan(self, length: int, strategy: str | None = None, generation: bool = False,
+             chunk: int | None = None) -> Plan:
         """The planner's plan for `length` tokens; `generation`: a prompt to generate after (its estimate
         counts the cache kept for decoding, offloaded only on CUDA)."""
         return make_plan(self.config, length, dtype=self.dtype, attn=self.attn, n_params=self.n_params,
-                         max_memory=self.max_memory, chunk_size=self.chunk_size,
+                         max_memory=self.max_memory, chunk_size=chunk or self.chunk_size,
                          strategy=strategy or self.strategy, stream_ok=self.stream_exact,
                          generation=generation, cuda=self.device.type == "cuda")
 
@@ -123,6 +122,50 @@ class Engine:
         return batch_rows(self.config, length, self.batch, dtype=self.dtype, attn=self.attn,
                           n_params=self.n_params, max_memory=self.max_memory, generation=generation,
                           accelerator=self.device.type != "cpu")
+
+    def _fallbacks(self, length: int, rows: int, generation: bool) -> Iterator[tuple[Plan, int]]:
+        """(plan, rows per forward) to try in order: the planned one, then on out-of-memory the rows one by
+        one, then one row with a 4x smaller chunk (a single pass becomes a chunked prefill)."""
+        plan = self.plan(length, generation=generation)
+        yield plan, rows
+        if rows > 1:
+            yield plan, 1
+        smaller = max(MIN_FALLBACK_CHUNK, (plan.chunk or length) // 4)
+        if smaller < (plan.chunk or length):
+            strategy = "prefill" if plan.strategy == "single" else plan.strategy
+            yield self.plan(length, strategy=strategy, generation=generation, chunk=smaller), 1
+
+    def _scored(self, sequences: Sequence[Sequence[int]], generation: bool, score_rows,
+                forced: Plan | None = None) -> Scored:
+        """`score_rows(ids [n, L], indices, plan) -> n values` over runs of equal-length sequences (RoPE fixed
+        at L where it depends on it), each run with the fallbacks of `_fallbacks` unless a plan is forced."""
+        values, ran = [], []
+        for run in self._batches(sequences, generation):
+            tensor = torch.stack([self._tensor(sequences[i]) for i in run])
+            tries = [(forced, len(run))] if forced else self._fallbacks(tensor.shape[1], len(run), generation)
+            with self._rope_context(tensor.shape[1]):
+                got, how = self._first_that_fits(tensor, list(run), tries, score_rows)
+            values.extend(got)
+            ran.extend(how)
+        return Scored(values, ran)
+
+    def _first_that_fits(self, tensor: torch.Tensor, indices: list[int], tries: Iterable[tuple[Plan, int]],
+                         score_rows) -> tuple[list, list[Ran]]:
+        """The values of the first (plan, rows) try that runs without out-of-memory (the last one's error
+        propagates) and, per sequence, the plan that ran."""
+        error: BaseException | None = None
+        for plan, rows in tries:
+            try:
+                values = [value for s in range(0, len(indices), rows)
+                          for value in score_rows(tensor[s:s + rows], indices[s:s + rows], plan)]
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                free_accelerator_memory()
+                error = exc
+                continue
+            return values, [Ran(str(plan), rows)] * len(indices)
+        raise error
 
     @torch.inference_mode()
     def self_check(self, tokens: int = 12) -> None:
@@ -260,16 +303,12 @@ class Engine:
 
     @torch.inference_mode()
     def token_nll_batch(self, sequences: Sequence[Sequence[int]],
-                        plan: Plan | None = None) -> list[torch.Tensor]:
+                        plan: Plan | None = None) -> Scored[torch.Tensor]:
         """`token_nll` of each sequence; equal-length ones share a forward, `batch_size` rows at a time
-        (a single-pass plan only; each row's numbers are those of its own forward)."""
-        out: list[torch.Tensor] = []
-        for run in self._batches(sequences, False):
-            tensor = torch.stack([self._tensor(sequences[i]) for i in run])
-            length = tensor.shape[1]
-            with self._rope_context(length):
-                out.extend(self._score(tensor, 0, False, plan or self.plan(length))[0])
-        return out
+        (a single-pass plan only; each row's numbers are those of its own forward). `plan` forces one plan
+        (no fallback): the exactness tests compare plans with it."""
+        return self._scored(sequences, False, lambda ids, _, chosen: self._score(ids, 0, False, chosen)[0],
+                            forced=plan)
 
     @torch.inference_mode()
     def answer_score(self, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> AnswerScore:
@@ -285,10 +324,16 @@ class Engine:
                  stop_ids: Sequence[int] = ()) -> list[int]:
         """Greedy continuation after a prefill of the prompt in the plan for its length (chunked, or
         layer-streamed into the cache; RoPE fixed at the prompt length when length-dependent)."""
-        tensor = self._tensor(prompt_ids)[None]
-        with self._rope_context(tensor.shape[1]):
-            cache, out = self._prefill(tensor)
-            return self._greedy(cache, out, max_new_tokens, stop_ids)[0]
+        return self.generate_batch([prompt_ids], max_new_tokens, stop_ids)[0]
+
+    @torch.inference_mode()
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                       stop_ids: Sequence[int] = ()) -> Scored[list[int]]:
+        """`generate` of each prompt; equal-length prompts share the prefill and the greedy steps."""
+        def greedy(ids: torch.Tensor, _, plan: Plan) -> list[list[int]]:
+            return self._greedy(*self._prefill(ids, plan), max_new_tokens, stop_ids)
+
+        return self._scored(prompts, True, greedy)
 
     def score_and_generate(self, prompt_ids: Sequence[int], answer_ids: Sequence[int], max_new_tokens: int,
                            stop_ids: Sequence[int] = ()) -> tuple[AnswerScore, list[int]]:
@@ -306,23 +351,25 @@ class Engine:
     @torch.inference_mode()
     def score_and_generate_batch(self, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
                                  max_new_tokens: int, stop_ids: Sequence[int] = ()
-                                 ) -> list[tuple[AnswerScore, list[int]]]:
+                                 ) -> Scored[tuple[AnswerScore, list[int]]]:
         """`score_and_generate` of each (prompt, answer); equal-length prompts share the prefill, the
         teacher forcing (answers right-padded: a causal model's earlier positions never see the padding)
         and the greedy steps, `batch_size(generation=True)` rows at a time."""
         if any(not answer for answer in answers):
             raise ValueError("score_and_generate needs at least one answer token")
-        if self.length_dependent:
-            return [(self.answer_score(p, a), self.generate(p, max_new_tokens, stop_ids))
-                    for p, a in zip(prompts, answers, strict=True)]
-        out: list[tuple[AnswerScore, list[int]]] = []
-        for run in self._batches(prompts, True):
-            out.extend(self._score_and_generate(torch.stack([self._tensor(prompts[i]) for i in run]),
-                                                [answers[i] for i in run], max_new_tokens, stop_ids))
-        return out
+        if self.length_dependent:  # the frequencies of prompt + answer differ from the prompt's: two prefills
+            generated = self.generate_batch(prompts, max_new_tokens, stop_ids)
+            scores = [self.answer_score(p, a) for p, a in zip(prompts, answers, strict=True)]
+            return Scored(list(zip(scores, generated.values, strict=True)), generated.ran)
+        def both(ids: torch.Tensor, indices: list[int], plan: Plan) -> list[tuple[AnswerScore, list[int]]]:
+            chosen = [answers[i] for i in indices]
+            return self._score_and_generate(ids, chosen, max_new_tokens, stop_ids, plan)
+
+        return self._scored(prompts, True, both)
 
     def _score_and_generate(self, prompt: torch.Tensor, answers: list[Sequence[int]], max_new_tokens: int,
-                            stop_ids: Sequence[int]) -> list[tuple[AnswerScore, list[int]]]:
+                            stop_ids: Sequence[int], plan: Plan) -> list[tuple[AnswerScore, list[int]]]:
+        """Score the answers of `prompt` [B, L] on top of its cache, crop back, then decode greedily."""
         rows, widest = prompt.shape[0], max(len(a) for a in answers)
         # the head's input on the last prefill chunk: hidden state of each row's last prompt token
         last: list[torch.Tensor] = []
@@ -332,7 +379,7 @@ class Engine:
 
         hook = self.head.register_forward_pre_hook(keep)
         try:
-            cache, out = self._prefill(prompt)
+            cache, out = self._prefill(prompt, plan)
         finally:
             hook.remove()
         if isinstance(out, _Prefilled):  # a streamed prompt: the head's input is known
@@ -362,7 +409,7 @@ class Engine:
             cache.crop(-(widest - 1))  # back to the prompt (a negative count: tokens to remove)
         return list(zip(scores, self._greedy(cache, out, max_new_tokens, stop_ids), strict=True))
 
-    def _prefill(self, tensor: torch.Tensor):
+    def _prefill(self, tensor: torch.Tensor, plan: Plan | None = None):
         """(cache holding the prompts [B, L], the output on their last position), in the generation plan for
         the prompt length (its estimate counts the cache): one pass when a single pass fits, the prefill
         plan's chunks through the cache, or, where the plan streams (one row), a layer-streamed prefill
@@ -371,7 +418,7 @@ class Engine:
         (logits_to_keep=1) or a `_Prefilled`; generation and teacher forcing run from the cache the same way
         after either."""
         length = tensor.shape[1]
-        plan = self.plan(length, generation=True)
+        plan = plan or self.plan(length, generation=True)
         if plan.strategy == "stream":
             self._check_stream()
             cache = self._new_cache(plan.offload)

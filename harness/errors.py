@@ -1,4 +1,5 @@
-"""Bad input is a one-line message naming the problem and the fix, and exit code 2."""
+"""Bad-input errors: `InputError` (a one-line message naming the problem and the fix; exit code 2) and
+its helpers."""
 
 import os
 from pathlib import Path

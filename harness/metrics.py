@@ -18,8 +18,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class MeasureSpec:
-    """One definition of a task's measured extrapolation length (a task module lists its definitions in
-    `MEASURES`, the first being its default; a module with only `MEASURE` has that one definition).
+    """One definition of a task's measured extrapolation length (a task lists its definitions in
+    `Task.measures`, the first being its default; the report reads them from there).
 
     Aggregate curve: per setting and length, each sample's cells are averaged (over depths, if any), then
     `aggregate = transform(mean over samples)`; transform "exp" turns a mean NLL into ppl@L (docs/design.md).
@@ -75,7 +75,7 @@ class MeasureSpec:
 
     @property
     def key(self) -> str:
-        """Short id of the definition (summary.csv `measure`, FigureContext.views key)."""
+        """Short id of the definition (summary.csv `measure`, the key of FigureContext.analyses)."""
         return self.id or "-".join(self.name.lower().split())
 
     @property
@@ -191,7 +191,7 @@ def _log_crossing(x0: float, x1: float, g0: float, g1: float, gt: float) -> floa
 
 
 def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_len: float | None,
-                   spec: MeasureSpec, factor: float | None = None, delta: float | None = None) -> Limit:
+                   measure: MeasureSpec, factor: float | None = None, delta: float | None = None) -> Limit:
     """The measured extrapolation length of one aggregate curve (see MeasureSpec for the rule)."""
     lens = np.asarray(lengths, dtype=float)
     vals = np.asarray(values, dtype=float)
@@ -208,18 +208,18 @@ def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_
         in_ref = lens == lens[0]
         note = "no grid length <= reference length; the shortest length is the reference"
     candidates = np.where(in_ref)[0]
-    pick = np.argmax if spec.higher_is_better else np.argmin
+    pick = np.argmax if measure.higher_is_better else np.argmin
     best = int(candidates[pick(vals[candidates])])
     ref = float(vals[best])
-    p = spec.param(factor, delta)
-    sign = -1.0 if spec.higher_is_better else 1.0
-    if spec.rule == "factor":
-        thr = ref / p if spec.higher_is_better else ref * p
-    elif spec.rule == "delta":
+    p = measure.param(factor, delta)
+    sign = -1.0 if measure.higher_is_better else 1.0
+    if measure.rule == "factor":
+        thr = ref / p if measure.higher_is_better else ref * p
+    elif measure.rule == "delta":
         thr = ref + sign * p
     else:
         thr = float(p)
-    passes = vals >= thr if spec.higher_is_better else vals <= thr
+    passes = vals >= thr if measure.higher_is_better else vals <= thr
     if not passes[best]:
         return Limit(math.nan, False, ref, thr, "the best reference point already fails the threshold")
     fails = np.where(~passes & (np.arange(len(lens)) > best))[0]
@@ -227,7 +227,7 @@ def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_
         return Limit(float(lens[-1]), True, ref, thr, note)
     j = int(fails[0])
     i = j - 1
-    use_log = spec.log_interp and vals[i] > 0 and vals[j] > 0 and thr > 0
+    use_log = measure.log_interp and vals[i] > 0 and vals[j] > 0 and thr > 0
     g = np.log if use_log else (lambda x: x)
     return Limit(_log_crossing(lens[i], lens[j], g(vals[i]), g(vals[j]), g(thr)), False, ref, thr, note)
 
@@ -254,7 +254,7 @@ def smooth_buckets(loss: np.ndarray, tokens: np.ndarray, window: int) -> np.ndar
 
 
 def position_limit(positions: Sequence[float], loss: Sequence[float], tokens: Sequence[float],
-                   reference_len: float | None, spec: PositionMeasureSpec,
+                   reference_len: float | None, measure: PositionMeasureSpec,
                    delta: float | None = None) -> Limit:
     """The measured extrapolation length of one aggregate per-position loss curve (see
     PositionMeasureSpec)."""
@@ -267,23 +267,23 @@ def position_limit(positions: Sequence[float], loss: Sequence[float], tokens: Se
         return Limit(math.nan, False, math.nan, math.nan, "no per-position data")
     order = np.argsort(x, kind="stable")
     x, loss, tok = x[order], loss[order], tok[order]
-    smoothed = smooth_buckets(loss, tok, spec.window)
+    smoothed = smooth_buckets(loss, tok, measure.window)
     ref_len = math.inf if reference_len is None or not np.isfinite(reference_len) else float(reference_len)
     note = ""
-    in_ref = (x >= spec.reference_from * ref_len) & (x <= ref_len)
+    in_ref = (x >= measure.reference_from * ref_len) & (x <= ref_len)
     if not in_ref.any():
         below = x <= ref_len
         if below.any():
             top = float(x[below].max())
-            in_ref = below & (x >= spec.reference_from * top)
-            note = (f"no position bucket in [{spec.reference_from:g} x {ref_len:g}, {ref_len:g}]; "
+            in_ref = below & (x >= measure.reference_from * top)
+            note = (f"no position bucket in [{measure.reference_from:g} x {ref_len:g}, {ref_len:g}]; "
                     "reference from "
                     f"the buckets up to position {top:.0f}")
         else:
             in_ref = x == x[0]
             note = "every position bucket lies beyond the reference length; the first bucket is the reference"
     ref = float((loss[in_ref] * tok[in_ref]).sum() / tok[in_ref].sum())
-    thr = ref + float(spec.param(delta=delta))
+    thr = ref + float(measure.param(delta=delta))
     scan = (x > ref_len) & (np.arange(len(x)) > np.where(in_ref)[0].max())
     if not scan.any():
         note = "; ".join(n for n in (note, "no position bucket beyond the reference length: "

@@ -38,6 +38,41 @@ log = logging.getLogger("rope_harness")
 LAW_FIELDS = ("pretrain_base", "pretrain_base_source", "train_len", "train_len_source", "tune_len",
               "tune_len_source", "law_assumes_finetune")
 
+# Manifest fields known before any weight is loaded; records carry them, the identity check compares them.
+ROPE_FIELDS = ("rope_type", "rope_theta", "rope_params", "rotary_dim", "pretrain_base", "train_len",
+               "tune_len", "pretrain_base_source", "train_len_source", "tune_len_source")
+
+
+@dataclass
+class Checkpoint:
+    """A setting's model described without weights (config, override, law inputs, fingerprints): built once
+    by the run plan and handed to `load`, which adds the weights."""
+
+    model_id: str
+    path: str
+    revision: str | None
+    trust_remote_code: bool
+    override: RopeOverride
+    config: Any  # the overridden config
+    rope_spec: dict[str, Any]  # the applied rope parameters (apply_override)
+    law: dict[str, Any]
+    fingerprint: str  # of the overridden config + weights (the cell keys' `fingerprint`)
+    model_fingerprint: str  # of the checkpoint alone (config before the override + weights)
+    tokenizer: Any = None
+
+    @property
+    def rope(self) -> dict[str, Any]:
+        """The manifest's RoPE fields as records carry them (rope_params as canonical JSON)."""
+        manifest = rope_manifest(self.config, self.rope_spec, self.law, {}, self.override.changes_base())
+        rope = {k: manifest[k] for k in ROPE_FIELDS}
+        rope["rope_params"] = json.dumps(rope["rope_params"], sort_keys=True)
+        return rope
+
+    def default_label(self) -> str:
+        return default_label(self.model_id, rope_manifest(self.config, self.rope_spec, self.law, {},
+                                                          self.override.changes_base()))
+
+
 @dataclass
 class Loaded:
     model: Any
@@ -310,20 +345,35 @@ def pick_dtype(dtype: str | None, device: str) -> str:
     return dtype
 
 
-def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | None = None,
+def describe(model_id: str, override: RopeOverride | None = None, revision: str | None = None,
+             trust_remote_code: bool = False) -> Checkpoint:
+    """Config -> law inputs -> override applied to a copy -> fingerprints, without weights or tokenizer."""
+    override = override or RopeOverride()
+    path = resolve_model_path(model_id)
+    config = load_config(model_id, revision, trust_remote_code)
+    own = model_fingerprint(path, config, revision)
+    law = law_inputs(config, override)
+    overridden = copy.deepcopy(config)
+    spec = apply_override(overridden, override)  # validates the override first
+    return Checkpoint(model_id, path, revision, trust_remote_code, override, overridden, spec, law,
+                      model_fingerprint(path, overridden, revision), own)
+
+
+def load(model: str | Checkpoint, override: RopeOverride | None = None, *, dtype: str | None = None,
          device: str | None = None, attn: str | None = None, revision: str | None = None,
          trust_remote_code: bool = False) -> Loaded:
-    """Config -> override -> model (weights in `dtype`, RoPE float32) -> verified manifest."""
+    """Checkpoint (described here from a model id when not given) -> model (weights in `dtype`, RoPE
+    float32) -> verified manifest."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    override = override or RopeOverride()
-    path = resolve_model_path(model_id)
-    config = load_config(model_id, revision, trust_remote_code)
-    law = law_inputs(config, override)
-    spec = apply_override(config, override)  # validates the override first
+    checkpoint = model if isinstance(model, Checkpoint) else describe(model, override, revision,
+                                                                      trust_remote_code)
+    model_id, path = checkpoint.model_id, checkpoint.path
+    config = copy.deepcopy(checkpoint.config)  # from_pretrained may annotate it: the described one stays
+    revision, trust_remote_code = checkpoint.revision, checkpoint.trust_remote_code
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     chosen = attn
@@ -345,7 +395,7 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
                 raise
             attn = "eager"
             model = build(attn)
-        tokenizer = load_tokenizer(model_id, revision, trust_remote_code)
+        tokenizer = checkpoint.tokenizer or load_tokenizer(model_id, revision, trust_remote_code)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load model {model_id!r} ({one_line(exc, 160)}): check the path/hub id, "
                          "network, and --attn") from None
@@ -353,10 +403,10 @@ def load(model_id: str, override: RopeOverride | None = None, *, dtype: str | No
         model.to(device)  # moves; never casts (inv_freq must stay float32)
     model.eval()
     inv_freqs = verify_rope(model, config)
-    manifest = rope_manifest(config, spec, law, inv_freqs, override.changes_base())
+    manifest = rope_manifest(config, checkpoint.rope_spec, checkpoint.law, inv_freqs,
+                             checkpoint.override.changes_base())
     manifest.update(weights_source(path))  # where the weights came from: no RoPE fact, so not in rope_hash
-    return Loaded(model, tokenizer, config, manifest, model_fingerprint(path, config, revision), device,
-                  dtype, attn)
+    return Loaded(model, tokenizer, config, manifest, checkpoint.fingerprint, device, dtype, attn)
 
 
 def default_label(model_id: str, manifest: dict[str, Any]) -> str:

@@ -7,7 +7,9 @@ conservative (benchmarks/memory.py measures them).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from harness import rope_config, stream
 
@@ -171,68 +173,127 @@ def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_
     layer, with no activations of the prompt's pass alive. On a CUDA device (`cuda`), a stream plan whose
     cache does not fit at any chunk offloads it (`offload=True`; the estimate counts
     `offloaded_cache_bytes` instead: decoding then holds ~3 layers on the device); `cuda` also counts the
-    CUDA kernels' needs in a stream step (`_stream_bytes`). Without `generation` every plan and estimate
-    is as before."""
+    CUDA kernels' needs in a stream step (`_stream_bytes`). Without `generation` no cache is counted."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if stream_ok is None:
         stream_ok = stream.refusal(config) is None
-    cache = kv_cache_bytes(config, length, dtype) if generation else 0
-    offloaded = offloaded_cache_bytes(config, length, dtype) if generation and cuda else None
+    sizer = _Sizer(config, length, dtype, attn, n_params, max_memory, cuda,
+                   cache=kv_cache_bytes(config, length, dtype) if generation else 0,
+                   offloaded=offloaded_cache_bytes(config, length, dtype) if generation and cuda else None)
+    if strategy == "single":
+        return sizer.single_plan()
+    if strategy == "stream":
+        return _forced_stream(sizer, chunk_size, stream_ok)
+    chunk_forces_prefill = chunk_size is not None and chunk_size < length  # --chunk-size under "auto"
+    if strategy == "prefill" or chunk_forces_prefill:
+        return _forced_prefill(sizer, chunk_size)
+    return _auto(sizer, stream_ok)
 
-    def est(chunk: int | None, kind: str | None = None) -> int:
-        need = estimate_bytes(config, length, chunk, dtype, attn, n_params, kind, cuda=cuda)
-        return need + cache if kind == "stream" or chunk is None else need  # prefill's holds it already
 
-    def fits(need: int) -> bool:
-        return max_memory is None or need <= max_memory
+@dataclass(frozen=True)
+class _Sizer:
+    """make_plan's candidate plans for one sequence, each priced by `estimate_bytes` and checked against
+    the budget (`max_memory`; None: everything fits)."""
 
-    def stream_plan(chunk: int, offload: bool) -> Plan:
-        chunk = min(chunk, length)
-        need = (estimate_bytes(config, length, chunk, dtype, attn, n_params, "stream", cuda=cuda) + offloaded
-                if offload else est(chunk, "stream"))
-        return Plan("stream", chunk, need, fits(need), offload)
+    config: Any
+    length: int
+    dtype: str
+    attn: str
+    n_params: int
+    max_memory: int | None
+    cuda: bool
+    cache: int  # the KV cache a generation prompt keeps on the device for decoding (0: not generating)
+    offloaded: int | None  # what an offloading cache keeps on the device instead (None: cannot offload)
 
-    def prefill_plan(chunk: int) -> Plan:
-        need = est(chunk)
-        return Plan("prefill", chunk, need, fits(need))
+    def _estimate(self, chunk: int | None, kind: str | None = None) -> int:
+        return estimate_bytes(self.config, self.length, chunk, self.dtype, self.attn, self.n_params, kind,
+                              cuda=self.cuda)
 
-    def largest(kind: str | None, top: int) -> Plan | None:
-        """The largest power-of-two chunk that fits (stream: with the cache on the device at any chunk
-        before offloading it)."""
-        for offload in (False, True) if kind == "stream" and offloaded is not None else (False,):
-            chunk = 1 << max(6, min(top, length - 1).bit_length() - 1)
-            while chunk >= 64:
-                plan = stream_plan(chunk, offload) if kind == "stream" else prefill_plan(chunk)
+    def _plan(self, strategy: str, chunk: int, need: int, offload: bool = False) -> Plan:
+        return Plan(strategy, chunk, need, self.max_memory is None or need <= self.max_memory, offload)
+
+    def single_plan(self) -> Plan:
+        """One pass over all `length` tokens, the decoding cache on top."""
+        return self._plan("single", self.length, self._estimate(None) + self.cache)
+
+    def stream_plan(self, chunk: int, offload: bool) -> Plan:
+        """Layer-streamed in `chunk`-token query chunks (at most the length), with the decoding cache on the
+        device or, with `offload`, what the offloading cache keeps there."""
+        chunk = min(chunk, self.length)
+        held = self.offloaded if offload else self.cache
+        return self._plan("stream", chunk, self._estimate(chunk, "stream") + held, offload)
+
+    def prefill_plan(self, chunk: int) -> Plan:
+        """Prefill through the KV cache in `chunk`-token pieces (its estimate holds the cache already)."""
+        return self._plan("prefill", chunk, self._estimate(chunk))
+
+    def smallest_prefill(self) -> Plan:
+        """The last resort when no chunk fits: prefill in 64-token pieces, marked as not fitting."""
+        return Plan("prefill", 64, self._estimate(64), fits=False)
+
+    def largest_stream(self) -> Plan | None:
+        """The largest power-of-two query chunk (<= STREAM_MAX_CHUNK) that fits with the cache on the device,
+        else (where it can offload) the largest that fits with the cache offloaded; None when none fits."""
+        for offload in (False, True) if self.offloaded is not None else (False,):
+            for chunk in _halving_chunks(STREAM_MAX_CHUNK, self.length):
+                plan = self.stream_plan(chunk, offload)
                 if plan.fits:
                     return plan
-                chunk //= 2
         return None
 
-    if strategy == "single":
-        need = est(None)
-        return Plan("single", length, need, fits(need))
-    if strategy == "stream":
-        if not stream_ok:
-            raise ValueError("strategy stream: "
-                             f"{stream.refusal(config) or 'this model does not stream exactly'}")
-        if chunk_size is None:
-            return largest("stream", STREAM_MAX_CHUNK) or stream_plan(64, offloaded is not None)
-        plan = stream_plan(chunk_size, False)
-        return plan if plan.fits or offloaded is None else stream_plan(plan.chunk, True)
-    if strategy == "prefill" and chunk_size is None:
-        return largest(None, length) or Plan("prefill", 64, est(64), fits=False)
-    if chunk_size is not None and (chunk_size < length or strategy == "prefill"):
-        need = est(min(chunk_size, length))
-        return Plan("prefill", min(chunk_size, length), need, fits(need))
-    single = est(None)
-    if fits(single):
-        return Plan("single", length, single)
+    def largest_prefill(self) -> Plan | None:
+        """The largest power-of-two prefill chunk (below the length, at least 64) that fits; None when none
+        does."""
+        for chunk in _halving_chunks(self.length, self.length):
+            plan = self.prefill_plan(chunk)
+            if plan.fits:
+                return plan
+        return None
+
+
+def _halving_chunks(top: int, length: int) -> Iterator[int]:
+    """Powers of two from the largest <= min(top, length - 1) down to 64 (just 64 for lengths up to 128)."""
+    chunk = 1 << max(6, min(top, length - 1).bit_length() - 1)
+    while chunk >= 64:
+        yield chunk
+        chunk //= 2
+
+
+def _forced_stream(sizer: _Sizer, chunk_size: int | None, stream_ok: bool) -> Plan:
+    """strategy "stream": refused for a model that does not stream exactly. A given chunk is kept (its cache
+    offloaded where it does not fit on the device and can be); otherwise the largest chunk that fits, else
+    64-token chunks (offloading where it can)."""
+    if not stream_ok:
+        raise ValueError("strategy stream: "
+                         f"{stream.refusal(sizer.config) or 'this model does not stream exactly'}")
+    if chunk_size is None:
+        return sizer.largest_stream() or sizer.stream_plan(64, sizer.offloaded is not None)
+    plan = sizer.stream_plan(chunk_size, False)
+    if plan.fits or sizer.offloaded is None:
+        return plan
+    return sizer.stream_plan(plan.chunk, True)
+
+
+def _forced_prefill(sizer: _Sizer, chunk_size: int | None) -> Plan:
+    """strategy "prefill", or a `chunk_size` below the length: that chunk (at most the length), else the
+    largest that fits, else the smallest."""
+    if chunk_size is not None:
+        return sizer.prefill_plan(min(chunk_size, sizer.length))
+    return sizer.largest_prefill() or sizer.smallest_prefill()
+
+
+def _auto(sizer: _Sizer, stream_ok: bool) -> Plan:
+    """strategy "auto": a single pass when it fits, else the largest stream chunk that fits (where the model
+    streams), else the largest prefill chunk that fits, else the smallest."""
+    single = sizer.single_plan()
+    if single.fits:
+        return single
     if stream_ok:
-        plan = largest("stream", STREAM_MAX_CHUNK)
+        plan = sizer.largest_stream()
         if plan is not None:
             return plan
-    return largest(None, length) or Plan("prefill", 64, est(64), fits=False)
+    return sizer.largest_prefill() or sizer.smallest_prefill()
 
 
 BATCH_MAX = 64  # rows per forward, at most

@@ -57,7 +57,7 @@ def write_run_json(options: RunOptions, store: Store, started: float, ended: flo
         "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)) if ended else None,
         "chunk_size": options.chunk_size, "max_memory": options.max_memory,
         "settings": manifests,
-        "samples_available": {p.label: p.available for p in prepared},
+        "samples_available": {p.label: {name: t.available for name, t in p.tasks.items()} for p in prepared},
         "cells": dict(counts),
     }
     name = "run.json" if store.world <= 1 else f"run.rank{rank}.json"

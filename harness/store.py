@@ -135,6 +135,13 @@ class Store:
         error)."""
         return {key for key, r in self.latest().items() if r.get("status") == "ok" and r.get("cell_key")}
 
+    def signature(self) -> tuple:
+        """(name, size, mtime) of every records shard: equal signatures mean no record was added between."""
+        if not self.folder.is_dir():
+            return ()
+        paths = sorted(p for p in self.folder.glob("records*.jsonl") if p.is_file())
+        return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+
 
 def _alive(pid: int) -> bool:
     try:

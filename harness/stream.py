@@ -139,36 +139,56 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
                            "non-causal layer)")
     n = query.shape[-2]
     offset = key.shape[-2] - n  # keys before the first query
-    if sliding_window is not None and offset >= sliding_window:  # keys no query of the chunk can see
+    if sliding_window is not None and offset >= sliding_window:
+        # keys [0, first) lie outside every query's window: drop them; the chunk's first query then sees
+        # window - 1 keys before it, so key/value become [b, kv_heads, window - 1 + n, d]
         first = offset - sliding_window + 1
         key, value, offset = key[:, :, first:], value[:, :, first:], sliding_window - 1
-    k = key.shape[-2]
-    groups = query.shape[1] // key.shape[1]
     scale = scaling if scaling is not None else module.head_dim ** -0.5
+    # the window needs a mask only where it cuts into what the last query sees (offset + n keys)
     window = sliding_window if sliding_window is not None and sliding_window < offset + n else None
-    if softcap is not None:  # the eager formula (sdpa has no logit softcapping)
-        if groups > 1:
-            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(query, key.transpose(2, 3)) * scale
-        scores = torch.tanh(scores / softcap) * softcap
-        scores = scores.masked_fill(~_visible(n, k, offset, window, query.device),
-                                    torch.finfo(scores.dtype).min)
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        del scores
-        out = torch.matmul(probs, value)
-    elif window is None and query.device.type == "cpu" and _CPU_FLASH is not None:
+    softcapped = softcap is not None  # sdpa has no logit softcapping: the eager formula
+    # full attention on CPU: the fused kernel twice, no [n, k] mask (see _split_attention)
+    split_on_cpu = window is None and query.device.type == "cpu" and _CPU_FLASH is not None
+    if softcapped:
+        out = _softcapped_attention(query, key, value, offset, window, scale, softcap)
+    elif split_on_cpu:
         out = _split_attention(query, key, value, offset, scale)
     else:
-        # CUDA runs GQA only in sdpa's flash kernel (half precision, no mask); K/V per query head let the
-        # memory-efficient kernel run instead of the math fallback's heads x n x k scores
-        if groups > 1 and (not _SDPA_GQA or query.device.type != "cpu" and (
-                window is not None or query.dtype == torch.float32)):
-            key, value, groups = (key.repeat_interleave(groups, dim=1),
-                                  value.repeat_interleave(groups, dim=1), 1)
-        mask = causal_lower_right(n, k) if window is None else _visible(n, k, offset, window, query.device)
-        gqa = {"enable_gqa": True} if groups > 1 else {}
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, **gqa)
-    return out.transpose(1, 2).contiguous(), None
+        out = _sdpa_attention(query, key, value, offset, window, scale)
+    return out.transpose(1, 2).contiguous(), None  # [b, heads, n, d] -> [b, n, heads, d]
+
+
+def _softcapped_attention(query, key, value, offset: int, window: int | None, scale: float,
+                          softcap: float) -> torch.Tensor:
+    """The eager formula with attention-logit softcapping (Gemma2): K/V repeated to every query head, the
+    [b, heads, n, k] scores capped by softcap x tanh(scores / softcap), masked, softmax in float32."""
+    n, k = query.shape[-2], key.shape[-2]
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scale  # [b, heads, n, k]
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~_visible(n, k, offset, window, query.device), torch.finfo(scores.dtype).min)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    del scores
+    return torch.matmul(probs, value)  # [b, heads, n, d]
+
+
+def _sdpa_attention(query, key, value, offset: int, window: int | None, scale: float) -> torch.Tensor:
+    """torch's scaled_dot_product_attention: the lower-right causal bias, or a band mask [n, k] in a
+    sliding-window layer; GQA natively (enable_gqa) where a kernel that takes it can run."""
+    n, k = query.shape[-2], key.shape[-2]
+    groups = query.shape[1] // key.shape[1]
+    # CUDA runs GQA only in sdpa's flash kernel (half precision, no mask); K/V per query head let the
+    # memory-efficient kernel run instead of the math fallback's heads x n x k scores
+    flash_cannot_run = query.device.type != "cpu" and (window is not None or query.dtype == torch.float32)
+    repeat_kv = groups > 1 and (not _SDPA_GQA or flash_cannot_run)
+    if repeat_kv:  # key/value [b, kv_heads, k, d] -> [b, heads, k, d]
+        key, value, groups = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), 1
+    mask = causal_lower_right(n, k) if window is None else _visible(n, k, offset, window, query.device)
+    gqa = {"enable_gqa": True} if groups > 1 else {}
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, **gqa)
 
 
 def _split_attention(query, key, value, offset: int, scale: float) -> torch.Tensor:
@@ -181,12 +201,13 @@ def _split_attention(query, key, value, offset: int, scale: float) -> torch.Tens
     groups = heads // kv_heads
     q = query.reshape(batch * kv_heads, groups, n, dim)
 
-    def spread(x):
+    def spread(x):  # [b, kv_heads, k, d] -> [b * kv_heads, groups, k, d], expanded (no copy per head)
         return x.reshape(batch * kv_heads, 1, *x.shape[-2:]).expand(-1, groups, -1, -1)
 
     key, value = spread(key), spread(value)
+    # out [b * kv_heads, groups, n, d], lse [b * kv_heads, groups, n]: the chunk against its own n keys
     out, lse = _CPU_FLASH(q, key[:, :, offset:], value[:, :, offset:], is_causal=True, scale=scale)[:2]
-    if offset:
+    if offset:  # every query also sees all `offset` keys before the chunk: no mask needed there
         before, before_lse = _CPU_FLASH(q, key[:, :, :offset], value[:, :, :offset], scale=scale)[:2]
         total = torch.logaddexp(lse, before_lse)
         out = (out.float() * (lse - total).exp()[..., None]

@@ -16,13 +16,11 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
+from harness.contract import Engine
 from harness.errors import InputError
 from harness.metrics import MeasureSpec
-
-if TYPE_CHECKING:
-    from harness.engine import Engine
 
 State = TypeVar("State")
 
@@ -83,6 +81,8 @@ class Preflight:
     tokenizer: Any
     params: TaskParams
     warn: Callable[[str], None] = print
+    # another model by name -> (its tokenizer, its fingerprint), read without weights (the run plan's service)
+    describe_model: Callable[[str], tuple[Any, str]] | None = None
 
 
 @dataclass
@@ -112,6 +112,8 @@ class RunContext:
     write_side: Callable[[str, dict[str, Any]], None] = _discard
     warn: Callable[[str], None] = print
     run_dir: Path | None = None  # the run folder, to read back side files (None: a context without one)
+    # another model by name -> its engine on this engine's device and dtype (the runner's service)
+    load_engine: Callable[[str], Engine] | None = None
 
     @property
     def preflight(self) -> Preflight:

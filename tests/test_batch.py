@@ -122,17 +122,18 @@ def test_run_with_batch_size_writes_batch_one_records(task, tiny_llama, text_cor
 
 
 def test_batched_oom_is_retried_row_by_row(tiny_llama, text_corpus, tmp_path, monkeypatch):
-    real, sizes = engine.Engine.token_nll_batch, []
+    """Out of memory on a batch: the engine scores its rows one at a time in the same plan, and says so."""
+    real, rows_seen = engine.Engine._score, []
 
-    def flaky(self, rows, plan=None):
-        sizes.append(self.batch_size(len(rows[0])))
-        if len(sizes) == 1:
+    def flaky(self, ids, first, with_rank, plan):
+        rows_seen.append(ids.shape[0])
+        if len(rows_seen) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, rows, plan)
+        return real(self, ids, first, with_rank, plan)
 
-    monkeypatch.setattr(engine.Engine, "token_nll_batch", flaky)
+    monkeypatch.setattr(engine.Engine, "_score", flaky)
     assert run(tiny_llama, text_corpus, tmp_path / "r", "--lengths", "100", "--batch-size", "3") == 0
-    assert sizes == [3, 1]  # the retry keeps the plan and scores the rows one at a time
+    assert rows_seen == [3, 1, 1, 1]  # the retry keeps the plan and scores the rows one at a time
     rows = list(read_jsonl(tmp_path / "r", "records"))
     assert {(r["status"], r["batch"], r["plan"]) for r in rows} == {("ok", 1, "single")}
 

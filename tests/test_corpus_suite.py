@@ -380,7 +380,7 @@ def test_gzip_corpora_read_transparently_and_binary_is_refused(tmp_path):
     (tmp_path / "fake.gz").write_text(text)
     with pytest.raises(InputError, match=r"fake.gz is not gzip data"):
         list(iter_documents(str(tmp_path / "fake.gz")))
-    # a few bad bytes in real text stay replaced, as before
+    # a few bad bytes in real text are replaced (U+FFFD), the document kept
     (tmp_path / "mostly.txt").write_bytes(text.encode() + b"\xff\xfe")
     assert list(iter_documents(str(tmp_path / "mostly.txt")))[0][1].endswith("\ufffd\ufffd")
 
@@ -397,7 +397,7 @@ def test_memory_sizes_read_as_accelerate_reads_them():
 def test_labels_in_any_script_get_their_own_folder():
     from harness.values import safe_name
 
-    assert safe_name("b=1e6 tuned@1024") == "b_1e6_tuned_1024" and safe_name("../x") == "x"  # as before
+    assert safe_name("b=1e6 tuned@1024") == "b_1e6_tuned_1024" and safe_name("../x") == "x"
     assert safe_name("长上下文") == "长上下文" and safe_name("ü-model") == "ü-model"
     rocket, fire = safe_name("🚀"), safe_name("🔥")
     assert rocket != fire and rocket.startswith("run_") and safe_name("🚀") == rocket  # distinct, stable

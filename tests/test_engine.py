@@ -120,7 +120,7 @@ def test_planner_is_deterministic_and_switches_to_stream_then_prefill(tiny_llama
     plan = eng.plan(4096)
     assert plan.strategy == "stream" and plan.fits and plan.estimate_bytes <= single - 1
     assert eng.plan(4096) == plan
-    eng.stream_exact = False  # a model that does not stream: chunked prefill, as before
+    eng.stream_exact = False  # a model that does not stream: chunked prefill
     plan = eng.plan(4096)
     assert plan.strategy == "prefill" and plan.fits and plan.estimate_bytes <= single - 1
     assert eng.plan(4096) == plan

@@ -14,7 +14,7 @@ from tiny import make_tiny
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.cli import main
-from harness.runner import summary_table
+from harness.runner import folder_summary
 from harness.store import read_jsonl
 from tasks.base import TaskParams
 from tasks.perplexity import TASK
@@ -102,7 +102,7 @@ def test_self_selection_equals_direct_two_pass_and_records_ppl_key(tiny_llama, t
             else:
                 assert below and r["nll_key"] == pytest.approx(float(full[below].mean()), rel=1e-4)
                 assert r["ppl_key"] == pytest.approx(math.exp(r["nll_key"]))
-    rows = [r for r in summary_table(out) if r["metric"] == "ppl_key"]
+    rows = [r for r in folder_summary(out) if r["metric"] == "ppl_key"]
     assert [r["length"] for r in rows] == [32, 100, LONGEST] and rows[0]["value"] is None
     assert rows[-1]["ok"] == 2 and rows[-1]["failed"] == 0 and rows[-1]["value"] > 1
 

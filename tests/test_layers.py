@@ -20,12 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {
     0: ["harness", "harness.errors", "harness.values", "harness.hub", "harness.jsonl", "harness.law",
         "harness.retrieval_law", "harness.rope_math", "harness.bytetok", "harness.metrics",
-        "harness.zoo_models", "harness.suites", "harness.checkpoints"],
+        "harness.zoo_models", "harness.suites", "harness.checkpoints", "harness.contract"],
     1: ["harness.rope_config", "harness.gguf", "harness.models", "harness.planner", "harness.engine",
-        "harness.stream", "harness.corpus", "harness.zoo", "harness.law_cli"],
+        "harness.serving",
+        "harness.stream", "harness.corpus", "harness.zoo", "harness.law_cli", "harness.memory_guard"],
     2: ["tasks"],
-    3: ["harness.suite", "harness.store", "harness.run_info", "harness.distributed", "harness.memory_guard",
-        "harness.preflight", "harness.identity", "harness.dry_run", "harness.runner"],
+    3: ["harness.suite", "harness.store", "harness.run_info", "harness.distributed", "harness.run_plan",
+        "harness.records", "harness.dry_run", "harness.runner"],
     4: ["harness.report"],
     5: ["harness.cli"],
 }
@@ -115,14 +116,68 @@ def test_no_import_circles():
     assert circles == []
 
 
+MAX_DEPTH = 9  # levels of the import graph (docs/design.md, Layout)
+
+
+def unit_of(module: str) -> str:
+    """A module's unit in the depth count: a package of the report wing or of tasks counts as one."""
+    for package in ("harness.report", "tasks"):
+        if module == package or module.startswith(package + "."):
+            return package
+    return module
+
+
+def levels() -> dict[str, int]:
+    """Each unit's level: one above the highest unit it imports (a unit importing nothing is level 1)."""
+    units: dict[str, set[str]] = {}
+    for module, targets in graph().items():
+        units.setdefault(unit_of(module), set()).update(unit_of(t) for t in targets)
+    for unit, targets in units.items():
+        targets.discard(unit)
+    found: dict[str, int] = {}
+
+    def level(unit: str) -> int:
+        if unit not in found:
+            found[unit] = 1 + max((level(t) for t in units[unit]), default=0)
+        return found[unit]
+
+    for unit in units:
+        level(unit)
+    return found
+
+
+def test_import_graph_is_at_most_max_depth_levels_deep():
+    deepest = max(levels().items(), key=lambda item: item[1])
+    assert deepest[1] <= MAX_DEPTH, f"{deepest[0]} is {deepest[1]} levels deep (at most {MAX_DEPTH})"
+
+
+def test_the_depth_count_sees_a_chain():
+    """The level rule itself: a module importing one that imports another is three levels deep."""
+    assert levels()["harness.errors"] == 1
+    assert levels()["harness.cli"] > levels()["harness.runner"] > levels()["harness.run_plan"]
+
+
 def test_only_the_cli_imports_the_report_wing():
     users = {a for a, targets in graph().items() for b in targets
              if floor_of(b) == 4 and floor_of(a) != 4}
     assert users <= {"harness.cli"}
 
 
+MAX_FUNCTION_LINES = 80  # a function reads on one screen
+MAX_FILE_LINES = 500  # a module reads in one sitting
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = {f"{m}.{node.name}": n for m, p in project_modules().items()
+            for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES}
+    assert long == {}
+
+
 def test_no_source_file_is_too_long():
-    long = {m: n for m, p in project_modules().items() if (n := len(p.read_text().splitlines())) > 420}
+    long = {m: n for m, p in project_modules().items()
+            if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
     assert long == {}
 
 

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from harness.bytetok import byte_tokenizer
-from harness.engine import AnswerScore
+from harness.contract import AnswerScore, Ran, Scored
 from harness.errors import InputError
 from tasks import passkey as pk
 from tasks.base import Preflight, RunContext, TaskParams, get_task
@@ -266,8 +266,9 @@ class CopyEngine:
         return AnswerScore(-0.01 * len(answer_ids), 1, [-0.01] * len(answer_ids))
 
     def score_and_generate_batch(self, prompts, answers, max_new_tokens, stop_ids=()):
-        return [(self.answer_score(p, a), self.generate(p, max_new_tokens, stop_ids))
-                for p, a in zip(prompts, answers, strict=True)]
+        pairs = [(self.answer_score(p, a), self.generate(p, max_new_tokens, stop_ids))
+                 for p, a in zip(prompts, answers, strict=True)]
+        return Scored(pairs, [Ran("rigged", 1)] * len(pairs))
 
     def batch_size(self, length, generation=False):
         return 1

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from harness import models, rope_config
 from harness.cli import main
+from harness.contract import Ran, Scored
 from harness.store import read_jsonl
 
 RECORD_KEYS = {"task", "setting", "model", "rope_type", "rope_theta", "rope_params", "rotary_dim",
@@ -106,40 +107,43 @@ def test_fewer_samples_than_asked_warns_and_runs_those(tiny_llama, text_corpus, 
 
 
 def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus, tmp_path, monkeypatch):
+    """The engine falls back by itself (a 4x smaller prefill chunk); records carry the plan that ran."""
     from harness import engine
 
-    calls = []
-    real = engine.Engine.token_nll_batch
+    plans = []
+    real_score = engine.Engine._score
 
-    def flaky(self, ids, plan=None):
-        calls.append(self.chunk_size)
-        if len(calls) == 1:
+    def flaky(self, ids, first, with_rank, plan):
+        plans.append(str(plan))
+        if len(plans) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, ids, plan)
+        return real_score(self, ids, first, with_rank, plan)
 
-    monkeypatch.setattr(engine.Engine, "token_nll_batch", flaky)
+    monkeypatch.setattr(engine.Engine, "_score", flaky)
     assert run(tiny_llama, text_corpus, tmp_path / "a", "--samples", "1") == 0
-    assert calls[0] is None and calls[1] is not None  # the retry ran with a smaller prefill chunk
-    assert all(r["status"] == "ok" for r in records(tmp_path / "a"))
+    assert plans[0] == "single" and plans[1].startswith("prefill:")  # the retry: a smaller prefill chunk
+    assert {(r["status"], r["plan"]) for r in records(tmp_path / "a")} == {("ok", plans[1])}
 
-    def always(self, ids, plan=None):
-        raise torch.OutOfMemoryError("out of memory (simulated)")
+    prefills = []
+    real_prefill = engine.Engine._prefill
 
-    def flaky_generate(self, *args, **kwargs):
-        calls.append(self.chunk_size)
-        if len(calls) == 3:
+    def flaky_prefill(self, tensor, plan=None):
+        prefills.append(str(plan))
+        if len(prefills) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_generate(self, *args, **kwargs)
+        return real_prefill(self, tensor, plan)
 
-    real_generate = engine.Engine.score_and_generate_batch  # passkey scores and generates from one prefill
-    monkeypatch.setattr(engine.Engine, "score_and_generate_batch", flaky_generate)
+    monkeypatch.setattr(engine.Engine, "_prefill", flaky_prefill)
     assert main(["run", "--model", str(tiny_llama), "--task", "passkey", "--lengths", "300", "--depths",
                  "0.5", "--samples", "1", "--out", str(tmp_path / "p"), "--no-progress", "--no-report"]) == 0
     (row,) = records(tmp_path / "p")
-    # the plan that produced the record
-    assert row["status"] == "ok" and row["plan"] == f"prefill:{calls[-1]}"
+    assert prefills == ["single", "prefill:75"]  # 300 tokens: a quarter of the single pass
+    assert row["status"] == "ok" and row["plan"] == "prefill:75"  # the plan that produced the record
 
-    monkeypatch.setattr(engine.Engine, "token_nll_batch", always)
+    def always(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("out of memory (simulated)")
+
+    monkeypatch.setattr(engine.Engine, "_score", always)
     assert run(tiny_llama, text_corpus, tmp_path / "b") == 1
     rows = records(tmp_path / "b")
     assert len(rows) == 6 and {r["status"] for r in rows} == {"oom"} and "simulated" in rows[0]["error"]
@@ -153,7 +157,8 @@ def test_nan_loss_is_an_error_and_max_memory_records_oom(tiny_llama, text_corpus
     from harness import engine
 
     monkeypatch.setattr(engine.Engine, "token_nll_batch",
-                        lambda self, rows, plan=None: [torch.full((len(r) - 1,), float("nan")) for r in rows])
+                        lambda self, rows, plan=None: Scored([torch.full((len(r) - 1,), float("nan"))
+                                                              for r in rows], [Ran("single", 1)] * len(rows)))
     assert run(tiny_llama, text_corpus, tmp_path / "n") == 1
     assert {r["status"] for r in records(tmp_path / "n")} == {"error"}
 
@@ -299,8 +304,8 @@ def test_lengths_that_fit_are_scored_when_the_longest_is_refused(tiny_llama, tex
 
     plan = engine_module.Engine.plan
 
-    def only_up_to_128(self, length, strategy=None, generation=False):  # a budget only 128 tokens fit
-        found = plan(self, length, strategy, generation)
+    def only_up_to_128(self, length, strategy=None, generation=False, chunk=None):  # 128 tokens fit
+        found = plan(self, length, strategy, generation, chunk)
         return found if length <= 128 else dataclasses.replace(found, fits=False)
 
     monkeypatch.setattr(engine_module.Engine, "plan", only_up_to_128)

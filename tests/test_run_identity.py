@@ -153,7 +153,7 @@ def test_exit_1_while_any_cell_of_the_grid_has_no_ok_record(tiny_llama, text_cor
 def test_the_last_record_of_a_cell_wins_across_shards_and_in_the_console_table(tmp_path):
     """A cell healed by a later run on another world size: its ok record lives in an earlier-sorting shard."""
     from harness.report.load import load_runs
-    from harness.runner import summary_table
+    from harness.runner import folder_summary
 
     base = {"setting": "s", "task": "perplexity", "length": 64, "depth": None, "seed": 0, "rope_hash": "h"}
     old = [{**base, "sample": 0, "cell_key": "a", "status": "ok", "nll": 1.0, "recorded_at": 100.0},
@@ -165,7 +165,7 @@ def test_the_last_record_of_a_cell_wins_across_shards_and_in_the_console_table(t
     last = latest_records(tmp_path)
     assert {k: r["nll"] for k, r in last.items()} == {"a": 3.0, "b": 2.0}
     assert Store(tmp_path).finished_keys() == {"a", "b"}
-    (row,) = [r for r in summary_table(tmp_path) if r["metric"] == "ppl"]
+    (row,) = [r for r in folder_summary(tmp_path) if r["metric"] == "ppl"]
     assert (row["ok"], row["failed"]) == (2, 0)
     # exp(mean of 3 and 2), not of 1, 3, 2
     assert row["value"] == pytest.approx(float(torch.tensor(2.5).exp()))

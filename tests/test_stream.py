@@ -138,7 +138,7 @@ def test_forced_strategy_is_honoured(tiny_llama):
         assert str(eng.plan(len(ids))) == want
         assert torch.allclose(eng.token_nll(ids), ref, rtol=1e-5, atol=1e-5), strategy
     assert str(engine.Engine(loaded, strategy="stream", chunk_size=77).plan(301)) == "stream:77"
-    # auto + a chunk: prefill, as before
+    # auto + a chunk below the length: prefill in that chunk
     assert str(engine.Engine(loaded, chunk_size=77).plan(301)) == "prefill:77"
     tight = engine.Engine(loaded, strategy="single", max_memory=1000)
     assert str(tight.plan(301)) == "single" and not tight.plan(301).fits

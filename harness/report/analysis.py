@@ -144,24 +144,24 @@ class FigureContext:
                      + (f" ({'; '.join(self.notes)})" if self.notes else ""))
 
 
-def _rule_params(spec: MeasureSpec, factors: Sequence[float | None], deltas: Sequence[float | None]
+def _rule_params(measure: MeasureSpec, factors: Sequence[float | None], deltas: Sequence[float | None]
                  ) -> list[tuple[float | None, float | None]]:
     """(factor, delta) overrides for which a definition gets a summary row each (one for a threshold rule)."""
-    if spec.rule == "factor":
+    if measure.rule == "factor":
         return [(f, None) for f in (list(factors) or [None])]
-    if spec.rule == "delta":
+    if measure.rule == "delta":
         return [(None, d) for d in (list(deltas) or [None])]
     return [(None, None)]
 
 
-def _rule_values(spec: MeasureSpec, factor: float | None, delta: float | None
+def _rule_values(measure: MeasureSpec, factor: float | None, delta: float | None
                  ) -> tuple[float | None, float | None]:
     """The (factor, delta) a definition actually uses with these overrides: one of them, or neither."""
-    value = spec.param(factor, delta)
-    return (value if spec.rule == "factor" else None), (value if spec.rule == "delta" else None)
+    value = measure.param(factor, delta)
+    return (value if measure.rule == "factor" else None), (value if measure.rule == "delta" else None)
 
 
-def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *, task: str = "",
+def analyze(records: pd.DataFrame, measures: MeasureSpec | Sequence[MeasureSpec], *, task: str = "",
             extra: Sequence[MeasureSpec] = (), tables: Mapping[str, TableSpec] | None = None,
             factors: Sequence[float | None] = (None,), deltas: Sequence[float | None] = (None,),
             n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
@@ -170,15 +170,15 @@ def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *,
             min_samples: int = DEFAULT_MIN_SAMPLES) -> FigureContext:
     """One task's records (all runs concatenated) -> its FigureContext, every bootstrap done here.
 
-    `spec`: one definition or a list of them (a task's measures; the first is the default). A per-position
+    `measures`: one definition or a list of them (a task's measures; the first is the default). A per-position
     definition is left out, with a note, when the task has no positions*.jsonl rows (unless it is the
     first). `extra` definitions and `tables` are what the task's figures draw beyond that; they get the
     same n_boot, seed and rule overrides but stay out of summary.csv (table.csv lists the per-length ones).
     `columns`: record columns derived before anything is measured ({name: fn(records) -> Series or None}).
     A records definition other than the first whose metric no record carries is left out quietly.
     """
-    specs = [spec] if isinstance(spec, MeasureSpec) else list(spec)
-    if not specs:
+    definitions = [measures] if isinstance(measures, MeasureSpec) else list(measures)
+    if not definitions:
         raise ValueError("analyze needs at least one MeasureSpec")
     records = records.copy()
     for name, derive in (columns or {}).items():
@@ -195,22 +195,22 @@ def analyze(records: pd.DataFrame, spec: MeasureSpec | Sequence[MeasureSpec], *,
     has_positions = task_positions is not None and len(task_positions) > 0
     ctx = FigureContext(task, records, task_positions, colors, order, ci)
 
-    def one(definition: MeasureSpec) -> Analysis:
-        return _analyze_one(records, definition, task=task, params=_rule_params(definition, factors, deltas),
+    def one(measure: MeasureSpec) -> Analysis:
+        return _analyze_one(records, measure, task=task, params=_rule_params(measure, factors, deltas),
                             n_boot=n_boot, seed=seed, ci=ci, positions=task_positions, order=order,
                             min_samples=min_samples)
 
-    for k, each in enumerate(specs):
-        if each.source == "positions" and k and not has_positions:
-            ctx.notes.append(f"measured length {each.key!r} left out: no positions*.jsonl rows for task "
+    for k, measure in enumerate(definitions):
+        if measure.source == "positions" and k and not has_positions:
+            ctx.notes.append(f"measured length {measure.key!r} left out: no positions*.jsonl rows for task "
                              f"{task!r}")
             continue
-        if each.source == "records" and k and not _has_values(records, each.metric):
+        if measure.source == "records" and k and not _has_values(records, measure.metric):
             continue  # an optional metric (e.g. nll_key without --key-tokens): left out quietly
-        ctx.analyses[each.key] = one(each)
-    for each in extra:
-        if each.key not in ctx.analyses and (each.source != "positions" or has_positions):
-            ctx.extras[each.key] = one(each)
+        ctx.analyses[measure.key] = one(measure)
+    for measure in extra:
+        if measure.key not in ctx.analyses and (measure.source != "positions" or has_positions):
+            ctx.extras[measure.key] = one(measure)
     ctx.tables = {name: table.compute(records, task_positions) for name, table in (tables or {}).items()}
     for name, table in (tables or {}).items():
         note = table.note(ctx.tables[name]) if hasattr(table, "note") else ""
@@ -223,34 +223,34 @@ def _has_values(records: pd.DataFrame, metric: str) -> bool:
     return metric in records and bool(records[metric].notna().any())
 
 
-def _limit(spec: MeasureSpec, axis: np.ndarray, values, ref_len: float | None, factor: float | None,
+def _limit(measure: MeasureSpec, axis: np.ndarray, values, ref_len: float | None, factor: float | None,
            delta: float | None) -> Limit:
     """measured_limit of a per-length curve, or position_limit of a (loss, tokens) per-position curve."""
-    if spec.source == "positions":
-        return position_limit(axis, values[0], values[1], ref_len, spec, delta)  # type: ignore[arg-type]
-    return measured_limit(axis, values, ref_len, spec, factor, delta)
+    if measure.source == "positions":
+        return position_limit(axis, values[0], values[1], ref_len, measure, delta)  # type: ignore[arg-type]
+    return measured_limit(axis, values, ref_len, measure, factor, delta)
 
 
-def _length_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, setting: str, ci: float,
+def _length_curve_of(recs: pd.DataFrame, measure: MeasureSpec, *, task: str, setting: str, ci: float,
                      positions: pd.DataFrame | None, weights_seed: int, n_boot: int):
     """A setting's per-length aggregate: (lengths, aggregate, bootstrap aggregates or None, n_samples, table
     rows)."""
-    curve = build_curve(recs, spec)
+    curve = build_curve(recs, measure)
     weights = bootstrap_weights(len(curve.samples), n_boot, weights_seed)
-    agg = curve.aggregate(spec) if curve.samples else np.full(len(curve.lengths), np.nan)
-    boot = curve.aggregate(spec, weights) if weights is not None else None
+    agg = curve.aggregate(measure) if curve.samples else np.full(len(curve.lengths), np.nan)
+    boot = curve.aggregate(measure, weights) if weights is not None else None
     failed = recs[recs["status"] != "ok"].groupby("length").size()
     counts = curve.counts()
     rows = []
     for k, length in enumerate(curve.lengths):
         lo, hi = percentile_interval(boot[:, k], ci) if boot is not None else (math.nan, math.nan)
-        rows.append({"setting": setting, "task": task, "metric": spec.name, "length": int(length),
+        rows.append({"setting": setting, "task": task, "metric": measure.name, "length": int(length),
                      "mean": agg[k], "ci_low": lo, "ci_high": hi, "n": int(counts[k]),
                      "n_failed": int(failed.get(length, 0))})
     return curve.lengths, agg, (list(boot) if boot is not None else None), len(curve.samples), rows
 
 
-def _position_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, setting: str, ci: float,
+def _position_curve_of(recs: pd.DataFrame, measure: MeasureSpec, *, task: str, setting: str, ci: float,
                        positions: pd.DataFrame | None, weights_seed: int, n_boot: int):
     """A setting's per-position aggregate: (positions, (loss, tokens), bootstrap (loss, tokens) pairs or None,
     n_samples, table rows)."""
@@ -262,9 +262,9 @@ def _position_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, sett
         loss, tokens = curve.aggregate()
     else:
         loss = tokens = np.full(len(curve.x), np.nan)
-    smoothed = smooth_buckets(loss, tokens, spec.window)  # type: ignore[attr-defined]
+    smoothed = smooth_buckets(loss, tokens, measure.window)  # type: ignore[attr-defined]
     counts = curve.counts()
-    rows = [{"setting": setting, "task": task, "metric": spec.name, "length": float(x), "mean": loss[k],
+    rows = [{"setting": setting, "task": task, "metric": measure.name, "length": float(x), "mean": loss[k],
              "ci_low": math.nan, "ci_high": math.nan, "n": int(counts[k]), "n_failed": 0,
              "pos_start": int(curve.starts[k]), "pos_end": int(curve.ends[k]), "smoothed": smoothed[k],
              "tokens": tokens[k]} for k, x in enumerate(curve.x)]
@@ -277,11 +277,11 @@ def _position_curve_of(recs: pd.DataFrame, spec: MeasureSpec, *, task: str, sett
 
 def law_inputs_from(recs: pd.DataFrame) -> str:
     """Where a setting's law inputs came from (records' *_source fields), one short phrase; an input only
-    assumed from the config is said to be; '' for records that predate the sources."""
+    assumed from the config is said to be; '' for records without any *_source field."""
     sources = {k: _latest(recs, f"{k}_source") for k in ("pretrain_base", "train_len", "tune_len")}
     if all(v is None for v in sources.values()):
         return ""
-    sources = {k: "recorded" if v is None else v for k, v in sources.items()}  # records before sources
+    sources = {k: "recorded" if v is None else v for k, v in sources.items()}  # its *_source field absent
 
     def said(source: Any) -> str:
         if source == "flag":
@@ -315,29 +315,29 @@ def _measured_dims(regime: str, limit: Limit, lo: float, hi: float, info: dict[s
     return out
 
 
-def _add_peer_warnings(spec: MeasureSpec, rows: list[dict[str, Any]], params) -> None:
+def _add_peer_warnings(measure: MeasureSpec, rows: list[dict[str, Any]], params) -> None:
     """Append peer_warnings (a reference far worse than another setting's of the same model) to `rows`."""
     for n_param, (factor, delta) in enumerate(params):
         group = [r for r in rows if r["_param"] == n_param]
-        found = peer_warnings(spec, [r["setting"] for r in group], [r["model"] for r in group],
+        found = peer_warnings(measure, [r["setting"] for r in group], [r["model"] for r in group],
                               [r["reference_value"] for r in group], factor, delta)
         for row in group:
             if row["setting"] in found:
                 row["warning"] = "; ".join(w for w in (row["warning"], found[row["setting"]]) if w)
 
 
-def chance_of(spec: MeasureSpec, recs: pd.DataFrame) -> float | None:
+def chance_of(measure: MeasureSpec, recs: pd.DataFrame) -> float | None:
     """What a model that cannot do the task scores, on the aggregate's scale (MeasureSpec.chance)."""
-    if spec.chance is not None:
-        return float(spec.chance)
-    if spec.chance_column and spec.chance_column in recs:
-        values = pd.to_numeric(recs[spec.chance_column], errors="coerce").dropna()
+    if measure.chance is not None:
+        return float(measure.chance)
+    if measure.chance_column and measure.chance_column in recs:
+        values = pd.to_numeric(recs[measure.chance_column], errors="coerce").dropna()
         if len(values):
-            return float(TRANSFORMS[spec.transform](np.array([values.mean()]))[0])
+            return float(TRANSFORMS[measure.transform](np.array([values.mean()]))[0])
     return None
 
 
-def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params, n_boot: int, seed: int,
+def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, params, n_boot: int, seed: int,
                  ci: float, positions: pd.DataFrame | None, order: list[str],
                  min_samples: int = DEFAULT_MIN_SAMPLES) -> Analysis:
     """One definition: per setting its curve, table rows and a summary row per rule parameter."""
@@ -345,44 +345,45 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
     for setting in order:
         recs = records[records["setting"] == setting]
         weights_seed = setting_seed(seed, task, setting)
-        curve_fn = _position_curve_of if spec.source == "positions" else _length_curve_of
-        axis, point, draws_in, n_samples, rows = curve_fn(recs, spec, task=task, setting=setting, ci=ci,
+        curve_fn = _position_curve_of if measure.source == "positions" else _length_curve_of
+        axis, point, draws_in, n_samples, rows = curve_fn(recs, measure, task=task, setting=setting, ci=ci,
                                                           positions=positions, weights_seed=weights_seed,
                                                           n_boot=n_boot)
         table_rows += rows
         info = {c: _latest(recs, c) for c in LAW_COLUMNS}  # a rerun with corrected law inputs wins
         block = predict_for(info)
-        ref_len = _first(recs, spec.reference)
+        ref_len = _first(recs, measure.reference)
         if ref_len is None:
             ref_len = _first(recs, "train_len")
         ref_len = float(ref_len) if ref_len is not None else None
         finetune_assumed = bool(_first(recs, "law_assumes_finetune") or False)
-        chance = chance_of(spec, recs)
+        chance = chance_of(measure, recs)
         for n_param, (factor, delta) in enumerate(params):
-            used_factor, used_delta = _rule_values(spec, factor, delta)
-            limit = _limit(spec, axis, point, ref_len, factor, delta)
-            why_not = withheld(spec, limit.reference, chance, n_samples, min_samples)
+            used_factor, used_delta = _rule_values(measure, factor, delta)
+            limit = _limit(measure, axis, point, ref_len, factor, delta)
+            why_not = withheld(measure, limit.reference, chance, n_samples, min_samples)
             if why_not:
                 limit = Limit(math.nan, False, limit.reference, limit.threshold, limit.note)
             lo = hi = math.nan
             if draws_in is not None and np.isfinite(limit.value):
-                draws = np.array([_limit(spec, axis, row, ref_len, factor, delta).value for row in draws_in])
+                draws = np.array([_limit(measure, axis, row, ref_len, factor, delta).value
+                                  for row in draws_in])
                 lo, hi = percentile_interval(draws, ci)
             predicted = block.predicted_limit
             ratio = limit.value / predicted if predicted and np.isfinite(limit.value) else math.nan
-            no_positions = spec.source == "positions" and not n_samples
+            no_positions = measure.source == "positions" and not n_samples
             row_notes = [n for n in (block.note, "no positions*.jsonl rows for this setting" if no_positions
                                      else limit.note) if n]
             if finetune_assumed:
                 row_notes.append("base changed without fine-tuning; the law assumes fine-tuning at tune_len")
             if why_not:
                 warnings = [why_not]
-            elif spec.source == "positions":
+            elif measure.source == "positions":
                 warnings = position_warnings(limit.note)
             else:
-                warnings = curve_warnings(spec, axis, point, ref_len, factor, delta) if n_samples else []
+                warnings = curve_warnings(measure, axis, point, ref_len, factor, delta) if n_samples else []
             row = {
-                "setting": setting, "model": info["model"], "task": task, "measure": spec.key,
+                "setting": setting, "model": info["model"], "task": task, "measure": measure.key,
                 "rope_type": info["rope_type"], "rope_theta": info["rope_theta"],
                 "pretrain_base": info["pretrain_base"], "train_len": info["train_len"],
                 "tune_len": info["tune_len"], "rotary_dim": info["rotary_dim"],
@@ -394,7 +395,7 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
                 "ratio_measured_to_retrieval": limit.value / block.retrieval_bound
                 if block.retrieval_bound and np.isfinite(limit.value) else math.nan,
                 **_measured_dims(block.regime, limit, lo, hi, info),
-                "definition": spec.definition(factor, delta),
+                "definition": measure.definition(factor, delta),
                 "factor": used_factor, "delta": used_delta,
                 "reference_value": limit.reference, "threshold_value": limit.threshold,
                 "n_samples": n_samples, "n_failed": int((recs["status"] != "ok").sum()),
@@ -406,12 +407,12 @@ def _analyze_one(records: pd.DataFrame, spec: MeasureSpec, *, task: str, params,
             summary_rows.append(row)
             if n_param == 0:
                 first_rows.append(row)
-    _add_peer_warnings(spec, summary_rows, params)
-    extra = ["pos_start", "pos_end", "smoothed", "tokens"] if spec.source == "positions" else []
+    _add_peer_warnings(measure, summary_rows, params)
+    extra = ["pos_start", "pos_end", "smoothed", "tokens"] if measure.source == "positions" else []
     table = pd.DataFrame(table_rows, columns=TABLE_COLUMNS + extra)
     summary = pd.DataFrame(summary_rows).drop(columns="_param", errors="ignore")
     settings = pd.DataFrame(first_rows).drop(columns="_param", errors="ignore")
     if len(settings):
         settings = settings.set_index("setting", drop=False).rename_axis(None)
-    factor, delta = _rule_values(spec, *params[0])
-    return Analysis(spec, factor, delta, table, summary, settings)
+    factor, delta = _rule_values(measure, *params[0])
+    return Analysis(measure, factor, delta, table, summary, settings)

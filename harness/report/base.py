@@ -1,4 +1,5 @@
-"""The report wing's floor: what every report module may import without an import circle.
+"""The report's shared defaults, figure exceptions and length format: the floor every report module may
+import without an import circle.
 
 Pandas-free, so that `rope-harness --help` can show the report's defaults without loading the analysis.
 """

@@ -32,7 +32,7 @@ from harness.report.analysis import (
 )
 from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, DEFAULT_MIN_SAMPLES
 from harness.report.headline import headline, headline_text
-from harness.report.load import Loaded, load_runs
+from harness.report.load import RunRecords, load_runs
 from harness.report.page import caption, provenance_items, task_blocks, task_order
 from harness.report.registry import FigureFn, task_figures, task_measures
 from harness.report.render import Block, to_html, to_markdown
@@ -161,7 +161,7 @@ def with_law_inputs(records: pd.DataFrame, law: dict[str, list[tuple[str | None,
     return records
 
 
-def _write_outputs(tmp: Path, loaded: Loaded, contexts: list[tuple[FigureContext, dict[str, FigureFn]]],
+def _write_outputs(tmp: Path, loaded: RunRecords, contexts: list[tuple[FigureContext, dict[str, FigureFn]]],
                    notes: list[str], log: Callable[[str], None] | None) -> list[Block]:
     """Write the CSV files and figures into `tmp`; return the report's blocks (figure failures go to
     `notes`)."""

@@ -25,16 +25,16 @@ from harness.metrics import MeasureSpec
 from harness.report.base import fmt_length
 
 
-def _fails(spec: MeasureSpec, value: float, reference: float, param: float | None) -> bool:
+def _fails(measure: MeasureSpec, value: float, reference: float, param: float | None) -> bool:
     """Whether `value` fails the definition's rule against `reference` (as measured_limit applies it)."""
-    if spec.rule == "factor":
-        return value < reference / param if spec.higher_is_better else value > reference * param
-    if spec.rule == "delta":
-        return value < reference - param if spec.higher_is_better else value > reference + param
-    return value < param if spec.higher_is_better else value > param
+    if measure.rule == "factor":
+        return value < reference / param if measure.higher_is_better else value > reference * param
+    if measure.rule == "delta":
+        return value < reference - param if measure.higher_is_better else value > reference + param
+    return value < param if measure.higher_is_better else value > param
 
 
-def curve_warnings(spec: MeasureSpec, lengths: Sequence[float], values: Sequence[float],
+def curve_warnings(measure: MeasureSpec, lengths: Sequence[float], values: Sequence[float],
                    reference_len: float | None, factor: float | None = None, delta: float | None = None
                    ) -> list[str]:
     """Warnings about one setting's per-length aggregate curve (a records definition)."""
@@ -47,21 +47,21 @@ def curve_warnings(spec: MeasureSpec, lengths: Sequence[float], values: Sequence
     order = np.argsort(lens, kind="stable")
     lens, vals = lens[order], vals[order]
     ref_len = float(reference_len)
-    param = spec.param(factor, delta)
+    param = measure.param(factor, delta)
     in_ref = np.where(lens <= ref_len)[0]
     if not len(in_ref):
-        return [f"no grid length <= {spec.reference} ({fmt_length(ref_len)}): the shortest length "
+        return [f"no grid length <= {measure.reference} ({fmt_length(ref_len)}): the shortest length "
                 f"({fmt_length(lens[0])}) stands in for the reference, so the measured length is not "
                 "relative to the tuned range"]
-    pick = np.argmax if spec.higher_is_better else np.argmin
+    pick = np.argmax if measure.higher_is_better else np.argmin
     best = int(in_ref[pick(vals[in_ref])])
-    if spec.rule == "threshold" and _fails(spec, vals[best], vals[best], param):
-        return [f"broken at the reference lengths: its best {spec.name} at L <= {spec.reference} "
-                f"({vals[best]:.3g}) already fails the rule ({spec.label(factor, delta)})"]
-    worse = [int(k) for k in in_ref if k > best and _fails(spec, vals[k], vals[best], param)]
+    if measure.rule == "threshold" and _fails(measure, vals[best], vals[best], param):
+        return [f"broken at the reference lengths: its best {measure.name} at L <= {measure.reference} "
+                f"({vals[best]:.3g}) already fails the rule ({measure.label(factor, delta)})"]
+    worse = [int(k) for k in in_ref if k > best and _fails(measure, vals[k], vals[best], param)]
     if worse:
-        return [f"degrades inside its tuning length: {spec.name} already fails the rule at "
-                f"L = {fmt_length(lens[worse[0]])} <= {spec.reference} ({fmt_length(ref_len)})"]
+        return [f"degrades inside its tuning length: {measure.name} already fails the rule at "
+                f"L = {fmt_length(lens[worse[0]])} <= {measure.reference} ({fmt_length(ref_len)})"]
     return []
 
 
@@ -72,14 +72,14 @@ def position_warnings(note: str) -> list[str]:
     return []
 
 
-def peer_warnings(spec: MeasureSpec, settings: Sequence[str], models: Sequence[str | None],
+def peer_warnings(measure: MeasureSpec, settings: Sequence[str], models: Sequence[str | None],
                   references: Sequence[float], factor: float | None = None, delta: float | None = None
                   ) -> dict[str, str]:
     """Settings whose best reference value fails the rule against the best one of another setting of the same
     model (same definition and parameter): {setting: warning}."""
-    if spec.rule == "threshold":
+    if measure.rule == "threshold":
         return {}
-    param = spec.param(factor, delta)
+    param = measure.param(factor, delta)
     out: dict[str, str] = {}
     by_model: dict[str, list[tuple[str, float]]] = {}
     for setting, model, ref in zip(settings, models, references, strict=True):
@@ -88,24 +88,24 @@ def peer_warnings(spec: MeasureSpec, settings: Sequence[str], models: Sequence[s
     for peers in by_model.values():
         if len(peers) < 2:
             continue
-        pick = max if spec.higher_is_better else min
+        pick = max if measure.higher_is_better else min
         best_setting, best = pick(peers, key=lambda p: p[1])
         for setting, ref in peers:
-            if setting != best_setting and _fails(spec, ref, best, param):
-                out[setting] = (f"broken at the reference lengths: its best {spec.name} at L <= "
-                                f"{spec.reference} ({ref:.4g}) fails the rule against {best_setting}'s "
+            if setting != best_setting and _fails(measure, ref, best, param):
+                out[setting] = (f"broken at the reference lengths: its best {measure.name} at L <= "
+                                f"{measure.reference} ({ref:.4g}) fails the rule against {best_setting}'s "
                                 f"({best:.4g}, same model)")
     return out
 
 
-def withheld(spec: MeasureSpec, reference: float, chance: float | None, n_samples: int,
+def withheld(measure: MeasureSpec, reference: float, chance: float | None, n_samples: int,
              min_samples: int) -> str:
     """Why a measured length must not be shown as evidence ('' when it may): the reference is at chance (the
     model never did the task), or too few samples per length."""
     if chance is not None and np.isfinite(reference):
-        at_chance = reference <= chance if spec.higher_is_better else reference >= chance
+        at_chance = reference <= chance if measure.higher_is_better else reference >= chance
         if at_chance:
-            return (f"broken at the reference lengths: its best {spec.name} at L <= {spec.reference} "
+            return (f"broken at the reference lengths: its best {measure.name} at L <= {measure.reference} "
                     f"({reference:.4g}) is at chance ({chance:.4g}): no length is measured")
     if 0 < n_samples < min_samples:
         return (f"insufficient samples: {n_samples} per length, fewer than {min_samples} "

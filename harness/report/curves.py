@@ -25,14 +25,14 @@ class Curve:
     samples: list[Any]
     values: np.ndarray
 
-    def aggregate(self, spec: MeasureSpec, weights: np.ndarray | None = None) -> np.ndarray:
+    def aggregate(self, measure: MeasureSpec, weights: np.ndarray | None = None) -> np.ndarray:
         """transform(weighted mean over samples) per length; weights [B x S] -> [B x L], else [L]."""
         present = np.isfinite(self.values)
         filled = np.where(present, self.values, 0.0)
         w = np.ones((1, len(self.samples))) if weights is None else np.atleast_2d(weights)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = (w @ filled) / (w @ present.astype(float))
-        out = TRANSFORMS[spec.transform](mean)
+        out = TRANSFORMS[measure.transform](mean)
         return out[0] if weights is None else out
 
     def counts(self) -> np.ndarray:
@@ -48,16 +48,16 @@ def _sample_units(frame: pd.DataFrame, seed: Any = None) -> pd.Series:
     return frame["sample"].astype(str)
 
 
-def build_curve(records: pd.DataFrame, spec: MeasureSpec) -> Curve:
+def build_curve(records: pd.DataFrame, measure: MeasureSpec) -> Curve:
     """One setting's ok records -> Curve; a sample is (seed, sample), its cells averaged over depths."""
-    ok = records[(records["status"] == "ok") & records[spec.metric].notna()] if spec.metric in records \
+    ok = records[(records["status"] == "ok") & records[measure.metric].notna()] if measure.metric in records \
         else records.iloc[0:0]
     if not len(ok):
         lengths = np.sort(records["length"].dropna().unique().astype(float))
         return Curve(lengths, [], np.empty((0, len(lengths))))
     frame = pd.DataFrame({"unit": _sample_units(ok).to_numpy(),
                           "length": ok["length"].astype(float).to_numpy(),
-                          "value": ok[spec.metric].astype(float).to_numpy()})
+                          "value": ok[measure.metric].astype(float).to_numpy()})
     wide = frame.groupby(["unit", "length"])["value"].mean().unstack("length")
     all_lengths = np.sort(records["length"].dropna().unique().astype(float))
     wide = wide.reindex(columns=all_lengths)

@@ -24,7 +24,7 @@ REQUIRED_COLUMNS = ("task", "setting", "length", "status")
 
 
 @dataclass
-class Loaded:
+class RunRecords:
     """Every run's records and positions, with a `run` column and unique `setting` labels."""
 
     records: pd.DataFrame
@@ -35,7 +35,7 @@ class Loaded:
     run_info: dict[str, dict] = field(default_factory=dict)  # run name -> its run.json ({} when absent)
 
 
-def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
+def load_runs(run_dirs: Sequence[Path | str]) -> RunRecords:
     """Read records*.jsonl (+ positions*.jsonl) of each run; raises InputError for unusable input.
 
     A setting is (run, label, rope_hash). The same label in several runs is suffixed with " [run]"; within a
@@ -93,7 +93,7 @@ def load_runs(run_dirs: Sequence[Path | str]) -> Loaded:
     records, superseded = _dedupe(records)
     if superseded:
         notes.append(f"{superseded} failed record(s) were superseded by a later record of the same cell")
-    return Loaded(records.reset_index(drop=True), positions, runs, notes, superseded, run_info)
+    return RunRecords(records.reset_index(drop=True), positions, runs, notes, superseded, run_info)
 
 
 def _run_json(run_dir: Path, notes: list[str]) -> dict:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from harness.report.analysis import Analysis, FigureContext
 from harness.report.base import NoData, NotApplicable, fmt_base, fmt_length
-from harness.report.load import Loaded
+from harness.report.load import RunRecords
 from harness.report.registry import FigureFn
 from harness.report.render import Block, render_figure
 from harness.values import safe_name
@@ -57,7 +57,7 @@ def with_ci(value: Any, lo: Any, hi: Any, censored: Any = False, digits: int | N
     return show(v) + (f" [{show(a)}, {show(b)}]" if math.isfinite(a) and math.isfinite(b) else "")
 
 
-def provenance_items(loaded: Loaded) -> list[str]:
+def provenance_items(loaded: RunRecords) -> list[str]:
     """One line per run from its run.json: command, suite, commit, versions, device, start and end."""
     items = []
     for name, path, _ in loaded.runs:

@@ -27,11 +27,11 @@ from tasks.longqa.metrics import (
     substring_match,
     token_f1,
 )
-from tasks.longqa.source import Prompt, Source
+from tasks.longqa.source import QAPrompt, Source
 from tasks.longqa.synthetic import SNAP_WINDOW, SyntheticQuestion, SyntheticSource, synthetic_question
 from tasks.longqa.task import LOGPROB, MEASURE, TASK, LongQATask
 
 __all__ = ["DATASETS", "DEFAULT_HF_DATASETS", "GENERIC", "LOGPROB", "MEASURE", "SNAP_WINDOW", "TASK",
-           "DatasetSpec", "LongBenchSource", "LongQATask", "Prompt", "QARow", "Source", "SyntheticQuestion",
+           "DatasetSpec", "LongBenchSource", "LongQATask", "QAPrompt", "QARow", "Source", "SyntheticQuestion",
            "SyntheticSource", "best_scores", "dataset_spec", "exact_match", "load_rows", "middle_truncate",
            "normalize_answer", "rouge_l", "substring_match", "synthetic_question", "token_f1"]

@@ -27,7 +27,7 @@ from harness.jsonl import strict_lines
 from tasks.base import Cell, TaskParams
 from tasks.generation import encode
 from tasks.longqa.metrics import contains_answer
-from tasks.longqa.source import Prompt, Source, check_fit, split_names
+from tasks.longqa.source import QAPrompt, Source, check_fit, split_names
 
 
 @dataclass(frozen=True)
@@ -142,21 +142,21 @@ def _read_jsonl_rows(path: Path, default_dataset: str) -> list[QARow]:
             for line_no, obj in strict_lines(path)]
 
 
-def _read_hf_rows(spec: str, names: Sequence[str]) -> list[QARow]:
+def _read_hf_rows(source: str, names: Sequence[str]) -> list[QARow]:
     """hf:ID[:SPLIT] (or a bare owner/name): one config per dataset name, split default "test"."""
-    body = spec[3:] if spec.startswith("hf:") else spec
+    body = source[3:] if source.startswith("hf:") else source
     repo, _, split = body.partition(":")
     split = split or "test"
     import datasets
 
-    from harness.models import use_cache_if_hub_unreachable
+    from harness.hub import use_cache_if_hub_unreachable
 
     use_cache_if_hub_unreachable()
     rows: list[QARow] = []
     for name in names:
         try:
             data = datasets.load_dataset(repo, name, split=split)
-        except Exception as exc:  # network, scripts no longer supported, missing config: one message
+        except Exception as exc:  # network, a dataset script `datasets` refuses, missing config
             raise InputError(f"cannot load {repo!r} config {name!r} ({one_line(exc, 160)}): "
                              "check the id and the "
                              "network, or download LongBench's data.zip "
@@ -321,7 +321,7 @@ class LongBenchSource(Source):
             before_ids = next(docs) + sep + before_ids
         return before_ids[len(before_ids) - before:] if before else [], after_ids[:after]
 
-    def build(self, cell: Cell) -> Prompt:
+    def build(self, cell: Cell) -> QAPrompt:
         tok = self.tokenizer
         row = self.rows[cell.sample]
         spec = dataset_spec(row.dataset)
@@ -358,5 +358,5 @@ class LongBenchSource(Source):
                   "pad_tokens": pad,
                   "context_depth": depth if pad else None, "answer_in_context": bool(in_context),
                   "answer_in_full_context": bool(in_full) if not summary else None}
-        return Prompt(ids, self.max_new_tokens or spec.max_new_tokens, stop, row.answers, spec.metric,
+        return QAPrompt(ids, self.max_new_tokens or spec.max_new_tokens, stop, row.answers, spec.metric,
                       first_line=spec.first_line, record=record)

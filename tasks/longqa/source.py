@@ -18,7 +18,7 @@ from tasks.generation import Wrap, encode, int_option, prompt_wrap
 
 
 @dataclass
-class Prompt:
+class QAPrompt:
     """One cell's prompt (exactly L tokens unless `--qa-pad none` left it short) and how to score it."""
 
     ids: list[int]
@@ -73,7 +73,7 @@ class Source(ABC):
         """prepare's own part: the source's data, and the check that its fixed parts fit `shortest`."""
 
     @abstractmethod
-    def build(self, cell: Cell) -> Prompt:
+    def build(self, cell: Cell) -> QAPrompt:
         """The prompt of one cell (prepared sources only)."""
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from harness.errors import InputError
 from tasks.base import Cell, TaskParams
 from tasks.generation import answer_tokens, encode, int_option
-from tasks.longqa.source import Prompt, Source, check_fit, split_names
+from tasks.longqa.source import QAPrompt, Source, check_fit, split_names
 
 _ADJECTIVES = ("amber", "silver", "crimson", "velvet", "granite", "copper", "ivory", "cobalt", "jade",
                "scarlet", "golden", "violet", "marble", "bronze", "azure", "ashen", "coral", "olive", "onyx",
@@ -116,7 +116,7 @@ class SyntheticSource(Source):
         self.questions: dict[int, SyntheticQuestion] = {}
 
     def identity(self) -> dict[str, Any]:
-        # qa_datasets: None keeps the resume keys of runs recorded before the sources were split
+        # qa_datasets is a key of every longqa identity (None here): recorded synthetic cell keys hash it
         return {"source": "synthetic", "qa_datasets": None, **super().identity(),
                 "qa_hops": ",".join(map(str, self.hops)), "qa_distractors": self.distractors}
 
@@ -155,7 +155,7 @@ class SyntheticSource(Source):
         fixed = head + [t for p in pieces for t in p] + encode(tok, tail_text)
         return fixed, head, pieces, tail_text
 
-    def build(self, cell: Cell) -> Prompt:
+    def build(self, cell: Cell) -> QAPrompt:
         import numpy as np
 
         tok = self.tokenizer
@@ -205,5 +205,5 @@ class SyntheticSource(Source):
                   "truncated_tokens": 0,
                   "pad_tokens": 0, "answer_in_context": True, "answer_in_full_context": True,
                   "fact_position": fact_position}
-        return Prompt(ids, self.max_new_tokens or SYNTH_MAX_NEW_TOKENS, [], (q.answer,), "match",
+        return QAPrompt(ids, self.max_new_tokens or SYNTH_MAX_NEW_TOKENS, [], (q.answer,), "match",
                       answer_ids=answer_ids, record=record)

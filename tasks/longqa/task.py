@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from harness.contract import Ran
 from harness.errors import InputError
 from harness.metrics import MeasureSpec
 from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams, batch_groups
 from tasks.generation import CHAT_TEMPLATE, DEPTHS, MAX_NEW_TOKENS, first_integer, parse_depths, stop_ids
 from tasks.longqa.longbench import DEFAULT_HF_DATASETS, PADS, LongBenchSource
 from tasks.longqa.metrics import best_scores
-from tasks.longqa.source import Prompt, Source
+from tasks.longqa.source import QAPrompt, Source
 from tasks.longqa.synthetic import MAX_HOPS, SyntheticSource
 
 MEASURE = MeasureSpec(
@@ -101,7 +102,7 @@ class LongQATask(Task):
         source.prepare(pre)
         return Prepared(source)
 
-    def build(self, ctx: RunContext, cell: Cell) -> Prompt:
+    def build(self, ctx: RunContext, cell: Cell) -> QAPrompt:
         """The prompt of one cell (exactly cell.length tokens, except `--qa-pad none` with a short
         context)."""
         source: Source = self.state_of(ctx)
@@ -117,27 +118,29 @@ class LongQATask(Task):
         eos = stop_ids(ctx.tokenizer, ctx.engine)
         stops = [eos + p.stop_ids for p in prompts]
         outputs: list[tuple[Any, list[int]]] = [(None, [])] * len(prompts)
-        batch = [1] * len(prompts)
-        # prompts with an answer to teacher-force (synthetic) and the same budget and stops: one batched
-        # prefill per run of equal lengths, the answer's score and the generation from it
+        ran: list[Ran] = [Ran("", 1)] * len(prompts)
+        # prompts of one length, budget and stops share a batched prefill: with an answer to teacher-force
+        # (synthetic) its score and the generation from it, else (LongBench) the generation alone
         runs: dict[tuple, list[int]] = {}
         for i, prompt in enumerate(prompts):
-            if prompt.answer_ids is None:  # LongBench: generation only, one prompt at a time
-                outputs[i] = (None, ctx.engine.generate(prompt.ids, prompt.max_new_tokens, stops[i]))
+            key = (len(prompt.ids), prompt.max_new_tokens, tuple(stops[i]), prompt.answer_ids is None)
+            runs.setdefault(key, []).append(i)
+        for (_, max_new_tokens, run_stops, free), members in runs.items():
+            ids = [prompts[i].ids for i in members]
+            if free:
+                generated = ctx.engine.generate_batch(ids, max_new_tokens, list(run_stops))
+                results, how = [(None, new) for new in generated.values], generated.ran
             else:
-                runs.setdefault((len(prompt.ids), prompt.max_new_tokens, tuple(stops[i])), []).append(i)
-        for (length, max_new_tokens, run_stops), members in runs.items():
-            scored = ctx.engine.score_and_generate_batch([prompts[i].ids for i in members],
-                                                         [prompts[i].answer_ids for i in members],
-                                                         max_new_tokens, list(run_stops))
-            rows = min(len(members), ctx.engine.batch_size(length, generation=True))
-            for i, result in zip(members, scored, strict=True):
-                outputs[i], batch[i] = result, rows
-        return [self._record(prompt, scored, new, ctx.tokenizer.decode(new, skip_special_tokens=True), rows)
-                for prompt, (scored, new), rows in zip(prompts, outputs, batch, strict=True)]
+                scored = ctx.engine.score_and_generate_batch(ids, [prompts[i].answer_ids for i in members],
+                                                             max_new_tokens, list(run_stops))
+                results, how = scored.values, scored.ran
+            for i, result, run in zip(members, results, how, strict=True):
+                outputs[i], ran[i] = result, run
+        return [self._record(prompt, scored, new, ctx.tokenizer.decode(new, skip_special_tokens=True), run)
+                for prompt, (scored, new), run in zip(prompts, outputs, ran, strict=True)]
 
     @staticmethod
-    def _record(prompt: Prompt, scored, new: list[int], text: str, batch: int) -> dict[str, Any]:
+    def _record(prompt: QAPrompt, scored, new: list[int], text: str, ran: Ran) -> dict[str, Any]:
         if prompt.first_line:
             text = text.lstrip("\n").split("\n")[0]
         record = dict(prompt.record)
@@ -148,7 +151,8 @@ class LongQATask(Task):
                           answer_tokens=len(prompt.answer_ids),
                           chance_logprob=-len(prompt.answers[0]) * math.log(10.0))
         record.update(metric=prompt.metric, score=scores[prompt.metric], **scores, prediction=text,
-                      generated_tokens=len(new), max_new_tokens=prompt.max_new_tokens, batch=batch)
+                      generated_tokens=len(new), max_new_tokens=prompt.max_new_tokens, plan=ran.plan,
+                      batch=ran.batch)
         return record
 
 

@@ -25,7 +25,7 @@ from tasks.passkey.layout import (
     NEEDLE,
     QUESTION,
     NeedleSpec,
-    Prompt,
+    PasskeyPrompt,
     build_prompt,
     fixed_tokens,
     make_needles,
@@ -43,6 +43,6 @@ from tasks.passkey.task import (
 
 __all__ = ["ANSWER_PREFIX", "DEFAULT_DEPTHS", "DEFAULT_KEY_DIGITS", "FILLER", "HAYSTACKS", "INSTRUCTION",
            "LOGPROB", "MEASURE", "MEASURES", "NAMED_ANSWER_PREFIX", "NAMED_NEEDLE", "NAMED_QUESTION", "NAMES",
-           "NEEDLE", "QUESTION", "TASK", "Haystack", "NeedleSpec", "Options", "PasskeyState", "PasskeyTask",
-           "Prompt", "Stream", "answer_tokens", "build_prompt", "corpus_haystack", "filler_haystack",
+           "NEEDLE", "QUESTION", "TASK", "Haystack", "NeedleSpec", "Options", "PasskeyPrompt", "PasskeyState",
+           "PasskeyTask", "Stream", "answer_tokens", "build_prompt", "corpus_haystack", "filler_haystack",
            "fixed_tokens", "make_needles"]

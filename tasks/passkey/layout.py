@@ -42,7 +42,7 @@ class NeedleSpec:
 
 
 @dataclass
-class Prompt:
+class PasskeyPrompt:
     """One passkey prompt of exactly `length` tokens and everything needed to score it."""
 
     text: str  # the prompt's text (without a prepended BOS)
@@ -193,7 +193,7 @@ def fixed_tokens(tokenizer, needles: list[NeedleSpec], options: Options, bos: bo
 
 
 def build_prompt(tokenizer, length: int, depth: float, sample: int = 0, *, seed: int = 0, bos: bool = True,
-                 options: Options | None = None, haystack: Haystack | None = None) -> Prompt:
+                 options: Options | None = None, haystack: Haystack | None = None) -> PasskeyPrompt:
     """The passkey prompt of exactly `length` tokens for one cell (see the module docstring).
 
     Raises InputError when `length` is below the fixed parts (naming the minimum) and RuntimeError when
@@ -232,7 +232,7 @@ def build_prompt(tokenizer, length: int, depth: float, sample: int = 0, *, seed:
     answer, in_context = answer_tokens(tokenizer, text, ids, needles[0].key)
     decoded = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     roundtrip = encode(tokenizer, decoded) == ids
-    return Prompt(text, full_ids, length, needles[0].key, needles[0].name, needles, position + b,
+    return PasskeyPrompt(text, full_ids, length, needles[0].key, needles[0].name, needles, position + b,
                   before / hay if hay else depth, hay, fixed + b, pieces, layout.pad, answer, in_context,
                   roundtrip)
 

@@ -22,7 +22,7 @@ from tasks.generation import (
     stop_ids,
 )
 from tasks.passkey.haystack import Haystack, corpus_haystack, filler_haystack
-from tasks.passkey.layout import Prompt, build_prompt, fixed_tokens, make_needles
+from tasks.passkey.layout import PasskeyPrompt, build_prompt, fixed_tokens, make_needles
 from tasks.passkey.options import DEFAULT_KEY_DIGITS, HAYSTACKS, Options
 
 MEASURE = MeasureSpec(
@@ -127,7 +127,7 @@ class PasskeyTask(Task):
             return Prepared(state, available)
         return Prepared(state)
 
-    def build(self, ctx: RunContext, cell: Cell) -> Prompt:
+    def build(self, ctx: RunContext, cell: Cell) -> PasskeyPrompt:
         """The cell's prompt (seeded: the same cell always gets the same prompt)."""
         state: PasskeyState = self.state_of(ctx)
         prompt = build_prompt(ctx.tokenizer, cell.length, cell.depth, cell.sample, seed=ctx.params.seed,
@@ -152,9 +152,8 @@ class PasskeyTask(Task):
         scored = ctx.engine.score_and_generate_batch(
             [p.ids for p in prompts], [p.answer_ids for p in prompts], options.max_new_tokens,
             stop_ids=stop_ids(ctx.tokenizer, ctx.engine))
-        batch = min(len(cells), ctx.engine.batch_size(max(c.length for c in cells), generation=True))
         out = []
-        for prompt, (score, new) in zip(prompts, scored, strict=True):
+        for prompt, (score, new), ran in zip(prompts, scored.values, scored.ran, strict=True):
             generated = ctx.tokenizer.decode(new, skip_special_tokens=True)
             answer = first_integer(generated)
             out.append({
@@ -165,7 +164,7 @@ class PasskeyTask(Task):
                 "needle_position": prompt.needle_position,
                 "needle_depth": prompt.needle_depth, "haystack_tokens": prompt.haystack_tokens,
                 "needles": options.needles, "needle_name": prompt.name, "haystack": options.haystack,
-                "batch": batch,
+                "plan": ran.plan, "batch": ran.batch,
             })
         return out
 

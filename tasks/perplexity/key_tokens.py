@@ -238,39 +238,18 @@ def read_cache(run_dir: Path | None) -> dict[str, list[list[int]]]:
     return found
 
 
-def foreign_evaluator(name: str) -> Evaluator:
-    """An evaluator model named by --key-tokens: its tokenizer and fingerprint now (no weights: preflight)."""
-    from transformers import AutoTokenizer
-
-    from harness import models
-
-    config = models.load_config(name)
-    path = models.resolve_model_path(name)
+def foreign_evaluator(name: str, pre) -> Evaluator:
+    """An evaluator model named by --key-tokens: its tokenizer and fingerprint now (no weights: preflight,
+    through the run plan's `describe_model`)."""
+    if pre.describe_model is None:
+        raise InputError(f"--key-tokens {name!r} needs a run to read that model: pass --key-tokens self here")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer, fingerprint = pre.describe_model(name)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load the tokenizer of --key-tokens {name!r} ({one_line(exc, 120)}): pass a "
                          "model folder with a tokenizer, or --key-tokens self") from None
     char_offsets(tokenizer, "probe")  # a slow tokenizer fails here, before anything runs
-    return Evaluator(name, models.model_fingerprint(path, config, None), tokenizer)
-
-
-_LOADED: dict[tuple[str, str, str], Any] = {}  # the last foreign evaluator engine (one kept: memory)
-
-
-def evaluator_engine(name: str, like) -> Any:
-    """The evaluator's engine, loaded through harness.models.load (no override) on the evaluated model's
-    device and dtype, with its memory settings and strategy; kept for the next setting."""
-    from harness import models
-    from harness.engine import Engine
-
-    key = (name, str(like.device), like.dtype)
-    if key not in _LOADED:
-        _LOADED.clear()
-        loaded = models.load(name, dtype=like.dtype, device=str(like.device))
-        _LOADED[key] = Engine(loaded, chunk_size=like.chunk_size, max_memory=like.max_memory,
-                              strategy=getattr(like, "strategy", "auto"))
-    return _LOADED[key]
+    return Evaluator(name, fingerprint, tokenizer)
 
 
 def compute_spans(engine, tokenizer, text: SampleText, settings: KeySettings, bos: bool,

@@ -143,7 +143,7 @@ class PerplexityTask(Task):
         evaluator = None
         if settings is not None:  # the evaluator's id is checked before any sample is built
             own = settings.evaluator == "self"
-            evaluator = kt.Evaluator("self") if own else kt.foreign_evaluator(settings.evaluator)
+            evaluator = kt.Evaluator("self") if own else kt.foreign_evaluator(settings.evaluator, pre)
         samples = make_samples(pre.tokenizer, params.corpus, max(params.lengths), params.samples,
                                params.bos)
         if len(samples) < params.samples:
@@ -182,20 +182,18 @@ class PerplexityTask(Task):
         state = self.state_of(ctx)
         order = list(dict.fromkeys(c.sample for c in cells))
         longest = max(c.length for c in cells)
-        plan = ctx.engine.plan(longest)
         ids = {index: self._ids(ctx, state.samples[index]) for index in order}
-        nlls = ctx.engine.token_nll_batch([ids[index][:longest] for index in order], plan)
-        batch = min(len(order), ctx.engine.batch_size(longest))
+        scored = ctx.engine.token_nll_batch([ids[index][:longest] for index in order])
         results: dict[Cell, dict[str, Any]] = {}
-        for index, nll in zip(order, nlls, strict=True):
+        for index, nll, ran in zip(order, scored.values, scored.ran, strict=True):
             mine = [c for c in cells if c.sample == index]
-            for cell, metrics in zip(mine, self._sample_metrics(ctx, index, ids[index], nll, mine, str(plan)),
+            for cell, metrics in zip(mine, self._sample_metrics(ctx, index, ids[index], nll, mine),
                                      strict=True):
-                results[cell] = {**metrics, "batch": batch}
+                results[cell] = {**metrics, "plan": ran.plan, "batch": ran.batch}
         return [results[c] for c in cells]
 
-    def _sample_metrics(self, ctx: RunContext, index: int, ids: list[int], nll, cells: list[Cell],
-                        plan: str) -> list[dict[str, Any]]:
+    def _sample_metrics(self, ctx: RunContext, index: int, ids: list[int], nll,
+                        cells: list[Cell]) -> list[dict[str, Any]]:
         """Metrics of one sample's cells from its pass over the group's longest length (`nll`)."""
         sample = self.state_of(ctx).samples[index]
         longest = nll.numel() + 1
@@ -212,7 +210,7 @@ class PerplexityTask(Task):
             predicted = nll[:cell.length - 1]
             mean = float(predicted.double().mean())
             metrics = {"ppl": math.exp(mean), "nll": mean, "tokens": cell.length - 1, "bos": ctx.params.bos,
-                       "doc_id": sample.doc_id, "offset": sample.offset, "plan": plan,
+                       "doc_id": sample.doc_id, "offset": sample.offset,
                        "chance_nll": math.log(len(ctx.tokenizer))}
             if mask is not None:
                 metrics.update(self._key_metrics(key.settings, predicted, mask, ctx.params.bos))
@@ -240,7 +238,7 @@ class PerplexityTask(Task):
             key.cache = kt.read_cache(ctx.run_dir)
         spans = key.cache.get(cache_key)
         if spans is None:
-            engine = ctx.engine if own else kt.evaluator_engine(evaluator.name, ctx.engine)
+            engine = ctx.engine if own else ctx.load_engine(evaluator.name)
             spans = kt.compute_spans(engine, tokenizer, text, settings, bos, sample.tokens if own else None,
                                      full if own else None)
             key.cache[cache_key] = spans

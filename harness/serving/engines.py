@@ -1,0 +1,276 @@
+"""Launch commands for serving a model on vLLM, SGLang or llama.cpp with a RoPE override applied through the
+engine's own options. Pure functions: nothing is started here (harness.serving.process runs the argv).
+
+Faithfulness first: an engine gets exactly the RoPE parameters `rope_config.apply_override` gives the
+in-process run (pass the checkpoint's `config`; static NTK is folded into the base there), and a setting the
+engine would ignore or compute differently from transformers is refused with one line naming the engine and
+the setting (harness.errors.InputError), never served approximately.
+
+- vLLM replaces the model's whole `rope_parameters` with the one in `--hf-overrides` (transformers 5 style,
+  rope_theta inside): it needs the config to send them complete. Its `dynamic` type fixes one base for
+  max_position_embeddings x factor at every length (transformers rescales per sequence length): refused.
+- SGLang's `--json-model-override-args` is `config.update(...)`: the legacy keys (rope_theta, rope_scaling)
+  its documented examples use, and rope_parameters for builds on transformers 5, all saying the same.
+- llama.cpp (llama-cpp-python's server) takes separate options that default to the GGUF's values, so an
+  override works without the config except static NTK (needs the rotary dim); but only the config shows
+  the GGUF's own scaling, e.g. llama3 factors precomputed for the old base, which a base change would keep:
+  pass it. It has no dynamic NTK, no llama3 scaling and no LongRoPE options (LongRoPE factors come from
+  the GGUF only): refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from harness.errors import InputError
+from harness.rope_config import (
+    ROPE_TYPES,
+    RopeOverride,
+    apply_override,
+    law_section,
+    rope_sections,
+    text_config,
+)
+
+ENGINES = ("vllm", "sglang", "llama.cpp")
+DISTRIBUTIONS = {"vllm": "vllm", "sglang": "sglang", "llama.cpp": "llama-cpp-python"}
+# rope types each engine computes as transformers does; any other is refused
+SERVABLE = {"vllm": ("default", "linear", "yarn", "llama3", "longrope"),
+            "sglang": ("default", "linear", "yarn", "llama3", "longrope"),
+            "llama.cpp": ("default", "linear", "yarn")}
+# keys of a rope type that the engine ignores or reads differently from transformers (its yarn reads
+# attn_factor/extrapolation_factor, not attention_factor; mscale only in its DeepSeek variant)
+UNREAD = {("vllm", "yarn"): ("attention_factor", "mscale", "mscale_all_dim"),
+          ("sglang", "yarn"): ("attention_factor", "mscale", "mscale_all_dim", "truncate"),
+          ("llama.cpp", "yarn"): ("attention_factor", "mscale", "mscale_all_dim", "truncate"),
+          ("vllm", "longrope"): ("attention_factor",), ("sglang", "longrope"): ("attention_factor",)}
+WHY = {("llama.cpp", "dynamic"): "(dynamic NTK)",
+       ("vllm", "dynamic"): "as transformers does (its dynamic NTK fixes one base for every length)",
+       ("sglang", "dynamic"): "as transformers does (its dynamic NTK fixes one base for every length)",
+       ("llama.cpp", "llama3"): "(llama.cpp has no llama3 scaling option)",
+       ("llama.cpp", "longrope"): "(llama.cpp reads LongRoPE factors from the GGUF file only)"}
+# llama.cpp's enum llama_rope_scaling_type, as llama-cpp-python's --rope_scaling_type takes it
+LLAMA_SCALING = {"default": 0, "linear": 1, "yarn": 2}
+
+
+def launch_command(engine: str, model: str, override: RopeOverride, *, max_len: int, host: str, port: int,
+                   tensor_parallel: int = 1, data_parallel: int = 1, extra: Sequence[str] = (),
+                   config: Any = None) -> list[str]:
+    """The argv that serves `model` on `engine` with `override` applied, an OpenAI-compatible server on
+    host:port with a context of `max_len` tokens; `extra` is appended as given. `config` is the checkpoint's
+    (unmodified) config: with it the engine gets exactly the parameters apply_override gives the in-process
+    run; vLLM and SGLang need it for any override, llama.cpp only for static NTK."""
+    _check_engine(engine)
+    _check_sizes(engine, max_len, port, tensor_parallel, data_parallel)
+    params, edited = _effective(override, config)
+    _check_servable(engine, params, edited, config)
+    if engine == "llama.cpp":
+        argv = _llama_cpp(model, params, max_len, host, port)
+    elif engine == "vllm":
+        argv = _vllm(model, edited, max_len, host, port, tensor_parallel, data_parallel)
+    else:
+        argv = _sglang(model, edited, max_len, host, port, tensor_parallel, data_parallel)
+    return argv + [str(x) for x in extra]
+
+
+def engine_version(engine: str) -> str | None:
+    """The installed version of the engine's package, None when it is not installed."""
+    from importlib import metadata
+
+    _check_engine(engine)
+    try:
+        return metadata.version(DISTRIBUTIONS[engine])
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def is_available(engine: str) -> bool:
+    """Whether the engine's package is installed in this interpreter (its server can be launched)."""
+    return engine_version(engine) is not None
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise InputError(f"unknown serving engine {engine!r}: use one of {', '.join(ENGINES)}")
+
+
+def _check_sizes(engine: str, max_len: int, port: int, tensor_parallel: int, data_parallel: int) -> None:
+    if not (isinstance(max_len, int) and max_len >= 1):
+        raise InputError(f"{engine} needs max_len as a positive number of tokens (got {max_len!r})")
+    if not (isinstance(port, int) and 0 < port < 65536):
+        raise InputError(f"{engine} needs a port from 1 to 65535 (got {port!r})")
+    for name, size in (("tensor_parallel", tensor_parallel), ("data_parallel", data_parallel)):
+        if not (isinstance(size, int) and size >= 1):
+            raise InputError(f"{engine} needs {name} >= 1 (got {size!r})")
+        if engine == "llama.cpp" and size > 1:
+            raise InputError(f"llama.cpp cannot apply {name} {size} (one process per server): pass 1 and "
+                             "start one server per device, their URLs shared round-robin")
+
+
+def _is_empty(override: RopeOverride) -> bool:
+    return override.theta is None and override.rope_type is None and override.factor is None \
+        and not override.params
+
+
+def _effective(override: RopeOverride, config: Any) -> tuple[dict[str, Any] | None, Any]:
+    """(the RoPE parameters of the served run's law section, the edited config or None); (None, None) when
+    the override changes nothing. Without a config only the override's own values are known."""
+    if _is_empty(override):
+        return None, None
+    if config is None:
+        return _from_override(override), None
+    edited = copy.deepcopy(config)
+    apply_override(edited, override)
+    return dict(rope_sections(edited)[law_section(edited)]), edited
+
+
+def _from_override(override: RopeOverride) -> dict[str, Any]:
+    kind = override.rope_type
+    if kind is not None and kind not in ROPE_TYPES:
+        raise InputError(f"unknown --rope-type {kind!r}: use one of {', '.join(ROPE_TYPES)}")
+    if kind is None and (override.factor is not None or override.params):
+        raise InputError("--rope-factor and --rope-param need --rope-type when serving without the "
+                         "checkpoint's config: add --rope-type TYPE")
+    params = {"rope_type": kind, "rope_theta": override.theta, "factor": override.factor, **override.params}
+    params = {k: v for k, v in params.items() if v is not None}
+    if kind in ("linear", "yarn", "llama3", "dynamic", "ntk") and "factor" not in params:
+        raise InputError(f"--rope-type {kind} needs a scaling factor: add --rope-factor F (e.g. 4)")
+    return params
+
+
+def _check_servable(engine: str, params: dict[str, Any] | None, edited: Any, config: Any) -> None:
+    if params is None:
+        _check_checkpoint(engine, config)
+        return
+    sections = rope_sections(edited).values() if edited is not None else [params]
+    for section in sections:
+        _check_section(engine, section)
+    if edited is None and params.get("rope_type") == "ntk":
+        raise InputError(f"{engine} cannot apply rope_type ntk without the checkpoint's config "
+                         "(static NTK is the base b*s^(d/(d-2)), d from the config): pass config")
+    if edited is None and engine != "llama.cpp":
+        raise InputError(f"{engine} replaces the model's whole rope_parameters: pass the checkpoint's config "
+                         "so that they are sent complete")
+
+
+def _check_checkpoint(engine: str, config: Any) -> None:
+    """Without an override the engine reads the checkpoint's own RoPE: vLLM and SGLang from its config (the
+    same rules), llama.cpp from the GGUF, whose llama3/LongRoPE factors it applies itself (not dynamic)."""
+    for section in (rope_sections(config).values() if config is not None else ()):
+        if engine != "llama.cpp" or section.get("rope_type") == "dynamic":
+            _check_section(engine, section)
+
+
+def _check_section(engine: str, params: dict[str, Any]) -> None:
+    kind = params.get("rope_type")
+    if kind is not None and kind != "ntk" and kind not in SERVABLE[engine]:
+        why = WHY.get((engine, kind), "(not checked against transformers here)")
+        others = [e for e in ENGINES if kind in SERVABLE[e]]
+        where = f"serve it with {' or '.join(others)}, or " if others else ""
+        raise InputError(f"{engine} cannot apply rope_type {kind} {why}: {where}run it in-process "
+                         "(drop --serve)")
+    unread = [k for k in UNREAD.get((engine, kind), ()) if k in params]
+    if unread:
+        raise InputError(f"{engine} cannot apply the {kind} parameter {', '.join(unread)} (it reads it "
+                         f"differently from transformers): drop it or run it in-process (drop --serve)")
+
+
+def _json(value: dict[str, Any]) -> str:
+    """Compact JSON; key order kept (SGLang applies the keys in order), RoPE dicts sorted beforehand."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _sorted(params: dict[str, Any]) -> dict[str, Any]:
+    """A copy with sorted keys (nested per-layer-type dicts too), for a stable argv."""
+    return {k: _sorted(v) if isinstance(v, dict) else copy.deepcopy(v) for k, v in sorted(params.items())}
+
+
+def _rope_overrides(edited: Any) -> dict[str, Any]:
+    """The config keys that carry the edited RoPE, nested under the text config's name for multimodal ones."""
+    text = text_config(edited)
+    body: dict[str, Any] = {"rope_parameters": _sorted(text.rope_parameters)}
+    original = getattr(text, "original_max_position_embeddings", None)
+    if original is not None:  # Phi3 reads it from the top level
+        body["original_max_position_embeddings"] = original
+    if text is edited:
+        return body
+    name = next((k for k, v in vars(edited).items() if v is text), None)
+    if name is None:
+        raise InputError(f"cannot find where {type(edited).__name__} keeps its text config: "
+                         "run it in-process (drop --serve)")
+    return {name: body}
+
+
+def _vllm(model: str, edited: Any, max_len: int, host: str, port: int, tp: int, dp: int) -> list[str]:
+    # https://docs.vllm.ai/en/stable/features/context_extension/ : --hf-overrides '{"rope_parameters":
+    # {...}}' (the --rope-scaling/--rope-theta flags are gone, vllm PR 28006); vLLM refuses a max-model-len
+    # past the config's unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1, and going past it is the point here
+    argv = ["env", "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1", "vllm", "serve", model, "--max-model-len", str(max_len),
+            "--tensor-parallel-size", str(tp), "--data-parallel-size", str(dp),
+            "--host", host, "--port", str(port)]
+    return argv + (["--hf-overrides", _json(_rope_overrides(edited))] if edited is not None else [])
+
+
+def _sglang(model: str, edited: Any, max_len: int, host: str, port: int, tp: int, dp: int) -> list[str]:
+    # https://docs.sglang.io/advanced_features/server_arguments.html : --model-path, --context-length,
+    # --tp-size, --dp-size, --json-model-override-args (a JSON dict applied with config.update)
+    argv = ["env", "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1", sys.executable, "-m",
+            "sglang.launch_server", "--model-path", model, "--context-length", str(max_len),
+            "--tp-size", str(tp), "--dp-size", str(dp), "--host", host, "--port", str(port)]
+    return argv + (["--json-model-override-args", _json(_sglang_overrides(edited))] if edited is not None
+                   else [])
+
+
+def _sglang_overrides(edited: Any) -> dict[str, Any]:
+    if text_config(edited) is not edited:
+        raise InputError("sglang cannot override the RoPE of a nested text config (its config.update "
+                         "replaces the whole sub-config): serve it with vllm or run it in-process")
+    sections = rope_sections(edited)
+    if None not in sections:  # per-layer-type RoPE has no legacy form
+        return {"rope_parameters": _sorted(text_config(edited).rope_parameters)}
+    params = _sorted(sections[None])
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    # transformers 4 reads rope_theta + rope_scaling (None for default RoPE); in transformers 5 rope_scaling
+    # aliases rope_parameters, which comes last so that the complete dict wins
+    return {"rope_theta": params["rope_theta"],
+            "rope_scaling": scaling if params.get("rope_type", "default") != "default" else None,
+            "rope_parameters": params}
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+def _llama_cpp(model: str, params: dict[str, Any] | None, max_len: int, host: str, port: int) -> list[str]:
+    # options of llama-cpp-python's server (python -m llama_cpp.server --help, 0.3.36); `env -u` because
+    # its __main__ lets $HOST and $PORT override --host and --port
+    if not model.lower().endswith(".gguf"):
+        raise InputError(f"llama.cpp serves GGUF files only: {model} is not a .gguf file "
+                         "(convert it, or serve it with vllm or sglang)")
+    argv = ["env", "-u", "HOST", "-u", "PORT", sys.executable, "-m", "llama_cpp.server", "--model", model,
+            "--n_ctx", str(max_len), "--logits_all", "true", "--host", host, "--port", str(port)]
+    return argv + _llama_cpp_rope(params)
+
+
+def _llama_cpp_rope(params: dict[str, Any] | None) -> list[str]:
+    """llama.cpp's RoPE options for the parameters; one left out keeps the GGUF's value."""
+    if not params:
+        return []
+    out = ["--rope_freq_base", _number(params["rope_theta"])] if "rope_theta" in params else []
+    kind = params.get("rope_type")
+    if kind is None:
+        return out
+    out += ["--rope_scaling_type", str(LLAMA_SCALING[kind])]
+    if kind in ("linear", "yarn"):
+        out += ["--rope_freq_scale", _number(1.0 / params["factor"])]
+    if kind == "yarn":
+        if "original_max_position_embeddings" in params:
+            out += ["--yarn_orig_ctx", str(int(params["original_max_position_embeddings"]))]
+        for key in ("beta_fast", "beta_slow"):
+            if key in params:
+                out += [f"--yarn_{key}", _number(params[key])]
+    return out
