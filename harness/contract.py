@@ -43,8 +43,8 @@ class Scored(Generic[Value]):
 
 @dataclass(frozen=True)
 class AnswerScore:
-    logprob: float  # sum over the answer tokens
-    rank: int  # worst (largest) 1-based rank of an answer token under the model
+    logprob: float | None  # sum over the answer tokens (None: the engine returns no answer log-probs)
+    rank: int | None  # worst (largest) 1-based rank of an answer token under the model (None: unknown)
     token_logprobs: list[float]
 
 
