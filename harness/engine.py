@@ -4,8 +4,8 @@ The only module that touches attention, caches and chunking (with `harness.strea
 calls). It implements the engine contract (harness/contract.py, docs/design.md "The engine"):
 `token_nll_batch` (teacher-forced loss of every token), `score_and_generate_batch` (an answer's log-prob
 and rank after a prompt, and the greedy continuation, from one prefill), `generate_batch`, `plan` and
-`batch_size`; each scoring verb returns the plan that ran, after its own out-of-memory fallbacks (`_fallbacks`:
-a batch row by row, then a 4x smaller chunk). `token_nll`, `answer_score`, `generate` and
+`batch_size`; each scoring verb returns the plan that ran, after its own out-of-memory fallbacks
+(`_fallbacks`: a batch row by row, then a 4x smaller chunk). `token_nll`, `answer_score`, `generate` and
 `score_and_generate` are the one-sequence forms.
 
 Memory: the output head and cross-entropy run over sub-chunks of the final hidden states, so

@@ -1,4 +1,4 @@
-"""The engine contract (harness/contract.py) answered by OpenAI-compatible servers instead of an in-process model.
+"""The engine contract (harness/contract.py) answered by OpenAI-compatible servers, not an in-process model.
 
 Prompts go as token ids (the client checks a text-only server tokenises them back identically), decoding is
 greedy. Where the server returns prompt log-probs (`scores=True`: vLLM; llama-cpp-python only with
@@ -60,7 +60,8 @@ class ServedEngine:
     def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                        stop_ids: Sequence[int] = ()) -> Scored[list[int]]:
         results = self.client.complete_all([list(p) for p in prompts], max_new_tokens)
-        return Scored([until_stop(r["ids"], stop_ids, max_new_tokens) for r in results], self._ran(len(prompts)))
+        values = [until_stop(r["ids"], stop_ids, max_new_tokens) for r in results]
+        return Scored(values, self._ran(len(prompts)))
 
     def score_and_generate_batch(self, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
                                  max_new_tokens: int, stop_ids: Sequence[int] = ()
@@ -79,7 +80,8 @@ class ServedEngine:
         for answer, result in zip(answers, results, strict=True):
             values = result["prompt_logprobs"][-len(answer):]
             if any(v is None for v in values):
-                raise RuntimeError(f"{self.engine} returned no log-prob for an answer token: score in-process")
+                raise RuntimeError(f"{self.engine} returned no log-prob for an answer token: score it "
+                                   "in-process")
             scores.append(AnswerScore(float(sum(values)), None, [float(v) for v in values]))
         return scores
 
