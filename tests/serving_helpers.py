@@ -17,53 +17,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from tiny_gguf import llama_writer, write_llama_tensors
 
 from harness.rope_config import RopeOverride
 from harness.serving.engines import launch_command
 from harness.serving.process import Server
 
-HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, CONTEXT = 64, 2, 4, 2, 96, 256
 MERGES = ["t h", "Ġ t", "Ġt h", "e r", "i n", "a n"]
 BOS, EOS = "<s>", "</s>"
 N_CTX = 4096  # the served context: room for the long generation the mid-call kill test needs
 
 
-def byte_symbols() -> list[str]:
-    """GPT-2's printable stand-in for each of the 256 bytes (the byte-level BPE alphabet)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    mapping, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            mapping[byte] = chr(byte)
-        else:
-            mapping[byte] = chr(256 + extra)
-            extra += 1
-    return [mapping[b] for b in range(256)]
-
-
 def vocabulary() -> list[str]:
-    return [*byte_symbols(), *(m.replace(" ", "") for m in MERGES), BOS, EOS]
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = bytes_to_unicode()  # GPT-2's printable stand-in for each byte: the byte-level BPE alphabet
+    return [*(symbols[b] for b in range(256)), *(m.replace(" ", "") for m in MERGES), BOS, EOS]
 
 
 def write_gguf(path: Path, *, add_bos: bool = True, theta: float = 1e4) -> Path:
     """Write the tiny Llama GGUF (float32 weights, seed 0); BOS and EOS get zero output rows, so that greedy
     decoding never stops early on EOS (a random row could win)."""
-    import gguf
 
     tokens = vocabulary()
     vocab = len(tokens)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("serving-tiny")
-    writer.add_context_length(CONTEXT)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_block_count(LAYERS)
-    writer.add_feed_forward_length(FFN)
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(theta)
+    writer = llama_writer(path, "serving-tiny", theta)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -76,30 +54,13 @@ def write_gguf(path: Path, *, add_bos: bool = True, theta: float = 1e4) -> Path:
     writer.add_add_eos_token(False)
     rng = np.random.default_rng(0)
 
-    def tensor(name: str, *shape: int, scale: float = 0.3, offset: float = 0.0) -> np.ndarray:
+    def tensor(name: str, *shape: int, scale: float = 0.3, offset: float = 0.0) -> None:
         array = (offset + scale * rng.standard_normal(shape)).astype(np.float32)
+        if name == "output.weight":
+            array[-2:] = 0.0  # BOS and EOS are never the greedy choice
         writer.add_tensor(name, array)
-        return array
 
-    tensor("token_embd.weight", vocab, HIDDEN, scale=1.0)
-    tensor("output_norm.weight", HIDDEN, scale=0.1, offset=1.0)
-    output = (0.3 * rng.standard_normal((vocab, HIDDEN))).astype(np.float32)
-    output[-2:] = 0.0
-    writer.add_tensor("output.weight", output)
-    for i in range(LAYERS):
-        tensor(f"blk.{i}.attn_norm.weight", HIDDEN, scale=0.1, offset=1.0)
-        tensor(f"blk.{i}.attn_q.weight", HIDDEN, HIDDEN)
-        tensor(f"blk.{i}.attn_k.weight", KV_HEADS * HIDDEN // HEADS, HIDDEN)
-        tensor(f"blk.{i}.attn_v.weight", KV_HEADS * HIDDEN // HEADS, HIDDEN)
-        tensor(f"blk.{i}.attn_output.weight", HIDDEN, HIDDEN)
-        tensor(f"blk.{i}.ffn_norm.weight", HIDDEN, scale=0.1, offset=1.0)
-        tensor(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
-        tensor(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
-        tensor(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_llama_tensors(writer, vocab, tensor)
     return path
 
 

@@ -17,6 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_gguf import (
+    CONTEXT,
+    FFN,
+    HEAD_DIM,
+    HEADS,
+    HIDDEN,
+    KV_HEADS,
+    LAYERS,
+    llama_writer,
+    write_llama_tensors,
+)
 
 from harness import checkpoints, engine, law, models, retrieval_law, rope_config
 from harness import gguf as hgguf
@@ -24,9 +35,6 @@ from harness.cli import main
 from harness.errors import InputError
 
 THETA = 2e4  # not transformers' default 1e4: the metadata must be read
-CONTEXT = 256
-HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 64, 2, 4, 2, 96
-HEAD_DIM = HIDDEN // HEADS
 QUANTISED = "blk.0.ffn_gate.weight"  # the one Q8_0 tensor (rows of 64: two 32-element blocks)
 
 
@@ -49,17 +57,7 @@ def write_tiny_gguf(path: Path) -> dict[str, np.ndarray]:
 
     tokens, merges, token_types = _tokenizer_metadata()
     vocab = len(tokens)
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny")
-    writer.add_context_length(CONTEXT)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_block_count(LAYERS)
-    writer.add_feed_forward_length(FFN)
-    writer.add_rope_dimension_count(HEAD_DIM)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(THETA)
+    writer = llama_writer(path, "tiny", THETA)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
     writer.add_token_types(token_types)
@@ -78,23 +76,7 @@ def write_tiny_gguf(path: Path) -> dict[str, np.ndarray]:
         else:
             writer.add_tensor(name, arrays[name])
 
-    tensor("token_embd.weight", vocab, HIDDEN, scale=1.0)
-    tensor("output_norm.weight", HIDDEN, scale=0.1, offset=1.0)
-    tensor("output.weight", vocab, HIDDEN)
-    for i in range(LAYERS):
-        tensor(f"blk.{i}.attn_norm.weight", HIDDEN, scale=0.1, offset=1.0)
-        tensor(f"blk.{i}.attn_q.weight", HIDDEN, HIDDEN)
-        tensor(f"blk.{i}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN)
-        tensor(f"blk.{i}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
-        tensor(f"blk.{i}.attn_output.weight", HIDDEN, HIDDEN)
-        tensor(f"blk.{i}.ffn_norm.weight", HIDDEN, scale=0.1, offset=1.0)
-        tensor(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
-        tensor(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
-        tensor(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_llama_tensors(writer, vocab, tensor)
     return arrays
 
 
