@@ -15,12 +15,9 @@ from typing import Any
 from harness import models
 from harness.run_plan import RunPlan, SettingPlan
 from harness.suite import RunOptions
+from harness.values import fmt_size
 
 CELL_LINES = 60  # per-cell lines without -v up to this many cells
-
-
-def _size(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def _planner(prep: SettingPlan, options: RunOptions):
@@ -65,7 +62,7 @@ def show(run: RunPlan, options: RunOptions) -> None:
                    "estimate": "no estimate (config not read)", "oom": 0}
             if plan is not None and lengths:
                 longest = plan(lengths[-1])
-                row["estimate"] = f"{_size(longest.estimate_bytes)} at {lengths[-1]} ({longest})"
+                row["estimate"] = f"{fmt_size(longest.estimate_bytes)} at {lengths[-1]} ({longest})"
                 row["oom"] = sum(not plan(c.length).fits for c in cells)
             rows.append(row)
             for c in cells:
@@ -95,7 +92,7 @@ def _cell_lines(cells_out) -> None:
         if plan is None:
             shown = f"{'-':<13} {'-':>10}"
         else:
-            shown = f"{str(plan):<13} {_size(plan.estimate_bytes):>10}"
+            shown = f"{str(plan):<13} {fmt_size(plan.estimate_bytes):>10}"
             state += "" if plan.fits else "  (oom: exceeds --max-memory)"
         print(f"{label[:28]:<28} {task[:11]:<11} {cell.length:>7} {depth:>6} {cell.sample:>6}  "
               f"{shown}{state}")

@@ -60,17 +60,17 @@ class Checkpoint:
     model_fingerprint: str  # of the checkpoint alone (config before the override + weights)
     tokenizer: Any = None
 
-    @property
-    def rope(self) -> dict[str, Any]:
-        """The manifest's RoPE fields as records carry them (rope_params as canonical JSON)."""
-        manifest = rope_manifest(self.config, self.rope_spec, self.law, {}, self.override.changes_base())
+    def manifest(self) -> dict[str, Any]:
+        """The RoPE manifest before the weights (no inv_freq bytes: its rope_hash is the loaded model's)."""
+        return rope_manifest(self.config, self.rope_spec, self.law, {}, self.override.changes_base())
+
+    def rope_and_label(self) -> tuple[dict[str, Any], str]:
+        """The manifest's RoPE fields as records carry them (rope_params as canonical JSON) and the default
+        label, from one manifest."""
+        manifest = self.manifest()
         rope = {k: manifest[k] for k in ROPE_FIELDS}
         rope["rope_params"] = json.dumps(rope["rope_params"], sort_keys=True)
-        return rope
-
-    def default_label(self) -> str:
-        return default_label(self.model_id, rope_manifest(self.config, self.rope_spec, self.law, {},
-                                                          self.override.changes_base()))
+        return rope, default_label(self.model_id, manifest)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,16 @@ class TaskPlan:
     def name(self) -> str:
         return self.spec.name
 
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """The options that change a result (part of every cell key): computed once per task, not per cell."""
+        return self.task.identity(self.spec.params)
+
     @property
     def fields(self) -> dict[str, Any]:
         """The task identity every record of this task carries."""
         return {"corpus": self.spec.params.corpus,
-                "task_identity": json.dumps(self.task.identity(self.spec.params), sort_keys=True,
-                                            default=str)}
+                "task_identity": json.dumps(self.identity, sort_keys=True, default=str)}
 
     def sample_hash(self, cell: Cell) -> str | None:
         hashes = self.sample_hashes or []
@@ -120,8 +125,8 @@ class RunPlan:
     signature: tuple = ()  # the records shards as read (Store.signature)
 
     def key(self, prep: SettingPlan, plan: TaskPlan, cell: Cell, rope_hash: str) -> str:
-        return cell_key(prep.fingerprint or "", rope_hash, plan.name, plan.task.identity(plan.spec.params),
-                        cell, plan.spec.params.seed)
+        return cell_key(prep.fingerprint or "", rope_hash, plan.name, plan.identity, cell,
+                        plan.spec.params.seed)
 
     def folder_hash(self, label: str) -> str | None:
         """The rope_hash this label's records carry in the folder (None: none yet): what a dry run keys by."""
@@ -223,8 +228,8 @@ def _setting_plan(setting: Setting, index: int, tasks: list[TaskSpec], warn, tol
         prep = SettingPlan(setting, setting.label or setting.model, None, index, notes=notes)
     else:
         checkpoint.tokenizer = _tokenizer(setting, tolerant, notes)
-        prep = SettingPlan(setting, setting.label or checkpoint.default_label(), checkpoint, index,
-                           notes=notes, rope=checkpoint.rope)
+        rope, label = checkpoint.rope_and_label()
+        prep = SettingPlan(setting, setting.label or label, checkpoint, index, notes=notes, rope=rope)
     for spec in tasks:
         if spec.applies_to(prep.label):
             prep.tasks[spec.name] = _task_plan(prep, spec, warn, tolerant)

@@ -28,6 +28,7 @@ from harness.run_info import write_run_json
 from harness.run_plan import RunPlan, SettingPlan, TaskPlan, folder_rope_hash
 from harness.store import Store
 from harness.suite import RunOptions
+from harness.values import fmt_size
 from tasks.base import Cell, RunContext, get_task
 
 log = logging.getLogger("rope_harness")
@@ -168,9 +169,9 @@ def _run_task(progress: _Progress, prep: SettingPlan, task_plan: TaskPlan, engin
             progress.append(records.build(part, task_part, cell_part, outcome, metrics))
 
 
-def refusal_advice(records: list[dict[str, Any]]) -> str:
+def refusal_advice(last: list[dict[str, Any]]) -> str:
     """What to do about cells the planner refused (a rerun refuses them again): '' when there are none."""
-    refused = [r for r in records if r.get("status") == "oom" and str(r.get("error")).startswith("planner:")]
+    refused = [r for r in last if r.get("status") == "oom" and str(r.get("error")).startswith("planner:")]
     if not refused:
         return ""
     shortest = min(r["length"] for r in refused)
@@ -178,11 +179,6 @@ def refusal_advice(records: list[dict[str, Any]]) -> str:
     return (f"{len(refused)} cell(s) at L >= {shortest} exceed the memory budget by the planner's estimate "
             f"({worst['error'].removeprefix('planner: ')}); a rerun refuses them again: raise --max-memory "
             "to the estimate, pass --strategy stream (one decoder layer at a time), or drop those lengths")
-
-
-def _size(n_bytes: float) -> str:
-    """Readable at any budget: '0.00 GiB' would hide a MiB-sized estimate."""
-    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def _fitting_first(groups: list[list[Cell]], engine, generation: bool) -> Iterator[list[Cell]]:
@@ -200,8 +196,8 @@ def _group_outcome(task, ctx: RunContext, engine, group: list[Cell],
     longest = max(c.length for c in group)
     planned = engine.plan(longest, generation=task.generates)
     if not planned.fits:
-        return records.Outcome("oom", f"planner: {_size(planned.estimate_bytes)} needed at L={longest} "
-                               f"exceeds --max-memory {_size(options.max_memory)}", str(planned)), None
+        return records.Outcome("oom", f"planner: {fmt_size(planned.estimate_bytes)} needed at L={longest} "
+                               f"exceeds --max-memory {fmt_size(options.max_memory)}", str(planned)), None
     try:
         return records.Outcome("ok", None, str(planned)), task.score_group(ctx, group)
     except Exception as exc:  # recorded per cell; the run goes on

@@ -130,11 +130,6 @@ class Store:
                                  "or an older format's): pass another --out")
         return latest
 
-    def finished_keys(self) -> set[str]:
-        """Cells whose last record (any rank's) is ok: a rerun skips them and retries the rest (oom,
-        error)."""
-        return {key for key, r in self.latest().items() if r.get("status") == "ok" and r.get("cell_key")}
-
     def signature(self) -> tuple:
         """(name, size, mtime) of every records shard: equal signatures mean no record was added between."""
         if not self.folder.is_dir():

@@ -186,6 +186,11 @@ def law_override(text: str) -> tuple[str | None, float]:
     return (label or None), number
 
 
+def fmt_size(n_bytes: float) -> str:
+    """A memory size readable at any budget: GiB from 1 GiB up, else MiB ('0.00 GiB' would hide MiB)."""
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
 def fmt_base(value) -> str:
     """A RoPE base the same way everywhere: 40, 500, 1e4, 5e5, 1.5e6 (never 10000 / 1e+06)."""
     try:
