@@ -204,3 +204,16 @@ def test_report_draws_ppl_key_and_leaves_it_out_quietly_without(tiny_llama, text
     assert not (report / "perplexity_ppl_key_vs_length.png").exists()
     md = (report / "report.md").read_text()  # (the test's folder names contain "ppl_key")
     assert "ppl_key@L" not in md and "ppl_key_vs_length" not in md and "ppl-key" not in md
+
+
+def test_a_foreign_evaluator_needs_the_run_plan_to_describe_it(bpe_llama):
+    """Outside a run (no `describe_model` service) another model cannot be read: one line with the fix."""
+    from harness.errors import InputError
+    from tasks.base import Preflight
+
+    pre = Preflight(AutoTokenizer.from_pretrained(bpe_llama), TaskParams(lengths=[64]))
+    with pytest.raises(InputError, match="--key-tokens self"):
+        kt.foreign_evaluator(str(bpe_llama), pre)
+    got = kt.foreign_evaluator(str(bpe_llama), Preflight(pre.tokenizer, pre.params,
+                                                         describe_model=lambda name: (pre.tokenizer, "fp")))
+    assert (got.name, got.identity, got.tokenizer) == (str(bpe_llama), "fp", pre.tokenizer)

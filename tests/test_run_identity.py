@@ -229,3 +229,28 @@ def test_a_folder_of_another_format_is_refused_before_anything_is_written(tiny_l
     assert "holds records without task, setting, length, status" in err and "pass another --out" in err
     assert (out / "records.jsonl").read_text() == old and sorted(p.name for p in out.iterdir()) == [
         "records.jsonl"]
+
+
+def test_records_another_run_wrote_after_planning_are_read_before_scoring(tiny_llama, text_corpus, tmp_path,
+                                                                          monkeypatch, capsys):
+    """The plan reads the folder once; if it changed before the run opens it (another run finished cells in
+    between), the run reads it again and skips those cells instead of scoring them twice."""
+    from harness import runner
+
+    out = tmp_path / "r"
+    assert run(tiny_llama, text_corpus, out, "--samples", "2") == 0
+    lines = (out / "records.jsonl").read_text().splitlines(keepends=True)
+    late = [line for line in lines if json.loads(line)["sample"] == 1]
+    (out / "records.jsonl").write_text("".join(line for line in lines if line not in late))
+    real_run = runner.run
+
+    def another_run_finishes_first(plan, options, warn):
+        with open(out / "records.jsonl", "a") as handle:
+            handle.write("".join(late))
+        return real_run(plan, options, warn)
+
+    monkeypatch.setattr(runner, "run", another_run_finishes_first)
+    capsys.readouterr()
+    assert run(tiny_llama, text_corpus, out, "--samples", "2") == 0
+    assert "0 cells run now, 4 already recorded" in capsys.readouterr().out
+    assert len(records(out)) == len(lines)
