@@ -148,6 +148,12 @@ def add_run_parser(sub) -> None:
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
     p.add_argument("--revision", help="hub revision")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--serve", choices=["vllm", "sglang", "llama.cpp"],
+                   help="launch this inference engine with the RoPE setting applied and score through it")
+    p.add_argument("--server-url", action="append", metavar="URL",
+                   help="a running OpenAI-compatible server of this setting (repeat to share the cells)")
+    p.add_argument("--tensor-parallel", type=int, default=1, help="with --serve: GPUs per engine")
+    p.add_argument("--data-parallel", type=int, default=1, help="with --serve: engine replicas")
     p.add_argument("--dry-run", action="store_true",
                    help="per setting: cells, cells to run, largest memory estimate (per cell with -v); "
                         "loads no weights, writes nothing, reads hub configs from the local cache offline")

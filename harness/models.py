@@ -59,6 +59,7 @@ class Checkpoint:
     fingerprint: str  # of the overridden config + weights (the cell keys' `fingerprint`)
     model_fingerprint: str  # of the checkpoint alone (config before the override + weights)
     tokenizer: Any = None
+    source_config: Any = None  # the checkpoint's config before the override (what a served engine is told)
 
     def manifest(self) -> dict[str, Any]:
         """The RoPE manifest before the weights (no inv_freq bytes: its rope_hash is the loaded model's)."""
@@ -356,7 +357,7 @@ def describe(model_id: str, override: RopeOverride | None = None, revision: str 
     overridden = copy.deepcopy(config)
     spec = apply_override(overridden, override)  # validates the override first
     return Checkpoint(model_id, path, revision, trust_remote_code, override, overridden, spec, law,
-                      model_fingerprint(path, overridden, revision), own)
+                      model_fingerprint(path, overridden, revision), own, source_config=config)
 
 
 def load(model: str | Checkpoint, override: RopeOverride | None = None, *, dtype: str | None = None,

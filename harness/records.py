@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 LAW_SOURCES = ("pretrain_base_source", "train_len_source", "tune_len_source")
@@ -29,6 +29,7 @@ class SettingPart:
     attn: str
     fingerprint: str
     model_fingerprint: str | None
+    extra: dict[str, Any] = field(default_factory=dict)  # a served setting: engine, engine_version
 
     def fields(self) -> dict[str, Any]:
         m = self.manifest
@@ -39,7 +40,7 @@ class SettingPart:
                 "law_assumes_finetune": m["law_assumes_finetune"], "dtype": self.dtype, "attn": self.attn,
                 "fingerprint": self.fingerprint,
                 **{k: m[k] for k in LAW_SOURCES + WEIGHT_FIELDS if k in m},
-                "model_fingerprint": self.model_fingerprint}
+                "model_fingerprint": self.model_fingerprint, **self.extra}
 
 
 @dataclass(frozen=True)

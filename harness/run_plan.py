@@ -228,6 +228,7 @@ def _setting_plan(setting: Setting, index: int, tasks: list[TaskSpec], warn, tol
         prep = SettingPlan(setting, setting.label or setting.model, None, index, notes=notes)
     else:
         checkpoint.tokenizer = _tokenizer(setting, tolerant, notes)
+        _check_served(setting, checkpoint, tolerant)
         rope, label = checkpoint.rope_and_label()
         prep = SettingPlan(setting, setting.label or label, checkpoint, index, notes=notes, rope=rope)
     for spec in tasks:
@@ -256,6 +257,7 @@ def _remote_data(spec: TaskSpec) -> bool:
 
 def _task_plan(prep: SettingPlan, spec: TaskSpec, warn, tolerant: bool) -> TaskPlan:
     task = get_task(spec.name)
+    _refuse_unservable(prep.setting, task)
     plan = TaskPlan(spec, task, cells=task.cells(spec.params))
     if prep.tokenizer is None:
         return plan
@@ -273,6 +275,43 @@ def _task_plan(prep: SettingPlan, spec: TaskSpec, warn, tolerant: bool) -> TaskP
     if ready.available is not None:
         plan.cells = [c for c in plan.cells if c.sample < ready.available]
     return plan
+
+
+def _refuse_unservable(setting: Setting, task: Task) -> None:
+    """A task that scores every prompt token, on an engine that does not return those log-probs: one line."""
+    from harness.serving.backend import SCORES, engine_label
+
+    name = engine_label(setting.serve)
+    if setting.served and task.needs_prompt_logprobs and not SCORES.get(name, False):
+        raise InputError(f"{task.name} needs every prompt token's log-prob, which {name} does not serve "
+                         "(llama.cpp gives none for the first token and sorts the vocabulary per token): run "
+                         f"{task.name} in-process (drop --serve/--server-url) or serve with vllm")
+
+
+def _check_served(setting: Setting, checkpoint: models.Checkpoint, tolerant: bool) -> None:
+    """Before anything runs: the engine can express the override (its launch command builds) and every given
+    server answers (not in a dry run); else one line."""
+    from harness.serving.client import ServerError
+    from harness.serving.client import models as served_models
+    from harness.serving.engines import launch_command
+
+    if setting.serve is not None:
+        launch_command(setting.serve, checkpoint.path, setting.override, max_len=2, host="127.0.0.1", port=1,
+                       tensor_parallel=setting.tensor_parallel, data_parallel=setting.data_parallel,
+                       config=checkpoint.source_config)
+    for url in [] if tolerant else setting.server_urls:
+        try:
+            served_models(url)
+        except ServerError as exc:
+            raise InputError(f"cannot reach --server-url {url} ({exc}): start the server or fix the "
+                             "URL") from None
+
+
+def engine_of(setting: Setting) -> str | None:
+    """What records name as the setting's engine: None in-process (records without `engine`)."""
+    from harness.serving.backend import engine_label
+
+    return engine_label(setting.serve) if setting.served else None
 
 
 # ---------------------------------------------------------------------------------------- identity
@@ -301,6 +340,10 @@ def _model_difference(prep: SettingPlan, old: list[dict[str, Any]], key: str) ->
 
 
 def _setting_difference(prep: SettingPlan, old: list[dict[str, Any]]) -> str | None:
+    ours = engine_of(prep.setting)
+    theirs = next((r.get("engine") for r in old if r.get("engine") != ours), ours)
+    if theirs != ours:  # a served run and an in-process run are different experiments
+        return f"the engine differs: {ours or 'in-process'} vs the folder's {theirs or 'in-process'}"
     problem = _model_difference(prep, old, "model_fingerprint")
     if problem:
         return problem

@@ -10,6 +10,7 @@ fails is recorded (oom / error) and the run goes on. The exit code is 0 only whe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -28,10 +29,11 @@ from harness.run_info import write_run_json
 from harness.run_plan import RunPlan, SettingPlan, TaskPlan, folder_rope_hash
 from harness.store import Store
 from harness.suite import RunOptions
-from harness.values import fmt_size
+from harness.values import fmt_size, safe_name
 from tasks.base import Cell, RunContext, get_task
 
 log = logging.getLogger("rope_harness")
+SERVED_HEADROOM = 512  # context a served engine gets past the longest prompt: room for the answer
 
 
 @dataclass
@@ -104,7 +106,10 @@ def run(plan: RunPlan, options: RunOptions, warn: Callable[[str], None]) -> RunR
 
 
 def _run_setting(progress: _Progress, prep: SettingPlan, rank: int, world: int) -> None:
-    """Load the setting's model once, then run each of its tasks."""
+    """Load the setting's model once (or serve it), then run each of its tasks."""
+    if prep.setting.served:
+        _run_served(progress, prep, rank, world)
+        return
     from harness.engine import Engine, device_budget
 
     setting, options = prep.setting, progress.options
@@ -118,7 +123,36 @@ def _run_setting(progress: _Progress, prep: SettingPlan, rank: int, world: int) 
     part = records.SettingPart(prep.label, setting.model, loaded.manifest, rope_hash, loaded.dtype,
                                loaded.attn, loaded.fingerprint, prep.model_fingerprint)
     for task_plan in prep.tasks.values():
-        _run_task(progress, prep, task_plan, engine, loaded, part, rank, world)
+        _run_task(progress, prep, task_plan, engine, loaded.device, part, rank, world)
+
+
+def _run_served(progress: _Progress, prep: SettingPlan, rank: int, world: int) -> None:
+    """The setting's tasks through an inference engine: launched with the override applied (or the given
+    servers), stopped when the setting ends, fails or is interrupted. A server that cannot be started or
+    reached leaves the setting's cells recorded as errors; the run goes on."""
+    from harness.serving.backend import UnavailableEngine, engine_label, served
+
+    setting, checkpoint = prep.setting, prep.checkpoint
+    longest = max(max(t.spec.params.lengths) for t in prep.tasks.values()) if prep.tasks else 0
+    with contextlib.ExitStack() as stack:
+        try:
+            engine, info = stack.enter_context(served(
+                checkpoint, setting.serve, setting.server_urls, max_len=longest + SERVED_HEADROOM,
+                log=progress.options.out / f"server-{safe_name(prep.label)}.log",
+                tensor_parallel=setting.tensor_parallel, data_parallel=setting.data_parallel))
+        except (RuntimeError, OSError) as exc:  # ServerError included: recorded per cell below
+            name = engine_label(setting.serve)
+            engine = UnavailableEngine(name, f"{name} server unavailable: {one_line(exc)}")
+            info = {"engine": name, "engine_version": None, "serve_command": None, "server_urls": []}
+        manifest = checkpoint.manifest()  # the override the engine was told (no weights here: no inv_freq)
+        rope_hash = folder_rope_hash(progress.plan, prep.label, manifest)
+        progress.manifests[prep.label] = {**manifest, **info, "model": setting.model,
+                                          "fingerprint": checkpoint.fingerprint}
+        part = records.SettingPart(prep.label, setting.model, manifest, rope_hash, engine.dtype,
+                                   info["engine"], checkpoint.fingerprint, prep.model_fingerprint,
+                                   {"engine": info["engine"], "engine_version": info["engine_version"]})
+        for task_plan in prep.tasks.values():
+            _run_task(progress, prep, task_plan, engine, "served", part, rank, world)
 
 
 def _evaluator_loader(engine):
@@ -141,8 +175,8 @@ def _evaluator_loader(engine):
 _EVALUATORS: dict[tuple[str, str, str], Any] = {}
 
 
-def _run_task(progress: _Progress, prep: SettingPlan, task_plan: TaskPlan, engine, loaded, part, rank: int,
-              world: int) -> None:
+def _run_task(progress: _Progress, prep: SettingPlan, task_plan: TaskPlan, engine, device: str, part,
+              rank: int, world: int) -> None:
     plan, spec = progress.plan, task_plan.spec
     keyed = {c: plan.key(prep, task_plan, c, part.rope_hash) for c in task_plan.cells}
     owner = shard_cells(task_plan.cells, world, prep.index)
@@ -156,12 +190,12 @@ def _run_task(progress: _Progress, prep: SettingPlan, task_plan: TaskPlan, engin
     progress.counts["retried"] += sum(keyed[c] in plan.latest for c in missing)  # their last record failed
     if not missing:
         return
-    ctx = RunContext(engine, prep.tokenizer, spec.params, task_plan.state, loaded.manifest,
+    ctx = RunContext(engine, prep.tokenizer, spec.params, task_plan.state, part.manifest,
                      part.fields(), progress.store.append, progress.warn, run_dir=progress.options.out,
                      load_engine=_evaluator_loader(engine))
     fields = task_plan.fields
     task_part = records.TaskPart(spec.name, spec.params.seed, fields["corpus"], fields["task_identity"])
-    with address_space_limit(progress.options.max_memory, loaded.device):
+    with address_space_limit(progress.options.max_memory, device):
         for cell, outcome, metrics in _scored_cells(task_plan, ctx, engine, missing, progress.options,
                                                     prep.label):
             cell_part = records.CellPart(cell.length, cell.depth, cell.sample, keyed[cell],

@@ -37,7 +37,8 @@ from tasks.base import TaskParams, get_task
 
 RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "strategy", "batch_size", "max_memory", "report"}
 SETTING_KEYS = {"model", "label", "rope_theta", "rope_type", "rope_factor", "rope_params", "pretrain_base",
-                "train_len", "tune_len", "dtype", "device", "attn", "revision", "trust_remote_code"}
+                "train_len", "tune_len", "dtype", "device", "attn", "revision", "trust_remote_code", "serve",
+                "server_url", "tensor_parallel", "data_parallel"}
 TASK_KEYS = {"name", "lengths", "samples", "seed", "corpus", "bos", "settings"}
 DEFAULT_SAMPLES = 4
 # The type each key must have (TOML would otherwise hand a string to code that expects a number, or make
@@ -46,7 +47,8 @@ RUN_TYPES = {"out": str, "dtype": str, "device": str, "attn": str, "chunk_size":
              "report": bool}
 SETTING_TYPES = {"model": str, "label": str, "rope_type": str, "dtype": str, "device": str, "attn": str,
                  "revision": str, "trust_remote_code": bool, "rope_params": dict, "rope_theta": float,
-                 "rope_factor": float, "pretrain_base": float}  # train_len, tune_len: _length
+                 "rope_factor": float, "pretrain_base": float, "serve": str, "server_url": list,
+                 "tensor_parallel": int, "data_parallel": int}  # train_len, tune_len: _length
 TASK_TYPES = {"name": str, "lengths": list, "samples": int, "seed": int, "corpus": str, "bos": bool,
               "settings": list}
 _MISSING = object()
@@ -64,6 +66,14 @@ class Setting:
     attn: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
+    serve: str | None = None  # an inference engine to launch with the override applied (harness.serving)
+    server_urls: list[str] = field(default_factory=list)  # running OpenAI-compatible servers of this setting
+    tensor_parallel: int = 1
+    data_parallel: int = 1
+
+    @property
+    def served(self) -> bool:
+        return self.serve is not None or bool(self.server_urls)
 
 
 @dataclass
@@ -120,6 +130,10 @@ class Flags:
     no_bos: bool = False
     revision: str | None = None
     trust_remote_code: bool = False
+    serve: str | None = None
+    server_url: list[str] = field(default_factory=list)
+    tensor_parallel: int = 1
+    data_parallel: int = 1
     dry_run: bool = False
     no_progress: bool = False
     verbose: bool = False
@@ -264,10 +278,11 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
                                        pretrain_base=num.get("pretrain_base"),
                                        train_len=ints.get("train_len"),
                                        tune_len=ints.get("tune_len"))
-        settings.append(Setting(entry["model"], override, entry.get("label"),
-                                entry.get("dtype", run.get("dtype")),
-                                entry.get("device", run.get("device")), entry.get("attn", run.get("attn")),
-                                entry.get("revision"), entry.get("trust_remote_code", False)))
+        settings.append(check_serving(Setting(
+            entry["model"], override, entry.get("label"), entry.get("dtype", run.get("dtype")),
+            entry.get("device", run.get("device")), entry.get("attn", run.get("attn")), entry.get("revision"),
+            entry.get("trust_remote_code", False), entry.get("serve"), list(entry.get("server_url", [])),
+            entry.get("tensor_parallel", 1), entry.get("data_parallel", 1))))
     labels = [s.label for s in settings if s.label is not None]
     for label in labels:
         if labels.count(label) > 1:  # one label is one curve, and tasks pick settings by label
@@ -357,6 +372,26 @@ def check_device(device: str | None) -> None:
         raise InputError(f"--device {device}: MPS is not available here: use --device cpu")
 
 
+def check_serving(setting: Setting) -> Setting:
+    """A served setting names a known engine, http(s) server URLs and parallel sizes >= 1 (else one line)."""
+    from harness.serving.engines import ENGINES
+
+    if setting.serve is not None and setting.serve not in ENGINES:
+        raise InputError(f"unknown --serve {setting.serve!r}: use one of {', '.join(ENGINES)}")
+    bad = [u for u in setting.server_urls if not (isinstance(u, str) and u.startswith(("http://", "https://")))]
+    if bad:
+        raise InputError(f"--server-url {bad[0]!r} is not an http(s) URL: e.g. --server-url "
+                         "http://127.0.0.1:8000")
+    for name in ("tensor_parallel", "data_parallel"):
+        if not isinstance(getattr(setting, name), int) or getattr(setting, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1 "
+                             f"(got {getattr(setting, name)!r})")
+    if not setting.served and (setting.tensor_parallel, setting.data_parallel) != (1, 1):
+        raise InputError("--tensor-parallel/--data-parallel apply to a served engine: add --serve vllm or "
+                         "sglang")
+    return setting
+
+
 def task_options(flags: Flags, name: str) -> dict[str, Any]:
     """The task's options from the flags: each option's own conversion of its flag text (None = not given)."""
     return {o.name: o.from_flag(flags.task_options.get(o.name)) for o in get_task(name).options}
@@ -380,8 +415,9 @@ def from_flags(flags: Flags) -> Suite:
                             params=dict(parse_param(p) for p in flags.rope_param),
                             pretrain_base=flags.pretrain_base, train_len=flags.train_len,
                             tune_len=flags.tune_len)
-    setting = Setting(flags.model, override, flags.label, flags.dtype, flags.device, flags.attn,
-                      flags.revision, flags.trust_remote_code)
+    setting = check_serving(Setting(flags.model, override, flags.label, flags.dtype, flags.device, flags.attn,
+                                    flags.revision, flags.trust_remote_code, flags.serve,
+                                    list(flags.server_url or []), flags.tensor_parallel, flags.data_parallel))
     check_device(setting.device)
     # --samples 0 is an error, not the default
     samples = DEFAULT_SAMPLES if flags.samples is None else flags.samples

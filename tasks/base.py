@@ -127,6 +127,7 @@ class Task:
     options: ClassVar[tuple[Option, ...]] = ()
     measures: ClassVar[tuple[MeasureSpec, ...]] = ()  # measured-length definitions, the default first
     generates: ClassVar[bool] = False  # generates after its prompts: plans count the cache kept for decoding
+    needs_prompt_logprobs: ClassVar[bool] = False  # scores every prompt token: a server must return them all
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -9,8 +9,10 @@ null) and perplexity is refused. The server owns its memory: every plan fits, an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.contract import AnswerScore, Ran, Scored
@@ -101,3 +103,74 @@ class ServedEngine:
                                    "BOS on llama.cpp): score perplexity in-process")
             values.append(-torch.tensor(logprobs, dtype=torch.float32))
         return Scored(values, self._ran(len(sequences)))
+
+
+SCORES = {"vllm": True, "sglang": True}  # engines that return every prompt token's log-prob (echo)
+PROBE = "The quick brown fox jumps over the lazy dog. " * 8  # a short text every tokenizer splits cheaply
+
+
+def engine_label(serve: str | None) -> str:
+    """The engine named in records: the launched one, or 'server' for URLs given without --serve."""
+    return serve or "server"
+
+
+@contextlib.contextmanager
+def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: int, log: Path,
+           tensor_parallel: int = 1, data_parallel: int = 1) -> Iterator[tuple[ServedEngine, dict[str, Any]]]:
+    """A ServedEngine on `urls`, or on a server of `serve` launched with the checkpoint's RoPE override (and
+    stopped on exit, error or Ctrl-C), after one check that the server tokenises like the harness; with
+    what ran it (`engine`, `engine_version`, `serve_command`, `server_urls`)."""
+    from harness.serving.client import Client
+    from harness.serving.engines import engine_version, launch_command
+    from harness.serving.process import Server
+
+    name = engine_label(serve)
+    server = None
+    if not urls:
+        server = Server(lambda port: launch_command(
+            serve, checkpoint.path, checkpoint.override, max_len=max_len, host="127.0.0.1", port=port,
+            tensor_parallel=tensor_parallel, data_parallel=data_parallel, config=checkpoint.source_config),
+            log=log)
+        server.start()
+    try:
+        if server is not None:
+            server.wait_ready()
+            urls = [server.url]
+        with Client(list(urls)) as client:
+            check_tokenizer(client, checkpoint.tokenizer, name)
+            info = {"engine": name, "engine_version": engine_version(serve) if serve else None,
+                    "serve_command": " ".join(server.argv) if server else None, "server_urls": list(urls)}
+            yield ServedEngine(client, engine=name, version=info["engine_version"],
+                               scores=SCORES.get(name, False)), info
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def check_tokenizer(client: Any, tokenizer: Any, name: str) -> None:
+    """The server's tokenisation of a probe equals the harness's (a leading BOS aside), else one line."""
+    from harness.serving.client import tokenize
+
+    theirs = tokenize(client.urls[0], PROBE)
+    ours = list(tokenizer(PROBE, add_special_tokens=False)["input_ids"])
+    if theirs[-len(ours):] != ours or len(theirs) - len(ours) > 1:
+        raise RuntimeError(f"the {name} server at {client.urls[0]} tokenises text differently from the "
+                           f"model's tokenizer ({len(theirs)} vs {len(ours)} ids for a probe): it serves "
+                           "another model or tokenizer")
+
+
+class UnavailableEngine(ServedEngine):
+    """Stands in for a server that could not be started or reached: every verb raises its one-line error,
+    so the setting's cells are recorded as errors (a rerun heals them) and the run goes on."""
+
+    def __init__(self, engine: str, error: str):
+        self.client, self.engine, self.version, self.scores, self.dtype = None, engine, None, False, "served"
+        self.error = error
+
+    def batch_size(self, length: int, generation: bool = False) -> int:
+        return 1
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(self.error)
+
+    generate_batch = score_and_generate_batch = token_nll_batch = _fail

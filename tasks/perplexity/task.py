@@ -105,6 +105,7 @@ class Samples:
 
 class PerplexityTask(Task):
     name = "perplexity"
+    needs_prompt_logprobs = True
     measures = tuple(MEASURES)
 
     options = (
