@@ -96,6 +96,13 @@ def test_echo_without_bos_is_refused(tmp_path):
             assert plain.complete(ids, 3)["ids"]  # generation is fine
             with pytest.raises(ServerError, match="misaligns prompt log-probs"):
                 plain.complete(ids, 1, logprobs=1, echo=True)
+            # a BOS the model does not add (SmolLM2's case): the server's detokenisation drops it
+            bos = tokenize(server.url, "<s>")
+            with pytest.raises(ServerError, match="tokenises this prompt differently"):
+                plain.complete(bos + ids, 2)
+        # the model's own tokenizer writes it out and the server parses it back: the same ids
+        with Client([server.url], retries=0, decode=lambda got: "<s>" * (got[:1] == bos) + TEXT) as spelled:
+            assert spelled.complete(bos + ids, 2)["ids"]
 
 
 def test_round_robin_over_two_urls(served):

@@ -136,7 +136,9 @@ def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: 
         if server is not None:
             server.wait_ready()
             urls = [server.url]
-        with Client(list(urls)) as client:
+        tokenizer = checkpoint.tokenizer
+        with Client(list(urls), decode=lambda ids: tokenizer.decode(
+                ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)) as client:
             check_tokenizer(client, checkpoint.tokenizer, name)
             info = {"engine": name, "engine_version": engine_version(serve) if serve else None,
                     "serve_command": " ".join(server.argv) if server else None, "server_urls": list(urls)}

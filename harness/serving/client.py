@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -113,9 +113,10 @@ class Client:
     requests at a time (threads may call `complete`; `complete_all` does it for a list)."""
 
     def __init__(self, urls: Sequence[str], max_in_flight: int = 4, retries: int = 3, timeout: float = 600.0,
-                 backoff: float = 0.5) -> None:
+                 backoff: float = 0.5, decode: Callable[[list[int]], str] | None = None) -> None:
         if not urls:
             raise ValueError("Client needs at least one server URL")
+        self.decode = decode  # ids -> text, special tokens written out (the model's tokenizer)
         httpx = _httpx()
         self.urls = [u.rstrip("/") for u in urls]
         self.retries, self.backoff, self.max_in_flight = retries, backoff, max_in_flight
@@ -190,16 +191,23 @@ class Client:
         return bool(server["prefix"]) and bool(prompt_ids) and prompt_ids[0] == server["prefix"][0]
 
     def _text_of(self, url: str, ids: list[int]) -> str:
-        """The prompt as text the server tokenises back into exactly `ids` (else a ServerError)."""
-        text = self._post(url, "/extras/detokenize", {"tokens": list(ids)}, retry_5xx=False)["text"]
-        back = _tokenize(self._http, url, text, self.retries, self.backoff)
-        if back != list(ids):
-            at = next((i for i, (a, b) in enumerate(zip(back, ids, strict=False)) if a != b),
-                      min(len(back), len(ids)))
-            raise ServerError(f"{url}: the server tokenises this prompt differently ({len(back)} ids for "
-                              f"{len(ids)}, first difference at position {at}): its tokenizer does not agree "
-                              "with the harness's")
-        return text
+        """The prompt as text the server tokenises back into exactly `ids` (else a ServerError): the harness
+        tokenizer's text with special tokens written out (`decode`; the server parses them), else the
+        server's own detokenisation (which drops control tokens such as a BOS the model does not add)."""
+        def candidates():
+            if self.decode is not None:
+                yield self.decode(list(ids))
+            yield self._post(url, "/extras/detokenize", {"tokens": list(ids)}, retry_5xx=False)["text"]
+
+        for text in candidates():
+            back = _tokenize(self._http, url, text, self.retries, self.backoff)
+            if back == list(ids):
+                return text
+        at = next((i for i, (a, b) in enumerate(zip(back, ids, strict=False)) if a != b),
+                  min(len(back), len(ids)))
+        raise ServerError(f"{url}: the server tokenises this prompt differently ({len(back)} ids for "
+                          f"{len(ids)}, first difference at position {at}): its tokenizer does not agree "
+                          "with the harness's")
 
     def _result(self, url: str, server: dict[str, Any], prompt: Any, prompt_ids: list[int], data: dict,
                 echo: bool) -> dict[str, Any]:
