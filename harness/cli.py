@@ -154,6 +154,8 @@ def add_run_parser(sub) -> None:
                    help="a running OpenAI-compatible server of this setting (repeat to share the cells)")
     p.add_argument("--tensor-parallel", type=int, default=1, help="with --serve: GPUs per engine")
     p.add_argument("--data-parallel", type=int, default=1, help="with --serve: engine replicas")
+    p.add_argument("--no-probe", action="store_true",
+                   help="served: skip the probe that checks the server against the in-process model")
     p.add_argument("--dry-run", action="store_true",
                    help="per setting: cells, cells to run, largest memory estimate (per cell with -v); "
                         "loads no weights, writes nothing, reads hub configs from the local cache offline")

@@ -49,6 +49,10 @@ class RopeOverride:
     train_len: int | None = None
     tune_len: int | None = None
 
+    def changes_rope(self) -> bool:
+        """Anything about the rotary embedding differs from the checkpoint's."""
+        return any(v is not None for v in (self.theta, self.rope_type, self.factor)) or bool(self.params)
+
     def changes_base(self) -> bool:
         """The base the model evaluates with differs from its checkpoint's (static NTK changes it too); a
         scaling such as YaRN or PI leaves the base as fine-tuned."""

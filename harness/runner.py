@@ -144,15 +144,54 @@ def _run_served(progress: _Progress, prep: SettingPlan, rank: int, world: int) -
             name = engine_label(setting.serve)
             engine = UnavailableEngine(name, f"{name} server unavailable: {one_line(exc)}")
             info = {"engine": name, "engine_version": None, "serve_command": None, "server_urls": []}
+        else:
+            engine, probe = _checked(engine, prep, longest, progress.warn)
+            info.update(probe)
         manifest = checkpoint.manifest()  # the override the engine was told (no weights here: no inv_freq)
         rope_hash = folder_rope_hash(progress.plan, prep.label, manifest)
         progress.manifests[prep.label] = {**manifest, **info, "model": setting.model,
                                           "fingerprint": checkpoint.fingerprint}
         part = records.SettingPart(prep.label, setting.model, manifest, rope_hash, engine.dtype,
                                    info["engine"], checkpoint.fingerprint, prep.model_fingerprint,
-                                   {"engine": info["engine"], "engine_version": info["engine_version"]})
+                                   {k: v for k, v in info.items() if k.startswith(("engine", "probe_"))})
         for task_plan in prep.tasks.values():
             _run_task(progress, prep, task_plan, engine, "served", part, rank, world)
+
+
+def _checked(engine: Any, prep: SettingPlan, longest: int, warn: Callable[[str], None]) -> tuple[Any, dict]:
+    """The served engine after its probe (harness.serving.probe) and the probe's record fields; an engine that
+    did not apply the override is replaced by one whose every cell records why."""
+    from harness.engine import Engine
+    from harness.serving.backend import UnavailableEngine
+    from harness.serving.probe import PROBE_LENGTH, Probe, fits_in_memory, probe_ids, run_probe
+
+    setting, checkpoint = prep.setting, prep.checkpoint
+
+    def load(asked: bool) -> Engine:
+        described = checkpoint if asked else models.describe(checkpoint.model_id, None, checkpoint.revision,
+                                                             checkpoint.trust_remote_code)
+        described.tokenizer = checkpoint.tokenizer
+        return Engine(models.load(described, dtype="float32", device="cpu"))
+
+    why = "--no-probe" if not setting.probe else fits_in_memory(checkpoint.config)
+    if why:
+        probe = Probe(f"skipped: {why}")
+    else:
+        try:
+            ids = probe_ids(checkpoint.tokenizer, min(PROBE_LENGTH, longest))
+            probe = run_probe(engine.client, ids, load, checkpoint.override.changes_rope(),
+                              lambda i: checkpoint.tokenizer.decode([i], skip_special_tokens=False,
+                                                                    clean_up_tokenization_spaces=False))
+        except (RuntimeError, OSError, InputError) as exc:
+            probe = Probe(f"failed: {one_line(exc)}")
+    if probe.verdict in ("override applied", "no override"):
+        print(f"rope-harness: {prep.label}: {engine.engine} {probe.describe()}", file=sys.stderr)
+    else:
+        warn(f"{prep.label}: {engine.engine} {probe.describe()}")
+    if probe.refuses:
+        engine = UnavailableEngine(engine.engine, f"{engine.engine} did not apply the RoPE override: "
+                                   f"{probe.describe()}")
+    return engine, probe.fields()
 
 
 def _evaluator_loader(engine):

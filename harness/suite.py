@@ -38,7 +38,7 @@ from tasks.base import TaskParams, get_task
 RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "strategy", "batch_size", "max_memory", "report"}
 SETTING_KEYS = {"model", "label", "rope_theta", "rope_type", "rope_factor", "rope_params", "pretrain_base",
                 "train_len", "tune_len", "dtype", "device", "attn", "revision", "trust_remote_code", "serve",
-                "server_url", "tensor_parallel", "data_parallel"}
+                "server_url", "tensor_parallel", "data_parallel", "probe"}
 TASK_KEYS = {"name", "lengths", "samples", "seed", "corpus", "bos", "settings"}
 DEFAULT_SAMPLES = 4
 # The type each key must have (TOML would otherwise hand a string to code that expects a number, or make
@@ -48,7 +48,7 @@ RUN_TYPES = {"out": str, "dtype": str, "device": str, "attn": str, "chunk_size":
 SETTING_TYPES = {"model": str, "label": str, "rope_type": str, "dtype": str, "device": str, "attn": str,
                  "revision": str, "trust_remote_code": bool, "rope_params": dict, "rope_theta": float,
                  "rope_factor": float, "pretrain_base": float, "serve": str, "server_url": list,
-                 "tensor_parallel": int, "data_parallel": int}  # train_len, tune_len: _length
+                 "tensor_parallel": int, "data_parallel": int, "probe": bool}  # train_len, tune_len: _length
 TASK_TYPES = {"name": str, "lengths": list, "samples": int, "seed": int, "corpus": str, "bos": bool,
               "settings": list}
 _MISSING = object()
@@ -70,6 +70,7 @@ class Setting:
     server_urls: list[str] = field(default_factory=list)  # running OpenAI-compatible servers of this setting
     tensor_parallel: int = 1
     data_parallel: int = 1
+    probe: bool = True  # served: check a probe's log-probs against the in-process model (serving.probe)
 
     @property
     def served(self) -> bool:
@@ -134,6 +135,7 @@ class Flags:
     server_url: list[str] = field(default_factory=list)
     tensor_parallel: int = 1
     data_parallel: int = 1
+    no_probe: bool = False
     dry_run: bool = False
     no_progress: bool = False
     verbose: bool = False
@@ -282,7 +284,7 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
             entry["model"], override, entry.get("label"), entry.get("dtype", run.get("dtype")),
             entry.get("device", run.get("device")), entry.get("attn", run.get("attn")), entry.get("revision"),
             entry.get("trust_remote_code", False), entry.get("serve"), list(entry.get("server_url", [])),
-            entry.get("tensor_parallel", 1), entry.get("data_parallel", 1))))
+            entry.get("tensor_parallel", 1), entry.get("data_parallel", 1), entry.get("probe", True))))
     labels = [s.label for s in settings if s.label is not None]
     for label in labels:
         if labels.count(label) > 1:  # one label is one curve, and tasks pick settings by label
@@ -417,7 +419,8 @@ def from_flags(flags: Flags) -> Suite:
                             tune_len=flags.tune_len)
     setting = check_serving(Setting(flags.model, override, flags.label, flags.dtype, flags.device, flags.attn,
                                     flags.revision, flags.trust_remote_code, flags.serve,
-                                    list(flags.server_url or []), flags.tensor_parallel, flags.data_parallel))
+                                    list(flags.server_url or []), flags.tensor_parallel, flags.data_parallel,
+                                    not flags.no_probe))
     check_device(setting.device)
     # --samples 0 is an error, not the default
     samples = DEFAULT_SAMPLES if flags.samples is None else flags.samples

@@ -35,9 +35,11 @@ def vocabulary() -> list[str]:
     return [*(symbols[b] for b in range(256)), *(m.replace(" ", "") for m in MERGES), BOS, EOS]
 
 
-def write_gguf(path: Path, *, add_bos: bool = True, theta: float = 1e4) -> Path:
+def write_gguf(path: Path, *, add_bos: bool = True, theta: float = 1e4, ascii_output: bool = False) -> Path:
     """Write the tiny Llama GGUF (float32 weights, seed 0); BOS and EOS get zero output rows, so that greedy
-    decoding never stops early on EOS (a random row could win)."""
+    decoding never stops early on EOS (a random row could win). `ascii_output`: bytes >= 0x80 get zero rows
+    too, so that every generated token has its own text (llama.cpp's server returns '' for a lone byte of a
+    UTF-8 character, which a text-only server's token pairing cannot place)."""
 
     tokens = vocabulary()
     vocab = len(tokens)
@@ -58,6 +60,8 @@ def write_gguf(path: Path, *, add_bos: bool = True, theta: float = 1e4) -> Path:
         array = (offset + scale * rng.standard_normal(shape)).astype(np.float32)
         if name == "output.weight":
             array[-2:] = 0.0  # BOS and EOS are never the greedy choice
+            if ascii_output:
+                array[0x80:0x100] = 0.0
         writer.add_tensor(name, array)
 
     write_llama_tensors(writer, vocab, tensor)

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from serving_helpers import gone, write_gguf  # noqa: E402
+from serving_helpers import gone, llama_server, write_gguf  # noqa: E402
 
 from harness.cli import main  # noqa: E402
 from harness.store import read_jsonl  # noqa: E402
@@ -18,10 +18,15 @@ ARGS = ["--task", "passkey", "--lengths", "400", "--depths", "0.5", "--samples",
         "--no-report"]
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROPE_HARNESS_CACHE", str(tmp_path / "cache"))  # the probe dequantises
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("served_run")
-    return write_gguf(folder / "tiny.gguf")
+    return write_gguf(folder / "tiny.gguf", ascii_output=True)  # the probe pairs each token with its text
 
 
 def test_passkey_through_a_launched_llama_cpp_server(tiny, tmp_path, monkeypatch):
@@ -46,11 +51,12 @@ def test_passkey_through_a_launched_llama_cpp_server(tiny, tmp_path, monkeypatch
     info = json.loads((out / "run.json").read_text())["settings"][row["setting"]]
     command = info["serve_command"]
     assert "--rope_freq_base 20000" in command and "llama_cpp.server" in command  # the setting, applied
+    assert row["probe_verdict"] == "override applied" and row["probe_length"] == 400  # and checked
+    assert 2 * row["probe_gap"] <= row["probe_gap_without_override"]
     assert started and all(gone(pid) for pid in started)  # the server stopped with the setting
 
 
 def test_a_served_and_an_in_process_run_are_different_experiments(tiny, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("ROPE_HARNESS_CACHE", str(tmp_path / "cache"))  # the in-process side dequantises
     out = tmp_path / "r"
     assert main(["run", "--model", str(tiny), "--serve", "llama.cpp", "--label", "x", "--out", str(out),
                  *ARGS]) == 0
@@ -94,3 +100,30 @@ def test_a_server_that_cannot_start_leaves_its_cells_as_errors(tiny, tmp_path, m
     (row,) = list(read_jsonl(out, "records"))
     assert row["status"] == "error" and "llama.cpp server unavailable" in row["error"]
     assert "simulated" in row["error"]
+
+
+def test_a_server_that_ignores_the_override_is_caught_by_the_probe(tiny, tmp_path):
+    out = tmp_path / "r"
+    with llama_server(tiny, tmp_path / "plain.log") as server:  # serves the checkpoint's own base, 1e4
+        server.wait_ready(60)
+        assert main(["run", "--model", str(tiny), "--server-url", server.url, "--rope-theta", "20000",
+                     "--out", str(out), *ARGS]) == 1
+    (row,) = list(read_jsonl(out, "records"))
+    assert row["probe_verdict"] == "override NOT applied" and row["status"] == "error"
+    assert "did not apply the RoPE override" in row["error"]
+    assert row["probe_gap"] >= 2 * row["probe_gap_without_override"]
+
+
+def test_no_probe_skips_the_in_process_model(tiny, tmp_path, monkeypatch):
+    from harness import models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--no-probe loads no in-process model")
+
+    monkeypatch.setattr(models, "load", refuse)
+    out = tmp_path / "r"
+    assert main(["run", "--model", str(tiny), "--serve", "llama.cpp", "--no-probe", "--out", str(out),
+                 *ARGS]) == 0
+    (row,) = list(read_jsonl(out, "records"))
+    assert row["status"] == "ok" and row["probe_verdict"] == "skipped: --no-probe"
+    assert row["probe_gap"] is None

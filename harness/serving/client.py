@@ -130,8 +130,8 @@ class Client:
     def complete(self, prompt_ids: list[int], max_tokens: int, *, logprobs: int | None = None,
                  echo: bool = False) -> dict[str, Any]:
         """Greedy completion of a token-id prompt on the next server: {url, ids, ids_exact, text,
-        finish_reason, token_logprobs (generated), prompt_logprobs (echo: one per prompt id, None where the
-        server gives none), top_logprobs (generated), usage}."""
+        finish_reason, token_logprobs and token_texts (generated), prompt_logprobs (echo: one per prompt id,
+        None where the server gives none), top_logprobs (generated), usage}."""
         if max_tokens < 1:
             raise ValueError("max_tokens must be >= 1 (llama-cpp-python reads 0 as 'fill the context')")
         url = self.urls[next(self._turn) % len(self.urls)]
@@ -226,6 +226,7 @@ class Client:
         return {"url": url, "ids": ids, "ids_exact": exact, "text": text,
                 "finish_reason": choice.get("finish_reason"),
                 "token_logprobs": values[n_echo:] if values is not None else None,
+                "token_texts": (lp.get("tokens") or [])[n_echo:],  # each generated token's text
                 "top_logprobs": (lp.get("top_logprobs") or [])[n_echo:] if values is not None else None,
                 "prompt_logprobs": ([None] * (len(prompt_ids) - n_echo) + values[:n_echo]
                                     if echo and values is not None else None),

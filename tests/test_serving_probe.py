@@ -1,0 +1,55 @@
+"""The served-engine probe's arithmetic and its prompt (harness/serving/probe.py); the probe against real
+llama.cpp servers is in tests/test_serving_run.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.serving.probe import CLEAR, judge, probe_ids
+
+SERVED = [-1.0, -2.0, -0.5, -3.0]
+
+
+@pytest.mark.parametrize("asked, unchanged, verdict", [
+    ([-1.1, -2.0, -0.5, -3.1], [-1.5, -2.6, -0.1, -3.9], "override applied"),  # 0.05 vs 0.575
+    ([-1.5, -2.6, -0.1, -3.9], [-1.1, -2.0, -0.5, -3.1], "override NOT applied"),
+    ([-1.1, -2.1, -0.6, -3.1], [-1.15, -2.15, -0.65, -3.15], "inconclusive"),  # 0.1 vs 0.15: under CLEAR
+    ([-1.1, -2.1, -0.6, -3.1], None, "no override"),
+])
+def test_the_verdict_needs_one_gap_clearly_below_the_other(asked, unchanged, verdict):
+    probe = judge(100, [5, 6, 7, 8], SERVED, asked, [5, 6, 9, 8], unchanged)
+    assert probe.verdict == verdict
+    assert probe.refuses == (verdict == "override NOT applied")
+    assert probe.greedy_agree == 2 and probe.tokens == 4 and probe.length == 100
+    assert probe.gap == pytest.approx(sum(abs(a - b) for a, b in zip(SERVED, asked, strict=True)) / 4)
+    assert probe.gap_max == pytest.approx(max(abs(a - b) for a, b in zip(SERVED, asked, strict=True)))
+    fields = probe.fields()
+    assert fields["probe_verdict"] == verdict
+    assert fields["probe_gap_without_override"] == probe.gap_without_override
+
+
+def test_clear_is_a_margin_not_a_tie():
+    asked = [s - 0.1 for s in SERVED]
+    past_margin = [s - 0.1 * CLEAR - 0.01 for s in SERVED]
+    assert judge(10, [1] * 4, SERVED, asked, [1] * 4, past_margin).verdict == "override applied"
+    assert judge(10, [1] * 4, SERVED, asked, [1] * 4, [s - 0.15 for s in SERVED]).verdict == "inconclusive"
+
+
+class _Tok:
+    """A character-level tokenizer: `add_bos` decides whether encoding adds id 1."""
+
+    bos_token_id = 1
+
+    def __init__(self, add_bos: bool):
+        self.add_bos = add_bos
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [2 + (ord(c) % 50) for c in text]
+        return {"input_ids": ([1] if self.add_bos and add_special_tokens else []) + ids}
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_the_probe_prompt_is_exactly_its_length_with_bos_where_the_tokenizer_adds_one(add_bos):
+    ids = probe_ids(_Tok(add_bos), 300)
+    assert len(ids) == 300
+    assert (ids[0] == 1) == add_bos and 1 not in ids[1:]
