@@ -5,7 +5,8 @@ vs sdpa. Only where CUDA is present; elsewhere it prints one line and exits 0.
     python benchmarks/gpu.py [--lengths 32768,131072,524288,1048576] [--strategies single,stream,prefill]
                              [--attn flash_attention_2,sdpa] [--time-box 420] [--peak-tflops T]
                              [--batch-lengths 4096,16384] [--max-memory-gib G] [--plan-only [--card-gib 139]]
-                             [--smoke]
+                             [--engines vllm,sglang] [--engine-lengths 32768,65536,131072]
+                             [--engine-prompts 2] [--engine-new-tokens 9] [--engine-time-box 900] [--smoke]
 
 Model: LlamaConfig(hidden 4096, intermediate 14336, 32 layers, 32 heads, 8 KV heads, vocab 128256, RoPE theta
 5e5), weights drawn on the device in bfloat16 (timing and memory do not depend on their values). Each cell
@@ -21,9 +22,28 @@ MFU = model FLOPs / seconds / the card's dense bf16 peak (--peak-tflops, else a 
 Batching rows (--batch-lengths): Engine(batch_size="auto") over as many same-length sequences as the planner
 batches vs the same sequences one at a time (tokens/s of each, and the largest per-token NLL difference).
 --plan-only prints the planner's table for the model on a card of --card-gib GiB (CPU; no weights).
+Served engines (--engines, default vllm,sglang; '' for none; benchmarks/gpu_served.py): an engine whose
+package is not importable prints "<engine> not installed: skipped (pip install <engine>)" and the script
+goes on (exit 0). Otherwise the timing model is saved (safetensors, bf16, with a local byte-level tokenizer
+of the model's vocabulary; EOS's output row zeroed), and --engine-prompts passkey prompts of exactly each
+--engine-lengths L go through the in-process Engine (first, then freed) and through each engine launched by
+harness.serving.backend.served, the very launch path of `rope-harness run --serve`, with the same RoPE
+override (YaRN, the smallest integer factor with factor x 8192 >= the longest L: 16), stopped after its
+rows. Columns: greedy (prompts whose first k = --engine-new-tokens greedy tokens are identical, and equal
+tokens of all k-token prefixes); max abs answer log-prob diff (the largest per-token |difference| of the
+teacher-forced answer log-probs, served from echoed prompt log-probs); prompt ppl served vs in-process
+(exp mean NLL of tokens 1..L-1 from echoed log-probs vs token_nll); served / in-process tok/s (prompt tokens
+over the wall time of score_and_generate_batch). Random weights give near-uniform logits: greedy agreement
+is a numerics check, not an accuracy claim; the log-prob gap is the meaningful number. --engine-time-box
+bounds the section (save, load and server starts included): 40% for the in-process reference, the rest
+shared by the engines; a length whose projected time (as above) passes its share is skipped. This
+workplace's GPU image has no vLLM or SGLang and their wheels exceed what can be carried there, so these
+rows run only on a machine that has them; `--strategies "" --batch-lengths ""` runs the section alone.
 --smoke runs every code path of the script on CPU with a tiny Llama (float32, lengths 1K/2K, batching at
 512), so it is known to run before a GPU is at hand (tests/test_benchmarks.py runs it); its numbers mean
-nothing.
+nothing. Its served section serves the serving tests' tiny GGUF on llama.cpp's server (lengths 512..2K,
+YaRN factor 8; output rows kept only for ASCII bytes that start no merge, since that server returns text,
+not ids), which returns no log-probs here: those columns read "n/a (engine returns none)".
 """
 
 from __future__ import annotations
@@ -35,6 +55,7 @@ import sys
 import time
 
 import bench_common as bc
+import gpu_served
 
 PEAK_TFLOPS = {  # dense bf16/fp16 tensor-core peak, TFLOP/s (vendor datasheets); most specific first
     "H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100": 756.0,
@@ -289,7 +310,9 @@ def batch_cells(args, loaded, budget: int) -> list[list[object]]:
     return rows
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """The command line, lists parsed; --smoke switches SHAPE, DEVICE and DTYPE to the tiny CPU run."""
+    global SHAPE, DEVICE, DTYPE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -303,16 +326,30 @@ def main() -> int:
                         help="run every code path on CPU with a tiny model (the script's own check)")
     parser.add_argument("--plan-only", action="store_true", help="print the planner table only (no CUDA)")
     parser.add_argument("--card-gib", type=float, default=139.0, help="card memory for --plan-only")
+    parser.add_argument("--engines", default=",".join(gpu_served.ENGINES),
+                        help="served engines compared with the in-process engine ('' for none)")
+    parser.add_argument("--engine-lengths", default=",".join(map(str, gpu_served.LENGTHS)))
+    parser.add_argument("--engine-prompts", type=int, default=2, help="passkey prompts per length")
+    parser.add_argument("--engine-new-tokens", type=int, default=9, help="greedy tokens compared (k)")
+    parser.add_argument("--engine-time-box", type=float, default=900.0,
+                        help="seconds for the engines section, model save and server starts included")
     args = parser.parse_args()
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.strategies = [s for s in args.strategies.split(",") if s]
     args.attn = [a for a in args.attn.split(",") if a]
     args.batch_lengths = [int(x) for x in args.batch_lengths.split(",") if x]
+    args.engines = gpu_served.parse(args.engines)
+    args.engine_lengths = [int(x) for x in args.engine_lengths.split(",") if x]
     if args.smoke:
-        global SHAPE, DEVICE, DTYPE
         SHAPE, DEVICE, DTYPE = SMOKE, "cpu", "float32"
         args.lengths, args.batch_lengths, args.time_box = [1024, 2048], [512], min(args.time_box, 60.0)
+        args.engine_lengths = list(gpu_served.SMOKE_LENGTHS)
+        args.engine_time_box = min(args.engine_time_box, 120.0)
+    return args
 
+
+def main() -> int:
+    args = parse_args()
     if args.plan_only:
         config = llama3_8b_config()
         total, _ = param_counts(config)
@@ -358,6 +395,11 @@ def main() -> int:
         print(bc.table(["L", "rows per forward (auto)", "sequences", "one at a time tok/s", "batched tok/s",
                         "speed-up", "peak GPU GiB (one / batched)", "max per-token NLL difference"],
                        batch_cells(args, loaded, budget)))
+    if args.engine_lengths:
+        config = loaded.config  # the section drops loaded.model once saved (the server needs the card)
+        gpu_served.section(args, loaded, gpu_served.Setup(
+            DEVICE, DTYPE, first, budget, args.engine_new_tokens,
+            lambda length: model_flops(config, n_flops, length)))
     print(f"\nwall time {time.perf_counter() - started:.0f} s")
     return 0
 

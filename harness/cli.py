@@ -23,6 +23,7 @@ from harness import __version__
 from harness.errors import InputError, one_line
 from harness.values import batch_arg, finite_float, float_list, law_override, length_arg, token_count
 
+DEFAULT_TASK = "perplexity"  # run --model with no --task
 # `run` flags that describe the run, not one setting or task: they may be combined with a suite.
 RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "strategy", "batch_size",
                    "max_memory", "dry_run", "no_progress", "no_report", "func", "flag_defaults", "verbose"}
@@ -116,7 +117,7 @@ def add_run_parser(sub) -> None:
     p.add_argument("--pretrain-base", type=finite_float, help="law input: the pre-training base b0")
     p.add_argument("--train-len", type=length_arg, help="law input: pre-training length (e.g. 4096 or 4k)")
     p.add_argument("--tune-len", type=length_arg, help="law input: fine-tuning length (e.g. 4096 or 4k)")
-    p.add_argument("--tasks", "--task", dest="task", default="perplexity", metavar="TASK[,TASK...]",
+    p.add_argument("--tasks", "--task", dest="task", default=None, metavar="TASK[,TASK...]",
                    help=f"comma list of tasks from {', '.join(task_names())} (default perplexity)")
     p.add_argument("--lengths",
                    help="comma list of context lengths; k = 1024: e.g. 1024,2048,4096 or 1k,2k,4k")
@@ -194,7 +195,7 @@ def _check_flags(args: argparse.Namespace) -> None:
     if args.suite is None and args.model is None and given:
         raise InputError(f"{flags} {needs} --model: e.g. --model zoo:base-1e4 --lengths 256,1024 "
                          "(with no --model, `run` runs the quick suite)")
-    names = [n.strip() for n in str(args.task).split(",") if n.strip()]
+    names = [n.strip() for n in str(args.task or DEFAULT_TASK).split(",") if n.strip()]
     if args.suite is None and names and set(names) <= set(task_names()):  # an unknown task is named later
         own = {key for name in names for key in get_task(name).option_names()}
         for key in given:
@@ -211,7 +212,9 @@ def _flags(args: argparse.Namespace):
     from tasks.base import all_options
 
     names = {f.name for f in fields(Flags)} - {"task_options"}  # verbose: the top-level -v or run's own
-    return Flags(**{k: getattr(args, k) for k in names if hasattr(args, k)},
+    given = {k: getattr(args, k) for k in names if hasattr(args, k)}
+    given["task"] = given.get("task") or DEFAULT_TASK  # None: so that an explicit --task is told apart
+    return Flags(**given,
                  task_options={name: getattr(args, name, None) for name in all_options()})
 
 

@@ -37,9 +37,10 @@ def vocabulary() -> list[str]:
 
 def write_gguf(path: Path, *, add_bos: bool = True, theta: float = 1e4, ascii_output: bool = False) -> Path:
     """Write the tiny Llama GGUF (float32 weights, seed 0); BOS and EOS get zero output rows, so that greedy
-    decoding never stops early on EOS (a random row could win). `ascii_output`: bytes >= 0x80 get zero rows
-    too, so that every generated token has its own text (llama.cpp's server returns '' for a lone byte of a
-    UTF-8 character, which a text-only server's token pairing cannot place)."""
+    decoding never stops early on EOS (a random row could win). `ascii_output`: every token but the printable
+    ASCII bytes that start no merge gets a zero row too, so that the generated text re-tokenises into the
+    sampled ids (llama.cpp's server returns text: a lone byte of a UTF-8 character, or a pair it reads back as
+    one merge, would come back as other ids)."""
 
     tokens = vocabulary()
     vocab = len(tokens)
@@ -61,7 +62,10 @@ def write_gguf(path: Path, *, add_bos: bool = True, theta: float = 1e4, ascii_ou
         if name == "output.weight":
             array[-2:] = 0.0  # BOS and EOS are never the greedy choice
             if ascii_output:
-                array[0x80:0x100] = 0.0
+                firsts = {m.split()[0] for m in MERGES}
+                for token_id, token in enumerate(tokens):
+                    if not (len(token) == 1 and "!" <= token <= "~" and token not in firsts):
+                        array[token_id] = 0.0  # a zero logit: below the best of ~90 random ones
         writer.add_tensor(name, array)
 
     write_llama_tensors(writer, vocab, tensor)

@@ -1,6 +1,10 @@
 """benchmarks/gpu.py runs end to end before any GPU is at hand: its --smoke mode drives every code path
-(strategies, the time box, batching) on CPU with a tiny model; --plan-only gives the README's 1M plan."""
+(strategies, the time box, batching, the served-engine rows on llama.cpp's server) on CPU with a tiny model;
+--plan-only gives the README's 1M plan."""
 
+import importlib.util
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +26,7 @@ def rows_of(text: str, first: str) -> list[list[str]]:
 
 def test_gpu_script_smoke_runs_every_strategy_and_batching():
     out = gpu_script("--smoke")
+    check_served_rows(out)
     cells = rows_of(out, "sdpa")
     assert [(r[1], r[2]) for r in cells] == [(n, s) for n in ("1024", "2048")
                                              for s in ("single", "stream", "prefill")]
@@ -37,3 +42,30 @@ def test_gpu_plan_streams_a_million_tokens_on_an_80gb_card():
     plans = {r[1]: r for r in rows_of(out, "1048576")}
     assert plans["stream"][2].startswith("stream:") and plans["stream"][4] == "yes"
     assert float(plans["stream"][3]) < 80 and plans["prefill"][4].startswith("no")
+
+
+SERVED_HEADER = ("| engine | L | prompts | greedy: same first k tokens | max abs answer log-prob diff "
+                 "(nats) | prompt ppl: served vs in-process (each prompt) | served tok/s | "
+                 "in-process tok/s |")
+
+
+def check_served_rows(out: str) -> None:
+    """The engines section: vLLM/SGLang gated on their package, llama.cpp's server launched through
+    harness.serving with the YaRN override and stopped, each exact length compared with the in-process
+    engine (greedy ids mostly agree: a dropped or mistranslated override agrees on none)."""
+    for name in ("vllm", "sglang"):
+        if importlib.util.find_spec(name) is None:
+            assert f"{name} not installed: skipped (pip install {name})" in out
+    assert SERVED_HEADER in out
+    command = re.search(r"- llama\.cpp \S+: ready in \d+ s, stopped after its rows; `(.*)`", out).group(1)
+    assert "llama_cpp.server" in command and "--rope_scaling_type 2 --rope_freq_scale 0.125" in command
+    port = int(re.search(r"--port (\d+)", command).group(1))
+    with socket.socket() as sock:  # the server is gone: nothing answers on its port
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+    rows = rows_of(out, "llama.cpp")
+    assert [r[1] for r in rows] == ["512", "1024", "2048"] and all(r[2] == "2" for r in rows)
+    assert all(r[4] == "n/a (engine returns none)" and r[5].startswith("n/a (engine returns none) vs ")
+               for r in rows)  # llama.cpp returns no prompt log-probs; the in-process ppl is still there
+    assert all(float(x.replace(",", "")) > 0 for r in rows for x in (r[6], r[7]))
+    same = [int(re.match(r"(\d+)/2 \(\d+/18 tokens\)$", r[3]).group(1)) for r in rows]
+    assert sum(same) >= 3, rows
