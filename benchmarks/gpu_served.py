@@ -246,8 +246,7 @@ def served_rows(name: str, checkpoint: Any, prompts: dict[int, list[Any]], warm:
     """The engine's rows (served through harness.serving.backend.served, the runner's own launch path:
     started with the override, stopped on leaving) and a note on its server."""
     from harness.errors import one_line
-    from harness.runner import SERVED_HEADROOM
-    from harness.serving.backend import served
+    from harness.serving.backend import SERVED_HEADROOM, served
 
     todo = {n: batch for n, batch in prompts.items() if isinstance(reference[n], Measured)}
     longest = max(len(p.ids) for batch in prompts.values() for p in batch)

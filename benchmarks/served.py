@@ -1,11 +1,12 @@
 """SmolLM2-135M served by llama.cpp's server vs the in-process HF path on the same GGUF, side by side (CPU).
 
-    python benchmarks/served.py [--lengths 1k,2k,4k,8k] [--samples 2]
+    python benchmarks/served.py [--lengths 1k,2k,4k,8k] [--samples 2] [--gaps-only]
 
 1. Passkey through `rope-harness run` both ways (3 depths x samples x lengths): answers compared prompt by
-   prompt, wall time of each run.
-2. Answer log-probs and ppl from llama.cpp's echoed prompt log-probs (the only way its server returns them:
-   a full vocabulary sort per token in Python, so short prompts only) vs the HF engine's.
+   prompt, wall time of each run, and the served run's probe (harness/serving/probe.py).
+2. One passkey prompt + answer per length scored by llama.cpp's library in-process (logits_all: the server
+   cannot return these log-probs for a model without a BOS) and by the HF engine: the answer log-prob, the
+   prompt's ppl and the mean per-token NLL gap.
 llama.cpp computes on the GGUF's quantised blocks (Q4_1 / Q8_0), the HF path on the same weights dequantised
 to float32: the gaps below are that difference, measured. Prints one markdown section.
 """
@@ -19,6 +20,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,54 +45,56 @@ def answers(out: Path) -> dict[tuple, dict]:
     return {(r["length"], r["depth"], r["sample"]): r for r in latest_records(out).values()}
 
 
-def logprob_gaps(n_tokens: int, prompts: int) -> list[str]:
-    """Echoed log-probs of short prompts through the server vs the in-process engine (same GGUF)."""
+def llama_cpp_nll(llm: Any, ids: list[int]) -> np.ndarray:
+    """Per-token NLL of ids[1:] from llama.cpp's own logits (the library the server runs, in-process)."""
+    llm.reset()
+    llm.eval(ids)
+    logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)  # row i predicts token i + 1
+    top = logits.max(axis=1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return log_z - logits[np.arange(len(ids) - 1), ids[1:]]
+
+
+def logprob_gaps(lengths: list[int]) -> list[str]:
+    """Passkey prompt + answer at each length through llama.cpp's library (logits of every position, which
+    its server cannot return for this model) and through the HF engine: answer log-prob and ppl of the prompt
+    tokens, side by side."""
+    from llama_cpp import Llama
+
     from harness import models
     from harness.engine import Engine
     from harness.rope_config import RopeOverride
-    from harness.serving.backend import ServedEngine, served
     from tasks.passkey import build_prompt
 
     checkpoint = models.describe("smollm2", RopeOverride())
     checkpoint.tokenizer = models.load_tokenizer("smollm2")
     local = Engine(models.load(checkpoint))
-    rows, gaps, text_gap = [], [], None
-    with tempfile.TemporaryDirectory() as tmp, served(checkpoint, "llama.cpp", [], max_len=n_tokens + 64,
-                                                      log=Path(tmp) / "server.log") as (engine, _):
-        scorer = ServedEngine(engine.client, engine="llama.cpp", version=engine.version, scores=True)
-        for sample in range(prompts):
-            prompt = build_prompt(checkpoint.tokenizer, n_tokens, 0.5, sample)
-            got = scorer.score_and_generate_batch([prompt.ids], [prompt.answer_ids], 1).values[0][0]
-            want = local.answer_score(prompt.ids, prompt.answer_ids)
-            gaps.append(abs(got.logprob - want.logprob))
-            rows.append(f"| passkey answer, L={n_tokens}, sample {sample} | {want.logprob:.4f} | "
-                        f"{got.logprob:.4f} | {got.logprob - want.logprob:+.4f} |")
-        ids = prompt.ids
-        result = engine.client.complete(list(ids), 1, logprobs=1, echo=True)
-        served_lp = result["prompt_logprobs"][2:]  # llama.cpp: none for the first token after BOS
-        local_nll = local.token_nll(ids)[1:]
-        ppl_served = math.exp(-sum(served_lp) / len(served_lp))
-        ppl_local = math.exp(float(local_nll.double().mean()))
-        text_gap = abs(ppl_served / ppl_local - 1)
-        rows.append(f"| ppl of a {len(ids)}-token prompt (tokens 2..L) | {ppl_local:.4f} | {ppl_served:.4f} "
-                    f"| {ppl_served / ppl_local - 1:+.2%} |")
-    return rows + [f"\nLargest answer log-prob gap {max(gaps):.4f} nats; ppl relative gap {text_gap:.2%}."]
+    llm = Llama(checkpoint.path, n_ctx=max(lengths) + 64, logits_all=True, verbose=False)
+    rows, answer_gaps, ppl_gaps = [], [], []
+    for length in lengths:
+        prompt = build_prompt(checkpoint.tokenizer, length, 0.5, 0)
+        ids, k = [*prompt.ids, *prompt.answer_ids], len(prompt.answer_ids)
+        ours = local.token_nll(ids).double().numpy()
+        theirs = llama_cpp_nll(llm, ids)
+        answer = (-ours[-k:].sum(), -theirs[-k:].sum())
+        ppl = (math.exp(ours[:-k].mean()), math.exp(theirs[:-k].mean()))
+        answer_gaps.append(abs(answer[1] - answer[0]))
+        ppl_gaps.append(abs(ppl[1] / ppl[0] - 1))
+        rows.append(f"| {length} | {answer[0]:.4f} | {answer[1]:.4f} | {answer[1] - answer[0]:+.4f} | "
+                    f"{ppl[0]:.4f} | {ppl[1]:.4f} | {ppl[1] / ppl[0] - 1:+.2%} | "
+                    f"{np.abs(theirs - ours).mean():.4f} |")
+    return rows + [f"\nLargest answer log-prob gap {max(answer_gaps):.4f} nats; largest ppl relative gap "
+                   f"{max(ppl_gaps):.2%}."]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="1k,2k,4k,8k")
-    parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--logprob-tokens", type=int, default=512)
-    parser.add_argument("--logprob-prompts", type=int, default=3)
-    args = parser.parse_args()
+def passkey_section(lengths: str, samples: int) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
-        hf_time = run_passkey(Path(tmp) / "hf", args.lengths, args.samples, serve=False)
-        cpp_time = run_passkey(Path(tmp) / "cpp", args.lengths, args.samples, serve=True)
+        hf_time = run_passkey(Path(tmp) / "hf", lengths, samples, serve=False)
+        cpp_time = run_passkey(Path(tmp) / "cpp", lengths, samples, serve=True)
         hf, cpp = answers(Path(tmp) / "hf"), answers(Path(tmp) / "cpp")
         command = json.loads((Path(tmp) / "cpp" / "run.json").read_text())["settings"]
-    lines = ["## SmolLM2-135M: llama.cpp server vs the in-process HF path (same GGUF, CPU)", "",
-             f"Reproduce: `python benchmarks/served.py --lengths {args.lengths} --samples {args.samples}`. "
+    probe = next(iter(cpp.values()))
+    lines = [f"Reproduce: `python benchmarks/served.py --lengths {lengths} --samples {samples}`. "
              f"Server command: `{next(iter(command.values()))['serve_command']}`.", "",
              "| L | prompts | HF correct | llama.cpp correct | same answer |", "|---|---|---|---|---|"]
     for length in sorted({k[0] for k in hf}):
@@ -100,14 +106,25 @@ def main() -> None:
               f"{cpp[k]['generated']!r}" for k in sorted(hf) if hf[k]["answer"] != cpp[k]["answer"]]
     lines += ["", f"Wall time for the {len(hf)} prompts: HF {hf_time:.0f} s, llama.cpp {cpp_time:.0f} s "
               f"(llama.cpp / HF = {cpp_time / hf_time:.2f}; each includes loading or starting the model).",
-              ""]
-    lines += [f"- differs: {d}" for d in differ] or ["Every answer is the same."]
-    lines += ["", "| echoed log-probs | HF (float32) | llama.cpp (quantised) | difference |",
-              "|---|---|---|---|"]
-    try:
-        lines += logprob_gaps(args.logprob_tokens, args.logprob_prompts)
-    except RuntimeError as exc:  # ServerError: the server cannot return these log-probs for this model
-        lines.append(f"| not measured: {exc} | | | |")
+              f"The run's probe: {probe.get('probe_verdict')}, mean |log-prob gap| {probe.get('probe_gap')} "
+              f"nats over {probe.get('probe_tokens')} generated tokens.", ""]
+    return lines + ([f"- differs: {d}" for d in differ] or ["Every answer is the same."])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="1k,2k,4k,8k")
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--gaps-only", action="store_true", help="only the log-prob and ppl gaps (part 2)")
+    args = parser.parse_args()
+    from harness.values import parse_lengths
+
+    lines = ["## SmolLM2-135M: llama.cpp server vs the in-process HF path (same GGUF, CPU)", ""]
+    if not args.gaps_only:
+        lines += passkey_section(args.lengths, args.samples)
+    lines += ["", "| L | answer log-prob HF (float32) | llama.cpp (quantised) | difference | prompt ppl HF | "
+              "llama.cpp | relative | mean abs per-token NLL gap |", "|---|---|---|---|---|---|---|---|"]
+    lines += logprob_gaps(parse_lengths(args.lengths))
     print("\n".join(lines))
 
 

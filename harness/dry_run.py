@@ -22,6 +22,11 @@ CELL_LINES = 60  # per-cell lines without -v up to this many cells
 
 def _planner(prep: SettingPlan, options: RunOptions):
     """length -> Plan for this setting (memoised: the estimate depends on the length only), or None."""
+    if prep.setting.served:  # the engine owns its memory: no estimate
+        from harness.serving.backend import ServedPlan, engine_label
+
+        served = ServedPlan(engine_label(prep.setting.serve))
+        return lambda length: served
     if prep.config is None:
         return None
     import torch
@@ -62,7 +67,8 @@ def show(run: RunPlan, options: RunOptions) -> None:
                    "estimate": "no estimate (config not read)", "oom": 0}
             if plan is not None and lengths:
                 longest = plan(lengths[-1])
-                row["estimate"] = f"{fmt_size(longest.estimate_bytes)} at {lengths[-1]} ({longest})"
+                row["estimate"] = (f"{longest}: the engine owns its memory" if prep.setting.served else
+                                   f"{fmt_size(longest.estimate_bytes)} at {lengths[-1]} ({longest})")
                 row["oom"] = sum(not plan(c.length).fits for c in cells)
             rows.append(row)
             for c in cells:
@@ -79,20 +85,40 @@ def show(run: RunPlan, options: RunOptions) -> None:
         _cell_lines(cells_out)
     print(f"{total} cells ({total - todo} already recorded in {options.out}, {todo} to run)"
           + ("" if options.verbose or total <= CELL_LINES else "; per-cell lines: add -v"))
+    for prep in run.settings:
+        if prep.setting.served:
+            print(_served_line(prep))
     for note in dict.fromkeys(n for p in run.settings for n in p.notes):
         print(f"rope-harness: note: {note}", file=sys.stderr)
 
 
+def _served_line(prep: SettingPlan) -> str:
+    """What a served setting will start (or use) and check."""
+    from harness.serving.backend import SERVED_HEADROOM, launch_preview
+    from harness.serving.probe import PROBE_LENGTH
+
+    setting = prep.setting
+    longest = max((max(t.spec.params.lengths) for t in prep.tasks.values()), default=0)
+    if setting.server_urls:
+        where = f"uses {', '.join(setting.server_urls)}"
+    else:
+        where = "launches " + launch_preview(prep.checkpoint, setting.serve, longest + SERVED_HEADROOM,
+                                             setting.tensor_parallel, setting.data_parallel)
+    probe = (f"then probes {min(PROBE_LENGTH, longest)} tokens against the in-process model (CPU, float32)"
+             if setting.probe else "no probe (--no-probe)")
+    return f"{prep.label}: {where}; {probe}"
+
+
 def _cell_lines(cells_out) -> None:
-    print(f"\n{'setting':<28} {'task':<11} {'length':>7} {'depth':>6} {'sample':>6}  {'plan':<13} "
+    print(f"\n{'setting':<28} {'task':<11} {'length':>7} {'depth':>6} {'sample':>6}  {'plan':<16} "
           f"{'estimate':>10}")
     for label, task, cell, plan, todo in cells_out:
         depth = "-" if cell.depth is None else f"{cell.depth:g}"
         state = "" if todo else "  (recorded)"
-        if plan is None:
-            shown = f"{'-':<13} {'-':>10}"
+        if plan is None or not plan.estimate_bytes:  # not read, or served
+            shown = f"{str(plan or '-'):<16} {'-':>10}"
         else:
-            shown = f"{str(plan):<13} {fmt_size(plan.estimate_bytes):>10}"
+            shown = f"{str(plan):<16} {fmt_size(plan.estimate_bytes):>10}"
             state += "" if plan.fits else "  (oom: exceeds --max-memory)"
         print(f"{label[:28]:<28} {task[:11]:<11} {cell.length:>7} {depth:>6} {cell.sample:>6}  "
               f"{shown}{state}")

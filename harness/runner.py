@@ -33,7 +33,6 @@ from harness.values import fmt_size, safe_name
 from tasks.base import Cell, RunContext, get_task
 
 log = logging.getLogger("rope_harness")
-SERVED_HEADROOM = 512  # context a served engine gets past the longest prompt: room for the answer
 
 
 @dataclass
@@ -130,7 +129,7 @@ def _run_served(progress: _Progress, prep: SettingPlan, rank: int, world: int) -
     """The setting's tasks through an inference engine: launched with the override applied (or the given
     servers), stopped when the setting ends, fails or is interrupted. A server that cannot be started or
     reached leaves the setting's cells recorded as errors; the run goes on."""
-    from harness.serving.backend import UnavailableEngine, engine_label, served
+    from harness.serving.backend import SERVED_HEADROOM, UnavailableEngine, engine_label, served
 
     setting, checkpoint = prep.setting, prep.checkpoint
     longest = max(max(t.spec.params.lengths) for t in prep.tasks.values()) if prep.tasks else 0

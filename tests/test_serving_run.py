@@ -127,3 +127,20 @@ def test_no_probe_skips_the_in_process_model(tiny, tmp_path, monkeypatch):
     (row,) = list(read_jsonl(out, "records"))
     assert row["status"] == "ok" and row["probe_verdict"] == "skipped: --no-probe"
     assert row["probe_gap"] is None
+
+
+def test_the_dry_run_shows_the_launch_command_and_starts_nothing(tiny, tmp_path, capsys, monkeypatch):
+    from harness.serving import process
+
+    def refuse(self):
+        raise AssertionError("a dry run starts no server")
+
+    monkeypatch.setattr(process.Server, "start", refuse)
+    out = tmp_path / "r"
+    assert main(["run", "--model", str(tiny), "--serve", "llama.cpp", "--rope-theta", "20000", "--out",
+                 str(out), "--dry-run", *ARGS]) == 0
+    text = capsys.readouterr().out
+    assert "served:llama.cpp" in text and "the engine owns its memory" in text
+    assert "--rope_freq_base 20000" in text and "--port <free port>" in text
+    assert "probes 400 tokens against the in-process model" in text
+    assert not out.exists()

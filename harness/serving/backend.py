@@ -105,8 +105,21 @@ class ServedEngine:
         return Scored(values, self._ran(len(sequences)))
 
 
+SERVED_HEADROOM = 512  # context a served engine gets past the longest prompt: room for the answer
 SCORES = {"vllm": True, "sglang": True}  # engines that return every prompt token's log-prob (echo)
 PROBE = "The quick brown fox jumps over the lazy dog. " * 8  # a short text every tokenizer splits cheaply
+
+
+def launch_preview(checkpoint: Any, serve: str, max_len: int, tensor_parallel: int = 1,
+                   data_parallel: int = 1) -> str:
+    """The command `served` would run for this setting (the dry run's; the port is chosen at launch)."""
+    from harness.serving.engines import launch_command
+
+    argv = launch_command(serve, checkpoint.path, checkpoint.override, max_len=max_len, host="127.0.0.1",
+                          port=8000, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
+                          config=checkpoint.source_config)
+    at = argv.index("--port") + 1 if "--port" in argv else None
+    return " ".join("<free port>" if i == at else a for i, a in enumerate(argv))
 
 
 def engine_label(serve: str | None) -> str:
