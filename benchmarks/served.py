@@ -83,8 +83,24 @@ def logprob_gaps(lengths: list[int]) -> list[str]:
         rows.append(f"| {length} | {answer[0]:.4f} | {answer[1]:.4f} | {answer[1] - answer[0]:+.4f} | "
                     f"{ppl[0]:.4f} | {ppl[1]:.4f} | {ppl[1] / ppl[0] - 1:+.2%} | "
                     f"{np.abs(theirs - ours).mean():.4f} |")
-    return rows + [f"\nLargest answer log-prob gap {max(answer_gaps):.4f} nats; largest ppl relative gap "
-                   f"{max(ppl_gaps):.2%}."]
+    rows += [f"\nLargest answer log-prob gap {max(answer_gaps):.4f} nats; largest prompt ppl relative gap "
+             f"{max(ppl_gaps):.2%} (the passkey filler repeats: its ppl is near 1).", "",
+             "| L | ppl@L of held-out stdlib text, HF (float32) | llama.cpp (quantised) | relative |",
+             "|---|---|---|---|"]
+    return rows + text_ppl_rows(local, llm, checkpoint.tokenizer, lengths)
+
+
+def text_ppl_rows(local: Any, llm: Any, tokenizer: Any, lengths: list[int]) -> list[str]:
+    """ppl@L of one held-out stdlib sample of max(lengths) tokens, every L a prefix of one pass each way."""
+    from harness.corpus import make_samples
+
+    ids = list(make_samples(tokenizer, "stdlib", max(lengths), 1, bos=False)[0].tokens)
+    ours, theirs = local.token_nll(ids).double().numpy(), llama_cpp_nll(llm, ids)
+    rows = []
+    for length in lengths:
+        a, b = math.exp(ours[: length - 1].mean()), math.exp(theirs[: length - 1].mean())
+        rows.append(f"| {length} | {a:.4f} | {b:.4f} | {b / a - 1:+.2%} |")
+    return rows
 
 
 def passkey_section(lengths: str, samples: int) -> list[str]:

@@ -105,6 +105,9 @@ class ServedEngine:
         return Scored(values, self._ran(len(sequences)))
 
 
+# seconds an engine may take to load before it is given up (a dead server fails at once): vLLM and SGLang load
+# 70B checkpoints and compile CUDA graphs for minutes
+READY_TIMEOUT = {"llama.cpp": 300.0, "vllm": 1800.0, "sglang": 1800.0}
 SERVED_HEADROOM = 512  # context a served engine gets past the longest prompt: room for the answer
 SCORES = {"vllm": True, "sglang": True}  # engines that return every prompt token's log-prob (echo)
 PROBE = "The quick brown fox jumps over the lazy dog. " * 8  # a short text every tokenizer splits cheaply
@@ -147,7 +150,7 @@ def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: 
         server.start()
     try:
         if server is not None:
-            server.wait_ready()
+            server.wait_ready(READY_TIMEOUT.get(serve, 300.0))
             urls = [server.url]
         tokenizer = checkpoint.tokenizer
         with Client(list(urls), decode=lambda ids: tokenizer.decode(
