@@ -53,3 +53,16 @@ def test_the_probe_prompt_is_exactly_its_length_with_bos_where_the_tokenizer_add
     ids = probe_ids(_Tok(add_bos), 300)
     assert len(ids) == 300
     assert (ids[0] == 1) == add_bos and 1 not in ids[1:]
+
+
+def test_the_report_names_the_engine_its_command_and_the_probe_verdict():
+    from harness.report.page import served_item
+
+    line = served_item("b=2e5", {"engine": "llama.cpp", "engine_version": "0.3.36",
+                                 "serve_command": "srv --x 1", "probe_verdict": "override applied",
+                                 "probe_gap": 0.0152, "probe_gap_without_override": 0.0656})
+    assert line == ("b=2e5: served by llama.cpp 0.3.36: `srv --x 1`; probe: override applied; mean log-prob "
+                    "gap 0.015 nats to the in-process model, 0.066 without the override")
+    skipped = served_item("x", {"engine": "server", "server_urls": ["http://h:1"],
+                                "probe_verdict": "skipped: --no-probe"})
+    assert skipped == "x: served by server: http://h:1; probe: skipped: --no-probe"

@@ -78,7 +78,21 @@ def provenance_items(loaded: RunRecords) -> list[str]:
         when = " to ".join(str(info[k]) for k in ("started", "ended") if info.get(k))
         items.append(f"{name}: `{command}`{suite}; commit {commit}; {shown or 'versions not recorded'}; "
                      f"device {device}; {when or 'date not recorded'}")
+        items += [served_item(label, s) for label, s in (info.get("settings") or {}).items()
+                  if isinstance(s, dict) and s.get("engine")]
     return items
+
+
+def served_item(label: str, setting: dict[str, Any]) -> str:
+    """A served setting: its engine, the command that launched it (or its servers) and the probe's verdict."""
+    how = f"`{setting['serve_command']}`" if setting.get("serve_command") else ", ".join(
+        setting.get("server_urls") or []) or "no server reached"
+    gap, without = _num(setting.get("probe_gap")), _num(setting.get("probe_gap_without_override"))
+    measured = f"; mean log-prob gap {gap:.3f} nats to the in-process model" if math.isfinite(gap) else ""
+    measured += f", {without:.3f} without the override" if math.isfinite(without) else ""
+    version = f" {setting['engine_version']}" if setting.get("engine_version") else ""
+    return (f"{label}: served by {setting['engine']}{version}: {how}; probe: "
+            f"{setting.get('probe_verdict') or 'not run'}{measured}")
 
 
 def law_table(ctx: FigureContext) -> pd.DataFrame:
