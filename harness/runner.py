@@ -188,7 +188,7 @@ def _checked(engine: Any, prep: SettingPlan, longest: int, warn: Callable[[str],
     else:
         warn(f"{prep.label}: {engine.engine} {probe.describe()}")
     if probe.refuses:
-        engine = UnavailableEngine(engine.engine, f"{engine.engine} did not apply the RoPE override: "
+        engine = UnavailableEngine(engine.engine, f"{engine.engine} does not serve the asked setting: "
                                    f"{probe.describe()}")
     return engine, probe.fields()
 

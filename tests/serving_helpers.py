@@ -35,12 +35,13 @@ def vocabulary() -> list[str]:
     return [*(symbols[b] for b in range(256)), *(m.replace(" ", "") for m in MERGES), BOS, EOS]
 
 
-def write_gguf(path: Path, *, add_bos: bool = True, theta: float = 1e4, ascii_output: bool = False) -> Path:
-    """Write the tiny Llama GGUF (float32 weights, seed 0); BOS and EOS get zero output rows, so that greedy
-    decoding never stops early on EOS (a random row could win). `ascii_output`: every token but the printable
-    ASCII bytes that start no merge gets a zero row too, so that the generated text re-tokenises into the
-    sampled ids (llama.cpp's server returns text: a lone byte of a UTF-8 character, or a pair it reads back as
-    one merge, would come back as other ids)."""
+def write_gguf(path: Path, *, add_bos: bool = True, theta: float = 1e4, ascii_output: bool = False,
+               seed: int = 0) -> Path:
+    """Write the tiny Llama GGUF (float32 weights drawn from `seed`); BOS and EOS get zero output rows, so
+    that greedy decoding never stops early on EOS (a random row could win). `ascii_output`: every token but
+    the printable ASCII bytes that start no merge gets a zero row too, so that the generated text
+    re-tokenises into the sampled ids (llama.cpp's server returns text: a lone byte of a UTF-8 character, or
+    a pair it reads back as one merge, would come back as other ids)."""
 
     tokens = vocabulary()
     vocab = len(tokens)
@@ -55,7 +56,7 @@ def write_gguf(path: Path, *, add_bos: bool = True, theta: float = 1e4, ascii_ou
     writer.add_eos_token_id(vocab - 1)
     writer.add_add_bos_token(add_bos)
     writer.add_add_eos_token(False)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
 
     def tensor(name: str, *shape: int, scale: float = 0.3, offset: float = 0.0) -> None:
         array = (offset + scale * rng.standard_normal(shape)).astype(np.float32)

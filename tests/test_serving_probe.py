@@ -15,11 +15,13 @@ SERVED = [-1.0, -2.0, -0.5, -3.0]
     ([-1.5, -2.6, -0.1, -3.9], [-1.1, -2.0, -0.5, -3.1], "override NOT applied"),
     ([-1.1, -2.1, -0.6, -3.1], [-1.15, -2.15, -0.65, -3.15], "inconclusive"),  # 0.1 vs 0.15: under CLEAR
     ([-1.1, -2.1, -0.6, -3.1], None, "no override"),
+    ([-3.0, -4.0, -2.0, -5.0], None, "serves another model"),  # 1.875 nats from the only variant
+    ([-3.0, -4.0, -2.0, -5.0], [-2.5, -3.5, -1.9, -4.4], "serves another model"),  # > 1 nat from both
 ])
 def test_the_verdict_needs_one_gap_clearly_below_the_other(asked, unchanged, verdict):
     probe = judge(100, [5, 6, 7, 8], SERVED, asked, [5, 6, 9, 8], unchanged)
     assert probe.verdict == verdict
-    assert probe.refuses == (verdict == "override NOT applied")
+    assert probe.refuses == (verdict in ("override NOT applied", "serves another model"))
     assert probe.greedy_agree == 2 and probe.tokens == 4 and probe.length == 100
     assert probe.gap == pytest.approx(sum(abs(a - b) for a, b in zip(SERVED, asked, strict=True)) / 4)
     assert probe.gap_max == pytest.approx(max(abs(a - b) for a, b in zip(SERVED, asked, strict=True)))

@@ -110,7 +110,7 @@ def test_a_server_that_ignores_the_override_is_caught_by_the_probe(tiny, tmp_pat
                      "--out", str(out), *ARGS]) == 1
     (row,) = list(read_jsonl(out, "records"))
     assert row["probe_verdict"] == "override NOT applied" and row["status"] == "error"
-    assert "did not apply the RoPE override" in row["error"]
+    assert "does not serve the asked setting" in row["error"] and "override NOT applied" in row["error"]
     assert row["probe_gap"] >= 2 * row["probe_gap_without_override"]
 
 
@@ -144,3 +144,14 @@ def test_the_dry_run_shows_the_launch_command_and_starts_nothing(tiny, tmp_path,
     assert "--rope_freq_base 20000" in text and "--port <free port>" in text
     assert "probes 400 tokens against the in-process model" in text
     assert not out.exists()
+
+
+def test_a_server_with_other_weights_and_the_same_tokenizer_is_caught_by_the_probe(tiny, tmp_path):
+    other = write_gguf(tmp_path / "other.gguf", ascii_output=True, seed=1)
+    out = tmp_path / "r"
+    with llama_server(other, tmp_path / "other.log") as server:
+        server.wait_ready(60)
+        assert main(["run", "--model", str(tiny), "--server-url", server.url, "--out", str(out), *ARGS]) == 1
+    (row,) = list(read_jsonl(out, "records"))
+    assert row["probe_verdict"] == "serves another model" and row["status"] == "error"
+    assert row["probe_gap"] > 1.0 and row["probe_gap_without_override"] is None

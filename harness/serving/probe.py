@@ -5,7 +5,8 @@ The probe is a real-text prompt of `length` tokens; the server answers it greedi
 their log-probs; the in-process model scores those same tokens teacher-forced, once with the setting's
 override and, when the setting changes RoPE, once with the checkpoint's own RoPE. The served log-probs must
 sit closer to the asked setting than to the unchanged checkpoint: that is the evidence the engine applied the
-override. Measured on SmolLM2 at 1K (llama.cpp's quantised blocks vs the HF path's float32): mean |gap| 0.03
+override; served log-probs more than 1 nat (mean) from every in-process variant come from other weights.
+Measured on SmolLM2 at 1K (llama.cpp's quantised blocks vs the HF path's float32): mean |gap| 0.03
 nats with the override the server was given, 0.11 against base x2 and 0.32 against base / 10.
 """
 
@@ -21,13 +22,14 @@ from harness.contract import Engine
 PROBE_LENGTH = 1024  # tokens: far enough into the sequence that RoPE settings differ measurably
 PROBE_NEW = 32  # generated tokens compared
 CLEAR = 2.0  # the verdict needs one gap at least this many times the other
+OTHER_MODEL = 1.0  # nats of mean gap to every in-process variant: the server runs other weights
 
 
 @dataclass(frozen=True)
 class Probe:
     """What one probe measured; `fields` is what every record of the setting carries."""
 
-    verdict: str  # override applied | override NOT applied | inconclusive | no override | skipped/failed: why
+    verdict: str  # override (NOT) applied, inconclusive, no override, serves another model, skipped, failed
     length: int | None = None
     tokens: int | None = None  # generated tokens compared
     greedy_agree: int | None = None  # leading greedy tokens the server and the in-process model share
@@ -37,7 +39,7 @@ class Probe:
 
     @property
     def refuses(self) -> bool:
-        return self.verdict == "override NOT applied"
+        return self.verdict in ("override NOT applied", "serves another model")
 
     def fields(self) -> dict[str, Any]:
         return {"probe_verdict": self.verdict, "probe_length": self.length, "probe_tokens": self.tokens,
@@ -99,7 +101,8 @@ def judge(length: int, tokens: list[int], served: list[float], asked: list[float
     gaps = _gaps(served, asked)
     gap = sum(gaps) / len(gaps)
     without = sum(_gaps(served, unchanged)) / len(gaps) if unchanged is not None else None
-    verdict = ("no override" if without is None else
+    verdict = ("serves another model" if min(gap, without if without is not None else gap) > OTHER_MODEL else
+               "no override" if without is None else
                "override applied" if CLEAR * gap <= without else
                "override NOT applied" if CLEAR * without <= gap else "inconclusive")
     return Probe(verdict, length, len(tokens), _leading_agreement(tokens, generated), gap, max(gaps), without)
