@@ -523,3 +523,13 @@ def test_a_perplexity_at_chance_is_never_called_censored(tmp_path):
     row = summary.iloc[0]
     assert pd.isna(row["measured_limit"]) and pd.isna(row["measured_censored"])
     assert row["warning"].startswith("broken at the reference lengths") and "at chance (50)" in row["warning"]
+
+
+def test_a_zero_width_ci_is_explained_not_passed_off_as_precision():
+    from harness.report.analysis import _row_notes
+
+    agree = _row_notes("", "", False, False, (9159.0, 9159.0), 3)
+    assert len(agree) == 1 and "the 3 samples agree" in agree[0]
+    assert "not a measurement to one token" in agree[0]
+    assert _row_notes("", "", False, False, (8597.0, 8636.0), 3) == []
+    assert _row_notes("", "", False, False, (math.nan, math.nan), 1) == []

@@ -337,6 +337,21 @@ def chance_of(measure: MeasureSpec, recs: pd.DataFrame) -> float | None:
     return None
 
 
+def _row_notes(law_note: str, limit_note: str, no_positions: bool, finetune_assumed: bool,
+               interval: tuple[float, float], n_samples: int) -> list[str]:
+    """A summary row's notes: the law's, the limit's (or missing positions), the fine-tuning premise, and a
+    zero-width CI that only says the samples agree."""
+    missing = "no positions*.jsonl rows for this setting"
+    notes = [n for n in (law_note, missing if no_positions else limit_note) if n]
+    if finetune_assumed:
+        notes.append("base changed without fine-tuning; the law assumes fine-tuning at tune_len")
+    lo, hi = interval
+    if np.isfinite(lo) and lo == hi:
+        notes.append(f"every bootstrap draw gave the same length: the {n_samples} samples agree, which a "
+                     "zero-width CI shows; it is not a measurement to one token")
+    return notes
+
+
 def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, params, n_boot: int, seed: int,
                  ci: float, positions: pd.DataFrame | None, order: list[str],
                  min_samples: int = DEFAULT_MIN_SAMPLES) -> Analysis:
@@ -371,11 +386,8 @@ def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, para
                 lo, hi = percentile_interval(draws, ci)
             predicted = block.predicted_limit
             ratio = limit.value / predicted if predicted and np.isfinite(limit.value) else math.nan
-            no_positions = measure.source == "positions" and not n_samples
-            row_notes = [n for n in (block.note, "no positions*.jsonl rows for this setting" if no_positions
-                                     else limit.note) if n]
-            if finetune_assumed:
-                row_notes.append("base changed without fine-tuning; the law assumes fine-tuning at tune_len")
+            row_notes = _row_notes(block.note, limit.note, measure.source == "positions" and not n_samples,
+                                   finetune_assumed, (lo, hi), n_samples)
             if why_not:
                 warnings = [why_not]
             elif measure.source == "positions":
