@@ -84,7 +84,8 @@ def llama_server(gguf_path: Path, log: Path, override: RopeOverride | None = Non
 
 
 PARENT_SCRIPT = """
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIGINT ignored
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from serving_helpers import llama_server
