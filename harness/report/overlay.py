@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from harness.report.analysis import Analysis, FigureContext
 
 TRAIN_STYLE = {"linestyle": ":", "linewidth": 1.1}
+TUNE_STYLE = {"linestyle": (0, (1, 3)), "linewidth": 1.6}  # sparser dots: the length a model was extended to
 PREDICTED_STYLE = {"linestyle": "--", "linewidth": 1.3}
 RETRIEVAL_STYLE = {"linestyle": "-.", "linewidth": 1.2}  # dash-dot
 SHARED_COLOR = "0.35"
@@ -74,6 +75,8 @@ def law_overlay(ax: Axes, ctx: FigureContext, analysis: Analysis, reach: float =
     if not len(analysis.settings):
         return lines
     trains = _owners(ctx, analysis, "train_len")
+    # the length an extended model was tuned to (its window), where it differs from its training length
+    tunes = {v: o for v, o in _owners(ctx, analysis, "tune_len").items() if v not in trains}
     new_lo, new_hi = min([lo] + [t / 1.15 for t in trains]), hi
     placed: list[tuple[float, str, str]] = []  # (x, marker, colour) of the top-edge markers
     far: list[tuple[bool, float, str, str]] = []  # (right of the view, value, label, colour)
@@ -88,18 +91,20 @@ def law_overlay(ax: Axes, ctx: FigureContext, analysis: Analysis, reach: float =
                 continue
             new_hi, new_lo = max(new_hi, value * 1.15), min(new_lo, value / 1.15)
             placed += [(value, marker, ctx.colors[owner]) for owner in owners]
-    for train, owners in trains.items():
-        color = ctx.colors[owners[0]] if len(owners) == 1 else SHARED_TRAIN_COLOR
-        line = ax.axvline(train, color=color, zorder=1, **TRAIN_STYLE)
-        line.set_gid("law-train:" + "|".join(owners))
-        lines.append(line)
+    for kind, values, style in (("train", trains, TRAIN_STYLE), ("tune", tunes, TUNE_STYLE)):
+        for value, owners in values.items():
+            color = ctx.colors[owners[0]] if len(owners) == 1 else SHARED_TRAIN_COLOR
+            line = ax.axvline(value, color=color, zorder=1, **style)
+            line.set_gid(f"law-{kind}:" + "|".join(owners))
+            lines.append(line)
     ax.set_xlim(new_lo, new_hi)
     format_length_axis(ax)
     edge = blended_transform_factory(ax.transData, ax.transAxes)
-    for train in trains:
-        ax.text(train, 0.015, "T_train", transform=edge, rotation=90, ha="right", va="bottom", fontsize=6,
-                color="0.25", zorder=6, bbox={"boxstyle": "square,pad=0.1", "facecolor": "white",
-                                              "edgecolor": "none", "alpha": 0.8})
+    for value, word in [*((t, "T_train") for t in trains), *((t, "T_tune") for t in tunes)]:
+        if new_lo <= value <= new_hi:
+            ax.text(value, 0.015, word, transform=edge, rotation=90, ha="right", va="bottom", fontsize=6,
+                    color="0.25", zorder=6, bbox={"boxstyle": "square,pad=0.1", "facecolor": "white",
+                                                  "edgecolor": "none", "alpha": 0.8})
     height = _top_markers(ax, placed, edge)
     _far_labels(ax, far, height)
     return lines
@@ -174,6 +179,8 @@ def law_legend_handles(ax: Axes | None = None, measured: bool = True) -> list[An
     handles = []
     if "train" in drawn:
         handles.append(Line2D([], [], color="0.3", **TRAIN_STYLE, label="training length"))
+    if "tune" in drawn:
+        handles.append(Line2D([], [], color="0.3", **TUNE_STYLE, label="tuning length (the window)"))
     if "predicted" in drawn:
         handles.append(Line2D([], [], color="0.3", marker="v", markersize=4.5, **PREDICTED_STYLE,
                               label="predicted limit (Liu law)"))
