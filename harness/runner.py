@@ -172,17 +172,17 @@ def _checked(engine: Any, prep: SettingPlan, longest: int, warn: Callable[[str],
         described.tokenizer = checkpoint.tokenizer
         return Engine(models.load(described, dtype="float32", device="cpu"))
 
-    why = "--no-probe" if not setting.probe else fits_in_memory(checkpoint.config)
-    if why:
-        probe = Probe(f"skipped: {why}")
-    else:
-        try:
+    try:
+        why = "--no-probe" if not setting.probe else fits_in_memory(checkpoint.config)
+        if why:
+            probe = Probe(f"skipped: {why}")
+        else:
             ids = probe_ids(checkpoint.tokenizer, min(PROBE_LENGTH, longest))
             probe = run_probe(engine.client, ids, load, checkpoint.override.changes_rope(),
                               lambda i: checkpoint.tokenizer.decode([i], skip_special_tokens=False,
                                                                     clean_up_tokenization_spaces=False))
-        except (RuntimeError, OSError, InputError) as exc:
-            probe = Probe(f"failed: {one_line(exc)}")
+    except (RuntimeError, OSError, ValueError, InputError) as exc:  # recorded in the records, not fatal
+        probe = Probe(f"failed: {one_line(exc)}")
     if probe.verdict in ("override applied", "no override"):
         print(f"rope-harness: {prep.label}: {engine.engine} {probe.describe()}", file=sys.stderr)
     else:

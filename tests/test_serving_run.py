@@ -155,3 +155,16 @@ def test_a_server_with_other_weights_and_the_same_tokenizer_is_caught_by_the_pro
     (row,) = list(read_jsonl(out, "records"))
     assert row["probe_verdict"] == "serves another model" and row["status"] == "error"
     assert row["probe_gap"] > 1.0 and row["probe_gap_without_override"] is None
+
+
+def test_a_probe_that_cannot_run_is_recorded_and_the_cells_still_run(tiny, tmp_path, monkeypatch):
+    from harness.serving import probe
+
+    def broken(config, share=0.5):
+        raise ValueError("simulated: this config builds no model here")
+
+    monkeypatch.setattr(probe, "fits_in_memory", broken)
+    out = tmp_path / "r"
+    assert main(["run", "--model", str(tiny), "--serve", "llama.cpp", "--out", str(out), *ARGS]) == 0
+    (row,) = list(read_jsonl(out, "records"))
+    assert row["status"] == "ok" and row["probe_verdict"].startswith("failed: ValueError: simulated")
