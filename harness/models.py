@@ -265,8 +265,8 @@ def rope_manifest(config, spec: dict[str, Any], law: dict[str, Any], inv_freqs: 
         "attention_scaling": float(inv_freqs[section][1]) if section in inv_freqs else 1.0,
         "rope_section": section,
         **law,
-        "law_assumes_finetune": bool(base_changed and law["tune_len_source"] != "flag"
-                                     and float(spec["rope_theta"]) != law["pretrain_base"]),
+        # a return to the pre-training base counts too: an extended checkpoint was never tuned at it
+        "law_assumes_finetune": bool(base_changed and law["tune_len_source"] != "flag"),
     }
     # the law inputs describe the checkpoint's history, not what the model computes: outside the identity
     manifest["rope_hash"] = _rope_hash({k: v for k, v in manifest.items() if k not in LAW_FIELDS}, inv_freqs)

@@ -291,3 +291,4 @@ def test_only_a_changed_base_assumes_finetuning(tiny_llama):
 
     assert not flagged(rope_type="yarn", factor=4) and not flagged(rope_type="linear", factor=2)
     assert flagged(theta=5e5) and flagged(rope_type="ntk", factor=2)
+    assert flagged(theta=500.0)  # back to the pre-training base: this checkpoint was never tuned at it

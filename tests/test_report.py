@@ -533,3 +533,14 @@ def test_a_zero_width_ci_is_explained_not_passed_off_as_precision():
     assert "not a measurement to one token" in agree[0]
     assert _row_notes("", "", False, False, (8597.0, 8636.0), 3) == []
     assert _row_notes("", "", False, False, (math.nan, math.nan), 1) == []
+
+
+def test_a_setting_is_flagged_as_assuming_finetuning_when_any_of_its_records_is(tmp_path):
+    from harness.report.load import load_runs
+
+    rows = curve_rows("b=1e4", 1e4, 4096, 2) + curve_rows("b=1e5", 1e5, 8192, 2)
+    for row in rows[:3]:  # a later run of b=1e4 flagged what an older version did not
+        row["law_assumes_finetune"] = True
+    records = load_runs([write_run(tmp_path / "r", rows)]).records
+    flags = records.groupby("setting")["law_assumes_finetune"].agg(set)
+    assert flags["b=1e4"] == {True} and flags["b=1e5"] == {False}

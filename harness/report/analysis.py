@@ -387,7 +387,8 @@ def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, para
             predicted = block.predicted_limit
             ratio = limit.value / predicted if predicted and np.isfinite(limit.value) else math.nan
             row_notes = _row_notes(block.note, limit.note, measure.source == "positions" and not n_samples,
-                                   finetune_assumed, (lo, hi), n_samples)
+                                   finetune_assumed, (math.nan, math.nan) if limit.censored else (lo, hi),
+                                   n_samples)  # a censored limit is a bound: its draws agree by construction
             if why_not:
                 warnings = [why_not]
             elif measure.source == "positions":

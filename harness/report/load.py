@@ -79,7 +79,7 @@ def load_runs(run_dirs: Sequence[Path | str]) -> RunRecords:
             pos.insert(0, "run", name)
             pos_frames.append(pos)
     records = pd.concat(frames, ignore_index=True, sort=False)
-    for col in ("depth", "seed", "sample", "rope_hash", "error", *LAW_COLUMNS):
+    for col in ("depth", "seed", "sample", "rope_hash", "error", "law_assumes_finetune", *LAW_COLUMNS):
         if col not in records:
             records[col] = None
     records["length"] = pd.to_numeric(records["length"], errors="coerce")
@@ -90,6 +90,10 @@ def load_runs(run_dirs: Sequence[Path | str]) -> RunRecords:
     records["rope_hash"] = records["rope_hash"].fillna("")
     positions = pd.concat(pos_frames, ignore_index=True, sort=False) if pos_frames else None
     records, positions = _unique_settings(records, positions)
+    # one property of a setting (its base vs its checkpoint's): flagged by any of its records, older
+    # rope-harness versions missed a return to the pre-training base
+    records["law_assumes_finetune"] = records.groupby("setting")["law_assumes_finetune"].transform(
+        lambda flags: bool(flags.fillna(False).astype(bool).any()))
     records, superseded = _dedupe(records)
     if superseded:
         notes.append(f"{superseded} failed record(s) were superseded by a later record of the same cell")
