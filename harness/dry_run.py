@@ -98,7 +98,7 @@ def _served_line(prep: SettingPlan) -> str:
     from harness.serving.probe import PROBE_LENGTH
 
     setting = prep.setting
-    longest = max((max(t.spec.params.lengths) for t in prep.tasks.values()), default=0)
+    longest = prep.longest
     if setting.server_urls:
         where = f"uses {', '.join(setting.server_urls)}"
     else:

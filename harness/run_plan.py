@@ -98,6 +98,11 @@ class SettingPlan:
         return self.checkpoint.tokenizer if self.checkpoint else None
 
     @property
+    def longest(self) -> int:
+        """The longest length of any of the setting's tasks (0 without tasks): a served engine's context."""
+        return max((max(t.spec.params.lengths) for t in self.tasks.values()), default=0)
+
+    @property
     def fingerprint(self) -> str | None:
         return self.checkpoint.fingerprint if self.checkpoint else None
 

@@ -132,7 +132,7 @@ def _run_served(progress: _Progress, prep: SettingPlan, rank: int, world: int) -
     from harness.serving.backend import SERVED_HEADROOM, UnavailableEngine, engine_label, served
 
     setting, checkpoint = prep.setting, prep.checkpoint
-    longest = max(max(t.spec.params.lengths) for t in prep.tasks.values()) if prep.tasks else 0
+    longest = prep.longest
     with contextlib.ExitStack() as stack:
         try:
             engine, info = stack.enter_context(served(
@@ -178,9 +178,7 @@ def _checked(engine: Any, prep: SettingPlan, longest: int, warn: Callable[[str],
             probe = Probe(f"skipped: {why}")
         else:
             ids = probe_ids(checkpoint.tokenizer, min(PROBE_LENGTH, longest))
-            probe = run_probe(engine.client, ids, load, checkpoint.override.changes_rope(),
-                              lambda i: checkpoint.tokenizer.decode([i], skip_special_tokens=False,
-                                                                    clean_up_tokenization_spaces=False))
+            probe = run_probe(engine.client, ids, load, checkpoint.override.changes_rope())
     except (RuntimeError, OSError, ValueError, InputError) as exc:  # recorded in the records, not fatal
         probe = Probe(f"failed: {one_line(exc)}")
     if probe.verdict in ("override applied", "no override"):

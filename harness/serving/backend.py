@@ -113,14 +113,20 @@ SCORES = {"vllm": True, "sglang": True}  # engines that return every prompt toke
 PROBE = "The quick brown fox jumps over the lazy dog. " * 8  # a short text every tokenizer splits cheaply
 
 
+def _argv(checkpoint: Any, serve: str, max_len: int, port: int, tensor_parallel: int,
+          data_parallel: int) -> list[str]:
+    """The argv that serves the checkpoint with its override on 127.0.0.1:port."""
+    from harness.serving.engines import launch_command
+
+    return launch_command(serve, checkpoint.path, checkpoint.override, max_len=max_len, host="127.0.0.1",
+                          port=port, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
+                          config=checkpoint.source_config)
+
+
 def launch_preview(checkpoint: Any, serve: str, max_len: int, tensor_parallel: int = 1,
                    data_parallel: int = 1) -> str:
     """The command `served` would run for this setting (the dry run's; the port is chosen at launch)."""
-    from harness.serving.engines import launch_command
-
-    argv = launch_command(serve, checkpoint.path, checkpoint.override, max_len=max_len, host="127.0.0.1",
-                          port=8000, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
-                          config=checkpoint.source_config)
+    argv = _argv(checkpoint, serve, max_len, 8000, tensor_parallel, data_parallel)
     at = argv.index("--port") + 1 if "--port" in argv else None
     return " ".join("<free port>" if i == at else a for i, a in enumerate(argv))
 
@@ -137,16 +143,14 @@ def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: 
     stopped on exit, error or Ctrl-C), after one check that the server tokenises like the harness; with
     what ran it (`engine`, `engine_version`, `serve_command`, `server_urls`)."""
     from harness.serving.client import Client
-    from harness.serving.engines import engine_version, launch_command
+    from harness.serving.engines import engine_version
     from harness.serving.process import Server
 
     name = engine_label(serve)
     server = None
     if not urls:
-        server = Server(lambda port: launch_command(
-            serve, checkpoint.path, checkpoint.override, max_len=max_len, host="127.0.0.1", port=port,
-            tensor_parallel=tensor_parallel, data_parallel=data_parallel, config=checkpoint.source_config),
-            log=log)
+        server = Server(lambda port: _argv(checkpoint, serve, max_len, port, tensor_parallel, data_parallel),
+                        log=log)
         server.start()
     try:
         if server is not None:

@@ -120,12 +120,13 @@ def aligned(served: dict[str, Any], piece: Callable[[int], str]) -> int:
 
 
 def run_probe(client: Any, ids: list[int], load: Callable[[bool], Engine], changes_rope: bool,
-              piece: Callable[[int], str], new: int = PROBE_NEW) -> Probe:
+              new: int = PROBE_NEW) -> Probe:
     """Ask the server for `new` greedy tokens after `ids`, then score them in-process, one model at a time:
     `load(True)` the asked setting, `load(False)` the unchanged checkpoint (when the setting changes RoPE).
-    `piece(id)` is one token's text (to pair a text-only server's tokens with their log-probs)."""
+    The client's `decode` (the model's tokenizer) spells a token to pair a text-only server's tokens with
+    their log-probs."""
     served = client.complete(ids, new, logprobs=1)
-    n = aligned(served, piece)
+    n = aligned(served, lambda token: client.decode([token]))
     if n == 0:
         return Probe("failed: no generated token paired with its log-prob", len(ids))
     tokens, logprobs = served["ids"][:n], served["token_logprobs"][:n]
