@@ -79,12 +79,12 @@ def installed(names: Sequence[str]) -> list[str]:
     return found
 
 
-def free(device: str) -> None:
-    import torch
+def free() -> None:
+    """Drop the last model's memory before a server takes the card."""
+    from harness.memory_guard import free_accelerator_memory
 
     gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    free_accelerator_memory()
 
 
 def wide_tokenizer(vocab: int, bos: int, eos: int) -> Any:
@@ -117,7 +117,7 @@ def save_checkpoint(loaded: Any, folder: Path) -> Path:
     loaded.model.save_pretrained(folder, safe_serialization=True)
     wide_tokenizer(config.vocab_size, config.bos_token_id, config.eos_token_id).save_pretrained(folder)
     loaded.model = None
-    free(loaded.device)
+    free()
     return folder
 
 
@@ -218,7 +218,7 @@ def in_process(checkpoint: Any, prompts: dict[int, list[Any]], warm: list[int], 
         return dict.fromkeys(prompts, f"failed: {one_line(exc, 160)}")
     finally:
         engine = None  # the model's last reference: freed before any server takes the card
-        free(setup.device)
+        free()
 
 
 def compare(name: str, length: int, ref: Measured | str, got: Measured | str, k: int) -> list[object]:
