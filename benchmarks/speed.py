@@ -15,6 +15,10 @@ repeats).
 - passkey cell at L (--pair-lengths): `score_and_generate(prompt, answer, max_new_tokens=9)` (one prefill)
   vs ONE `token_nll` pass over the same prompt, with the old two-prefill path (`answer_score` then
   `generate`) timed alongside for comparison;
+- prefix reuse at L (--prefix-lengths): a passkey grid of 3 depths x 3 keys, each prompt random filler
+  with a 7-token "key" at the depth, scored with `score_and_generate` in the runner's order (length ->
+  depth -> key) by Engine(prefix_reuse=True) vs Engine(prefix_reuse=False), paired in each repeat; the
+  answers must agree (same greedy tokens, log-probs to 1e-4);
 - batching at L (--batch-lengths): Engine(batch_size=B).token_nll_batch over B same-length sequences (one
   forward) vs Engine(batch_size=1) over the same B (B forwards), paired in each repeat; the numbers must be
   bit-identical. On CPU one row already keeps the cores busy, so this is measured, not targeted: batching
@@ -23,7 +27,8 @@ repeats).
 Exit status 1 when any target line reads MISSED, else 0.
 
     python benchmarks/speed.py [--lengths 1024,2048,4096,8192,16384] [--repeats 5] [--long-repeats 3]
-                               [--pair-lengths 2048,8192] [--batch-lengths 256,1024] [--batch 8]
+                               [--pair-lengths 2048,8192] [--prefix-lengths 4096]
+                               [--batch-lengths 256,1024] [--batch 8]
                                [--threads N]
 """
 
@@ -45,6 +50,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--pair-lengths", default="2048,8192",
                         help="lengths of the stream-vs-single and passkey rows")
+    parser.add_argument("--prefix-lengths", default="4096", help="lengths of the prefix-reuse rows")
     parser.add_argument("--batch-lengths", default="256,1024", help="lengths of the batching rows")
     parser.add_argument("--batch", type=int, default=8, help="sequences per batch in the batching rows")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a benchmark model folder")
@@ -130,6 +136,9 @@ def main() -> int:
         held = [grid_ratio <= 1.2, ratios[worst] >= 0.8]
         if pair_lengths:
             held += pair_rows(args, loaded, eng, pair_lengths)
+        prefix_lengths = sorted(int(x) for x in args.prefix_lengths.split(",") if x)
+        if prefix_lengths:
+            held.append(prefix_rows(args, loaded, prefix_lengths))
         batch_lengths = sorted(int(x) for x in args.batch_lengths.split(",") if x)
         if batch_lengths:
             held.append(batch_rows(args, loaded, batch_lengths))
@@ -194,6 +203,44 @@ def pair_rows(args, loaded, eng, pair_lengths: list[int]) -> list[bool]:
     print(f"Target passkey score_and_generate <= 1.15x one token_nll pass: highest {key_ratio[high]:.2f}x "
           f"at L={high} -> {bc.verdict(key_ratio[high] <= 1.15)}")
     return [stream_ratio[low] >= 0.8, key_ratio[high] <= 1.15]
+
+
+def passkey_grid(n: int) -> list[list[int]]:
+    """3 depths x 3 keys of n-token prompts: the same filler, a 7-token key at each depth (runner order)."""
+    filler = bc.random_ids(n, seed=4)
+    return [filler[:int(depth * n)] + bc.random_ids(7, seed=20 + key) + filler[int(depth * n) + 7:]
+            for depth in (0.1, 0.5, 0.9) for key in range(3)]
+
+
+def prefix_rows(args, loaded, lengths: list[int]) -> bool:
+    """A passkey grid with and without prefix reuse at each L: prints the table and the target line."""
+    from harness import engine
+
+    reuse, fresh = engine.Engine(loaded), engine.Engine(loaded, prefix_reuse=False)
+    answer = bc.random_ids(7, seed=3)
+    rows, held = [], True
+    for i, n in enumerate(lengths):
+        grid = passkey_grid(n)
+
+        def run(eng, grid=grid):
+            return [eng.score_and_generate_batch([p], [answer], 9) for p in grid]
+
+        got = bc.timings({"reuse": lambda: run(reuse), "fresh": lambda: run(fresh)}, args.long_repeats,
+                         warmup=1 if i == 0 else 0)
+        a, b = run(reuse), run(fresh)
+        same = all(x.values[0][1] == y.values[0][1]
+                   and abs(x.values[0][0].logprob - y.values[0][0].logprob) <= 1e-4
+                   for x, y in zip(a, b, strict=True))
+        shared = sum(x.ran[0].prefix_reused for x in a) / (len(grid) * n)
+        ratio = bc.paired_ratio(got["fresh"], got["reuse"])  # reuse / fresh throughput
+        held &= same and ratio >= 1.1
+        rows.append([n, len(grid), args.long_repeats, f"{shared:.0%}", f"{bc.median(got['reuse']):.2f}",
+                     f"{bc.median(got['fresh']):.2f}", f"{ratio:.2f}x", "yes" if same else "NO"])
+    print("\n### Prefix reuse: a passkey grid (3 depths x 3 keys, runner order), score_and_generate\n")
+    print(bc.table(["L", "prompts", "repeats", "prompt tokens reused", "reuse s", "fresh s",
+                    "speed-up (median of paired ratios)", "same answers"], rows))
+    print(f"\nTarget prefix reuse >= 1.1x a fresh prefill per prompt, same answers -> {bc.verdict(held)}")
+    return held
 
 
 def batch_rows(args, loaded, lengths: list[int]) -> bool:

@@ -17,11 +17,12 @@ Value = TypeVar("Value")
 
 @dataclass(frozen=True)
 class Ran:
-    """How one sequence was scored: the plan (`single`, `prefill:<chunk>`, `stream:<chunk>` ...) and the rows
-    that shared its forward."""
+    """How one sequence was scored: the plan (`single`, `prefill:<chunk>`, `stream:<chunk>` ...), the rows
+    that shared its forward, and the prompt tokens whose K/V came from the previous prompt's cache."""
 
     plan: str
     batch: int
+    prefix_reused: int = 0
 
 
 @dataclass(frozen=True)

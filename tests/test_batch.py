@@ -99,8 +99,9 @@ def run(model, corpus, out, *extra):
 
 
 def comparable(folder):
-    """Records without what may differ: time, batch, and the answer log-prob (compared to rounding)."""
-    drop = {"recorded_at", "batch", "answer_logprob"}
+    """Records without what may differ: time, batch, prefix reuse, and the answer log-prob (compared to
+    rounding)."""
+    drop = {"recorded_at", "batch", "prefix_reused", "answer_logprob"}  # how it ran, not what
     rows = sorted(read_jsonl(folder, "records"), key=lambda r: (r["length"], r["depth"] or 0, r["sample"]))
     return ([json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True) for r in rows],
             [r.get("answer_logprob", 0.0) for r in rows])

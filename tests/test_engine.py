@@ -153,3 +153,70 @@ def test_gemma3_dynamic_on_global_layers_matches_fresh_models(family_dirs):
     for length in (400, 150):
         ref = plain_nll(family_dirs["gemma3"], override, ids[:length])
         assert torch.allclose(eng.token_nll(ids[:length]), ref, rtol=1e-5, atol=1e-5), length
+
+
+def counting_tokens(eng) -> list[int]:
+    """Tokens each decoder forward ran (a forward hook on the input embedding)."""
+    seen: list[int] = []
+    eng.model.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    return seen
+
+
+def prefix_prompts(shared: int, tail: int = 40) -> tuple[list[int], list[int]]:
+    head = ids_of(shared, seed=7)
+    return head + ids_of(tail, seed=8), head + ids_of(tail, seed=9)
+
+
+@pytest.mark.parametrize("chunk", [None, 64])
+def test_prompt_sharing_a_prefix_reuses_its_cache_and_equals_a_fresh_prefill(tiny_llama, chunk):
+    """The second prompt's prefill runs only past the prefix it shares with the first; its answer score
+    and greedy tokens equal those of an engine that never reuses."""
+    loaded = models.load(str(tiny_llama))
+    first, second = prefix_prompts(200)
+    answer = ids_of(3, seed=10)
+    eng = engine.Engine(loaded, chunk_size=chunk)
+    eng.score_and_generate_batch([first], [answer], 5)
+    seen = counting_tokens(eng)
+    got = eng.score_and_generate_batch([second], [answer], 5)
+    # prefill past the prefix, the answer's teacher forcing, 4 greedy steps (the 5th token needs none)
+    assert seen == [40, len(answer) - 1, 1, 1, 1, 1]
+    fresh = engine.Engine(loaded, chunk_size=chunk, prefix_reuse=False).score_and_generate_batch(
+        [second], [answer], 5)
+    assert got.ran[0].prefix_reused == 200 and fresh.ran[0].prefix_reused == 0
+    (score, tokens), (want, want_tokens) = got.values[0], fresh.values[0]
+    assert tokens == want_tokens
+    assert score.logprob == pytest.approx(want.logprob, rel=1e-5, abs=1e-5)
+    assert score.token_logprobs == pytest.approx(want.token_logprobs, rel=1e-5, abs=1e-5)
+
+
+def test_prefix_reuse_is_skipped_where_it_would_not_be_exact_or_worth_it(tiny_llama):
+    loaded = models.load(str(tiny_llama))
+    eng = engine.Engine(loaded)
+    short_a, short_b = prefix_prompts(engine.MIN_SHARED_PREFIX - 1)
+    eng.generate_batch([short_a], 2)
+    assert eng.generate_batch([short_b], 2).ran[0].prefix_reused == 0  # too short a prefix to keep
+    half_a, half_b = prefix_prompts(100, tail=101)
+    eng.generate_batch([half_a], 2)
+    assert eng.generate_batch([half_b], 2).ran[0].prefix_reused == 0  # under half the prompt: recomputed
+    first, second = prefix_prompts(200)
+    eng.generate_batch([first], 2)
+    eng.token_nll(ids_of(50))  # a scoring verb frees the kept cache
+    assert eng.generate_batch([second], 2).ran[0].prefix_reused == 0
+    assert eng.generate_batch([first], 2).ran[0].prefix_reused == 200
+    assert eng.generate_batch([first], 2).ran[0].prefix_reused == 239  # all but the last token, always run
+    dynamic = engine.Engine(models.load(str(tiny_llama), OVERRIDES["dynamic"]))
+    longer = second + ids_of(10, seed=11)
+    dynamic.generate_batch([first], 2)
+    assert dynamic.generate_batch([longer], 2).ran[0].prefix_reused == 0  # RoPE fixed at another length
+    dynamic.generate_batch([first], 2)
+    assert dynamic.generate_batch([second], 2).ran[0].prefix_reused == 200
+
+
+def test_sliding_window_layers_never_reuse(family_dirs):
+    """A sliding-window layer's crop cannot restore a prefix's K/V: gemma2 alternates such layers."""
+    eng = engine.Engine(models.load(str(family_dirs["gemma2"])))
+    first, second = prefix_prompts(200)
+    eng.generate_batch([first], 2)
+    got = eng.generate_batch([second], 2)
+    assert got.ran[0].prefix_reused == 0
+    assert got.values[0] == engine.Engine(models.load(str(family_dirs["gemma2"]))).generate(second, 2)

@@ -315,6 +315,26 @@ def test_tiny_random_model_cannot(tiny_llama):
     assert row["answer_logprob"] == pytest.approx(-float(nll.sum()), abs=1e-4)
 
 
+def test_keys_at_one_depth_share_the_prefill_before_the_needle(tiny_llama):
+    """Cells run length -> depth -> key: each key's prompt reuses the cache of the one before up to its
+    needle, and every number equals an engine that prefills each prompt afresh."""
+    from harness import models
+    from harness.engine import Engine
+
+    loaded = models.load(str(tiny_llama), dtype="float32", device="cpu")
+    params = TaskParams(lengths=[300], samples=3, options={"depths": [0.9], "max_new_tokens": 6})
+    reused = run_cells(Engine(loaded), loaded.tokenizer, params)
+    fresh = run_cells(Engine(loaded, prefix_reuse=False), loaded.tokenizer, params)
+    assert reused[0]["prefix_reused"] == 0
+    for r in reused[1:]:  # everything up to the key's first differing digit
+        start = r["needle_position"]
+        assert start + len("The pass key is ") <= r["prefix_reused"] < start + 25
+    assert all(r["prefix_reused"] == 0 for r in fresh)
+    for a, b in zip(reused, fresh, strict=True):
+        assert a["generated"] == b["generated"]
+        assert a["answer_logprob"] == pytest.approx(b["answer_logprob"], abs=1e-4)
+
+
 # ------------------------------------------------------------------------------------------ report
 
 

@@ -152,7 +152,7 @@ class LongQATask(Task):
                           chance_logprob=-len(prompt.answers[0]) * math.log(10.0))
         record.update(metric=prompt.metric, score=scores[prompt.metric], **scores, prediction=text,
                       generated_tokens=len(new), max_new_tokens=prompt.max_new_tokens, plan=ran.plan,
-                      batch=ran.batch)
+                      batch=ran.batch, prefix_reused=ran.prefix_reused)
         return record
 
 

@@ -164,7 +164,7 @@ class PasskeyTask(Task):
                 "needle_position": prompt.needle_position,
                 "needle_depth": prompt.needle_depth, "haystack_tokens": prompt.haystack_tokens,
                 "needles": options.needles, "needle_name": prompt.name, "haystack": options.haystack,
-                "plan": ran.plan, "batch": ran.batch,
+                "plan": ran.plan, "batch": ran.batch, "prefix_reused": ran.prefix_reused,
             })
         return out
 
