@@ -19,7 +19,7 @@ never of momentary free memory, so reruns are reproducible.
 
 Prefix reuse: a one-row generation prompt keeps its cache until the next verb; a next prompt that shares at
 least half of its tokens with it (a passkey grid's keys at one depth) prefills only the rest on top of the
-cropped cache (`_take_prefix`), and `Ran.prefix_reused` says how many tokens it took.
+cropped cache (`harness.prefix_cache`), and `Ran.prefix_reused` says how many tokens it took.
 """
 
 from __future__ import annotations
@@ -38,13 +38,10 @@ from harness.contract import AnswerScore, Ran, Scored
 from harness.errors import one_line
 from harness.memory_guard import free_accelerator_memory, is_oom
 from harness.planner import HEAD_CHUNK, STRATEGIES, Plan, batch_rows, make_plan
+from harness.prefix_cache import PrefixCache
 
 __all__ = ["AnswerScore", "Engine", "device_budget", "perplexity", "postprocess_logits"]
 MIN_FALLBACK_CHUNK = 64  # the smallest chunk an out-of-memory fallback shrinks to
-MIN_SHARED_PREFIX = 64  # tokens: a shorter prefix shared with the last prompt is recomputed, not reused
-# a prefill on top of a cache runs masked attention, slower per token than a causal pass on CPU: below half
-# the prompt a reuse saves little or loses (benchmarks/speed.py, prefix-reuse rows)
-MIN_SHARED_FRACTION = 0.5
 
 
 def device_budget(device: str) -> int | None:
@@ -80,16 +77,6 @@ def postprocess_logits(config, logits: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Kept:
-    """The last one-row prompt's cache, kept for the next prompt that starts with the same tokens (a
-    passkey grid's keys at one depth share everything before the needle). Positions past `ids` (the
-    teacher-forced answer, the greedy tokens) are cropped away before reuse."""
-    ids: list[int]
-    cache: object
-    rope_length: int  # length-dependent RoPE was fixed at this length: reused only at the same length
-
-
-@dataclass(frozen=True)
 class _Prefilled:
     """A layer-streamed prefill's output: the next-token logits [1, 1, vocab] (as the model's output with
     logits_to_keep=1) and the final hidden state of the last prompt token [1, H] (the head's input)."""
@@ -113,9 +100,8 @@ class Engine:
         self.attn = loaded.attn
         self.chunk_size = chunk_size
         self.max_memory = max_memory
-        self.prefix_reuse = prefix_reuse
-        self._kept: _Kept | None = None
-        self._reused: list[int] = []  # per row prefilled by the current try: prompt tokens taken from _kept
+        self._prefix = PrefixCache(prefix_reuse)
+        self._reused: list[int] = []  # per row prefilled by the current try: prompt tokens reused
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.length_dependent = rope_config.is_length_dependent(self.config)
         self.decoder = self.model.base_model
@@ -164,7 +150,7 @@ class Engine:
         """`score_rows(ids [n, L], indices, plan) -> n values` over runs of equal-length sequences (RoPE fixed
         at L where it depends on it), each run with the fallbacks of `_fallbacks` unless a plan is forced."""
         if not generation:
-            self._kept = None  # scoring keeps no cache: free the last prompt's before a long forward
+            self._prefix.clear()  # scoring keeps no cache: free the last prompt's before a long forward
         values, ran = [], []
         for run in self._batches(sequences, generation):
             tensor = torch.stack([self._tensor(sequences[i]) for i in run])
@@ -188,7 +174,7 @@ class Engine:
             except Exception as exc:
                 if not is_oom(exc):
                     raise
-                self._kept = None
+                self._prefix.clear()
                 free_accelerator_memory()
                 error = exc
                 continue
@@ -449,7 +435,7 @@ class Engine:
         rows, length = tensor.shape
         plan = plan or self.plan(length, generation=True)
         if plan.strategy == "stream":
-            self._kept = None
+            self._prefix.clear()
             self._reused.extend([0] * rows)
             self._check_stream()
             cache = self._new_cache(plan.offload)
@@ -459,33 +445,15 @@ class Engine:
         chunk = plan.chunk if plan.strategy == "prefill" else length
         if chunk < length:
             self._check_prefill()
-        shared, cache = self._take_prefix(tensor)
+        shared, cache = self._prefix.take(tensor.tolist(), self.length_dependent)
         cache = cache or self._new_cache()
         for start in range(shared, length, chunk):
             out = self.model(input_ids=tensor[:, start:start + chunk], use_cache=True, logits_to_keep=1,
                              **{self.cache_kw: cache})
         self._reused.extend([shared] * rows)
-        if self.prefix_reuse and rows == 1 and self.prefill_exact and _croppable(cache):
-            self._kept = _Kept(tensor[0].tolist(), cache, length)
+        if self.prefill_exact:
+            self._prefix.keep(tensor.tolist(), cache, length)
         return cache, out
-
-    def _take_prefix(self, tensor: torch.Tensor):
-        """(tokens shared with the last one-row prompt, its cache cropped to them) when at least
-        MIN_SHARED_PREFIX and half the prompt are (the rest is prefilled on top: chunked prefill at that
-        boundary, exact to float rounding), else (0, None); the kept cache is released either way."""
-        kept, self._kept = self._kept, None
-        rows, length = tensor.shape
-        if kept is None or rows != 1 or (self.length_dependent and kept.rope_length != length):
-            return 0, None
-        shared = 0
-        for a, b in zip(kept.ids, tensor[0].tolist()[:length - 1], strict=False):  # the last token is run
-            if a != b:
-                break
-            shared += 1
-        if shared < max(MIN_SHARED_PREFIX, MIN_SHARED_FRACTION * length):
-            return 0, None
-        kept.cache.crop(shared - kept.cache.get_seq_length())
-        return shared, kept.cache
 
     def _new_cache(self, offload: bool = False):
         from transformers import DynamicCache
@@ -510,12 +478,6 @@ class Engine:
             out = self.model(input_ids=tokens[:, None], use_cache=True, logits_to_keep=1,
                              **{self.cache_kw: cache})
         return new
-
-
-def _croppable(cache) -> bool:
-    """Every layer holds every position's K/V, so a crop restores the cache of a prefix exactly (not a
-    sliding window's ring or a recurrent state)."""
-    return not any(cache.is_sliding) and not any(getattr(cache, "is_linear", ()))
 
 
 def perplexity(nll: torch.Tensor) -> float:

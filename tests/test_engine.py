@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from tiny import FAMILIES, OVERRIDES, make_tiny
 
-from harness import engine, models, rope_config
+from harness import engine, models, prefix_cache, rope_config
 
 
 def plain_nll(path, override, ids):
@@ -192,7 +192,7 @@ def test_prompt_sharing_a_prefix_reuses_its_cache_and_equals_a_fresh_prefill(tin
 def test_prefix_reuse_is_skipped_where_it_would_not_be_exact_or_worth_it(tiny_llama):
     loaded = models.load(str(tiny_llama))
     eng = engine.Engine(loaded)
-    short_a, short_b = prefix_prompts(engine.MIN_SHARED_PREFIX - 1)
+    short_a, short_b = prefix_prompts(prefix_cache.MIN_SHARED_PREFIX - 1)
     eng.generate_batch([short_a], 2)
     assert eng.generate_batch([short_b], 2).ran[0].prefix_reused == 0  # too short a prefix to keep
     half_a, half_b = prefix_prompts(100, tail=101)
