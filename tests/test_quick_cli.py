@@ -40,7 +40,7 @@ def test_quick_suite_grid_is_what_the_readme_promises():
     lengths = passkey.params.lengths
     assert passkey.settings == ["SmolLM2-135M"] and min(lengths) < 8192 < max(lengths)
     assert passkey.params.samples >= 3  # the report's evidence bar: a passkey limit, not "insufficient"
-    assert grid_size(quick) == 8 * 13 * 12 + 9 + 4 * 3 + 2  # zoo ppl + real ppl, passkey, longqa
+    assert grid_size(quick) == 8 * 13 * 12 + 9 + 4 * 3 + 3  # zoo ppl + real ppl, passkey, longqa
 
 
 def test_zoo_passkey_suite_keeps_the_block_that_left_the_default_job():
