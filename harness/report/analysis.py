@@ -300,6 +300,9 @@ def law_inputs_from(recs: pd.DataFrame) -> str:
     return "; ".join(f"{k}: {v}" for k, v in phrases.items())
 
 
+NO_LIMIT = Limit(math.nan, False, math.nan, math.nan)
+
+
 def _measured_dims(regime: str, limit: Limit, lo: float, hi: float, info: dict[str, Any]) -> dict[str, Any]:
     """The measured critical dimension d ln(T / 2 pi) / ln(beta) and its CI (larger-base regime only, where
     Liu's limit is 2 pi beta^(d_extra / d)); a censored T gives a lower bound
@@ -316,14 +319,19 @@ def _measured_dims(regime: str, limit: Limit, lo: float, hi: float, info: dict[s
 
 
 def _add_peer_warnings(measure: MeasureSpec, rows: list[dict[str, Any]], params) -> None:
-    """Append peer_warnings (a reference far worse than another setting's of the same model) to `rows`."""
+    """Withhold the length of a row whose reference is far worse than another setting's of the same model
+    (peer_warnings): a limit measured against a broken reference is a threshold crossing, not a length
+    the model works to."""
+    blank = {"measured_limit": math.nan, "measured_ci_low": math.nan, "measured_ci_high": math.nan,
+             "measured_censored": None, "ratio_measured_to_predicted": math.nan,
+             "ratio_measured_to_retrieval": math.nan, **_measured_dims("", NO_LIMIT, math.nan, math.nan, {})}
     for n_param, (factor, delta) in enumerate(params):
         group = [r for r in rows if r["_param"] == n_param]
         found = peer_warnings(measure, [r["setting"] for r in group], [r["model"] for r in group],
                               [r["reference_value"] for r in group], factor, delta)
         for row in group:
             if row["setting"] in found:
-                row["warning"] = "; ".join(w for w in (row["warning"], found[row["setting"]]) if w)
+                row.update(blank, warning=f"{found[row['setting']]}: no length is measured")
 
 
 def chance_of(measure: MeasureSpec, recs: pd.DataFrame) -> float | None:
