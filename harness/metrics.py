@@ -182,6 +182,7 @@ class Limit:
     reference: float
     threshold: float
     note: str = ""
+    bracket: tuple[float, float] | None = None  # the grid lengths that pass and fail around the crossing
 
 
 def _log_crossing(x0: float, x1: float, g0: float, g1: float, gt: float) -> float:
@@ -229,7 +230,8 @@ def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_
     i = j - 1
     use_log = measure.log_interp and vals[i] > 0 and vals[j] > 0 and thr > 0
     g = np.log if use_log else (lambda x: x)
-    return Limit(_log_crossing(lens[i], lens[j], g(vals[i]), g(vals[j]), g(thr)), False, ref, thr, note)
+    return Limit(_log_crossing(lens[i], lens[j], g(vals[i]), g(vals[j]), g(thr)), False, ref, thr, note,
+                 (float(lens[i]), float(lens[j])))
 
 
 def smooth_buckets(loss: np.ndarray, tokens: np.ndarray, window: int) -> np.ndarray:

@@ -57,6 +57,7 @@ def test_measured_limit_higher_is_better_absolute_rule():
                               threshold=0.5, log_interp=False)
     limit = metrics.measured_limit([1000, 2000, 4000, 8000], [1.0, 1.0, 0.75, 0.25], 2000, spec)
     assert limit.value == pytest.approx(math.exp(math.log(4000) + 0.5 * math.log(2)))
+    assert limit.bracket == (4000, 8000)  # the grid lengths that pass and fail around the crossing
     empty = metrics.measured_limit([1000, 2000], [math.nan, math.nan], 2000, spec)
     assert math.isnan(empty.value) and not empty.censored
 

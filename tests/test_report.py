@@ -531,6 +531,8 @@ def test_a_zero_width_ci_is_explained_not_passed_off_as_precision():
     agree = _row_notes("", "", False, False, (9159.0, 9159.0), 3)
     assert len(agree) == 1 and "the 3 samples agree" in agree[0]
     assert "not a measurement to one token" in agree[0]
+    (bracketed,) = _row_notes("", "", False, False, (2048.0, 2048.0), 3, (1024.0, 4096.0))
+    assert bracketed.endswith("the grid puts the crossing between 1K and 4K, interpolated")
     assert _row_notes("", "", False, False, (8597.0, 8636.0), 3) == []
     assert _row_notes("", "", False, False, (math.nan, math.nan), 1) == []
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.metrics import TRANSFORMS, Limit, MeasureSpec, measured_limit, position_limit, smooth_buckets
-from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, DEFAULT_MIN_SAMPLES, NoData
+from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, DEFAULT_MIN_SAMPLES, NoData, fmt_length
 from harness.report.checks import curve_warnings, peer_warnings, position_warnings, withheld
 from harness.report.curves import (
     bootstrap_weights,
@@ -346,9 +346,11 @@ def chance_of(measure: MeasureSpec, recs: pd.DataFrame) -> float | None:
 
 
 def _row_notes(law_note: str, limit_note: str, no_positions: bool, finetune_assumed: bool,
-               interval: tuple[float, float], n_samples: int) -> list[str]:
+               interval: tuple[float, float], n_samples: int,
+               bracket: tuple[float, float] | None = None) -> list[str]:
     """A summary row's notes: the law's, the limit's (or missing positions), the fine-tuning premise, and a
-    zero-width CI that only says the samples agree."""
+    zero-width CI that only says the samples agree (with the grid lengths around the crossing, the
+    resolution a bootstrap over samples never shows)."""
     missing = "no positions*.jsonl rows for this setting"
     notes = [n for n in (law_note, missing if no_positions else limit_note) if n]
     if finetune_assumed:
@@ -356,7 +358,9 @@ def _row_notes(law_note: str, limit_note: str, no_positions: bool, finetune_assu
     lo, hi = interval
     if np.isfinite(lo) and lo == hi:
         notes.append(f"every bootstrap draw gave the same length: the {n_samples} samples agree, which a "
-                     "zero-width CI shows; it is not a measurement to one token")
+                     "zero-width CI shows; it is not a measurement to one token"
+                     + (f": the grid puts the crossing between {fmt_length(bracket[0])} and "
+                        f"{fmt_length(bracket[1])}, interpolated" if bracket else ""))
     return notes
 
 
@@ -394,9 +398,10 @@ def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, para
                 lo, hi = percentile_interval(draws, ci)
             predicted = block.predicted_limit
             ratio = limit.value / predicted if predicted and np.isfinite(limit.value) else math.nan
+            # a censored limit is a bound: its draws agree by construction
             row_notes = _row_notes(block.note, limit.note, measure.source == "positions" and not n_samples,
                                    finetune_assumed, (math.nan, math.nan) if limit.censored else (lo, hi),
-                                   n_samples)  # a censored limit is a bound: its draws agree by construction
+                                   n_samples, limit.bracket)
             if why_not:
                 warnings = [why_not]
             elif measure.source == "positions":
