@@ -194,6 +194,16 @@ def test_heatmap_flags_needle_depths_that_were_not_achieved(tmp_path):
     assert not plain.tables["needle_depth_check"]["flagged"].any() and not plain.notes
 
 
+def test_heatmap_panels_keep_each_settings_own_lengths(tmp_path):
+    """A setting run on a coarser grid gets its own columns, not grey cells that read as failures."""
+    rows = passkey_rows({"fine": (1e4, 512)}) + [r for r in passkey_rows({"coarse": (1e5, 1024)})
+                                                  if r["length"] in (256, 1024)]
+    fig, ax = plt.subplots()
+    passkey.heatmap_accuracy(context("passkey", rows, tmp_path / "p"), ax)
+    ticks = {a.get_title(): [t.get_text() for t in a.get_xticklabels()] for a in fig.axes if a.get_title()}
+    assert ticks == {"fine": ["256", "512", "1K", "2K"], "coarse": ["256", "1K"]}
+
+
 def test_a_label_the_font_cannot_draw_is_said_in_the_caption(tmp_path):
     rows = [dict(r, setting="b\ue000") for r in curve_rows("s", 1e6, 9000, samples=3)]
     md = (build_report([write_run(tmp_path / "run", rows)], n_boot=0) / "report.md").read_text()

@@ -172,10 +172,11 @@ def _heatmap(ctx: FigureContext, ax: Axes, metric: str, label: str, cmap: str,
     if not len(grid):
         raise NoData(f"no ok {metric} values with a depth")
     settings = [s for s in ctx.order if s in set(grid["setting"])]
-    lengths = np.sort(grid["length"].unique())
     depths = np.sort(grid["depth"].unique())
+    # each panel on its own grid of lengths: a coarser grid is not shown as cells that failed
+    own = {s: np.sort(grid.loc[grid["setting"] == s, "length"].unique()) for s in settings}
     tables = {s: grid[grid["setting"] == s].pivot(index="depth", columns="length", values="mean")
-              .reindex(index=depths, columns=lengths).to_numpy(dtype=float) for s in settings}
+              .reindex(index=depths, columns=own[s]).to_numpy(dtype=float) for s in settings}
     cells = np.concatenate([t.ravel() for t in tables.values()])
     cells = cells[np.isfinite(cells)]
     lo, hi = limits if limits is not None else (float(cells.min()), float(cells.max()))
@@ -187,9 +188,9 @@ def _heatmap(ctx: FigureContext, ax: Axes, metric: str, label: str, cmap: str,
     fig = ax.figure  # (ax leaves the figure when it is split into panels)
     panels = split_panels(ax, len(settings))
     flagged = 0
-    annotate = len(lengths) * len(depths) <= 60
     for axis, setting in zip(panels, settings, strict=True):
-        table = tables[setting]
+        table, lengths = tables[setting], own[setting]
+        annotate = len(lengths) * len(depths) <= 60
         image = axis.imshow(np.ma.masked_invalid(table), aspect="auto", cmap=colormap, norm=norm,
                             origin="upper", interpolation="nearest")
         axis.set_xticks(range(len(lengths)), [fmt_length(v) for v in lengths], fontsize=7,
