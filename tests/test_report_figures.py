@@ -130,6 +130,12 @@ def test_measured_vs_predicted_keeps_coinciding_points_visible(tmp_path):
     labels = legend_texts(ax)
     assert "larger-base regime" in labels and "tuning-bounded (law: \u2265 T_tune)" not in labels
     assert "censored (\u2265, never failed)" not in labels  # nothing censored here
+    assert not any(mvp.NO_FINETUNE_MARK in label for label in labels)
+    rows = [dict(r, law_assumes_finetune=r["setting"] == "b") for r in shared_rows()]
+    fig, ax = plt.subplots()
+    perplexity.measured_vs_predicted(context("perplexity", rows, tmp_path / "untuned"), ax)
+    labels = legend_texts(ax)  # outside the law's premise: marked where it sits on the law's plot
+    assert "b \u2020" in labels and "a" in labels and any(t.startswith("\u2020 base changed") for t in labels)
 
 
 def test_coinciding_accuracy_curves_stay_visible(tmp_path):

@@ -25,10 +25,13 @@ SPREAD = 1.18  # x-factor between points of one predicted value
 SAME_PREDICTION = 0.01  # predictions closer than 1% (relative) count as one
 
 
+NO_FINETUNE_MARK = "\u2020"  # a setting outside the law's premise: its base changed without fine-tuning
+
+
 def _mvp_points(ctx: FigureContext, analysis: Analysis
-                ) -> tuple[list[tuple[str, float, float, float, float, bool, str]], list[str]]:
-    """(setting, predicted, measured, ci_low, ci_high, censored, regime) of the settings with both values, and
-    a line for each setting left off (no predicted limit, or no measured length)."""
+                ) -> tuple[list[tuple[str, float, float, float, float, bool, str, bool]], list[str]]:
+    """(setting, predicted, measured, ci_low, ci_high, censored, regime, law_assumes_finetune) of the settings
+    with both values, and a line for each setting left off (no predicted limit, or no measured length)."""
     rows = analysis.settings
     points, aside = [], []
     for setting in ctx.order:
@@ -47,7 +50,8 @@ def _mvp_points(ctx: FigureContext, analysis: Analysis
             aside.append(f"{setting}: predicted {fmt_length(predicted)}, measured n/a")
             continue
         points.append((setting, predicted, measured, float(row["measured_ci_low"]),
-                       float(row["measured_ci_high"]), bool(row["measured_censored"]), str(row["regime"])))
+                       float(row["measured_ci_high"]), bool(row["measured_censored"]), str(row["regime"]),
+                       bool(row.get("law_assumes_finetune", False))))
     return points, aside
 
 
@@ -89,17 +93,20 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, analysis: Analysis,
     points, aside = _mvp_points(ctx, analysis)
     placed = spread_points([p[1] for p in points])
     kinds = set()
-    for (setting, _, measured, lo, hi, censored, regime), (x, rank, size) in zip(points, placed, strict=True):
+    for (setting, _, measured, lo, hi, censored, regime, untuned), (x, rank, size) in zip(points, placed,
+                                                                                         strict=True):
         color = ctx.colors[setting]
         marker = REGIME_MARKERS.get(regime, "D")
         kinds.add(regime if regime in REGIME_MARKERS else "other")
         kinds |= {"censored"} if censored else set()
+        kinds |= {"untuned"} if untuned else set()
         if np.isfinite(lo) and np.isfinite(hi):
             ax.errorbar([x], [measured], yerr=[[max(0.0, measured - lo)], [max(0.0, hi - measured)]],
                         fmt="none", ecolor=color, elinewidth=1.2, capsize=3, zorder=3 + rank)
         ax.plot([x], [measured], marker=marker, markersize=marker_size(rank, size),
                 linestyle="none", color=color, markerfacecolor="white" if censored else color,
-                markeredgewidth=1.5, label=setting, zorder=4 + rank, gid=f"mvp:{setting}")
+                markeredgewidth=1.5, label=f"{setting} {NO_FINETUNE_MARK}" if untuned else setting,
+                zorder=4 + rank, gid=f"mvp:{setting}")
         if censored:
             ax.annotate("", xy=(x, measured * 1.5), xytext=(x, measured * 1.04),
                         arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.3}, zorder=4)
@@ -128,7 +135,9 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, analysis: Analysis,
     legend = {"larger-base": ("o", "larger-base regime", "0.3"),
               "tuning-bounded": ("s", "tuning-bounded (law: \u2265 T_tune)", "0.3"),
               "other": ("D", "other regime", "0.3"),
-              "censored": ("o", "censored (\u2265, never failed)", "white")}
+              "censored": ("o", "censored (\u2265, never failed)", "white"),
+              "untuned": ("", f"{NO_FINETUNE_MARK} base changed without fine-tuning:\nthe law assumes it",
+                          "none")}
     extra = [Line2D([], [], color="0.3", marker=m, markerfacecolor=face, linestyle="none", label=text)
              for kind, (m, text, face) in legend.items() if kind in kinds]
     finish_legend(ax, extra)
