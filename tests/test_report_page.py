@@ -108,3 +108,27 @@ def test_no_reference_length_or_degrading_inside_it_is_flagged(tmp_path):
     assert warning["late"].startswith("no grid length <= tune_len (4K): the shortest length (8K)")
     assert warning["tuned16k"].startswith("degrades inside its tuning length: ppl@L already fails the rule "
                                           "at L = 4K <= tune_len (16K)")
+
+
+def test_headline_falls_back_to_the_default_definition_where_the_law_one_is_withheld():
+    """A base that breaks the model inside the per-position reference window has no per-position length,
+    but its ppl@L length is still measured: the headline says both."""
+    from types import SimpleNamespace
+
+    from harness.report.headline import _fallback
+
+    def view(name, limits):
+        settings = pd.DataFrame([{"setting": s, "measured_limit": v, "measured_censored": False,
+                                  "measured_ci_low": math.nan, "measured_ci_high": math.nan,
+                                  "predicted_limit": 8192.0, "retrieval_bound": 725.0, "regime": "x",
+                                  "warning": "", "note": ""} for s, v in limits.items()]).set_index(
+            "setting", drop=False)
+        return SimpleNamespace(spec=SimpleNamespace(name=name), settings=settings)
+
+    position = view("per-position loss", {"broken": math.nan, "fine": 9000.0})
+    default = view("ppl@L", {"broken": 2271.0, "fine": 12000.0})
+    ctx = SimpleNamespace(default=default)
+    said = _fallback(ctx, position, position.settings.loc["broken"])
+    assert said.startswith("; ppl@L limit at 2,271") and "0.28x Liu's limit (8,192)" in said
+    assert _fallback(ctx, position, position.settings.loc["fine"]) == ""  # measured: nothing added
+    assert _fallback(SimpleNamespace(default=position), position, position.settings.loc["broken"]) == ""

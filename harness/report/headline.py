@@ -67,6 +67,17 @@ def _sentence(row: pd.Series, name: str) -> str:
     return sentence
 
 
+def _fallback(ctx: FigureContext, view: Analysis, law_row: pd.Series) -> str:
+    """The task's default definition's sentence where the law's definition measured nothing for the setting
+    (a base that breaks the model inside the per-position reference window still has a ppl@L length)."""
+    other, setting = ctx.default, law_row["setting"]
+    measured = math.isfinite(float(law_row["measured_limit"]))
+    if measured or other is view or setting not in other.settings.index:
+        return ""
+    row = other.settings.loc[setting]
+    return f"; {_sentence(row, other.spec.name)}" if math.isfinite(float(row["measured_limit"])) else ""
+
+
 def headline(contexts: list[FigureContext]) -> pd.DataFrame:
     """One row per task (and model family) and setting: measured limit, both limits, ratios, the sentence."""
     rows = []
@@ -81,7 +92,8 @@ def headline(contexts: list[FigureContext]) -> pd.DataFrame:
                 "ratio_liu": _ratio(row["measured_limit"], row["predicted_limit"]),
                 "retrieval_bound": row["retrieval_bound"],
                 "ratio_retrieval": _ratio(row["measured_limit"], row["retrieval_bound"]),
-                "n_samples": row["n_samples"], "sentence": _sentence(row, view.spec.name),
+                "n_samples": row["n_samples"],
+                "sentence": _sentence(row, view.spec.name) + _fallback(ctx, view, row),
             })
     return pd.DataFrame(rows)
 
