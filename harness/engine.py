@@ -330,6 +330,8 @@ class Engine:
         """Teacher-forced log-prob (sum) and worst rank of `answer_ids` after `prompt_ids`."""
         tensor = self._tensor([*prompt_ids, *answer_ids])
         first = len(prompt_ids) - 1
+        if self.plan(tensor.numel(), generation=True).strategy != "single":
+            self._prefix.clear()  # the budget holds this pass or a kept cache, not both
         with self._rope_context(tensor.numel()):
             nll, ranks = self._score(tensor[None], first, True, self.plan(tensor.numel()))
         return AnswerScore(float(-nll.sum()), int(ranks.max()), [float(-x) for x in nll[0]])

@@ -220,3 +220,16 @@ def test_sliding_window_layers_never_reuse(family_dirs):
     got = eng.generate_batch([second], 2)
     assert got.ran[0].prefix_reused == 0
     assert got.values[0] == engine.Engine(models.load(str(family_dirs["gemma2"]))).generate(second, 2)
+
+
+def test_answer_score_frees_the_kept_cache_unless_the_budget_holds_both(tiny_llama):
+    eng = engine.Engine(models.load(str(tiny_llama)))
+    first, second = prefix_prompts(200)
+    eng.generate_batch([first], 2)
+    eng.answer_score(first[:100], first[100:105])  # a single pass with a cache fits: the cache stays
+    assert eng.generate_batch([second], 2).ran[0].prefix_reused == 200
+    budget, eng.max_memory = eng.max_memory, 1  # (test only) nothing fits: the planner streams
+    assert eng.plan(105, generation=True).strategy != "single"
+    eng.answer_score(first[:100], first[100:105])
+    eng.max_memory = budget
+    assert eng.generate_batch([first], 2).ran[0].prefix_reused == 0
