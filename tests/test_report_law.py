@@ -158,6 +158,13 @@ def test_limit_vs_base_figure_draws_the_analysis(tmp_path):
     assert span and span[0].get_x() == pytest.approx(table["base"].min())
     assert span[0].get_x() + span[0].get_width() == pytest.approx(4096 / (2 * math.pi))
     assert panel.get_xscale() == "log" and panel.get_yscale() == "log"
+    assert lines["base-measured:b1e6"].get_label() == "b1e6"  # fine-tuned at its base: the law's own case
+    flagged = [dict(r, law_assumes_finetune=r["setting"] == "b1e6") for r in zoo_like_rows()]
+    fig, ax = plt.subplots()
+    limit_vs_base(_context(flagged, tmp_path / "untuned"), ax)
+    (panel,) = [a for a in fig.axes if a.get_lines()]
+    labels = {line.get_gid(): line.get_label() for line in panel.get_lines() if line.get_gid()}
+    assert labels["base-measured:b1e6"] == "b1e6 \u2020" and labels["base-measured:b1e4"] == "b1e4"
 
 
 def test_limit_vs_base_in_the_report_only_for_shared_groups(tmp_path):

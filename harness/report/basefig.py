@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from harness.report.base import NoData, NotApplicable, fmt_base, fmt_length
-from harness.report.mvp import marker_size, spread_points
+from harness.report.mvp import NO_FINETUNE_TEXT, marker_size, point_label, spread_points
 from harness.report.overlay import RETRIEVAL_STYLE, TRAIN_STYLE
 from harness.report.plots import finish_legend, split_panels, style_axes
 
@@ -47,15 +47,18 @@ def _format_axes(ax: Axes) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _measured(ax: Axes, ctx: FigureContext, analysis: Analysis, group: str) -> bool:
-    """The group's measured lengths as points at their base; returns whether any is censored."""
+def _measured(ax: Axes, ctx: FigureContext, analysis: Analysis, group: str) -> tuple[bool, bool]:
+    """The group's measured lengths as points at their base; returns whether any is censored and whether any
+    changed its base without fine-tuning."""
     settings = analysis.settings
     rows = settings[(settings["law_group"] == group)] if "law_group" in settings else settings.iloc[0:0]
     rows = rows[np.isfinite(rows["measured_limit"].astype(float))]
     rows = rows.loc[[s for s in ctx.order if s in rows.index]]
     placed = spread_points([float(b) for b in rows["rope_theta"]], 1.5)
-    censored_any = False
+    censored_any = untuned_any = False
     for (setting, row), (x, rank, size) in zip(rows.iterrows(), placed, strict=True):
+        untuned = bool(row.get("law_assumes_finetune", False))
+        untuned_any |= untuned
         color = ctx.colors[setting]
         value, lo, hi = (float(row[k]) for k in ("measured_limit", "measured_ci_low", "measured_ci_high"))
         censored = bool(row["measured_censored"])
@@ -64,12 +67,13 @@ def _measured(ax: Axes, ctx: FigureContext, analysis: Analysis, group: str) -> b
             ax.errorbar([x], [value], yerr=[[max(0.0, value - lo)], [max(0.0, hi - value)]], fmt="none",
                         ecolor=color, elinewidth=1.2, capsize=3, zorder=4 + rank)
         ax.plot([x], [value], marker="o", markersize=marker_size(rank, size), linestyle="none", color=color,
-                markerfacecolor="white" if censored else color, markeredgewidth=1.5, label=setting,
+                markerfacecolor="white" if censored else color, markeredgewidth=1.5,
+                label=point_label(setting, untuned),
                 zorder=5 + rank, gid=f"base-measured:{setting}")
         if censored:
             ax.annotate("", xy=(x, value * 1.6), xytext=(x, value * 1.05), zorder=5,
                         arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.3})
-    return censored_any
+    return censored_any, untuned_any
 
 
 def plot_limit_vs_base(ax: Axes, ctx: FigureContext, analysis: Analysis) -> None:
@@ -101,7 +105,7 @@ def plot_limit_vs_base(ax: Axes, ctx: FigureContext, analysis: Analysis) -> None
             axis.axhline(tune, color="0.35", linestyle="--", linewidth=0.9, zorder=1, gid="base-tune")
             refs.append(Line2D([], [], color="0.35", linestyle="--", linewidth=0.9,
                                label=f"T_tune = {fmt_length(tune)}"))
-        censored = _measured(axis, ctx, analysis, group)
+        censored, untuned = _measured(axis, ctx, analysis, group)
         axis.set_xlim(lo_base, float(rows["base"].max()))
         _format_axes(axis)
         axis.text(math.sqrt(lo_base * beta3), 0.5, "Liu: no upper bound",
@@ -120,4 +124,6 @@ def plot_limit_vs_base(ax: Axes, ctx: FigureContext, analysis: Analysis) -> None
         if censored:
             handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
                                   label="censored (\u2265, arrow)"))
+        if untuned:
+            handles.append(Line2D([], [], linestyle="none", label=NO_FINETUNE_TEXT))
         finish_legend(axis, handles)

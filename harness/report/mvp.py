@@ -26,6 +26,12 @@ SAME_PREDICTION = 0.01  # predictions closer than 1% (relative) count as one
 
 
 NO_FINETUNE_MARK = "\u2020"  # a setting outside the law's premise: its base changed without fine-tuning
+NO_FINETUNE_TEXT = f"{NO_FINETUNE_MARK} base changed without fine-tuning:\nthe law assumes it"
+
+
+def point_label(setting: str, untuned: bool) -> str:
+    """A measured point's legend label: the setting, marked where the law's premise does not hold."""
+    return f"{setting} {NO_FINETUNE_MARK}" if untuned else setting
 
 
 def _mvp_points(ctx: FigureContext, analysis: Analysis
@@ -105,8 +111,8 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, analysis: Analysis,
                         fmt="none", ecolor=color, elinewidth=1.2, capsize=3, zorder=3 + rank)
         ax.plot([x], [measured], marker=marker, markersize=marker_size(rank, size),
                 linestyle="none", color=color, markerfacecolor="white" if censored else color,
-                markeredgewidth=1.5, label=f"{setting} {NO_FINETUNE_MARK}" if untuned else setting,
-                zorder=4 + rank, gid=f"mvp:{setting}")
+                markeredgewidth=1.5, label=point_label(setting, untuned), zorder=4 + rank,
+                gid=f"mvp:{setting}")
         if censored:
             ax.annotate("", xy=(x, measured * 1.5), xytext=(x, measured * 1.04),
                         arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.3}, zorder=4)
@@ -136,8 +142,7 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, analysis: Analysis,
               "tuning-bounded": ("s", "tuning-bounded (law: \u2265 T_tune)", "0.3"),
               "other": ("D", "other regime", "0.3"),
               "censored": ("o", "censored (\u2265, never failed)", "white"),
-              "untuned": ("", f"{NO_FINETUNE_MARK} base changed without fine-tuning:\nthe law assumes it",
-                          "none")}
+              "untuned": ("", NO_FINETUNE_TEXT, "none")}
     extra = [Line2D([], [], color="0.3", marker=m, markerfacecolor=face, linestyle="none", label=text)
              for kind, (m, text, face) in legend.items() if kind in kinds]
     finish_legend(ax, extra)
