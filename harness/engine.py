@@ -448,7 +448,8 @@ class Engine:
         if chunk < length:
             self._check_prefill()
         shared, cache = self._prefix.take(tensor.tolist(), self.length_dependent)
-        cache = cache or self._new_cache()
+        if cache is None:
+            cache = self._new_cache()
         for start in range(shared, length, chunk):
             out = self.model(input_ids=tensor[:, start:start + chunk], use_cache=True, logits_to_keep=1,
                              **{self.cache_kw: cache})
