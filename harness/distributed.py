@@ -30,13 +30,14 @@ def init_distributed() -> bool:
 
 def any_rank_failed(exit_code: int) -> bool:
     """After init_distributed: wait until every rank's shard is complete; True if any rank had failed
-    cells."""
+    cells. Leaves the group: a gloo group still alive at interpreter exit can abort the process."""
     import torch
     import torch.distributed as dist
 
     failed = torch.tensor([exit_code])
     dist.all_reduce(failed)
     dist.barrier()
+    dist.destroy_process_group()
     return bool(failed.item())
 
 
