@@ -447,7 +447,8 @@ class Engine:
         chunk = plan.chunk if plan.strategy == "prefill" else length
         if chunk < length:
             self._check_prefill()
-        shared, cache = self._prefix.take(tensor.tolist(), self.length_dependent)
+        ids = tensor.tolist()  # the prefix cache compares token lists: converted once per prefill
+        shared, cache = self._prefix.take(ids, self.length_dependent)
         if cache is None:
             cache = self._new_cache()
         for start in range(shared, length, chunk):
@@ -455,7 +456,7 @@ class Engine:
                              **{self.cache_kw: cache})
         self._reused.extend([shared] * rows)
         if self.prefill_exact:
-            self._prefix.keep(tensor.tolist(), cache, length)
+            self._prefix.keep(ids, cache, length)
         return cache, out
 
     def _new_cache(self, offload: bool = False):
