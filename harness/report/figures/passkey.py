@@ -174,9 +174,10 @@ def _heatmap(ctx: FigureContext, ax: Axes, metric: str, label: str, cmap: str,
     settings = [s for s in ctx.order if s in set(grid["setting"])]
     depths = np.sort(grid["depth"].unique())
     # each panel on its own grid of lengths: a coarser grid is not shown as cells that failed
-    own = {s: np.sort(grid.loc[grid["setting"] == s, "length"].unique()) for s in settings}
-    tables = {s: grid[grid["setting"] == s].pivot(index="depth", columns="length", values="mean")
-              .reindex(index=depths, columns=own[s]).to_numpy(dtype=float) for s in settings}
+    frames = {s: grid[grid["setting"] == s] for s in settings}
+    own = {s: np.sort(frame["length"].unique()) for s, frame in frames.items()}
+    tables = {s: frame.pivot(index="depth", columns="length", values="mean")
+              .reindex(index=depths, columns=own[s]).to_numpy(dtype=float) for s, frame in frames.items()}
     cells = np.concatenate([t.ravel() for t in tables.values()])
     cells = cells[np.isfinite(cells)]
     lo, hi = limits if limits is not None else (float(cells.min()), float(cells.max()))
