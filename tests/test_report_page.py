@@ -99,6 +99,22 @@ def test_model_broken_at_its_reference_lengths_is_flagged(tmp_path):
     assert "class='warn'" in (out / "report.html").read_text()
 
 
+def test_peers_are_judged_on_the_same_samples_only(tmp_path):
+    # a partly run setting holds only the hardest document, whose loss equals the full setting's there
+    hard = curve_rows("full", 1e4, 6000, 1, shift=3.0)
+    full = hard + curve_rows("full", 1e4, 6000, 3, sample=1)
+    partial = [dict(r, setting="partial", rope_hash="hpartial") for r in hard]
+    out = build_report([write_run(tmp_path / "r", full + partial)], n_boot=0, min_samples=1)
+    summary = pd.read_csv(out / "summary.csv").set_index("setting")
+    assert pd.isna(summary.at["partial", "warning"]) and summary.at["partial", "measured_limit"] > 0
+    # the same document set is compared: the rule still fires where it should
+    broken = [dict(r, setting="broken", rope_hash="hbroken", nll=r["nll"] + 3.0, ppl=r["ppl"] * math.exp(3.0))
+              for r in full]
+    out = build_report([write_run(tmp_path / "s", full + broken)], n_boot=0, min_samples=1)
+    warning = pd.read_csv(out / "summary.csv").set_index("setting").at["broken", "warning"]
+    assert warning.startswith("broken at the reference lengths") and "full's" in warning
+
+
 def test_no_reference_length_or_degrading_inside_it_is_flagged(tmp_path):
     short_grid = [record("late", 1e6, L, s, knee_nll(L, 9000))
                   for s in range(2) for L in (8192, 16384, 32768)]

@@ -319,15 +319,17 @@ def _measured_dims(regime: str, limit: Limit, lo: float, hi: float, info: dict[s
 
 
 def _add_peer_warnings(measure: MeasureSpec, rows: list[dict[str, Any]], params) -> None:
-    """Withhold the length of a row whose reference is far worse than another setting's of the same model
-    (peer_warnings): a limit measured against a broken reference is a threshold crossing, not a length
+    """Withhold the length of a row whose reference is far worse than another setting's of the same model and
+    samples (peer_warnings): a limit measured against a broken reference is a threshold crossing, not a length
     the model works to."""
     blank = {"measured_limit": math.nan, "measured_ci_low": math.nan, "measured_ci_high": math.nan,
              "measured_censored": None, "ratio_measured_to_predicted": math.nan,
              "ratio_measured_to_retrieval": math.nan, **_measured_dims("", NO_LIMIT, math.nan, math.nan, {})}
     for n_param, (factor, delta) in enumerate(params):
         group = [r for r in rows if r["_param"] == n_param]
-        found = peer_warnings(measure, [r["setting"] for r in group], [r["model"] for r in group],
+        # means over different documents are not comparable, and a withheld row is no evidence either way
+        peers_of = [None if r["_withheld"] else (r["model"], r["_samples"]) for r in group]
+        found = peer_warnings(measure, [r["setting"] for r in group], peers_of,
                               [r["reference_value"] for r in group], factor, delta)
         for row in group:
             if row["setting"] in found:
@@ -385,6 +387,7 @@ def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, para
         ref_len = float(ref_len) if ref_len is not None else None
         finetune_assumed = bool(_first(recs, "law_assumes_finetune") or False)
         chance = chance_of(measure, recs)
+        samples = tuple(sorted(recs.loc[recs["status"] == "ok", "sample"].dropna().unique()))
         for n_param, (factor, delta) in enumerate(params):
             used_factor, used_delta = _rule_values(measure, factor, delta)
             limit = _limit(measure, axis, point, ref_len, factor, delta)
@@ -428,7 +431,7 @@ def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, para
                 "law_assumes_finetune": finetune_assumed, "law_inputs_from": law_inputs_from(recs),
                 "rope_hash": _first(recs, "rope_hash"), "run": _first(recs, "run"),
                 "warning": "; ".join(warnings), "note": "; ".join(row_notes), "law_group": law_group(info),
-                "_param": n_param,
+                "_param": n_param, "_withheld": bool(why_not), "_samples": samples,
             }
             summary_rows.append(row)
             if n_param == 0:
@@ -436,8 +439,9 @@ def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, para
     _add_peer_warnings(measure, summary_rows, params)
     extra = ["pos_start", "pos_end", "smoothed", "tokens"] if measure.source == "positions" else []
     table = pd.DataFrame(table_rows, columns=TABLE_COLUMNS + extra)
-    summary = pd.DataFrame(summary_rows).drop(columns="_param", errors="ignore")
-    settings = pd.DataFrame(first_rows).drop(columns="_param", errors="ignore")
+    private = ["_param", "_withheld", "_samples"]
+    summary = pd.DataFrame(summary_rows).drop(columns=private, errors="ignore")
+    settings = pd.DataFrame(first_rows).drop(columns=private, errors="ignore")
     if len(settings):
         settings = settings.set_index("setting", drop=False).rename_axis(None)
     factor, delta = _rule_values(measure, *params[0])

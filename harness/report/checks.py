@@ -7,8 +7,8 @@ show up as "censored >= the grid's end". Flagged (summary.csv `warning`, and on 
 - the best value at L <= tune_len already fails the rule (nothing to measure);
 - the curve already fails the rule at a length <= tune_len past its best (degrading inside its tuning
   length);
-- the best reference value fails the rule against another setting of the same model and definition
-  (e.g. a base changed at evaluation time that breaks the model at every length).
+- the best reference value fails the rule against another setting of the same model, samples and
+  definition (e.g. a base changed at evaluation time that breaks the model at every length).
 And, before any of these, `withheld`: no measured length at all for a setting whose reference is at chance
 (MeasureSpec.chance: it never did the task) or with too few samples per length to be evidence.
 Pure numpy on one definition's curves; analysis.py calls it and fills the column.
@@ -17,7 +17,7 @@ Pure numpy on one definition's curves; analysis.py calls it and fills the column
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -72,20 +72,20 @@ def position_warnings(note: str) -> list[str]:
     return []
 
 
-def peer_warnings(measure: MeasureSpec, settings: Sequence[str], models: Sequence[str | None],
+def peer_warnings(measure: MeasureSpec, settings: Sequence[str], peers_of: Sequence[Hashable | None],
                   references: Sequence[float], factor: float | None = None, delta: float | None = None
                   ) -> dict[str, str]:
-    """Settings whose best reference value fails the rule against the best one of another setting of the same
-    model (same definition and parameter): {setting: warning}."""
+    """Settings whose best reference value fails the rule against the best one of another setting with the
+    same peers_of key (same model, same samples; None: judged by none) and definition: {setting: warning}."""
     if measure.rule == "threshold":
         return {}
     param = measure.param(factor, delta)
     out: dict[str, str] = {}
-    by_model: dict[str, list[tuple[str, float]]] = {}
-    for setting, model, ref in zip(settings, models, references, strict=True):
-        if model is not None and ref is not None and math.isfinite(float(ref)):
-            by_model.setdefault(str(model), []).append((setting, float(ref)))
-    for peers in by_model.values():
+    groups: dict[Hashable, list[tuple[str, float]]] = {}
+    for setting, key, ref in zip(settings, peers_of, references, strict=True):
+        if key is not None and ref is not None and math.isfinite(float(ref)):
+            groups.setdefault(key, []).append((setting, float(ref)))
+    for peers in groups.values():
         if len(peers) < 2:
             continue
         pick = max if measure.higher_is_better else min
@@ -94,7 +94,7 @@ def peer_warnings(measure: MeasureSpec, settings: Sequence[str], models: Sequenc
             if setting != best_setting and _fails(measure, ref, best, param):
                 out[setting] = (f"broken at the reference lengths: its best {measure.name} at L <= "
                                 f"{measure.reference} ({ref:.4g}) fails the rule against {best_setting}'s "
-                                f"({best:.4g}, same model)")
+                                f"({best:.4g}, same model and samples)")
     return out
 
 
