@@ -147,5 +147,6 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, analysis: Analysis,
              for kind, (m, text, face) in legend.items() if kind in kinds]
     finish_legend(ax, extra)
     if aside:
-        ax.text(0.0, -0.2, "Not on this plot (no predicted limit):\n" + "\n".join(aside),
+        title = "Not on this plot (no predicted limit, or no measured length):"
+        ax.text(0.0, -0.2, "\n".join([title, *aside]),
                 transform=ax.transAxes, ha="left", va="top", fontsize=7.5, color="0.25")
