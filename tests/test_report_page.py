@@ -126,6 +126,22 @@ def test_no_reference_length_or_degrading_inside_it_is_flagged(tmp_path):
                                           "at L = 4K <= tune_len (16K)")
 
 
+def test_a_curve_that_comes_back_past_its_crossing_is_flagged(tmp_path):
+    """YaRN x4 on SmolLM2: passkey accuracy fails at 4-8K, then holds again at 12-16K; its first crossing
+    must not read as the length where the model stays broken."""
+    rows = passkey_rows({"plain": (1e6, 512), "recovers": (1e6, 512)}, samples=3)
+    for r in rows:
+        if r["setting"] == "recovers" and r["length"] == 2048:
+            r.update(correct=1.0, answer_logprob=-0.5)
+    out = build_report([write_run(tmp_path / "r", rows)], n_boot=0, min_samples=1)
+    warned = pd.read_csv(out / "summary.csv").set_index(["setting", "measure"])["warning"].fillna("")
+    for measure, name in (("passkey-accuracy", "passkey accuracy"), ("passkey-logprob", "answer log-prob")):
+        assert warned["recovers", measure] == (
+            f"comes back past its crossing: {name} fails the rule at L = 1K and passes it again at L = 2K; "
+            "the measured length is the first crossing, not where it stays failed")
+        assert "comes back" not in warned["plain", measure]
+
+
 def test_headline_falls_back_to_the_default_definition_where_the_law_one_is_withheld():
     """A base that breaks the model inside the per-position reference window has no per-position length,
     but its ppl@L length is still measured: the headline says both."""

@@ -7,6 +7,8 @@ show up as "censored >= the grid's end". Flagged (summary.csv `warning`, and on 
 - the best value at L <= tune_len already fails the rule (nothing to measure);
 - the curve already fails the rule at a length <= tune_len past its best (degrading inside its tuning
   length);
+- the curve passes the rule again at a length past its first failure (the first crossing is not where the
+  model stays broken);
 - the best reference value fails the rule against another setting of the same model, samples and
   definition (e.g. a base changed at evaluation time that breaks the model at every length).
 And, before any of these, `withheld`: no measured length at all for a setting whose reference is at chance
@@ -58,11 +60,18 @@ def curve_warnings(measure: MeasureSpec, lengths: Sequence[float], values: Seque
     if measure.rule == "threshold" and _fails(measure, vals[best], vals[best], param):
         return [f"broken at the reference lengths: its best {measure.name} at L <= {measure.reference} "
                 f"({vals[best]:.3g}) already fails the rule ({measure.label(factor, delta)})"]
-    worse = [int(k) for k in in_ref if k > best and _fails(measure, vals[k], vals[best], param)]
-    if worse:
-        return [f"degrades inside its tuning length: {measure.name} already fails the rule at "
-                f"L = {fmt_length(lens[worse[0]])} <= {measure.reference} ({fmt_length(ref_len)})"]
-    return []
+    failed = [k for k in range(best + 1, len(lens)) if _fails(measure, vals[k], vals[best], param)]
+    warnings = []
+    if failed and lens[failed[0]] <= ref_len:
+        warnings.append(f"degrades inside its tuning length: {measure.name} already fails the rule at "
+                        f"L = {fmt_length(lens[failed[0]])} <= {measure.reference} ({fmt_length(ref_len)})")
+    back = [k for k in range(failed[0] + 1, len(lens)) if k not in failed] if failed else []
+    if back:
+        first, again = fmt_length(lens[failed[0]]), fmt_length(lens[back[0]])
+        warnings.append(f"comes back past its crossing: {measure.name} fails the rule at L = {first} and "
+                        f"passes it again at L = {again}; the measured length is the first crossing, "
+                        "not where it stays failed")
+    return warnings
 
 
 def position_warnings(note: str) -> list[str]:
