@@ -65,7 +65,7 @@ def curve_warnings(measure: MeasureSpec, lengths: Sequence[float], values: Seque
     if failed and lens[failed[0]] <= ref_len:
         warnings.append(f"degrades inside its tuning length: {measure.name} already fails the rule at "
                         f"L = {fmt_length(lens[failed[0]])} <= {measure.reference} ({fmt_length(ref_len)})")
-    back = [k for k in range(failed[0] + 1, len(lens)) if k not in failed] if failed else []
+    back = sorted(set(range(failed[0], len(lens))) - set(failed)) if failed else []
     if back:
         first, again = fmt_length(lens[failed[0]]), fmt_length(lens[back[0]])
         warnings.append(f"comes back past its crossing: {measure.name} fails the rule at L = {first} and "
