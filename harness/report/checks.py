@@ -60,17 +60,20 @@ def curve_warnings(measure: MeasureSpec, lengths: Sequence[float], values: Seque
     if measure.rule == "threshold" and _fails(measure, vals[best], vals[best], param):
         return [f"broken at the reference lengths: its best {measure.name} at L <= {measure.reference} "
                 f"({vals[best]:.3g}) already fails the rule ({measure.label(factor, delta)})"]
-    failed = [k for k in range(best + 1, len(lens)) if _fails(measure, vals[k], vals[best], param)]
+    fails = [_fails(measure, v, vals[best], param) for v in vals]
+    failed = next((k for k in range(best + 1, len(lens)) if fails[k]), None)
+    if failed is None:
+        return []
     warnings = []
-    if failed and lens[failed[0]] <= ref_len:
+    first = fmt_length(lens[failed])
+    if lens[failed] <= ref_len:
         warnings.append(f"degrades inside its tuning length: {measure.name} already fails the rule at "
-                        f"L = {fmt_length(lens[failed[0]])} <= {measure.reference} ({fmt_length(ref_len)})")
-    back = sorted(set(range(failed[0], len(lens))) - set(failed)) if failed else []
-    if back:
-        first, again = fmt_length(lens[failed[0]]), fmt_length(lens[back[0]])
+                        f"L = {first} <= {measure.reference} ({fmt_length(ref_len)})")
+    again = next((k for k in range(failed + 1, len(lens)) if not fails[k]), None)
+    if again is not None:
         warnings.append(f"comes back past its crossing: {measure.name} fails the rule at L = {first} and "
-                        f"passes it again at L = {again}; the measured length is the first crossing, "
-                        "not where it stays failed")
+                        f"passes it again at L = {fmt_length(lens[again])}; the measured length is the first "
+                        "crossing, not where it stays failed")
     return warnings
 
 
