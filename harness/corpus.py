@@ -172,13 +172,18 @@ def token_stream(source: str, encode: Callable[[str], list[int]], separator: Seq
     return stream
 
 
+def bos_ids(tokenizer, asked: bool = True) -> list[int]:
+    """The one BOS decision (docs/design.md, ppl@L): [BOS] when asked and the tokenizer has one, else []."""
+    return [tokenizer.bos_token_id] if asked and tokenizer.bos_token_id is not None else []
+
+
 def make_samples(tokenizer, source: str, max_length: int, count: int, bos: bool) -> list[Sample]:
     """Up to `count` samples of max_length - b tokens each (b = 1 with BOS), walking documents in order.
 
     Returns fewer when the corpus runs out (the caller warns and records the count); raises when no
     document reaches the longest length at all.
     """
-    size = max_length - (1 if bos else 0)
+    size = max_length - len(bos_ids(tokenizer, bos))
     samples: list[Sample] = []
     longest = 0
     for doc_id, tokens in token_documents(

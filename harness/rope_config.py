@@ -37,7 +37,7 @@ _F32_TINY, _F32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38  # float32's
 LAW_SECTION = "full_attention"  # Gemma3-style per-layer-type RoPE: the law reads the global layers
 
 
-@dataclass
+@dataclass(frozen=True)
 class RopeOverride:
     """What the user asked to change (None = keep the checkpoint's value)."""
 

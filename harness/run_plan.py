@@ -27,13 +27,14 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from harness import models, rope_config
 from harness.checkpoints import PACKAGED
+from harness.corpus import bos_ids
 from harness.errors import InputError, one_line
 from harness.store import Store
 from harness.suite import RunOptions, Setting, TaskSpec
@@ -46,16 +47,19 @@ HINTS = {"max_length": " (the longest of --lengths: samples are cut at it)"}
 LAW_KEYS = ("pretrain_base", "train_len", "tune_len")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskPlan:
-    """One task of one setting: its prepared state and the cells the data allows."""
+    """One task of one setting, frozen once built: its parameters for this setting's tokenizer (the suite's
+    TaskSpec is shared by every setting and never changed), its prepared state and the cells the data
+    allows."""
 
     spec: TaskSpec
     task: Task
+    params: TaskParams  # spec.params with this tokenizer's BOS decision (corpus.bos_ids)
+    cells: tuple[Cell, ...]
     state: Any = None
     available: int | None = None  # samples the data has, when fewer than asked
-    sample_hashes: list[str] | None = None
-    cells: list[Cell] = field(default_factory=list)
+    sample_hashes: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -64,16 +68,16 @@ class TaskPlan:
     @cached_property
     def identity(self) -> dict[str, Any]:
         """The options that change a result (part of every cell key): computed once per task, not per cell."""
-        return self.task.identity(self.spec.params)
+        return self.task.identity(self.params)
 
     @property
     def fields(self) -> dict[str, Any]:
         """The task identity every record of this task carries."""
-        return {"corpus": self.spec.params.corpus,
+        return {"corpus": self.params.corpus,
                 "task_identity": json.dumps(self.identity, sort_keys=True, default=str)}
 
     def sample_hash(self, cell: Cell) -> str | None:
-        hashes = self.sample_hashes or []
+        hashes = self.sample_hashes or ()
         return hashes[cell.sample] if cell.sample < len(hashes) else None
 
 
@@ -100,7 +104,7 @@ class SettingPlan:
     @property
     def longest(self) -> int:
         """The longest length of any of the setting's tasks (0 without tasks): a served engine's context."""
-        return max((max(t.spec.params.lengths) for t in self.tasks.values()), default=0)
+        return max((max(t.params.lengths) for t in self.tasks.values()), default=0)
 
     @property
     def fingerprint(self) -> str | None:
@@ -130,8 +134,7 @@ class RunPlan:
     signature: tuple = ()  # the records shards as read (Store.signature)
 
     def key(self, prep: SettingPlan, plan: TaskPlan, cell: Cell, rope_hash: str) -> str:
-        return cell_key(prep.fingerprint or "", rope_hash, plan.name, plan.identity, cell,
-                        plan.spec.params.seed)
+        return cell_key(prep.fingerprint or "", rope_hash, plan.name, plan.identity, cell, plan.params.seed)
 
     def folder_hash(self, label: str) -> str | None:
         """The rope_hash this label's records carry in the folder (None: none yet): what a dry run keys by."""
@@ -263,23 +266,22 @@ def _remote_data(spec: TaskSpec) -> bool:
 def _task_plan(prep: SettingPlan, spec: TaskSpec, warn, tolerant: bool) -> TaskPlan:
     task = get_task(spec.name)
     _refuse_unservable(prep.setting, task)
-    plan = TaskPlan(spec, task, cells=task.cells(spec.params))
     if prep.tokenizer is None:
-        return plan
-    if spec.params.bos and prep.tokenizer.bos_token_id is None:
-        spec.params.bos = False  # BOS by default only when the tokenizer has one (docs/design.md)
+        return TaskPlan(spec, task, spec.params, tuple(task.cells(spec.params)))
+    params = replace(spec.params, bos=bool(bos_ids(prep.tokenizer, spec.params.bos)))
+    cells = tuple(task.cells(params))
     try:
-        ready = task.prepare(Preflight(prep.tokenizer, spec.params, warn, describe_model))
+        ready = task.prepare(Preflight(prep.tokenizer, params, warn, describe_model))
     except InputError as exc:
         if not (tolerant and _remote_data(spec)):
             raise
         prep.notes.append(f"{spec.name}: data not available offline ({exc}): samples not checked")
-        return plan
-    plan.state, plan.available = ready.state, ready.available
-    plan.sample_hashes = task.samples_hash(ready.state)
+        return TaskPlan(spec, task, params, cells)
+    hashes = task.samples_hash(ready.state)
     if ready.available is not None:
-        plan.cells = [c for c in plan.cells if c.sample < ready.available]
-    return plan
+        cells = tuple(c for c in cells if c.sample < ready.available)
+    return TaskPlan(spec, task, params, cells, ready.state, ready.available,
+                    tuple(hashes) if hashes is not None else None)
 
 
 def _refuse_unservable(setting: Setting, task: Task) -> None:
@@ -372,10 +374,10 @@ def _task_difference(prep: SettingPlan, plan: TaskPlan, old: list[dict[str, Any]
         what = ", ".join(f"{k} {_show(ours.get(k))} vs the folder's {_show(before.get(k))}{HINTS.get(k, '')}"
                          for k in keys[:3])
         return f"the {name} task options differ: {what or theirs}"
-    theirs = _differs(plan.spec.params.seed, old, "seed")
+    theirs = _differs(plan.params.seed, old, "seed")
     if theirs is not None:
-        return f"the {name} seed differs: {plan.spec.params.seed} vs the folder's {theirs}"
-    hashes = plan.sample_hashes or []
+        return f"the {name} seed differs: {plan.params.seed} vs the folder's {theirs}"
+    hashes = plan.sample_hashes or ()
     for r in old:
         sample, recorded = r.get("sample"), r.get("sample_hash")
         if recorded and isinstance(sample, int) and sample < len(hashes) and hashes[sample] != recorded:

@@ -213,7 +213,7 @@ _EVALUATORS: dict[tuple[str, str, str], Any] = {}
 
 def _run_task(progress: _Progress, prep: SettingPlan, task_plan: TaskPlan, engine, device: str, part,
               rank: int, world: int) -> None:
-    plan, spec = progress.plan, task_plan.spec
+    plan, params = progress.plan, task_plan.params
     keyed = {c: plan.key(prep, task_plan, c, part.rope_hash) for c in task_plan.cells}
     owner = shard_cells(task_plan.cells, world, prep.index)
     mine = [c for c in task_plan.cells if owner[c] == rank]
@@ -226,11 +226,11 @@ def _run_task(progress: _Progress, prep: SettingPlan, task_plan: TaskPlan, engin
     progress.counts["retried"] += sum(keyed[c] in plan.latest for c in missing)  # their last record failed
     if not missing:
         return
-    ctx = RunContext(engine, prep.tokenizer, spec.params, task_plan.state, part.manifest,
+    ctx = RunContext(engine, prep.tokenizer, params, task_plan.state, part.manifest,
                      part.fields(), progress.store.append, progress.warn, run_dir=progress.options.out,
                      load_engine=_evaluator_loader(engine))
     fields = task_plan.fields
-    task_part = records.TaskPart(spec.name, spec.params.seed, fields["corpus"], fields["task_identity"])
+    task_part = records.TaskPart(task_plan.name, params.seed, fields["corpus"], fields["task_identity"])
     with address_space_limit(progress.options.max_memory, device):
         for cell, outcome, metrics in _scored_cells(task_plan, ctx, engine, missing, progress.options,
                                                     prep.label):

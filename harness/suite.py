@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ TASK_TYPES = {"name": str, "lengths": list, "samples": int, "seed": int, "corpus
 _MISSING = object()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Setting:
     """One model + RoPE override, evaluated as one curve."""
 
@@ -77,7 +77,7 @@ class Setting:
         return self.serve is not None or bool(self.server_urls)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     params: TaskParams
@@ -343,10 +343,9 @@ def load_suite(name_or_path: str, flags: Flags) -> Suite:
     override it."""
     source, text = _read(name_or_path)
     run, settings, tasks = parse_suite(text, source)
+    settings = [replace(s, dtype=flags.dtype or s.dtype, device=flags.device or s.device,
+                        attn=flags.attn or s.attn) for s in settings]
     for setting in settings:
-        setting.dtype = flags.dtype or setting.dtype
-        setting.device = flags.device or setting.device
-        setting.attn = flags.attn or setting.attn
         check_device(setting.device)
     options = _run_options(run, flags, Path("results") / Path(name_or_path).stem, source)
     return Suite(settings, tasks, options, bool(run.get("report", True)))

@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar
 
 from harness.contract import Engine
@@ -34,16 +35,21 @@ class Cell:
     sample: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskParams:
-    """Parameters shared by every task plus the task's own options (from CLI flags or a suite)."""
+    """Parameters shared by every task plus the task's own options (from CLI flags or a suite); frozen, the
+    options read-only: one TaskParams may serve several settings (the run plan derives each setting's own)."""
 
-    lengths: list[int]
+    lengths: tuple[int, ...]
     samples: int = 1
     seed: int = 0
     corpus: str = "stdlib"
-    bos: bool = True
-    options: dict[str, Any] = field(default_factory=dict)
+    bos: bool = True  # asked; a setting's own params say whether its tokenizer gets one (corpus.bos_ids)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lengths", tuple(self.lengths))
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
 
 @dataclass(frozen=True)

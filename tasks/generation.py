@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from harness.corpus import bos_ids
 from harness.errors import InputError
 from harness.values import parse_floats
 from tasks.base import Option
@@ -107,16 +108,16 @@ def prompt_wrap(tokenizer, bos: bool, chat: bool) -> Wrap:
     A template that writes BOS itself keeps it (the id is then not prepended); with --no-bos that BOS is
     dropped from the template text too, so --no-bos always means no BOS in the prompt.
     """
-    prepend = bos and tokenizer.bos_token_id is not None
+    head = tuple(bos_ids(tokenizer, bos))
     if not chat:
-        return Wrap((tokenizer.bos_token_id,) if prepend else ())
+        return Wrap(head)
     pre, post = chat_wrapper(tokenizer)
     bos_text = tokenizer.bos_token or ""
     if bos_text and pre.startswith(bos_text):
-        prepend = False
+        head = ()
         if not bos:
             pre = pre[len(bos_text):]
-    return Wrap((tokenizer.bos_token_id,) if prepend else (), pre, post, True)
+    return Wrap(head, pre, post, True)
 
 
 def answer_tokens(tokenizer, prompt_text: str, prompt_ids: list[int], answer: str) -> tuple[list[int], bool]:

@@ -282,7 +282,7 @@ def test_lengths_take_k_suffixes_in_flags_and_suites(tmp_path):
     path.write_text('[[settings]]\nmodel = "m"\ntune_len = "8k"\n[[tasks]]\nname = "perplexity"\n'
                     'lengths = ["4k", 1024, "32K"]\n')
     loaded = suite.load_suite(str(path), ARGS)
-    assert (loaded.tasks[0].params.lengths == [1024, 4096, 32768]
+    assert (loaded.tasks[0].params.lengths == (1024, 4096, 32768)
             and loaded.settings[0].override.tune_len == 8192)
     path.write_text('[[settings]]\nmodel = "m"\n[[tasks]]\nname = "perplexity"\nlengths = ["4x"]\n')
     with pytest.raises(InputError, match=r':5: lengths must be an integer or a length such as "4k"'):
@@ -297,7 +297,7 @@ def test_tasks_flag_runs_several_tasks_with_their_own_options():
     assert loaded.tasks[0].params is not loaded.tasks[1].params
     assert (loaded.tasks[1].params.options["depths"] == [0.0, 1.0]
             and "depths" not in loaded.tasks[0].params.options)
-    assert loaded.tasks[0].params.lengths == [1024, 2048]
+    assert loaded.tasks[0].params.lengths == (1024, 2048)
     assert str(loaded.options.out) == "results/base-1e4-perplexity-passkey"
     with pytest.raises(InputError, match="unknown task 'nope'"):
         suite.from_flags(suite.Flags(model="zoo:base-1e4", task="perplexity,nope", lengths="64"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -167,7 +168,7 @@ def test_identity_gains_key_parameters_only_with_key_tokens():
     params = TaskParams(lengths=[256, 1024], options=dict.fromkeys(TASK.option_names()))
     plain = {"corpus": "stdlib", "bos": True, "sliding_stride": None, "max_length": 1024}
     assert TASK.identity(params) == plain
-    params.options["key_tokens"] = "self"
+    params = replace(params, options={**params.options, "key_tokens": "self"})
     assert TASK.identity(params) == {**plain,
                                      "key_tokens": "self", "key_context": kt.DEFAULT_CONTEXT,
                                      "key_alpha": kt.DEFAULT_ALPHA, "key_beta": kt.DEFAULT_BETA}

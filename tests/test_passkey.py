@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+from dataclasses import replace
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -118,7 +119,8 @@ def test_prepare_checks_every_length_before_any_model(tokenizer):
     with pytest.raises(InputError, match=r"--lengths 20 is below .* at least (\d+) tokens") as err:
         pk.TASK.prepare(pre)
     low = int(re.search(r"at least (\d+)", str(err.value)).group(1))
-    params.lengths = [low, low + 1, 3000]
+    params = replace(params, lengths=[low, low + 1, 3000])
+    pre = Preflight(tokenizer, params, warn=lambda _: None)
     prepared = pk.TASK.prepare(pre)
     assert prepared.available is None  # filler haystack: every sample available
     assert isinstance(prepared.state, pk.PasskeyState) and prepared.state.haystack.kind == "filler"

@@ -32,7 +32,7 @@ def test_quick_suite_grid_is_what_the_readme_promises():
     assert [s.model for s in quick.settings] == [*zoo, "smollm2"]
     assert str(quick.options.out) == "results/quick" and quick.report
     zoo_ppl, real_ppl = (t for t in quick.tasks if t.name == "perplexity")
-    assert zoo_ppl.params.lengths == QUICK_LENGTHS and zoo_ppl.params.samples == 12
+    assert list(zoo_ppl.params.lengths) == QUICK_LENGTHS and zoo_ppl.params.samples == 12
     assert zoo_ppl.params.corpus == real_ppl.params.corpus == "stdlib" and len(zoo_ppl.settings) == 8
     # the real model: one pass past Liu's 12,007; passkey in and past its 8K window; QA in-window
     assert real_ppl.settings == ["SmolLM2-135M"] and max(real_ppl.params.lengths) > 12007

@@ -327,3 +327,49 @@ def test_progress_in_a_log_is_one_plain_line_per_group(tiny_llama, text_corpus, 
     lines = [line for line in err.splitlines() if " perplexity: " in line]
     assert [line.split(": ")[1].split(",")[0] for line in lines] == ["2/4 cells", "4/4 cells"]
     assert "\r" not in err
+
+
+def _without_bos(tiny: Path, out: Path) -> Path:
+    """A copy of `tiny` whose tokenizer has no BOS token (as Qwen2.5's)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tiny, out)
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    tokenizer.bos_token = None
+    tokenizer.save_pretrained(out)
+    assert AutoTokenizer.from_pretrained(out).bos_token_id is None
+    return out
+
+
+MEASURED = ("status", "ppl", "nll", "bos", "offset", "sample_hash", "task_identity", "cell_key", "correct",
+            "answer_logprob")
+
+
+def test_a_suite_mixing_bos_and_no_bos_models_scores_each_as_it_scores_alone(tiny_llama, text_corpus,
+                                                                            tmp_path):
+    """One task block shared by a model with BOS and one without: each setting's records equal its solo
+    run's (the shared task parameters are never changed for one setting)."""
+    plain = _without_bos(tiny_llama, tmp_path / "no-bos")
+    tasks = (f'[[tasks]]\nname = "perplexity"\nlengths = [64, 128]\nsamples = 2\ncorpus = "{text_corpus}"\n'
+             '[[tasks]]\nname = "passkey"\nlengths = [256]\ndepths = [0.5]\nsamples = 1\n')
+    models_ = {"with-bos": tiny_llama, "no-bos": plain}
+
+    def suite(labels: list[str], out: Path) -> list[dict]:
+        settings = "".join(f'[[settings]]\nmodel = "{models_[label]}"\nlabel = "{label}"\n' for label in labels)
+        path = out.with_suffix(".toml")
+        path.write_text(settings + tasks)
+        assert main(["run", str(path), "--out", str(out), "--no-progress", "--no-report"]) == 0
+        return records(out)
+
+    def measured(rows: list[dict], label: str) -> dict:
+        return {(r["task"], r["length"], r["sample"]): {k: r.get(k) for k in MEASURED}
+                for r in rows if r["setting"] == label}
+
+    mixed = suite(["with-bos", "no-bos"], tmp_path / "mixed")
+    for label in models_:
+        alone = measured(suite([label], tmp_path / label), label)
+        assert measured(mixed, label) == alone and len(alone) == 5
+    bos = {r["setting"]: r["bos"] for r in mixed if r["task"] == "perplexity"}
+    assert bos == {"with-bos": True, "no-bos": False}

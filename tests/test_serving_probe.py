@@ -38,23 +38,20 @@ def test_clear_is_a_margin_not_a_tie():
 
 
 class _Tok:
-    """A character-level tokenizer: `add_bos` decides whether encoding adds id 1."""
+    """A character-level tokenizer whose BOS (id 1) is `bos` (None: it has none); encoding never adds it."""
 
-    bos_token_id = 1
-
-    def __init__(self, add_bos: bool):
-        self.add_bos = add_bos
+    def __init__(self, bos: int | None):
+        self.bos_token_id = bos
 
     def __call__(self, text, add_special_tokens=True):
-        ids = [2 + (ord(c) % 50) for c in text]
-        return {"input_ids": ([1] if self.add_bos and add_special_tokens else []) + ids}
+        return {"input_ids": [2 + (ord(c) % 50) for c in text]}
 
 
-@pytest.mark.parametrize("add_bos", [True, False])
-def test_the_probe_prompt_is_exactly_its_length_with_bos_where_the_tokenizer_adds_one(add_bos):
-    ids = probe_ids(_Tok(add_bos), 300)
+@pytest.mark.parametrize("bos", [1, None])
+def test_the_probe_prompt_is_exactly_its_length_with_bos_by_the_runs_own_rule(bos):
+    ids = probe_ids(_Tok(bos), 300)  # BOS exactly where a task's prompt gets one (corpus.bos_ids)
     assert len(ids) == 300
-    assert (ids[0] == 1) == add_bos and 1 not in ids[1:]
+    assert (ids[0] == 1) == (bos is not None) and 1 not in ids[1:]
 
 
 def test_the_report_names_the_engine_its_command_and_the_probe_verdict():

@@ -57,10 +57,9 @@ class Probe:
 
 def probe_ids(tokenizer: Any, length: int) -> list[int]:
     """`length` tokens of real text (the stdlib corpus: offline), after a BOS where the tokenizer adds one."""
-    from harness.corpus import token_stream
+    from harness.corpus import bos_ids, token_stream
 
-    head = tokenizer("a")["input_ids"][:1]
-    head = head if tokenizer.bos_token_id is not None and head == [tokenizer.bos_token_id] else []
+    head = bos_ids(tokenizer)
     text = token_stream("stdlib", lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], [],
                         length)
     return (head + text)[:length]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tasks.perplexity.key_tokens as kt
-from harness.corpus import Sample, iter_documents, make_samples
+from harness.corpus import Sample, bos_ids, iter_documents, make_samples
 from harness.errors import InputError
 from harness.metrics import MeasureSpec, PositionMeasureSpec
 from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams, batch_groups
@@ -175,8 +175,7 @@ class PerplexityTask(Task):
         return batch_groups(ctx.engine, list(units.values()))
 
     def _ids(self, ctx: RunContext, sample: Sample) -> list[int]:
-        bos = [ctx.tokenizer.bos_token_id] if ctx.params.bos else []
-        return bos + sample.tokens
+        return bos_ids(ctx.tokenizer, ctx.params.bos) + sample.tokens
 
     def score_group(self, ctx: RunContext, cells: list[Cell]) -> list[dict[str, Any]]:
         """The group's samples (one longest length) in shared forwards, then each sample's cells."""
@@ -227,7 +226,7 @@ class PerplexityTask(Task):
         evaluator, settings = key.evaluator, key.settings
         own = evaluator.name == "self"
         tokenizer = ctx.tokenizer if own else evaluator.tokenizer
-        bos = bool(ctx.params.bos and tokenizer.bos_token_id is not None)
+        bos = bool(bos_ids(tokenizer, ctx.params.bos))
         if own:
             record = ctx.base_record
             identity = "|".join(str(record.get(k)) for k in ("fingerprint", "rope_hash", "dtype", "attn"))
