@@ -39,7 +39,7 @@ def build_model(path: Path, seed: int = 0, spec: dict | None = None) -> Path:
     import torch
     import transformers
 
-    from harness.bytetok import byte_tokenizer
+    from harness.model.bytetok import byte_tokenizer
 
     if (path / "config.json").exists():
         return path

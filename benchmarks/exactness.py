@@ -47,7 +47,8 @@ def reference_nll(model_dir: Path, rope: dict | None, ids: list[int]):
 
 def harness_nll(model_dir: Path, rope: dict | None, ids: list[int], lengths: list[int], chunk: int | None):
     """{L: per-token NLL} the way the perplexity task gets it."""
-    from harness import engine, models, rope_config
+    from harness.engine import engine
+    from harness.model import models, rope_config
 
     override = (rope_config.RopeOverride(rope_type=rope["rope_type"], factor=rope["factor"]) if rope
                 else rope_config.RopeOverride())

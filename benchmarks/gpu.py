@@ -136,7 +136,7 @@ def model_flops(config, n_flops_params: int, length: int) -> float:
 
 
 def plan_for(config, length: int, strategy: str, attn: str, n_params: int, budget: int):
-    from harness import planner
+    from harness.engine import planner
 
     return planner.make_plan(config, length, dtype=DTYPE, attn=attn, n_params=n_params,
                              max_memory=budget, strategy=strategy)
@@ -166,7 +166,7 @@ def build_model(attn: str):
     import torch
     import transformers
 
-    from harness import models
+    from harness.model import models
 
     config = llama3_8b_config(attn)
     torch.manual_seed(0)
@@ -206,8 +206,8 @@ def run_cells(args, loaded, n_flops: int, peak: float | None, budget: int,
               deadline: float) -> list[list[object]]:
     import torch
 
-    from harness import engine
-    from harness.errors import one_line
+    from harness.core.errors import one_line
+    from harness.engine import engine
 
     rows = []
     vocab = loaded.config.vocab_size
@@ -282,7 +282,7 @@ def run_cells(args, loaded, n_flops: int, peak: float | None, budget: int,
 
 def batch_cells(args, loaded, budget: int) -> list[list[object]]:
     """Batched (auto) vs one at a time at each of --batch-lengths, sdpa: tokens/s, rows, NLL agreement."""
-    from harness import engine
+    from harness.engine import engine
 
     set_attn(loaded, "sdpa")
     one = engine.Engine(loaded, max_memory=budget)

@@ -81,7 +81,7 @@ def installed(names: Sequence[str]) -> list[str]:
 
 def free() -> None:
     """Drop the last model's memory before a server takes the card."""
-    from harness.memory_guard import free_accelerator_memory
+    from harness.engine.memory_guard import free_accelerator_memory
 
     gc.collect()
     free_accelerator_memory()
@@ -135,14 +135,14 @@ def smoke_checkpoint(folder: Path) -> Path:
 
 def yarn_override(train_len: int, longest: int) -> Any:
     """YaRN with the smallest integer factor whose window (factor x train_len) holds the longest prompt."""
-    from harness.rope_config import RopeOverride
+    from harness.model.rope_config import RopeOverride
 
     return RopeOverride(rope_type="yarn", factor=float(max(1, math.ceil(longest / train_len))))
 
 
 def describe(path: Path, override: Any) -> Any:
     """The harness's Checkpoint of `path` with the override and its tokenizer, as the run plan builds it."""
-    from harness import models
+    from harness.model import models
 
     checkpoint = models.describe(str(path), override)
     checkpoint.tokenizer = models.load_tokenizer(str(path))
@@ -184,7 +184,7 @@ def over_box(last: tuple[int, float] | None, length: int, cost: Callable[[int], 
 def run_lengths(engine: Any, prompts: dict[int, list[Any]], warm: list[int], new_tokens: int,
                 cost: Callable[[int], float], deadline: float) -> dict[int, Measured | str]:
     """Each length's Measured, or why it has none (skipped by the time box, or the one-line error)."""
-    from harness.errors import one_line
+    from harness.core.errors import one_line
 
     engine.generate_batch([warm], 1)  # warm-up: kernels, allocator, the client's connection
     out: dict[int, Measured | str] = {}
@@ -206,9 +206,9 @@ def run_lengths(engine: Any, prompts: dict[int, list[Any]], warm: list[int], new
 def in_process(checkpoint: Any, prompts: dict[int, list[Any]], warm: list[int], setup: Setup,
                deadline: float) -> dict[int, Measured | str]:
     """The reference: the harness Engine on the same weights and override; freed before any server starts."""
-    from harness import models
-    from harness.engine import Engine
-    from harness.errors import one_line
+    from harness.core.errors import one_line
+    from harness.engine.engine import Engine
+    from harness.model import models
 
     try:
         engine = Engine(models.load(checkpoint, dtype=setup.dtype, device=setup.device, attn=setup.attn),
@@ -245,7 +245,7 @@ def served_rows(name: str, checkpoint: Any, prompts: dict[int, list[Any]], warm:
                 log: Path) -> tuple[list[list[object]], str]:
     """The engine's rows (served through harness.serving.backend.served, the runner's own launch path:
     started with the override, stopped on leaving) and a note on its server."""
-    from harness.errors import one_line
+    from harness.core.errors import one_line
     from harness.serving.backend import SERVED_HEADROOM, served
 
     todo = {n: batch for n, batch in prompts.items() if isinstance(reference[n], Measured)}
@@ -271,7 +271,7 @@ def deadlines(start: float, box: float, engines: int) -> list[float]:
 
 def section(args: Any, loaded: Any, setup: Setup) -> None:
     """Print the served-engine section (a line per engine not installed; nothing else when none is)."""
-    from harness.models import load_config
+    from harness.model.models import load_config
 
     engines = installed(args.engines)
     if args.smoke:  # llama.cpp's server on a tiny GGUF stands in: the section's every path, on CPU

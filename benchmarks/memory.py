@@ -78,7 +78,7 @@ def reset_peak_kb() -> int:
     """Return freed heap to the kernel and reset VmHWM to the current RSS (Linux >= 4.0, clear_refs 5), so
     the peak after a pass is measured above what is live now, not above an earlier transient (the
     engine's self-check)."""
-    from harness import memory_guard
+    from harness.engine import memory_guard
 
     memory_guard.return_freed_tensors()
     Path("/proc/self/clear_refs").write_text("5")
@@ -91,7 +91,8 @@ def child(method: str, length: int, model_dir: str) -> dict:
 
     result = {"method": method, "length": length}
     if method == "harness":
-        from harness import engine, models, rope_config
+        from harness.engine import engine
+        from harness.model import models, rope_config
 
         loaded = models.load(model_dir, rope_config.RopeOverride(), dtype="float32", device="cpu",
                              attn="sdpa")
@@ -187,12 +188,13 @@ def strategy_child(model_dir: str, strategy: str, length: int, device: str, queu
     """One strategy measurement in a child forked from the server (nothing computed before the fork)."""
     result: dict = {"strategy": strategy, "length": length}
     try:
-        from harness import engine, memory_guard, models
+        from harness.engine import engine, memory_guard
+        from harness.model import models
 
         memory_guard.return_freed_tensors()  # as a CPU run under --max-memory: RSS follows the live tensors
         import torch
 
-        from harness.rope_config import RopeOverride
+        from harness.model.rope_config import RopeOverride
 
         start = time.perf_counter()
         loaded = models.load(model_dir, RopeOverride(), dtype="float32", device=device, attn=attn)
@@ -317,7 +319,7 @@ def build_family(path: Path, kind: str) -> Path:
     import torch
     import transformers
 
-    from harness.bytetok import byte_tokenizer
+    from harness.model.bytetok import byte_tokenizer
 
     if kind == "mistral":
         config = transformers.MistralConfig(**FAMILY_SHAPE, sliding_window=512)
@@ -419,7 +421,7 @@ def forkserver():
     """Children forked from a server that imported torch and transformers once."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "transformers", "transformers.models.llama.modeling_llama",
-                                "harness.engine", "harness.models", "harness.stream"])
+                                "harness.engine.engine", "harness.model.models", "harness.engine.stream"])
     return ctx
 
 

@@ -40,7 +40,7 @@ def run_passkey(out: Path, lengths: str, samples: int, serve: bool) -> float:
 
 
 def answers(out: Path) -> dict[tuple, dict]:
-    from harness.store import latest_records
+    from harness.run.store import latest_records
 
     return {(r["length"], r["depth"], r["sample"]): r for r in latest_records(out).values()}
 
@@ -61,9 +61,9 @@ def logprob_gaps(lengths: list[int]) -> list[str]:
     tokens, side by side."""
     from llama_cpp import Llama
 
-    from harness import models
-    from harness.engine import Engine
-    from harness.rope_config import RopeOverride
+    from harness.engine.engine import Engine
+    from harness.model import models
+    from harness.model.rope_config import RopeOverride
     from tasks.passkey import build_prompt
 
     checkpoint = models.describe("smollm2", RopeOverride())
@@ -92,7 +92,7 @@ def logprob_gaps(lengths: list[int]) -> list[str]:
 
 def text_ppl_rows(local: Any, llm: Any, tokenizer: Any, lengths: list[int]) -> list[str]:
     """ppl@L of one held-out stdlib sample of max(lengths) tokens, every L a prefix of one pass each way."""
-    from harness.corpus import make_samples
+    from harness.data.corpus import make_samples
 
     ids = list(make_samples(tokenizer, "stdlib", max(lengths), 1, bos=False)[0].tokens)
     ours, theirs = local.token_nll(ids).double().numpy(), llama_cpp_nll(llm, ids)
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--gaps-only", action="store_true", help="only the log-prob and ppl gaps (part 2)")
     args = parser.parse_args()
-    from harness.values import parse_lengths
+    from harness.core.values import parse_lengths
 
     lines = ["## SmolLM2-135M: llama.cpp server vs the in-process HF path (same GGUF, CPU)", ""]
     if not args.gaps_only:

@@ -61,7 +61,8 @@ def main() -> int:
 
     import torch
 
-    from harness import engine, models, rope_config
+    from harness.engine import engine
+    from harness.model import models, rope_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,7 +150,7 @@ def main() -> int:
 def pair_rows(args, loaded, eng, pair_lengths: list[int]) -> list[bool]:
     """Stream vs single throughput and the passkey cell at each of `pair_lengths`; prints the tables and
     target lines, returns whether each target held."""
-    from harness import engine
+    from harness.engine import engine
 
     single = engine.Engine(loaded, strategy="single")
     streamed = engine.Engine(loaded, strategy="stream")
@@ -214,7 +215,7 @@ def passkey_grid(n: int) -> list[list[int]]:
 
 def prefix_rows(args, loaded, lengths: list[int]) -> bool:
     """A passkey grid with and without prefix reuse at each L: prints the table and the target line."""
-    from harness import engine
+    from harness.engine import engine
 
     reuse, fresh = engine.Engine(loaded), engine.Engine(loaded, prefix_reuse=False)
     answer = bc.random_ids(7, seed=3)
@@ -247,7 +248,7 @@ def batch_rows(args, loaded, lengths: list[int]) -> bool:
     """Batched vs row-by-row token_nll_batch at each L: prints the table and the equality target line."""
     import torch
 
-    from harness import engine
+    from harness.engine import engine
 
     one, many = engine.Engine(loaded), engine.Engine(loaded, batch_size=args.batch)
     rows, equal = [], True

@@ -19,9 +19,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar
 
-from harness.contract import Engine
-from harness.errors import InputError
-from harness.metrics import MeasureSpec
+from harness.core.contract import Engine
+from harness.core.errors import InputError
+from harness.core.metrics import MeasureSpec
 
 State = TypeVar("State")
 

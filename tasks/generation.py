@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from harness.corpus import bos_ids
-from harness.errors import InputError
-from harness.values import parse_floats
+from harness.core.errors import InputError
+from harness.core.values import parse_floats
+from harness.data.corpus import bos_ids
 from tasks.base import Option
 
 # the tasks parse --depths themselves (parse_depths: a flag's comma text or a suite's list, one message)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tiny_gguf import llama_writer, write_llama_tensors
 
-from harness.rope_config import RopeOverride
+from harness.model.rope_config import RopeOverride
 from harness.serving.engines import launch_command
 from harness.serving.process import Server
 

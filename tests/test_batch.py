@@ -8,9 +8,10 @@ import pytest
 import torch
 from tiny import make_tiny
 
-from harness import engine, models, planner
 from harness.cli import main
-from harness.store import read_jsonl
+from harness.engine import engine, planner
+from harness.model import models
+from harness.run.store import read_jsonl
 
 
 def ids_of(n, seed=0):
@@ -148,8 +149,8 @@ def test_bad_batch_size_is_one_line_exit_2(value, tiny_llama, text_corpus, tmp_p
 
 
 def test_suite_batch_size_key(tmp_path, tiny_llama, text_corpus):
-    from harness.errors import InputError
-    from harness.suite import Flags, load_suite
+    from harness.core.errors import InputError
+    from harness.run.suite import Flags, load_suite
 
     def suite(value):
         path = tmp_path / f"s{len(list(tmp_path.iterdir()))}.toml"

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import corpus, suite
-from harness.bytetok import byte_tokenizer
-from harness.errors import InputError
+from harness.core.errors import InputError
+from harness.data import corpus
+from harness.model.bytetok import byte_tokenizer
+from harness.run import suite
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +273,7 @@ def test_run_flags_a_suite_would_ignore(argv, message, tmp_path, capsys, monkeyp
 
 
 def test_lengths_take_k_suffixes_in_flags_and_suites(tmp_path):
-    from harness.values import parse_lengths
+    from harness.core.values import parse_lengths
 
     assert parse_lengths("4k,32K,1.5k,1000") == [1000, 1536, 4096, 32768]
     for bad in ("0.1k", "4kk", "4m", "k"):
@@ -369,7 +370,7 @@ def test_dry_run_reads_a_hub_config_from_the_local_cache(offline, tiny_llama, tm
 def test_gzip_corpora_read_transparently_and_binary_is_refused(tmp_path):
     import gzip
 
-    from harness.corpus import iter_documents
+    from harness.data.corpus import iter_documents
 
     text = "def f(x):\n    return x + 1\n" * 50
     (tmp_path / "code.txt.gz").write_bytes(gzip.compress(text.encode()))
@@ -386,7 +387,7 @@ def test_gzip_corpora_read_transparently_and_binary_is_refused(tmp_path):
 
 
 def test_memory_sizes_read_as_accelerate_reads_them():
-    from harness.values import parse_size
+    from harness.core.values import parse_size
 
     assert parse_size("1GiB") == parse_size("1G") == 1 << 30 and parse_size("1GB") == 10**9
     assert parse_size("500MB") == 500 * 10**6 and parse_size("500MiB") == 500 << 20
@@ -395,7 +396,7 @@ def test_memory_sizes_read_as_accelerate_reads_them():
 
 
 def test_labels_in_any_script_get_their_own_folder():
-    from harness.values import safe_name
+    from harness.core.values import safe_name
 
     assert safe_name("b=1e6 tuned@1024") == "b_1e6_tuned_1024" and safe_name("../x") == "x"
     assert safe_name("长上下文") == "长上下文" and safe_name("ü-model") == "ü-model"

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from tiny import FAMILIES, OVERRIDES, make_tiny
 
-from harness import engine, models, prefix_cache, rope_config
+from harness.engine import engine, prefix_cache
+from harness.model import models, rope_config
 
 
 def plain_nll(path, override, ids):

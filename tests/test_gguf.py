@@ -1,4 +1,4 @@
-"""GGUF checkpoints (harness.gguf), packaged real models by name and the known-checkpoint table.
+"""GGUF checkpoints (harness.model.gguf), packaged real models by name and the known-checkpoint table.
 
 A tiny Llama GGUF is written here with the `gguf` package (F32 tensors, one Q8_0 tensor, a byte-level BPE
 tokenizer in the metadata). transformers' own GGUF loader is the reference: llama.cpp stores Q/K permuted
@@ -29,10 +29,13 @@ from tiny_gguf import (
     write_llama_tensors,
 )
 
-from harness import checkpoints, engine, law, models, retrieval_law, rope_config
-from harness import gguf as hgguf
 from harness.cli import main
-from harness.errors import InputError
+from harness.core.errors import InputError
+from harness.engine import engine
+from harness.law import liu as law
+from harness.law import men as retrieval_law
+from harness.model import checkpoints, models, rope_config
+from harness.model import gguf as hgguf
 
 THETA = 2e4  # not transformers' default 1e4: the metadata must be read
 QUANTISED = "blk.0.ffn_gate.weight"  # the one Q8_0 tensor (rows of 64: two 32-element blocks)

@@ -15,8 +15,8 @@ from tiny import make_tiny
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.cli import main
-from harness.runner import folder_summary
-from harness.store import read_jsonl
+from harness.run.runner import folder_summary
+from harness.run.store import read_jsonl
 from tasks.base import TaskParams
 from tasks.perplexity import TASK
 from tasks.perplexity import key_tokens as kt
@@ -209,7 +209,7 @@ def test_report_draws_ppl_key_and_leaves_it_out_quietly_without(tiny_llama, text
 
 def test_a_foreign_evaluator_needs_the_run_plan_to_describe_it(bpe_llama):
     """Outside a run (no `describe_model` service) another model cannot be read: one line with the fix."""
-    from harness.errors import InputError
+    from harness.core.errors import InputError
     from tasks.base import Preflight
 
     pre = Preflight(AutoTokenizer.from_pretrained(bpe_llama), TaskParams(lengths=[64]))

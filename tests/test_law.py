@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import law
-from harness.errors import InputError
+from harness.core.errors import InputError
+from harness.law import liu as law
 
 LLAMA2 = {"rotary_dim": 128, "train_len": 4096, "pretrain_base": 10000.0}
 
@@ -145,7 +145,7 @@ def test_law_imports_only_arithmetic():
     tree = ast.parse(Path(law.__file__).read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"__future__", "math", "dataclasses", "harness.errors"}
+    assert imported <= {"__future__", "math", "dataclasses", "harness.core.errors"}
 
 
 def test_prediction_is_frozen():

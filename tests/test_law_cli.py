@@ -7,7 +7,7 @@ import json
 import pytest
 
 from harness.cli import build_parser, main
-from harness.errors import InputError
+from harness.core.errors import InputError
 
 
 def run(argv: list[str], capsys) -> tuple[int, str]:

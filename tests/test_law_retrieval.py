@@ -1,4 +1,4 @@
-"""The retrieval limit of Men et al. ("Base of RoPE Bounds Context Length", NeurIPS 2024) in harness.law:
+"""The retrieval limit of Men et al. ("Base of RoPE Bounds Context Length", NeurIPS 2024) in harness.law.liu:
 B(m) = sum_n cos(m*theta_n), its first negative distance, and the smallest base that keeps B >= 0 up to L,
 checked against direct summation, the paper's d=128 table and a closed form (d=4); then `rope-harness law`."""
 
@@ -10,8 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from harness import law, retrieval_law
-from harness.errors import InputError
+from harness.core.errors import InputError
+from harness.law import liu as law
+from harness.law import men as retrieval_law
 
 
 def direct_score(m: float, base: float, d: int) -> float:

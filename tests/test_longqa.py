@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from harness.bytetok import byte_tokenizer
-from harness.errors import InputError
+from harness.core.errors import InputError
+from harness.model.bytetok import byte_tokenizer
 from tasks.base import Cell, RunContext, TaskParams
 from tasks.longqa import (
     DATASETS,
@@ -368,8 +368,8 @@ def test_synthetic_chat_template_exact_length_no_double_bos(text_corpus):
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama):
-    from harness import models
-    from harness.engine import Engine
+    from harness.engine.engine import Engine
+    from harness.model import models
 
     return Engine(models.load(str(tiny_llama), dtype="float32", device="cpu"))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from harness import memory_guard
+from harness.engine import memory_guard
 
 
 def rss_kb():

@@ -1,5 +1,5 @@
-"""harness.metrics on hand-built curves with a known knee or step (pure numerics: no model, no report): the
-measured extrapolation length of an aggregate per-length curve (`measured_limit`) and of per-position loss
+"""harness.core.metrics on hand-built curves with a known knee or step (pure numerics: no model, no report):
+the measured extrapolation length of an aggregate per-length curve (`measured_limit`) and of per-position loss
 buckets (`position_limit`)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from report_records import LENGTHS, knee_nll
 
-from harness import metrics
+from harness.core import metrics
 from tasks.perplexity import MEASURE, POSITION_LOSS
 
 LOG15 = math.log(1.5)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from tiny import FAMILIES, OVERRIDES, make_tiny
 
-from harness import models, rope_config, rope_math
-from harness.errors import InputError
+from harness.core.errors import InputError
+from harness.law import rope_math
+from harness.model import models, rope_config
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +278,7 @@ def test_per_length_frequencies_are_checked_against_rope_math(tiny_llama, monkey
     loaded = models.load(str(tiny_llama), OVERRIDES["dynamic"])
     real = models.expected_inv_freq
     monkeypatch.setattr(models, "expected_inv_freq", lambda c, s, n=None: (real(c, s, n)[0] * 1.001, 1.0))
-    with pytest.raises(RuntimeError, match="harness.rope_math"), \
+    with pytest.raises(RuntimeError, match="harness.law.rope_math"), \
             models.rope_fixed_for_length(loaded.model, loaded.config, 500):
         pass
 

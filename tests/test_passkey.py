@@ -13,9 +13,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from harness.bytetok import byte_tokenizer
-from harness.contract import AnswerScore, Ran, Scored
-from harness.errors import InputError
+from harness.core.contract import AnswerScore, Ran, Scored
+from harness.core.errors import InputError
+from harness.model.bytetok import byte_tokenizer
 from tasks import passkey as pk
 from tasks.base import Preflight, RunContext, TaskParams, get_task
 
@@ -300,8 +300,8 @@ def test_rigged_model_answers_correctly():
 
 
 def test_tiny_random_model_cannot(tiny_llama):
-    from harness import models
-    from harness.engine import Engine
+    from harness.engine.engine import Engine
+    from harness.model import models
 
     loaded = models.load(str(tiny_llama), dtype="float32", device="cpu")
     engine = Engine(loaded)
@@ -320,8 +320,8 @@ def test_tiny_random_model_cannot(tiny_llama):
 def test_keys_at_one_depth_share_the_prefill_before_the_needle(tiny_llama):
     """Cells run length -> depth -> key: each key's prompt reuses the cache of the one before up to its
     needle, and every number equals an engine that prefills each prompt afresh."""
-    from harness import models
-    from harness.engine import Engine
+    from harness.engine.engine import Engine
+    from harness.model import models
 
     loaded = models.load(str(tiny_llama), dtype="float32", device="cpu")
     params = TaskParams(lengths=[300], samples=3, options={"depths": [0.9], "max_new_tokens": 6})

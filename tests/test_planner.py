@@ -13,9 +13,10 @@ import torch
 import transformers
 from tiny import make_tiny
 
-from harness import engine, memory_guard, models, planner
-from harness.planner import Plan
-from harness.rope_config import RopeOverride
+from harness.engine import engine, memory_guard, planner
+from harness.engine.planner import Plan
+from harness.model import models
+from harness.model.rope_config import RopeOverride
 
 # configs only (no model is built): the tiny test Llama's shape (GQA) and the memory benchmark's deep MHA one
 TINY = transformers.LlamaConfig(vocab_size=259, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

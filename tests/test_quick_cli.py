@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import suite
 from harness.cli import main
-from harness.zoo_models import zoo_names
+from harness.model.zoo_models import zoo_names
+from harness.run import suite
 
 QUICK_LENGTHS = [128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
 
@@ -110,7 +110,7 @@ def test_help_tells_the_truth_about_defaults(capsys):
 
 
 def test_zoo_train_defaults_to_a_zoo_folder_here(tmp_path, monkeypatch, capsys):
-    from harness import zoo
+    from harness.model import zoo
 
     monkeypatch.chdir(tmp_path)
     seen = []
@@ -121,12 +121,12 @@ def test_zoo_train_defaults_to_a_zoo_folder_here(tmp_path, monkeypatch, capsys):
 
 
 def test_zoo_list_has_a_header_and_short_paths(monkeypatch, capsys):
-    from harness.zoo import ZOO_DIR
+    from harness.model.zoo import ZOO_DIR
 
-    monkeypatch.chdir(ZOO_DIR.parent.parent)
+    monkeypatch.chdir(ZOO_DIR.parents[2])
     assert main(["zoo", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "zoo checkpoints in harness/zoo_models/ (use them as --model zoo:NAME)"
+    assert lines[0] == "zoo checkpoints in harness/model/zoo_models/ (use them as --model zoo:NAME)"
     assert lines[1].split() == ["name", "rope_theta", "pretrain_base", "train_len", "tune_len", "folder"]
     zoo = len(zoo_names())
     assert [line.split()[0] for line in lines[2:2 + zoo]] == [f"zoo:{n}" for n in zoo_names()]

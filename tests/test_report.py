@@ -15,9 +15,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from test_metrics import log_between, step_buckets  # noqa: E402
 
-from harness import law  # noqa: E402
 from harness.cli import main as cli_main  # noqa: E402
-from harness.errors import InputError  # noqa: E402
+from harness.core.errors import InputError  # noqa: E402
+from harness.law import liu as law  # noqa: E402
 from harness.report import analysis, overlay, plots, registry  # noqa: E402
 from harness.report.base import NoData  # noqa: E402
 from harness.report.build import build_report  # noqa: E402

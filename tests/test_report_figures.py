@@ -14,12 +14,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from report_records import curve_rows, passkey_rows, write_run  # noqa: E402
 
-from harness import law  # noqa: E402
+from harness.law import liu as law  # noqa: E402
+from harness.law.men import retrieval_bound  # noqa: E402
 from harness.report import analysis, mvp, overlay, registry  # noqa: E402
 from harness.report.build import build_report  # noqa: E402
 from harness.report.figures import longqa, passkey, perplexity  # noqa: E402
 from harness.report.load import load_runs  # noqa: E402
-from harness.retrieval_law import retrieval_bound  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

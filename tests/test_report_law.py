@@ -14,14 +14,14 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from report_records import curve_rows, write_run  # noqa: E402
 
-from harness import law  # noqa: E402
+from harness.law import liu as law  # noqa: E402
+from harness.law.men import retrieval_bound  # noqa: E402
 from harness.report import analysis, registry  # noqa: E402
 from harness.report.build import build_report  # noqa: E402
 from harness.report.figures.perplexity import limit_vs_base  # noqa: E402
 from harness.report.lawblock import law_group, measured_critical_dim, predict_for  # noqa: E402
 from harness.report.load import load_runs  # noqa: E402
 from harness.report.tables import LawVsBase  # noqa: E402
-from harness.retrieval_law import retrieval_bound  # noqa: E402
 from tasks.perplexity import MEASURES  # noqa: E402
 
 LOG15 = math.log(1.5)

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import models, rope_config
 from harness.cli import main
-from harness.contract import Ran, Scored
-from harness.store import read_jsonl
+from harness.core.contract import Ran, Scored
+from harness.model import models, rope_config
+from harness.run.store import read_jsonl
 
 RECORD_KEYS = {"task", "setting", "model", "rope_type", "rope_theta", "rope_params", "rotary_dim",
                "pretrain_base", "train_len", "tune_len", "rope_hash", "length", "depth", "sample", "seed",
@@ -108,7 +108,7 @@ def test_fewer_samples_than_asked_warns_and_runs_those(tiny_llama, text_corpus, 
 
 def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus, tmp_path, monkeypatch):
     """The engine falls back by itself (a 4x smaller prefill chunk); records carry the plan that ran."""
-    from harness import engine
+    from harness.engine import engine
 
     plans = []
     real_score = engine.Engine._score
@@ -154,7 +154,7 @@ def test_nan_loss_is_an_error_and_max_memory_records_oom(tiny_llama, text_corpus
     rows = records(tmp_path / "m")
     assert {r["status"] for r in rows} == {"oom"} and "planner" in rows[0]["error"]
     assert "--max-memory 1.0 MiB" in rows[0]["error"]  # a budget in MiB reads as MiB, not "0.00 GiB"
-    from harness import engine
+    from harness.engine import engine
 
     monkeypatch.setattr(engine.Engine, "token_nll_batch",
                         lambda self, rows, plan=None: Scored([torch.full((len(r) - 1,), float("nan"))
@@ -240,7 +240,7 @@ def test_lock_stops_a_second_writer(tiny_llama, text_corpus, tmp_path, capsys):
 def test_cells_finished_while_waiting_for_the_lock_are_not_rerun(tiny_llama, text_corpus, tmp_path,
                                                                   monkeypatch, capsys):
     """Run B reads the folder while run A still writes it; A finishes and lets go before B takes the lock."""
-    from harness.store import Store
+    from harness.run.store import Store
 
     assert run(tiny_llama, text_corpus, tmp_path / "a") == 0
     finished_by_a = (tmp_path / "a" / "records.jsonl").read_text()
@@ -258,8 +258,8 @@ def test_cells_finished_while_waiting_for_the_lock_are_not_rerun(tiny_llama, tex
 
 
 def test_run_folder_that_cannot_be_made_is_bad_input():
-    from harness.errors import InputError
-    from harness.store import Store
+    from harness.core.errors import InputError
+    from harness.run.store import Store
 
     with pytest.raises(InputError, match="pass a writable --out"):
         Store(Path("/proc/rope-harness-cannot-exist/run")).open()
@@ -284,7 +284,7 @@ def test_two_ranks_split_cells_and_equal_one_process(tiny_llama, text_corpus, tm
 
 
 def test_cpu_address_space_cap_turns_overallocation_into_a_recorded_oom():
-    from harness.memory_guard import address_space_limit, is_oom
+    from harness.engine.memory_guard import address_space_limit, is_oom
 
     with address_space_limit(256 << 20, "cpu"):
         with pytest.raises((RuntimeError, MemoryError)) as err:
@@ -300,7 +300,7 @@ def test_lengths_that_fit_are_scored_when_the_longest_is_refused(tiny_llama, tex
                                                                   monkeypatch):
     """A planner refusal is deterministic: the shorter lengths of the shared pass still run, and the console
     says what would help instead of 'rerun'."""
-    from harness import engine as engine_module
+    from harness.engine import engine as engine_module
 
     plan = engine_module.Engine.plan
 
@@ -357,7 +357,8 @@ def test_a_suite_mixing_bos_and_no_bos_models_scores_each_as_it_scores_alone(tin
     models_ = {"with-bos": tiny_llama, "no-bos": plain}
 
     def suite(labels: list[str], out: Path) -> list[dict]:
-        settings = "".join(f'[[settings]]\nmodel = "{models_[label]}"\nlabel = "{label}"\n' for label in labels)
+        settings = "".join(f'[[settings]]\nmodel = "{models_[label]}"\nlabel = "{label}"\n'
+                           for label in labels)
         path = out.with_suffix(".toml")
         path.write_text(settings + tasks)
         assert main(["run", str(path), "--out", str(out), "--no-progress", "--no-report"]) == 0

@@ -11,7 +11,7 @@ import torch
 from tiny import make_tiny
 
 from harness.cli import build_parser, main
-from harness.store import Store, latest_records, read_jsonl
+from harness.run.store import Store, latest_records, read_jsonl
 
 
 def records(folder: Path) -> list[dict]:
@@ -31,7 +31,7 @@ def other_model(tmp_path_factory) -> Path:
 def test_records_carry_the_experiment_identity(tiny_llama, text_corpus, tmp_path):
     assert run(tiny_llama, text_corpus, tmp_path / "r", lengths="32,200") == 0
     rows = records(tmp_path / "r")
-    from harness.bytetok import byte_tokenizer
+    from harness.model.bytetok import byte_tokenizer
 
     tokens = byte_tokenizer()(text_corpus.read_text(), add_special_tokens=False)["input_ids"][:199]
     for r in rows:
@@ -110,7 +110,7 @@ def test_the_same_experiment_resumes_and_adds_samples(tiny_llama, text_corpus, t
 
 def test_failed_cells_heal_and_the_exit_code_counts_the_grid(tiny_llama, text_corpus, tmp_path, monkeypatch,
                                                               capsys):
-    from harness import engine
+    from harness.engine import engine
 
     out = tmp_path / "r"
     real = engine.Engine.token_nll_batch
@@ -140,7 +140,7 @@ def test_failed_cells_heal_and_the_exit_code_counts_the_grid(tiny_llama, text_co
 
 
 def test_exit_1_while_any_cell_of_the_grid_has_no_ok_record(tiny_llama, text_corpus, tmp_path, monkeypatch):
-    from harness import engine
+    from harness.engine import engine
 
     out = tmp_path / "r"
     monkeypatch.setattr(engine.Engine, "token_nll_batch", lambda self, ids, plan=None: (_ for _ in ()).throw(
@@ -153,7 +153,7 @@ def test_exit_1_while_any_cell_of_the_grid_has_no_ok_record(tiny_llama, text_cor
 def test_the_last_record_of_a_cell_wins_across_shards_and_in_the_console_table(tmp_path):
     """A cell healed by a later run on another world size: its ok record lives in an earlier-sorting shard."""
     from harness.report.load import load_runs
-    from harness.runner import folder_summary
+    from harness.run.runner import folder_summary
 
     base = {"setting": "s", "task": "perplexity", "length": 64, "depth": None, "seed": 0, "rope_hash": "h"}
     old = [{**base, "sample": 0, "cell_key": "a", "status": "ok", "nll": 1.0, "recorded_at": 100.0},
@@ -235,7 +235,7 @@ def test_records_another_run_wrote_after_planning_are_read_before_scoring(tiny_l
                                                                           monkeypatch, capsys):
     """The plan reads the folder once; if it changed before the run opens it (another run finished cells in
     between), the run reads it again and skips those cells instead of scoring them twice."""
-    from harness import runner
+    from harness.run import runner
 
     out = tmp_path / "r"
     assert run(tiny_llama, text_corpus, out, "--samples", "2") == 0

@@ -19,8 +19,8 @@ def pair(tmp_path_factory):
     """(served engine, in-process engine, tokenizer) on one tiny GGUF."""
     import os
 
-    from harness import models
-    from harness.engine import Engine
+    from harness.engine.engine import Engine
+    from harness.model import models
     from harness.serving.client import Client
 
     folder = tmp_path_factory.mktemp("backend")

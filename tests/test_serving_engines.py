@@ -8,8 +8,8 @@ import json
 import pytest
 from transformers import LlamaConfig
 
-from harness.errors import InputError
-from harness.rope_config import RopeOverride
+from harness.core.errors import InputError
+from harness.model.rope_config import RopeOverride
 from harness.serving import engines
 from harness.serving.engines import engine_version, is_available, launch_command
 
@@ -37,7 +37,7 @@ def has(args: list[str], fragment: list[str]) -> bool:
     return any(args[i:i + n] == fragment for i in range(len(args) - n + 1))
 
 
-NTK_THETA = 1e4 * 4 ** (HEAD_DIM / (HEAD_DIM - 2))  # static NTK: b*s^(d/(d-2)), harness.rope_math
+NTK_THETA = 1e4 * 4 ** (HEAD_DIM / (HEAD_DIM - 2))  # static NTK: b*s^(d/(d-2)), harness.law.rope_math
 
 # (engine, override, config, JSON option, expected JSON) for vLLM and SGLang.
 JSON_ROWS = [

@@ -15,7 +15,7 @@ pytest.importorskip("llama_cpp")
 
 from serving_helpers import gone, llama_server, parent_command, write_gguf  # noqa: E402
 
-from harness.rope_config import RopeOverride  # noqa: E402
+from harness.model.rope_config import RopeOverride  # noqa: E402
 from harness.serving.engines import launch_command  # noqa: E402
 from harness.serving.process import Server, ServerError, free_port  # noqa: E402
 

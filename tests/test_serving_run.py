@@ -12,7 +12,7 @@ pytest.importorskip("llama_cpp")
 from serving_helpers import gone, llama_server, write_gguf  # noqa: E402
 
 from harness.cli import main  # noqa: E402
-from harness.store import read_jsonl  # noqa: E402
+from harness.run.store import read_jsonl  # noqa: E402
 
 ARGS = ["--task", "passkey", "--lengths", "400", "--depths", "0.5", "--samples", "1", "--no-progress",
         "--no-report"]
@@ -115,7 +115,7 @@ def test_a_server_that_ignores_the_override_is_caught_by_the_probe(tiny, tmp_pat
 
 
 def test_no_probe_skips_the_in_process_model(tiny, tmp_path, monkeypatch):
-    from harness import models
+    from harness.model import models
 
     def refuse(*args, **kwargs):
         raise AssertionError("--no-probe loads no in-process model")

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import models
 from harness.cli import main
-from harness.store import read_jsonl
+from harness.model import models
+from harness.run.store import read_jsonl
 
 LONGEST = 200  # samples are BOS + the next 199 tokens (max_position_embeddings of the tiny model: 128)
 

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from tiny import make_tiny
 
-from harness import engine, models, planner, stream
-from harness.rope_config import RopeOverride
+from harness.engine import engine, planner, stream
+from harness.model import models
+from harness.model.rope_config import RopeOverride
 
 # family variants: (tiny family, config extras). Windows are smaller than the 301 tokens scored, so sliding
 # layers are exercised; the chunk (64) is smaller still, so queries attend across several chunks.

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.bytetok import byte_tokenizer
-from harness.errors import InputError
+from harness.core.errors import InputError
+from harness.model.bytetok import byte_tokenizer
 from tasks.base import task_names
 from tasks.generation import (
     answer_tokens,

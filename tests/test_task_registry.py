@@ -11,7 +11,7 @@ from harness.cli import build_parser
 from tasks.base import get_task, task_names
 
 TASK_FILE = '''
-from harness.metrics import MeasureSpec
+from harness.core.metrics import MeasureSpec
 from tasks.base import Cell, Option, Task
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from harness.errors import InputError
-from harness.zoo import ZOO_DIR, Recipe, train_family
-from harness.zoo_models import FAMILY, resolve, zoo_names
+from harness.core.errors import InputError
+from harness.model.zoo import ZOO_DIR, Recipe, train_family
+from harness.model.zoo_models import FAMILY, resolve, zoo_names
 
 
 def _expected_theta_and_tune_len(name: str, recipe: Recipe) -> tuple[float, int]:

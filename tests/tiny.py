@@ -8,8 +8,8 @@ from typing import Any
 import torch
 import transformers
 
-from harness.bytetok import byte_tokenizer
-from harness.models import RopeOverride
+from harness.model.bytetok import byte_tokenizer
+from harness.model.models import RopeOverride
 
 # One override per supported RoPE type (a theta change stands for "default").
 OVERRIDES = {

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from harness.metrics import TRANSFORMS, Limit, MeasureSpec, measured_limit, position_limit, smooth_buckets
+from harness.core.metrics import (
+    TRANSFORMS,
+    Limit,
+    MeasureSpec,
+    measured_limit,
+    position_limit,
+    smooth_buckets,
+)
 from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, DEFAULT_MIN_SAMPLES, NoData, fmt_length
 from harness.report.checks import curve_warnings, peer_warnings, position_warnings, withheld
 from harness.report.curves import (

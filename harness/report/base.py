@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from harness.values import fmt_base  # noqa: F401 - one base format for the report and the zoo list
+from harness.core.values import fmt_base  # noqa: F401 - one base format for the report and the zoo list
 
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_CI = 0.95

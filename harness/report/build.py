@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import InputError, one_line, writable_folder
-from harness.law import check_inputs as check_law_inputs
+from harness.core.errors import InputError, one_line, writable_folder
+from harness.law.liu import check_inputs as check_law_inputs
 from harness.report.analysis import (
     TABLE_COLUMNS,
     FigureContext,
@@ -216,7 +216,7 @@ def _write_outputs(tmp: Path, loaded: RunRecords, contexts: list[tuple[FigureCon
 
 
 def command(args: argparse.Namespace) -> int:
-    """`rope-harness report` (its parser: harness/cli.py, add_report_parser)."""
+    """`rope-harness report` (its parser: harness/cli/__init__.py, add_report_parser)."""
     out = build_report(args.run_dirs, args.out, factors=args.factor, deltas=args.delta, n_boot=args.bootstrap,
                        seed=args.seed, ci=args.ci, tasks=args.task, min_samples=args.min_samples,
                        law={k: getattr(args, k) for k in ("pretrain_base", "train_len", "tune_len")

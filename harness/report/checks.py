@@ -23,7 +23,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from harness.metrics import MeasureSpec
+from harness.core.metrics import MeasureSpec
 from harness.report.base import fmt_length
 
 

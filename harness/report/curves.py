@@ -1,6 +1,6 @@
 """Curves the measured lengths read (per-sample matrices from records and position buckets) and bootstrap CIs.
 
-The pandas side of harness/metrics.py (which stays numpy-only so tasks can declare measures cheaply):
+The pandas side of harness/core/metrics.py (which stays numpy-only so tasks can declare measures cheaply):
 frames in, per-sample matrices out, no plotting; CIs resample whole samples.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.metrics import TRANSFORMS, MeasureSpec
+from harness.core.metrics import TRANSFORMS, MeasureSpec
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Every setting's law block: both RoPE limits from its law inputs, and the critical dimension they imply.
 
-- Liu et al. (ICLR 2024, harness/law.py): regime, critical dimension d_extra and extrapolation limit from
+- Liu et al. (ICLR 2024, harness/law/liu.py): regime, critical dimension d_extra and extrapolation limit from
   (rotary_dim, train_len, tune_len, pretrain_base, rope_theta, rope_type).
-- Men et al. (NeurIPS 2024, harness/retrieval_law.py): the retrieval bound of the evaluated base, the first
+- Men et al. (NeurIPS 2024, harness/law/men.py): the retrieval bound of the evaluated base, the first
   distance m with B(m) = sum_n cos(m b^(-2n/d)) < 0. Computed for the rope types whose frequencies are
   b^(-2n/d) (default; static NTK through its effective base, which is what the records' rope_theta holds).
 - The measured critical dimension: Liu's larger-base limit T = 2 pi beta^(d_extra/d) solved for the
@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from harness import law
-from harness.errors import InputError
+from harness.core.errors import InputError
+from harness.law import liu as law
 from harness.report.base import fmt_base
 
 __all__ = ["LawBlock", "law_group", "measured_critical_dim", "predict_for", "retrieval_bound_of"]
@@ -59,7 +59,7 @@ def _value(row: Any, key: str):
 def retrieval_bound_of(base: float, rotary_dim: int) -> int | None:
     """retrieval_bound(base, rotary_dim), cached: the report asks for the same base once per definition, and
     the limit-vs-base table for a log grid of bases."""
-    from harness.retrieval_law import retrieval_bound
+    from harness.law.men import retrieval_bound
 
     return retrieval_bound(float(base), int(rotary_dim))
 

@@ -2,7 +2,7 @@
 
 Kept apart from the analysis so that reading what `rope-harness run` wrote (torn lines of a killed run,
 retried cells, the same setting label in several runs) is settled once, before anything is measured; the
-files themselves are read by harness.store.read_jsonl, the one reader of run folders.
+files themselves are read by harness.run.store.read_jsonl, the one reader of run folders.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.errors import InputError, one_line
-from harness.store import read_jsonl
+from harness.core.errors import InputError, one_line
+from harness.run.store import read_jsonl
 
 # Columns that identify a setting's law inputs; copied from the records into summary.csv.
 LAW_COLUMNS = ("model", "rope_type", "rope_theta", "pretrain_base", "train_len", "tune_len", "rotary_dim")

@@ -16,12 +16,12 @@ from typing import Any
 
 import pandas as pd
 
+from harness.core.values import safe_name
 from harness.report.analysis import Analysis, FigureContext
 from harness.report.base import NoData, NotApplicable, fmt_base, fmt_length
 from harness.report.load import RunRecords
 from harness.report.registry import FigureFn
 from harness.report.render import Block, render_figure
-from harness.values import safe_name
 
 HEADLINE_TASK = "perplexity"
 
@@ -186,7 +186,7 @@ def _figure_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, 
             notes.append(f"figure {ctx.task}/{name} skipped: {exc}")
             continue
         except Exception as exc:  # a broken figure must not take the tables down with it
-            from harness.errors import one_line
+            from harness.core.errors import one_line
 
             message = f"figure {ctx.task}/{name} failed: {one_line(exc)}"
             notes.append(message)
@@ -221,9 +221,9 @@ def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, not
                     + f": {view.spec.definition(view.factor, view.delta)}" for view in views]
     definitions += [f"CIs: {100 * ctx.ci:g}% percentile bootstrap over samples (whole samples resampled)",
                     "predicted limit: Liu et al. (ICLR 2024) scaling law from each setting's law inputs "
-                    "(rotary_dim, train_len, tune_len, pretrain_base, rope_theta) - harness/law.py",
+                    "(rotary_dim, train_len, tune_len, pretrain_base, rope_theta) - harness/law/liu.py",
                     "retrieval bound: Men et al. (NeurIPS 2024), the first distance m where B(m) = sum_n "
-                    "cos(m theta_n) < 0 for the evaluated base - harness/retrieval_law.py",
+                    "cos(m theta_n) < 0 for the evaluated base - harness/law/men.py",
                     "d_measured: the dimension whose period is the measured length, d ln(T / 2 pi) / "
                     "ln(base) (Liu's larger-base limit solved for d, no ceiling); next to d_extra; a lower "
                     "bound when the length is censored"]

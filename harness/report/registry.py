@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import InputError
-from harness.metrics import MeasureSpec
+from harness.core.errors import InputError
+from harness.core.metrics import MeasureSpec
 
 if TYPE_CHECKING:
     import pandas as pd

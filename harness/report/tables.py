@@ -118,8 +118,8 @@ class LawVsBase:
     per_decade: int = 16
 
     def compute(self, records: pd.DataFrame, positions: pd.DataFrame | None) -> pd.DataFrame:
-        from harness import law
-        from harness.errors import InputError
+        from harness.core.errors import InputError
+        from harness.law import liu as law
         from harness.report.lawblock import law_group, retrieval_bound_of
 
         columns = ["group", "base", "liu_limit", "retrieval_bound", "beta0", "beta3", "train_len", "tune_len"]

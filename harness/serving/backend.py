@@ -1,4 +1,5 @@
-"""The engine contract (harness/contract.py) answered by OpenAI-compatible servers, not an in-process model.
+"""The engine contract (harness/core/contract.py) answered by OpenAI-compatible servers, not an in-process
+model.
 
 Prompts go as token ids (the client checks a text-only server tokenises them back identically), decoding is
 greedy. Where the server returns prompt log-probs (`scores=True`: vLLM; llama-cpp-python only with
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.contract import AnswerScore, Ran, Scored
+from harness.core.contract import AnswerScore, Ran, Scored
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ engine's own options. Pure functions: nothing is started here (harness.serving.p
 Faithfulness first: an engine gets exactly the RoPE parameters `rope_config.apply_override` gives the
 in-process run (pass the checkpoint's `config`; static NTK is folded into the base there), and a setting the
 engine would ignore or compute differently from transformers is refused with one line naming the engine and
-the setting (harness.errors.InputError), never served approximately.
+the setting (harness.core.errors.InputError), never served approximately.
 
 - vLLM replaces the model's whole `rope_parameters` with the one in `--hf-overrides` (transformers 5 style,
   rope_theta inside): it needs the config to send them complete. Its `dynamic` type fixes one base for
@@ -26,8 +26,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from harness.errors import InputError
-from harness.rope_config import (
+from harness.core.errors import InputError
+from harness.model.rope_config import (
     ROPE_TYPES,
     RopeOverride,
     apply_override,

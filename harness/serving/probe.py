@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.contract import Engine
+from harness.core.contract import Engine
 
 PROBE_LENGTH = 1024  # tokens: far enough into the sequence that RoPE settings differ measurably
 PROBE_NEW = 32  # generated tokens compared
@@ -57,7 +57,7 @@ class Probe:
 
 def probe_ids(tokenizer: Any, length: int) -> list[int]:
     """`length` tokens of real text (the stdlib corpus: offline), after a BOS where the tokenizer adds one."""
-    from harness.corpus import bos_ids, token_stream
+    from harness.data.corpus import bos_ids, token_stream
 
     head = bos_ids(tokenizer)
     text = token_stream("stdlib", lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], [],

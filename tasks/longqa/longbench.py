@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InputError, one_line
-from harness.jsonl import strict_lines
+from harness.core.errors import InputError, one_line
+from harness.data.jsonl import strict_lines
 from tasks.base import Cell, TaskParams
 from tasks.generation import encode
 from tasks.longqa.metrics import contains_answer
@@ -149,7 +149,7 @@ def _read_hf_rows(source: str, names: Sequence[str]) -> list[QARow]:
     split = split or "test"
     import datasets
 
-    from harness.hub import use_cache_if_hub_unreachable
+    from harness.data.hub import use_cache_if_hub_unreachable
 
     use_cache_if_hub_unreachable()
     rows: list[QARow] = []
@@ -296,7 +296,7 @@ class LongBenchSource(Source):
             while True:
                 for i in others[pos:] + others[:pos]:
                     yield self._context_ids(i)
-        from harness.corpus import token_documents
+        from harness.data.corpus import token_documents
 
         corpus = self.params.corpus
         while True:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from harness.errors import InputError
+from harness.core.errors import InputError
 from tasks.base import Cell, Preflight, TaskParams
 from tasks.generation import Wrap, encode, int_option, prompt_wrap
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.errors import InputError
+from harness.core.errors import InputError
 from tasks.base import Cell, TaskParams
 from tasks.generation import answer_tokens, encode, int_option
 from tasks.longqa.source import QAPrompt, Source, check_fit, split_names
@@ -126,7 +126,7 @@ class SyntheticSource(Source):
     def load(self, shortest: int, warn: Callable[[str], None]) -> None:
         import numpy as np
 
-        from harness.corpus import token_stream
+        from harness.data.corpus import token_stream
 
         params, tok = self.params, self.tokenizer
         self.window = max(params.lengths)

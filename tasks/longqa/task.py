@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from harness.contract import Ran
-from harness.errors import InputError
-from harness.metrics import MeasureSpec
+from harness.core.contract import Ran
+from harness.core.errors import InputError
+from harness.core.metrics import MeasureSpec
 from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams, batch_groups
 from tasks.generation import CHAT_TEMPLATE, DEPTHS, MAX_NEW_TOKENS, first_integer, parse_depths, stop_ids
 from tasks.longqa.longbench import DEFAULT_HF_DATASETS, PADS, LongBenchSource

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from harness.errors import InputError
+from harness.core.errors import InputError
 from tasks.generation import encode
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -107,7 +107,7 @@ def filler_haystack(tokenizer, tokens: int) -> Haystack:
 def corpus_haystack(tokenizer, source: str, tokens: int, samples: int) -> Haystack:
     """Real text of a corpus source (documents in order, blank-line separated): sample i reads tokens
     [i*tokens, (i+1)*tokens) of the stream (snapped to a word start). Fewer samples when it runs out."""
-    from harness.corpus import iter_documents
+    from harness.data.corpus import iter_documents
 
     need = samples * tokens + tokens // 20 + 64
     parts: list[str] = []

@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from harness.errors import InputError
+from harness.core.errors import InputError
 from tasks.generation import answer_tokens, encode, prompt_wrap
 from tasks.passkey.haystack import Haystack, corpus_haystack, encode_offsets, filler_haystack
 from tasks.passkey.options import NAMES, Options

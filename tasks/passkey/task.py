@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from harness.errors import InputError
-from harness.metrics import MeasureSpec
+from harness.core.errors import InputError
+from harness.core.metrics import MeasureSpec
 from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams, batch_groups
 from tasks.generation import (
     CHAT_TEMPLATE,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InputError, one_line
+from harness.core.errors import InputError, one_line
 
 # Zoo-scale defaults (README, "What is measured"): the zoo trains at T_train = 256, so the paper's K = 4096
 # would exceed every length that works; K = 128 keeps the short pass (K + K/4 = 160 tokens) inside the
@@ -124,7 +124,7 @@ def char_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]
 def sample_texts(tokenizer, documents, samples) -> list[SampleText]:
     """Each sample's character range of its document, found by re-tokenising the documents with offsets.
 
-    `documents` yields (doc_id, text) in corpus order (harness.corpus.iter_documents)."""
+    `documents` yields (doc_id, text) in corpus order (harness.data.corpus.iter_documents)."""
     needed = {s.doc_id for s in samples}
     texts: dict[str, str] = {}
     for doc_id, text in documents:
@@ -226,7 +226,7 @@ def cache_key(identity: str, settings: KeySettings, bos: bool, digest: str) -> s
 
 def read_cache(run_dir: Path | None) -> dict[str, list[list[int]]]:
     """Spans by cache key from `<run>/key_tokens*.jsonl` (lenient: a torn line is recomputed)."""
-    from harness.jsonl import lenient_objects
+    from harness.data.jsonl import lenient_objects
 
     found: dict[str, list[list[int]]] = {}
     if run_dir is None or not Path(run_dir).is_dir():

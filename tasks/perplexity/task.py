@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import tasks.perplexity.key_tokens as kt
-from harness.corpus import Sample, bos_ids, iter_documents, make_samples
-from harness.errors import InputError
-from harness.metrics import MeasureSpec, PositionMeasureSpec
+from harness.core.errors import InputError
+from harness.core.metrics import MeasureSpec, PositionMeasureSpec
+from harness.data.corpus import Sample, bos_ids, iter_documents, make_samples
 from tasks.base import Cell, Option, Preflight, Prepared, RunContext, Task, TaskParams, batch_groups
 
 BUCKETS = 128  # per-position buckets over the longest length

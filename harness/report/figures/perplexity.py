@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.metrics import MeasureSpec
+from harness.core.metrics import MeasureSpec
 from harness.report.base import NoData, NotApplicable
 from harness.report.basefig import TABLE as LAW_VS_BASE
 from harness.report.basefig import plot_limit_vs_base

@@ -1,0 +1,7 @@
+"""`python -m harness.cli ...` (torchrun and tests launch the CLI this way)."""
+
+import sys
+
+from harness.cli import main
+
+sys.exit(main())
