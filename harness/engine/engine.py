@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,53 +34,15 @@ import torch.nn.functional as F
 from harness.core.contract import AnswerScore, Ran, Scored
 from harness.core.errors import one_line
 from harness.engine import stream
+from harness.engine.decode import Prefilled, greedy, new_cache
+from harness.engine.head import perplexity, postprocess_logits
 from harness.engine.memory_guard import free_accelerator_memory, is_oom
-from harness.engine.planner import HEAD_CHUNK, STRATEGIES, Plan, batch_rows, make_plan
+from harness.engine.planner import HEAD_CHUNK, STRATEGIES, Plan, batch_rows, device_budget, make_plan
 from harness.engine.prefix_cache import PrefixCache
 from harness.model import models, rope_config
 
 __all__ = ["AnswerScore", "Engine", "device_budget", "perplexity", "postprocess_logits"]
 MIN_FALLBACK_CHUNK = 64  # the smallest chunk an out-of-memory fallback shrinks to
-
-
-def device_budget(device: str) -> int | None:
-    """Default memory budget: 90% of a CUDA device's total memory (a fixed property of the device, so
-    plans stay reproducible on the same card); None on CPU, where only --max-memory sets a budget."""
-    if not str(device).startswith("cuda") or not torch.cuda.is_available():
-        return None
-    return int(0.9 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
-
-
-_MULTIPLIES_LOGITS_SCALING = ("hyperclovax",)  # MuP: lm_head(h) * logits_scaling, where Granite divides
-
-
-def postprocess_logits(config, logits: torch.Tensor) -> torch.Tensor:
-    """Each family's logit post-processing after the output head (as its CausalLM forward does).
-
-    Families not listed here are caught by `Engine.self_check`, never silently mis-scored.
-    """
-    text = rope_config.text_config(config)
-    multiplier = getattr(text, "lm_head_multiplier", None)  # FalconH1
-    if multiplier is not None:
-        logits = logits * multiplier
-    cap = getattr(text, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    scale = getattr(text, "logit_scale", None)
-    if scale is not None:
-        logits = logits * scale
-    scaling = getattr(text, "logits_scaling", None)
-    if scaling is not None:
-        logits = logits * scaling if text.model_type in _MULTIPLIES_LOGITS_SCALING else logits / scaling
-    return logits
-
-
-@dataclass(frozen=True)
-class _Prefilled:
-    """A layer-streamed prefill's output: the next-token logits [1, 1, vocab] (as the model's output with
-    logits_to_keep=1) and the final hidden state of the last prompt token [1, H] (the head's input)."""
-    logits: torch.Tensor
-    hidden: torch.Tensor
 
 
 class Engine:
@@ -246,10 +206,8 @@ class Engine:
             for start, hidden in stream.hidden_chunks(self.model, ids[0], plan.chunk):
                 yield start, hidden[None]
             return
-        from transformers import DynamicCache
-
         self._check_prefill()
-        cache = DynamicCache(config=self.model.config)
+        cache = new_cache(self.model)
         for start in range(0, ids.shape[1], plan.chunk):
             out = self.decoder(input_ids=ids[:, start:start + plan.chunk], use_cache=True,
                                **{self.cache_kw: cache})
@@ -348,10 +306,10 @@ class Engine:
     def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                        stop_ids: Sequence[int] = ()) -> Scored[list[int]]:
         """`generate` of each prompt; equal-length prompts share the prefill and the greedy steps."""
-        def greedy(ids: torch.Tensor, _, plan: Plan) -> list[list[int]]:
-            return self._greedy(*self._prefill(ids, plan), max_new_tokens, stop_ids)
+        def continued(ids: torch.Tensor, _, plan: Plan) -> list[list[int]]:
+            return greedy(self.model, self.cache_kw, *self._prefill(ids, plan), max_new_tokens, stop_ids)
 
-        return self._scored(prompts, True, greedy)
+        return self._scored(prompts, True, continued)
 
     def score_and_generate(self, prompt_ids: Sequence[int], answer_ids: Sequence[int], max_new_tokens: int,
                            stop_ids: Sequence[int] = ()) -> tuple[AnswerScore, list[int]]:
@@ -400,10 +358,10 @@ class Engine:
             cache, out = self._prefill(prompt, plan)
         finally:
             hook.remove()
-        if isinstance(out, _Prefilled):  # a streamed prompt: the head's input is known
+        if isinstance(out, Prefilled):  # a streamed prompt: the head's input is known
             last[:] = [out.hidden[:, None]]
         if not last:  # a head the model forward does not call as a module: no shared prefill, same numbers
-            new = self._greedy(cache, out, max_new_tokens, stop_ids)
+            new = greedy(self.model, self.cache_kw, cache, out, max_new_tokens, stop_ids)
             return [(self.answer_score(p.tolist(), a), n)
                     for p, a, n in zip(prompt, answers, new, strict=True)]
         # right-pad with each answer's last token: rows run to the widest answer, real positions unchanged
@@ -425,7 +383,8 @@ class Engine:
         del hidden
         if widest > 1:
             cache.crop(-(widest - 1))  # back to the prompt (a negative count: tokens to remove)
-        return list(zip(scores, self._greedy(cache, out, max_new_tokens, stop_ids), strict=True))
+        new = greedy(self.model, self.cache_kw, cache, out, max_new_tokens, stop_ids)
+        return list(zip(scores, new, strict=True))
 
     def _prefill(self, tensor: torch.Tensor, plan: Plan | None = None):
         """(cache holding the prompts [B, L], the output on their last position), in the generation plan for
@@ -433,7 +392,7 @@ class Engine:
         plan's chunks through the cache, or, where the plan streams (one row), a layer-streamed prefill
         (`stream.prefill`: each layer's K/V goes into the cache as it is produced, activations stay one
         layer's; offloaded to the CPU layer by layer when the plan says so). The model's output
-        (logits_to_keep=1) or a `_Prefilled`; generation and teacher forcing run from the cache the same way
+        (logits_to_keep=1) or a `Prefilled`; generation and teacher forcing run from the cache the same way
         after either."""
         rows, length = tensor.shape
         plan = plan or self.plan(length, generation=True)
@@ -441,17 +400,17 @@ class Engine:
             self._prefix.clear()
             self._reused.extend([0] * rows)
             self._check_stream()
-            cache = self._new_cache(plan.offload)
+            cache = new_cache(self.model, plan.offload)
             hidden = stream.prefill(self.model, tensor[0], plan.chunk, cache)
             logits = postprocess_logits(self.config, self.head(hidden).float())
-            return cache, _Prefilled(logits[None], hidden)
+            return cache, Prefilled(logits[None], hidden)
         chunk = plan.chunk if plan.strategy == "prefill" else length
         if chunk < length:
             self._check_prefill()
         ids = tensor.tolist()  # the prefix cache compares token lists: converted once per prefill
         shared, cache = self._prefix.take(ids, self.length_dependent)
         if cache is None:
-            cache = self._new_cache()
+            cache = new_cache(self.model)
         for start in range(shared, length, chunk):
             out = self.model(input_ids=tensor[:, start:start + chunk], use_cache=True, logits_to_keep=1,
                              **{self.cache_kw: cache})
@@ -459,31 +418,3 @@ class Engine:
         if self.prefill_exact:
             self._prefix.keep(ids, cache, length)
         return cache, out
-
-    def _new_cache(self, offload: bool = False):
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.model.config, offloading=offload)
-
-    def _greedy(self, cache, out, max_new_tokens: int, stop_ids: Sequence[int]) -> list[list[int]]:
-        """Greedy tokens per row: a row ends at a stop id or max_new_tokens; the batch steps while any row
-        runs (rows are independent, so each row's tokens are those it gets alone)."""
-        rows = out.logits.shape[0]
-        new: list[list[int]] = [[] for _ in range(rows)]
-        running = set(range(rows))
-        for _ in range(max_new_tokens):
-            tokens = out.logits[:, -1].argmax(-1)
-            for row in sorted(running):
-                token = int(tokens[row])
-                new[row].append(token)
-                if token in stop_ids or len(new[row]) == max_new_tokens:
-                    running.discard(row)
-            if not running:  # no forward whose logits nobody reads
-                break
-            out = self.model(input_ids=tokens[:, None], use_cache=True, logits_to_keep=1,
-                             **{self.cache_kw: cache})
-        return new
-
-
-def perplexity(nll: torch.Tensor) -> float:
-    return math.exp(float(nll.double().mean()))

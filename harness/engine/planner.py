@@ -320,3 +320,13 @@ def batch_rows(config, length: int, requested: int | str, *, dtype: str, attn: s
     while rows > 1 and max_memory is not None and need(rows) > max_memory:
         rows -= 1
     return rows
+
+
+def device_budget(device: str) -> int | None:
+    """Default memory budget: 90% of a CUDA device's total memory (a fixed property of the device, so
+    plans stay reproducible on the same card); None on CPU, where only --max-memory sets a budget."""
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return int(0.9 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
