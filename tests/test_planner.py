@@ -390,7 +390,8 @@ def test_prefill_uses_the_generation_plan(tiny_llama, monkeypatch):
     assert gen == Plan("stream", scoring.chunk, scoring.estimate_bytes + cache)
     offloads = []
     real = engine.new_cache
-    monkeypatch.setattr(engine, "new_cache", lambda model, offload=False: offloads.append(offload) or real(model))
+    monkeypatch.setattr(engine, "new_cache",
+                        lambda model, offload=False: offloads.append(offload) or real(model))
     assert eng.generate(prompt, 4) == want
     assert offloads == [False]
     # the engine asks for the generation plan and takes its offload decision from it
