@@ -50,12 +50,26 @@ def length_value(text: str) -> int | None:
     return int(value) if math.isfinite(value) and value.is_integer() else None
 
 
+def _signed_length(item: str) -> int | None:
+    """length_value with a sign: '-128' -> -128 (an integer, if no length), '-x' -> None."""
+    value = length_value(item[1:] if item[:1] == "-" else item)
+    return None if value is None else -value if item[:1] == "-" else value
+
+
 def parse_lengths(text: str) -> list[int]:
-    """'1024,2048', '4k,8k' or '1e3' -> sorted unique ints; '64.5' or 'inf' are refused, never truncated."""
-    numbers = [length_value(x) for x in text.split(",") if x.strip()]
+    """'1024,2048', '4k,8k' or '1e3' -> sorted unique ints; '64.5' or 'inf' are refused, never truncated, and
+    so are whole numbers below 2 ('-128', '0', '1': a length needs a token to predict after the first)."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    numbers = [_signed_length(x) for x in items]
     if not numbers or None in numbers:
         raise InputError(f"--lengths {text!r} is not a comma list of integers: use e.g. "
                          "--lengths 1024,2048,4096 or 1k,2k,4k (k = 1024)")
+    small = [x for x, n in zip(items, numbers, strict=True) if n < 2]
+    if small:
+        which = ("" if len(items) == 1 else f"{small[0]} is not a length, " if len(small) == 1
+                 else f"{', '.join(small[:-1])} and {small[-1]} are not lengths, ")
+        raise InputError(f"--lengths {text}: {which}a length must be a whole number of tokens >= 2: use e.g. "
+                         "--lengths 1024,2048 or 1k,2k (k = 1024)")
     return sorted(set(numbers))
 
 

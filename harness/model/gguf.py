@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,9 +39,105 @@ def cache_root() -> Path:
 
 
 def _problem(path: Path, exc: BaseException) -> InputError:
+    """A file that fails to parse: cut short (a broken download or copy), else unreadable."""
+    short = truncation(path)
+    if short:
+        return _truncated(path, short)
     return InputError(f"cannot read GGUF file {path} ({one_line(exc, 160)}): pass an intact GGUF file of an "
                       "architecture transformers' GGUF loader supports (llama, mistral, qwen2, qwen3, "
                       "gemma2, gemma3, phi3, ...)")
+
+
+_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value type -> bytes
+_STRING, _ARRAY = 8, 9
+
+
+def _truncated(path: Path, short: str) -> InputError:
+    return InputError(f"GGUF file {path} is truncated ({short}): download or copy it again")
+
+
+class _Short(Exception):
+    """The file ends before the bytes its header says come next."""
+
+
+class _Cursor:
+    """Reads a GGUF header field by field, never past the file's end (only the header is read)."""
+
+    def __init__(self, handle, size: int, order: str):
+        self.handle, self.size, self.order = handle, size, order
+
+    def _check(self, count: int) -> None:
+        if count > 1 << 40:  # no header field is a TiB: a corrupt length, not a cut
+            raise ValueError("implausible length")
+        if self.handle.tell() + count > self.size:
+            raise _Short(self.handle.tell() + count)
+
+    def read(self, count: int) -> bytes:
+        self._check(count)
+        return self.handle.read(count)
+
+    def skip(self, count: int) -> None:
+        self._check(count)
+        self.handle.seek(count, os.SEEK_CUR)
+
+    def number(self, code: str) -> int:
+        return struct.unpack(self.order + code, self.read(struct.calcsize(code)))[0]
+
+    def string(self) -> bytes:
+        return self.read(self.number("Q"))
+
+    def value(self, kind: int) -> int | None:
+        """Skips one metadata value; returns it when it is an integer (general.alignment is one)."""
+        if kind == _STRING:
+            self.string()
+        elif kind == _ARRAY:
+            item, count = self.number("I"), self.number("Q")
+            if item in _SCALARS:
+                self.skip(_SCALARS[item] * count)
+            else:
+                for _ in range(count):
+                    self.value(item)
+        elif kind in _SCALARS:
+            return self.number({1: "B", 2: "H", 4: "I", 8: "Q"}[_SCALARS[kind]])
+        else:
+            raise ValueError(f"unknown value type {kind}")
+        return None
+
+
+def truncation(path: str | Path) -> str | None:
+    """How a GGUF file falls short of what its header and tensor table need ('N bytes, its tensor table
+    needs M'); None when it is complete, or unreadable for another reason (not GGUF, a corrupt field)."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                return None
+            version = handle.read(4)
+            order = "<" if version[:2] != b"\0\0" else ">"  # a small version number shows the byte order
+            cursor = _Cursor(handle, size, order)
+            handle.seek(4)
+            if cursor.number("I") < 2:  # version 1 (counts of 32 bits) is long obsolete
+                return None
+            tensors, fields = cursor.number("Q"), cursor.number("Q")
+            alignment, end = 32, 0
+            for _ in range(fields):
+                key, kind = cursor.string(), cursor.number("I")
+                value = cursor.value(kind)
+                alignment = value if key == b"general.alignment" and value else alignment
+            for _ in range(tensors):
+                cursor.string()
+                dims = [cursor.number("Q") for _ in range(cursor.number("I"))]
+                block, width = GGML_QUANT_SIZES[GGMLQuantizationType(cursor.number("I"))]
+                elements = functools.reduce(lambda a, b: a * b, dims, 1)
+                end = max(end, cursor.number("Q") + elements // block * width)
+            needed = -(-handle.tell() // alignment) * alignment + end
+    except _Short as short:
+        return f"{size} bytes, its header needs at least {short.args[0]}"
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    return f"{size} bytes, its tensor table needs {needed}" if size < needed else None
 
 
 def _existing(path: str | Path) -> Path:
@@ -155,6 +252,9 @@ def _dequantise_into(file: Path, folder: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    short = truncation(file)
+    if short:  # told before any work, not as whatever transformers' loader trips over
+        raise _truncated(file, short)
     print(f"rope-harness: dequantising {file.name} to float32 once, into {folder.parent}", file=sys.stderr)
     try:
         with _bar_only_on_a_terminal():

@@ -138,7 +138,27 @@ def load_tokenizer(model_id: str, revision: str | None = None, trust_remote_code
     path = resolve_model_path(model_id)
     if gguf.is_gguf(path):
         return gguf.read_tokenizer(path)
+    _refuse_folder_without_tokenizer(path)
     return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+
+
+# a tokenizer's own files, as save_pretrained writes them (fast, sentencepiece, BPE, WordPiece, tiktoken)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                   "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _refuse_folder_without_tokenizer(path: str) -> None:
+    """A local model folder with none of a tokenizer's files (weights and config.json only) is one
+    InputError naming that, not transformers' guess that sentencepiece or tiktoken is missing."""
+    folder = Path(path).expanduser()
+    config = folder / "config.json"
+    if (not folder.is_dir() or any((folder / name).is_file() for name in TOKENIZER_FILES)
+            or any(folder.glob("*.tiktoken"))
+            or (config.is_file() and '"AutoTokenizer"' in config.read_text(errors="replace"))):
+        return  # transformers finds a tokenizer there (a tiktoken file, or one in the model's own code)
+    raise InputError(f"model folder {path} has no tokenizer files (tokenizer.json, tokenizer.model or "
+                     f"tokenizer_config.json): save the tokenizer beside the weights, e.g. "
+                     f"tokenizer.save_pretrained({str(path)!r})")
 
 
 def weights_source(path: str) -> dict[str, Any]:
