@@ -11,6 +11,8 @@ gpu.py's docstring for the flags and columns.
 
 from __future__ import annotations
 
+import dataclasses
+
 import gc
 import importlib.util
 import math
@@ -145,7 +147,7 @@ def describe(path: Path, override: Any) -> Any:
     from harness.model import models
 
     checkpoint = models.describe(str(path), override)
-    checkpoint.tokenizer = models.load_tokenizer(str(path))
+    checkpoint = dataclasses.replace(checkpoint, tokenizer=models.load_tokenizer(str(path)))
     return checkpoint
 
 

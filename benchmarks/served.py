@@ -13,6 +13,8 @@ to float32: the gaps below are that difference, measured. Prints one markdown se
 
 from __future__ import annotations
 
+import dataclasses
+
 import argparse
 import json
 import math
@@ -67,7 +69,7 @@ def logprob_gaps(lengths: list[int]) -> list[str]:
     from tasks.passkey import build_prompt
 
     checkpoint = models.describe("smollm2", RopeOverride())
-    checkpoint.tokenizer = models.load_tokenizer("smollm2")
+    checkpoint = dataclasses.replace(checkpoint, tokenizer=models.load_tokenizer("smollm2"))
     local = Engine(models.load(checkpoint))
     llm = Llama(checkpoint.path, n_ctx=max(lengths) + 64, logits_all=True, verbose=False)
     rows, answer_gaps, ppl_gaps = [], [], []

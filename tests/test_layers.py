@@ -116,12 +116,12 @@ def test_no_import_circles():
     assert circles == []
 
 
-MAX_DEPTH = 9  # levels of the import graph (docs/design.md, Layout)
+MAX_DEPTH = 10  # levels of the import graph (docs/design.md, Layout)
 
 
 def unit_of(module: str) -> str:
-    """A module's unit in the depth count: a package of the report wing or of tasks counts as one."""
-    for package in ("harness.report", "tasks"):
+    """A module's unit in the depth count: the report wing, tasks and the CLI each count as one."""
+    for package in ("harness.report", "tasks", "harness.cli"):
         if module == package or module.startswith(package + "."):
             return package
     return module

@@ -153,7 +153,7 @@ def test_nan_loss_is_an_error_and_max_memory_records_oom(tiny_llama, text_corpus
     assert run(tiny_llama, text_corpus, tmp_path / "m", "--max-memory", "1MiB") == 1
     rows = records(tmp_path / "m")
     assert {r["status"] for r in rows} == {"oom"} and "planner" in rows[0]["error"]
-    assert "--max-memory 1.0 MiB" in rows[0]["error"]  # a budget in MiB reads as MiB, not "0.00 GiB"
+    assert "budget 1.0 MiB (--max-memory)" in rows[0]["error"]  # a budget in MiB reads as MiB, not "0.00 GiB"
     from harness.engine import engine
 
     monkeypatch.setattr(engine.Engine, "token_nll_batch",

@@ -256,7 +256,7 @@ def test_engine_version_and_availability():
 
     for engine in engines.ENGINES:
         try:
-            installed = metadata.version(engines.DISTRIBUTIONS[engine])
+            installed = metadata.version(engines.CAPABILITIES[engine].distribution)
         except metadata.PackageNotFoundError:
             installed = None
         assert engine_version(engine) == installed

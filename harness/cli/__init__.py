@@ -289,7 +289,7 @@ def _print_table(result, full: bool = True) -> None:
     print(f"{result.records} cells run now, {result.counts['skipped']} already recorded, "
           f"{failed} failed in total"
           + (f" ({retried} run again after an earlier failure)" if retried else "")
-          + ("; rerun the same command to retry the failed cells" if failed and not result.advice else "")
+          + ("; rerun the same command to retry the failed cells" if result.retryable else "")
           + (f"\n{result.advice}" if result.advice else ""))
 
 

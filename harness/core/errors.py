@@ -9,6 +9,11 @@ class InputError(Exception):
     """Raised for bad user input; the CLI prints it as one line and exits 2 (no traceback)."""
 
 
+class Refusal(RuntimeError):
+    """A cell failure a rerun repeats (an engine that does not serve the asked setting): its records say so
+    (`retry: false`), and the console does not advise a rerun."""
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception as one short line (type: message), fit for an error message or a record's error field;
     cut at `limit` characters so that a fix named after it stays readable."""

@@ -37,11 +37,11 @@ from harness.engine import stream
 from harness.engine.decode import Prefilled, greedy, new_cache
 from harness.engine.head import perplexity, postprocess_logits
 from harness.engine.memory_guard import free_accelerator_memory, is_oom
-from harness.engine.planner import HEAD_CHUNK, STRATEGIES, Plan, batch_rows, device_budget, make_plan
+from harness.engine.planner import HEAD_CHUNK, STRATEGIES, Plan, batch_rows, make_plan
 from harness.engine.prefix_cache import PrefixCache
 from harness.model import models, rope_config
 
-__all__ = ["AnswerScore", "Engine", "device_budget", "perplexity", "postprocess_logits"]
+__all__ = ["AnswerScore", "Engine", "perplexity", "postprocess_logits"]
 MIN_FALLBACK_CHUNK = 64  # the smallest chunk an out-of-memory fallback shrinks to
 
 

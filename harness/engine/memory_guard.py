@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 from collections.abc import Iterator
+
+
+@functools.cache
+def available_at_start() -> int:
+    """Bytes of memory available to this process when first asked (the run plan asks before any model
+    loads): MemAvailable of /proc/meminfo (free + reclaimable), else free physical pages."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def is_oom(exc: BaseException) -> bool:

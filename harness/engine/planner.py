@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.engine import stream
+from harness.engine.memory_guard import available_at_start
 from harness.model import rope_config
 
 HEAD_CHUNK = 1024  # tokens per output-head / loss sub-chunk: bounds logits at HEAD_CHUNK x vocab
@@ -322,11 +323,24 @@ def batch_rows(config, length: int, requested: int | str, *, dtype: str, attn: s
     return rows
 
 
-def device_budget(device: str) -> int | None:
-    """Default memory budget: 90% of a CUDA device's total memory (a fixed property of the device, so
-    plans stay reproducible on the same card); None on CPU, where only --max-memory sets a budget."""
+CPU_SHARE = 0.8  # of the memory available when the run starts: the default budget on CPU
+CUDA_SHARE = 0.9  # of a CUDA card's total memory (a fixed property of the card: plans reproduce on it)
+
+
+def default_budget(device: str) -> int:
+    """The memory budget without --max-memory: CUDA_SHARE of a CUDA card's total memory, else CPU_SHARE of
+    the memory available at the start of the run (memory_guard.available_at_start)."""
     import torch
 
-    if not str(device).startswith("cuda") or not torch.cuda.is_available():
-        return None
-    return int(0.9 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return int(CUDA_SHARE * torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    return int(CPU_SHARE * available_at_start())
+
+
+def budget_source(device: str, max_memory: int | None) -> str:
+    """Where the budget comes from, in words (the dry run prints it)."""
+    if max_memory is not None:
+        return "--max-memory"
+    if str(device).startswith("cuda"):
+        return f"{CUDA_SHARE:.0%} of the card's memory; --max-memory sets it"
+    return f"{CPU_SHARE:.0%} of the memory available at start; --max-memory sets it"

@@ -44,7 +44,7 @@ ROPE_FIELDS = ("rope_type", "rope_theta", "rope_params", "rotary_dim", "pretrain
                "tune_len", "pretrain_base_source", "train_len_source", "tune_len_source")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Checkpoint:
     """A setting's model described without weights (config, override, law inputs, fingerprints): built once
     by the run plan and handed to `load`, which adds the weights."""

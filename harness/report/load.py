@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from harness.core.errors import InputError, one_line
-from harness.run.store import read_jsonl
+from harness.run.store import keep_latest, read_jsonl
 
 # Columns that identify a setting's law inputs; copied from the records into summary.csv.
 LAW_COLUMNS = ("model", "rope_type", "rope_theta", "pretrain_base", "train_len", "tune_len", "rotary_dim")
@@ -40,7 +39,7 @@ def load_runs(run_dirs: Sequence[Path | str]) -> RunRecords:
 
     A setting is (run, label, rope_hash). The same label in several runs is suffixed with " [run]"; within a
     run a label with several rope hashes gets " #hash". A cell recorded more than once (a retry after a
-    failure) keeps its ok record, else the last one.
+    failure) is read as resume and the console read it (harness.run.store.keep_latest).
     """
     if not run_dirs:
         raise InputError("no run folder given: pass one or more folders written by `rope-harness run`")
@@ -53,11 +52,17 @@ def load_runs(run_dirs: Sequence[Path | str]) -> RunRecords:
         notes.append(f"{len(run_dirs) - len(dirs)} run folder(s) given more than once were read once")
     frames, pos_frames, runs = [], [], []
     run_info: dict[str, dict] = {}
+    superseded = 0
     for run_dir, name in zip(dirs, _run_names(dirs), strict=True):
         if not run_dir.is_dir():
             raise InputError(f"{run_dir}: no such folder: pass a run folder written by `rope-harness run`")
         files = sorted(f for f in run_dir.glob("records*.jsonl") if f.is_file())
         rows = list(read_jsonl(run_dir, "records", notes))
+        latest: dict[str, dict] = {}
+        for row in rows:
+            keep_latest(latest, row)
+        superseded += len(rows) - len(latest)
+        rows = list(latest.values())
         if not rows:
             raise InputError(f"{run_dir}: no records (records*.jsonl missing or empty): pass a run folder "
                              "written by `rope-harness run`, or run it first")
@@ -94,7 +99,6 @@ def load_runs(run_dirs: Sequence[Path | str]) -> RunRecords:
     # rope-harness versions missed a return to the pre-training base
     records["law_assumes_finetune"] = records.groupby("setting")["law_assumes_finetune"].transform(
         lambda flags: bool(flags.fillna(False).astype(bool).any()))
-    records, superseded = _dedupe(records)
     if superseded:
         notes.append(f"{superseded} failed record(s) were superseded by a later record of the same cell")
     return RunRecords(records.reset_index(drop=True), positions, runs, notes, superseded, run_info)
@@ -148,15 +152,3 @@ def _unique_settings(records: pd.DataFrame, positions: pd.DataFrame | None
     if positions is not None and "setting" in positions:
         positions = positions.assign(setting=relabel(positions))
     return records, positions
-
-
-def _dedupe(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One record per cell: its last ok record, else its last one; also how many failed records were
-    dropped."""
-    key = ["run", "setting", "task", "length", "depth", "seed", "sample"]
-    frame = records.assign(_ok=(records["status"] == "ok").astype(int), _order=np.arange(len(records)))
-    frame = frame.sort_values(["_ok", "_order"], kind="stable")
-    dup = frame.duplicated(subset=key, keep="last")
-    superseded = int((dup & (frame["_ok"] == 0)).sum())
-    frame = frame[~dup].sort_values("_order").drop(columns=["_ok", "_order"])
-    return frame, superseded

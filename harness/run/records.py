@@ -73,6 +73,7 @@ class Outcome:
     status: str  # one of STATUSES
     error: str | None  # one line, or None
     plan: str  # the plan that ran (or, for a cell that failed, the one planned)
+    retry: bool = True  # a failed cell: whether a rerun may heal it (records of failed cells carry it)
 
 
 def _bad_number(metrics: dict[str, Any]) -> str | None:
@@ -84,6 +85,8 @@ def build(setting: SettingPart, task: TaskPart, cell: CellPart, outcome: Outcome
     """The record of one cell; a non-finite metric turns an ok cell into an error naming it."""
     record = {**setting.fields(), **task.fields(), **cell.fields(), "status": outcome.status,
               "error": outcome.error, "plan": outcome.plan, **(metrics or {})}
+    if outcome.status != "ok":
+        record["retry"] = outcome.retry
     bad = _bad_number(metrics or {})
     if bad and outcome.status == "ok":
         record.update(status="error", error=f"non-finite {bad} ({metrics[bad]})")

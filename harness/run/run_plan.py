@@ -26,14 +26,17 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from harness import factory
 from harness.core.errors import InputError, one_line
 from harness.data.corpus import bos_ids
+from harness.engine.memory_guard import available_at_start
 from harness.model import models, rope_config
 from harness.model.checkpoints import PACKAGED
 from harness.run.store import Store
@@ -81,16 +84,17 @@ class TaskPlan:
         return hashes[cell.sample] if cell.sample < len(hashes) else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class SettingPlan:
-    """One setting: its checkpoint (None: config unreadable, dry run only), tokenizer and tasks."""
+    """One setting, frozen once built: its checkpoint (None: config unreadable, dry run only) with its
+    tokenizer, and its tasks."""
 
     setting: Setting
     label: str
     checkpoint: models.Checkpoint | None
     index: int  # its place in the run (ranks shard each setting's cells from here)
     tasks: dict[str, TaskPlan] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)  # dry run: what could not be read, and so is not checked
+    notes: tuple[str, ...] = ()  # dry run: what could not be read, and so is not checked
     rope: dict[str, Any] = field(default_factory=dict)  # the manifest's RoPE fields as records carry them
 
     @property
@@ -123,14 +127,15 @@ def cell_key(fingerprint: str, rope_hash: str, task: str, task_identity: dict[st
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunPlan:
-    """What the run will do and what its folder already holds (read once)."""
+    """What the run will do and what its folder held when the plan was built (read once; the runner keeps
+    its own copy up to date as it writes)."""
 
-    settings: list[SettingPlan]
-    specs: list[TaskSpec]
+    settings: tuple[SettingPlan, ...]
+    specs: tuple[TaskSpec, ...]
     out: Path
-    latest: dict[str, dict[str, Any]]  # the folder's last record per cell (store.cell_id)
+    latest: Mapping[str, dict[str, Any]]  # the folder's latest record per cell (store.latest_records)
     signature: tuple = ()  # the records shards as read (Store.signature)
 
     def key(self, prep: SettingPlan, plan: TaskPlan, cell: Cell, rope_hash: str) -> str:
@@ -167,6 +172,7 @@ class RunPlan:
 
 def build(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions, warn) -> RunPlan:
     """Check every setting and task, read the folder, refuse mixing; nothing is written."""
+    available_at_start()  # measured before any model loads: the CPU's default memory budget is a share of it
     for spec in tasks:
         validate_params(spec.params)
         get_task(spec.name)
@@ -178,7 +184,7 @@ def build(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions, w
             raise InputError(f"several settings get the label {label!r}: give each setting its own label")
     store = Store(options.out)
     signature = store.signature()
-    plan = RunPlan(prepared, tasks, options.out, store.latest(), signature)
+    plan = RunPlan(tuple(prepared), tuple(tasks), options.out, MappingProxyType(store.latest()), signature)
     refuse_mixing(plan)
     _warn_past_max_positions(plan, warn)
     _warn_assumed_law_inputs(prepared, warn)
@@ -222,6 +228,7 @@ def describe_model(name: str) -> tuple[Any, str]:
 
 
 def _setting_plan(setting: Setting, index: int, tasks: list[TaskSpec], warn, tolerant: bool) -> SettingPlan:
+    factory.check_options(setting)
     notes: list[str] = []
     try:
         checkpoint = models.describe(setting.model, setting.override, setting.revision,
@@ -232,17 +239,17 @@ def _setting_plan(setting: Setting, index: int, tasks: list[TaskSpec], warn, tol
         notes.append(f"config of {setting.model!r} not available offline ({exc}): no memory estimate, "
                      "samples not checked")
         checkpoint = None
-    if checkpoint is None:
-        prep = SettingPlan(setting, setting.label or setting.model, None, index, notes=notes)
-    else:
-        checkpoint.tokenizer = _tokenizer(setting, tolerant, notes)
-        _check_served(setting, checkpoint, tolerant)
-        rope, label = checkpoint.rope_and_label()
-        prep = SettingPlan(setting, setting.label or label, checkpoint, index, notes=notes, rope=rope)
-    for spec in tasks:
-        if spec.applies_to(prep.label):
-            prep.tasks[spec.name] = _task_plan(prep, spec, warn, tolerant)
-    return prep
+    rope: dict[str, Any] = {}
+    label = setting.label or setting.model
+    if checkpoint is not None:
+        checkpoint = replace(checkpoint, tokenizer=_tokenizer(setting, tolerant, notes))
+        factory.check_setting(setting, checkpoint, tolerant, notes)
+        rope, default = checkpoint.rope_and_label()
+        label = setting.label or default
+    tokenizer = checkpoint.tokenizer if checkpoint else None
+    plans = {spec.name: _task_plan(setting, tokenizer, spec, warn, tolerant, notes)
+             for spec in tasks if spec.applies_to(label)}
+    return SettingPlan(setting, label, checkpoint, index, plans, tuple(notes), rope)
 
 
 def _tokenizer(setting: Setting, tolerant: bool, notes: list[str]):
@@ -263,62 +270,26 @@ def _remote_data(spec: TaskSpec) -> bool:
     return any(isinstance(v, str) and v.startswith("hf:") for v in values)
 
 
-def _task_plan(prep: SettingPlan, spec: TaskSpec, warn, tolerant: bool) -> TaskPlan:
+def _task_plan(setting: Setting, tokenizer: Any, spec: TaskSpec, warn, tolerant: bool,
+               notes: list[str]) -> TaskPlan:
     task = get_task(spec.name)
-    _refuse_unservable(prep.setting, task)
-    if prep.tokenizer is None:
+    factory.check_task(setting, task)
+    if tokenizer is None:
         return TaskPlan(spec, task, spec.params, tuple(task.cells(spec.params)))
-    params = replace(spec.params, bos=bool(bos_ids(prep.tokenizer, spec.params.bos)))
+    params = replace(spec.params, bos=bool(bos_ids(tokenizer, spec.params.bos)))
     cells = tuple(task.cells(params))
     try:
-        ready = task.prepare(Preflight(prep.tokenizer, params, warn, describe_model))
+        ready = task.prepare(Preflight(tokenizer, params, warn, describe_model))
     except InputError as exc:
         if not (tolerant and _remote_data(spec)):
             raise
-        prep.notes.append(f"{spec.name}: data not available offline ({exc}): samples not checked")
+        notes.append(f"{spec.name}: data not available offline ({exc}): samples not checked")
         return TaskPlan(spec, task, params, cells)
     hashes = task.samples_hash(ready.state)
     if ready.available is not None:
         cells = tuple(c for c in cells if c.sample < ready.available)
     return TaskPlan(spec, task, params, cells, ready.state, ready.available,
                     tuple(hashes) if hashes is not None else None)
-
-
-def _refuse_unservable(setting: Setting, task: Task) -> None:
-    """A task that scores every prompt token, on an engine that does not return those log-probs: one line."""
-    from harness.serving.backend import SCORES, engine_label
-
-    name = engine_label(setting.serve)
-    if setting.served and task.needs_prompt_logprobs and not SCORES.get(name, False):
-        raise InputError(f"{task.name} needs every prompt token's log-prob, which {name} does not serve "
-                         "(llama.cpp gives none for the first token and sorts the vocabulary per token): run "
-                         f"{task.name} in-process (drop --serve/--server-url) or serve with vllm")
-
-
-def _check_served(setting: Setting, checkpoint: models.Checkpoint, tolerant: bool) -> None:
-    """Before anything runs: the engine can express the override (its launch command builds) and every given
-    server answers (not in a dry run); else one line."""
-    from harness.serving.client import ServerError
-    from harness.serving.client import models as served_models
-    from harness.serving.engines import launch_command
-
-    if setting.serve is not None:
-        launch_command(setting.serve, checkpoint.path, setting.override, max_len=2, host="127.0.0.1", port=1,
-                       tensor_parallel=setting.tensor_parallel, data_parallel=setting.data_parallel,
-                       config=checkpoint.source_config)
-    for url in [] if tolerant else setting.server_urls:
-        try:
-            served_models(url)
-        except ServerError as exc:
-            raise InputError(f"cannot reach --server-url {url} ({exc}): start the server or fix the "
-                             "URL") from None
-
-
-def engine_of(setting: Setting) -> str | None:
-    """What records name as the setting's engine: None in-process (records without `engine`)."""
-    from harness.serving.backend import engine_label
-
-    return engine_label(setting.serve) if setting.served else None
 
 
 # ---------------------------------------------------------------------------------------- identity
@@ -347,7 +318,7 @@ def _model_difference(prep: SettingPlan, old: list[dict[str, Any]], key: str) ->
 
 
 def _setting_difference(prep: SettingPlan, old: list[dict[str, Any]]) -> str | None:
-    ours = engine_of(prep.setting)
+    ours = factory.engine_name(prep.setting)
     theirs = next((r.get("engine") for r in old if r.get("engine") != ours), ours)
     if theirs != ours:  # a served run and an in-process run are different experiments
         return f"the engine differs: {ours or 'in-process'} vs the folder's {theirs or 'in-process'}"
@@ -406,17 +377,18 @@ def refuse_mixing(plan: RunPlan) -> None:
                              f"({problem}): {FIX}")
 
 
-def folder_rope_hash(plan: RunPlan, label: str, manifest: dict[str, Any]) -> str:
+def folder_rope_hash(latest: Mapping[str, dict[str, Any]], out: Path, label: str,
+                     manifest: dict[str, Any]) -> str:
     """The rope_hash this setting's records and cell keys use in this folder: the manifest's, or its form with
     the law inputs (rope_hash_v1) where the folder was written with that, so such folders resume; refused
     when the folder's records of `label` carry neither (same fields, other frequency bytes, e.g. another
     transformers version, or other law inputs in a folder of the earlier form)."""
-    mine = [r for r in plan.latest.values() if r.get("setting") == label]
+    mine = [r for r in latest.values() if r.get("setting") == label]
     for candidate in (manifest["rope_hash"], manifest.get("rope_hash_v1")):
         if candidate and _differs(candidate, mine, "rope_hash") is None:
             return candidate
     theirs = _differs(manifest["rope_hash"], mine, "rope_hash")
-    raise InputError(f"{plan.out} already holds setting {label!r} of another experiment (the RoPE "
+    raise InputError(f"{out} already holds setting {label!r} of another experiment (the RoPE "
                      f"frequencies differ: rope_hash {manifest['rope_hash']} vs the folder's {theirs}; a "
                      "folder written before law inputs left the identity also counts them): " + FIX)
 

@@ -10,7 +10,6 @@ fails is recorded (oom / error) and the run goes on. The exit code is 0 only whe
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
@@ -21,15 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import InputError, one_line
+from harness import factory
+from harness.core.errors import InputError, Refusal, one_line
 from harness.core.values import fmt_size, safe_name
 from harness.engine.memory_guard import address_space_limit, is_oom
-from harness.model import models
 from harness.run import records
 from harness.run.distributed import rank_and_world, shard_cells
 from harness.run.run_info import write_run_json
 from harness.run.run_plan import RunPlan, SettingPlan, TaskPlan, folder_rope_hash
-from harness.run.store import Store
+from harness.run.store import Store, keep_latest
 from harness.run.suite import RunOptions
 from tasks.base import Cell, RunContext, get_task
 
@@ -45,6 +44,7 @@ class RunResult:
     # the law inputs given as flags, per setting: the report applies them (they are not in the identity)
     law: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     advice: str = ""  # what to do about cells the planner refused (refusal_advice)
+    retryable: int = 0  # failed cells a rerun may heal (records without `retry: false`)
 
     @property
     def exit_code(self) -> int:
@@ -53,14 +53,15 @@ class RunResult:
 
 @dataclass
 class _Progress:
-    """The run's mutable state: counts, the folder's last records (updated as records are written), the
-    grid of this rank's cell keys, and whether the folder is open."""
+    """The run's mutable state: counts, the folder's latest records (the plan's, updated as records are
+    written), the grid of this rank's cell keys, and whether the folder is open."""
 
     plan: RunPlan
     store: Store
     options: RunOptions
     started: float
     warn: Callable[[str], None]
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     counts: Counter = field(default_factory=Counter)
     manifests: dict[str, Any] = field(default_factory=dict)
     grid: set[str] = field(default_factory=set)
@@ -71,7 +72,7 @@ class _Progress:
         self.store.open()
         self.opened = True
         if self.store.signature() != self.plan.signature:  # another run wrote here since: read again
-            self.plan.latest = self.store.latest()
+            self.latest = self.store.latest()
         self._write_run_json(None)
 
     def close(self) -> None:
@@ -81,8 +82,11 @@ class _Progress:
 
     def append(self, record: dict[str, Any]) -> None:
         self.store.append("records", record)
-        self.plan.latest[record["cell_key"]] = record
+        keep_latest(self.latest, record)
         self.counts[record["status"]] += 1
+
+    def done(self, key: str) -> bool:
+        return self.latest.get(key, {}).get("status") == "ok"
 
     def _write_run_json(self, ended: float | None) -> None:
         write_run_json(self.options, self.store, self.started, ended, self.manifests, self.plan.settings,
@@ -92,164 +96,81 @@ class _Progress:
 def run(plan: RunPlan, options: RunOptions, warn: Callable[[str], None]) -> RunResult:
     """Run every cell of this rank without an ok record; see the module docstring."""
     rank, world = rank_and_world()
-    progress = _Progress(plan, Store(options.out, rank, world), options, time.time(), warn)
+    progress = _Progress(plan, Store(options.out, rank, world), options, time.time(), warn, dict(plan.latest))
     try:
         for prep in plan.settings:
             _run_setting(progress, prep, rank, world)
     finally:
         progress.close()
-    after = plan.latest
-    failed = sum(after.get(key, {}).get("status") != "ok" for key in progress.grid)
-    return RunResult(progress.counts, sum(progress.counts[s] for s in records.STATUSES), failed,
-                     summary_table(list(after.values())), plan.law_flags(),
-                     refusal_advice([after[key] for key in progress.grid if key in after]))
+    after = progress.latest
+    last = [after.get(key, {}) for key in progress.grid]
+    failed = [r for r in last if r.get("status") != "ok"]
+    return RunResult(progress.counts, sum(progress.counts[s] for s in records.STATUSES), len(failed),
+                     summary_table(list(after.values())), plan.law_flags(), refusal_advice(failed),
+                     sum(r.get("retry", True) is not False for r in failed))
 
 
 def _run_setting(progress: _Progress, prep: SettingPlan, rank: int, world: int) -> None:
-    """Load the setting's model once (or serve it), then run each of its tasks."""
-    if prep.setting.served:
-        _run_served(progress, prep, rank, world)
-        return
-    from harness.engine.engine import Engine, device_budget
-
-    setting, options = prep.setting, progress.options
-    loaded = models.load(prep.checkpoint, dtype=setting.dtype, device=setting.device, attn=setting.attn)
-    rope_hash = folder_rope_hash(progress.plan, prep.label, loaded.manifest)
-    progress.manifests[prep.label] = {**loaded.manifest, "model": setting.model,
-                                      "fingerprint": loaded.fingerprint}
-    engine = Engine(loaded, chunk_size=options.chunk_size,
-                    max_memory=options.max_memory or device_budget(loaded.device),
-                    strategy=options.strategy, batch_size=options.batch_size)
-    part = records.SettingPart(prep.label, setting.model, loaded.manifest, rope_hash, loaded.dtype,
-                               loaded.attn, loaded.fingerprint, prep.model_fingerprint)
-    for task_plan in prep.tasks.values():
-        _run_task(progress, prep, task_plan, engine, loaded.device, part, rank, world)
-
-
-def _run_served(progress: _Progress, prep: SettingPlan, rank: int, world: int) -> None:
-    """The setting's tasks through an inference engine: launched with the override applied (or the given
-    servers), stopped when the setting ends, fails or is interrupted. A server that cannot be started or
-    reached leaves the setting's cells recorded as errors; the run goes on."""
-    from harness.serving.backend import SERVED_HEADROOM, UnavailableEngine, engine_label, served
-
+    """Open the setting's engine once (in-process or served: harness.factory), then run each of its tasks."""
     setting, checkpoint = prep.setting, prep.checkpoint
-    longest = prep.longest
-    with contextlib.ExitStack() as stack:
-        try:
-            engine, info = stack.enter_context(served(
-                checkpoint, setting.serve, setting.server_urls, max_len=longest + SERVED_HEADROOM,
-                log=progress.options.out / f"server-{safe_name(prep.label)}.log",
-                tensor_parallel=setting.tensor_parallel, data_parallel=setting.data_parallel))
-        except (RuntimeError, OSError) as exc:  # ServerError included: recorded per cell below
-            name = engine_label(setting.serve)
-            engine = UnavailableEngine(name, f"{name} server unavailable: {one_line(exc)}")
-            info = {"engine": name, "engine_version": None, "serve_command": None, "server_urls": []}
-        else:
-            engine, probe = _checked(engine, prep, longest, progress.warn)
-            info.update(probe)
-        manifest = checkpoint.manifest()  # the override the engine was told (no weights here: no inv_freq)
-        rope_hash = folder_rope_hash(progress.plan, prep.label, manifest)
-        progress.manifests[prep.label] = {**manifest, **info, "model": setting.model,
-                                          "fingerprint": checkpoint.fingerprint}
-        part = records.SettingPart(prep.label, setting.model, manifest, rope_hash, engine.dtype,
-                                   info["engine"], checkpoint.fingerprint, prep.model_fingerprint,
-                                   {k: v for k, v in info.items() if k.startswith(("engine", "probe_"))})
+    log = progress.options.out / f"server-{safe_name(prep.label)}.log"
+    with factory.opened(setting, checkpoint, progress.options, prep.longest, log, prep.label,
+                        progress.warn) as opened:
+        rope_hash = folder_rope_hash(progress.latest, progress.options.out, prep.label, opened.manifest)
+        progress.manifests[prep.label] = {**opened.manifest, **opened.info, "model": setting.model,
+                                          "fingerprint": opened.fingerprint}
+        part = records.SettingPart(prep.label, setting.model, opened.manifest, rope_hash, opened.dtype,
+                                   opened.attn, opened.fingerprint, prep.model_fingerprint, opened.fields)
         for task_plan in prep.tasks.values():
-            _run_task(progress, prep, task_plan, engine, "served", part, rank, world)
+            _run_task(progress, prep, task_plan, opened, part, rank, world)
 
 
-def _checked(engine: Any, prep: SettingPlan, longest: int, warn: Callable[[str], None]) -> tuple[Any, dict]:
-    """The served engine after its probe (harness.serving.probe) and the probe's record fields; an engine that
-    did not apply the override is replaced by one whose every cell records why."""
-    from harness.engine.engine import Engine
-    from harness.serving.backend import UnavailableEngine
-    from harness.serving.probe import PROBE_LENGTH, Probe, fits_in_memory, probe_ids, run_probe
-
-    setting, checkpoint = prep.setting, prep.checkpoint
-
-    def load(asked: bool) -> Engine:
-        described = checkpoint if asked else models.describe(checkpoint.model_id, None, checkpoint.revision,
-                                                             checkpoint.trust_remote_code)
-        described.tokenizer = checkpoint.tokenizer
-        return Engine(models.load(described, dtype="float32", device="cpu"))
-
-    try:
-        why = "--no-probe" if not setting.probe else fits_in_memory(checkpoint.config)
-        if why:
-            probe = Probe(f"skipped: {why}")
-        else:
-            ids = probe_ids(checkpoint.tokenizer, min(PROBE_LENGTH, longest))
-            probe = run_probe(engine.client, ids, load, checkpoint.override.changes_rope())
-    except (RuntimeError, OSError, ValueError, InputError) as exc:  # recorded in the records, not fatal
-        probe = Probe(f"failed: {one_line(exc)}")
-    if probe.verdict in ("override applied", "no override"):
-        print(f"rope-harness: {prep.label}: {engine.engine} {probe.describe()}", file=sys.stderr)
-    else:
-        warn(f"{prep.label}: {engine.engine} {probe.describe()}")
-    if probe.refuses:
-        engine = UnavailableEngine(engine.engine, f"{engine.engine} does not serve the asked setting: "
-                                   f"{probe.describe()}")
-    return engine, probe.fields()
-
-
-def _evaluator_loader(engine):
-    """A task's evaluator model by name -> its engine on `engine`'s device, dtype and memory settings; the
-    last one is kept for the next setting (one: memory)."""
-    from harness.engine.engine import Engine
-
-    def load(name: str):
-        key = (name, str(engine.device), engine.dtype)
-        if key not in _EVALUATORS:
-            _EVALUATORS.clear()
-            loaded = models.load(name, dtype=engine.dtype, device=str(engine.device))
-            _EVALUATORS[key] = Engine(loaded, chunk_size=engine.chunk_size, max_memory=engine.max_memory,
-                                      strategy=engine.strategy)
-        return _EVALUATORS[key]
-
-    return load
-
-
-_EVALUATORS: dict[tuple[str, str, str], Any] = {}
-
-
-def _run_task(progress: _Progress, prep: SettingPlan, task_plan: TaskPlan, engine, device: str, part,
-              rank: int, world: int) -> None:
+def _run_task(progress: _Progress, prep: SettingPlan, task_plan: TaskPlan, opened: factory.Opened,
+              part: records.SettingPart, rank: int, world: int) -> None:
     plan, params = progress.plan, task_plan.params
     keyed = {c: plan.key(prep, task_plan, c, part.rope_hash) for c in task_plan.cells}
     owner = shard_cells(task_plan.cells, world, prep.index)
     mine = [c for c in task_plan.cells if owner[c] == rank]
     progress.grid.update(keyed[c] for c in mine)
-    missing = [c for c in mine if not plan.done(keyed[c])]
+    missing = [c for c in mine if not progress.done(keyed[c])]
     if missing and not progress.opened:
         progress.open()
-        missing = [c for c in missing if not plan.done(keyed[c])]
+        missing = [c for c in missing if not progress.done(keyed[c])]
     progress.counts["skipped"] += len(mine) - len(missing)
-    progress.counts["retried"] += sum(keyed[c] in plan.latest for c in missing)  # their last record failed
+    progress.counts["retried"] += sum(keyed[c] in progress.latest for c in missing)  # their record failed
     if not missing:
         return
+    engine = opened.engine
     ctx = RunContext(engine, prep.tokenizer, params, task_plan.state, part.manifest,
                      part.fields(), progress.store.append, progress.warn, run_dir=progress.options.out,
-                     load_engine=_evaluator_loader(engine))
+                     load_engine=factory.evaluator_loader(engine))
     fields = task_plan.fields
     task_part = records.TaskPart(task_plan.name, params.seed, fields["corpus"], fields["task_identity"])
-    with address_space_limit(progress.options.max_memory, device):
-        for cell, outcome, metrics in _scored_cells(task_plan, ctx, engine, missing, progress.options,
+    with address_space_limit(opened.budget, opened.device):
+        for cell, outcome, metrics in _scored_cells(task_plan, ctx, opened, missing, progress.options,
                                                     prep.label):
             cell_part = records.CellPart(cell.length, cell.depth, cell.sample, keyed[cell],
                                          task_plan.sample_hash(cell))
             progress.append(records.build(part, task_part, cell_part, outcome, metrics))
 
 
-def refusal_advice(last: list[dict[str, Any]]) -> str:
-    """What to do about cells the planner refused (a rerun refuses them again): '' when there are none."""
-    refused = [r for r in last if r.get("status") == "oom" and str(r.get("error")).startswith("planner:")]
-    if not refused:
-        return ""
-    shortest = min(r["length"] for r in refused)
-    worst = max(refused, key=lambda r: r["length"])
-    return (f"{len(refused)} cell(s) at L >= {shortest} exceed the memory budget by the planner's estimate "
-            f"({worst['error'].removeprefix('planner: ')}); a rerun refuses them again: raise --max-memory "
-            "to the estimate, pass --strategy stream (one decoder layer at a time), or drop those lengths")
+def refusal_advice(failed: list[dict[str, Any]]) -> str:
+    """What to do about failed cells a rerun fails again (records with `retry: false`): cells the planner
+    refused, and cells an engine refused (a server that does not serve the asked setting); '' when none."""
+    refused = [r for r in failed if r.get("status") == "oom" and str(r.get("error")).startswith("planner:")]
+    others = [r for r in failed if r.get("retry") is False and r not in refused]
+    lines = []
+    if refused:
+        shortest = min(r["length"] for r in refused)
+        worst = max(refused, key=lambda r: r["length"])
+        why = worst["error"].removeprefix("planner: ")
+        lines.append(f"{len(refused)} cell(s) at L >= {shortest} exceed the memory budget by the planner's "
+                     f"estimate ({why}); a rerun refuses them again: raise --max-memory to the estimate, "
+                     "pass --strategy stream (one decoder layer at a time), or drop those lengths")
+    if others:
+        lines.append(f"{len(others)} cell(s) fail again on a rerun ({others[0]['error']}): fix the setting "
+                     "first")
+    return "\n".join(lines)
 
 
 def _fitting_first(groups: list[list[Cell]], engine, generation: bool) -> Iterator[list[Cell]]:
@@ -260,24 +181,27 @@ def _fitting_first(groups: list[list[Cell]], engine, generation: bool) -> Iterat
         yield from (part for part in (fit, [c for c in group if c not in fit]) if part)
 
 
-def _group_outcome(task, ctx: RunContext, engine, group: list[Cell],
-                   options: RunOptions) -> tuple[records.Outcome, list[dict[str, Any]] | None]:
+def _group_outcome(task, ctx: RunContext, opened: factory.Opened,
+                   group: list[Cell]) -> tuple[records.Outcome, list[dict[str, Any]] | None]:
     """Score one group: refused when the planner's estimate exceeds the budget, else the task scores it
     (the engine falls back on out-of-memory by itself); a failure is the group's outcome, not the run's."""
     longest = max(c.length for c in group)
-    planned = engine.plan(longest, generation=task.generates)
+    planned = opened.engine.plan(longest, generation=task.generates)
     if not planned.fits:
-        return records.Outcome("oom", f"planner: {fmt_size(planned.estimate_bytes)} needed at L={longest} "
-                               f"exceeds --max-memory {fmt_size(options.max_memory)}", str(planned)), None
+        need, budget = fmt_size(planned.estimate_bytes), fmt_size(opened.budget)
+        return records.Outcome("oom", f"planner: {need} needed at L={longest} exceeds the memory budget "
+                               f"{budget} ({opened.budget_source})", str(planned), retry=False), None
     try:
         return records.Outcome("ok", None, str(planned)), task.score_group(ctx, group)
     except Exception as exc:  # recorded per cell; the run goes on
         log.debug("cell failed", exc_info=True)
-        return records.Outcome("oom" if is_oom(exc) else "error", one_line(exc), str(planned)), None
+        return records.Outcome("oom" if is_oom(exc) else "error", one_line(exc), str(planned),
+                               retry=not isinstance(exc, Refusal)), None
 
 
-def _scored_cells(task_plan: TaskPlan, ctx: RunContext, engine, cells: list[Cell], options: RunOptions,
-                  label: str) -> Iterator[tuple[Cell, records.Outcome, dict[str, Any] | None]]:
+def _scored_cells(task_plan: TaskPlan, ctx: RunContext, opened: factory.Opened, cells: list[Cell],
+                  options: RunOptions, label: str
+                  ) -> Iterator[tuple[Cell, records.Outcome, dict[str, Any] | None]]:
     """(cell, outcome, metrics or None) for every cell, group by group, with a progress bar or line."""
     from tqdm import tqdm
 
@@ -287,8 +211,8 @@ def _scored_cells(task_plan: TaskPlan, ctx: RunContext, engine, cells: list[Cell
     bar = tqdm(total=len(cells), desc=f"{label} {name}", unit="cell",
                disable=not options.progress or not terminal, file=sys.stderr, dynamic_ncols=True)
     tokens, done, start = 0, 0, time.time()
-    for group in _fitting_first(task.groups(ctx, cells), engine, task.generates):
-        outcome, metrics = _group_outcome(task, ctx, engine, group, options)
+    for group in _fitting_first(task.groups(ctx, cells), opened.engine, task.generates):
+        outcome, metrics = _group_outcome(task, ctx, opened, group)
         for i, cell in enumerate(group):
             yield cell, outcome, metrics[i] if metrics is not None else None
         tokens += max(c.length for c in group)

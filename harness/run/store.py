@@ -4,8 +4,10 @@ A crash (kill -9 at any moment) can leave at most one torn last line; opening th
 cuts it off, so a resumed run appends clean lines and ends with the same cells and numbers as an
 uninterrupted run. Each rank writes its own shard; readers glob every shard.
 
-A cell may be recorded more than once (a failed cell is retried by the next run): its last record wins
-everywhere (resume, exit code, console table, report). Readers see a folder's lines in the order they
+A cell may be recorded more than once (a failed cell is retried by the next run). One rule, in one
+function (`keep_latest`), settles which record is the cell's everywhere (resume, exit code, console table,
+report): its last ok record, else its last record. A measured cell stays measured: no later record of the
+same cell key can discard its number. Readers see a folder's lines in the order they
 were recorded: each shard in file order, shards merged by `recorded_at` (unix seconds; lines without it,
 written before runs healed, first), so "last" is the same for every reader even when a later run with
 another world size healed a cell into another shard.
@@ -62,11 +64,24 @@ def cell_id(record: dict[str, Any]) -> str:
                       default=str)
 
 
-def latest_records(folder: Path) -> dict[str, dict[str, Any]]:
-    """The last record of every cell of a run folder (see the module docstring), by cell_id."""
-    if not folder.exists():
-        return {}
-    return {cell_id(r): r for r in read_jsonl(folder, "records")}
+def keep_latest(latest: dict[str, dict[str, Any]], record: dict[str, Any]) -> bool:
+    """The one latest-record rule (see the module docstring): `record` becomes its cell's entry in `latest`
+    unless the cell already has an ok record and this one is not ok. Whether it did."""
+    key = cell_id(record)
+    if latest.get(key, {}).get("status") == "ok" and record.get("status") != "ok":
+        return False
+    latest.pop(key, None)  # re-inserted: the mapping stays in the order its records were written
+    latest[key] = record
+    return True
+
+
+def latest_records(folder: Path, notes: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The latest record of every cell of a run folder (`keep_latest`), by cell_id, in recorded order."""
+    latest: dict[str, dict[str, Any]] = {}
+    if folder.exists():
+        for record in read_jsonl(folder, "records", notes):
+            keep_latest(latest, record)
+    return latest
 
 
 RECORD_KEYS = ("task", "setting", "length", "status")  # what every reader of a record relies on

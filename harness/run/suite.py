@@ -280,11 +280,11 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
                                        pretrain_base=num.get("pretrain_base"),
                                        train_len=ints.get("train_len"),
                                        tune_len=ints.get("tune_len"))
-        settings.append(check_serving(Setting(
+        settings.append(Setting(
             entry["model"], override, entry.get("label"), entry.get("dtype", run.get("dtype")),
             entry.get("device", run.get("device")), entry.get("attn", run.get("attn")), entry.get("revision"),
             entry.get("trust_remote_code", False), entry.get("serve"), list(entry.get("server_url", [])),
-            entry.get("tensor_parallel", 1), entry.get("data_parallel", 1), entry.get("probe", True))))
+            entry.get("tensor_parallel", 1), entry.get("data_parallel", 1), entry.get("probe", True)))
     labels = [s.label for s in settings if s.label is not None]
     for label in labels:
         if labels.count(label) > 1:  # one label is one curve, and tasks pick settings by label
@@ -373,26 +373,6 @@ def check_device(device: str | None) -> None:
         raise InputError(f"--device {device}: MPS is not available here: use --device cpu")
 
 
-def check_serving(setting: Setting) -> Setting:
-    """A served setting names a known engine, http(s) server URLs and parallel sizes >= 1 (else one line)."""
-    from harness.serving.engines import ENGINES
-
-    if setting.serve is not None and setting.serve not in ENGINES:
-        raise InputError(f"unknown --serve {setting.serve!r}: use one of {', '.join(ENGINES)}")
-    bad = [u for u in setting.server_urls if not (isinstance(u, str) and u.startswith(("http://", "https://")))]
-    if bad:
-        raise InputError(f"--server-url {bad[0]!r} is not an http(s) URL: e.g. --server-url "
-                         "http://127.0.0.1:8000")
-    for name in ("tensor_parallel", "data_parallel"):
-        if not isinstance(getattr(setting, name), int) or getattr(setting, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1 "
-                             f"(got {getattr(setting, name)!r})")
-    if not setting.served and (setting.tensor_parallel, setting.data_parallel) != (1, 1):
-        raise InputError("--tensor-parallel/--data-parallel apply to a served engine: add --serve vllm or "
-                         "sglang")
-    return setting
-
-
 def task_options(flags: Flags, name: str) -> dict[str, Any]:
     """The task's options from the flags: each option's own conversion of its flag text (None = not given)."""
     return {o.name: o.from_flag(flags.task_options.get(o.name)) for o in get_task(name).options}
@@ -416,10 +396,9 @@ def from_flags(flags: Flags) -> Suite:
                             params=dict(parse_param(p) for p in flags.rope_param),
                             pretrain_base=flags.pretrain_base, train_len=flags.train_len,
                             tune_len=flags.tune_len)
-    setting = check_serving(Setting(flags.model, override, flags.label, flags.dtype, flags.device, flags.attn,
-                                    flags.revision, flags.trust_remote_code, flags.serve,
-                                    list(flags.server_url or []), flags.tensor_parallel, flags.data_parallel,
-                                    not flags.no_probe))
+    setting = Setting(flags.model, override, flags.label, flags.dtype, flags.device, flags.attn,
+                      flags.revision, flags.trust_remote_code, flags.serve, list(flags.server_url or []),
+                      flags.tensor_parallel, flags.data_parallel, not flags.no_probe)
     check_device(setting.device)
     # --samples 0 is an error, not the default
     samples = DEFAULT_SAMPLES if flags.samples is None else flags.samples

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.contract import AnswerScore, Ran, Scored
+from harness.core.errors import Refusal
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,6 @@ class ServedEngine:
 # 70B checkpoints and compile CUDA graphs for minutes
 READY_TIMEOUT = {"llama.cpp": 300.0, "vllm": 1800.0, "sglang": 1800.0}
 SERVED_HEADROOM = 512  # context a served engine gets past the longest prompt: room for the answer
-SCORES = {"vllm": True, "sglang": True}  # engines that return every prompt token's log-prob (echo)
 PROBE = "The quick brown fox jumps over the lazy dog. " * 8  # a short text every tokenizer splits cheaply
 
 
@@ -144,7 +144,7 @@ def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: 
     stopped on exit, error or Ctrl-C), after one check that the server tokenises like the harness; with
     what ran it (`engine`, `engine_version`, `serve_command`, `server_urls`)."""
     from harness.serving.client import Client
-    from harness.serving.engines import engine_version
+    from harness.serving.engines import CAPABILITIES, engine_version
     from harness.serving.process import Server
 
     name = engine_label(serve)
@@ -164,7 +164,7 @@ def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: 
             info = {"engine": name, "engine_version": engine_version(serve) if serve else None,
                     "serve_command": " ".join(server.argv) if server else None, "server_urls": list(urls)}
             yield ServedEngine(client, engine=name, version=info["engine_version"],
-                               scores=SCORES.get(name, False)), info
+                               scores=name in CAPABILITIES and CAPABILITIES[name].prompt_logprobs), info
     finally:
         if server is not None:
             server.stop()
@@ -183,17 +183,18 @@ def check_tokenizer(client: Any, tokenizer: Any, name: str) -> None:
 
 
 class UnavailableEngine(ServedEngine):
-    """Stands in for a server that could not be started or reached: every verb raises its one-line error,
-    so the setting's cells are recorded as errors (a rerun heals them) and the run goes on."""
+    """Stands in for a server that could not be started or reached (a rerun may heal its cells), or that does
+    not serve the asked setting (`retry=False`: a rerun repeats it): every verb raises its one-line error,
+    so the setting's cells are recorded as errors and the run goes on."""
 
-    def __init__(self, engine: str, error: str):
+    def __init__(self, engine: str, error: str, retry: bool = True):
         self.client, self.engine, self.version, self.scores, self.dtype = None, engine, None, False, "served"
-        self.error = error
+        self.error, self.retry = error, retry
 
     def batch_size(self, length: int, generation: bool = False) -> int:
         return 1
 
     def _fail(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(self.error)
+        raise (RuntimeError if self.retry else Refusal)(self.error)
 
     generate_batch = score_and_generate_batch = token_nll_batch = _fail

@@ -24,6 +24,7 @@ import copy
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from harness.core.errors import InputError
@@ -36,12 +37,27 @@ from harness.model.rope_config import (
     text_config,
 )
 
-ENGINES = ("vllm", "sglang", "llama.cpp")
-DISTRIBUTIONS = {"vllm": "vllm", "sglang": "sglang", "llama.cpp": "llama-cpp-python"}
-# rope types each engine computes as transformers does; any other is refused
-SERVABLE = {"vllm": ("default", "linear", "yarn", "llama3", "longrope"),
-            "sglang": ("default", "linear", "yarn", "llama3", "longrope"),
-            "llama.cpp": ("default", "linear", "yarn")}
+
+@dataclass(frozen=True)
+class Capability:
+    """What one engine is, returns and can override: the run plan, the dry run and every refusal read this."""
+
+    distribution: str  # the package that installs it (its version goes into records)
+    install: str  # how to install it, in the refusal that names a missing engine
+    prompt_logprobs: bool  # returns every prompt token's log-prob (echo): perplexity through the server
+    rope_types: tuple[str, ...]  # rope types it computes as transformers does; any other is refused
+
+
+CAPABILITIES = {
+    "vllm": Capability("vllm", "pip install vllm (a CUDA machine)", True,
+                       ("default", "linear", "yarn", "llama3", "longrope")),
+    "sglang": Capability("sglang", "pip install 'sglang[all]' (a CUDA machine)", True,
+                         ("default", "linear", "yarn", "llama3", "longrope")),
+    "llama.cpp": Capability("llama-cpp-python", "pip install '.[serve]' in the rope-harness clone "
+                            "(--find-links ../shared/wheels takes a prebuilt wheel where one exists)", False,
+                            ("default", "linear", "yarn")),
+}
+ENGINES = tuple(CAPABILITIES)
 # keys of a rope type that the engine ignores or reads differently from transformers (its yarn reads
 # attn_factor/extrapolation_factor, not attention_factor; mscale only in its DeepSeek variant)
 UNREAD = {("vllm", "yarn"): ("attention_factor", "mscale", "mscale_all_dim"),
@@ -83,7 +99,7 @@ def engine_version(engine: str) -> str | None:
 
     _check_engine(engine)
     try:
-        return metadata.version(DISTRIBUTIONS[engine])
+        return metadata.version(CAPABILITIES[engine].distribution)
     except metadata.PackageNotFoundError:
         return None
 
@@ -91,6 +107,21 @@ def engine_version(engine: str) -> str | None:
 def is_available(engine: str) -> bool:
     """Whether the engine's package is installed in this interpreter (its server can be launched)."""
     return engine_version(engine) is not None
+
+
+def missing(engine: str) -> str | None:
+    """None when the engine's server can be launched from here, else one line naming it and how to install
+    it (the launch runs `vllm` from PATH, the others as modules of this interpreter)."""
+    import importlib.util
+    import shutil
+
+    module = {"sglang": "sglang", "llama.cpp": "llama_cpp"}.get(engine)
+    found = (shutil.which("vllm") if module is None else importlib.util.find_spec(module)) is not None
+    if found:
+        return None
+    where = "on PATH" if engine == "vllm" else f"in this Python ({sys.executable})"
+    return (f"--serve {engine}: {engine} is not installed {where}: {CAPABILITIES[engine].install}, or run "
+            "in-process (drop --serve)")
 
 
 def _check_engine(engine: str) -> None:
@@ -167,9 +198,9 @@ def _check_checkpoint(engine: str, config: Any) -> None:
 
 def _check_section(engine: str, params: dict[str, Any]) -> None:
     kind = params.get("rope_type")
-    if kind is not None and kind != "ntk" and kind not in SERVABLE[engine]:
+    if kind is not None and kind != "ntk" and kind not in CAPABILITIES[engine].rope_types:
         why = WHY.get((engine, kind), "(not checked against transformers here)")
-        others = [e for e in ENGINES if kind in SERVABLE[e]]
+        others = [e for e in ENGINES if kind in CAPABILITIES[e].rope_types]
         where = f"serve it with {' or '.join(others)}, or " if others else ""
         raise InputError(f"{engine} cannot apply rope_type {kind} {why}: {where}run it in-process "
                          "(drop --serve)")
