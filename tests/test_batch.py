@@ -67,10 +67,21 @@ def test_score_and_generate_batch_is_batch_one(family, tiny_llama, gemma2):
 def test_batch_rows_auto_and_within_budget(tiny_llama):
     eng = engine.Engine(models.load(str(tiny_llama)))
     shape = dict(dtype="float32", attn="sdpa", n_params=eng.n_params)
-    assert planner.batch_rows(eng.config, 256, "auto", max_memory=None, **shape) == 8  # CPU: 2K tokens
-    assert planner.batch_rows(eng.config, 2048, "auto", max_memory=None, **shape) == 1
-    assert planner.batch_rows(eng.config, 256, "auto", max_memory=None, accelerator=True, **shape) == 64
-    assert planner.batch_rows(eng.config, 8192, "auto", max_memory=None, accelerator=True, **shape) == 8
+
+    def auto(length, accelerator):
+        return planner.batch_rows(eng.config, length, "auto", max_memory=None, accelerator=accelerator,
+                                  **shape)
+
+    # auto: the most rows whose tokens stay within the device's tokens per forward, between 1 and BATCH_MAX
+    for accelerator, device in ((False, "cpu"), (True, "accelerator")):
+        cap = planner.BATCH_TOKENS[device]
+        for length in (1, 100, 256, 1000, 2048, 8192, 100_000):
+            rows = auto(length, accelerator)
+            assert 1 <= rows <= planner.BATCH_MAX, (accelerator, length)
+            assert rows == 1 or rows * length <= cap, (accelerator, length)
+            assert rows == planner.BATCH_MAX or (rows + 1) * length > cap, (accelerator, length)
+    assert auto(256, True) > auto(256, False) > 1  # short sequences batch, on an accelerator more
+
     def need(rows):
         return planner.estimate_bytes(eng.config, 2048, None, "float32", "sdpa", eng.n_params, rows=rows)
 
@@ -85,13 +96,14 @@ def test_batch_rows_auto_and_within_budget(tiny_llama):
 
 
 def test_no_batching_where_one_row_does_not_fit_a_single_pass(tiny_llama):
-    eng = engine.Engine(models.load(str(tiny_llama)), batch_size=8, max_memory=None)
-    assert eng.batch_size(300) == 8
-    one = planner.estimate_bytes(eng.config, 300, None, "float32", "sdpa", eng.n_params)
-    eng.max_memory = one - 1  # the plan streams: one row at a time
+    loaded = models.load(str(tiny_llama))
+    assert engine.Engine(loaded, batch_size=8).batch_size(300) == 8
+    one = planner.estimate_bytes(loaded.config, 300, None, "float32", "sdpa", engine.Engine(loaded).n_params)
+    eng = engine.Engine(loaded, batch_size=8, max_memory=one - 1)  # the plan streams: one row at a time
     assert eng.plan(300).strategy == "stream" and eng.batch_size(300) == 1
-    seen, _ = shapes(eng, lambda: eng.token_nll_batch([ids_of(300, s) for s in range(2)]))
+    seen, scored = shapes(eng, lambda: eng.token_nll_batch([ids_of(300, s) for s in range(2)]))
     assert seen == []  # the stream pass runs layers, never the decoder's forward over a batch
+    assert [ran.batch for ran in scored.ran] == [1, 1]
 
 
 def run(model, corpus, out, *extra):

@@ -101,11 +101,29 @@ def test_hf_corpus_with_no_route_to_the_hub_uses_the_cache_at_once(tok, monkeypa
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True and datasets.config.HF_HUB_OFFLINE is True
 
 
-def test_packaged_suites_parse():
-    assert {"paper", "compare-scaling"} <= set(suite.packaged_suites())
+def test_packaged_suites_are_the_documented_ones_and_each_parses_and_resolves():
+    """The README's list of packaged suites is the package's; each parses, every task runs on some setting
+    and every setting runs some task, and every model that is not a hub id resolves to a local file."""
+    import importlib.util
+    import re
+
+    from harness.model import models
+    from harness.model.checkpoints import PACKAGED
+    from harness.run.run_plan import is_hub_id
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    documented = re.search(r"packaged: ([\w, -]+)\n", readme)[1].split(", ")
+    assert sorted(documented) == suite.packaged_suites()
     for name in suite.packaged_suites():
         loaded = suite.load_suite(name, ARGS)
-        assert loaded.settings and loaded.tasks
+        labels = [s.label for s in loaded.settings]
+        assert all(any(t.applies_to(label) for label in labels) for t in loaded.tasks), name
+        assert all(any(t.applies_to(label) for t in loaded.tasks) for label in labels), name
+        for setting in loaded.settings:
+            package = PACKAGED.get(setting.model)
+            if is_hub_id(setting.model) or (package and importlib.util.find_spec(package.package) is None):
+                continue
+            assert Path(models.resolve_model_path(setting.model)).exists(), (name, setting.model)
 
 
 @pytest.mark.parametrize("body, message", [

@@ -112,21 +112,21 @@ def test_generate_equals_plain_greedy(tiny_llama):
         assert engine.Engine(loaded, chunk_size=chunk).generate(prompt, 6) == want
 
 
-def test_planner_is_deterministic_and_switches_to_stream_then_prefill(tiny_llama):
-    loaded = models.load(str(tiny_llama))
-    eng = engine.Engine(loaded)
-    assert str(eng.plan(4096)) == "single"
-    single = eng.plan(4096).estimate_bytes
-    eng.max_memory = single - 1
-    plan = eng.plan(4096)
-    assert plan.strategy == "stream" and plan.fits and plan.estimate_bytes <= single - 1
-    assert eng.plan(4096) == plan
-    eng.stream_exact = False  # a model that does not stream: chunked prefill
-    plan = eng.plan(4096)
-    assert plan.strategy == "prefill" and plan.fits and plan.estimate_bytes <= single - 1
-    assert eng.plan(4096) == plan
-    eng.max_memory = 1000
-    assert not eng.plan(4096).fits
+def test_planner_is_deterministic_and_switches_to_stream_then_prefill(family_dirs):
+    """Under a budget below the single pass the plan streams; for a family the engine refuses to stream
+    (HyperCLOVAX: not in the stream table) it is a chunked prefill; below every plan nothing fits."""
+    for family, below_single in (("llama", "stream"), ("hyperclovax", "prefill")):
+        loaded = models.load(str(family_dirs[family]))
+        single = engine.Engine(loaded).plan(4096)
+        assert str(single) == "single", family
+        budget = single.estimate_bytes - 1
+        eng = engine.Engine(loaded, max_memory=budget)
+        assert eng.stream_exact == (below_single == "stream"), family
+        plan = eng.plan(4096)
+        assert plan.strategy == below_single and plan.fits and plan.estimate_bytes <= budget, family
+        assert eng.plan(4096) == plan  # the same plan again, and from another engine with that budget
+        assert engine.Engine(loaded, max_memory=budget).plan(4096) == plan
+        assert not engine.Engine(loaded, max_memory=1000).plan(4096).fits
 
 
 def test_longrope_across_original_max_positions_matches_fresh_models(tmp_path):
@@ -136,13 +136,14 @@ def test_longrope_across_original_max_positions_matches_fresh_models(tmp_path):
     override = rope_config.RopeOverride(rope_type="longrope", params={
         "short_factor": [1.0 + 0.1 * i for i in range(dim_half)],
         "long_factor": [2.0 + 0.5 * i for i in range(dim_half)]})
-    eng = engine.Engine(models.load(str(path), override))
+    loaded = models.load(str(path), override)
+    engines = {chunk: engine.Engine(loaded, chunk_size=chunk) for chunk in (None, 40)}  # each, every length
     ids = ids_of(300, seed=4)
     for length in (300, 50, 64, 65, 200):
         ref = plain_nll(path, override, ids[:length])
-        for chunk in (None, 40):
-            eng.chunk_size = chunk
+        for chunk, eng in engines.items():
             assert torch.allclose(eng.token_nll(ids[:length]), ref, rtol=1e-5, atol=1e-5), (length, chunk)
+    eng = engines[None]
     assert not torch.allclose(eng.token_nll(ids[:200])[:63], eng.token_nll(ids[:64]), rtol=1e-4)
 
 
@@ -224,13 +225,17 @@ def test_sliding_window_layers_never_reuse(family_dirs):
 
 
 def test_answer_score_frees_the_kept_cache_unless_the_budget_holds_both(tiny_llama):
-    eng = engine.Engine(models.load(str(tiny_llama)))
+    """A budget that holds a 240-token prompt's single pass and its cache: a short answer score runs beside
+    the kept cache, a longer one (whose pass with a cache does not fit) frees it first."""
+    loaded = models.load(str(tiny_llama))
     first, second = prefix_prompts(200)
+    budget = engine.Engine(loaded).plan(len(first), generation=True).estimate_bytes
+    eng = engine.Engine(loaded, max_memory=budget)
+    longer = first + second
+    assert eng.plan(len(first), generation=True).strategy == "single"
+    assert eng.plan(len(longer), generation=True).strategy != "single"
     eng.generate_batch([first], 2)
     eng.answer_score(first[:100], first[100:105])  # a single pass with a cache fits: the cache stays
     assert eng.generate_batch([second], 2).ran[0].prefix_reused == 200
-    budget, eng.max_memory = eng.max_memory, 1  # (test only) nothing fits: the planner streams
-    assert eng.plan(105, generation=True).strategy != "single"
-    eng.answer_score(first[:100], first[100:105])
-    eng.max_memory = budget
-    assert eng.generate_batch([first], 2).ran[0].prefix_reused == 0
+    eng.answer_score(longer[:-5], longer[-5:])  # does not fit beside the kept cache: freed
+    assert eng.generate_batch([first], 2).ran[0].prefix_reused == 0  # (kept: 200, shared with second)

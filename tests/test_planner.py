@@ -4,6 +4,7 @@ rows additively over shared weights; a pass peaks in its larger phase (decoder l
 generation prompts count the KV cache kept for decoding (on the device, or offloaded on CUDA when it does
 not fit), and never change a scoring plan."""
 
+import dataclasses
 import gc
 from itertools import pairwise
 from pathlib import Path
@@ -378,14 +379,12 @@ def test_prefill_uses_the_generation_plan(tiny_llama, monkeypatch):
     is layer-streamed into a cache on the device (CPU), and the tokens equal an unbudgeted generation."""
     loaded = models.load(str(tiny_llama))
     prompt = torch.randint(0, 256, (3000,), generator=torch.Generator().manual_seed(3)).tolist()
-    eng = engine.Engine(loaded)
-    want = eng.generate(prompt, 4)
-    single = eng.plan(3000).estimate_bytes
-    eng.max_memory = single - 1
-    scoring = eng.plan(3000)
+    want = engine.Engine(loaded).generate(prompt, 4)
+    single = engine.Engine(loaded).plan(3000).estimate_bytes
+    scoring = engine.Engine(loaded, max_memory=single - 1).plan(3000)
     assert scoring.strategy == "stream"
-    cache = planner.kv_cache_bytes(eng.config, 3000, eng.dtype)
-    eng.max_memory = scoring.estimate_bytes + cache
+    cache = planner.kv_cache_bytes(loaded.config, 3000, loaded.dtype)
+    eng = engine.Engine(loaded, max_memory=scoring.estimate_bytes + cache)
     gen = eng.plan(3000, generation=True)
     assert gen == Plan("stream", scoring.chunk, scoring.estimate_bytes + cache)
     offloads = []
@@ -394,21 +393,38 @@ def test_prefill_uses_the_generation_plan(tiny_llama, monkeypatch):
                         lambda model, offload=False: offloads.append(offload) or real(model))
     assert eng.generate(prompt, 4) == want
     assert offloads == [False]
-    # the engine asks for the generation plan and takes its offload decision from it
-    monkeypatch.setattr(eng, "plan", lambda length, strategy=None, generation=False, **_:
-                        Plan("stream", 1024, 0, offload=generation))
+    # the engine takes its offload decision from the generation plan: a planner that offloads it (as on CUDA
+    # where the cache does not fit) gets an offloaded cache, and the same tokens
+    real_plan = engine.make_plan
+    monkeypatch.setattr(engine, "make_plan", lambda *args, **kw: dataclasses.replace(
+        real_plan(*args, **kw), offload=kw["generation"]))
     assert eng.generate(prompt, 4) == want
     assert offloads == [False, True]
 
 
-def test_engine_offloads_only_on_cuda(tmp_path):
-    """The decision only (no cache is built): a 6-layer model, where two layers' K/V are a third of all."""
-    eng = engine.Engine(models.load(str(make_tiny(tmp_path / "six", num_hidden_layers=6))), strategy="stream",
-                        chunk_size=64)
-    stream = eng.plan(3000)
-    eng.max_memory = stream.estimate_bytes + planner.kv_cache_bytes(eng.config, 3000, eng.dtype) - 1
-    assert not eng.plan(3000, generation=True).offload  # CPU: never
-    eng.device = torch.device("cuda")
+def _six_layers(tmp_path, device: str):
+    """A 6-layer model (two layers' K/V are a third of all) and, under a budget of its stream:64 plan's
+    estimate plus its whole cache less one byte, an engine that streams in chunks of 64."""
+    loaded = models.load(str(make_tiny(tmp_path / "six", num_hidden_layers=6)), RopeOverride(),
+                         dtype="float32", device=device, attn="sdpa")
+    stream = engine.Engine(loaded, strategy="stream", chunk_size=64).plan(3000)
+    cache = planner.kv_cache_bytes(loaded.config, 3000, loaded.dtype)
+    return engine.Engine(loaded, strategy="stream", chunk_size=64,
+                         max_memory=stream.estimate_bytes + cache - 1)
+
+
+def test_engine_never_offloads_on_cpu(tmp_path):
+    """The decision only (no cache is built): the cache does not fit beside the stream pass, but on CPU it
+    is never offloaded (the plan does not fit instead)."""
+    eng = _six_layers(tmp_path, "cpu")
+    gen = eng.plan(3000, generation=True)
+    assert gen.strategy == "stream" and not gen.offload and not gen.fits
+    assert not eng.plan(3000).offload  # scoring keeps no cache
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the engine plans for CUDA only on a CUDA device")
+def test_engine_offloads_on_cuda_when_the_cache_does_not_fit(tmp_path):
+    eng = _six_layers(tmp_path, "cuda")
     gen = eng.plan(3000, generation=True)
     assert str(gen) == "stream:64+offload" and gen.fits
     on_cuda = eng.plan(3000)  # its stream step also holds K/V repeated for CUDA's float32 GQA kernel

