@@ -31,6 +31,7 @@ from harness.report.curves import (
     percentile_interval,
     setting_seed,
 )
+from harness.report.families import family_of, model_families, setting_colors, setting_order
 from harness.report.lawblock import law_group, measured_critical_dim, predict_for
 from harness.report.load import LAW_COLUMNS
 
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
 
 TABLE_COLUMNS = ["setting", "task", "metric", "length", "mean", "ci_low", "ci_high", "n", "n_failed"]
 
-__all__ = ["TABLE_COLUMNS", "Analysis", "FigureContext", "analyze", "predict_for", "setting_colors",
-           "setting_order"]
+__all__ = ["TABLE_COLUMNS", "Analysis", "FigureContext", "analyze", "family_of", "model_families",
+           "predict_for", "setting_colors", "setting_order"]
 
 
 def _first(frame: pd.DataFrame, col: str):
@@ -49,50 +50,10 @@ def _first(frame: pd.DataFrame, col: str):
     return values.iloc[0] if len(values) else None
 
 
-def family_of(model: str) -> str:
-    """The zoo's checkpoints are one family (one tokenizer, one pre-training); any other model is its own."""
-    return "zoo" if model.startswith("zoo:") else model
-
-
-def model_families(records: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Records split by model family: the zoo's checkpoints share one, any other model is its own. Settings of
-    different models (other tokenizers, other training) never share an axis; one family -> {"": records}."""
-    models = records["model"].astype(str) if "model" in records else pd.Series("", index=records.index)
-    family = models.map(family_of)
-    names = list(dict.fromkeys(family))
-    if len(names) <= 1:
-        return {"": records}
-    return {name: records[family == name] for name in names}
-
-
 def _latest(frame: pd.DataFrame, col: str):
     """The last non-null value of a column, in the order the records were written."""
     values = frame[col].dropna() if col in frame else []
     return values.iloc[-1] if len(values) else None
-
-
-def setting_order(records: pd.DataFrame) -> list[str]:
-    """Settings ordered by model family, rope type, theta (as a number: 40 before 1e7), label: legends and
-    colours follow this order."""
-    first = records.groupby("setting", sort=False).first()
-    keys = []
-    for setting, row in first.iterrows():
-        theta = pd.to_numeric(row.get("rope_theta"), errors="coerce")
-        keys.append((family_of(str(row.get("model") or "")), str(row.get("rope_type") or ""),
-                     float(theta) if pd.notna(theta) else 0.0, str(setting), setting))
-    return [k[-1] for k in sorted(keys, key=lambda k: k[:-1])]
-
-
-def setting_colors(settings: Sequence[str]) -> dict[str, Any]:
-    """tab10 in setting order (a sampled viridis beyond ten settings)."""
-    from matplotlib import colormaps
-
-    settings = list(settings)
-    if len(settings) <= 10:
-        cmap = colormaps["tab10"]
-        return {s: cmap(i) for i, s in enumerate(settings)}
-    cmap = colormaps["viridis"]
-    return {s: cmap(i / max(1, len(settings) - 1)) for i, s in enumerate(settings)}
 
 
 @dataclass
