@@ -6,7 +6,9 @@ law block of each setting from `lawblock` (Liu's limit, the retrieval bound, d_m
 `checks`, bootstrap CIs via `curves`, and the extra tables its figures draw, `tables`) -> the task's figure
 functions (`figures/<task>.py`, found by `registry`, drawn with `plots`, `overlay` (both limits on a length
 axis), `mvp` (measured vs predicted) and `basefig` (length vs base)) -> the page's blocks (`page`) ->
-report.md and a self-contained report.html (`render`); `build.build_report` runs them in this order.
+report.md and a self-contained report.html (`render`); `build.build_report` runs them in this order. The
+page opens with one verdict per model family (`verdict`, read off `headline`) and the first family's most
+telling figure; `families` holds the model families, the setting order and the colours.
 
 This file stays import-light (no pandas) so that the CLI can build its parser without the analysis;
 `build_report` and `command` are loaded on first use.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build_report", "command"]
+__all__ = ["build_report", "command", "console_answer"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,14 +13,14 @@ settings).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.report.base import NoData, NotApplicable, fmt_base, fmt_length
-from harness.report.mvp import NO_FINETUNE_TEXT, marker_size, point_label, spread_points
+from harness.report.mvp import NO_FINETUNE_TEXT, marker_size, point_label, size_handle, spread_points
 from harness.report.overlay import RETRIEVAL_STYLE, TRAIN_STYLE
-from harness.report.plots import finish_legend, split_panels, style_axes
+from harness.report.plots import ci_handle, finish_legend, split_panels, style_axes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -47,23 +47,24 @@ def _format_axes(ax: Axes) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _measured(ax: Axes, ctx: FigureContext, analysis: Analysis, group: str) -> tuple[bool, bool]:
-    """The group's measured lengths as points at their base; returns whether any is censored and whether any
-    changed its base without fine-tuning."""
+def _measured(ax: Axes, ctx: FigureContext, analysis: Analysis, group: str) -> set[str]:
+    """The group's measured lengths as points at their base; returns the kinds drawn that the legend must
+    explain: 'censored', 'untuned' (base changed without fine-tuning), 'ci' (CI bars), 'sizes' (points
+    sharing a base, drawn large to small)."""
     settings = analysis.settings
     rows = settings[(settings["law_group"] == group)] if "law_group" in settings else settings.iloc[0:0]
     rows = rows[np.isfinite(rows["measured_limit"].astype(float))]
     rows = rows.loc[[s for s in ctx.order if s in rows.index]]
     placed = spread_points([float(b) for b in rows["rope_theta"]], 1.5)
-    censored_any = untuned_any = False
+    kinds: set[str] = set()
     for (setting, row), (x, rank, size) in zip(rows.iterrows(), placed, strict=True):
         untuned = bool(row.get("law_assumes_finetune", False))
-        untuned_any |= untuned
         color = ctx.colors[setting]
         value, lo, hi = (float(row[k]) for k in ("measured_limit", "measured_ci_low", "measured_ci_high"))
         censored = bool(row["measured_censored"])
-        censored_any |= censored
+        kinds |= {k for k, on in (("untuned", untuned), ("censored", censored), ("sizes", size > 1)) if on}
         if np.isfinite(lo) and np.isfinite(hi):
+            kinds.add("ci")
             ax.errorbar([x], [value], yerr=[[max(0.0, value - lo)], [max(0.0, hi - value)]], fmt="none",
                         ecolor=color, elinewidth=1.2, capsize=3, zorder=4 + rank)
         ax.plot([x], [value], marker="o", markersize=marker_size(rank, size), linestyle="none", color=color,
@@ -73,7 +74,7 @@ def _measured(ax: Axes, ctx: FigureContext, analysis: Analysis, group: str) -> t
         if censored:
             ax.annotate("", xy=(x, value * 1.6), xytext=(x, value * 1.05), zorder=5,
                         arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": 1.3})
-    return censored_any, untuned_any
+    return kinds
 
 
 def plot_limit_vs_base(ax: Axes, ctx: FigureContext, analysis: Analysis) -> None:
@@ -105,7 +106,7 @@ def plot_limit_vs_base(ax: Axes, ctx: FigureContext, analysis: Analysis) -> None
             axis.axhline(tune, color="0.35", linestyle="--", linewidth=0.9, zorder=1, gid="base-tune")
             refs.append(Line2D([], [], color="0.35", linestyle="--", linewidth=0.9,
                                label=f"T_tune = {fmt_length(tune)}"))
-        censored, untuned = _measured(axis, ctx, analysis, group)
+        kinds = _measured(axis, ctx, analysis, group)
         axis.set_xlim(lo_base, float(rows["base"].max()))
         _format_axes(axis)
         axis.text(math.sqrt(lo_base * beta3), 0.5, "Liu: no upper bound",
@@ -118,12 +119,14 @@ def plot_limit_vs_base(ax: Axes, ctx: FigureContext, analysis: Analysis) -> None
         label = analysis.spec.label(analysis.factor, analysis.delta)
         axis.set_title(f"{group}\nmeasured: {label}", fontsize=7.5)
         style_axes(axis)
-        handles = [Line2D([], [], color=LIU_COLOR, linewidth=1.7, label="Liu law (predicted limit)"),
-                   Line2D([], [], color=RETRIEVAL_COLOR, **RETRIEVAL_STYLE, label="retrieval bound (Men)"),
-                   *refs]
-        if censored:
-            handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
-                                  label="censored (\u2265, arrow)"))
-        if untuned:
-            handles.append(Line2D([], [], linestyle="none", label=NO_FINETUNE_TEXT))
-        finish_legend(axis, handles)
+        found: list[Any] = [Line2D([], [], color=LIU_COLOR, linewidth=1.7, label="Liu law (predicted limit)"),
+                            Line2D([], [], color=RETRIEVAL_COLOR, **RETRIEVAL_STYLE,
+                                   label="retrieval bound (Men)"), *refs]
+        if "censored" in kinds:
+            found.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
+                                label="censored (\u2265, arrow)"))
+        found += [ci_handle(ctx.ci)] if "ci" in kinds else []
+        found += [size_handle("a base")] if "sizes" in kinds else []
+        if "untuned" in kinds:
+            found.append(Line2D([], [], linestyle="none", label=NO_FINETUNE_TEXT))
+        finish_legend(axis, found)

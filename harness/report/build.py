@@ -33,11 +33,11 @@ from harness.report.analysis import (
 from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, DEFAULT_MIN_SAMPLES
 from harness.report.headline import headline, headline_text
 from harness.report.load import RunRecords, load_runs
-from harness.report.page import caption, provenance_items, task_blocks, task_order
+from harness.report.page import caption, opening_blocks, provenance_items, task_blocks, task_order
 from harness.report.registry import FigureFn, task_figures, task_measures
 from harness.report.render import Block, to_html, to_markdown
 
-__all__ = ["build_report", "caption", "command"]
+__all__ = ["build_report", "caption", "command", "console_answer"]
 
 # summary.csv. Both limits: predicted_limit (Liu) and retrieval_bound (Men); critical_base = Liu's beta0.
 # measured_critical_dim*: d ln(T / 2 pi) / ln(rope_theta) of the measured length and its CI, larger-base
@@ -161,16 +161,13 @@ def with_law_inputs(records: pd.DataFrame, law: dict[str, list[tuple[str | None,
     return records
 
 
-def _write_outputs(tmp: Path, loaded: RunRecords, contexts: list[tuple[FigureContext, dict[str, FigureFn]]],
-                   notes: list[str], log: Callable[[str], None] | None) -> list[Block]:
-    """Write the CSV files and figures into `tmp`; return the report's blocks (figure failures go to
-    `notes`)."""
-    records = loaded.records
-    views = [view for ctx, _ in contexts for view in ctx.analyses.values()]
+def _write_tables(tmp: Path, records: pd.DataFrame, contexts: list[FigureContext]) -> pd.DataFrame:
+    """summary.csv, table.csv and, where cells failed, failed.csv; returns the failed cells."""
+    views = [view for ctx in contexts for view in ctx.analyses.values()]
     summary = pd.concat([v.summary for v in views], ignore_index=True) if views else pd.DataFrame()
     summary = summary.reindex(columns=SUMMARY_COLUMNS)
     # table.csv: every per-length definition, the figure-only ones (e.g. ppl_sliding@L) included when present
-    extras = [v for ctx, _ in contexts for v in ctx.extras.values()]
+    extras = [v for ctx in contexts for v in ctx.extras.values()]
     tables = [v.table for v in views + extras if v.spec.source == "records" and v.table["mean"].notna().any()]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TABLE_COLUMNS)
     table = table.reindex(columns=TABLE_COLUMNS)
@@ -179,10 +176,21 @@ def _write_outputs(tmp: Path, loaded: RunRecords, contexts: list[tuple[FigureCon
     failed = records[records["status"] != "ok"].reindex(columns=FAILED_COLUMNS)
     if len(failed):
         failed.to_csv(tmp / "failed.csv", index=False)
+    return failed
 
-    blocks = [Block("h1", "rope-harness report")]
+
+def _write_outputs(tmp: Path, loaded: RunRecords, contexts: list[tuple[FigureContext, dict[str, FigureFn]]],
+                   notes: list[str], log: Callable[[str], None] | None) -> list[Block]:
+    """Write the CSV files and figures into `tmp`; return the report's blocks (figure failures go to
+    `notes`). Order: the verdict per family and one figure (the first screen), the answer per setting, runs
+    and provenance (collapsed), one section per task and family, failed cells, notes."""
+    failed = _write_tables(tmp, loaded.records, [ctx for ctx, _ in contexts])
     answer = headline([ctx for ctx, _ in contexts])
     (tmp / "headline.txt").write_text(headline_text(answer) + "\n" if len(answer) else "", encoding="utf-8")
+    log = log or (lambda m: print(m, file=sys.stderr))
+    sections = [block for ctx, figures in contexts for block in task_blocks(ctx, figures, tmp, notes, log)]
+    opening = opening_blocks(answer, [ctx for ctx, _ in contexts], sections)  # moves its figure up
+    blocks = [Block("h1", "rope-harness report"), *opening]
     if len(answer):
         blocks += [Block("h2", "What was measured"),
                    Block("p", "Per setting, the measured extrapolation length by the definition that tests "
@@ -198,10 +206,7 @@ def _write_outputs(tmp: Path, loaded: RunRecords, contexts: list[tuple[FigureCon
                              "table.csv (per setting, task, metric and length: aggregate, bootstrap CI over "
                              "samples, n)"
                         + (", failed.csv (every failed cell)" if len(failed) else "") + "."))
-    blocks.append(Block("end", ""))
-    for ctx, figures in contexts:
-        blocks += task_blocks(ctx, figures, tmp, notes, log or (lambda m: print(m, file=sys.stderr)))
-    blocks.append(Block("h2", "Failed cells"))
+    blocks += [Block("end", ""), *sections, Block("h2", "Failed cells")]
     if len(failed):
         more = f" First {MAX_FAILED_LISTED} shown; all in failed.csv." if len(failed) > MAX_FAILED_LISTED \
             else ""
@@ -215,11 +220,30 @@ def _write_outputs(tmp: Path, loaded: RunRecords, contexts: list[tuple[FigureCon
     return blocks
 
 
+def console_answer(report_dir: Path) -> str:
+    """What the console prints after a report's path (`run` and `report` alike): the headline of
+    headline.txt under its title; '' when the report measured nothing."""
+    answer = Path(report_dir) / "headline.txt"
+    if not answer.is_file() or not answer.stat().st_size:
+        return ""
+    return ("\nWhat was measured (the measured limit against Liu's law and the retrieval bound):\n"
+            + answer.read_text(encoding="utf-8"))
+
+
+def _law_flags_line(law: dict[str, list[tuple[str | None, float]]]) -> str:
+    """Which law inputs the flags set, so that the headline below reads as their consequence."""
+    said = [f"{key} = {value:g} for {'every setting' if label is None else repr(label)}"
+            for key, pairs in law.items() for label, value in pairs]
+    return f"law inputs from the flags (no rerun): {'; '.join(said)}" if said else ""
+
+
 def command(args: argparse.Namespace) -> int:
     """`rope-harness report` (its parser: harness/cli/__init__.py, add_report_parser)."""
+    law = {k: getattr(args, k) for k in ("pretrain_base", "train_len", "tune_len") if getattr(args, k, None)}
     out = build_report(args.run_dirs, args.out, factors=args.factor, deltas=args.delta, n_boot=args.bootstrap,
-                       seed=args.seed, ci=args.ci, tasks=args.task, min_samples=args.min_samples,
-                       law={k: getattr(args, k) for k in ("pretrain_base", "train_len", "tune_len")
-                            if getattr(args, k, None)})
+                       seed=args.seed, ci=args.ci, tasks=args.task, min_samples=args.min_samples, law=law)
     print(f"report written to {out / 'report.md'} (and report.html, summary.csv, table.csv)")
+    if law:
+        print(_law_flags_line(law))
+    print(console_answer(out), end="")  # as `run` ends: a changed law input shows its consequence here
     return 0

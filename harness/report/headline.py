@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from harness.report.analysis import Analysis, FigureContext
+from harness.report.families import family_of
 
 
 def law_view(ctx: FigureContext) -> Analysis:
@@ -84,6 +85,7 @@ def headline(contexts: list[FigureContext]) -> pd.DataFrame:
     for ctx in contexts:
         view = law_view(ctx)
         for _, row in view.settings.iterrows():
+            model = row["model"] if isinstance(row["model"], str) else ""
             rows.append({
                 "task": ctx.task + (f" ({ctx.family})" if ctx.family else ""), "setting": row["setting"],
                 "measure": view.spec.key, "measured": float(row["measured_limit"]),
@@ -94,6 +96,12 @@ def headline(contexts: list[FigureContext]) -> pd.DataFrame:
                 "ratio_retrieval": _ratio(row["measured_limit"], row["retrieval_bound"]),
                 "n_samples": row["n_samples"],
                 "sentence": _sentence(row, view.spec.name) + _fallback(ctx, view, row),
+                # what the verdict (verdict.py) reads: the family, the premise, and why a length is missing
+                "task_name": ctx.task, "family": family_of(model),
+                "measure_name": view.spec.name, "regime": row["regime"],
+                "untuned": bool(row.get("law_assumes_finetune", False)),
+                "warning": row["warning"] if isinstance(row.get("warning"), str) else "",
+                "note": row["note"] if isinstance(row.get("note"), str) else "",
             })
     return pd.DataFrame(rows)
 

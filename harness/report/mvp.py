@@ -2,18 +2,20 @@
 
 Settings with the same predicted limit (the zoo's tuning-bounded bases all predict T_tune) would hide
 each other's markers: within such a group the points are spread a few percent apart in x, drawn
-largest first, so every marker and CI bar stays visible. The legend lists only the marker kinds drawn.
+largest first, so every marker and CI bar stays visible. The legend lists only the marker kinds drawn, and
+says what the CI bars are and, where sizes differ, what marker size encodes (the drawing order, nothing
+else).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.report.base import NoData, fmt_length
-from harness.report.plots import finish_legend, format_length_axis, style_axes
+from harness.report.plots import Handles, ci_handle, finish_legend, format_length_axis, handles, style_axes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -82,6 +84,17 @@ def marker_size(rank: int, size: int) -> float:
     return 7.0 if size < 2 else 9.0 - 4.0 * rank / (size - 1)
 
 
+def size_handle(shared: str) -> Handles:
+    """The legend entry that says what marker size encodes: only the drawing order within a group of points
+    that share `shared` (e.g. 'a predicted limit'), so that none hides another."""
+    from matplotlib.lines import Line2D
+
+    big, small = (Line2D([], [], color="0.3", marker="o", markersize=marker_size(k, 2), linestyle="none")
+                  for k in (0, 1))
+    return handles(big, small, label=f"large to small: settings sharing {shared},\nspread in x so that "
+                                     "none hides another\n(size encodes nothing else)")
+
+
 def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, analysis: Analysis, share_limits: bool = True
                                ) -> None:
     """Measured extrapolation length vs the law's prediction per setting (log-log, y = x, CI bars).
@@ -106,7 +119,9 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, analysis: Analysis,
         kinds.add(regime if regime in REGIME_MARKERS else "other")
         kinds |= {"censored"} if censored else set()
         kinds |= {"untuned"} if untuned else set()
+        kinds |= {"sizes"} if size > 1 else set()
         if np.isfinite(lo) and np.isfinite(hi):
+            kinds.add("ci")
             ax.errorbar([x], [measured], yerr=[[max(0.0, measured - lo)], [max(0.0, hi - measured)]],
                         fmt="none", ecolor=color, elinewidth=1.2, capsize=3, zorder=3 + rank)
         ax.plot([x], [measured], marker=marker, markersize=marker_size(rank, size),
@@ -143,8 +158,12 @@ def plot_measured_vs_predicted(ax: Axes, ctx: FigureContext, analysis: Analysis,
               "other": ("D", "other regime", "0.3"),
               "censored": ("o", "censored (\u2265, never failed)", "white"),
               "untuned": ("", NO_FINETUNE_TEXT, "none")}
-    extra = [Line2D([], [], color="0.3", marker=m, markerfacecolor=face, linestyle="none", label=text)
-             for kind, (m, text, face) in legend.items() if kind in kinds]
+    extra: list[Any] = [Line2D([], [], color="0.3", marker=m, markerfacecolor=face, linestyle="none",
+                               label=text) for kind, (m, text, face) in legend.items() if kind in kinds]
+    extra += [ci_handle(ctx.ci)] if "ci" in kinds else []
+    extra += [size_handle("a predicted limit")] if "sizes" in kinds else []
+    if "untuned" in kinds:  # a text-only entry: last, under the marks it does not show
+        extra.append(extra.pop(next(k for k, h in enumerate(extra) if h.get_label() == NO_FINETUNE_TEXT)))
     finish_legend(ax, extra)
     if aside:
         title = "Not on this plot (no predicted limit, or no measured length):"

@@ -1,10 +1,12 @@
 """The report page's content as Blocks (render.py turns them into report.md and report.html).
 
-Order: runs and their provenance (run.json: command, commit, versions, device, dates), then one section per
-task, the headline perplexity first: its definitions, the law block of every setting (both limits: Liu's
-predicted limit and Men's retrieval bound), warnings for settings whose measured length would mislead, a
-compact table per measured-length definition (measured [CI], ratios to both limits, the measured critical
-dimension, the reason where a value is missing), the figures, and the per-length tables.
+Order: the first screen (`opening_blocks`: one verdict per model family, real models first, and the first
+family's most telling figure), runs and their provenance (run.json: command, commit, versions, device,
+dates), then one section per task, the headline perplexity first: its definitions, the law block of every
+setting (both limits: Liu's predicted limit and Men's retrieval bound), warnings for settings whose measured
+length would mislead, a compact table per measured-length definition (measured [CI], ratios to both limits,
+the measured critical dimension, the reason where a value is missing), the figures, and the per-length
+tables.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import pandas as pd
 from harness.core.values import safe_name
 from harness.report.analysis import Analysis, FigureContext
 from harness.report.base import NoData, NotApplicable, fmt_base, fmt_length
+from harness.report.families import family_of
 from harness.report.load import RunRecords
 from harness.report.registry import FigureFn
 from harness.report.render import Block, render_figure
+from harness.report.verdict import Verdict, verdicts
 
 HEADLINE_TASK = "perplexity"
 
@@ -173,11 +177,16 @@ def caption(fn: FigureFn, name: str) -> str:
     return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
 
 
+def figure_file(ctx: FigureContext, name: str) -> str:
+    """The PNG file of a task's figure `name`: one per task and model family."""
+    return f"{ctx.task}_{safe_name(ctx.family, 'model') + '_' if ctx.family else ''}{name}.png"
+
+
 def _figure_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, notes: list[str],
                    log: Callable[[str], None]) -> list[Block]:
     blocks = []
     for name, fn in figures.items():
-        filename = f"{ctx.task}_{safe_name(ctx.family, 'model') + '_' if ctx.family else ''}{name}.png"
+        filename = figure_file(ctx, name)
         try:
             extra = render_figure(fn, ctx, tmp / filename)
         except NotApplicable:
@@ -259,3 +268,46 @@ def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, not
     if per_length:
         blocks += [Block("details", "Values per length"), *per_length, Block("end", "")]
     return blocks
+
+
+def context_family(ctx: FigureContext) -> str:
+    """The model family of a task's settings (ctx.family is '' where the task holds one family only)."""
+    if ctx.family:
+        return ctx.family
+    models = ctx.default.settings["model"].dropna() if len(ctx.default.settings) else []
+    return family_of(str(models.iloc[0])) if len(models) else ""
+
+
+def _top_figure(found: list[Verdict], contexts: list[FigureContext], sections: list[Block]) -> Block | None:
+    """The most telling figure of the first family that has one, taken out of its task's section (a line
+    there says where it went), so that the page shows it once."""
+    for verdict in found:
+        mine = [ctx for ctx in contexts if context_family(ctx) == verdict.family]
+        for name in verdict.figures:
+            for ctx in mine:
+                file = figure_file(ctx, name)
+                at = next((k for k, b in enumerate(sections) if b.kind == "img" and b.content == file), None)
+                if at is not None:
+                    caption = sections[at].caption
+                    sections[at] = Block("p", f"Figure {file}: shown at the top of the report, under the "
+                                              "verdict.")
+                    family = f" ({ctx.family})" if ctx.family else ""
+                    return Block("img", file, f"{ctx.task}{family}: {caption}")
+    return None
+
+
+def opening_blocks(answer: pd.DataFrame, contexts: list[FigureContext], sections: list[Block]) -> list[Block]:
+    """The report's first screen: one verdict per model family (verdict.py), real models first, then the
+    first family's most telling figure, moved up from `sections` (the task sections, already drawn)."""
+    found = verdicts(answer)
+    if not found:
+        return []
+    ci = contexts[0].ci if contexts else 0.95
+    blocks = [Block("h2", "Verdict"),
+              Block("p", "Per model family, real models first, one setting (the one that tests the law best; "
+                         "every setting under What was measured): its measured limit per task with its "
+                         f"{100 * ci:g}% CI over samples, as a multiple of Liu et al.'s extrapolation limit "
+                         "(Liu) and of Men et al.'s retrieval bound (Men)."),
+              Block("ul", [v.text for v in found])]
+    figure = _top_figure(found, contexts, sections)
+    return blocks + ([figure] if figure is not None else [])

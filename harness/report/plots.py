@@ -102,13 +102,44 @@ def band_caption(banded: bool, ctx: FigureContext) -> str:
     return "No CI band: fewer than two samples per setting."
 
 
+class Handles(tuple):
+    """Several legend handles drawn side by side as one entry (e.g. a large and a small marker), with its
+    label."""
+
+    label: str = ""
+
+    def get_label(self) -> str:
+        return self.label
+
+
+def handles(*items: Any, label: str) -> Handles:
+    entry = Handles(items)
+    entry.label = label
+    return entry
+
+
+def ci_handle(ci: float) -> Any:
+    """A legend entry for the CI bars of measured points: a bar with caps, as drawn."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.lines import Line2D
+
+    cap = Line2D([], [], color="0.3", marker="_", markersize=6, linestyle="none")
+    return ErrorbarContainer((None, (cap, cap), (LineCollection([], colors="0.3", linewidths=1.2),)),
+                             has_xerr=False, has_yerr=True, label=f"{100 * ci:g}% CI over samples")
+
+
 def finish_legend(ax: Axes, extra: Sequence[Any] = (), title: str | None = None) -> None:
-    """Setting curves + `extra` handles in one compact legend right of the axes."""
-    handles, labels = ax.get_legend_handles_labels()
-    handles = list(handles) + list(extra)
+    """Setting curves + `extra` handles in one compact legend right of the axes (a `Handles` entry shows its
+    handles side by side)."""
+    from matplotlib.legend_handler import HandlerTuple
+
+    found, labels = ax.get_legend_handles_labels()
+    found = list(found) + list(extra)
     labels = list(labels) + [h.get_label() for h in extra]
-    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=7.5,
-              title=title, title_fontsize=8, handlelength=2.2, borderaxespad=0.0)
+    ax.legend(found, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=7.5,
+              title=title, title_fontsize=8, handlelength=2.2, borderaxespad=0.0,
+              handler_map={Handles: HandlerTuple(ndivide=None, pad=0.6)})
 
 
 def split_panels(ax: Axes, n: int, width: float = 3.3, height: float = 2.6) -> list[Axes]:

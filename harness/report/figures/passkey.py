@@ -24,6 +24,7 @@ from harness.report.overlay import (
     PREDICTED_STYLE,
     RETRIEVAL_STYLE,
     TRAIN_STYLE,
+    TUNE_STYLE,
     law_legend_handles,
     law_overlay,
     mark_measured,
@@ -128,26 +129,55 @@ def limit_vs_base_logprob(ctx: FigureContext, ax: Axes) -> None:
 # ============================================================================================ heatmaps
 
 
+# the heatmaps' vertical lines, one kind per limit: (summary column, gid prefix, style, legend label)
+LAW_COLUMNS = (("train_len", "law-train", TRAIN_STYLE, "training length"),
+               ("tune_len", "law-tune", TUNE_STYLE, "tuning length (the window)"),
+               ("predicted_limit", "law-predicted", PREDICTED_STYLE, "predicted limit (Liu law)"),
+               ("retrieval_bound", "law-retrieval", RETRIEVAL_STYLE, "retrieval bound (Men, B(m) < 0)"))
+
+
 def _law_columns(ax: Axes, view: Analysis, setting: str, lengths: np.ndarray) -> None:
-    """Training length (dotted), predicted limit (dashed) and retrieval bound (dash-dot) at their place on
-    the categorical length axis."""
+    """Training length (dotted), tuning length where it differs (sparse dots), predicted limit (dashed) and
+    retrieval bound (dash-dot) at their place on the categorical length axis."""
     if setting not in view.settings.index or len(lengths) < 2:
         return
     row = view.settings.loc[setting]
     logs = np.log(lengths)
-    for key, style, gid in (("train_len", TRAIN_STYLE, "law-train"),
-                            ("predicted_limit", PREDICTED_STYLE, "law-predicted"),
-                            ("retrieval_bound", RETRIEVAL_STYLE, "law-retrieval")):
-        value = row.get(key)
+    for key, gid, style, _ in LAW_COLUMNS:
         try:
-            value = float(value)
+            value = float(row.get(key))
         except (TypeError, ValueError):
             continue
+        if key == "tune_len" and value == float(row.get("train_len") or math.nan):
+            continue  # the window is the training length: one line says both
         if not (np.isfinite(value) and lengths[0] <= value <= lengths[-1]):
             continue
         x = float(np.interp(math.log(value), logs, np.arange(len(lengths))))
         line = ax.axvline(x, color="black", zorder=3, **style)
         line.set_gid(f"{gid}:{setting}")
+
+
+def _heatmap_legend(fig: Any, panels: list[Axes], grey: bool, hatched: bool) -> None:
+    """A key above the panels for every kind of line drawn on any of them (and grey / hatched cells where
+    there are some): the panels are too small for a legend each."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    drawn = {(line.get_gid() or "").split(":")[0] for axis in panels for line in axis.get_lines()}
+    handles: list[Any] = [Line2D([], [], color="black", label=label, **style)
+                          for _, gid, style, label in LAW_COLUMNS if gid in drawn]
+    if grey:
+        handles.append(Patch(facecolor="0.85", edgecolor="0.6", label="no ok cell"))
+    if hatched:
+        handles.append(Patch(facecolor="white", edgecolor="0.15", hatch="////",
+                             label="needle placed off the asked depth"))
+    if not handles:
+        return
+    boxes = [axis.get_position() for axis in panels]
+    left, right = min(b.x0 for b in boxes), max(b.x1 for b in boxes)
+    top = max(b.y1 for b in boxes) + 0.3 / fig.get_size_inches()[1]  # clear of the panel titles (0.3 in)
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=((left + right) / 2, top),
+               ncol=min(3, len(handles)), frameon=False, fontsize=7.5, handlelength=2.6)
 
 
 def _depth_flags(ctx: FigureContext, setting: str, depths: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -223,6 +253,8 @@ def _heatmap(ctx: FigureContext, ax: Axes, metric: str, label: str, cmap: str,
         bar = fig.colorbar(image, ax=panels, shrink=0.85, pad=0.03)
         bar.set_label(label, fontsize=8)
         bar.ax.tick_params(labelsize=7)
+    _heatmap_legend(fig, panels, bool(np.isnan(np.concatenate([t.ravel() for t in tables.values()])).any()),
+                    bool(flagged))
     if not flagged:
         return ""
     return (f"Hatched ({flagged} cells, achieved depth printed as @d): the prompt placed the needle more "
@@ -232,15 +264,15 @@ def _heatmap(ctx: FigureContext, ax: Axes, metric: str, label: str, cmap: str,
 
 def heatmap_accuracy(ctx: FigureContext, ax: Axes) -> str:
     """Passkey accuracy per context length x asked needle depth (mean over samples), one panel per setting;
-    dotted: training length, dashed: Liu's predicted limit, dash-dot: the retrieval bound (where inside the
-    grid); grey: no ok cell."""
+    the key above the panels names each vertical line (training length, the tuning window where it differs,
+    Liu's predicted limit, the retrieval bound; drawn where inside the grid); grey: no ok cell."""
     return _heatmap(ctx, ax, "correct", "accuracy", "RdYlGn", (0.0, 1.0), ".2f")
 
 
 def heatmap_logprob(ctx: FigureContext, ax: Axes) -> str:
     """Mean answer log-prob (nats) per context length x asked needle depth, one panel per setting: informative
-    even where accuracy sits at chance; dotted: training length, dashed: Liu's predicted limit, dash-dot: the
-    retrieval bound."""
+    even where accuracy sits at chance; the key above the panels names each vertical line (training length,
+    the tuning window where it differs, Liu's predicted limit, the retrieval bound)."""
     return _heatmap(ctx, ax, "answer_logprob", "answer log-prob (nats)", "viridis", None, ".1f")
 
 
