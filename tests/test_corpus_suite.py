@@ -243,8 +243,6 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     (["--max-memory", "1.5.5G"], "not a positive size"),  # was a ValueError traceback
     (["--max-memory", "24"], "24 bytes, less than 1 MiB: give the unit, e.g. 24GiB"),  # hung under the cap
     (["--device", "bogus"], "unknown --device 'bogus'"),
-    (["--depths", "0.5"], "--depths applies to --task longqa or passkey, not perplexity"),
-    (["--source", "x.jsonl"], "--source applies to --task longqa, not perplexity"),
     # argparse, one line
     (["--samples", "x"], "argument --samples: invalid int value: 'x' (see rope-harness run --help)"),
     # was the default depths
@@ -255,6 +253,22 @@ def test_run_flag_errors_are_one_line(extra, message, tiny_llama, text_corpus, t
             "--no-progress", "--out", str(tmp_path / "r")]
     code, err = run_cli([*base, *extra], capsys)
     assert code == 2 and message in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--depths", "0.5"), ("--source", "x.jsonl")])
+def test_a_task_option_the_task_lacks_names_the_tasks_that_take_it(flag, value, tiny_llama, text_corpus,
+                                                                   tmp_path, capsys):
+    from tasks.base import get_task, task_names
+
+    option = flag.removeprefix("--")
+    owners = [name for name in task_names() if option in get_task(name).option_names()]
+    assert owners and "perplexity" not in owners
+    code, err = run_cli(["--model", str(tiny_llama), "--corpus", str(text_corpus), "--lengths", "32",
+                         "--samples", "1", "--no-progress", "--out", str(tmp_path / "r"), flag, value],
+                        capsys)
+    assert code == 2 and f"{flag} applies to --task " in err and "not perplexity" in err and "\n" not in err
+    assert all(owner in err for owner in owners)
     assert not (tmp_path / "r").exists()
 
 
