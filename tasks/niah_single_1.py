@@ -1,0 +1,6 @@
+"""RULER's niah_single_1 (noise haystack, a number); the family is tasks/ruler/niah.py."""
+
+from tasks.ruler.niah import NiahFamily
+from tasks.ruler.task import make_task
+
+TASK = make_task("niah_single_1", NiahFamily("noise", "words", "numbers"))
