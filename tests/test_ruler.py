@@ -285,6 +285,8 @@ def test_refusals_name_the_problem(byte, tmp_path):
     short.write_text("A short text. It has two sentences.")
     with pytest.raises(InputError, match="haystack has .* tokens, fewer than"):
         prepared("niah_single_2", byte, [2000], haystack=str(short))
+    with pytest.raises(InputError, match="--haystack 'nosie': .*does not exist.*noise, essay, needle"):
+        prepared("niah_single_2", byte, [2000], haystack="nosie")
     with pytest.raises(InputError, match="--type-needle-v 'colours' is unknown"):
         prepared("niah_single_1", byte, [2000], type_needle_v="colours")
     with pytest.raises(InputError, match="--num-hops 0 must be a whole number"):

@@ -98,13 +98,18 @@ def noise_stream(tokenizer, need: int) -> Stream:
 @lru_cache(maxsize=4)
 def sentences(spec: str) -> tuple[str, ...]:
     """A haystack text as sentences (whitespace collapsed, as RULER does before splitting)."""
-    if spec == "essay":
-        with gzip.open(BOOK, "rt", encoding="utf-8") as handle:
-            texts: Iterator[str] = iter([handle.read()])
-    else:
+    try:
+        if spec == "essay":
+            with gzip.open(BOOK, "rt", encoding="utf-8") as handle:
+                return _split(iter([handle.read()]))
         from harness.data.corpus import iter_documents
 
-        texts = (text for _, text in iter_documents(spec))
+        return _split(text for _, text in iter_documents(spec))
+    except InputError as err:
+        raise InputError(f"--haystack {spec!r}: {err} (or a haystack kind: noise, essay, needle)") from None
+
+
+def _split(texts: Iterator[str]) -> tuple[str, ...]:
     sentences: list[str] = []
     for text in texts:
         flat = " ".join(text.split())
@@ -116,7 +121,7 @@ def sentences(spec: str) -> tuple[str, ...]:
             start = match.end(1)
         sentences += [flat[start:]] if flat[start:] else []
     if not sentences:
-        raise InputError(f"--haystack {spec!r} has no text: pass a file with natural-language text")
+        raise InputError("it has no text: pass a file with natural-language text")
     return tuple(sentences)
 
 
