@@ -126,6 +126,8 @@ def test_niah_multikey_multivalue_multiquery_follow_rulers_configs(byte):
     assert len(values) == 4 and multikey.answers[0] in dict(values).values()  # 3 distractor needles
     asked = re.search(r"numbers? for (\S+) mentioned", text_of(byte, multikey)).group(1)
     assert dict(values)[asked] == multikey.answers[0]
+    asked = next(iter(prepared("niah_single_1", byte, [3000], num_needle_q=2).prompts.values()))
+    assert len(asked.answers) == 2 and asked.record["needles"] == 2  # RULER: keys = max(k, q)
     value = next(iter(prepared("niah_multivalue", byte, [3000]).prompts.values()))
     assert len(value.answers) == 4 and value.continuation is None and value.answer_ids is None
     assert text_of(byte, value).startswith("Some special magic numbers are hidden")
@@ -193,6 +195,9 @@ def test_qa_from_rulers_json_formats_and_offline_synthetic(byte, tmp_path):
     for prompt in state.prompts.values():
         assert prompt.scorer == "part" and len(prompt.answers) == 2 and prompt.answer_ids is None
         assert re.search(r"Question: How long is river \d+\? Answer:$", text_of(byte, prompt))
+    few = get_task("qa_1").prepare(Preflight(byte, TaskParams(lengths=[2500], samples=45,
+                                                              options={"qa_file": str(path)}), warn=print))
+    assert few.available == 40 and {c.sample for c in few.state.prompts} == set(range(40))
     hotpot = [{"question": f"Who wrote book {i}?", "answer": f"Author {i}",
                "context": [[f"Book {i}", [f"Book {i} was written by Author {i}. ", "It is long. " * 5]],
                            [f"Town {i}", ["A town. " * 10]]]} for i in range(30)]
