@@ -90,6 +90,15 @@ def test_every_family_is_exactly_l_tokens_on_both_tokenizers(name, byte, bpe):
                 assert prompt.answers and all(a.lower() in text for a in prompt.answers)
 
 
+def test_the_zoo_example_command_prepares_on_the_byte_tokenizer(byte):
+    """`--tasks niah_single_1,vt,cwe --lengths 1k,2k` on the zoo: RULER's worked examples would not fit
+    byte-level prompts of 1K, so by default they are left out there (and recorded so)."""
+    for name in ("niah_single_1", "vt", "cwe"):
+        state = prepared(name, byte, [1024, 2048])
+        assert [len(p.ids) for p in state.prompts.values()] == [1024, 2048]
+        assert all(p.record.get("fewshot", 0) == 0 for p in state.prompts.values())
+
+
 def test_prompts_are_deterministic_by_seed(byte):
     for name in ("niah_single_2", "niah_multikey_2", "vt", "cwe", "fwe", "qa_2"):
         one, again = prepared(name, byte, [3000], seed=3), prepared(name, byte, [3000], seed=3)
@@ -153,9 +162,13 @@ def test_vt_chain_in_order_after_rulers_worked_example(byte):
         value = re.search(rf"VAR {names[0]} = (\d{{5}})\n", text).group(1)
         spots = [text.index(f"VAR {names[j + 1]} = VAR {names[j]} \n") for j in range(4)]
         assert spots == sorted(spots) and text.index(f"VAR {names[0]} = {value}") < spots[0]
-        assert text.count("Memorize and track the chain(s)") == 2  # the worked example, then the task
+        # RULER's worked example, then the task: by default where the example takes <= 1/4 of the prompt
+        assert text.count("Memorize and track the chain(s)") == 1 + prompt.record["fewshot"]
         assert text.endswith(f"5 variables are assigned the value {value}, they are: ")
         assert prompt.continuation == " ".join(names)
+    assert [p.record["fewshot"] for p in state.prompts.values()] == [0, 0, 1, 1]  # ~830 tokens: from 3320
+    forced = prepared("vt", byte, [3000], num_fewshot=1)
+    assert text_of(byte, next(iter(forced.prompts.values()))).count("Memorize and track") == 2
     none = prepared("vt", byte, [1000], num_fewshot=0, num_hops=2)
     prompt = next(iter(none.prompts.values()))
     assert text_of(byte, prompt).count("Memorize and track") == 1 and len(prompt.answers) == 3
@@ -285,7 +298,7 @@ def test_refusals_name_the_problem(byte, tmp_path):
     with pytest.raises(InputError, match=r"below RULER noise niah's fixed parts.*at least \d+ tokens"):
         prepared("niah_single_1", byte, [100])
     with pytest.raises(InputError, match="--num-fewshot 0"):
-        prepared("vt", byte, [600])
+        prepared("vt", byte, [600], num_fewshot=1)
     short = tmp_path / "short.txt"
     short.write_text("A short text. It has two sentences.")
     with pytest.raises(InputError, match="haystack has .* tokens, fewer than"):

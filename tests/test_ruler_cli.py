@@ -15,7 +15,7 @@ def records(folder) -> list[dict]:
 def test_run_niah_and_vt_on_a_zoo_model_writes_ok_records_with_rulers_scores(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["run", "--model", "zoo:base-1e6", "--tasks", "niah_single_1,vt", "--lengths", "512",
-                 "--samples", "1", "--no-progress", "--no-report", "--out", str(out), "--num-fewshot", "0",
+                 "--samples", "1", "--no-progress", "--no-report", "--out", str(out),
                  "--max-new-tokens", "6"])
     assert code == 0, capsys.readouterr().err
     rows = records(out)
@@ -35,7 +35,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys):
     short.write_text("Only a few words here. Not a haystack.")
     cases = [
         (["--tasks", "niah_single_1", "--lengths", "64"], "fixed parts"),
-        (["--tasks", "vt", "--lengths", "600"], "--num-fewshot 0"),
+        (["--tasks", "vt", "--lengths", "600", "--num-fewshot", "1"], "--num-fewshot 0"),
         (["--tasks", "niah_single_2", "--lengths", "2000", "--haystack", str(short)], "haystack has"),
         (["--tasks", "niah_single_9", "--lengths", "512"], "unknown task"),
         (["--tasks", "fwe", "--lengths", "512", "--alpha", "0.5"], "--alpha"),

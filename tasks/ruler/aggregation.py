@@ -3,7 +3,8 @@
 cwe (scripts/data/synthetic/common_words_extraction.py): a numbered list of words, num_cw common words
 repeated freq_cw times and the others freq_ucw times, shuffled; RULER's frequencies depend on the length
 (below 4K: 6 and 1, with a worked example of 20 words at 3 and 1; else 30 and 3, example of 40 words at
-10 and 3). References: the common words (string_match_all). Words: wonderwords' nouns, adjectives, verbs.
+10 and 3; the example, as for vt, by default only where it takes at most a quarter of the prompt).
+References: the common words (string_match_all). Words: wonderwords' nouns, adjectives, verbs.
 fwe (freq_words_extraction.py): coded 6-letter words with Zipf counts n k^-alpha / zeta(alpha) over a
 vocabulary of (L - 50) // 50 words, the most frequent one replaced by '...'; references: ranks 2 to 4.
 
@@ -27,7 +28,7 @@ from tasks.generation import Wrap, encode
 from tasks.passkey.haystack import encode_offsets
 from tasks.ruler.haystack import Stream
 from tasks.ruler.layout import Frame, RulerPrompt, assemble, fixed_parts
-from tasks.ruler.options import ALPHA, FREQ_CW, FREQ_UCW, NUM_CW, NUM_FEWSHOT, number
+from tasks.ruler.options import ALPHA, FREQ_CW, FREQ_UCW, NUM_CW, NUM_FEWSHOT, keep_examples, number
 from tasks.ruler.task import Family
 from tasks.ruler.words import coded_words, plain_words
 
@@ -66,7 +67,7 @@ class CWEConfig:
     freq_cw: int | None  # None: RULER's by length
     freq_ucw: int | None
     num_cw: int
-    num_fewshot: int
+    num_fewshot: int | None  # None: RULER's one where it takes at most a quarter of the prompt
     max_new_tokens: int
     chat_template: bool
 
@@ -87,7 +88,7 @@ class CWEFamily(Family):
         o = params.options or {}
         cw = number(o, "freq_cw", 30, 2, 10000) if o.get("freq_cw") is not None else None
         ucw = number(o, "freq_ucw", 3, 1, 10000) if o.get("freq_ucw") is not None else None
-        return CWEConfig(cw, ucw, number(o, "num_cw", 10, 1, 100), number(o, "num_fewshot", 1, 0, 4),
+        return CWEConfig(cw, ucw, number(o, "num_cw", 10, 1, 100), number(o, "num_fewshot", None, 0, 4),
                          number(o, "max_new_tokens", 120, 1, 4096), bool(o.get("chat_template")))
 
     def build(self, tokenizer, wrap: Wrap, params: TaskParams, config: CWEConfig, shared: None,
@@ -102,9 +103,12 @@ class CWEFamily(Family):
         rng = random.Random(f"ruler-cwe|{params.seed}|{cell.sample}|{cell.length}")
         question, prefix = CWE_QUESTION.format(num_cw=n), CWE_PREFIX.format(num_cw=n)
         shots = []
-        for _ in range(config.num_fewshot):
+        for _ in range(1 if config.num_fewshot is None else config.num_fewshot):
             text, answer = cwe_list(rng, 20 if short else 40, n, 3 if short else 10, 1 if short else 3)
             shots.append(CWE_HEAD + text + question + prefix + " " + numbered(answer))
+        shot_tokens = len(encode(tokenizer, "\n".join(shots) + "\n"))
+        if not keep_examples(shot_tokens, cell.length, config.num_fewshot):
+            shots = []
         head = "\n".join(shots) + "\n" + CWE_HEAD if shots else CWE_HEAD
         frame = Frame(head, question, prefix)
         empty = Stream((), (0,), "list")
@@ -138,7 +142,7 @@ class CWEFamily(Family):
         prompt = RulerPrompt(built.ids, tuple(common), "all", config.max_new_tokens,
                              chance_score=min(1.0, n / words))
         prompt.record = {"words": words, "freq_cw": cw, "freq_ucw": ucw, "num_cw": n,
-                         "fewshot": config.num_fewshot, "least_common_count": least,
+                         "fewshot": len(shots), "least_common_count": least,
                          "most_uncommon_count": most_other, "haystack_tokens": built.haystack_tokens}
         return prompt
 

@@ -25,8 +25,16 @@ NUM_NEEDLE_Q = Option("num_needle_q", "RULER niah: keys asked for at once (defau
                       metavar="N")
 NUM_CHAINS = Option("num_chains", "RULER vt: variable chains (default 1)", type=int, metavar="N")
 NUM_HOPS = Option("num_hops", "RULER vt: hops per chain (default 4)", type=int, metavar="N")
-NUM_FEWSHOT = Option("num_fewshot", "RULER vt/cwe: worked examples before the task (default 1, as RULER; 0: "
-                     "none, for lengths too short to hold one)", type=int, metavar="N")
+NUM_FEWSHOT = Option("num_fewshot", "RULER vt/cwe: worked examples before the task (default: RULER's one "
+                     "wherever it takes at most a quarter of the prompt, as at RULER's lengths, none below; "
+                     "1: always; 0: never)", type=int, metavar="N")
+FEWSHOT_SHARE = 4  # by default a worked example is kept where it takes at most 1/4 of the prompt
+
+
+def keep_examples(tokens: int, length: int, asked: int | None) -> bool:
+    """Whether the worked examples (`tokens` long) go into a prompt of `length` tokens: as asked, else
+    (default) where they take at most 1/FEWSHOT_SHARE of it (RULER's 500-token example from 2K tokens on)."""
+    return bool(asked) if asked is not None else tokens * FEWSHOT_SHARE <= length
 FREQ_CW = Option("freq_cw", "RULER cwe: repeats of each common word (default RULER's: 30, or 6 below 4K)",
                  type=int, metavar="N")
 FREQ_UCW = Option("freq_ucw", "RULER cwe: repeats of each uncommon word (default RULER's: 3, or 1 below 4K)",
@@ -37,7 +45,7 @@ QA_FILE = Option("qa_file", "RULER qa_1/qa_2: a local SQuAD (qa_1) or HotpotQA (
                  "format; omitted: the offline synthetic QA over the shipped novel", metavar="FILE.json")
 
 
-def number(options: dict[str, Any], key: str, default: float, low: float, high: float | None = None,
+def number(options: dict[str, Any], key: str, default: float | None, low: float, high: float | None = None,
            whole: bool = True) -> Any:
     """A numeric option with its default; out of range (or not whole where it must be) -> InputError."""
     value = options.get(key)
@@ -52,7 +60,8 @@ def number(options: dict[str, Any], key: str, default: float, low: float, high: 
     if not ok or parsed < low or (high is not None and parsed > high):
         bound = f"from {low:g} to {high:g}" if high is not None else f">= {low:g}"
         kind = "a whole number" if whole else "a number"
-        raise InputError(f"{flag} {value!r} must be {kind} {bound}: e.g. {flag} {default:g}")
+        raise InputError(f"{flag} {value!r} must be {kind} {bound}: e.g. {flag} "
+                         f"{default if default is not None else low:g}")
     return int(parsed) if whole else parsed
 
 

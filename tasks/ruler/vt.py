@@ -8,8 +8,10 @@ chain order, space-separated, they are the one fixed answer string teacher-force
 
 Worked example (RULER always adds one): a complete small task with 3-letter names, its answer appended,
 before the real one; its noise lines are as many as keep it within 500 tokens (at least 5), as in RULER.
-`--num-fewshot 0` drops it (lengths too short to hold it). Chain positions: seeded fractions, sorted
-within a chain; everything comes from (seed, sample), the same at every length.
+By default it is kept where it takes at most a quarter of the prompt (always at RULER's lengths, 4K and
+up), and left out below; `--num-fewshot 1` always adds it, 0 never (the record's `fewshot`). Chain
+positions: seeded fractions, sorted within a chain; everything comes from (seed, sample), the same at
+every length.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tasks.base import Cell, Preflight, TaskParams
 from tasks.generation import Wrap, encode
 from tasks.ruler.haystack import NOISE, noise_stream, text_stream
 from tasks.ruler.layout import Frame, Insert, RulerPrompt, assemble, continuation_ids
-from tasks.ruler.options import HAYSTACK, NUM_CHAINS, NUM_FEWSHOT, NUM_HOPS, number
+from tasks.ruler.options import HAYSTACK, NUM_CHAINS, NUM_FEWSHOT, NUM_HOPS, keep_examples, number
 from tasks.ruler.task import Family
 from tasks.ruler.words import variable_names
 
@@ -41,7 +43,7 @@ class VTConfig:
     haystack: str
     num_chains: int
     num_hops: int
-    num_fewshot: int
+    num_fewshot: int | None  # None: RULER's example where it takes at most a quarter of the prompt
     max_new_tokens: int
     chat_template: bool
 
@@ -103,7 +105,7 @@ class VTFamily(Family):
         return VTConfig(haystack=str(o.get("haystack") or "noise"),
                         num_chains=number(o, "num_chains", 1, 1, 64),
                         num_hops=number(o, "num_hops", 4, 1, 64),
-                        num_fewshot=number(o, "num_fewshot", 1, 0, 1),
+                        num_fewshot=number(o, "num_fewshot", None, 0, 1),
                         max_new_tokens=number(o, "max_new_tokens", MAX_NEW_TOKENS, 1, 4096),
                         chat_template=bool(o.get("chat_template")))
 
@@ -122,21 +124,23 @@ class VTFamily(Family):
             rng = random.Random(f"ruler-vt|{params.seed}|{cell.sample}")
             found = chains(rng, config.num_chains, config.num_hops, 5)
             fractions = positions(rng, found)
-            shot = example(tokenizer, rng, config) + "\n" if config.num_fewshot else ""
-            cache[cell.sample] = (found, fractions, shot)
-        found, fractions, shot = cache[cell.sample]
+            shot = example(tokenizer, rng, config) + "\n" if config.num_fewshot != 0 else ""
+            cache[cell.sample] = (found, fractions, shot, len(encode(tokenizer, shot)))
+        found, fractions, shot, shot_tokens = cache[cell.sample]
+        if not keep_examples(shot_tokens, cell.length, config.num_fewshot):
+            shot = ""
         stream = shared["stream"]
         statements = [s if stream.sep == "\n" else s.strip() + "."  # sentences in a text haystack
                       for chain in found.statements for s in chain]
         inserts = [Insert(s, f) for s, f in zip(statements, fractions, strict=True)]
-        hint = f", or --num-fewshot 0 (its worked example takes {len(encode(tokenizer, shot))} tokens)"
+        hint = f", or --num-fewshot 0 (its worked example takes {shot_tokens} tokens)"
         built = assemble(tokenizer, cell.length, frame(found, config.num_hops, shot + HEAD), wrap, stream,
                          inserts, "RULER vt", hint if shot else "")
         prompt = RulerPrompt(built.ids, found.names, "all", config.max_new_tokens,
                              chance_logprob=-len(found.names) * 5 * math.log(26.0))
         prompt.continuation = " ".join(found.names)
         prompt.answer_ids = continuation_ids(tokenizer, built.tail_text, built.tail_ids, prompt.continuation)
-        prompt.record = {"chains": config.num_chains, "hops": config.num_hops, "fewshot": config.num_fewshot,
+        prompt.record = {"chains": config.num_chains, "hops": config.num_hops, "fewshot": int(bool(shot)),
                          "first_statement_depth": min(built.depths[:config.num_hops + 1]),
                          "last_statement_depth": max(built.depths[:config.num_hops + 1]),
                          "haystack_tokens": built.haystack_tokens, "haystack": stream.name}
