@@ -12,7 +12,6 @@ gpu.py's docstring for the flags and columns.
 from __future__ import annotations
 
 import dataclasses
-
 import gc
 import importlib.util
 import math

@@ -13,9 +13,8 @@ to float32: the gaps below are that difference, measured. Prints one markdown se
 
 from __future__ import annotations
 
-import dataclasses
-
 import argparse
+import dataclasses
 import json
 import math
 import sys

@@ -112,7 +112,8 @@ def check_setting(setting: EngineSetting, checkpoint: models.Checkpoint, toleran
     if setting.serve is not None:
         launch_command(setting.serve, checkpoint.path, setting.override, max_len=1 + SERVED_HEADROOM,
                        host="127.0.0.1", port=1, tensor_parallel=setting.tensor_parallel,
-                       data_parallel=setting.data_parallel, config=checkpoint.source_config)
+                       data_parallel=setting.data_parallel, config=checkpoint.source_config,
+                       applied=checkpoint.config)
         why = missing(setting.serve)
         if why and not tolerant:
             raise InputError(why)

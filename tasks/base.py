@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from harness.core.contract import Engine
 from harness.core.errors import InputError
 from harness.core.metrics import MeasureSpec
+from harness.core.options import Option
 
 State = TypeVar("State")
 
@@ -50,34 +51,6 @@ class TaskParams:
     def __post_init__(self) -> None:
         object.__setattr__(self, "lengths", tuple(self.lengths))
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
-
-
-@dataclass(frozen=True)
-class Option:
-    """One task option, declared once: the `run` flag `--name-with-dashes` and the suite key `name`.
-
-    `type` is what argparse converts a flag to (bool: a flag without a value); `parse` turns a flag's text
-    into the option's value (e.g. a comma list); a suite gives the value itself, which the task checks.
-    """
-
-    name: str
-    help: str
-    type: type = str
-    choices: tuple[str, ...] | None = None
-    metavar: str | None = None
-    parse: Callable[[str], Any] | None = None
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    def from_flag(self, value: Any) -> Any:
-        """A parsed flag's value as the option value; None = not given (an unset bool flag included)."""
-        if self.type is bool:
-            return True if value else None
-        if value is not None and self.parse is not None:
-            return self.parse(value)
-        return value
 
 
 @dataclass

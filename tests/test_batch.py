@@ -168,7 +168,7 @@ def test_suite_batch_size_key(tmp_path, tiny_llama, text_corpus):
         path = tmp_path / f"s{len(list(tmp_path.iterdir()))}.toml"
         path.write_text(f'[run]\nbatch_size = {value}\n[[settings]]\nmodel = "{tiny_llama}"\n'
                         f'[[tasks]]\nname = "perplexity"\nlengths = [64]\ncorpus = "{text_corpus}"\n')
-        return load_suite(str(path), Flags(out=str(tmp_path / "out")))
+        return load_suite(str(path), Flags(run={"out": str(tmp_path / "out")}))
 
     assert suite('"auto"').options.batch_size == "auto" and suite("8").options.batch_size == 8
     with pytest.raises(InputError, match="batch_size"):

@@ -195,7 +195,7 @@ def test_suite_path_that_is_a_folder(tmp_path):
 
 
 def test_suite_takes_attn_from_the_command_line():
-    args = dataclasses.replace(ARGS, attn="eager")
+    args = dataclasses.replace(ARGS, setting={"attn": "eager"})
     assert {s.attn for s in suite.load_suite("quick", args).settings} == {"eager"}
 
 
@@ -323,17 +323,19 @@ def test_lengths_take_k_suffixes_in_flags_and_suites(tmp_path):
 
 
 def test_tasks_flag_runs_several_tasks_with_their_own_options():
-    flags = suite.Flags(model="zoo:base-1e4", task="perplexity, passkey", lengths="1k,2k",
+    flags = suite.Flags(setting={"model": "zoo:base-1e4"}, task="perplexity, passkey",
+                        params={"lengths": [1024, 2048]},
                         task_options={"depths": "0,1", "sliding_stride": None})
     loaded = suite.from_flags(flags)
-    assert [t.name for t in loaded.tasks] == ["perplexity", "passkey"] and loaded.report
+    assert [t.name for t in loaded.tasks] == ["perplexity", "passkey"] and loaded.options.report
     assert loaded.tasks[0].params is not loaded.tasks[1].params
     assert (loaded.tasks[1].params.options["depths"] == [0.0, 1.0]
             and "depths" not in loaded.tasks[0].params.options)
     assert loaded.tasks[0].params.lengths == (1024, 2048)
     assert str(loaded.options.out) == "results/base-1e4-perplexity-passkey"
     with pytest.raises(InputError, match="unknown task 'nope'"):
-        suite.from_flags(suite.Flags(model="zoo:base-1e4", task="perplexity,nope", lengths="64"))
+        suite.from_flags(suite.Flags(setting={"model": "zoo:base-1e4"}, task="perplexity,nope",
+                                     params={"lengths": [64]}))
 
 
 @pytest.mark.parametrize("label, folder", [
@@ -341,7 +343,8 @@ def test_tasks_flag_runs_several_tasks_with_their_own_options():
     ("llama:default:10000", "llama_default_10000"), ("-rf", "rf"), ("a/../b", "a_.._b"),
 ])
 def test_labels_become_one_safe_folder_under_results(label, folder):
-    loaded = suite.from_flags(suite.Flags(model="zoo:base-1e4", lengths="64", label=label))
+    loaded = suite.from_flags(suite.Flags(setting={"model": "zoo:base-1e4", "label": label},
+                                          params={"lengths": [64]}))
     assert loaded.options.out == Path("results") / folder
     assert loaded.settings[0].label == label  # the label itself is kept as given
 

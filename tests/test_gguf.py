@@ -34,7 +34,7 @@ from harness.core.errors import InputError
 from harness.engine import engine
 from harness.law import liu as law
 from harness.law import men as retrieval_law
-from harness.model import checkpoints, models, rope_config
+from harness.model import checkpoints, fingerprint, models, rope_config
 from harness.model import gguf as hgguf
 
 THETA = 2e4  # not transformers' default 1e4: the metadata must be read
@@ -262,13 +262,13 @@ def test_fingerprint_follows_every_byte(tiny, tmp_path):
     import gguf
 
     config = models.load_config(str(tiny.path))
-    first = models.model_fingerprint(str(tiny.path), config, None)
-    assert models.model_fingerprint(str(tiny.path), config, None) == first
+    first = fingerprint.model_fingerprint(str(tiny.path), config, None)
+    assert fingerprint.model_fingerprint(str(tiny.path), config, None) == first
     # the same bytes in another folder (another venv, another machine) are the same model
     (tmp_path / "elsewhere").mkdir()
     same = tmp_path / "elsewhere" / "same.gguf"
     shutil.copyfile(tiny.path, same)
-    copied = models.model_fingerprint(str(same), models.load_config(str(same)), None)
+    copied = fingerprint.model_fingerprint(str(same), models.load_config(str(same)), None)
     assert copied == first
 
     reader = gguf.GGUFReader(tiny.path)
@@ -279,7 +279,7 @@ def test_fingerprint_follows_every_byte(tiny, tmp_path):
     flip_byte(tiny.path, edited, offset)
     edited_config = models.load_config(str(edited))
     assert edited_config.to_json_string() == models.load_config(str(same)).to_json_string()  # same metadata
-    assert models.model_fingerprint(str(edited), edited_config, None) != copied
+    assert fingerprint.model_fingerprint(str(edited), edited_config, None) != copied
     assert hgguf.file_hash(edited) != hgguf.file_hash(tiny.path)
 
 
@@ -292,7 +292,7 @@ def test_manifest_names_the_gguf_weights(tiny, loaded):
     assert models.weights_source(str(tiny.path)) == {k: loaded.manifest[k]
                                                      for k in ("weights", "gguf_file", "gguf_sha256")}
     assert models.weights_source(str(tiny.plain)) == {}
-    assert loaded.fingerprint == models.model_fingerprint(str(tiny.path), loaded.config, None)
+    assert loaded.fingerprint == fingerprint.model_fingerprint(str(tiny.path), loaded.config, None)
 
 
 # -------------------------------------------------------------------------------------------- bad files

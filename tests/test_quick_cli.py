@@ -44,7 +44,7 @@ def test_quick_suite_runs_offline_past_every_window_with_evidence(offline):
     each run past its training window (the zoo's read from its config: extrapolation is the point), each
     with a task of enough samples per length for the report to claim a length (its evidence bar)."""
     quick = quick_suite()
-    assert quick.report and str(quick.options.out) == "results/quick"  # README: ./results/quick/report/
+    assert quick.options.report and str(quick.options.out) == "results/quick"  # README: results/quick/report
     zoo = [s for s in quick.settings if s.model.startswith("zoo:")]
     assert sorted(s.model for s in zoo) == sorted(f"zoo:{n}" for n in zoo_names())
     assert len(quick.settings) > len(zoo)

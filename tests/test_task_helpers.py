@@ -6,7 +6,6 @@ import pytest
 
 from harness.core.errors import InputError
 from harness.model.bytetok import byte_tokenizer
-from tasks.base import task_names
 from tasks.generation import (
     answer_tokens,
     chat_wrapper,
@@ -87,6 +86,3 @@ def test_encode_adds_no_special_tokens():
     tok = byte_tokenizer()
     assert encode(tok, "ab") == [97, 98] and encode(tok, "") == []
 
-
-def test_every_task_module_is_discovered():
-    assert task_names() == ["longqa", "passkey", "perplexity"]

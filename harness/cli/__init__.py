@@ -16,17 +16,15 @@ import difflib
 import logging
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from harness import __version__
 from harness.core.errors import InputError, one_line
-from harness.core.values import batch_arg, finite_float, float_list, law_override, length_arg, token_count
+from harness.core.values import float_list, law_override, token_count
 
 DEFAULT_TASK = "perplexity"  # run --model with no --task
-# `run` flags that describe the run, not one setting or task: they may be combined with a suite.
-RUN_LEVEL_FLAGS = {"suite", "out", "dtype", "device", "attn", "chunk_size", "strategy", "batch_size",
-                   "max_memory", "dry_run", "no_progress", "no_report", "func", "flag_defaults", "verbose"}
+# `run` flags that are not run options (harness.run.suite.RUN_OPTIONS) and may be combined with a suite
+COMMAND_FLAGS = {"suite", "dry_run", "no_progress", "func", "flag_defaults", "verbose"}
 LAW_DESCRIPTION = ("Predicted extrapolation limit of RoPE base settings (Liu et al., ICLR 2024) and their "
                    "retrieval bound (Men et al., NeurIPS 2024). Give the shape with --head-dim/--train-len, "
                    "or read it from a model config with --model (no weights).")
@@ -99,6 +97,7 @@ def add_law_parser(sub) -> None:
 
 
 def add_run_parser(sub) -> None:
+    from harness.run.suite import RUN_OPTIONS, SETTING_OPTIONS, TASK_OPTIONS
     from tasks.base import all_options, get_task, task_names
 
     p = sub.add_parser("run",
@@ -107,73 +106,23 @@ def add_run_parser(sub) -> None:
                                    "quick suite.")
     p.add_argument("suite", nargs="?",
                    help="suite TOML file or packaged suite name (quick, paper, compare-scaling)")
-    p.add_argument("--model", help="local folder, hub id, or zoo:NAME")
-    p.add_argument("--rope-theta", type=finite_float, help="RoPE base to evaluate with")
-    p.add_argument("--rope-type", help="default, linear, ntk, dynamic, yarn, llama3, longrope")
-    p.add_argument("--rope-factor", type=finite_float,
-                   help="scaling factor for linear/ntk/dynamic/yarn/llama3")
-    p.add_argument("--rope-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra RoPE parameter (repeatable)")
-    p.add_argument("--pretrain-base", type=finite_float, help="law input: the pre-training base b0")
-    p.add_argument("--train-len", type=length_arg, help="law input: pre-training length (e.g. 4096 or 4k)")
-    p.add_argument("--tune-len", type=length_arg, help="law input: fine-tuning length (e.g. 4096 or 4k)")
     p.add_argument("--tasks", "--task", dest="task", default=None, metavar="TASK[,TASK...]",
                    help=f"comma list of tasks from {', '.join(task_names())} (default perplexity)")
-    p.add_argument("--lengths",
-                   help="comma list of context lengths; k = 1024: e.g. 1024,2048,4096 or 1k,2k,4k")
-    p.add_argument("--samples", type=int, default=None, help="samples per length (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the tasks' random choices (default 0)")
-    p.add_argument("--corpus", default=None,
-                   help="text file, folder, .jsonl[:FIELD], stdlib, or hf:NAME[:CONFIG][:SPLIT][:FIELD] "
-                        "(default stdlib: the held-out Python standard library)")
-    p.add_argument("--out", help="run folder (default: results/<label> with --label, else "
-                                 "results/<model name>-<tasks>; for a suite its [run] out, else "
-                                 "results/<suite>)")
-    p.add_argument("--label", help="setting label (default <model name>:<rope_type>:<theta>[:f<factor>])")
-    p.add_argument("--dtype", help="float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N, or auto (device_map=auto across GPUs)")
-    p.add_argument("--attn", choices=["sdpa", "flash_attention_2", "eager"])
-    p.add_argument("--chunk-size", type=length_arg,
-                   help="force chunked prefill with this many tokens per chunk "
-                   "(with --strategy stream: the query chunk)")
-    p.add_argument("--strategy", choices=["auto", "single", "stream", "prefill"], default=None,
-                   help="how a sequence is scored: auto (default: single pass if it fits the budget, else "
-                        "layer-streamed, else chunked prefill) or one forced (recorded in each record's "
-                        "plan)")
-    p.add_argument("--batch-size", type=batch_arg, default=None, metavar="N|auto",
-                   help="same-length sequences scored in one forward where a single pass plans (default 1; "
-                        "auto: the most that fit the budget, up to 64 rows and 64K tokens a forward on a "
-                        "GPU, 2K on CPU); the numbers equal batch 1's")
-    p.add_argument("--max-memory",
-                   help="memory budget, e.g. 8GiB: cells the planner says exceed it are recorded as oom")
-    p.add_argument("--no-bos", action="store_true", help="do not prepend BOS")
-    p.add_argument("--revision", help="hub revision")
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--serve", choices=["vllm", "sglang", "llama.cpp"],
-                   help="launch this inference engine with the RoPE setting applied and score through it")
-    p.add_argument("--server-url", action="append", metavar="URL",
-                   help="a running OpenAI-compatible server of this setting (repeat to share the cells)")
-    p.add_argument("--tensor-parallel", type=int, default=1, help="with --serve: GPUs per engine")
-    p.add_argument("--data-parallel", type=int, default=1, help="with --serve: engine replicas")
-    p.add_argument("--no-probe", action="store_true",
-                   help="served: skip the probe that checks the server against the in-process model")
+    for option in SETTING_OPTIONS + TASK_OPTIONS + RUN_OPTIONS:  # each declared once (harness.run.suite)
+        option.add_to(p)
     p.add_argument("--dry-run", action="store_true",
                    help="per setting: cells, cells to run, largest memory estimate (per cell with -v); "
                         "loads no weights, writes nothing, reads hub configs from the local cache offline")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-report", action="store_true", help="do not render <out>/report after the run")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="debug logging; with --dry-run, one line per cell")
     groups: dict[str, object] = {}
     for option in all_options().values():  # a shared option (--depths) in a group naming every task
         owners = [name for name in task_names() if option.name in get_task(name).option_names()]
         title = " and ".join(owners) + (" tasks" if len(owners) > 1 else " task")
-        group = groups[title] if title in groups else groups.setdefault(title, p.add_argument_group(title))
-        if option.type is bool:
-            group.add_argument(option.flag, dest=option.name, action="store_true", help=option.help)
-        else:
-            group.add_argument(option.flag, dest=option.name, type=option.type, default=None,
-                               choices=option.choices, metavar=option.metavar, help=option.help)
+        if title not in groups:
+            groups[title] = p.add_argument_group(title)
+        option.add_to(groups[title])
     p.set_defaults(func=run_command)
     p.set_defaults(flag_defaults=vars(p.parse_args([])))  # to tell the flags a user gave from their defaults
 
@@ -181,12 +130,14 @@ def add_run_parser(sub) -> None:
 def _check_flags(args: argparse.Namespace) -> None:
     """Setting/task flags never silently ignored: not with a suite, not without --model, not for another
     task."""
+    from harness.run.suite import RUN_OPTIONS, SHARED
     from tasks.base import get_task, task_names
 
     defaults = getattr(args, "flag_defaults", None)
     if defaults is None:  # a Namespace built by hand (tests): nothing to compare with
         return
-    given = [k for k, v in defaults.items() if k not in RUN_LEVEL_FLAGS and getattr(args, k, v) != v]
+    run_level = COMMAND_FLAGS | {o.name for o in RUN_OPTIONS} | set(SHARED)
+    given = [k for k, v in defaults.items() if k not in run_level and getattr(args, k, v) != v]
     flags = ", ".join("--" + k.replace("_", "-") for k in given)
     them, needs = ("them", "need") if len(given) > 1 else ("it", "needs")
     if args.suite is not None and given:
@@ -207,15 +158,19 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def _flags(args: argparse.Namespace):
-    """The parsed `run` flags as the suite's typed Flags (task options gathered by name)."""
-    from harness.run.suite import Flags
+    """The parsed `run` flags as the suite's typed Flags: every declared option's value by name (None: not
+    given)."""
+    from harness.run.suite import RUN_OPTIONS, SETTING_OPTIONS, TASK_OPTIONS, Flags
     from tasks.base import all_options
 
-    names = {f.name for f in fields(Flags)} - {"task_options"}  # verbose: the top-level -v or run's own
-    given = {k: getattr(args, k) for k in names if hasattr(args, k)}
-    given["task"] = given.get("task") or DEFAULT_TASK  # None: so that an explicit --task is told apart
-    return Flags(**given,
-                 task_options={name: getattr(args, name, None) for name in all_options()})
+    def values(options) -> dict:
+        return {o.name: o.from_flag(getattr(args, o.name, None)) for o in options}
+
+    return Flags(suite=args.suite, task=args.task or DEFAULT_TASK, setting=values(SETTING_OPTIONS),
+                 run=values(RUN_OPTIONS), params=values(TASK_OPTIONS),
+                 task_options={name: getattr(args, name, None) for name in all_options()},
+                 dry_run=args.dry_run, no_progress=args.no_progress,
+                 verbose=bool(getattr(args, "verbose", False)), argv=list(getattr(args, "argv", [])))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -240,12 +195,11 @@ def run_command(args: argparse.Namespace) -> int:
         if not is_rank_zero():
             return exit_code
         result.table = runner.folder_summary(loaded.options.out)
-    _print_table(result, full=bool(getattr(args, "verbose", False)) or not loaded.report
-                 or getattr(args, "no_report", False))
+    _print_table(result, full=bool(getattr(args, "verbose", False)) or not loaded.options.report)
     out = loaded.options.out
     print(f"run folder: {out}")
-    if not loaded.report or getattr(args, "no_report", False):
-        why = "--no-report" if getattr(args, "no_report", False) else "report = false in the suite"
+    if not loaded.options.report:
+        why = "--no-report" if args.report is False else "report = false in the suite"
         print(f"report: not rendered ({why}): rope-harness report {out}")
     elif result.table:
         _render_report(out, result.law)

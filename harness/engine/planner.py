@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from harness.engine import stream
+from harness.engine import STRATEGIES, stream
 from harness.engine.memory_guard import available_at_start
 from harness.model import rope_config
 
 HEAD_CHUNK = 1024  # tokens per output-head / loss sub-chunk: bounds logits at HEAD_CHUNK x vocab
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-STRATEGIES = ("auto", "single", "stream", "prefill")
 STREAM_MAX_CHUNK = 4096  # query tokens per layer-streamed chunk: larger buys no speed, only activations
 
 

@@ -12,7 +12,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from harness.data.hub import use_cache_if_hub_unreachable
 from harness.law import rope_math
 from harness.model import gguf
 from harness.model.checkpoints import PACKAGED, packaged_path
+from harness.model.fingerprint import model_fingerprints
 from harness.model.rope_config import (
     RopeOverride,
     apply_override,
@@ -304,40 +304,6 @@ def _rope_hash(fields: dict[str, Any], inv_freqs: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def model_fingerprint(path: str, config, revision: str | None) -> str:
-    """Config hash + weight-file identities: a changed checkpoint never reuses stale cells.
-
-    Hub snapshots name their blobs by sha256 (the symlink target), so those are free; local files are
-    identified by name, size and a sha256 of their first and last 4 MiB (hashing whole multi-GB
-    weights would cost more than many cells); a GGUF file by the sha256 of all of it.
-    """
-    folder = Path(path).expanduser()
-    if gguf.is_gguf(path):  # every weight and the config come from this one file, wherever it lies
-        settings = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-        digest.update(gguf.file_hash(path).encode())
-        return digest.hexdigest()[:16]
-    digest = hashlib.sha256(config.to_json_string(use_diff=False).encode())
-    if folder.is_dir():
-        for file in sorted(folder.iterdir()):
-            if file.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
-                continue
-            digest.update(file.name.encode())
-            if file.is_symlink():
-                digest.update(os.readlink(file).encode())
-                continue
-            size = file.stat().st_size
-            digest.update(str(size).encode())
-            with open(file, "rb") as handle:
-                digest.update(handle.read(4 << 20))
-                if size > 8 << 20:
-                    handle.seek(-(4 << 20), os.SEEK_END)
-                    digest.update(handle.read())
-    else:
-        digest.update(f"{path}@{revision or 'main'}".encode())
-    return digest.hexdigest()[:16]
-
-
 # ------------------------------------------------------------------------------------------- load
 
 
@@ -374,12 +340,12 @@ def describe(model_id: str, override: RopeOverride | None = None, revision: str 
     override = override or RopeOverride()
     path = resolve_model_path(model_id)
     config = load_config(model_id, revision, trust_remote_code)
-    own = model_fingerprint(path, config, revision)
     law = law_inputs(config, override)
     overridden = copy.deepcopy(config)
     spec = apply_override(overridden, override)  # validates the override first
+    own, fingerprint = model_fingerprints(path, [config, overridden], revision)
     return Checkpoint(model_id, path, revision, trust_remote_code, override, overridden, spec, law,
-                      model_fingerprint(path, overridden, revision), own, source_config=config)
+                      fingerprint, own, source_config=config)
 
 
 def load(model: str | Checkpoint, override: RopeOverride | None = None, *, dtype: str | None = None,

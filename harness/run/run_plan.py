@@ -37,7 +37,7 @@ from harness import factory
 from harness.core.errors import InputError, one_line
 from harness.data.corpus import bos_ids
 from harness.engine.memory_guard import available_at_start
-from harness.model import models, rope_config
+from harness.model import fingerprint, models, rope_config
 from harness.model.checkpoints import PACKAGED
 from harness.run.store import Store
 from harness.run.suite import RunOptions, Setting, TaskSpec
@@ -224,7 +224,7 @@ def describe_model(name: str) -> tuple[Any, str]:
     """Another model by name (a task's evaluator): its tokenizer and fingerprint, no weights."""
     config = models.load_config(name)
     tokenizer = models.load_tokenizer(name)
-    return tokenizer, models.model_fingerprint(models.resolve_model_path(name), config, None)
+    return tokenizer, fingerprint.model_fingerprint(models.resolve_model_path(name), config, None)
 
 
 def _setting_plan(setting: Setting, index: int, tasks: list[TaskSpec], warn, tolerant: bool) -> SettingPlan:

@@ -31,26 +31,80 @@ from typing import Any
 import tomllib
 
 from harness.core.errors import InputError, one_line, writable_folder
-from harness.core.values import batch_value, length_value, parse_lengths, parse_param, parse_size, safe_name
+from harness.core.options import Option
+from harness.core.values import (
+    batch_arg,
+    batch_value,
+    finite_float,
+    length_arg,
+    length_value,
+    parse_lengths,
+    parse_param,
+    parse_size,
+    safe_name,
+)
+from harness.engine import STRATEGIES
 from harness.model.rope_config import RopeOverride
 from tasks.base import TaskParams, get_task
 
-RUN_KEYS = {"out", "dtype", "device", "attn", "chunk_size", "strategy", "batch_size", "max_memory", "report"}
-SETTING_KEYS = {"model", "label", "rope_theta", "rope_type", "rope_factor", "rope_params", "pretrain_base",
-                "train_len", "tune_len", "dtype", "device", "attn", "revision", "trust_remote_code", "serve",
-                "server_url", "tensor_parallel", "data_parallel", "probe"}
-TASK_KEYS = {"name", "lengths", "samples", "seed", "corpus", "bos", "settings"}
+LENGTH, SIZE, BATCH = "a length", "a size", "a batch size"  # suite kinds beyond TOML's own types
 DEFAULT_SAMPLES = 4
-# The type each key must have (TOML would otherwise hand a string to code that expects a number, or make
-# bool("false") true). Task options (depths, ...) are checked by their task.
-RUN_TYPES = {"out": str, "dtype": str, "device": str, "attn": str, "chunk_size": int, "strategy": str,
-             "report": bool}
-SETTING_TYPES = {"model": str, "label": str, "rope_type": str, "dtype": str, "device": str, "attn": str,
-                 "revision": str, "trust_remote_code": bool, "rope_params": dict, "rope_theta": float,
-                 "rope_factor": float, "pretrain_base": float, "serve": str, "server_url": list,
-                 "tensor_parallel": int, "data_parallel": int, "probe": bool}  # train_len, tune_len: _length
-TASK_TYPES = {"name": str, "lengths": list, "samples": int, "seed": int, "corpus": str, "bos": bool,
-              "settings": list}
+# A setting's options (one [[settings]] entry, or the run flags with --model); dtype, device and attn may also
+# be set for every setting in [run]
+SETTING_OPTIONS = (
+    Option("model", "local folder, hub id, zoo:NAME, a GGUF file, or a packaged model (smollm2)"),
+    Option("label", "setting label (default <model name>:<rope_type>:<theta>[:f<factor>])"),
+    Option("rope_theta", "RoPE base to evaluate with", finite_float, kind=float),
+    Option("rope_type", "default, linear, ntk, dynamic, yarn, llama3, longrope"),
+    Option("rope_factor", "scaling factor for linear/ntk/dynamic/yarn/llama3", finite_float, kind=float),
+    Option("rope_params", "extra RoPE parameter (repeatable; JSON values)", cli="--rope-param",
+           metavar="KEY=VALUE", parse=parse_param, kind=dict, repeat=True),
+    Option("pretrain_base", "law input: the pre-training base b0", finite_float, kind=float),
+    Option("train_len", "law input: pre-training length (e.g. 4096 or 4k)", length_arg, kind=LENGTH),
+    Option("tune_len", "law input: fine-tuning length (e.g. 4096 or 4k)", length_arg, kind=LENGTH),
+    Option("dtype", "float32, bfloat16, float16 or auto (float32 on CPU, bfloat16 on GPU)"),
+    Option("device", "cpu, cuda, cuda:N, or auto (device_map=auto across GPUs)"),
+    Option("attn", "attention implementation", choices=("sdpa", "flash_attention_2", "eager")),
+    Option("revision", "hub revision"),
+    Option("trust_remote_code", "allow custom model code", bool, default=False),
+    Option("serve", "launch this inference engine (vllm, sglang or llama.cpp) with the RoPE setting applied "
+           "and score through it"),
+    Option("server_url", "a running OpenAI-compatible server of this setting (repeat to share the cells)",
+           metavar="URL", kind=list, repeat=True),
+    Option("tensor_parallel", "with --serve: GPUs per engine", int, default=1),
+    Option("data_parallel", "with --serve: engine replicas", int, default=1),
+    Option("probe", "served: skip the probe that checks the server against the in-process model", bool,
+           cli="--no-probe", default=True),
+)
+SHARED = ("dtype", "device", "attn")  # setting options [run] may set for every setting, flags for a suite's
+RUN_OPTIONS = (
+    Option("out", "run folder (default: results/<label> with --label, else results/<model name>-<tasks>; "
+           "for a suite its [run] out, else results/<suite>)"),
+    Option("chunk_size", "force chunked prefill with this many tokens per chunk (with --strategy stream: the "
+           "query chunk)", length_arg, kind=int),
+    Option("strategy", "how a sequence is scored: auto (default: single pass if it fits the budget, else "
+           "layer-streamed, else chunked prefill) or one forced (recorded in each record's plan)",
+           choices=STRATEGIES, default="auto"),
+    Option("batch_size", "same-length sequences scored in one forward where a single pass plans (default 1; "
+           "auto: the most that fit the budget, up to 64 rows and 64K tokens a forward on a GPU, 2K on CPU); "
+           "the numbers equal batch 1's", batch_arg, metavar="N|auto", kind=BATCH, default=1),
+    Option("max_memory", "memory budget, e.g. 8GiB (default: 80%% of the memory available at start on CPU, "
+           "90%% of the card on CUDA): cells the planner says exceed it are recorded as oom", kind=SIZE),
+    Option("report", "do not render <out>/report after the run", bool, cli="--no-report", default=True),
+)
+# A task block's parameters shared by every task (the task's own options come from the task)
+TASK_OPTIONS = (
+    Option("lengths", "comma list of context lengths; k = 1024: e.g. 1024,2048,4096 or 1k,2k,4k",
+           parse=parse_lengths, kind=list),
+    Option("samples", f"samples per length (default {DEFAULT_SAMPLES})", int, default=DEFAULT_SAMPLES),
+    Option("seed", "seed of the tasks' random choices (default 0)", int, default=0),
+    Option("corpus", "text file, folder, .jsonl[:FIELD], stdlib, or hf:NAME[:CONFIG][:SPLIT][:FIELD] "
+           "(default stdlib: the held-out Python standard library)", default="stdlib"),
+    Option("bos", "do not prepend BOS", bool, cli="--no-bos", default=True),
+)
+SETTING_KEYS = {o.name for o in SETTING_OPTIONS}
+RUN_KEYS = {o.name for o in RUN_OPTIONS} | set(SHARED)
+TASK_KEYS = {"name", "settings"} | {o.name for o in TASK_OPTIONS}
 _MISSING = object()
 
 
@@ -99,47 +153,23 @@ class RunOptions:
     command: list[str] = field(default_factory=list)
     suite: str | None = None
     verbose: bool = False  # dry run: every cell's line
+    report: bool = True  # render <out>/report after the run
 
 
 @dataclass
 class Flags:
-    """`rope-harness run` flags as typed values (the CLI builds this; nothing below it sees argparse)."""
+    """`rope-harness run` flags as typed values (the CLI builds this; nothing below it sees argparse): the
+    options given, by name (None: not given)."""
 
     suite: str | None = None
-    model: str | None = None
-    rope_theta: float | None = None
-    rope_type: str | None = None
-    rope_factor: float | None = None
-    rope_param: list[str] = field(default_factory=list)
-    pretrain_base: float | None = None
-    train_len: int | None = None
-    tune_len: int | None = None
     task: str = "perplexity"  # a comma list: --tasks perplexity,passkey (--task is the same flag)
-    lengths: str | None = None
-    samples: int | None = None
-    seed: int = 0
-    corpus: str | None = None
-    out: str | None = None
-    label: str | None = None
-    dtype: str | None = None
-    device: str | None = None
-    attn: str | None = None
-    chunk_size: int | None = None
-    strategy: str | None = None
-    batch_size: int | str | None = None
-    max_memory: str | None = None
-    no_bos: bool = False
-    revision: str | None = None
-    trust_remote_code: bool = False
-    serve: str | None = None
-    server_url: list[str] = field(default_factory=list)
-    tensor_parallel: int = 1
-    data_parallel: int = 1
-    no_probe: bool = False
+    setting: dict[str, Any] = field(default_factory=dict)  # SETTING_OPTIONS
+    run: dict[str, Any] = field(default_factory=dict)  # RUN_OPTIONS
+    params: dict[str, Any] = field(default_factory=dict)  # TASK_OPTIONS
+    task_options: dict[str, Any] = field(default_factory=dict)  # every task's own options
     dry_run: bool = False
     no_progress: bool = False
     verbose: bool = False
-    task_options: dict[str, Any] = field(default_factory=dict)  # raw flag values of every task option
     argv: list[str] = field(default_factory=list)
 
 
@@ -148,7 +178,6 @@ class Suite:
     settings: list[Setting]
     tasks: list[TaskSpec]
     options: RunOptions
-    report: bool = True
 
 
 def packaged_suites() -> list[str]:
@@ -231,10 +260,47 @@ def _length(value: Any, key: str, source: str, text: str, whole: Any = _MISSING)
     return number
 
 
-def _check_types(table: dict[str, Any], types: dict[str, type], source: str, text: str) -> None:
-    for key, kind in types.items():
-        if key in table:
-            _typed(table[key], kind, key, source, text)
+def _values(table: dict[str, Any], options: tuple[Option, ...], source: str, text: str) -> dict[str, Any]:
+    """Each declared option's value in `table` (a suite's [run], [[settings]] or [[tasks]] entry), checked
+    against the option's kind and choices (TOML would otherwise hand a string to code that expects a number,
+    or make bool("false") true); a key left out is absent."""
+    values = {}
+    for option in options:
+        if option.name not in table:
+            continue
+        key, value, kind = option.name, table[option.name], option.suite_kind
+        if kind == LENGTH:
+            value = _length(value, key, source, text)
+        elif kind == SIZE and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise InputError(f"{source}:{_line_of(text, key) or '?'}: {key} must be a size such as \"8GiB\" "
+                             f"or a number of bytes, got {value!r}")
+        elif kind == BATCH and batch_value(value) is None:
+            raise InputError(f"{source}:{_line_of(text, key) or '?'}: {key} {value!r} is not a batch size: "
+                             "use a whole number >= 1 or \"auto\"")
+        elif kind in (str, int, float, bool, list, dict):
+            value = _typed(value, kind, key, source, text)
+        if option.choices and value not in option.choices:
+            raise InputError(f"{source}:{_line_of(text, key, value) or '?'}: {key} {value!r} is unknown: use "
+                             f"{', '.join(option.choices)}")
+        values[key] = value
+    return values
+
+
+def setting_from(values: dict[str, Any]) -> Setting:
+    """The one constructor of a Setting from its options' values (a suite entry, or the run flags); an option
+    left out takes its declared default."""
+    given = {o.name: values.get(o.name, o.default) for o in SETTING_OPTIONS}
+    override = RopeOverride(theta=given.pop("rope_theta"), rope_type=given.pop("rope_type"),
+                            factor=given.pop("rope_factor"), params=dict(given.pop("rope_params") or {}),
+                            pretrain_base=given.pop("pretrain_base"), train_len=given.pop("train_len"),
+                            tune_len=given.pop("tune_len"))
+    return Setting(override=override, server_urls=list(given.pop("server_url") or []), **given)
+
+
+def params_from(values: dict[str, Any], options: dict[str, Any]) -> TaskParams:
+    """A task block's parameters from its options' values; one left out takes its declared default."""
+    given = {o.name: values.get(o.name, o.default) for o in TASK_OPTIONS}
+    return TaskParams(lengths=sorted(set(given.pop("lengths"))), options=options, **given)
 
 
 def _tables(data: dict[str, Any], key: str, source: str, text: str) -> list[dict[str, Any]]:
@@ -256,11 +322,7 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
     run = data.get("run", {})
     _typed(run, dict, "run", source, text)
     _check_keys(run, RUN_KEYS, "[run]", source, text)
-    _check_types(run, RUN_TYPES, source, text)
-    memory = run.get("max_memory")
-    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (str, int))):
-        raise InputError(f"{source}:{_line_of(text, 'max_memory') or '?'}: max_memory must be a size such as "
-                         f"\"8GiB\" or a number of bytes, got {run['max_memory']!r}")
+    run = _values(run, RUN_OPTIONS + tuple(o for o in SETTING_OPTIONS if o.name in SHARED), source, text)
     if not data.get("settings"):
         raise InputError(f"{source}: no [[settings]]: add at least one with model = \"...\"")
     if not data.get("tasks"):
@@ -270,21 +332,8 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
         _check_keys(entry, SETTING_KEYS, "[[settings]]", source, text)
         if "model" not in entry:
             raise InputError(f"{source}: a [[settings]] entry has no model: add model = \"PATH_OR_ID\"")
-        _check_types(entry, SETTING_TYPES, source, text)
-        num = {k: _typed(entry[k], float, k, source, text)
-               for k in ("rope_theta", "rope_factor", "pretrain_base") if k in entry}
-        ints = {k: _length(entry[k], k, source, text) for k in ("train_len", "tune_len") if k in entry}
-        override = RopeOverride(theta=num.get("rope_theta"), rope_type=entry.get("rope_type"),
-                                       factor=num.get("rope_factor"),
-                                       params=dict(entry.get("rope_params", {})),
-                                       pretrain_base=num.get("pretrain_base"),
-                                       train_len=ints.get("train_len"),
-                                       tune_len=ints.get("tune_len"))
-        settings.append(Setting(
-            entry["model"], override, entry.get("label"), entry.get("dtype", run.get("dtype")),
-            entry.get("device", run.get("device")), entry.get("attn", run.get("attn")), entry.get("revision"),
-            entry.get("trust_remote_code", False), entry.get("serve"), list(entry.get("server_url", [])),
-            entry.get("tensor_parallel", 1), entry.get("data_parallel", 1), entry.get("probe", True)))
+        defaults = {k: run[k] for k in SHARED if k in run}  # [run] dtype/device/attn: every setting's default
+        settings.append(setting_from({**defaults, **_values(entry, SETTING_OPTIONS, source, text)}))
     labels = [s.label for s in settings if s.label is not None]
     for label in labels:
         if labels.count(label) > 1:  # one label is one curve, and tasks pick settings by label
@@ -303,12 +352,10 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
         _check_keys(entry, TASK_KEYS | option_names, f"[[tasks]] {name}", source, text)
         if "lengths" not in entry:
             raise InputError(f"{source}: task {name} has no lengths: add lengths = [1024, 2048, 4096]")
-        _check_types(entry, TASK_TYPES, source, text)
-        lengths = [_length(x, "lengths", source, text, entry["lengths"]) for x in entry["lengths"]]
-        params = TaskParams(lengths=sorted(set(lengths)), samples=entry.get("samples", DEFAULT_SAMPLES),
-                            seed=entry.get("seed", 0), corpus=entry.get("corpus", "stdlib"),
-                            bos=entry.get("bos", True),
-                            options={k: entry.get(k) for k in option_names})
+        _typed(entry.get("settings", []), list, "settings", source, text)
+        values = _values(entry, TASK_OPTIONS, source, text)
+        values["lengths"] = [_length(x, "lengths", source, text, entry["lengths"]) for x in entry["lengths"]]
+        params = params_from(values, {k: entry.get(k) for k in option_names})
         only = entry.get("settings")
         labels = {s.label for s in settings}
         if only is not None and not (all(isinstance(x, str) for x in only) and set(only) <= labels):
@@ -320,22 +367,19 @@ def parse_suite(text: str, source: str) -> tuple[dict[str, Any], list[Setting], 
 
 
 def _run_options(run: dict[str, Any], flags: Flags, default_out: Path, suite: str | None) -> RunOptions:
-    out = Path(flags.out) if flags.out else Path(run.get("out", default_out))
-    chunk = flags.chunk_size if flags.chunk_size is not None else run.get("chunk_size")
-    memory = flags.max_memory if flags.max_memory is not None else run.get("max_memory")
-    if chunk is not None and chunk < 1:
-        raise InputError(f"--chunk-size must be a positive number of tokens (got {chunk})")
-    strategy = flags.strategy or run.get("strategy") or "auto"
-    if strategy not in ("auto", "single", "stream", "prefill"):
-        raise InputError(f"strategy {strategy!r} is unknown: use auto, single, stream or prefill")
-    batch = flags.batch_size if flags.batch_size is not None else run.get("batch_size", 1)
-    if batch_value(batch) is None:
-        raise InputError(f"batch_size {batch!r} is not a batch size: use a whole number >= 1 or \"auto\"")
+    """The run's options: a flag given wins over the suite's [run] value, which wins over the default."""
+    flagged = {k: v for k, v in flags.run.items() if v is not None}
+    given = {o.name: o.default for o in RUN_OPTIONS} | run | flagged
+    out = Path(given["out"] or default_out)
+    if given["chunk_size"] is not None and given["chunk_size"] < 1:
+        raise InputError(f"--chunk-size must be a positive number of tokens (got {given['chunk_size']})")
+    memory = given["max_memory"]
     writable_folder(out, "--out")
-    return RunOptions(out=out, chunk_size=chunk, strategy=strategy, batch_size=batch_value(batch),
+    return RunOptions(out=out, chunk_size=given["chunk_size"], strategy=given["strategy"],
+                      batch_size=batch_value(given["batch_size"]),
                       max_memory=parse_size(str(memory)) if memory is not None else None,
                       dry_run=flags.dry_run, progress=not flags.no_progress, command=list(flags.argv),
-                      suite=suite, verbose=flags.verbose)
+                      suite=suite, verbose=flags.verbose, report=given["report"])
 
 
 def load_suite(name_or_path: str, flags: Flags) -> Suite:
@@ -343,12 +387,12 @@ def load_suite(name_or_path: str, flags: Flags) -> Suite:
     override it."""
     source, text = _read(name_or_path)
     run, settings, tasks = parse_suite(text, source)
-    settings = [replace(s, dtype=flags.dtype or s.dtype, device=flags.device or s.device,
-                        attn=flags.attn or s.attn) for s in settings]
+    shared = {k: flags.setting[k] for k in SHARED if flags.setting.get(k) is not None}
+    settings = [replace(s, **shared) for s in settings]
     for setting in settings:
         check_device(setting.device)
     options = _run_options(run, flags, Path("results") / Path(name_or_path).stem, source)
-    return Suite(settings, tasks, options, bool(run.get("report", True)))
+    return Suite(settings, tasks, options)
 
 
 def check_device(device: str | None) -> None:
@@ -390,23 +434,13 @@ def task_list(text: str) -> list[str]:
 
 def from_flags(flags: Flags) -> Suite:
     """One setting and one or more tasks from `rope-harness run --model ... --tasks ... --lengths ...`."""
-    if not flags.lengths:
+    if not flags.params.get("lengths"):
         raise InputError("--lengths is required with --model: e.g. --lengths 1024,2048,4096")
-    override = RopeOverride(theta=flags.rope_theta, rope_type=flags.rope_type, factor=flags.rope_factor,
-                            params=dict(parse_param(p) for p in flags.rope_param),
-                            pretrain_base=flags.pretrain_base, train_len=flags.train_len,
-                            tune_len=flags.tune_len)
-    setting = Setting(flags.model, override, flags.label, flags.dtype, flags.device, flags.attn,
-                      flags.revision, flags.trust_remote_code, flags.serve, list(flags.server_url or []),
-                      flags.tensor_parallel, flags.data_parallel, not flags.no_probe)
+    setting = setting_from({k: v for k, v in flags.setting.items() if v is not None})
     check_device(setting.device)
-    # --samples 0 is an error, not the default
-    samples = DEFAULT_SAMPLES if flags.samples is None else flags.samples
     names = task_list(flags.task)
-    lengths = parse_lengths(flags.lengths)
-    specs = [TaskSpec(name, TaskParams(lengths=list(lengths), samples=samples, seed=flags.seed,
-                                       corpus=flags.corpus or "stdlib", bos=not flags.no_bos,
-                                       options=task_options(flags, name))) for name in names]
-    name = flags.label or f"{Path(flags.model.replace('zoo:', '')).name}-{'-'.join(names)}"
+    given = {k: v for k, v in flags.params.items() if v is not None}  # --samples 0 is an error, no default
+    specs = [TaskSpec(name, params_from(given, task_options(flags, name))) for name in names]
+    name = setting.label or f"{Path(setting.model.replace('zoo:', '')).name}-{'-'.join(names)}"
     default_out = Path("results") / safe_name(name)  # one folder under results/, never hidden or outside it
     return Suite([setting], specs, _run_options({}, flags, default_out, None))

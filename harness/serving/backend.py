@@ -121,7 +121,7 @@ def _argv(checkpoint: Any, serve: str, max_len: int, port: int, tensor_parallel:
 
     return launch_command(serve, checkpoint.path, checkpoint.override, max_len=max_len, host="127.0.0.1",
                           port=port, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
-                          config=checkpoint.source_config)
+                          config=checkpoint.source_config, applied=checkpoint.config)
 
 
 def launch_preview(checkpoint: Any, serve: str, max_len: int, tensor_parallel: int = 1,

@@ -75,14 +75,15 @@ LLAMA_SCALING = {"default": 0, "linear": 1, "yarn": 2}
 
 def launch_command(engine: str, model: str, override: RopeOverride, *, max_len: int, host: str, port: int,
                    tensor_parallel: int = 1, data_parallel: int = 1, extra: Sequence[str] = (),
-                   config: Any = None) -> list[str]:
+                   config: Any = None, applied: Any = None) -> list[str]:
     """The argv that serves `model` on `engine` with `override` applied, an OpenAI-compatible server on
     host:port with a context of `max_len` tokens; `extra` is appended as given. `config` is the checkpoint's
     (unmodified) config: with it the engine gets exactly the parameters apply_override gives the in-process
-    run; vLLM and SGLang need it for any override, llama.cpp only for static NTK."""
+    run; vLLM and SGLang need it for any override, llama.cpp only for static NTK. `applied`: the config with
+    the override already applied (the setting's checkpoint, models.describe), used as it is."""
     _check_engine(engine)
     _check_sizes(engine, max_len, port, tensor_parallel, data_parallel)
-    params, edited = _effective(override, config)
+    params, edited = _effective(override, config, applied)
     _check_servable(engine, params, edited, config)
     if engine == "llama.cpp":
         argv = _llama_cpp(model, params, max_len, host, port)
@@ -147,15 +148,17 @@ def _is_empty(override: RopeOverride) -> bool:
         and not override.params
 
 
-def _effective(override: RopeOverride, config: Any) -> tuple[dict[str, Any] | None, Any]:
+def _effective(override: RopeOverride, config: Any, applied: Any = None) -> tuple[dict[str, Any] | None, Any]:
     """(the RoPE parameters of the served run's law section, the edited config or None); (None, None) when
     the override changes nothing. Without a config only the override's own values are known."""
     if _is_empty(override):
         return None, None
-    if config is None:
+    if config is None and applied is None:
         return _from_override(override), None
-    edited = copy.deepcopy(config)
-    apply_override(edited, override)
+    edited = applied
+    if edited is None:
+        edited = copy.deepcopy(config)
+        apply_override(edited, override)
     return dict(rope_sections(edited)[law_section(edited)]), edited
 
 

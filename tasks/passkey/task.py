@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from harness.core.errors import InputError
@@ -64,12 +65,20 @@ LOGPROB = MeasureSpec(
 MEASURES = [MEASURE, LOGPROB]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PasskeyState:
-    """What prepare builds once per setting: the resolved options and the haystack every prompt reads."""
+    """What prepare builds once per setting: the resolved options and the haystack every prompt reads (the
+    filler's is tokenised on first use: at millions of tokens that takes seconds a refused cell never
+    needs)."""
 
     options: Options
-    haystack: Haystack
+    corpus: Haystack | None  # a corpus haystack (its sample count is known at prepare); None: the filler
+    tokenizer: Any = None
+    longest: int = 0
+
+    @cached_property
+    def haystack(self) -> Haystack:
+        return self.corpus if self.corpus is not None else filler_haystack(self.tokenizer, self.longest)
 
 
 class PasskeyTask(Task):
@@ -105,10 +114,11 @@ class PasskeyTask(Task):
         params, tokenizer = pre.params, pre.tokenizer
         options = Options.from_params(params)
         longest = max(params.lengths)
+        corpus = None
         if options.haystack == "filler":
-            haystack = filler_haystack(tokenizer, longest)
+            haystack = filler_haystack(tokenizer, 0)  # enough for the fixed parts' check
         else:
-            haystack = corpus_haystack(tokenizer, params.corpus, longest, params.samples)
+            haystack = corpus = corpus_haystack(tokenizer, params.corpus, longest, params.samples)
         minimum = max((fixed_tokens(tokenizer, make_needles(params.seed, cell.sample, cell.length, cell.depth,
                                                             options), options, params.bos, haystack)
                        for cell in self.cells(params)), default=0)
@@ -119,8 +129,8 @@ class PasskeyTask(Task):
                              f"(instruction, needles, question{', BOS' if params.bos else ''}): "
                              "use --lengths of "
                              f"at least {minimum} tokens for this tokenizer")
-        state = PasskeyState(options, haystack)
-        available = len(haystack.sample_starts) if haystack.kind == "corpus" else None
+        state = PasskeyState(options, corpus, tokenizer, longest)
+        available = len(corpus.sample_starts) if corpus is not None else None
         if available is not None and available < params.samples:
             pre.warn(f"corpus {params.corpus!r} has haystack text for only {available} passkey samples of "
                      f"{longest} tokens (asked {params.samples}): running those")
