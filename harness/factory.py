@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.core import heartbeat
 from harness.core.errors import InputError, one_line
 from harness.engine.planner import Plan, budget_source, default_budget, make_plan
 from harness.model import models
@@ -24,7 +25,8 @@ from harness.serving.backend import ServedPlan
 from harness.serving.engines import CAPABILITIES, ENGINES, missing
 
 __all__ = ["ENGINES", "EngineOptions", "EngineSetting", "Opened", "budget_line", "check_options",
-           "check_setting", "check_task", "engine_name", "evaluator_loader", "opened", "planner", "preview"]
+           "check_setting", "check_task", "engine_name", "evaluator_loader", "opened", "planner", "preview",
+           "DryPlanner"]
 SERVED = "served"  # the device a served engine computes on, as records and the address-space cap read it
 
 
@@ -142,20 +144,34 @@ def check_task(setting: EngineSetting, task: Any) -> None:
 # ---------------------------------------------------------------------------------- planning, preview
 
 
-def planner(setting: EngineSetting, config: Any, options: EngineOptions
-            ) -> Callable[[int, bool], Plan | ServedPlan] | None:
+@dataclass(frozen=True)
+class DryPlanner:
+    """The run's plans without weights, and the time its passes will take (an estimate; None: served)."""
+
+    plan: Callable[[int, bool], Plan | ServedPlan]
+    seconds: Callable[[list[tuple[int, int]]], float | None]
+    length_dependent: bool = False
+
+    def __call__(self, length: int, generation: bool = False) -> Plan | ServedPlan:
+        return self.plan(length, generation)
+
+
+def planner(setting: EngineSetting, config: Any, options: EngineOptions) -> DryPlanner | None:
     """(length, generation) -> the plan the run's engine will make, from the same inputs without weights
-    (device, dtype, attention, parameter count, budget, whether the family streams); None when the config
-    could not be read. A served setting's engine owns its memory."""
+    (device, dtype, attention, parameter count, budget, whether the family streams), and the seconds its
+    passes take; None when the config could not be read. A served setting's engine owns memory and time."""
     if setting.served:
-        plan = ServedPlan(engine_name(setting) or "server")
-        return lambda length, generation=False: plan
+        served = ServedPlan(engine_name(setting) or "server")
+        return DryPlanner(lambda length, generation=False: served, lambda passes: None)
     if config is None:
         return None
     import torch
     from transformers import AutoModelForCausalLM
 
+    from harness.engine.estimate import seconds, throughput
     from harness.engine.stream import model_refusal
+    from harness.model.gguf import cache_root
+    from harness.model.rope_config import is_length_dependent
 
     device = models.pick_device(setting.device)
     dtype, attn = models.pick_dtype(setting.dtype, device), models.pick_attn(setting.attn, device)
@@ -173,7 +189,12 @@ def planner(setting: EngineSetting, config: Any, options: EngineOptions
                 generation=generation, cuda=device.startswith("cuda"))
         return plans[length, generation]
 
-    return plan
+    def timed(passes: list[tuple[int, int]]) -> float | None:
+        if device != "cpu":  # the calibration measures this machine's CPU
+            return None
+        return seconds(config, n_params, passes, throughput(dtype, cache_root()))
+
+    return DryPlanner(plan, timed, is_length_dependent(config))
 
 
 def budget_line(setting: EngineSetting, options: EngineOptions) -> str:
@@ -216,7 +237,8 @@ def opened(setting: EngineSetting, checkpoint: models.Checkpoint, options: Engin
         return
     from harness.engine.engine import Engine
 
-    loaded = models.load(checkpoint, dtype=setting.dtype, device=setting.device, attn=setting.attn)
+    with heartbeat.phase(f"{label}: loading {setting.model}"):
+        loaded = models.load(checkpoint, dtype=setting.dtype, device=setting.device, attn=setting.attn)
     memory = budget(loaded.device, options.max_memory)
     engine = Engine(loaded, chunk_size=options.chunk_size, max_memory=memory, strategy=options.strategy,
                     batch_size=options.batch_size)

@@ -139,6 +139,17 @@ class Task:
         """Cells that are scored together; default: each cell alone."""
         return [[c] for c in cells]
 
+    def passes(self, params: TaskParams, cells: list[Cell], length_dependent: bool) -> list[tuple[int, int]]:
+        """The forward passes scoring `cells` takes, each (tokens, greedy steps after it): what the dry run's
+        time estimate counts. Default: a generating task prefills each cell's prompt and decodes up to its
+        `max_new_tokens` (32 where it has none), and scores its answer in a pass of its own where RoPE depends
+        on the length (the engine's two prefills); any other task runs one pass per cell."""
+        if not self.generates:
+            return [(cell.length, 0) for cell in cells]
+        steps = int(params.options.get("max_new_tokens") or 32)
+        return [(cell.length, steps) for cell in cells] + ([(c.length, 0) for c in cells] if length_dependent
+                                                            else [])
+
     def score_group(self, ctx: RunContext, cells: list[Cell]) -> list[dict[str, Any]]:
         """Metrics per cell, in the order given. Raise on failure; the runner records it."""
         raise NotImplementedError

@@ -38,3 +38,13 @@ def offline(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     if hasattr(datasets.config, "HF_HUB_OFFLINE"):
         monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(autouse=True)
+def quiet_heartbeat():
+    """A run started without --no-progress starts the heartbeat thread: stopped after each test, so that it
+    never writes into another test's captured stderr."""
+    from harness.core import heartbeat
+
+    yield
+    heartbeat.stop()

@@ -92,3 +92,34 @@ def test_serving_options_are_checked_in_one_line(change, message):
 
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         factory.check_options(dataclasses.replace(Setting("m"), **change))
+
+
+def test_the_dry_run_estimates_the_wall_time_from_a_cached_calibration(tiny_llama, tmp_path, monkeypatch,
+                                                                       capsys):
+    """The estimate is the planner's work over a throughput measured once (cached: a second dry run measures
+    nothing), per setting and in total, said to be an estimate; it grows with the work asked."""
+    from harness.engine import estimate
+
+    monkeypatch.setenv("ROPE_HARNESS_CACHE", str(tmp_path / "cache"))
+    measured = []
+    real = estimate._measure
+    monkeypatch.setattr(estimate, "_measure", lambda dtype: measured.append(dtype) or real(dtype))
+
+    def dry(*lengths: int) -> str:
+        args = ["run", "--model", str(tiny_llama), "--lengths", ",".join(map(str, lengths)), "--samples", "2",
+                "--out", str(tmp_path / "r"), "--dry-run", "--no-progress"]
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        (line,) = [x for x in out.splitlines() if x.startswith("estimated wall time: ")]
+        assert "an estimate" in line
+        return line
+
+    dry(256)
+    assert measured == ["float32"] and (tmp_path / "cache" / "calibration.json").is_file()
+    dry(256)
+    assert measured == ["float32"]  # cached
+    config = models.describe(str(tiny_llama)).config
+    speed = estimate.Throughput(1e9, 1e-9)
+    short, long = (estimate.seconds(config, 10**6, [(n, 0)], speed) for n in (1024, 4096))
+    assert 4 < long / short < 16  # linear matmuls plus quadratic attention
+    assert estimate.seconds(config, 10**6, [(1024, 32)], speed) > short  # greedy steps cost time

@@ -149,18 +149,28 @@ def test_headline_falls_back_to_the_default_definition_where_the_law_one_is_with
 
     from harness.report.headline import _fallback
 
-    def view(name, limits):
+    def view(name, limits, metric="nll"):
         settings = pd.DataFrame([{"setting": s, "measured_limit": v, "measured_censored": False,
                                   "measured_ci_low": math.nan, "measured_ci_high": math.nan,
                                   "predicted_limit": 8192.0, "retrieval_bound": 725.0, "regime": "x",
                                   "warning": "", "note": ""} for s, v in limits.items()]).set_index(
             "setting", drop=False)
-        return SimpleNamespace(spec=SimpleNamespace(name=name), settings=settings)
+        return SimpleNamespace(spec=SimpleNamespace(name=name, metric=metric), settings=settings)
+
+    def context(*views):
+        return SimpleNamespace(default=views[0], analyses={str(k): v for k, v in enumerate(views)})
 
     position = view("per-position loss", {"broken": math.nan, "fine": 9000.0})
     default = view("ppl@L", {"broken": 2271.0, "fine": 12000.0})
-    ctx = SimpleNamespace(default=default)
+    ctx = context(default, position)
     said = _fallback(ctx, position, position.settings.loc["broken"])
     assert said.startswith("; ppl@L limit at 2,271") and "0.28x Liu's limit (8,192)" in said
     assert _fallback(ctx, position, position.settings.loc["fine"]) == ""  # measured: nothing added
-    assert _fallback(SimpleNamespace(default=position), position, position.settings.loc["broken"]) == ""
+    assert _fallback(context(position), position, position.settings.loc["broken"]) == ""
+    # a score at chance everywhere: the first definition on another metric that measured a length (the answer
+    # log-prob), never a second threshold on the same score
+    score = view("RULER score", {"broken": math.nan}, "score")
+    effective = view("RULER effective length", {"broken": 1500.0}, "score")
+    logprob = view("answer log-prob", {"broken": 3000.0}, "answer_logprob")
+    said = _fallback(context(score, effective, logprob), score, score.settings.loc["broken"])
+    assert said.startswith("; answer log-prob limit at 3,000")

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from harness import __version__
+from harness.core import heartbeat
 from harness.core.errors import InputError, one_line
 from harness.core.values import float_list, law_override, token_count
 
@@ -181,6 +182,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.suite is None and args.model is None:
         args.suite = "quick"
     flags = _flags(args)
+    if not flags.no_progress:
+        heartbeat.start()  # signs of life in every phase over a few seconds, before any memory cap
     loaded = suite.load_suite(args.suite, flags) if args.suite is not None else suite.from_flags(flags)
     distributed = init_distributed()
     warn = run_plan.warner()
@@ -211,7 +214,8 @@ def _render_report(out: Path, law: dict | None = None) -> None:
     from harness.report import build_report
 
     try:
-        report = build_report([out], out / "report", law=law)
+        with heartbeat.phase(f"rendering the report of {out}"):
+            report = build_report([out], out / "report", law=law)
     except Exception as exc:  # noqa: BLE001 - the run is done; its report can be rendered again
         logging.getLogger("rope_harness").debug("report failed", exc_info=True)
         print(f"rope-harness: warning: the report failed ({one_line(exc)}): fix it and run "
@@ -319,6 +323,11 @@ def add_report_parser(sub) -> None:
                         help="additive measured-length rules: how many nats worse than the reference "
                              "(default per definition; per-position loss: 0.5, passkey answer log-prob: 2); "
                              "several (--delta 0.5,1 or repeated) give one summary row each")
+    parser.add_argument("--threshold", type=float_list, action="extend", default=None, metavar="T[,T...]",
+                        help="RULER's effective length: the score it must stay at or above (default RULER's "
+                             "85.6); a value above 1 is a percentage (85.6), one up to 1 a fraction of the "
+                             "0-1 score (0.856); several give one summary row each. Other tasks' thresholds "
+                             "(passkey accuracy 0.5) stay as they are")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                         help=f"bootstrap resamples for CIs (default {DEFAULT_BOOTSTRAP}; 0 = no CI)")
     parser.add_argument("--ci", type=float, default=DEFAULT_CI, help=f"CI level (default {DEFAULT_CI:g})")

@@ -85,27 +85,30 @@ class MeasureSpec:
             return "factor"
         return "delta" if self.delta is not None else "threshold"
 
-    def param(self, factor: float | None = None, delta: float | None = None) -> float | None:
+    def param(self, factor: float | None = None, delta: float | None = None,
+              threshold: float | None = None) -> float | None:
         """The rule's parameter; an override applies only to its own rule (--factor leaves a delta rule
-        alone)."""
+        alone, --threshold a factor rule; which threshold rules take --threshold is the report's choice)."""
         if self.rule == "factor":
             return self.factor if factor is None else factor
         if self.rule == "delta":
             return self.delta if delta is None else delta
-        return self.threshold
+        return self.threshold if threshold is None else threshold
 
-    def label(self, factor: float | None = None, delta: float | None = None) -> str:
+    def label(self, factor: float | None = None, delta: float | None = None,
+              threshold: float | None = None) -> str:
         """A few words naming the rule and its parameter (figure axis labels)."""
-        p = self.param(factor, delta)
+        p = self.param(factor, delta, threshold)
         if self.rule == "factor":
             return f"{self.name}, factor {p:g}"
         if self.rule == "delta":
             return f"{self.name} {'>= best -' if self.higher_is_better else '<= best +'} {p:g}"
         return f"{self.name} {'>=' if self.higher_is_better else '<='} {p:g}"
 
-    def definition(self, factor: float | None = None, delta: float | None = None) -> str:
+    def definition(self, factor: float | None = None, delta: float | None = None,
+                   threshold: float | None = None) -> str:
         """One line naming the rule, used as the `definition` column of summary.csv."""
-        p = self.param(factor, delta)
+        p = self.param(factor, delta, threshold)
         ref = f"best {self.name} at L <= {self.reference}"
         if self.rule == "factor":
             rule = f"{self.name} <= {p:g} x {ref}" if not self.higher_is_better else \
@@ -158,10 +161,12 @@ class PositionMeasureSpec(MeasureSpec):
         if not 0 <= self.reference_from < 1:
             raise ValueError("PositionMeasureSpec.reference_from must lie in [0, 1)")
 
-    def label(self, factor: float | None = None, delta: float | None = None) -> str:
+    def label(self, factor: float | None = None, delta: float | None = None,
+              threshold: float | None = None) -> str:
         return f"{self.name}, reference + {self.param(factor, delta):g} nats"
 
-    def definition(self, factor: float | None = None, delta: float | None = None) -> str:
+    def definition(self, factor: float | None = None, delta: float | None = None,
+                   threshold: float | None = None) -> str:
         return (f"first token position past {self.reference} where the {self.name} (mean over samples, "
                 f"token-weighted running mean over {self.window} position buckets) exceeds its reference + "
                 f"{self.param(factor, delta):g} nats; reference = token-weighted mean loss at positions in "
@@ -192,7 +197,8 @@ def _log_crossing(x0: float, x1: float, g0: float, g1: float, gt: float) -> floa
 
 
 def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_len: float | None,
-                   measure: MeasureSpec, factor: float | None = None, delta: float | None = None) -> Limit:
+                   measure: MeasureSpec, factor: float | None = None, delta: float | None = None,
+                   threshold: float | None = None) -> Limit:
     """The measured extrapolation length of one aggregate curve (see MeasureSpec for the rule)."""
     lens = np.asarray(lengths, dtype=float)
     vals = np.asarray(values, dtype=float)
@@ -212,7 +218,7 @@ def measured_limit(lengths: Sequence[float], values: Sequence[float], reference_
     pick = np.argmax if measure.higher_is_better else np.argmin
     best = int(candidates[pick(vals[candidates])])
     ref = float(vals[best])
-    p = measure.param(factor, delta)
+    p = measure.param(factor, delta, threshold)
     sign = -1.0 if measure.higher_is_better else 1.0
     if measure.rule == "factor":
         thr = ref / p if measure.higher_is_better else ref * p

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from harness.core.contract import AnswerScore, Ran, Scored
 from harness.core.errors import one_line
+from harness.core.heartbeat import detail
 from harness.engine import stream
 from harness.engine.decode import Prefilled, greedy, new_cache
 from harness.engine.head import perplexity, postprocess_logits
@@ -74,6 +75,10 @@ class Engine:
         self.self_check()
         if strategy == "stream":
             self._check_stream()
+        layers = getattr(self.decoder, "layers", None) or []
+        names = [f"layer {index + 1}/{len(layers)}" for index in range(len(layers))]
+        for layer, name in zip(layers, names, strict=True):  # how far a long pass is: the heartbeat's line
+            layer.register_forward_pre_hook(lambda *_, at=name: detail(at))
 
     # ---------------------------------------------------------------------------------- planning
     def plan(self, length: int, strategy: str | None = None, generation: bool = False,

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.core import heartbeat
 from harness.core.errors import InputError, one_line
 
 DONE = "gguf_source.json"  # written last: a folder without it is unfinished and rebuilt
@@ -220,7 +221,8 @@ def materialised(path: str | Path) -> Path:
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
     try:
-        _dequantise_into(file, building)
+        with heartbeat.phase(f"dequantising {file.name} to float32 (once: cached in {folder.parent})"):
+            _dequantise_into(file, building)
         shutil.rmtree(folder, ignore_errors=True)  # an unfinished folder of an earlier, killed build
         os.replace(building, folder)
     finally:

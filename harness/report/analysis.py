@@ -7,7 +7,7 @@ bootstrap settings, so figures never recompute curves or bootstrap CIs themselve
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,12 @@ class Analysis:
     table: pd.DataFrame
     summary: pd.DataFrame
     settings: pd.DataFrame
+    threshold: float | None = None  # a threshold rule's threshold where `report --threshold` set it
+
+    @property
+    def params(self) -> tuple[float | None, float | None, float | None]:
+        """(factor, delta, threshold) as spec.label / spec.definition take them."""
+        return self.factor, self.delta, self.threshold
 
 
 @dataclass
@@ -92,6 +98,7 @@ class FigureContext:
     colors: dict[str, Any]
     order: list[str]
     ci: float = DEFAULT_CI
+    min_samples: int = DEFAULT_MIN_SAMPLES  # the evidence bar: samples per length a measured length needs
     family: str = ""  # the model family of these settings, where the report holds several (model_families)
     analyses: dict[str, Analysis] = field(default_factory=dict)
     extras: dict[str, Analysis] = field(default_factory=dict)
@@ -112,21 +119,27 @@ class FigureContext:
                      + (f" ({'; '.join(self.notes)})" if self.notes else ""))
 
 
-def _rule_params(measure: MeasureSpec, factors: Sequence[float | None], deltas: Sequence[float | None]
-                 ) -> list[tuple[float | None, float | None]]:
-    """(factor, delta) overrides for which a definition gets a summary row each (one for a threshold rule)."""
+Params = tuple[float | None, float | None, float | None]  # (factor, delta, threshold) overrides
+
+
+def _rule_params(measure: MeasureSpec, factors: Sequence[float | None], deltas: Sequence[float | None],
+                 thresholds: Sequence[float | None] = (None,)) -> list[Params]:
+    """(factor, delta, threshold) overrides for which a definition gets a summary row each; `thresholds`
+    only reach a threshold rule that takes them (see analyze)."""
     if measure.rule == "factor":
-        return [(f, None) for f in (list(factors) or [None])]
+        return [(f, None, None) for f in (list(factors) or [None])]
     if measure.rule == "delta":
-        return [(None, d) for d in (list(deltas) or [None])]
-    return [(None, None)]
+        return [(None, d, None) for d in (list(deltas) or [None])]
+    return [(None, None, t) for t in (list(thresholds) or [None])]
 
 
-def _rule_values(measure: MeasureSpec, factor: float | None, delta: float | None
-                 ) -> tuple[float | None, float | None]:
-    """The (factor, delta) a definition actually uses with these overrides: one of them, or neither."""
-    value = measure.param(factor, delta)
-    return (value if measure.rule == "factor" else None), (value if measure.rule == "delta" else None)
+def _rule_values(measure: MeasureSpec, factor: float | None, delta: float | None,
+                 threshold: float | None = None) -> Params:
+    """The (factor, delta, threshold) a definition actually uses with these overrides: one of them (the
+    threshold only where it was overridden), or none."""
+    value = measure.param(factor, delta, threshold)
+    return ((value if measure.rule == "factor" else None), (value if measure.rule == "delta" else None),
+            (value if measure.rule == "threshold" and threshold is not None else None))
 
 
 def analyze(records: pd.DataFrame, measures: MeasureSpec | Sequence[MeasureSpec], *, task: str = "",
@@ -135,7 +148,8 @@ def analyze(records: pd.DataFrame, measures: MeasureSpec | Sequence[MeasureSpec]
             n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
             positions: pd.DataFrame | None = None, colors: dict[str, Any] | None = None,
             columns: Mapping[str, Any] | None = None,
-            min_samples: int = DEFAULT_MIN_SAMPLES) -> FigureContext:
+            min_samples: int = DEFAULT_MIN_SAMPLES, thresholds: Sequence[float | None] = (None,),
+            threshold_measures: Collection[str] = ()) -> FigureContext:
     """One task's records (all runs concatenated) -> its FigureContext, every bootstrap done here.
 
     `measures`: one definition or a list of them (a task's measures; the first is the default). A per-position
@@ -143,6 +157,8 @@ def analyze(records: pd.DataFrame, measures: MeasureSpec | Sequence[MeasureSpec]
     first). `extra` definitions and `tables` are what the task's figures draw beyond that; they get the
     same n_boot, seed and rule overrides but stay out of summary.csv (table.csv lists the per-length ones).
     `columns`: record columns derived before anything is measured ({name: fn(records) -> Series or None}).
+    `thresholds` override the threshold of the threshold-rule definitions whose key is in `threshold_measures`
+    (`report --threshold`: RULER's effective length), one summary row each; other threshold rules keep theirs.
     A records definition other than the first whose metric no record carries is left out quietly.
     """
     definitions = [measures] if isinstance(measures, MeasureSpec) else list(measures)
@@ -161,10 +177,11 @@ def analyze(records: pd.DataFrame, measures: MeasureSpec | Sequence[MeasureSpec]
         task_positions = positions[positions["task"] == task] if "task" in positions else positions
         task_positions = task_positions[task_positions["setting"].isin(order)]
     has_positions = task_positions is not None and len(task_positions) > 0
-    ctx = FigureContext(task, records, task_positions, colors, order, ci)
+    ctx = FigureContext(task, records, task_positions, colors, order, ci, min_samples)
 
     def one(measure: MeasureSpec) -> Analysis:
-        return _analyze_one(records, measure, task=task, params=_rule_params(measure, factors, deltas),
+        own = thresholds if measure.key in threshold_measures else (None,)
+        return _analyze_one(records, measure, task=task, params=_rule_params(measure, factors, deltas, own),
                             n_boot=n_boot, seed=seed, ci=ci, positions=task_positions, order=order,
                             min_samples=min_samples)
 
@@ -192,11 +209,11 @@ def _has_values(records: pd.DataFrame, metric: str) -> bool:
 
 
 def _limit(measure: MeasureSpec, axis: np.ndarray, values, ref_len: float | None, factor: float | None,
-           delta: float | None) -> Limit:
+           delta: float | None, threshold: float | None = None) -> Limit:
     """measured_limit of a per-length curve, or position_limit of a (loss, tokens) per-position curve."""
     if measure.source == "positions":
         return position_limit(axis, values[0], values[1], ref_len, measure, delta)  # type: ignore[arg-type]
-    return measured_limit(axis, values, ref_len, measure, factor, delta)
+    return measured_limit(axis, values, ref_len, measure, factor, delta, threshold)
 
 
 def _length_curve_of(recs: pd.DataFrame, measure: MeasureSpec, *, task: str, setting: str, ci: float,
@@ -293,7 +310,7 @@ def _add_peer_warnings(measure: MeasureSpec, rows: list[dict[str, Any]], params)
     blank = {"measured_limit": math.nan, "measured_ci_low": math.nan, "measured_ci_high": math.nan,
              "measured_censored": None, "ratio_measured_to_predicted": math.nan,
              "ratio_measured_to_retrieval": math.nan, **_measured_dims("", NO_LIMIT, math.nan, math.nan, {})}
-    for n_param, (factor, delta) in enumerate(params):
+    for n_param, (factor, delta, _) in enumerate(params):
         group = [r for r in rows if r["_param"] == n_param]
         # means over different documents are not comparable, and a withheld row is no evidence either way
         peers_of = [None if r["_withheld"] else (r["model"], r["_samples"]) for r in group]
@@ -334,6 +351,14 @@ def _row_notes(law_note: str, limit_note: str, no_positions: bool, finetune_assu
     return notes
 
 
+def _reference_length(recs: pd.DataFrame, measure: MeasureSpec) -> float | None:
+    """The record column `measure.reference` (tune_len), else train_len, else None."""
+    ref_len = _first(recs, measure.reference)
+    if ref_len is None:
+        ref_len = _first(recs, "train_len")
+    return float(ref_len) if ref_len is not None else None
+
+
 def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, params, n_boot: int, seed: int,
                  ci: float, positions: pd.DataFrame | None, order: list[str],
                  min_samples: int = DEFAULT_MIN_SAMPLES) -> Analysis:
@@ -349,22 +374,19 @@ def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, para
         table_rows += rows
         info = {c: _latest(recs, c) for c in LAW_COLUMNS}  # a rerun with corrected law inputs wins
         block = predict_for(info)
-        ref_len = _first(recs, measure.reference)
-        if ref_len is None:
-            ref_len = _first(recs, "train_len")
-        ref_len = float(ref_len) if ref_len is not None else None
+        ref_len = _reference_length(recs, measure)
         finetune_assumed = bool(_first(recs, "law_assumes_finetune") or False)
         chance = chance_of(measure, recs)
         samples = tuple(sorted(recs.loc[recs["status"] == "ok", "sample"].dropna().unique()))
-        for n_param, (factor, delta) in enumerate(params):
-            used_factor, used_delta = _rule_values(measure, factor, delta)
-            limit = _limit(measure, axis, point, ref_len, factor, delta)
+        for n_param, (factor, delta, threshold) in enumerate(params):
+            used_factor, used_delta, _ = _rule_values(measure, factor, delta, threshold)
+            limit = _limit(measure, axis, point, ref_len, factor, delta, threshold)
             why_not = withheld(measure, limit.reference, chance, n_samples, min_samples)
             if why_not:
                 limit = Limit(math.nan, False, limit.reference, limit.threshold, limit.note)
             lo = hi = math.nan
             if draws_in is not None and np.isfinite(limit.value):
-                draws = np.array([_limit(measure, axis, row, ref_len, factor, delta).value
+                draws = np.array([_limit(measure, axis, row, ref_len, factor, delta, threshold).value
                                   for row in draws_in])
                 lo, hi = percentile_interval(draws, ci)
             predicted = block.predicted_limit
@@ -378,7 +400,8 @@ def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, para
             elif measure.source == "positions":
                 warnings = position_warnings(limit.note)
             else:
-                warnings = curve_warnings(measure, axis, point, ref_len, factor, delta) if n_samples else []
+                warnings = curve_warnings(measure, axis, point, ref_len, factor, delta,
+                                          threshold) if n_samples else []
             row = {
                 "setting": setting, "model": info["model"], "task": task, "measure": measure.key,
                 "rope_type": info["rope_type"], "rope_theta": info["rope_theta"],
@@ -392,9 +415,10 @@ def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, para
                 "ratio_measured_to_retrieval": limit.value / block.retrieval_bound
                 if block.retrieval_bound and np.isfinite(limit.value) else math.nan,
                 **_measured_dims(block.regime, limit, lo, hi, info),
-                "definition": measure.definition(factor, delta),
+                "definition": measure.definition(factor, delta, threshold),
                 "factor": used_factor, "delta": used_delta,
                 "reference_value": limit.reference, "threshold_value": limit.threshold,
+                "chance_value": math.nan if chance is None else chance,
                 "n_samples": n_samples, "n_failed": int((recs["status"] != "ok").sum()),
                 "law_assumes_finetune": finetune_assumed, "law_inputs_from": law_inputs_from(recs),
                 "rope_hash": _first(recs, "rope_hash"), "run": _first(recs, "run"),
@@ -412,5 +436,5 @@ def _analyze_one(records: pd.DataFrame, measure: MeasureSpec, *, task: str, para
     settings = pd.DataFrame(first_rows).drop(columns=private, errors="ignore")
     if len(settings):
         settings = settings.set_index("setting", drop=False).rename_axis(None)
-    factor, delta = _rule_values(measure, *params[0])
-    return Analysis(measure, factor, delta, table, summary, settings)
+    factor, delta, threshold = _rule_values(measure, *params[0])
+    return Analysis(measure, factor, delta, table, summary, settings, threshold)

@@ -37,3 +37,12 @@ def fmt_length(x: float) -> str:
     if x >= 1000:
         return f"{x / 1000:.3g}k"
     return f"{x:.3g}"
+
+
+def score_threshold(value: float) -> float:
+    """`report --threshold` on either scale, unambiguously: a value above 1 is a percentage (RULER's 85.6 ->
+    0.856), one in (0, 1] a fraction of the 0-1 score (0.856). ValueError outside (0, 100]."""
+    value = float(value)
+    if not (math.isfinite(value) and 0 < value <= 100):
+        raise ValueError(f"threshold {value:g} outside (0, 100]")
+    return value / 100 if value > 1 else value

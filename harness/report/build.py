@@ -30,11 +30,20 @@ from harness.report.analysis import (
     setting_colors,
     setting_order,
 )
-from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, DEFAULT_MIN_SAMPLES
+from harness.report.base import DEFAULT_BOOTSTRAP, DEFAULT_CI, DEFAULT_MIN_SAMPLES, score_threshold
+from harness.report.groups import GroupContext, gather, with_group_rows
 from harness.report.headline import headline, headline_text
 from harness.report.load import RunRecords, load_runs
-from harness.report.page import caption, opening_blocks, provenance_items, task_blocks, task_order
-from harness.report.registry import FigureFn, task_figures, task_measures
+from harness.report.page import (
+    HEADLINE_TASK,
+    caption,
+    group_blocks,
+    opening_blocks,
+    provenance_items,
+    task_blocks,
+    task_order,
+)
+from harness.report.registry import FigureFn, FigureSet, task_figures, task_measures
 from harness.report.render import Block, to_html, to_markdown
 
 __all__ = ["build_report", "caption", "command", "console_answer"]
@@ -50,7 +59,7 @@ SUMMARY_COLUMNS = ["setting", "model", "task", "measure", "rope_type", "rope_the
                    "measured_critical_dim_censored", "predicted_limit", "retrieval_bound",
                    "measured_limit", "measured_ci_low", "measured_ci_high", "measured_censored",
                    "ratio_measured_to_predicted", "ratio_measured_to_retrieval", "definition", "factor",
-                   "delta", "reference_value", "threshold_value", "n_samples", "n_failed",
+                   "delta", "reference_value", "threshold_value", "chance_value", "n_samples", "n_failed",
                    "law_assumes_finetune", "law_inputs_from", "rope_hash", "run", "warning", "note"]
 FAILED_COLUMNS = ["run", "setting", "task", "length", "depth", "sample", "status", "error"]
 MAX_FAILED_LISTED = 200
@@ -61,35 +70,25 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
                  n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, ci: float = DEFAULT_CI,
                  tasks: Sequence[str] | None = None, log: Callable[[str], None] | None = None,
                  min_samples: int = DEFAULT_MIN_SAMPLES,
-                 law: dict[str, list[tuple[str | None, float]]] | None = None) -> Path:
+                 law: dict[str, list[tuple[str | None, float]]] | None = None,
+                 thresholds: Sequence[float] | None = None) -> Path:
     """Write report.md, report.html, summary.csv, table.csv and PNG figures; return the output folder.
 
     out_dir defaults to <first run>/report/. Every measured-length definition of a task (its Task's
     `measures`) gets a summary row per setting. `factors` override the factor of relative-rule definitions,
     `deltas` the delta (nats) of additive-rule ones, e.g. the per-position loss rule (several give one summary
-    row each; figures use the first). Raises InputError before writing anything when the input is unusable.
+    row each; figures use the first). `thresholds` (a fraction of the 0-1 score, or a percentage above 1:
+    85.6 = 0.856) set the threshold of the definitions a task's figure module names in THRESHOLD_MEASURES
+    (RULER's effective length); other threshold rules keep theirs. Raises InputError before writing anything
+    when the input is unusable.
     """
-    if factors is not None:
-        for f in factors:
-            if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 1):
-                raise InputError(f"--factor {f} must be a number above 1 (e.g. --factor 1.5): the measured "
-                                 "length is where the metric gets that many times worse than its best")
-    if deltas is not None:
-        for d in deltas:
-            if not (isinstance(d, (int, float)) and math.isfinite(d) and d > 0):
-                raise InputError(f"--delta {d} must be a positive number of nats (e.g. --delta 0.5): the "
-                                 "measured length is where the loss rises that far above its reference")
-    if not 0 < ci < 1:
-        raise InputError(f"--ci {ci} must lie between 0 and 1 (e.g. 0.95)")
-    if n_boot < 0:
-        raise InputError(f"--bootstrap {n_boot} must be >= 0 (0 turns the CIs off)")
-    if min_samples < 1:
-        raise InputError(f"--min-samples {min_samples} must be >= 1 (e.g. 3)")
+    thresholds = _check_params(factors, deltas, thresholds, ci, n_boot, min_samples)
     loaded = load_runs(run_dirs)
     out_dir = Path(out_dir) if out_dir is not None else Path(run_dirs[0]) / "report"
     writable_folder(out_dir, "--out")
     records = loaded.records = with_law_inputs(loaded.records, law or {})
-    present = task_order(list(records["task"].dropna().astype(str).unique()))
+    sets = {task: task_figures(task) for task in records["task"].dropna().astype(str).unique()}
+    present = _ordered(sets)
     if tasks:
         unknown = [t for t in tasks if t not in present]
         if unknown:
@@ -107,16 +106,20 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
             continue
         if measures[0].metric not in records:
             notes.append(f"task {task!r}: records have no {measures[0].metric!r} column")
-        figures = task_figures(task)
+        figures = sets[task]
         for family, family_records in model_families(records[records["task"] == task]).items():
             ctx = analyze(family_records, measures, task=task, extra=figures.extra_measures,
                           tables=figures.tables, factors=list(factors) if factors else [None],
                           deltas=list(deltas) if deltas else [None], n_boot=n_boot, seed=seed, ci=ci,
                           positions=loaded.positions, colors=colors, columns=figures.columns,
-                          min_samples=min_samples)
+                          min_samples=min_samples, thresholds=thresholds or [None],
+                          threshold_measures=figures.threshold_measures)
             ctx.family = family
             notes += [f"task {task!r}{f' ({family})' if family else ''}: {note}" for note in ctx.notes]
             contexts.append((ctx, figures.figures))
+    if thresholds and not any(sets[t].threshold_measures for t in present):
+        notes.append(f"--threshold {', '.join(f'{t:g}' for t in thresholds)}: no task here takes it")
+    groups = gather([ctx for ctx, _ in contexts], {t: sets[t].group for t in present if sets[t].group})
 
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +128,7 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
         raise InputError(f"--out {out_dir}: cannot write there ({one_line(exc)}): pass a writable --out"
                          ) from None
     try:
-        blocks = _write_outputs(tmp, loaded, contexts, notes, log)
+        blocks = _write_outputs(tmp, loaded, contexts, notes, log, groups)
         (tmp / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
         (tmp / "report.html").write_text(to_html(blocks, tmp, "rope-harness report"), encoding="utf-8")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,6 +137,51 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _ordered(sets: dict[str, FigureSet]) -> list[str]:
+    """The report's task order (page.task_order), a group's tasks (RULER's) together where its name sorts."""
+    present = task_order(list(sets))
+    return sorted(present, key=lambda t: (t != HEADLINE_TASK, sets[t].group.name.lower() if sets[t].group
+                                          else t, t))
+
+
+def _check_params(factors: Sequence[float] | None, deltas: Sequence[float] | None,
+                  thresholds: Sequence[float] | None, ci: float, n_boot: int, min_samples: int
+                  ) -> list[float] | None:
+    """InputError for an unusable rule parameter or bootstrap setting; returns the thresholds on the 0-1
+    scale."""
+    if factors is not None:
+        for f in factors:
+            if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 1):
+                raise InputError(f"--factor {f} must be a number above 1 (e.g. --factor 1.5): the measured "
+                                 "length is where the metric gets that many times worse than its best")
+    if deltas is not None:
+        for d in deltas:
+            if not (isinstance(d, (int, float)) and math.isfinite(d) and d > 0):
+                raise InputError(f"--delta {d} must be a positive number of nats (e.g. --delta 0.5): the "
+                                 "measured length is where the loss rises that far above its reference")
+    if not 0 < ci < 1:
+        raise InputError(f"--ci {ci} must lie between 0 and 1 (e.g. 0.95)")
+    if n_boot < 0:
+        raise InputError(f"--bootstrap {n_boot} must be >= 0 (0 turns the CIs off)")
+    if min_samples < 1:
+        raise InputError(f"--min-samples {min_samples} must be >= 1 (e.g. 3)")
+    return _thresholds(thresholds)
+
+
+def _thresholds(values: Sequence[float] | None) -> list[float] | None:
+    """--threshold values on the 0-1 score scale (a value above 1 is a percentage); InputError otherwise."""
+    if values is None:
+        return None
+    out = []
+    for value in values:
+        try:
+            out.append(score_threshold(value))
+        except (TypeError, ValueError):
+            raise InputError(f"--threshold {value} must be a score threshold in (0, 100]: a fraction of the "
+                             "0-1 score (0.856) or, above 1, a percentage (RULER's 85.6)") from None
+    return out
 
 
 def with_law_inputs(records: pd.DataFrame, law: dict[str, list[tuple[str | None, float]]]) -> pd.DataFrame:
@@ -180,16 +228,20 @@ def _write_tables(tmp: Path, records: pd.DataFrame, contexts: list[FigureContext
 
 
 def _write_outputs(tmp: Path, loaded: RunRecords, contexts: list[tuple[FigureContext, dict[str, FigureFn]]],
-                   notes: list[str], log: Callable[[str], None] | None) -> list[Block]:
+                   notes: list[str], log: Callable[[str], None] | None,
+                   groups: list[GroupContext] = ()) -> list[Block]:
     """Write the CSV files and figures into `tmp`; return the report's blocks (figure failures go to
     `notes`). Order: the verdict per family and one figure (the first screen), the answer per setting, runs
     and provenance (collapsed), one section per task and family, failed cells, notes."""
     failed = _write_tables(tmp, loaded.records, [ctx for ctx, _ in contexts])
-    answer = headline([ctx for ctx, _ in contexts])
+    answer = with_group_rows(headline([ctx for ctx, _ in contexts]), list(groups))
     (tmp / "headline.txt").write_text(headline_text(answer) + "\n" if len(answer) else "", encoding="utf-8")
     log = log or (lambda m: print(m, file=sys.stderr))
-    sections = [block for ctx, figures in contexts for block in task_blocks(ctx, figures, tmp, notes, log)]
-    opening = opening_blocks(answer, [ctx for ctx, _ in contexts], sections)  # moves its figure up
+    sections = []
+    for ctx, figures in contexts:  # a group's section before its first member's
+        sections += [b for g in groups if g.members[0] is ctx for b in group_blocks(g, tmp, notes, log)]
+        sections += task_blocks(ctx, figures, tmp, notes, log)
+    opening = opening_blocks(answer, [ctx for ctx, _ in contexts], sections, list(groups))  # moves a figure
     blocks = [Block("h1", "rope-harness report"), *opening]
     if len(answer):
         blocks += [Block("h2", "What was measured"),
@@ -241,7 +293,8 @@ def command(args: argparse.Namespace) -> int:
     """`rope-harness report` (its parser: harness/cli/__init__.py, add_report_parser)."""
     law = {k: getattr(args, k) for k in ("pretrain_base", "train_len", "tune_len") if getattr(args, k, None)}
     out = build_report(args.run_dirs, args.out, factors=args.factor, deltas=args.delta, n_boot=args.bootstrap,
-                       seed=args.seed, ci=args.ci, tasks=args.task, min_samples=args.min_samples, law=law)
+                       seed=args.seed, ci=args.ci, tasks=args.task, min_samples=args.min_samples, law=law,
+                       thresholds=getattr(args, "threshold", None))
     print(f"report written to {out / 'report.md'} (and report.html, summary.csv, table.csv)")
     if law:
         print(_law_flags_line(law))

@@ -37,8 +37,8 @@ def _fails(measure: MeasureSpec, value: float, reference: float, param: float | 
 
 
 def curve_warnings(measure: MeasureSpec, lengths: Sequence[float], values: Sequence[float],
-                   reference_len: float | None, factor: float | None = None, delta: float | None = None
-                   ) -> list[str]:
+                   reference_len: float | None, factor: float | None = None, delta: float | None = None,
+                   threshold: float | None = None) -> list[str]:
     """Warnings about one setting's per-length aggregate curve (a records definition)."""
     lens = np.asarray(lengths, dtype=float)
     vals = np.asarray(values, dtype=float)
@@ -49,7 +49,7 @@ def curve_warnings(measure: MeasureSpec, lengths: Sequence[float], values: Seque
     order = np.argsort(lens, kind="stable")
     lens, vals = lens[order], vals[order]
     ref_len = float(reference_len)
-    param = measure.param(factor, delta)
+    param = measure.param(factor, delta, threshold)
     in_ref = np.where(lens <= ref_len)[0]
     if not len(in_ref):
         return [f"no grid length <= {measure.reference} ({fmt_length(ref_len)}): the shortest length "
@@ -59,7 +59,7 @@ def curve_warnings(measure: MeasureSpec, lengths: Sequence[float], values: Seque
     best = int(in_ref[pick(vals[in_ref])])
     if measure.rule == "threshold" and _fails(measure, vals[best], vals[best], param):
         return [f"broken at the reference lengths: its best {measure.name} at L <= {measure.reference} "
-                f"({vals[best]:.3g}) already fails the rule ({measure.label(factor, delta)})"]
+                f"({vals[best]:.3g}) already fails the rule ({measure.label(factor, delta, threshold)})"]
     fails = [_fails(measure, v, vals[best], param) for v in vals]
     failed = next((k for k in range(best + 1, len(lens)) if fails[k]), None)
     if failed is None:

@@ -69,14 +69,19 @@ def _sentence(row: pd.Series, name: str) -> str:
 
 
 def _fallback(ctx: FigureContext, view: Analysis, law_row: pd.Series) -> str:
-    """The task's default definition's sentence where the law's definition measured nothing for the setting
-    (a base that breaks the model inside the per-position reference window still has a ppl@L length)."""
-    other, setting = ctx.default, law_row["setting"]
-    measured = math.isfinite(float(law_row["measured_limit"]))
-    if measured or other is view or setting not in other.settings.index:
+    """Where the law's definition measured nothing for the setting, the sentence of the first other definition
+    that did: the task's default (a base that breaks the model inside the per-position reference window still
+    has a ppl@L length), else one on another metric (a score at chance at every length still has an answer
+    log-prob length: passkey's, RULER's)."""
+    setting = law_row["setting"]
+    if math.isfinite(float(law_row["measured_limit"])):
         return ""
-    row = other.settings.loc[setting]
-    return f"; {_sentence(row, other.spec.name)}" if math.isfinite(float(row["measured_limit"])) else ""
+    others = [ctx.default] + [v for v in ctx.analyses.values() if v.spec.metric != view.spec.metric]
+    for other in {id(o): o for o in others if o is not view}.values():
+        if setting in other.settings.index and math.isfinite(float(other.settings.loc[setting,
+                                                                                       "measured_limit"])):
+            return f"; {_sentence(other.settings.loc[setting], other.spec.name)}"
+    return ""
 
 
 def headline(contexts: list[FigureContext]) -> pd.DataFrame:

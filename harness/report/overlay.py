@@ -194,3 +194,77 @@ def law_legend_handles(ax: Axes | None = None, measured: bool = True) -> list[An
         handles.append(Line2D([], [], color="0.3", marker=">", markerfacecolor="white", linestyle="none",
                               markersize=6, label="censored (\u2265 grid end)"))
     return handles
+
+
+# ============================================================================= heatmaps (categorical L)
+
+
+# the heatmaps' vertical lines, one kind per limit: (summary column, gid prefix, style, legend label)
+LAW_COLUMNS = (("train_len", "law-train", TRAIN_STYLE, "training length"),
+               ("tune_len", "law-tune", TUNE_STYLE, "tuning length (the window)"),
+               ("predicted_limit", "law-predicted", PREDICTED_STYLE, "predicted limit (Liu law)"),
+               ("retrieval_bound", "law-retrieval", RETRIEVAL_STYLE, "retrieval bound (Men, B(m) < 0)"))
+
+
+def categorical_x(value: float, lengths: np.ndarray) -> float:
+    """Where length `value` sits on a heatmap's categorical length axis (column k at x = k), interpolated in
+    log(length); NaN outside the columns."""
+    if not (np.isfinite(value) and len(lengths) and lengths[0] <= value <= lengths[-1]):
+        return math.nan
+    if len(lengths) == 1:
+        return 0.0
+    return float(np.interp(math.log(value), np.log(lengths), np.arange(len(lengths))))
+
+
+def law_columns(ax: Axes, view: Analysis, setting: str, lengths: np.ndarray, far: bool = False) -> None:
+    """Training length (dotted), tuning length where it differs (sparse dots), predicted limit (dashed) and
+    retrieval bound (dash-dot) at their place on a heatmap's categorical length axis (those inside it). With
+    `far`, a limit outside the columns is named at the edge it lies beyond ('Liu 1.7K ->', '<- T_train 256'),
+    so that every limit shows."""
+    if setting not in view.settings.index or len(lengths) < 1:
+        return
+    row = view.settings.loc[setting]
+    stacked = 0
+    for key, gid, style, _ in LAW_COLUMNS:
+        value = _number(row.get(key))
+        if key == "tune_len" and value == _number(row.get("train_len")):
+            continue  # the window is the training length: one line says both
+        x = categorical_x(value, lengths) if len(lengths) > 1 else math.nan
+        if np.isfinite(x):
+            line = ax.axvline(x, color="black", zorder=3, **style)
+            line.set_gid(f"{gid}:{setting}")
+        elif far and np.isfinite(value):
+            right = value > lengths[-1]
+            words = FAR_WORDS[key]
+            text = f"{words} {fmt_length(value)} \u2192" if right else f"\u2190 {words} {fmt_length(value)}"
+            ax.text(0.99 if right else 0.01, 0.98 - 0.075 * stacked, text, transform=ax.transAxes, fontsize=6,
+                    ha="right" if right else "left", va="top", zorder=7, gid=f"{gid}-far:{setting}",
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none",
+                          "alpha": 0.85})
+            stacked += 1
+
+
+FAR_WORDS = {"train_len": "T_train", "tune_len": "T_tune", "predicted_limit": "Liu",
+             "retrieval_bound": "retrieval"}
+
+
+def heatmap_legend(fig: Any, panels: list[Axes], extra: list[Any] | tuple[Any, ...] = ()) -> None:
+    """A key above the panels for every kind of limit line drawn on any of them, then `extra` handles (grey
+    cells, markers): the panels are too small for a legend each."""
+    from matplotlib.lines import Line2D
+
+    drawn = {(line.get_gid() or "").split(":")[0] for axis in panels for line in axis.get_lines()}
+    named = {(text.get_gid() or "").split(":")[0].removesuffix("-far") for axis in panels
+             for text in axis.texts}
+    handles: list[Any] = [Line2D([], [], color="black", label=label, **style)
+                          for _, gid, style, label in LAW_COLUMNS if gid in drawn]
+    if any(gid in named and gid not in drawn for _, gid, _, _ in LAW_COLUMNS):
+        handles.append(Line2D([], [], color="none", label="limits beyond the grid: named at its edge"))
+    handles += list(extra)
+    if not handles:
+        return
+    boxes = [axis.get_position() for axis in panels]
+    left, right = min(b.x0 for b in boxes), max(b.x1 for b in boxes)
+    top = max(b.y1 for b in boxes) + 0.3 / fig.get_size_inches()[1]  # clear of the panel titles (0.3 in)
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=((left + right) / 2, top),
+               ncol=min(3, len(handles)), frameon=False, fontsize=7.5, handlelength=2.6)

@@ -22,6 +22,7 @@ from harness.core.values import safe_name
 from harness.report.analysis import Analysis, FigureContext
 from harness.report.base import NoData, NotApplicable, fmt_base, fmt_length
 from harness.report.families import family_of
+from harness.report.groups import GroupContext, describe, length_table
 from harness.report.load import RunRecords
 from harness.report.registry import FigureFn
 from harness.report.render import Block, render_figure
@@ -134,7 +135,7 @@ def _ratio(value: Any, limit: Any, censored: Any = False) -> str:
 def measured_table(view: Analysis) -> pd.DataFrame:
     """One row per setting (and rule parameter): measured [CI], ratios to both limits, d_measured, reason."""
     s = view.summary
-    params = [c for c in ("factor", "delta") if c in s and s[c].nunique() > 1]
+    params = [c for c in ("factor", "delta", "threshold_value") if c in s and s[c].nunique() > 1]
     out = pd.DataFrame({"setting": s["setting"]})
     for c in params:
         out[c] = s[c]
@@ -149,6 +150,8 @@ def measured_table(view: Analysis) -> pd.DataFrame:
                                                 s["measured_critical_dim_censored"], strict=True)]
     if any(dims):
         out["d_measured [CI]"] = dims
+    if "chance_value" in s and pd.to_numeric(s["chance_value"], errors="coerce").notna().any():
+        out["chance"] = s["chance_value"]
     out["n_samples"] = s["n_samples"]
     out["n_failed"] = s["n_failed"]
     out["note"] = [n if isinstance(n, str) else "" for n in s["note"]]
@@ -218,6 +221,26 @@ def _per_length(ctx: FigureContext, view: Analysis, title: str) -> list[Block]:
     return [Block("p", title), Block("table", pivot.reset_index())]
 
 
+def _evidence_items(ctx: FigureContext) -> list[str]:
+    """The bar a measured length must clear: the chance level per definition (a reference at chance gets no
+    length) and the samples per length (report --min-samples)."""
+    items = []
+    for view in ctx.analyses.values():
+        chance = pd.to_numeric(view.summary.get("chance_value"), errors="coerce").dropna() \
+            if "chance_value" in view.summary else pd.Series(dtype=float)
+        if not len(chance):
+            continue
+        source = f"the records' `{view.spec.chance_column}`, mean per setting" if view.spec.chance_column \
+            else "fixed"
+        low, high = chance.min(), chance.max()
+        shown = f"{low:.4g}" if low == high else f"{low:.4g} to {high:.4g}"
+        items.append(f"chance level of `{view.spec.key}`: {shown} ({source}); a best reference value at or "
+                     "below it gets no length")
+    items.append(f"evidence bar: at least {ctx.min_samples} samples per length (report --min-samples), "
+                 "else no length is claimed")
+    return items
+
+
 def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, notes: list[str],
                 log: Callable[[str], None]) -> list[Block]:
     """One task's section (figures drawn into `tmp`; a skipped or failed figure goes to `notes`)."""
@@ -227,7 +250,8 @@ def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, not
                                      if v.spec.description))
     definitions += [f"measured extrapolation length `{view.spec.key}`"
                     + (" (default)" if view is views[0] else "")
-                    + f": {view.spec.definition(view.factor, view.delta)}" for view in views]
+                    + f": {view.spec.definition(*view.params)}" for view in views]
+    definitions += _evidence_items(ctx)
     definitions += [f"CIs: {100 * ctx.ci:g}% percentile bootstrap over samples (whole samples resampled)",
                     "predicted limit: Liu et al. (ICLR 2024) scaling law from each setting's law inputs "
                     "(rotary_dim, train_len, tune_len, pretrain_base, rope_theta) - harness/law/liu.py",
@@ -243,7 +267,7 @@ def task_blocks(ctx: FigureContext, figures: dict[str, FigureFn], tmp: Path, not
     blocks += figure_blocks[:SHOWN_FIGURES]
     blocks.append(Block("details", "Measured lengths per definition (tables)"))
     for view in views:
-        label = view.spec.label(view.factor, view.delta)
+        label = view.spec.label(*view.params)
         blocks += [Block("p", f"Measured extrapolation length `{view.spec.key}` ({label}):"),
                    Block("table", measured_table(view))]
         if not view.summary["measured_limit"].astype(float).notna().any():
@@ -278,12 +302,16 @@ def context_family(ctx: FigureContext) -> str:
     return family_of(str(models.iloc[0])) if len(models) else ""
 
 
-def _top_figure(found: list[Verdict], contexts: list[FigureContext], sections: list[Block]) -> Block | None:
+def _top_figure(found: list[Verdict], contexts: list[FigureContext], sections: list[Block],
+                groups: list[GroupContext] = ()) -> Block | None:
     """The most telling figure of the first family that has one, taken out of its task's section (a line
-    there says where it went), so that the page shows it once."""
+    there says where it went), so that the page shows it once; a group's figure (RULER's heatmap) where none
+    of the verdict's figures was drawn."""
     for verdict in found:
-        mine = [ctx for ctx in contexts if context_family(ctx) == verdict.family]
-        for name in verdict.figures:
+        mine: list[Any] = [ctx for ctx in contexts if context_family(ctx) == verdict.family]
+        mine += [g for g in groups if context_family(g.members[0]) == verdict.family]
+        names = [*verdict.figures, *(name for g in groups for name in g.group.figures)]
+        for name in names:
             for ctx in mine:
                 file = figure_file(ctx, name)
                 at = next((k for k, b in enumerate(sections) if b.kind == "img" and b.content == file), None)
@@ -296,7 +324,8 @@ def _top_figure(found: list[Verdict], contexts: list[FigureContext], sections: l
     return None
 
 
-def opening_blocks(answer: pd.DataFrame, contexts: list[FigureContext], sections: list[Block]) -> list[Block]:
+def opening_blocks(answer: pd.DataFrame, contexts: list[FigureContext], sections: list[Block],
+                   groups: list[GroupContext] = ()) -> list[Block]:
     """The report's first screen: one verdict per model family (verdict.py), real models first, then the
     first family's most telling figure, moved up from `sections` (the task sections, already drawn)."""
     found = verdicts(answer)
@@ -309,5 +338,19 @@ def opening_blocks(answer: pd.DataFrame, contexts: list[FigureContext], sections
                          f"{100 * ci:g}% CI over samples, as a multiple of Liu et al.'s extrapolation limit "
                          "(Liu) and of Men et al.'s retrieval bound (Men)."),
               Block("ul", [v.text for v in found])]
-    figure = _top_figure(found, contexts, sections)
+    figure = _top_figure(found, contexts, sections, list(groups))
     return blocks + ([figure] if figure is not None else [])
+
+
+def group_blocks(gctx: GroupContext, tmp: Path, notes: list[str], log: Callable[[str], None]) -> list[Block]:
+    """A group's section (RULER's families together): which task fails first per setting, the table of their
+    lengths by the group's definition, and the group's figures (drawn into `tmp`)."""
+    family = f" ({gctx.family})" if gctx.family else ""
+    blocks = [Block("h2", f"{gctx.group.name}: {len(gctx.members)} tasks together{family}"),
+              Block("p", describe(gctx))]
+    blocks += _figure_blocks(gctx, gctx.group.figures, tmp, notes, log)  # type: ignore[arg-type]
+    table = length_table(gctx)
+    if len(table):
+        blocks += [Block("details", f"{gctx.group.name}: each task's length per setting (table)"),
+                   Block("table", table), Block("end", "")]
+    return blocks

@@ -84,7 +84,10 @@ def _reason(row: pd.Series) -> str:
 
 
 def _clause(row: pd.Series) -> str:
-    """One task's measured limit against both laws, or why there is none."""
+    """One task's measured limit against both laws, or why there is none (a row's own `clause` where it has
+    one: a group's line, groups.py)."""
+    if isinstance(row.get("clause"), str) and row["clause"]:
+        return row["clause"]
     name = str(row["measure_name"])
     value = _num(row["measured"])
     if not math.isfinite(value):
@@ -141,6 +144,15 @@ def figure_preference(rows: pd.DataFrame) -> tuple[str, ...]:
     return (LOSS_FIGURE, *MVP_FIGURES)
 
 
+def _own_lines(rows: pd.DataFrame) -> pd.DataFrame:
+    """A setting's rows without those of a group's members: the group's line speaks for them (RULER's 13
+    tasks make one clause)."""
+    if "group" not in rows or "group_row" not in rows:
+        return rows
+    member = rows["group"].fillna("").astype(str).ne("") & ~rows["group_row"].fillna(False).astype(bool)
+    return rows[~member]
+
+
 def verdicts(table: pd.DataFrame) -> list[Verdict]:
     """One Verdict per model family of the headline table, real models first."""
     out = []
@@ -149,7 +161,7 @@ def verdicts(table: pd.DataFrame) -> list[Verdict]:
     for family in real_first(table["family"]):
         rows = table[table["family"] == family]
         setting = pick_setting(rows)
-        mine = rows[rows["setting"] == setting]
+        mine = _own_lines(rows[rows["setting"] == setting])
         n = rows["setting"].nunique()
         name = "the zoo" if family == ZOO_FAMILY else (family or setting)
         which = f"{setting}, 1 of its {n} settings" if n > 1 else setting

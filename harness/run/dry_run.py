@@ -24,6 +24,22 @@ def _lengths(lengths: list[int]) -> str:
     return str(lengths[0]) if len(lengths) == 1 else f"{lengths[0]}..{lengths[-1]} ({len(lengths)})"
 
 
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 \
+        else f"{seconds:.0f} s"
+
+
+def _seconds(planner, task_plan, todo: list) -> float | None:
+    """The estimated time of the cells still to run (the planner's passes over this machine's throughput);
+    None where there is no estimate (no config, served, an accelerator)."""
+    if planner is None or not todo:
+        return None if planner is None else 0.0
+    fits = [c for c in todo if planner(c.length, task_plan.task.generates).fits]  # refused cells take seconds
+    return planner.seconds(task_plan.task.passes(task_plan.params, fits, planner.length_dependent))
+
+
 def show(run: RunPlan, options: RunOptions) -> None:
     """Print the dry run (see the module docstring)."""
     rows, cells_out = [], []
@@ -35,7 +51,8 @@ def show(run: RunPlan, options: RunOptions) -> None:
             lengths = sorted({c.length for c in cells})
             row = {"setting": prep.label, "task": task_plan.name, "cells": len(cells), "todo": len(todo),
                    "lengths": _lengths(lengths) if lengths else "-",
-                   "estimate": "no estimate (config not read)", "oom": 0}
+                   "estimate": "no estimate (config not read)", "oom": 0,
+                   "seconds": _seconds(planner, task_plan, [c for c in cells if c in todo])}
             # the run's plans: a prompt to generate after counts the cache kept for decoding
             plans = {n: planner(n, task_plan.task.generates) for n in lengths} if planner else {}
             if plans:
@@ -48,11 +65,13 @@ def show(run: RunPlan, options: RunOptions) -> None:
                 cells_out.append((prep.label, task_plan.name, c, plans.get(c.length), c in todo))
     print(f"dry run of {options.suite or 'the run flags'} into {options.out}: no model is loaded, "
           "nothing written")
-    print(f"{'setting':<28} {'task':<11} {'cells':>6} {'to run':>6}  {'lengths':<18} largest estimate (plan)")
+    width = max([11] + [len(r["task"]) for r in rows])
+    print(f"{'setting':<28} {'task':<{width}} {'cells':>6} {'to run':>6} {'time':>7}  {'lengths':<18} "
+          "largest estimate (plan)")
     for r in rows:
         oom = f"; {r['oom']} over the memory budget (recorded oom)" if r["oom"] else ""
-        print(f"{r['setting'][:28]:<28} {r['task'][:11]:<11} {r['cells']:>6} {r['todo']:>6}  "
-              f"{r['lengths']:<18} {r['estimate']}{oom}")
+        print(f"{r['setting'][:28]:<28} {r['task']:<{width}} {r['cells']:>6} {r['todo']:>6} "
+              f"{_time(r['seconds']):>7}  {r['lengths']:<18} {r['estimate']}{oom}")
     total, todo = sum(r["cells"] for r in rows), sum(r["todo"] for r in rows)
     if options.verbose or total <= CELL_LINES:
         _cell_lines(cells_out)
@@ -61,11 +80,28 @@ def show(run: RunPlan, options: RunOptions) -> None:
     for line in dict.fromkeys(factory.budget_line(p.setting, options) for p in run.settings
                               if not p.setting.served):
         print(line)
+    _print_times(rows)
     for prep in run.settings:
         if prep.setting.served:
             print(f"{prep.label}: {factory.preview(prep.setting, prep.checkpoint, prep.longest)}")
     for note in dict.fromkeys(n for p in run.settings for n in p.notes):
         print(f"rope-harness: note: {note}", file=sys.stderr)
+
+
+def _print_times(rows: list[dict]) -> None:
+    """Per setting and in total, the estimated wall time of what is left to run, said to be an estimate."""
+    per: dict[str, list] = {}
+    for r in rows:
+        per.setdefault(r["setting"], []).append(r["seconds"])
+    known = {k: sum(v) for k, v in per.items() if None not in v}
+    if not known:
+        return
+    parts = ", ".join(f"{k} {_time(v)}" for k, v in known.items()) if len(known) > 1 else ""
+    unknown = f"; no estimate for {len(per) - len(known)} setting(s) (served, GPU, or config not read)" \
+        if len(known) < len(per) else ""
+    print(f"estimated wall time: {_time(sum(known.values()))}" + (f" ({parts})" if parts else "") + unknown
+          + " -- an estimate: the planner's FLOPs over a throughput measured once on this machine (cached); "
+          "prefix reuse and a busy machine make it off")
 
 
 def _cell_lines(cells_out) -> None:

@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from harness import factory
+from harness.core import heartbeat
 from harness.core.errors import InputError, one_line
 from harness.data.corpus import bos_ids
 from harness.engine.memory_guard import available_at_start
@@ -176,8 +177,11 @@ def build(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions, w
     for spec in tasks:
         validate_params(spec.params)
         get_task(spec.name)
-    prepared = [_setting_plan(setting, index, tasks, warn, options.dry_run)
-                for index, setting in enumerate(settings)]
+    prepared = []
+    for index, setting in enumerate(settings):
+        with heartbeat.phase(f"planning setting {index + 1} of {len(settings)} ({setting.model}: config, "
+                             "tokenizer, prompts)"):
+            prepared.append(_setting_plan(setting, index, tasks, warn, options.dry_run))
     labels = [p.label for p in prepared]
     for label in labels:
         if labels.count(label) > 1:  # one label is one curve: two settings would mix in it

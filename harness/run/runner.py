@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import factory
+from harness.core import heartbeat
 from harness.core.errors import InputError, Refusal, one_line
 from harness.core.values import fmt_size, safe_name
 from harness.engine.memory_guard import address_space_limit, is_oom
@@ -212,10 +213,13 @@ def _scored_cells(task_plan: TaskPlan, ctx: RunContext, opened: factory.Opened, 
                disable=not options.progress or not terminal, file=sys.stderr, dynamic_ncols=True)
     tokens, done, start = 0, 0, time.time()
     for group in _fitting_first(task.groups(ctx, cells), opened.engine, task.generates):
-        outcome, metrics = _group_outcome(task, ctx, opened, group)
+        longest = max(c.length for c in group)
+        with heartbeat.phase(f"{label} {name}: L={longest}, cells {done + 1}-{done + len(group)} of "
+                             f"{len(cells)}"):
+            outcome, metrics = _group_outcome(task, ctx, opened, group)
         for i, cell in enumerate(group):
             yield cell, outcome, metrics[i] if metrics is not None else None
-        tokens += max(c.length for c in group)
+        tokens += longest
         done += len(group)
         bar.update(len(group))
         bar.set_postfix(tok_s=f"{tokens / max(time.time() - start, 1e-9):.0f}")

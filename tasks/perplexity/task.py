@@ -169,10 +169,10 @@ class PerplexityTask(Task):
         """Every length of a sample from one pass (length-dependent RoPE: one pass per length), and samples
         of one longest length batched as the engine allows."""
         dependent = ctx.engine is not None and ctx.engine.length_dependent
-        units: dict[tuple, list[Cell]] = {}
-        for cell in cells:
-            units.setdefault((cell.sample, cell.length) if dependent else (cell.sample,), []).append(cell)
-        return batch_groups(ctx.engine, list(units.values()))
+        return batch_groups(ctx.engine, _passes(cells, dependent))
+
+    def passes(self, params: TaskParams, cells: list[Cell], length_dependent: bool) -> list[tuple[int, int]]:
+        return [(max(c.length for c in unit), 0) for unit in _passes(cells, length_dependent)]
 
     def _ids(self, ctx: RunContext, sample: Sample) -> list[int]:
         return bos_ids(ctx.tokenizer, ctx.params.bos) + sample.tokens
@@ -273,3 +273,11 @@ class PerplexityTask(Task):
 
 
 TASK = PerplexityTask()
+
+
+def _passes(cells: list[Cell], length_dependent: bool) -> list[list[Cell]]:
+    """The cells each pass scores: every length of a sample (one per length where RoPE depends on it)."""
+    units: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        units.setdefault((cell.sample, cell.length) if length_dependent else (cell.sample,), []).append(cell)
+    return list(units.values())

@@ -21,10 +21,8 @@ from harness.report.basefig import TABLE as LAW_VS_BASE
 from harness.report.basefig import plot_limit_vs_base
 from harness.report.mvp import plot_measured_vs_predicted
 from harness.report.overlay import (
-    PREDICTED_STYLE,
-    RETRIEVAL_STYLE,
-    TRAIN_STYLE,
-    TUNE_STYLE,
+    heatmap_legend,
+    law_columns,
     law_legend_handles,
     law_overlay,
     mark_measured,
@@ -36,7 +34,7 @@ from tasks.passkey import LOGPROB, MEASURE
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from harness.report.analysis import Analysis, FigureContext
+    from harness.report.analysis import FigureContext
 
 # mean per setting, needle depth and length: the heatmaps' cells
 TABLES = {"correct_by_depth": Breakdown("correct", ("depth",), numeric_by=True),
@@ -129,57 +127,6 @@ def limit_vs_base_logprob(ctx: FigureContext, ax: Axes) -> None:
 # ============================================================================================ heatmaps
 
 
-# the heatmaps' vertical lines, one kind per limit: (summary column, gid prefix, style, legend label)
-LAW_COLUMNS = (("train_len", "law-train", TRAIN_STYLE, "training length"),
-               ("tune_len", "law-tune", TUNE_STYLE, "tuning length (the window)"),
-               ("predicted_limit", "law-predicted", PREDICTED_STYLE, "predicted limit (Liu law)"),
-               ("retrieval_bound", "law-retrieval", RETRIEVAL_STYLE, "retrieval bound (Men, B(m) < 0)"))
-
-
-def _law_columns(ax: Axes, view: Analysis, setting: str, lengths: np.ndarray) -> None:
-    """Training length (dotted), tuning length where it differs (sparse dots), predicted limit (dashed) and
-    retrieval bound (dash-dot) at their place on the categorical length axis."""
-    if setting not in view.settings.index or len(lengths) < 2:
-        return
-    row = view.settings.loc[setting]
-    logs = np.log(lengths)
-    for key, gid, style, _ in LAW_COLUMNS:
-        try:
-            value = float(row.get(key))
-        except (TypeError, ValueError):
-            continue
-        if key == "tune_len" and value == float(row.get("train_len") or math.nan):
-            continue  # the window is the training length: one line says both
-        if not (np.isfinite(value) and lengths[0] <= value <= lengths[-1]):
-            continue
-        x = float(np.interp(math.log(value), logs, np.arange(len(lengths))))
-        line = ax.axvline(x, color="black", zorder=3, **style)
-        line.set_gid(f"{gid}:{setting}")
-
-
-def _heatmap_legend(fig: Any, panels: list[Axes], grey: bool, hatched: bool) -> None:
-    """A key above the panels for every kind of line drawn on any of them (and grey / hatched cells where
-    there are some): the panels are too small for a legend each."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    drawn = {(line.get_gid() or "").split(":")[0] for axis in panels for line in axis.get_lines()}
-    handles: list[Any] = [Line2D([], [], color="black", label=label, **style)
-                          for _, gid, style, label in LAW_COLUMNS if gid in drawn]
-    if grey:
-        handles.append(Patch(facecolor="0.85", edgecolor="0.6", label="no ok cell"))
-    if hatched:
-        handles.append(Patch(facecolor="white", edgecolor="0.15", hatch="////",
-                             label="needle placed off the asked depth"))
-    if not handles:
-        return
-    boxes = [axis.get_position() for axis in panels]
-    left, right = min(b.x0 for b in boxes), max(b.x1 for b in boxes)
-    top = max(b.y1 for b in boxes) + 0.3 / fig.get_size_inches()[1]  # clear of the panel titles (0.3 in)
-    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=((left + right) / 2, top),
-               ncol=min(3, len(handles)), frameon=False, fontsize=7.5, handlelength=2.6)
-
-
 def _depth_flags(ctx: FigureContext, setting: str, depths: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Achieved needle depth per (asked depth, length) cell where it strays from the asked one, else NaN."""
     check = ctx.tables.get("needle_depth_check")
@@ -248,13 +195,20 @@ def _heatmap(ctx: FigureContext, ax: Axes, metric: str, label: str, cmap: str,
                     else:
                         axis.text(j, i, format(value, fmt), ha="center", va="center", fontsize=6,
                                   color="white" if dark else "black", zorder=5)
-        _law_columns(axis, ctx.default, setting, lengths)
+        law_columns(axis, ctx.default, setting, lengths)
     if image is not None:
         bar = fig.colorbar(image, ax=panels, shrink=0.85, pad=0.03)
         bar.set_label(label, fontsize=8)
         bar.ax.tick_params(labelsize=7)
-    _heatmap_legend(fig, panels, bool(np.isnan(np.concatenate([t.ravel() for t in tables.values()])).any()),
-                    bool(flagged))
+    from matplotlib.patches import Patch
+
+    extra = []
+    if np.isnan(np.concatenate([t.ravel() for t in tables.values()])).any():
+        extra.append(Patch(facecolor="0.85", edgecolor="0.6", label="no ok cell"))
+    if flagged:
+        extra.append(Patch(facecolor="white", edgecolor="0.15", hatch="////",
+                           label="needle placed off the asked depth"))
+    heatmap_legend(fig, panels, extra)
     if not flagged:
         return ""
     return (f"Hatched ({flagged} cells, achieved depth printed as @d): the prompt placed the needle more "
