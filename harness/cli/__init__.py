@@ -120,12 +120,21 @@ def add_run_parser(sub) -> None:
     groups: dict[str, object] = {}
     for option in all_options().values():  # a shared option (--depths) in a group naming every task
         owners = [name for name in task_names() if option.name in get_task(name).option_names()]
-        title = " and ".join(owners) + (" tasks" if len(owners) > 1 else " task")
+        title = _group_title(owners)
         if title not in groups:
             groups[title] = p.add_argument_group(title)
         option.add_to(groups[title])
     p.set_defaults(func=run_command)
     p.set_defaults(flag_defaults=vars(p.parse_args([])))  # to tell the flags a user gave from their defaults
+
+
+def _group_title(owners: list[str]) -> str:
+    """The help group of an option several tasks share: named in full up to three tasks."""
+    if len(owners) == 1:
+        return f"{owners[0]} task"
+    if len(owners) < 4:
+        return " and ".join(owners) + " tasks"
+    return f"{', '.join(owners[:2])} and {len(owners) - 2} more tasks"
 
 
 def _check_flags(args: argparse.Namespace) -> None:
