@@ -235,3 +235,18 @@ def test_family_heatmap_has_one_row_per_family_and_both_laws(tmp_path):
         shown = gids | {t.get_gid() for t in panel.texts}
         for kind in ("law-predicted", "law-retrieval"):
             assert any(g and g.split(":")[0] in (kind, f"{kind}-far") for g in shown), (kind, shown)
+
+
+def test_the_verdict_puts_ruler_next_to_passkey_and_the_group_section_before_its_families(tmp_path):
+    from report_records import passkey_rows
+
+    rows = ruler_rows() + passkey_rows({SETTING: (1e5, 512)}, samples=3)
+    out = build_report([write_run(tmp_path / "run", rows)], tmp_path / "rep", n_boot=20)
+    report = (out / "report.md").read_text()
+    verdict = next(line for line in report.splitlines() if line.startswith(f"- m: {SETTING}"))
+    assert "passkey accuracy breaks at" in verdict and "; RULER (vt fails first" in verdict
+    heads = [line for line in report.splitlines() if line.startswith("## ")]
+    at = heads.index("## RULER: 4 tasks together")
+    assert heads[at - 1] == "## Task: passkey"
+    members = ("niah_single_1", "niah_multikey_1", "vt", "cwe")  # RULER's own order
+    assert heads[at + 1:at + 5] == [f"## Task: {t}" for t in members]

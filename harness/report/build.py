@@ -140,10 +140,15 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str | None = No
 
 
 def _ordered(sets: dict[str, FigureSet]) -> list[str]:
-    """The report's task order (page.task_order), a group's tasks (RULER's) together where its name sorts."""
-    present = task_order(list(sets))
-    return sorted(present, key=lambda t: (t != HEADLINE_TASK, sets[t].group.name.lower() if sets[t].group
-                                          else t, t))
+    """The report's task order (page.task_order), a group's tasks (RULER's) together where its name sorts, in
+    the group's order."""
+    def key(task: str) -> tuple:
+        group = sets[task].group
+        if group is None:
+            return task != HEADLINE_TASK, task, 0
+        return True, group.name.lower(), group.order.index(task) if task in group.order else len(group.order)
+
+    return sorted(task_order(list(sets)), key=key)
 
 
 def _check_params(factors: Sequence[float] | None, deltas: Sequence[float] | None,
@@ -238,8 +243,10 @@ def _write_outputs(tmp: Path, loaded: RunRecords, contexts: list[tuple[FigureCon
     (tmp / "headline.txt").write_text(headline_text(answer) + "\n" if len(answer) else "", encoding="utf-8")
     log = log or (lambda m: print(m, file=sys.stderr))
     sections = []
+    firsts = [next(c for c, _ in contexts if any(c is m for m in g.members)) for g in groups]
     for ctx, figures in contexts:  # a group's section before its first member's
-        sections += [b for g in groups if g.members[0] is ctx for b in group_blocks(g, tmp, notes, log)]
+        sections += [b for g, first in zip(groups, firsts, strict=True) if first is ctx
+                     for b in group_blocks(g, tmp, notes, log)]
         sections += task_blocks(ctx, figures, tmp, notes, log)
     opening = opening_blocks(answer, [ctx for ctx, _ in contexts], sections, list(groups))  # moves a figure
     blocks = [Block("h1", "rope-harness report"), *opening]
