@@ -205,3 +205,21 @@ def test_help_and_law_load_no_heavy_library(argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_tasks_call_only_the_contracts_verbs_and_every_engine_answers_them():
+    """The request/response seam: every engine verb a task calls is declared by the contract
+    (harness/core/contract.py) and implemented by both engines, in-process and served."""
+    import re
+
+    from harness.core.contract import Engine as Contract
+    from harness.engine.engine import Engine
+    from harness.serving.backend import ServedEngine
+
+    called = {m for path in (ROOT / "tasks").rglob("*.py")
+              for m in re.findall(r"\bengine\.([a-z_]+)\b", path.read_text())}
+    attributes = set(Contract.__annotations__)  # dtype, length_dependent: set by each engine's __init__
+    verbs = {name for name in dir(Contract) if not name.startswith("_")} | attributes
+    assert called and called <= verbs, called - verbs
+    for engine in (Engine, ServedEngine):
+        assert all(callable(getattr(engine, verb, None)) for verb in called - attributes), engine

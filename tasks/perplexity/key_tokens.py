@@ -261,7 +261,7 @@ def compute_spans(engine, tokenizer, text: SampleText, settings: KeySettings, bo
     else:
         tokens, offsets = list(own_tokens), text.offsets
     bos_id = tokenizer.bos_token_id if bos else None
-    full_loss, short = contrast_losses(engine.token_nll, tokens, bos_id, settings.context, settings.window,
-                                       full)
+    full_loss, short = contrast_losses(lambda ids: engine.token_nll_batch([ids])[0], tokens, bos_id,
+                                       settings.context, settings.window, full)
     keys = select(full_loss, short, settings.alpha, settings.beta)
     return merge_spans([offsets[i] for i in keys])

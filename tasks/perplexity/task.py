@@ -83,7 +83,7 @@ def _sliding_nll(ctx: RunContext, ids: list[int], window: int, stride: int) -> t
     total, count, scored_to = 0.0, 0, 1
     for begin in range(0, len(ids), stride):
         end = min(begin + window, len(ids))
-        nll = ctx.engine.token_nll(ids[begin:end])  # predictions of ids[begin+1 : end]
+        nll = ctx.engine.token_nll_batch([ids[begin:end]])[0]  # predictions of ids[begin+1 : end]
         # stride > window leaves gaps (as in HF's loop): the window's every prediction is then fresh
         fresh = nll[max(0, scored_to - begin - 1):]
         total += float(fresh.double().sum())
