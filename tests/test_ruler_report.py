@@ -250,3 +250,15 @@ def test_the_verdict_puts_ruler_next_to_passkey_and_the_group_section_before_its
     assert heads[at - 1] == "## Task: passkey"
     members = ("niah_single_1", "niah_multikey_1", "vt", "cwe")  # RULER's own order
     assert heads[at + 1:at + 5] == [f"## Task: {t}" for t in members]
+
+
+def test_a_ruler_run_at_chance_everywhere_says_so_in_one_clause(tmp_path):
+    zero = {task: (0.0,) * 4 for task in ("niah_single_1", "vt")}
+    said = "RULER: no task has a length by RULER effective length (RULER score >= 0.856) (2 at chance)"
+    for logprob, nor in ((None, "."), (lambda task, length: -30.0, ", nor by answer log-prob >= best - 2.")):
+        rows = ruler_rows(zero, logprob=logprob)  # -30 nats: below chance (-16) at every length
+        out = build_report([write_run(tmp_path / "run", rows)], tmp_path / "rep", n_boot=20)
+        report = (out / "report.md").read_text()
+        verdict = next(line for line in report.splitlines() if line.startswith(f"- m: {SETTING}"))
+        assert verdict.endswith(said + nor)
+    assert "ruler_family_heatmap.png" in report.split("## What was measured")[0]  # the opening's figure

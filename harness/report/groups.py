@@ -65,7 +65,7 @@ class GroupContext:
 
     def view(self, key: str) -> Analysis | None:
         """The first member's definition `key` (its `settings` carry each setting's law block, which every
-        member shares), None when no member has it."""
+        member shares), None when no member has it (or for key '')."""
         return next((ctx.analyses[key] for ctx in self.members if key in ctx.analyses), None)
 
     def ranked(self, setting: str, key: str) -> pd.DataFrame:
@@ -160,8 +160,16 @@ def _unranked(rows: pd.DataFrame) -> str:
 
 
 def _label(gctx: GroupContext, key: str) -> str:
+    """The rule in a few words; a threshold on the members' default metric names that metric ('RULER
+    effective length (RULER score >= 0.856)')."""
     view = gctx.view(key)
-    return view.spec.label(*view.params) if view is not None else key
+    if view is None:
+        return key
+    default = gctx.members[0].default.spec
+    if view.spec.rule == "threshold" and view.spec.metric == default.metric and view.spec is not default:
+        sign = ">=" if view.spec.higher_is_better else "<="
+        return f"{view.spec.name} ({default.name} {sign} {view.spec.param(*view.params):g})"
+    return view.spec.label(*view.params)
 
 
 def _line(gctx: GroupContext, setting: str, key: str) -> tuple[str, pd.Series | None]:
@@ -193,7 +201,7 @@ def _group_row(gctx: GroupContext, setting: str, template: pd.Series) -> dict[st
     if first is None:
         reasons = _unranked(gctx.ranked(setting, key)) or "no data"
         sentence = f"no measured length by {_label(gctx, key)} ({reasons})"
-        if group.fallback:
+        if group.fallback and gctx.view(group.fallback) is not None:
             fallback, first = _line(gctx, setting, group.fallback)
             if first is not None:
                 key, sentence = group.fallback, f"{sentence}; {fallback}"
@@ -218,8 +226,21 @@ def _group_row(gctx: GroupContext, setting: str, template: pd.Series) -> dict[st
         "group": group.name, "group_row": True,
         "clause": (f"{group.name}: {first['task']} fails first, its best at the reference lengths "
                    f"({_num(first['reference_value']):.3g}) already below {_num(first['threshold_value']):g}"
-                   if below else ""),
+                   if below else "" if first is not None else _nothing(gctx, setting)),
     }
+
+
+WHY = {"chance": "at chance", "insufficient": "under the evidence bar", "none": "without data"}
+
+
+def _nothing(gctx: GroupContext, setting: str) -> str:
+    """The verdict's clause where no member has a length by either definition: how many, and why."""
+    group = gctx.group
+    rows = gctx.ranked(setting, group.measure)
+    counts = rows["status"].value_counts()
+    why = ", ".join(f"{n} {WHY.get(str(status), str(status))}" for status, n in counts.items())
+    nor = f", nor by {_label(gctx, group.fallback)}" if gctx.view(group.fallback) is not None else ""
+    return f"{group.name}: no task has a length by {_label(gctx, group.measure)} ({why}){nor}"
 
 
 def _measure_name(gctx: GroupContext, key: str, first: pd.Series | None) -> str:

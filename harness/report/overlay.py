@@ -259,7 +259,7 @@ def heatmap_legend(fig: Any, panels: list[Axes], extra: list[Any] | tuple[Any, .
     handles: list[Any] = [Line2D([], [], color="black", label=label, **style)
                           for _, gid, style, label in LAW_COLUMNS if gid in drawn]
     if any(gid in named and gid not in drawn for _, gid, _, _ in LAW_COLUMNS):
-        handles.append(Line2D([], [], color="none", label="limits beyond the grid: named at its edge"))
+        handles.append(Line2D([], [], color="none", label="limits beyond the grid: named at that edge"))
     handles += list(extra)
     if not handles:
         return
