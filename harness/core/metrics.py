@@ -73,6 +73,13 @@ class MeasureSpec:
         if self.delta is not None and not self.delta >= 0:
             raise ValueError("MeasureSpec.delta must be >= 0")
 
+    def aggregate(self, values: Sequence[float]) -> float | None:
+        """The measure over samples: its transform of their mean (exp of a mean NLL is ppl@L); None without
+        values."""
+        if len(values) == 0:
+            return None
+        return float(TRANSFORMS[self.transform](np.array([np.mean(values)]))[0])
+
     @property
     def key(self) -> str:
         """Short id of the definition (summary.csv `measure`, the key of FigureContext.analyses)."""

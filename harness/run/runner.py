@@ -11,7 +11,6 @@ fails is recorded (oom / error) and the run goes on. The exit code is 0 only whe
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections import Counter
@@ -260,11 +259,11 @@ def summary_table(latest: list[dict[str, Any]]) -> list[dict[str, Any]]:
         values, names, more = g.pop("values"), g.pop("names"), g.pop("further")
         spec = (measures.get(g["task"]) or _task_measures(g["task"]) or (None,))[0]
         g["metric"] = names[-1] if names else (spec.console if spec is not None else "") or "value"
-        g["value"] = _aggregate(spec, values)
+        g["value"] = spec.aggregate(values) if spec is not None and values else None
         rows.append(g)
         for console, (extra, got) in more.items():
             rows.append({**g, "ok": len(got), "failed": 0, "metric": console,
-                         "value": _aggregate(extra, got)})
+                         "value": extra.aggregate(got)})
     return rows
 
 
@@ -281,11 +280,3 @@ def _task_measures(task: str) -> tuple:
         return tuple(get_task(task).measures)
     except InputError:
         return ()
-
-
-def _aggregate(spec, values: list[float]) -> float | None:
-    """The measure's transform of the mean over samples (exp for a mean NLL); None without values."""
-    if not values:
-        return None
-    mean = sum(values) / len(values)
-    return math.exp(mean) if spec.transform == "exp" else mean
