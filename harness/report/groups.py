@@ -312,9 +312,9 @@ def grid_lengths(gctx: GroupContext, setting: str) -> list[float]:
 
 def describe(gctx: GroupContext) -> str:
     """One sentence for the group's section: what orders the members and what a missing length means."""
-    return (f"{len(gctx.members)} tasks of {gctx.group.name}; per setting, the first to fail first by "
-            f"{_label(gctx, gctx.group.measure)}: a task already below the bar at the reference lengths "
-            "(above chance), then by measured length, censored ones (\u2265, never failed on the grid) last. "
-            "A task at "
-            f"chance, or with fewer than {gctx.min_samples} samples per length (the evidence bar, report "
-            "--min-samples), gets no length.")
+    return (f"{len(gctx.members)} tasks of {gctx.group.name}, ordered per setting by "
+            f"{_label(gctx, gctx.group.measure)}, the one that fails first leading: a task already below the "
+            "bar at the reference lengths (above chance) first, then by measured length, censored ones "
+            "(\u2265, never below the bar on the grid) last. A task at chance, or with fewer than "
+            f"{gctx.min_samples} samples per length (the evidence bar, report --min-samples), gets no "
+            "length.")

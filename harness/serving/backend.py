@@ -162,7 +162,8 @@ def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: 
                 ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)) as client:
             check_tokenizer(client, checkpoint.tokenizer, name)
             info = {"engine": name, "engine_version": engine_version(serve) if serve else None,
-                    "serve_command": " ".join(server.argv) if server else None, "server_urls": list(urls)}
+                    "serve_command": " ".join(server.argv) if server else None,
+                    "server_urls": list(client.urls)}
             yield ServedEngine(client, engine=name, version=info["engine_version"],
                                scores=name in CAPABILITIES and CAPABILITIES[name].prompt_logprobs), info
     finally:

@@ -1,6 +1,8 @@
 """An OpenAI-compatible completions client for served engines: token-id prompts, greedy decoding, prompt
-log-probs, retries, several servers round-robin. httpx is imported when a client is made (or its fork
-httpx2, which huggingface_hub installs).
+log-probs, retries, several servers round-robin. Completions go through the `openai` client (the `serve`
+extra; plain HTTP where it is not installed), the calls no client covers (/v1/models, the engines' tokenize
+endpoints) through httpx, imported when a client is made (or its fork httpx2, which openai and
+huggingface_hub install). A server URL is its base with or without the OpenAI `/v1` (`base_url`).
 
 What llama-cpp-python 0.3.36's server does (measured against it, tests/test_serving_client.py):
 - /v1/completions refuses token-id prompts (`prompt` is str | list[str]: HTTP 500 with a validation error).
@@ -46,10 +48,17 @@ TOKENIZE = (("/extras/tokenize", "input"), ("/tokenize", "prompt"))  # llama-cpp
 
 def _httpx():
     try:
-        import httpx
+        import httpx2 as httpx  # the maintained fork; openai and huggingface_hub depend on it
     except ImportError:
-        import httpx2 as httpx  # the maintained fork; huggingface_hub depends on it
+        import httpx
     return httpx
+
+
+def base_url(url: str) -> str:
+    """A server's root URL, the one place URLs are normalised: `http://h:p`, `http://h:p/` and the OpenAI
+    base-URL convention `http://h:p/v1` all give `http://h:p` (the client adds /v1/... itself)."""
+    url = url.strip().rstrip("/")
+    return url[:-3].rstrip("/") if url.endswith("/v1") else url
 
 
 def _one_line(text: str, limit: int = 240) -> str:
@@ -60,14 +69,14 @@ def _one_line(text: str, limit: int = 240) -> str:
 def models(url: str, timeout: float = 10.0) -> list[str]:
     """The model ids a server serves (GET /v1/models)."""
     with _httpx().Client(timeout=timeout, trust_env=False) as http:
-        return [m["id"] for m in _call(http, url, "GET", "/v1/models", None, retries=0)["data"]]
+        return [m["id"] for m in _call(http, base_url(url), "GET", "/v1/models", None, retries=0)["data"]]
 
 
 def tokenize(url: str, text: str, timeout: float = 30.0) -> list[int]:
     """The server's token ids for `text`, special tokens (BOS) as the server adds them; raises where the
     server offers no tokenize endpoint."""
     with _httpx().Client(timeout=timeout, trust_env=False) as http:
-        return _tokenize(http, url, text, retries=0)
+        return _tokenize(http, base_url(url), text, retries=0)
 
 
 def _tokenize(http: Any, url: str, text: str, retries: int, backoff: float = 0.5) -> list[int]:
@@ -118,7 +127,7 @@ class Client:
             raise ValueError("Client needs at least one server URL")
         self.decode = decode  # ids -> text, special tokens written out (the model's tokenizer)
         httpx = _httpx()
-        self.urls = [u.rstrip("/") for u in urls]
+        self.urls = [base_url(u) for u in urls]
         self.retries, self.backoff, self.max_in_flight = retries, backoff, max_in_flight
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), trust_env=False,
                                   limits=httpx.Limits(max_connections=max_in_flight))
@@ -126,6 +135,7 @@ class Client:
         self._turn = itertools.count()
         self._servers: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._openai: dict[str, Any] = {}  # url -> openai.OpenAI on the shared HTTP client (None: plain HTTP)
 
     def complete(self, prompt_ids: list[int], max_tokens: int, *, logprobs: int | None = None,
                  echo: bool = False) -> dict[str, Any]:
@@ -148,7 +158,7 @@ class Client:
                     "return_token_ids": True}  # vLLM: the sampled ids, not re-tokenised text
             if logprobs is not None:
                 body["logprobs"] = logprobs
-            data = self._post(url, "/v1/completions", body)
+            data = self._completion(url, body)
             return self._result(url, server, prompt, prompt_ids, data, echo)
 
     def complete_all(self, prompts: Sequence[list[int]], max_tokens: int, *, logprobs: int | None = None,
@@ -170,6 +180,52 @@ class Client:
     def _post(self, url: str, path: str, body: dict, retry_5xx: bool = True) -> Any:
         return _call(self._http, url, "POST", path, body, retries=self.retries, backoff=self.backoff,
                      retry_5xx=retry_5xx)
+
+    def _completion(self, url: str, body: dict[str, Any]) -> Any:
+        """POST /v1/completions through the openai client (its JSON as sent: vLLM's extra fields kept,
+        null log-probs too), retried as `_call` retries; plain HTTP where openai is not installed."""
+        api = self._api(url)
+        if api is None:
+            return self._post(url, "/v1/completions", body)
+        import openai
+
+        known = ("model", "prompt", "max_tokens", "temperature", "top_p", "echo", "frequency_penalty",
+                 "presence_penalty", "logprobs")
+        args = {k: v for k, v in body.items() if k in known}
+        extra = {k: v for k, v in body.items() if k not in known}
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                raw = api.completions.with_raw_response.create(**args, extra_body=extra)
+                return raw.http_response.json()
+            except openai.APITimeoutError as exc:
+                if not isinstance(exc.__cause__, _httpx().ConnectTimeout):  # busy, not gone: no retry
+                    raise ServerError(f"{url}/v1/completions: no answer within the timeout") from None
+                last = f"ConnectTimeout: {_one_line(exc.__cause__, 120)}"
+            except openai.APIConnectionError as exc:
+                cause = exc.__cause__ or exc
+                last = f"{type(cause).__name__}: {_one_line(cause, 120) or 'connection failed'}"
+            except openai.APIStatusError as exc:
+                last = f"HTTP {exc.status_code}: {_one_line(exc.response.text, 160)}"
+                if exc.status_code < 500:
+                    break
+        tries = f" after {self.retries + 1} tries" if self.retries else ""
+        raise ServerError(f"{url}/v1/completions failed{tries} ({last})")
+
+    def _api(self, url: str) -> Any:
+        """The openai client of one server (made once), or None where openai is not installed."""
+        with self._lock:
+            if url not in self._openai:
+                try:
+                    import openai
+                except ImportError:
+                    self._openai[url] = None
+                else:
+                    self._openai[url] = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0,
+                                                      timeout=self._http.timeout, http_client=self._http)
+            return self._openai[url]
 
     def _server(self, url: str) -> dict[str, Any]:
         """What the client learns about a server once: its model id, whether it needs text prompts
