@@ -129,6 +129,7 @@ class Client:
         httpx = _httpx()
         self.urls = [base_url(u) for u in urls]
         self.retries, self.backoff, self.max_in_flight = retries, backoff, max_in_flight
+        self.timeout = timeout
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), trust_env=False,
                                   limits=httpx.Limits(max_connections=max_in_flight))
         self._slots = threading.BoundedSemaphore(max_in_flight)
@@ -170,6 +171,9 @@ class Client:
 
     def close(self) -> None:
         self._http.close()
+        for api in self._openai.values():
+            if api is not None:
+                api.close()
 
     def __enter__(self) -> Client:
         return self
@@ -201,7 +205,7 @@ class Client:
                 raw = api.completions.with_raw_response.create(**args, extra_body=extra)
                 return raw.http_response.json()
             except openai.APITimeoutError as exc:
-                if not isinstance(exc.__cause__, _httpx().ConnectTimeout):  # busy, not gone: no retry
+                if type(exc.__cause__).__name__ != "ConnectTimeout":  # busy, not gone: no retry
                     raise ServerError(f"{url}/v1/completions: no answer within the timeout") from None
                 last = f"ConnectTimeout: {_one_line(exc.__cause__, 120)}"
             except openai.APIConnectionError as exc:
@@ -223,8 +227,11 @@ class Client:
                 except ImportError:
                     self._openai[url] = None
                 else:
-                    self._openai[url] = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0,
-                                                      timeout=self._http.timeout, http_client=self._http)
+                    # its own HTTP client, of the httpx openai was built on; never via $http_proxy
+                    http = openai.DefaultHttpxClient(trust_env=False)
+                    self._openai[url] = openai.OpenAI(
+                        base_url=url + "/v1", api_key="none", max_retries=0, http_client=http,
+                        timeout=openai.Timeout(self.timeout, connect=min(self.timeout, 10.0)))
             return self._openai[url]
 
     def _server(self, url: str) -> dict[str, Any]:
