@@ -26,6 +26,8 @@ class Fake(BaseHTTPRequestHandler):
 
     seen: list[tuple[str, dict]] = []
     fail: list[int] = []  # HTTP statuses answered to the next completions, in order
+    tokenizer = None  # a model's tokenizer behind /tokenize (None: BOS 1, then each character's code)
+    model = None  # ids -> per position log p(ids[i] | ids[:i]) (first None) and the greedy next id
 
     def log_message(self, *args) -> None:
         pass
@@ -48,7 +50,9 @@ class Fake(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
         Fake.seen.append((self.path, body))
         if self.path == "/tokenize":
-            return self._send(200, {"tokens": [1] + [ord(c) for c in body["prompt"]]})
+            tokens = (Fake.tokenizer(body["prompt"])["input_ids"] if Fake.tokenizer is not None
+                      else [1] + [ord(c) for c in body["prompt"]])
+            return self._send(200, {"tokens": tokens})
         if self.path != "/v1/completions":
             return self._send(404, {"error": "not found"})
         if Fake.fail:
@@ -58,12 +62,16 @@ class Fake(BaseHTTPRequestHandler):
 
 def completion(body: dict) -> dict:
     prompt, n = list(body["prompt"]), body["max_tokens"]
-    generated = [(prompt[-1] + 1 + i) % 50 for i in range(n)]
-    lps = [logprob(prompt[:0], generated[0])] * n
+    if Fake.model is not None:
+        echoed, following = Fake.model(prompt)
+        generated, lps = [following] * n, [-0.5] * n
+    else:
+        echoed = [None] + [logprob(prompt[:i], t) for i, t in enumerate(prompt) if i]
+        generated, lps = [(prompt[-1] + 1 + i) % 50 for i in range(n)], [logprob([], prompt[-1])] * n
     tokens, values = [f"t{t}" for t in generated], list(lps)
     if body.get("echo"):  # the first prompt token has no log-prob (null), as vLLM answers
         tokens = [f"t{t}" for t in prompt] + tokens
-        values = [None] + [logprob(prompt[:i], t) for i, t in enumerate(prompt) if i] + values
+        values = echoed + values
     logprobs = ({"tokens": tokens, "token_logprobs": values, "top_logprobs": None,
                  "text_offset": list(range(len(tokens)))} if body.get("logprobs") is not None else None)
     text = "".join(t[1:] for t in tokens) if body.get("echo") else "".join(tokens)
@@ -88,6 +96,7 @@ def fake():
 def fresh():
     Fake.seen.clear()
     Fake.fail.clear()
+    Fake.tokenizer = Fake.model = None
 
 
 def test_base_url_is_normalised_in_one_place():
@@ -163,3 +172,39 @@ def test_5xx_is_retried_and_4xx_is_one_line_naming_the_url(fake):
     message = str(raised.value)
     assert message.startswith(f"{fake}/v1/completions") and "HTTP 400" in message and "\n" not in message
     assert [p for p, _ in Fake.seen].count("/v1/completions") == 3  # 503, ok, 400 (not retried)
+
+
+def test_perplexity_run_through_a_served_vllm_equals_the_in_process_run(fake, tiny_llama, tmp_path):
+    """`run --task perplexity` with --serve vllm on a running server (the fake, answering with the same
+    model's float32 log-probs, as vLLM in float32 would): the records' perplexity equals the in-process
+    run's."""
+    import torch
+    from test_serving_python import environment, fake_vllm_cpu
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.cli import main
+    from harness.run.store import read_jsonl
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    Fake.tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+
+    def score(ids: list[int]) -> tuple[list[float | None], int]:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        return [None] + [float(logits[i - 1, t]) for i, t in enumerate(ids) if i], int(logits[-1].argmax())
+
+    Fake.model = score
+    python = environment(tmp_path / "env", fake_vllm_cpu(tmp_path / "site"))
+    args = ["run", "--model", str(tiny_llama), "--task", "perplexity", "--lengths", "64,96", "--samples", "2",
+            "--no-progress", "--no-report"]
+    assert main([*args, "--serve", "vllm", "--server-url", fake + "/v1", "--engine-python", python,
+                 "--no-probe", "--out", str(tmp_path / "served")]) == 0
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    served, local = (sorted(read_jsonl(tmp_path / name, "records"), key=lambda r: (r["length"], r["sample"]))
+                     for name in ("served", "local"))
+    assert len(served) == len(local) == 4
+    for a, b in zip(served, local, strict=True):
+        assert a["status"] == b["status"] == "ok" and a["engine"] == "vllm" and "engine" not in b
+        assert a["engine_version"] == "0.32.0" and a["plan"] == "served:vllm"
+        assert a["ppl"] == pytest.approx(b["ppl"], rel=1e-5)
+    assert any(path == "/v1/completions" and body["echo"] for path, body in Fake.seen)
