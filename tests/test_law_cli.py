@@ -30,7 +30,8 @@ def test_issue_example(capsys):
             == (128, 4096, 4096, 10000))
     [setting] = out["settings"]
     assert setting == {"base": 1000000, "regime": "larger-base", "critical_dim": 92,
-                       "extrapolation_limit": 129027, "retrieval_bound": 27115}
+                       "extrapolation_limit": 129027, "limit_just_above": None, "retrieval_bound": 27115,
+                       "binds_first": "retrieval"}
     assert "base_for_target" not in out
 
 
@@ -52,7 +53,8 @@ def test_tune_len_and_pretrain_base(capsys):
     assert out["tune_len"] == 16384
     assert out["critical_base"] > 10000
     assert out["settings"][0] == {"base": 10000, "regime": "tuning-bounded", "critical_dim": 110,
-                                  "extrapolation_limit": 16384, "retrieval_bound": 1707}
+                                  "extrapolation_limit": 16384, "limit_just_above": None,
+                                  "retrieval_bound": 1707, "binds_first": "retrieval"}
 
 
 def test_table(capsys):
@@ -105,8 +107,10 @@ def test_model_config(tmp_path, capsys):
     out = run_json(["--model", str(tmp_path)], capsys)
     assert (out["head_dim"], out["train_len"], out["tune_len"], out["pretrain_base"]) == (32, 256, 256, 10000)
     assert out["critical_dim"] == 14  # 2*ceil(16*log_1e4(256/2pi))
+    # its own base as the pre-training base: the boundary beta = beta0, 2*pi*1e4^(14/32) just above
     assert out["settings"] == [{"base": 10000, "regime": "tuning-bounded", "critical_dim": 14,
-                                "extrapolation_limit": 256, "retrieval_bound": 474}]  # d=32
+                                "extrapolation_limit": 256, "limit_just_above": 353, "retrieval_bound": 474,
+                                "binds_first": "extrapolation"}]  # d=32
     # Explicit flags override the config.
     out = run_json(["--model", str(tmp_path), "--train-len", "512", "--base", "1e6"], capsys)
     assert (out["train_len"], out["settings"][0]["regime"]) == (512, "larger-base")

@@ -34,8 +34,9 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
             own = law_inputs_for(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code,
                                  pretrain_base=args.pretrain_base, train_len=args.train_len,
                                  tune_len=args.tune_len)
-        inputs.update({k: v for k, v in own.items() if v is not None})
+        inputs.update({k: v for k, v in own.items() if v is not None and k != "hybrid"})
         inputs.update({k: v for k, v in flags.items() if v is not None})
+        inputs["hybrid"] = own.get("hybrid")
     missing = [flag for flag, key in (("--head-dim", "rotary_dim"), ("--train-len", "train_len"))
                if inputs.get(key) is None]
     if missing:
@@ -75,6 +76,47 @@ def _number(value: float | None) -> int | float | None:
     return int(value) if float(value).is_integer() else float(value)
 
 
+def binds_first(limit: float | None, bound: int | None, regime: str) -> str | None:
+    """Which limit a context reaches first: 'extrapolation' (Liu's), 'retrieval' (Men's) or 'both'; None
+    where the law gives no prediction or neither limit is finite."""
+    if regime == "not-covered" or (limit is None and bound is None):
+        return None
+    if limit is None or (bound is not None and bound < limit):
+        return "retrieval"
+    return "extrapolation" if bound is None or limit < bound else "both"
+
+
+def _setting(p: law.Prediction, d: int, train: float, tune: float, b0: float) -> dict[str, Any]:
+    """One base's row: regime, Liu's limit, Men's bound, which binds first; at the boundary beta = beta0
+    also the larger-base branch's limit just above it (`limit_just_above`, else null)."""
+    bound = None if p.regime == "not-covered" else retrieval_law.retrieval_bound(p.base, d)
+    limit = None if p.extrapolation_limit is None else round(p.extrapolation_limit)
+    above = None
+    beta0 = law.critical_base(train, tune, b0)
+    if p.regime == "tuning-bounded" and math.isclose(p.base, beta0, rel_tol=1e-12):
+        above = round(law.boundary_limits(d, train, tune, b0)[1])
+    return {"base": _number(p.base), "regime": p.regime, "critical_dim": p.critical_dim,
+            "extrapolation_limit": limit, "limit_just_above": above, "retrieval_bound": bound,
+            "binds_first": binds_first(limit, bound, p.regime)}
+
+
+def _layers(hybrid: dict[str, Any] | None, train: float) -> dict[str, Any] | None:
+    """Per-layer-type RoPE (Gemma 3): the law applies to the law section's layers (the global ones); a
+    local section whose attention window lies below T_train sets no limit (every distance it sees was
+    trained); one with no such window is named, not predicted."""
+    if not hybrid:
+        return None
+    local = []
+    for entry in hybrid["local"]:
+        window = entry["window"]
+        why = (f"attention spans at most {window:,} tokens, below T_train {train:,.0f}: every distance these "
+               "layers see was seen in training, so they set no limit"
+               if window and window < train else
+               "no attention window below T_train: the law is not applied to these layers")
+        local.append({**entry, "limit": None, "why": why})
+    return {"layers": hybrid["layers"], "law": hybrid["law"], "local": local}
+
+
 def report(args: argparse.Namespace) -> dict[str, Any]:
     """The law's answer for the parsed arguments, as the --json object."""
     inputs = _inputs(args)
@@ -94,14 +136,11 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         # retrieval_bound (Men et al.) is null where B(m) >= 0 at every m below
         # retrieval_law.RETRIEVAL_CAP, and for RoPE variants whose frequencies are not base^(-2n/d)
         # (not-covered).
-        "settings": [
-            {"base": _number(p.base), "regime": p.regime, "critical_dim": p.critical_dim,
-             "extrapolation_limit": None if p.extrapolation_limit is None else round(p.extrapolation_limit),
-             "retrieval_bound": (None if p.regime == "not-covered"
-                                 else retrieval_law.retrieval_bound(p.base, d))}
-            for p in predictions
-        ],
+        "settings": [_setting(p, d, train, tune, b0) for p in predictions],
     }
+    layers = _layers(inputs.get("hybrid"), train)
+    if layers is not None:
+        out["layers"] = layers
     if args.target_len is not None:
         out["target_len"] = _number(args.target_len)
         out["base_for_target"] = _number(law.base_for_target(args.target_len, d, train, tune, b0))
@@ -141,6 +180,7 @@ def _table(out: dict[str, Any]) -> str:
              "NeurIPS 2024)"]
     lines += [f"  {name:<22} {value}" for name, value in header if value is not None]
     lines += [f"  {'history':<22} {row.source}" for row in known_rows(out)]
+    lines += _layer_lines(out.get("layers"), g)
     rows = [("base", "regime", "critical dim", "extrapolation limit", "retrieval bound")]
     for s in out["settings"]:
         limit, bound = s["extrapolation_limit"], s["retrieval_bound"]
@@ -154,6 +194,7 @@ def _table(out: dict[str, Any]) -> str:
     for r in rows:
         lines.append(f"  {r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  "
                      f"{r[4]:>{widths[4]}}")
+    lines += _boundary_lines(out, g)
     if "base_for_target" in out:
         target, liu, retrieval = g(out["target_len"]), out["base_for_target"], out["min_base_for_retrieval"]
         lines.append("")
@@ -187,6 +228,44 @@ def _table(out: dict[str, Any]) -> str:
         "    one applies",
     ]
     return "\n".join(lines)
+
+
+def _layer_lines(layers: dict[str, Any] | None, g) -> list[str]:
+    """Which layers the law reads (Gemma 3: the global ones) and why the local ones set no limit."""
+    if not layers:
+        return []
+    own = layers["law"]
+    lines = [f"  {'law applies to':<22} the {own['layers']} of {layers['layers']} {own['section']} layers "
+             f"(base {g(own['rope_theta'])}); the limits below are theirs"]
+    for entry in layers["local"]:
+        window = f", window {entry['window']:,}" if entry["window"] else ""
+        lines.append(f"  {'no limit from':<22} the {entry['layers']} {entry['section']} layers "
+                     f"(base {g(entry['rope_theta'])}{window}): {entry['why']}")
+    return lines
+
+
+def _boundary_lines(out: dict[str, Any], g) -> list[str]:
+    """At beta = beta0 the law's limit jumps: both branches' numbers, and which limit binds first."""
+    lines = []
+    for s in out["settings"]:
+        if s["limit_just_above"] is None:
+            continue
+        d, d_extra = out["head_dim"], out["critical_dim"]
+        lines += [
+            "",
+            f"  base {g(s['base'])} is the boundary beta = beta0, where Liu's limit jumps:",
+            f"    at beta0 (tuning-bounded, a lower bound): T_tune = {g(s['extrapolation_limit'])}",
+            f"    just above (larger-base branch): 2*pi*beta0^(d_extra/d) = "
+            f"2*pi*{s['base']:.4g}^({d_extra}/{d}) = {g(s['limit_just_above'])}",
+            f"    so the law puts the loss cliff between {g(s['extrapolation_limit'])} and "
+            f"{g(s['limit_just_above'])}",
+        ]
+        if s["retrieval_bound"] is not None:
+            first = {"extrapolation": "Liu's limit binds first: perplexity should break before retrieval",
+                     "retrieval": "the retrieval bound binds first: retrieval should fail before perplexity",
+                     "both": "both limits fall together"}[s["binds_first"]]
+            lines.append(f"    Men's retrieval bound (d = {d}): {g(s['retrieval_bound'])}; {first}")
+    return lines
 
 
 def command(args: argparse.Namespace) -> int:

@@ -188,6 +188,23 @@ def predict(
     return Prediction(beta, "unbounded", d, None)
 
 
+def boundary_limits(
+    rotary_dim: int,
+    train_len: float,
+    tune_len: float | None = None,
+    pretrain_base: float = 10000.0,
+) -> tuple[float, float]:
+    """Liu's limit on both sides of the critical base beta0: T_tune at beta = beta0 (tuning-bounded, a lower
+    bound) and 2*pi*beta0^(d_extra/d) just above it (the larger-base branch as beta falls to beta0). A model
+    tuned at exactly beta0, as one pre-trained with its own base is (Gemma 3: d=256, T_train=32,768,
+    b0=1e6: 32,768 and 35,333), is predicted to break between the two."""
+    d = _check_rotary_dim(rotary_dim)
+    train, tune = _check_lengths(train_len, tune_len)
+    b0 = _check_base(pretrain_base, "pre-training base")
+    beta0 = critical_base(train, tune, b0)
+    return tune, max(tune, _TWO_PI * beta0 ** (_dims_with_full_period(d, train, b0) / d))
+
+
 def base_for_target(
     target_len: float,
     rotary_dim: int,

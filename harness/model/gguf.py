@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -23,20 +22,16 @@ from typing import Any
 
 from harness.core import heartbeat
 from harness.core.errors import InputError, one_line
+from harness.model.cache import cache_root, file_sha256
+
+__all__ = ["DONE", "cache_root", "describe", "file_hash", "is_gguf", "materialised", "read_config",
+           "read_tokenizer", "truncation"]
 
 DONE = "gguf_source.json"  # written last: a folder without it is unfinished and rebuilt
 
 
 def is_gguf(path: str | Path) -> bool:
     return str(path).lower().endswith(".gguf")
-
-
-def cache_root() -> Path:
-    """$ROPE_HARNESS_CACHE, else $XDG_CACHE_HOME/rope-harness, else ~/.cache/rope-harness."""
-    if os.environ.get("ROPE_HARNESS_CACHE"):
-        return Path(os.environ["ROPE_HARNESS_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rope-harness"
 
 
 def _problem(path: Path, exc: BaseException) -> InputError:
@@ -148,20 +143,9 @@ def _existing(path: str | Path) -> Path:
     return file.resolve()
 
 
-@functools.lru_cache(maxsize=16)
-def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(16 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_hash(path: str | Path) -> str:
     """sha256 of the whole file (computed once per file version in a process)."""
-    file = _existing(path)
-    stat = file.stat()
-    return _sha256(file, stat.st_size, stat.st_mtime_ns)
+    return file_sha256(_existing(path))
 
 
 def _cached_folder(file: Path) -> Path:

@@ -26,6 +26,7 @@ from harness.model.fingerprint import model_fingerprints
 from harness.model.rope_config import (
     RopeOverride,
     apply_override,
+    hybrid_layers,
     law_inputs,
     law_section,
     max_positions,
@@ -128,7 +129,8 @@ def law_inputs_for(model: str, revision: str | None = None, trust_remote_code: b
     inputs = law_inputs(config, RopeOverride(pretrain_base=pretrain_base, train_len=train_len,
                                              tune_len=tune_len))
     own = rope_sections(config)[law_section(config)]
-    return {**inputs, "rope_theta": float(own["rope_theta"]), "rope_type": own.get("rope_type", "default")}
+    return {**inputs, "rope_theta": float(own["rope_theta"]), "rope_type": own.get("rope_type", "default"),
+            "hybrid": hybrid_layers(config)}
 
 
 def load_tokenizer(model_id: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -404,7 +406,12 @@ def default_label(model_id: str, manifest: dict[str, Any]) -> str:
     theta = manifest["rope_params"].get("ntk_base_theta", manifest["rope_theta"])
     label = f"{base}:{manifest['rope_type']}:{_short(theta)}"
     factor = manifest["rope_params"].get("factor")
-    return f"{label}:f{_short(factor)}" if factor is not None else label
+    label = f"{label}:f{_short(factor)}" if factor is not None else label
+    for key, value in sorted(manifest["rope_params"].items()):  # another layer type's base (Gemma 3's local)
+        if key.endswith(".rope_theta"):
+            section = key.partition(".")[0]
+            label += f":{'local' if 'sliding' in section else section}{_short(value)}"
+    return label
 
 
 def _short(x: float) -> str:

@@ -8,7 +8,7 @@ is built; `harness.model.models` builds and verifies. RoPE lives in `config.rope
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.core.errors import InputError, one_line
@@ -81,6 +81,26 @@ def rope_sections(config) -> dict[str | None, dict[str, Any]]:
 def law_section(config) -> str | None:
     sections = rope_sections(config)
     return LAW_SECTION if LAW_SECTION in sections else next(iter(sections))
+
+
+def hybrid_layers(config) -> dict[str, Any] | None:
+    """Per-layer-type RoPE (Gemma 3): the law's section and the others, each with its layer count, base, rope
+    type and attention window (sliding sections: `sliding_window`); None where one RoPE serves every layer."""
+    sections = rope_sections(config)
+    if None in sections:
+        return None
+    text = text_config(config)
+    types = list(getattr(text, "layer_types", None) or [])
+    own = law_section(config)
+
+    def entry(name: str) -> dict[str, Any]:
+        params = sections[name]
+        window = getattr(text, "sliding_window", None) if "sliding" in name else None
+        return {"section": name, "layers": types.count(name), "rope_theta": float(params["rope_theta"]),
+                "rope_type": params.get("rope_type", "default"), "window": window}
+
+    return {"layers": len(types), "law": entry(own),
+            "local": [entry(name) for name in sections if name != own]}
 
 
 def rotary_dim(config, section: str | None = None) -> int:
@@ -205,6 +225,34 @@ def _check_keys_used(override: RopeOverride, kind: str, section: str | None, con
                          "drop it")
 
 
+def _section_params(override: RopeOverride, config, own: str | None) -> dict[str, dict[str, Any]]:
+    """`--rope-param SECTION.rope_theta=B`: the base of another layer type (Gemma 3's sliding_attention
+    layers), changed only when named so; every other override goes to the law's section. {section: params}"""
+    named = {key: value for key, value in override.params.items() if "." in key}
+    sections = rope_sections(config)
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in named.items():
+        section, _, name = key.partition(".")
+        if own is None:
+            raise InputError(f"--rope-param {key}: this model has one RoPE for all its layers, with no layer "
+                             f"types to name: drop the {section + '.'!r} prefix")
+        if section == own:
+            raise InputError(f"--rope-param {key}: {own} is the layer type every override already changes: "
+                             f"pass --rope-theta (or the key without the prefix) instead")
+        if section not in sections:
+            raise InputError(f"--rope-param {key}: the model has no layer type {section!r}: its RoPE layer "
+                             f"types are {', '.join(str(s) for s in sections)}")
+        if name != "rope_theta":
+            raise InputError(f"--rope-param {key}: only the base of another layer type can change: pass "
+                             f"--rope-param {section}.rope_theta=B")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 < value <= MAX_THETA:
+            raise InputError(f"--rope-param {key} must be a base > 1 and at most {MAX_THETA:g}, where "
+                             f"float32 RoPE frequencies keep their precision (got {value!r}): "
+                             f"e.g. {section}.rope_theta=1e5")
+        out.setdefault(section, {})[name] = float(value)
+    return out
+
+
 def _check_frequencies(params: dict[str, Any], kind: str, dim: int, mpe: int) -> None:
     """The model keeps inv_freq in float32: a base or factor it cannot represent would fail verify_rope with a
     traceback (or overflow before it) instead of naming the flag to change."""
@@ -233,14 +281,18 @@ def apply_override(config, override: RopeOverride) -> dict[str, Any]:
     """Edit the config's RoPE parameters in place (before the model is built); return the spec applied.
 
     Static NTK (`ntk`) becomes default RoPE with theta b*s^(d/(d-2)); for per-layer-type configs
-    (Gemma3) the override goes to the global-attention layers. Returns the user-facing spec
-    (rope_type as asked, e.g. "ntk", with its factor) for the manifest.
+    (Gemma3) the override goes to the global-attention layers, and another layer type's base changes only
+    when named (`--rope-param sliding_attention.rope_theta=B`). Returns the user-facing spec (rope_type as
+    asked, e.g. "ntk", with its factor, and any named section's key) for the manifest.
     """
     _check_override(override)
     section = law_section(config)
     sections = rope_sections(config)
     current = sections[section]
     kind = override.rope_type or current.get("rope_type", "default")
+    others = _section_params(override, config, section)
+    named = {key: value for key, value in override.params.items() if "." in key}
+    override = replace(override, params={k: v for k, v in override.params.items() if k not in named})
     _check_keys_used(override, kind, section, config)
     new = dict(current)
     if override.rope_type is not None and override.rope_type != current.get("rope_type", "default"):
@@ -266,7 +318,7 @@ def apply_override(config, override: RopeOverride) -> dict[str, Any]:
             if not isinstance(factors, list) or len(factors) != dim // 2:
                 raise InputError(f"--rope-type longrope needs {key} as a list of {dim // 2} numbers: "
                                  f"add --rope-param {key}=[...] (JSON)")
-    spec = dict(new, rope_type=kind)
+    spec = dict(new, rope_type=kind, **{k: float(v) for k, v in named.items()})
     if kind == "ntk":
         spec["ntk_base_theta"] = new["rope_theta"]
         new["rope_theta"] = rope_math.ntk_theta(new["rope_theta"], new.pop("factor"), dim)
@@ -284,4 +336,8 @@ def apply_override(config, override: RopeOverride) -> dict[str, Any]:
             text.original_max_position_embeddings = new["original_max_position_embeddings"]
     else:
         text.rope_parameters[section] = new
+    for other, params in others.items():
+        changed = dict(sections[other], **params)
+        _check_frequencies(changed, changed.get("rope_type", "default"), rotary_dim(config, other), mpe)
+        text.rope_parameters[other] = changed
     return spec
