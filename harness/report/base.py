@@ -7,6 +7,7 @@ Pandas-free, so that `rope-harness --help` can show the report's defaults withou
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from harness.core.values import fmt_base  # noqa: F401 - one base format for the report and the zoo list
 
@@ -46,3 +47,12 @@ def score_threshold(value: float) -> float:
     if not (math.isfinite(value) and 0 < value <= 100):
         raise ValueError(f"threshold {value:g} outside (0, 100]")
     return value / 100 if value > 1 else value
+
+
+def finite_number(value: Any) -> float:
+    """A table cell as a float: NaN when missing, not a number, or infinite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from harness.report.analysis import Analysis, FigureContext
+from harness.report.base import finite_number as _num
 from harness.report.headline import _ratio, _sentence, _tokens
 from harness.report.registry import TaskGroup
 
@@ -93,14 +94,6 @@ def status_of(row: pd.Series, spec: Any, min_samples: int) -> tuple[str, str]:
         return "below", f"best {ref:.3g} at the reference lengths, below {threshold:g}"
     note = row.get("note") if isinstance(row.get("note"), str) else ""
     return "none", warning or note or "no data"
-
-
-def _num(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return number if math.isfinite(number) else math.nan
 
 
 def _lengths(members: list[FigureContext], keys: Sequence[str], min_samples: int) -> pd.DataFrame:

@@ -21,6 +21,7 @@ import pandas as pd
 from harness.core.values import safe_name
 from harness.report.analysis import Analysis, FigureContext
 from harness.report.base import NoData, NotApplicable, fmt_base, fmt_length
+from harness.report.base import finite_number as _num
 from harness.report.families import family_of
 from harness.report.groups import GroupContext, describe, length_table
 from harness.report.load import RunRecords
@@ -34,14 +35,6 @@ HEADLINE_TASK = "perplexity"
 def task_order(tasks: list[str]) -> list[str]:
     """The headline perplexity task first, the others in name order."""
     return sorted(tasks, key=lambda t: (t != HEADLINE_TASK, t))
-
-
-def _num(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return number if math.isfinite(number) else math.nan
 
 
 def _tokens(value: Any) -> str:

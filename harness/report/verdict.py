@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.report.base import finite_number as _num
 from harness.report.families import ZOO_FAMILY, real_first
 
 __all__ = ["Verdict", "figure_preference", "pick_setting", "verdicts"]
@@ -37,14 +38,6 @@ class Verdict:
     n_settings: int
     text: str
     figures: tuple[str, ...]  # figure names, most telling first (figure_preference)
-
-
-def _num(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return number if math.isfinite(number) else math.nan
 
 
 def _tokens(value: Any) -> str:
