@@ -1,13 +1,15 @@
-"""A child inference server that never outlives the run.
+"""A child inference server that never outlives the run, nor do its own children.
 
 `Server` starts the argv in its own session (its own process group, so a terminal's Ctrl-C reaches only
 the harness, which then stops the server), logs its output to a file, and stops the whole group (SIGTERM,
 then SIGKILL) on `stop()`: on leaving the `with` block (exceptions and KeyboardInterrupt included) and at
-interpreter exit (atexit). When the harness dies without running any of that (kill -9, an unhandled
-SIGTERM), Linux's PR_SET_PDEATHSIG sends the server SIGTERM: set in the child before exec, it fires when the
-thread that started the server ends, so start servers from the main thread (or one that lives as long). It
-reaches the direct child only: an engine that forks workers (vLLM, SGLang) must stop them on its SIGTERM,
-which they do.
+interpreter exit (atexit). The engine runs under a small supervisor that leads the group (`SUPERVISOR`, the
+process `pid` names): when the harness dies without running any of that (kill -9, an unhandled SIGTERM),
+Linux's PR_SET_PDEATHSIG sends the supervisor SIGTERM (set in the child before exec; it fires when the thread
+that started the server ends, so start servers from the main thread, or one that lives as long), and the
+supervisor stops the whole group: the engine and every process it forked (vLLM's EngineCore, SGLang's
+schedulers), SIGTERM then SIGKILL, whatever the engine does on SIGTERM. When the engine exits by itself the
+supervisor ends what it left in the group and exits with its code.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +29,31 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# argv: grace seconds, then the engine's argv. Stdlib only, in this interpreter; the engine dies with it too
+SUPERVISOR = """
+import ctypes, os, signal, subprocess, sys, time
+grace, asked = float(sys.argv[1]), []
+def stop(*_):
+    if not asked:
+        asked.append(time.monotonic())
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.killpg(0, signal.SIGTERM)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGHUP, stop)
+prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+try:
+    child = subprocess.Popen(sys.argv[2:], preexec_fn=(lambda: prctl(1, signal.SIGTERM)) if prctl else None)
+except OSError as exc:
+    sys.exit(f"cannot start {sys.argv[2]}: {exc.strerror or exc}")
+while child.poll() is None and not (asked and time.monotonic() > asked[0] + grace):
+    time.sleep(0.1)
+if asked:
+    time.sleep(0.2)
+    os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+os.killpg(0, signal.SIGTERM)
+sys.exit(child.returncode if child.returncode >= 0 else 128 - child.returncode)
+"""
 LOG_TAIL_LINES = 3
 
 
@@ -107,8 +135,11 @@ class Server:
         with open(self.log, "ab") as out:
             out.write(("# " + " ".join(self.argv) + "\n").encode())
             out.flush()
+            if shutil.which(self.argv[0]) is None:
+                raise ServerError(f"cannot start {self.argv[0]}: no such program")
             try:
-                self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
+                argv = [sys.executable, "-c", SUPERVISOR, str(self.stop_timeout), *self.argv]
+                self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                               stderr=subprocess.STDOUT, start_new_session=True,
                                               preexec_fn=_die_with_parent(), env=self.env)
             except OSError as exc:
