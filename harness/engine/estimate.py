@@ -11,6 +11,7 @@ by the processor, the torch version, its threads and the dtype.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -96,17 +97,19 @@ def _measure(dtype: str) -> Throughput:
     model = LlamaForCausalLM(config).to(getattr(torch, dtype)).eval()
     ids = torch.randint(0, config.vocab_size, (1, CALIBRATION_TOKENS))
     n_params = sum(p.numel() for p in model.parameters())
+    # transformers 5.24 renamed past_key_values to cache (5.23 knows only the old name)
+    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.inference_mode():
         model(input_ids=ids[:, :64])  # warm-up
         start = time.perf_counter()
         model(input_ids=ids, use_cache=False)
         long_pass = time.perf_counter() - start
         cache = DynamicCache(config=config)
-        out = model(input_ids=ids, use_cache=True, past_key_values=cache, logits_to_keep=1)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{kw: cache})
         start = time.perf_counter()
         for _ in range(CALIBRATION_STEPS):
-            out = model(input_ids=out.logits[:, -1:].argmax(-1), use_cache=True, past_key_values=cache,
-                        logits_to_keep=1)
+            out = model(input_ids=out.logits[:, -1:].argmax(-1), use_cache=True, logits_to_keep=1,
+                        **{kw: cache})
         step = (time.perf_counter() - start) / CALIBRATION_STEPS
     speed = pass_flops(config, CALIBRATION_TOKENS) / long_pass
     attention = step_flops(config, CALIBRATION_TOKENS) / speed
