@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness.report.base import finite_number as _number
 from harness.report.base import fmt_length
 from harness.report.plots import format_length_axis
 
@@ -37,14 +38,6 @@ LIMITS = (("predicted_limit", "law-predicted", PREDICTED_STYLE, "v", "Liu"),
           ("retrieval_bound", "law-retrieval", RETRIEVAL_STYLE, "D", "retrieval"))
 _SAME_X = 0.03  # limits closer than 3% (in log x) share one column of top-edge markers
 _STACK = 0.045  # axes-fraction height of one top-edge marker
-
-
-def _number(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return number if math.isfinite(number) else math.nan
 
 
 def _owners(ctx: FigureContext, analysis: Analysis, column: str) -> dict[float, list[str]]:
