@@ -221,3 +221,29 @@ def test_a_section_prefix_on_a_model_without_layer_types_is_refused():
                          vocab_size=300, rope_parameters={"rope_type": "default", "rope_theta": 1e4})
     with pytest.raises(InputError, match="one RoPE for all its layers"):
         rope_config.apply_override(config, RopeOverride(params={f"{LOCAL}.rope_theta": 4e4}))
+
+
+def test_a_run_names_the_local_base_in_its_label_and_records(tiny, tmp_path):
+    """`run --rope-param sliding_attention.rope_theta=B` end to end: its own label, the global base in the
+    records, and perplexities that differ from the checkpoint's own local base."""
+    import json
+
+    from harness.cli import main
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("the thing in the ring, the other thing in the string. " * 40)
+    args = ["run", "--model", str(tiny.path), "--corpus", str(corpus), "--lengths", "40", "--samples", "1",
+            "--no-progress", "--no-report"]
+    assert main([*args, "--out", str(tmp_path / "own")]) == 0
+    assert main([*args, "--rope-param", f"{LOCAL}.rope_theta=4e4", "--out", str(tmp_path / "local")]) == 0
+
+    def record(folder):
+        [row] = [json.loads(line) for line in (tmp_path / folder / "records.jsonl").read_text().splitlines()]
+        return row
+
+    own, local = record("own"), record("local")
+    assert local["setting"] == "tiny-gemma.gguf:default:200000:local40000"
+    assert own["setting"] == "tiny-gemma.gguf:default:200000"
+    assert local["rope_theta"] == own["rope_theta"] == THETA  # the law's base: the global layers'
+    assert json.loads(local["rope_params"]) == {f"{LOCAL}.rope_theta": 4e4}
+    assert local["rope_hash"] != own["rope_hash"] and local["ppl"] != pytest.approx(own["ppl"], rel=1e-6)
