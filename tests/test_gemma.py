@@ -118,6 +118,19 @@ def test_scores_equal_transformers_own_gguf_load(tiny, loaded):
     assert not torch.allclose(forward_nll(wide, ids), want, rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("strategy", ["stream", "prefill"])
+@pytest.mark.parametrize("chunk", [5, GEMMA_WINDOW, 2 * GEMMA_WINDOW])  # inside, at and past the window
+def test_stream_and_prefill_equal_the_plain_forward_past_the_window(tiny, loaded, strategy, chunk):
+    """Layer-streamed and chunked-prefill scoring across the local layers' window boundaries: chunks
+    shorter than, equal to and longer than the window (float32 summation order: ~1e-5 nats)."""
+    ids = ids_of(tiny)
+    scorer = engine.Engine(loaded, strategy=strategy, chunk_size=chunk)
+    plan = scorer.plan(len(ids), strategy=strategy, chunk=chunk)
+    assert plan.strategy == strategy and plan.chunk == chunk
+    got = scorer.token_nll(ids, plan)
+    assert torch.allclose(got, forward_nll(tiny.reference, ids), rtol=1e-5, atol=1e-5)
+
+
 def test_dequantised_once_into_the_cache(tiny, loaded):
     from harness.model import gguf as hgguf
 
