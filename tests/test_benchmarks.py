@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,7 @@ def rows_of(text: str, first: str) -> list[list[str]]:
             if line.startswith(f"| {first}")]
 
 
+@pytest.mark.slow
 def test_gpu_script_smoke_runs_every_strategy_and_batching():
     out = gpu_script("--smoke")
     check_served_rows(out)

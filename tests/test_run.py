@@ -200,6 +200,7 @@ def _cli(*args, env=None):
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tiny_llama, text_corpus, tmp_path):
     args = ["run", "--model", tiny_llama, "--corpus", text_corpus, "--no-progress", "--no-report",
             "--lengths", "64,128,256,512", "--samples", "6", "--rope-type", "dynamic", "--rope-factor", "2"]
@@ -265,6 +266,7 @@ def test_run_folder_that_cannot_be_made_is_bad_input():
         Store(Path("/proc/rope-harness-cannot-exist/run")).open()
 
 
+@pytest.mark.slow
 def test_two_ranks_split_cells_and_equal_one_process(tiny_llama, text_corpus, tmp_path):
     args = ["--model", str(tiny_llama), "--corpus", str(text_corpus), "--no-progress", "--no-report",
             "--lengths", "64,128", "--samples", "4"]
@@ -347,6 +349,7 @@ MEASURED = ("status", "ppl", "nll", "bos", "offset", "sample_hash", "task_identi
             "answer_logprob")
 
 
+@pytest.mark.slow
 def test_a_suite_mixing_bos_and_no_bos_models_scores_each_as_it_scores_alone(tiny_llama, text_corpus,
                                                                             tmp_path):
     """One task block shared by a model with BOS and one without: each setting's records equal its solo

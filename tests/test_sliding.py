@@ -39,6 +39,7 @@ def hf_sliding(model, ids: list[int], window: int, stride: int) -> tuple[float, 
     ("64,150", 50),      # window not a multiple of the stride
     ("40", 64),          # stride > window: HF skips the tokens in the gaps, scores each window fully
 ])
+@pytest.mark.slow
 def test_ppl_sliding_equals_hand_computed_hf_loop(lengths, stride, tiny_llama, text_corpus, tmp_path):
     out = tmp_path / "r"
     lengths_arg = lengths if str(LONGEST) in lengths.split(",") else f"{lengths},{LONGEST}"
