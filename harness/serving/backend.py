@@ -127,21 +127,21 @@ def served_model(checkpoint: Any, serve: str, build: bool = True) -> str:
 
 
 def _argv(checkpoint: Any, serve: str, max_len: int, port: int, tensor_parallel: int, data_parallel: int,
-          python: str | None = None, model: str | None = None) -> list[str]:
+          python: str | None = None, model: str | None = None, dtype: str | None = None) -> list[str]:
     """The argv that serves the checkpoint (or `model`, its weights) with its override on 127.0.0.1:port."""
     from harness.serving.engines import launch_command
 
     return launch_command(serve, model or checkpoint.path, checkpoint.override, max_len=max_len,
                           host="127.0.0.1", port=port, tensor_parallel=tensor_parallel,
                           data_parallel=data_parallel, config=checkpoint.source_config,
-                          applied=checkpoint.config, python=python)
+                          applied=checkpoint.config, python=python, dtype=dtype)
 
 
 def launch_preview(checkpoint: Any, serve: str, max_len: int, tensor_parallel: int = 1,
-                   data_parallel: int = 1, python: str | None = None) -> str:
+                   data_parallel: int = 1, python: str | None = None, dtype: str | None = None) -> str:
     """The command `served` would run for this setting (the dry run's; the port is chosen at launch)."""
     argv = _argv(checkpoint, serve, max_len, 8000, tensor_parallel, data_parallel, python,
-                 served_model(checkpoint, serve, build=False))
+                 served_model(checkpoint, serve, build=False), dtype)
     at = argv.index("--port") + 1 if "--port" in argv else None
     return " ".join("<free port>" if i == at else a for i, a in enumerate(argv))
 
@@ -153,8 +153,8 @@ def engine_label(serve: str | None) -> str:
 
 @contextlib.contextmanager
 def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: int, log: Path,
-           tensor_parallel: int = 1, data_parallel: int = 1,
-           python: str | None = None) -> Iterator[tuple[ServedEngine, dict[str, Any]]]:
+           tensor_parallel: int = 1, data_parallel: int = 1, python: str | None = None,
+           dtype: str | None = None) -> Iterator[tuple[ServedEngine, dict[str, Any]]]:
     """A ServedEngine on `urls`, or on a server of `serve` launched by `python` (--engine-python, else this
     interpreter) with the checkpoint's RoPE override (and stopped on exit, error or Ctrl-C), after one check
     that the server tokenises like the harness; with what ran it (`engine`, `engine_version`,
@@ -168,7 +168,7 @@ def served(checkpoint: Any, serve: str | None, urls: Sequence[str], *, max_len: 
     if not urls:
         model = served_model(checkpoint, serve)
         server = Server(lambda port: _argv(checkpoint, serve, max_len, port, tensor_parallel, data_parallel,
-                                           python, model), log=log)
+                                           python, model, dtype), log=log)
         server.start()
     try:
         if server is not None:

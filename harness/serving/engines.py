@@ -75,13 +75,16 @@ LLAMA_SCALING = {"default": 0, "linear": 1, "yarn": 2}
 
 def launch_command(engine: str, model: str, override: RopeOverride, *, max_len: int, host: str, port: int,
                    tensor_parallel: int = 1, data_parallel: int = 1, extra: Sequence[str] = (),
-                   config: Any = None, applied: Any = None, python: str | None = None) -> list[str]:
+                   config: Any = None, applied: Any = None, python: str | None = None,
+                   dtype: str | None = None) -> list[str]:
     """The argv that serves `model` on `engine` with `override` applied, an OpenAI-compatible server on
     host:port with a context of `max_len` tokens; `extra` is appended as given. `config` is the checkpoint's
     (unmodified) config: with it the engine gets exactly the parameters apply_override gives the in-process
     run; vLLM and SGLang need it for any override, llama.cpp only for static NTK. `applied`: the config with
     the override already applied (the setting's checkpoint, models.describe), used as it is. `python`: the
-    engine's interpreter (--engine-python; default this one), which runs the engine as a module."""
+    engine's interpreter (--engine-python; default this one), which runs the engine as a module. `dtype`:
+    the setting's --dtype, passed to vLLM and SGLang as theirs (None or auto: the engine's default, which
+    for vLLM is a float32 checkpoint in float16/bfloat16)."""
     _check_engine(engine)
     python = python_of(python)
     _check_sizes(engine, max_len, port, tensor_parallel, data_parallel)
@@ -91,8 +94,11 @@ def launch_command(engine: str, model: str, override: RopeOverride, *, max_len: 
         argv = _llama_cpp(python, model, params, max_len, host, port)
     elif engine == "vllm":
         argv = _vllm(python, model, edited, max_len, host, port, tensor_parallel, data_parallel)
+        argv[2:2] = [f"VLLM_CPU_KVCACHE_SPACE={_kv_gib(config or applied, max_len)}"]
     else:
         argv = _sglang(python, model, edited, max_len, host, port, tensor_parallel, data_parallel)
+    if dtype not in (None, "auto") and engine != "llama.cpp":
+        argv += ["--dtype", str(dtype)]
     return argv + [str(x) for x in extra]
 
 
@@ -293,6 +299,19 @@ def _rope_overrides(edited: Any) -> dict[str, Any]:
         raise InputError(f"cannot find where {type(edited).__name__} keeps its text config: "
                          "run it in-process (drop --serve)")
     return {name: body}
+
+
+def _kv_gib(config: Any, max_len: int, sequences: int = 4) -> int:
+    """GiB of KV cache for `sequences` prompts of max_len tokens in float32, at least 1: what vLLM's CPU
+    build reserves (VLLM_CPU_KVCACHE_SPACE; else it asks for --gpu-memory-utilization of the whole RAM and
+    refuses to start where less is free). Read by the CPU build only; 4 without a config."""
+    if config is None:
+        return 4
+    text = text_config(config)
+    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    total = 2 * text.num_hidden_layers * heads * head_dim * 4 * max_len * sequences
+    return max(1, -(-total // 2**30))
 
 
 def _vllm(python: str, model: str, edited: Any, max_len: int, host: str, port: int, tp: int,
