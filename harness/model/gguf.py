@@ -10,6 +10,7 @@ a stale folder, and the file's hash is the model's fingerprint.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import os
@@ -167,10 +168,17 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 
 def read_config(path: str | Path):
-    """The model config from the GGUF metadata alone (no tensor is dequantised)."""
+    """The model config from the GGUF metadata alone (no tensor is dequantised); a copy of the one read
+    per file version in this process (a 262K-token vocabulary takes transformers' reader ~30 s)."""
+    file = _existing(path)
+    stat = file.stat()
+    return copy.deepcopy(_config_of(file, stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _config_of(file: Path, size: int, mtime_ns: int):
     from transformers import AutoConfig
 
-    file = _existing(path)
     try:
         return AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
     except Exception as exc:  # noqa: BLE001 - a corrupt header and an unknown architecture alike
