@@ -263,3 +263,14 @@ def test_the_real_gemma3_270m_law(capsys):
     assert out["settings"][0]["limit_just_above"] == 35333
     assert out["settings"][0]["retrieval_bound"] == 71627
     assert out["layers"]["local"][0]["window"] == 512
+
+
+def test_a_listing_assembles_nothing(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("ROPE_HARNESS_CACHE", str(tmp_path / "cache"))
+    calls: list = []
+    _fake_package(monkeypatch, b"GGUF the whole file", calls)
+    want = tmp_path / "cache" / "packaged" / "gemma-3-270m-q4_k_m.gguf"
+    assert checkpoints.packaged_path("gemma3-270m", assemble=False) == want
+    assert main(["zoo", "list"]) == 0
+    assert str(want) in capsys.readouterr().out
+    assert calls == [] and not want.exists()

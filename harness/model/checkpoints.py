@@ -121,15 +121,16 @@ def _not_installed(name: str, model: Packaged) -> InputError:
                       f"run `{model.install}`{terms}")
 
 
-def packaged_path(name: str) -> Path:
+def packaged_path(name: str, assemble: bool = True) -> Path:
     """'smollm2' -> the GGUF file inside the installed package; 'gemma3-270m' -> the file its package
-    assembles (once, into the cache); not installed -> the install command."""
+    assembles (once, into the cache; with `assemble` False only where it lies or will lie, for listings);
+    not installed -> the install command."""
     model = PACKAGED[name]
     spec = importlib.util.find_spec(model.package)  # finds the folder without running its __init__
     if model.assemble is not None:
         if spec is None:
             raise _not_installed(name, model)
-        return _assembled(name, model)
+        return _assembled(name, model) if assemble else cache_root() / "packaged" / model.file
     folders = list(spec.submodule_search_locations or []) if spec else []
     path = next((Path(f) / model.file for f in folders if (Path(f) / model.file).is_file()), None)
     if path is None:

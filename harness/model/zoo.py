@@ -333,7 +333,7 @@ def list_packaged() -> None:
     print("\nreal models from pip packages (use them as --model NAME)")
     for name, model in PACKAGED.items():
         try:
-            where = shown(packaged_path(name))
+            where = shown(packaged_path(name, assemble=False))  # listing assembles nothing
         except InputError:
             where = f"not installed: {model.install}"
         print(f"{name:<22} {model.about}\n{'':<22} {where}")
