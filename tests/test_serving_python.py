@@ -108,3 +108,31 @@ def test_engine_python_through_the_cli(tiny_llama, tmp_path, capsys):
     assert main([*args, "--serve", "vllm", "--engine-python", python, "--dry-run"]) == 0
     dry = capsys.readouterr().out
     assert f"{python} -m vllm.entrypoints.openai.api_server --model {tiny_llama}" in dry, dry
+
+
+def test_tied_weights_stored_once_are_written_out_for_the_engines(tmp_path):
+    """The harness's folder stores a tied embedding once (an alias in the metadata); vLLM would find no
+    embedding: the engines get a sibling folder with it under its own name, built once."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from harness.serving.backend import engine_folder
+
+    folder = tmp_path / "abc"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    head = torch.arange(6.0).reshape(3, 2)
+    save_file({"lm_head.weight": head, "model.norm.weight": torch.ones(2)}, folder / "model.safetensors",
+              metadata={"model.embed_tokens.weight": "lm_head.weight"})
+    served = engine_folder(folder)
+    assert served == tmp_path / "abc.engine" and (served / "config.json").resolve() == folder / "config.json"
+    with safe_open(served / "model.safetensors", "pt") as f:
+        assert torch.equal(f.get_tensor("model.embed_tokens.weight"), head)
+        assert set(f.keys()) == {"lm_head.weight", "model.embed_tokens.weight", "model.norm.weight"}
+    stamp = (served / "model.safetensors").stat().st_mtime_ns
+    assert engine_folder(folder) == served and (served / "model.safetensors").stat().st_mtime_ns == stamp
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    save_file({"w": torch.ones(2)}, plain / "model.safetensors")
+    assert engine_folder(plain) == plain  # nothing aliased: served as it is

@@ -123,7 +123,44 @@ def served_model(checkpoint: Any, serve: str, build: bool = True) -> str:
     path = str(checkpoint.path)
     if serve == "llama.cpp" or not gguf.is_gguf(path):
         return path
-    return str(gguf.materialised(path)) if build else f"<float32 folder of {Path(path).name}>"
+    return str(engine_folder(gguf.materialised(path))) if build else f"<float32 folder of {Path(path).name}>"
+
+
+def engine_folder(folder: Path) -> Path:
+    """The folder as vLLM and SGLang can load it. The harness stores tied weights once (lm_head.weight, with
+    model.embed_tokens.weight named as its alias in the safetensors metadata); vLLM skips lm_head.* of a tied
+    model and finds no embedding, leaving it unset (measured: uniform log-probs). Then a sibling
+    `<folder>.engine` (built once) stores each alias under its own name, its other files linked."""
+    import os
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return folder
+    with safe_open(weights, "pt") as f:
+        keys, aliases = set(f.keys()), f.metadata() or {}
+    absent = {alias: stored for alias, stored in aliases.items() if alias not in keys and stored in keys}
+    target = folder.with_name(folder.name + ".engine")
+    if not absent or (target / "model.safetensors").is_file():
+        return target if absent else folder
+    building = target.with_name(f"{target.name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    try:
+        for item in folder.iterdir():
+            if item.name != weights.name:
+                (building / item.name).symlink_to(item)
+        tensors = load_file(weights)
+        tensors.update({alias: tensors[stored].clone() for alias, stored in absent.items()})
+        save_file(tensors, building / weights.name)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(building, target)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return target
 
 
 def _argv(checkpoint: Any, serve: str, max_len: int, port: int, tensor_parallel: int, data_parallel: int,
