@@ -37,6 +37,7 @@ class EngineSetting(Protocol):
     dtype: str | None
     device: str | None
     attn: str | None
+    override: Any  # harness.model.rope_config.RopeOverride
     serve: str | None
     engine_python: str | None  # the engine's interpreter (its own environment); None: this one
     server_urls: list[str]
@@ -101,6 +102,10 @@ def check_options(setting: EngineSetting) -> None:
     if setting.engine_python is not None and setting.serve is None:
         raise InputError("--engine-python is the interpreter of a launched engine: add --serve vllm, sglang "
                          "or llama.cpp")
+    named = [key for key in setting.override.params if "." in key]  # one layer type's RoPE (Gemma 3's local)
+    if setting.served and named:
+        raise InputError(f"--rope-param {named[0]}: a served engine takes the global layers' RoPE only (it "
+                         "would drop this silently): run this setting in-process (drop --serve/--server-url)")
     if not setting.served and (setting.tensor_parallel, setting.data_parallel) != (1, 1):
         raise InputError("--tensor-parallel/--data-parallel apply to a served engine: add --serve vllm or "
                          "sglang")
