@@ -178,10 +178,7 @@ def predict(
     beta0 = critical_base(train, tune, b0)
     if beta > beta0:
         d_extra = _dims_with_full_period(d, train, b0)
-        # Never below T_tune, where the model was tuned. This only matters when d_extra is capped at d
-        # (b0 <= T_train/2pi); otherwise 2*pi*beta^(d_extra/d) > T_tune already for every beta > beta0.
-        limit = max(tune, _TWO_PI * beta ** (d_extra / d))
-        return Prediction(beta, "larger-base", d_extra, limit)
+        return Prediction(beta, "larger-base", d_extra, _larger_base_limit(d, d_extra, tune, beta))
     if beta >= tune / _TWO_PI:
         return Prediction(beta, "tuning-bounded", _dims_with_full_period(d, tune, beta), tune)
     # Every dimension completes a period within T_tune: all d dimensions are "seen", so critical dim = d.
@@ -202,7 +199,14 @@ def boundary_limits(
     train, tune = _check_lengths(train_len, tune_len)
     b0 = _check_base(pretrain_base, "pre-training base")
     beta0 = critical_base(train, tune, b0)
-    return tune, max(tune, _TWO_PI * beta0 ** (_dims_with_full_period(d, train, b0) / d))
+    return tune, _larger_base_limit(d, _dims_with_full_period(d, train, b0), tune, beta0)
+
+
+def _larger_base_limit(d: int, d_extra: int, tune: float, beta: float) -> float:
+    """Liu's larger-base branch, 2*pi*beta^(d_extra/d), never below T_tune, where the model was tuned. The
+    floor only matters when d_extra is capped at d (b0 <= T_train/2pi); otherwise 2*pi*beta^(d_extra/d) >
+    T_tune already for every beta > beta0."""
+    return max(tune, _TWO_PI * beta ** (d_extra / d))
 
 
 def base_for_target(
