@@ -18,6 +18,7 @@ from tiny_gguf import (
     GEMMA_LAYERS,
     GEMMA_WINDOW,
     gemma3_writer,
+    offline_reference,
     sentencepiece_metadata,
     write_gemma3_tensors,
 )
@@ -55,21 +56,8 @@ def write_tiny_gemma(path) -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The file and transformers' own load of it; ROPE_HARNESS_CACHE in tmp, the hub offline."""
-    import huggingface_hub.constants
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp("gemma")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROPE_HARNESS_CACHE", str(root / "cache"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        folder = root / "file"
-        folder.mkdir()
-        path = folder / "tiny-gemma.gguf"
-        write_tiny_gemma(path)
-        reference = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=path.name,
-                                                         dtype=torch.float32)
-        reference.eval()
+    with offline_reference(root, "tiny-gemma.gguf", write_tiny_gemma) as (path, _, reference):
         yield types.SimpleNamespace(path=path, reference=reference, cache=root / "cache")
 
 

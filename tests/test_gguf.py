@@ -26,6 +26,7 @@ from tiny_gguf import (
     KV_HEADS,
     LAYERS,
     llama_writer,
+    offline_reference,
     write_llama_tensors,
 )
 
@@ -87,22 +88,12 @@ def write_tiny_gguf(path: Path) -> dict[str, np.ndarray]:
 def tiny(tmp_path_factory):
     """The GGUF file, its arrays, transformers' own load of it (the reference) and a plain HF folder of the
     reference's weights. ROPE_HARNESS_CACHE points into tmp for the whole module; the hub is offline."""
-    import huggingface_hub.constants
     from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     root = tmp_path_factory.mktemp("gguf")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROPE_HARNESS_CACHE", str(root / "cache"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        folder = root / "file"
-        folder.mkdir()
-        path = folder / "tiny.gguf"
-        arrays = write_tiny_gguf(path)
-        reference = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=path.name,
-                                                         dtype=torch.float32)
-        reference.eval()
+    with offline_reference(root, "tiny.gguf", write_tiny_gguf) as (path, arrays, reference):
+        folder = path.parent
         tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=path.name)
         plain = root / "plain"
         plain.mkdir()

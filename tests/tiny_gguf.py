@@ -3,7 +3,8 @@ order), with the caller's tokenizer metadata and its own way of writing each ten
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,26 @@ def sentencepiece_metadata() -> tuple[list[str], list[float], list[int]]:
     scores = [0.0] * (len(specials) + 256) + [-float(i) for i in range(len(pieces))]
     types = [3, 3, 3, 2] + [6] * 256 + [1] * len(pieces)  # CONTROL, UNKNOWN, BYTE, NORMAL
     return tokens, scores, types
+
+
+@contextlib.contextmanager
+def offline_reference(root: Path, name: str,
+                      write: Callable[[Path], Any]) -> Iterator[tuple[Path, Any, Any]]:
+    """While the block runs: ROPE_HARNESS_CACHE in root/cache, the hub offline, and root/file/<name> written by
+    `write`; yields (the file, what `write` returned, transformers' own float32 load of it: the reference)."""
+    import huggingface_hub.constants
+    import pytest
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROPE_HARNESS_CACHE", str(root / "cache"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        folder = root / "file"
+        folder.mkdir()
+        path = folder / name
+        written = write(path)
+        reference = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=path.name,
+                                                         dtype=torch.float32)
+        yield path, written, reference.eval()
