@@ -123,7 +123,8 @@ def sentencepiece_metadata() -> tuple[list[str], list[float], list[int]]:
 def offline_reference(root: Path, name: str,
                       write: Callable[[Path], Any]) -> Iterator[tuple[Path, Any, Any]]:
     """While the block runs: ROPE_HARNESS_CACHE in root/cache, the hub offline, and root/file/<name> written
-    by `write`; yields (the file, what `write` returned, transformers' own float32 load of it: the reference)."""
+    by `write`; yields (the file, what `write` returned, transformers' own float32 load of it: the
+    reference)."""
     import huggingface_hub.constants
     import pytest
     import torch
