@@ -259,7 +259,7 @@ def summary_table(latest: list[dict[str, Any]]) -> list[dict[str, Any]]:
         values, names, more = g.pop("values"), g.pop("names"), g.pop("further")
         spec = (measures.get(g["task"]) or _task_measures(g["task"]) or (None,))[0]
         g["metric"] = names[-1] if names else (spec.console if spec is not None else "") or "value"
-        g["value"] = spec.aggregate(values) if spec is not None and values else None
+        g["value"] = spec.aggregate(values) if spec is not None else None
         rows.append(g)
         for console, (extra, got) in more.items():
             rows.append({**g, "ok": len(got), "failed": 0, "metric": console,
