@@ -112,6 +112,38 @@ def test_generate_equals_plain_greedy(tiny_llama):
         assert engine.Engine(loaded, chunk_size=chunk).generate(prompt, 6) == want
 
 
+def test_greedy_steps_write_in_place_and_hand_back_the_same_cache_as_growing_it(tiny_llama):
+    from transformers.cache_utils import DynamicLayer, StaticLayer
+
+    from harness.engine import decode
+
+    eng = engine.Engine(models.load(str(tiny_llama)))
+    model, kw = eng.model, eng.cache_kw
+    prompt = torch.tensor([ids_of(120, seed=3)])
+    seen: list[set] = []
+
+    def record(module, args, kwargs):
+        seen.append({type(layer) for layer in kwargs[kw].layers})
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    runs = []
+    with torch.no_grad():
+        for steps in (decode.greedy, decode._greedy):  # preallocated, and the cache grown by concatenation
+            cache = decode.new_cache(model)
+            out = model(input_ids=prompt, use_cache=True, logits_to_keep=1, **{kw: cache})
+            seen.clear()
+            runs.append((steps(model, kw, cache, out, 5, ()), cache, [*seen]))
+    hook.remove()
+    (tokens, cache, types), (want, grown, _) = runs
+    assert tokens == want
+    assert types and all(kinds == {StaticLayer} for kinds in types)  # every step wrote into the buffer
+    assert all(type(layer) is DynamicLayer for layer in cache.layers)  # handed back: crop and reuse work
+    assert cache.get_seq_length() == grown.get_seq_length() == 124
+    for mine, theirs in zip(cache.layers, grown.layers, strict=True):
+        assert torch.allclose(mine.keys, theirs.keys, atol=1e-6) and torch.allclose(mine.values, theirs.values,
+                                                                                   atol=1e-6)
+
+
 def test_planner_is_deterministic_and_switches_to_stream_then_prefill(family_dirs):
     """Under a budget below the single pass the plan streams; for a family the engine refuses to stream
     (HyperCLOVAX: not in the stream table) it is a chunked prefill; below every plan nothing fits."""
