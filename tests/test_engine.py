@@ -140,8 +140,8 @@ def test_greedy_steps_write_in_place_and_hand_back_the_same_cache_as_growing_it(
     assert all(type(layer) is DynamicLayer for layer in cache.layers)  # handed back: crop and reuse work
     assert cache.get_seq_length() == grown.get_seq_length() == 124
     for mine, theirs in zip(cache.layers, grown.layers, strict=True):
-        assert torch.allclose(mine.keys, theirs.keys, atol=1e-6) and torch.allclose(mine.values, theirs.values,
-                                                                                   atol=1e-6)
+        assert torch.allclose(mine.keys, theirs.keys, atol=1e-6)
+        assert torch.allclose(mine.values, theirs.values, atol=1e-6)
 
 
 def test_planner_is_deterministic_and_switches_to_stream_then_prefill(family_dirs):

@@ -60,7 +60,8 @@ def greedy(model, cache_kw: str, cache, out, max_new_tokens: int, stop_ids: Sequ
         return _greedy(model, cache_kw, cache, out, max_new_tokens, stop_ids)
 
 
-def _greedy(model, cache_kw: str, cache, out, max_new_tokens: int, stop_ids: Sequence[int]) -> list[list[int]]:
+def _greedy(model, cache_kw: str, cache, out, max_new_tokens: int,
+            stop_ids: Sequence[int]) -> list[list[int]]:
     rows = out.logits.shape[0]
     new: list[list[int]] = [[] for _ in range(rows)]
     running = set(range(rows))
