@@ -3,7 +3,9 @@
 Sources: a plain-text file (one document, read verbatim), a folder (its files in sorted order), a
 .jsonl file (one document per line, field "text" or FILE.jsonl:FIELD), `stdlib` (the Python standard
 library's own source files, present on every machine: the held-out evaluation split), `stdlib:train`
-(the rest, used to train the zoo) and `hf:NAME[:CONFIG][:SPLIT][:FIELD]` (a datasets streaming read).
+(the rest, used to train the zoo), `book` (the one shipped text, Pride and Prejudice: a single document of
+~170K tokens, for lengths past stdlib's longest file) and `hf:NAME[:CONFIG][:SPLIT][:FIELD]` (a datasets
+streaming read).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from harness.data.jsonl import strict_lines
 # prose-like source we want, and site-packages is not the standard library at all.
 _STDLIB_SKIP = {"site-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3", "turtledemo",
                 "tkinter", "ensurepip", "dist-packages"}
+BOOK = Path(__file__).parent / "texts" / "pride_and_prejudice.txt.gz"  # texts/README.md: source, licence
+BOOK_NAME = "Pride and Prejudice (Jane Austen, 1813; public domain)"
 # Held-out rule: a file belongs to the evaluation split when crc32 of its relative path is 0 mod 10.
 _EVAL_MODULUS = 10
 
@@ -70,7 +74,7 @@ def _read_verbatim(path: Path) -> str:
     text = raw.decode("utf-8", errors="replace")
     if b"\x00" in raw[:1 << 16] or text.count("\ufffd") > 0.01 * len(text) + 8:
         raise InputError(f"corpus file {path} is binary, not UTF-8 text: pass text files (plain or .gz), a "
-                         ".jsonl file, a folder of them, stdlib or hf:NAME")
+                         ".jsonl file, a folder of them, stdlib, book or hf:NAME")
     return text
 
 
@@ -130,13 +134,16 @@ def iter_documents(source: str) -> Iterator[tuple[str, str]]:
     if source.startswith("hf:"):
         yield from _iter_hf(source)
         return
+    if source == "book":
+        yield BOOK_NAME, _read_verbatim(BOOK)
+        return
     path, field = Path(source), "text"
     if not path.exists() and ".jsonl:" in source:
         head, field = source.rsplit(":", 1)
         path = Path(head)
     if not path.exists():
         raise InputError(f"corpus {source!r} does not exist: "
-                         "pass a text file, a folder, a .jsonl file, stdlib or hf:NAME")
+                         "pass a text file, a folder, a .jsonl file, stdlib, book or hf:NAME")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*")
                        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))

@@ -100,7 +100,7 @@ TASK_OPTIONS = (
            parse=parse_lengths, kind=list),
     Option("samples", f"samples per length (default {DEFAULT_SAMPLES})", int, default=DEFAULT_SAMPLES),
     Option("seed", "seed of the tasks' random choices (default 0)", int, default=0),
-    Option("corpus", "text file, folder, .jsonl[:FIELD], stdlib, or hf:NAME[:CONFIG][:SPLIT][:FIELD] "
+    Option("corpus", "text file, folder, .jsonl[:FIELD], stdlib, book, or hf:NAME[:CONFIG][:SPLIT][:FIELD] "
            "(default stdlib: the held-out Python standard library)", default="stdlib"),
     Option("bos", "do not prepend BOS", bool, cli="--no-bos", default=True),
 )

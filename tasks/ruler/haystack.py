@@ -6,7 +6,7 @@ unit's first character). Prompts take a prefix of the stream, so every length of
 haystack start (RULER's haystacks also start at the top), and needles go in at unit boundaries.
 
 Texts: `noise` (RULER's repeated "The grass is green..." lines), `essay` (RULER reads Paul Graham's essays;
-offline this is the public-domain novel shipped in tasks/ruler/data, see its README), and any corpus spec
+offline this is the public-domain novel shipped in harness/data/texts, see its README), and any corpus spec
 of `harness.data.corpus` (a local file, folder, .jsonl or hf:NAME) given as `--haystack`.
 """
 
@@ -18,15 +18,13 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from harness.core.errors import InputError
+from harness.data.corpus import BOOK, BOOK_NAME
 from tasks.passkey.haystack import encode_offsets
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 _ABBREVIATIONS = {"Mr", "Mrs", "Ms", "Dr", "St", "Col", "Capt", "Esq", "Rev", "Sir", "Jr", "Sr", "vs", "No"}
-BOOK = Path(__file__).parent / "data" / "pride_and_prejudice.txt.gz"
-BOOK_NAME = "Pride and Prejudice (Jane Austen, 1813; public domain)"
 _SENTENCE_END = re.compile(r"[.!?][\"'\u2019\u201d)]*(\s+)(?=[\"'\u2018\u201c(]*[A-Z0-9])")
 
 
