@@ -27,7 +27,8 @@ def test_text_file_is_read_verbatim(tmp_path, tok):
 
 def test_book_is_one_long_document_cut_into_consecutive_samples(tok):
     (doc_id, text), = corpus.iter_documents("book")
-    assert doc_id.startswith("Pride and Prejudice") and text.startswith("It is a truth universally acknowledged")
+    assert doc_id.startswith("Pride and Prejudice")
+    assert text.startswith("It is a truth universally acknowledged")
     first, second = corpus.make_samples(tok, "book", 200_001, 2, bos=True)
     assert (first.offset, second.offset) == (0, 200_000)  # one document: windows follow each other
     assert first.tokens + second.tokens == tok(text, add_special_tokens=False)["input_ids"][:400_000]

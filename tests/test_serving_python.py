@@ -121,7 +121,7 @@ def test_tied_weights_stored_once_are_written_out_for_the_engines(tmp_path):
 
     folder = tmp_path / "abc"
     folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
     head = torch.arange(6.0).reshape(3, 2)
     save_file({"lm_head.weight": head, "model.norm.weight": torch.ones(2)}, folder / "model.safetensors",
               metadata={"model.embed_tokens.weight": "lm_head.weight"})
@@ -136,3 +136,24 @@ def test_tied_weights_stored_once_are_written_out_for_the_engines(tmp_path):
     plain.mkdir()
     save_file({"w": torch.ones(2)}, plain / "model.safetensors")
     assert engine_folder(plain) == plain  # nothing aliased: served as it is
+
+
+def test_a_config_read_from_gguf_gets_its_architecture_for_the_engines(tmp_path):
+    """transformers' GGUF config names no architectures; SGLang indexes architectures[0] first."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from harness.serving.backend import engine_folder
+
+    for model_type, want in (("llama", "LlamaForCausalLM"), ("gemma3_text", "Gemma3ForCausalLM")):
+        folder = tmp_path / model_type
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type, "hidden_size": 8}))
+        save_file({"w": torch.ones(2)}, folder / "model.safetensors")
+        served = engine_folder(folder)
+        assert served == tmp_path / f"{model_type}.engine"
+        written = json.loads((served / "config.json").read_text())
+        assert written == {"model_type": model_type, "hidden_size": 8, "architectures": [want]}
+        assert (served / "model.safetensors").resolve() == folder / "model.safetensors"  # linked, not copied

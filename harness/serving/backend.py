@@ -127,40 +127,67 @@ def served_model(checkpoint: Any, serve: str, build: bool = True) -> str:
 
 
 def engine_folder(folder: Path) -> Path:
-    """The folder as vLLM and SGLang can load it. The harness stores tied weights once (lm_head.weight, with
-    model.embed_tokens.weight named as its alias in the safetensors metadata); vLLM skips lm_head.* of a tied
-    model and finds no embedding, leaving it unset (measured: uniform log-probs). Then a sibling
-    `<folder>.engine` (built once) stores each alias under its own name, its other files linked."""
+    """The folder as vLLM and SGLang can load it, built once as a sibling `<folder>.engine` (its other files
+    linked) where the harness's folder is not: the harness stores tied weights once (lm_head.weight, with
+    model.embed_tokens.weight named as its alias in the safetensors metadata), and vLLM skips lm_head.* of a
+    tied model and finds no embedding (measured: uniform log-probs), so each alias is stored under its own
+    name; a config read from a GGUF file names no `architectures`, which SGLang indexes before anything else
+    (TypeError), so the config gets its model type's causal-LM class."""
+    import json
     import os
     import shutil
 
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    weights = folder / "model.safetensors"
+    weights, config = folder / "model.safetensors", folder / "config.json"
     if not weights.is_file():
         return folder
-    with safe_open(weights, "pt") as f:
-        keys, aliases = set(f.keys()), f.metadata() or {}
-    absent = {alias: stored for alias, stored in aliases.items() if alias not in keys and stored in keys}
+    absent, architecture = _absent_aliases(weights), _missing_architecture(config)
     target = folder.with_name(folder.name + ".engine")
-    if not absent or (target / "model.safetensors").is_file():
-        return target if absent else folder
+    if not absent and not architecture:
+        return folder
+    if (target / weights.name).is_file() and not _missing_architecture(target / config.name):
+        return target
     building = target.with_name(f"{target.name}.building-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
     try:
         for item in folder.iterdir():
-            if item.name != weights.name:
+            if not (item == weights and absent) and not (item == config and architecture):
                 (building / item.name).symlink_to(item)
-        tensors = load_file(weights)
-        tensors.update({alias: tensors[stored].clone() for alias, stored in absent.items()})
-        save_file(tensors, building / weights.name)
+        if absent:
+            from safetensors.torch import load_file, save_file
+
+            tensors = load_file(weights)
+            tensors.update({alias: tensors[stored].clone() for alias, stored in absent.items()})
+            save_file(tensors, building / weights.name)
+        if architecture:
+            settings = {**json.loads(config.read_text()), "architectures": [architecture]}
+            (building / config.name).write_text(json.dumps(settings, indent=2))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(building, target)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return target
+
+
+def _absent_aliases(weights: Path) -> dict[str, str]:
+    """{alias: stored name} of tensors the safetensors metadata names but the file stores once."""
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as f:
+        keys, aliases = set(f.keys()), f.metadata() or {}
+    return {alias: stored for alias, stored in aliases.items() if alias not in keys and stored in keys}
+
+
+def _missing_architecture(config: Path) -> str | None:
+    """The causal-LM class of the config's model type where the config names no architectures, else None."""
+    import json
+
+    settings = json.loads(config.read_text()) if config.is_file() else {}
+    if settings.get("architectures") or not settings.get("model_type"):
+        return None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(settings["model_type"])
 
 
 def _argv(checkpoint: Any, serve: str, max_len: int, port: int, tensor_parallel: int, data_parallel: int,
