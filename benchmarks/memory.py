@@ -311,7 +311,8 @@ def strategy_report(name: str, results: dict, lengths: list[int]) -> tuple[str, 
 FAMILY_SHAPE = dict(vocab_size=STRATEGY_VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
                     num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192)
 FAMILY_CELLS = [("mistral", "sdpa", s) for s in STRATEGIES] + [("gemma2", "eager", s) for s in STRATEGIES] + [
-    ("llama", "eager", s) for s in ("single", "prefill")]
+    ("llama", "eager", s) for s in ("single", "prefill")] + [
+    ("gemma3", "sdpa", s) for s in (*STRATEGIES, GENERATE)]
 FAMILY_LENGTH, FAMILY_CHUNK = 4096, 1024
 
 
@@ -327,6 +328,11 @@ def build_family(path: Path, kind: str) -> Path:
         config = transformers.Gemma2Config(**FAMILY_SHAPE, head_dim=32, sliding_window=512,
                                            attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
                                            layer_types=["sliding_attention", "full_attention"])
+    elif kind == "gemma3":  # Gemma 3 270M's pattern: five local layers (window 512, base 1e4), one global
+        shape = {**FAMILY_SHAPE, "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 1}
+        config = transformers.Gemma3TextConfig(**shape, head_dim=64, sliding_window=512,
+                                               query_pre_attn_scalar=64,
+                                               layer_types=["sliding_attention"] * 5 + ["full_attention"])
     else:
         config = transformers.LlamaConfig(**FAMILY_SHAPE)
     torch.manual_seed(0)
@@ -338,8 +344,12 @@ def build_family(path: Path, kind: str) -> Path:
 def families_main(ctx, device: str, tmp: Path) -> None:
     print(f"### Other families and attention paths (L={FAMILY_LENGTH}, chunks of {FAMILY_CHUNK}; 2 layers, "
           "hidden 256, 8 heads / 2 kv heads; Mistral: sliding window 512; Gemma2: sliding window 512 and "
-          "full layers, attention and final logit softcapping)\n")
-    rows, ratios = [], []
+          "full layers, attention and final logit softcapping; Gemma3: 6 layers, 4 heads / 1 kv head, five "
+          f"local (window 512) and one global; `{GENERATE}`: the prompt's cache kept for {NEW_TOKENS} greedy "
+          "tokens)\n")
+    from harness.engine import planner
+
+    rows, ratios, generation = [], [], []
     for kind, attn, strategy in FAMILY_CELLS:
         model_dir = tmp / kind
         if not model_dir.exists():
@@ -349,14 +359,21 @@ def families_main(ctx, device: str, tmp: Path) -> None:
             rows.append([kind, attn, strategy, r.get("plan", ""), "", f"failed: {r['error']}", ""])
             continue
         measured = (r["peak_kb"] - r["load_kb"]) * 1024
-        ratios.append((measured / r["estimate"], f"{kind} {attn} {strategy}"))
+        ratio = measured / r["estimate"]
+        if strategy == GENERATE:  # reported, not targeted: see the note printed below the table
+            generation.append(ratio <= 1)
+        else:
+            ratios.append((ratio, f"{kind} {attn} {strategy}"))
         rows.append([kind, attn, strategy, r["plan"], f"{r['estimate'] / 2**30:.3f}",
-                     f"{measured / 2**30:.3f}", f"{ratios[-1][0]:.2f}"])
+                     f"{measured / 2**30:.3f}", f"{ratio:.2f}"])
     print(bc.table(["family", "attention", "strategy", "plan", "estimate GiB (weights excluded)",
                     "measured RSS increment GiB", "measured / estimate"], rows) + "\n")
-    ok = within_2x(ratios, len(FAMILY_CELLS))
+    ok = within_2x(ratios, len(FAMILY_CELLS) - len(generation))
     print(f"Target planner estimate conservative and within 2x on the other families and attention paths: "
           f"measured / estimate {worst(ratios)} -> {bc.verdict(ok)}")
+    print(f"Generation rows: estimate conservative -> {bc.verdict(all(generation))} (not held to 2x: a "
+          f"generation plan prices the output head for a teacher-forced answer of up to {planner.HEAD_CHUNK} "
+          "tokens, since it does not know the answer's length; here that is most of the estimate)")
 
 
 def strategies_main(lengths: list[int], device: str, tmp: Path, gen_lengths: list[int]) -> None:

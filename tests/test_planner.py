@@ -325,12 +325,16 @@ def test_generation_estimates_add_the_cache(name):
     config, _ = PARAMS[name]
     length = 8192
     cache = planner.kv_cache_bytes(config, length, "float32")
+    window = getattr(config, "sliding_window", None)
+    # a single pass's cache holds every position; a streamed prefill's sliding layers keep their window
+    added = {"single": cache, "stream": planner.kv_cache_bytes(config, length, "float32", window),
+             "prefill": 0}  # prefill's estimate holds its cache already
+    assert (added["stream"] < cache) == (name == "windowed")
     for strategy, chunk in (("single", None), ("stream", 1024), ("prefill", 1024)):
         score = plan(name, length, strategy=strategy, chunk_size=chunk)
         gen = plan(name, length, strategy=strategy, chunk_size=chunk, generation=True)
         assert (gen.strategy, gen.chunk, gen.offload) == (score.strategy, score.chunk, False)
-        added = 0 if strategy == "prefill" else cache  # prefill's estimate holds its cache already
-        assert gen.estimate_bytes == score.estimate_bytes + added, strategy
+        assert gen.estimate_bytes == score.estimate_bytes + added[strategy], strategy
     assert planner.offloaded_cache_bytes(config, length, "float32") * config.num_hidden_layers == 2 * cache
 
 
@@ -434,20 +438,59 @@ def test_engine_offloads_on_cuda_when_the_cache_does_not_fit(tmp_path):
 
 
 def test_a_sliding_window_needs_a_mask_per_kind_of_layer():
-    """sdpa runs a single pass causal without a mask, unless a sliding window cuts into it; a model with
-    sliding and full layers (Gemma2/3) builds one mask of each kind (benchmarks/memory.py, families table)."""
+    """sdpa runs a single pass causal without a mask, unless a sliding window cuts into it."""
     base = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
                 num_attention_heads=8, num_key_value_heads=8)
     full = transformers.MistralConfig(**base, sliding_window=None)
     window = transformers.MistralConfig(**base, sliding_window=512)
-    mixed = transformers.MistralConfig(**base, sliding_window=512,
-                                       layer_types=["sliding_attention", "full_attention"])
 
     def single(config, length):
         return planner.estimate_bytes(config, length, None, "float32", "sdpa", 0)
 
     assert single(window, 512) == single(full, 512)  # the window holds the whole sequence: causal alone
     length = 4096
-    one_kind = single(window, length) - single(full, length)
-    assert one_kind >= length * length * (1 + 4)  # at least a bool and a float32 L x L mask
-    assert single(mixed, length) - single(full, length) == 2 * one_kind  # one mask of each kind
+    assert single(window, length) - single(full, length) >= length * length * (1 + 4)  # a bool and a float
+
+
+def test_the_masks_planned_are_the_ones_transformers_builds_for_sliding_and_full_layers(monkeypatch):
+    """A Gemma-3-shaped model (sliding and full layers): transformers' own masks, single pass and chunks on
+    top of the cache, have the shapes the planner prices."""
+    import inspect
+
+    import transformers.models.gemma3.modeling_gemma3 as gemma3
+
+    built: list[tuple[int, int]] = []
+
+    def recorded(make):
+        def wrapped(*args, **kwargs):
+            mask = make(*args, **kwargs)
+            if mask is not None:
+                built.append(tuple(mask.shape[-2:]))
+            return mask
+        return wrapped
+
+    for name in ("create_causal_mask", "create_sliding_window_causal_mask"):
+        monkeypatch.setattr(gemma3, name, recorded(getattr(gemma3, name)))
+    config = transformers.Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                           head_dim=16, sliding_window=48,
+                                           layer_types=["sliding_attention", "full_attention"])
+    model = transformers.Gemma3ForCausalLM(config).eval()
+    length, chunk = 300, 128
+    ids = torch.randint(0, 64, (1, length))
+    full, sliding, window = planner._layer_kinds(config)
+    assert (full, sliding, window) == (1, 1, 48)
+    full = full > 0
+    with torch.no_grad():
+        model(ids, use_cache=False)
+        assert built == [(length, keys) for keys in planner._sdpa_masks(length, length, False, full, window)]
+        cache = transformers.DynamicCache(config=config)
+        kw = "cache" if "cache" in inspect.signature(model.model.forward).parameters else "past_key_values"
+        for start in range(0, length, chunk):
+            built.clear()
+            model(ids[:, start:start + chunk], use_cache=True, **{kw: cache})
+            q_len = min(chunk, length - start)
+            want = planner._sdpa_masks(start + q_len, q_len, start > 0, full, window)
+            assert sorted(built) == sorted((q_len, keys) for keys in want), start
+
+

@@ -288,6 +288,23 @@ def test_generation_after_a_streamed_prompt_equals_prefill(variant, variant_dirs
     assert_scores_equal(one, ref.answer_score(prompt, answer[:1]))
 
 
+@pytest.mark.parametrize("variant", ["gemma2", "gemma3"])
+def test_a_streamed_prefill_leaves_sliding_layers_holding_their_window_only(variant, variant_dirs):
+    """The cache the planner prices (`kv_cache_bytes` with the window): a sliding layer keeps window - 1
+    positions in storage of its own, not a view of the whole prompt's K/V; full layers keep every position."""
+    from transformers import DynamicCache
+
+    loaded = models.load(str(variant_dirs[variant]))
+    prompt = torch.tensor(ids_of(200, seed=2))
+    cache = DynamicCache(config=loaded.model.config)
+    with torch.no_grad():
+        stream.prefill(loaded.model, prompt, CHUNK, cache)
+    window = loaded.model.config.sliding_window
+    kept = {layer.is_sliding: layer.keys.untyped_storage().nbytes() // layer.keys[..., :1, :].numel()
+            // layer.keys.element_size() for layer in cache.layers}
+    assert kept == {True: window - 1, False: len(prompt)}
+
+
 def test_generation_after_a_streamed_prompt_with_length_dependent_rope(tiny_llama):
     """Dynamic NTK past max_position_embeddings (128): RoPE fixed at the prompt length for both paths."""
     loaded = models.load(str(tiny_llama), RopeOverride(rope_type="dynamic", factor=4))

@@ -59,8 +59,7 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     in one forward (single pass).
 
     A pass has two phases that never overlap: the decoder, one layer at a time (`_layer_bytes`; for sdpa
-    prefill chunks after the first and passes longer than a sliding window, the q x kv mask, bool and
-    float, one per kind of layer (sliding, full), and K/V repeated to every query head,
+    the masks `_sdpa_masks` lists, bool and float, and then K/V repeated to every query head,
     since transformers' sdpa takes GQA natively only without a mask; eager attention: two heads x q x kv
     copies of the scores and its float mask; flash attention: none of these), then the output head over
     the final hidden states in sub-chunks (`head_bytes`). The peak is the larger phase, plus what both
@@ -73,22 +72,44 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     text, bytes_w, hidden, inter, heads, kv_heads, head_dim = _shape(config, dtype)
     q_len = length if chunk is None else min(chunk, length)
     decoder = _layer_bytes(q_len, hidden, inter, bytes_w)
-    # flash kernels take the causal offset, windows and GQA themselves; sdpa's first chunk (and a single
-    # pass) is causal without a mask unless a sliding window cuts into it
-    window = getattr(text, "sliding_window", None)
-    masked = attn == "eager" or "flash" not in attn and (q_len < length or bool(window) and window < length)
-    kinds = len(set(getattr(text, "layer_types", None) or ())) or 1  # a mask per kind (sliding, full)
+    full, sliding, window = _layer_kinds(text)
     if attn == "eager":
+        kinds = int(full > 0) + int(sliding > 0)  # a float mask per kind of layer (sliding, full)
         decoder += heads * q_len * length * (bytes_w + 4) + kinds * q_len * length * bytes_w
-    elif masked:
-        decoder += kinds * _mask_bytes(q_len, length, bytes_w)
+        masked = True
+    else:
+        masks = _sdpa_masks(length, q_len, chunk is not None, full > 0, window) if "flash" not in attn else []
+        decoder += sum(_mask_bytes(q_len, keys, bytes_w) for keys in masks)
+        masked = bool(masks)
     if kv_heads < heads and masked:
         decoder += 2 * length * heads * head_dim * bytes_w
     final = rows * q_len * hidden * bytes_w + head_bytes(config, length, dtype)  # the head runs row by row
-    cache = 0  # prefill: every layer's K/V, one layer twice while `update` concatenates it
+    cache = 0  # prefill: every layer's K/V (a sliding layer's window and chunk), one layer twice in `update`
     if chunk is not None:
-        cache = kv_cache_bytes(config, length, dtype) + layer_kv_bytes(config, length, dtype)
+        cache = (kv_cache_bytes(config, length, dtype, sliding_keep=(window or 1) - 1 + q_len)
+                 + layer_kv_bytes(config, length, dtype))
     return int(n_params * bytes_w + RUNTIME_BYTES + rows * cache + max(rows * decoder, final))
+
+
+def _layer_kinds(text) -> tuple[int, int, int | None]:
+    """(full-attention layers, sliding layers, their window or None), as transformers' cache lays the
+    layers out (Mistral: every layer sliding; Gemma2/3, Qwen2: both kinds)."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    types, kwargs = get_layer_types_and_kwargs(text)
+    windows = [k["sliding_window"] for k in kwargs if k.get("sliding_window")]
+    return len(types) - len(windows), len(windows), max(windows) if windows else None
+
+
+def _sdpa_masks(length: int, q_len: int, cached: bool, full: bool, window: int | None) -> list[int]:
+    """Keys per query of each mask transformers builds for sdpa (measured: masking_utils): none for full
+    layers in a single pass or a first chunk (causal), q x length for them in later chunks; q x length for
+    sliding layers in a single pass where the window cuts into it, q x (window - 1 + q) in a chunk on top
+    of a cache (a sliding layer's cache keeps window - 1 tokens)."""
+    masks = [length] if full and q_len < length else []
+    if window is not None and window < length:
+        masks.append(min(length, window - 1 + q_len) if cached else length)
+    return masks
 
 
 def _layer_bytes(tokens: int, hidden: int, inter: int, bytes_w: int) -> int:
@@ -110,15 +131,21 @@ def head_bytes(config, length: int, dtype: str = "float32") -> int:
     return min(HEAD_CHUNK, length) * rope_config.text_config(config).vocab_size * per_entry
 
 
-def kv_cache_bytes(config, length: int, dtype: str) -> int:
-    """Every layer's K/V over `length` tokens (what a prefill's cache holds; sliding layers in full)."""
-    text, bytes_w, _, _, _, kv_heads, head_dim = _shape(config, dtype)
-    return 2 * text.num_hidden_layers * kv_heads * head_dim * length * bytes_w
+def kv_cache_bytes(config, length: int, dtype: str, sliding_keep: int | None = None) -> int:
+    """Every layer's K/V over `length` tokens, a sliding layer's over at most `sliding_keep` where given.
+    A sliding layer's cache keeps window - 1 tokens, as a view of what its last `update` concatenated: the
+    whole prompt after a single pass (None: all of it), window - 1 + q after a chunk of q, the window after
+    a streamed prefill (which copies it out)."""
+    text, _, _, _, _, _, _ = _shape(config, dtype)
+    full, sliding, _ = _layer_kinds(text)
+    kept = length if sliding_keep is None else min(length, sliding_keep)
+    return (full * length + sliding * kept) * layer_kv_bytes(config, 1, dtype)
 
 
 def layer_kv_bytes(config, length: int, dtype: str) -> int:
     """One layer's K/V over `length` tokens."""
-    return kv_cache_bytes(config, length, dtype) // rope_config.text_config(config).num_hidden_layers
+    _, bytes_w, _, _, _, kv_heads, head_dim = _shape(config, dtype)
+    return 2 * kv_heads * head_dim * length * bytes_w
 
 
 def offloaded_cache_bytes(config, length: int, dtype: str) -> int:
@@ -179,8 +206,10 @@ def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_
         raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if stream_ok is None:
         stream_ok = stream.refusal(config) is None
+    window = _layer_kinds(rope_config.text_config(config))[2]
     sizer = _Sizer(config, length, dtype, attn, n_params, max_memory, cuda,
                    cache=kv_cache_bytes(config, length, dtype) if generation else 0,
+                   streamed_cache=kv_cache_bytes(config, length, dtype, window) if generation else 0,
                    offloaded=offloaded_cache_bytes(config, length, dtype) if generation and cuda else None)
     if strategy == "single":
         return sizer.single_plan()
@@ -205,6 +234,7 @@ class _Sizer:
     max_memory: int | None
     cuda: bool
     cache: int  # the KV cache a generation prompt keeps on the device for decoding (0: not generating)
+    streamed_cache: int  # the same after a streamed prefill (sliding layers: the window alone)
     offloaded: int | None  # what an offloading cache keeps on the device instead (None: cannot offload)
 
     def _estimate(self, chunk: int | None, kind: str | None = None) -> int:
@@ -222,7 +252,7 @@ class _Sizer:
         """Layer-streamed in `chunk`-token query chunks (at most the length), with the decoding cache on the
         device or, with `offload`, what the offloading cache keeps there."""
         chunk = min(chunk, self.length)
-        held = self.offloaded if offload else self.cache
+        held = self.offloaded if offload else self.streamed_cache
         return self._plan("stream", chunk, self._estimate(chunk, "stream") + held, offload)
 
     def prefill_plan(self, chunk: int) -> Plan:

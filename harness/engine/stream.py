@@ -276,8 +276,18 @@ def _run_layers(model, ids: torch.Tensor, chunk: int, cache=None) -> torch.Tenso
                 residual[:, start:start + chunk] = out[0] if isinstance(out, tuple) else out
             if cache is not None:
                 cache.update(kv.keys, kv.values, index)
+                _own_window(cache, index)
             del kv
     return residual
+
+
+def _own_window(cache, index: int) -> None:
+    """A sliding layer's cache keeps its last window - 1 positions as a view of all T it was given: copy them
+    out, so that the cache holds the window and the layer's T positions are freed."""
+    layers = getattr(cache, "layers", None)
+    layer = layers[index] if layers is not None and index < len(layers) else None
+    if getattr(layer, "is_sliding", False) and layer.keys is not None:
+        layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
 
 
 def hidden_chunks(model, ids: torch.Tensor, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
