@@ -106,6 +106,16 @@ def test_fewer_samples_than_asked_warns_and_runs_those(tiny_llama, text_corpus, 
     assert list(info["samples_available"].values())[0] == {"perplexity": available}
 
 
+def test_a_task_under_the_evidence_bar_is_warned_before_it_runs(tiny_llama, text_corpus, tmp_path, capsys):
+    args = ["run", "--model", str(tiny_llama), "--corpus", str(text_corpus), "--no-progress", "--no-report",
+            "--lengths", "512", "--task", "perplexity,passkey", "--depths", "0.2,0.5,0.8", "--dry-run"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--samples", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "perplexity (2), passkey (2): fewer samples per length than the report's evidence bar (3" in err
+    assert main([*args, "--out", str(tmp_path / "b"), "--samples", "3"]) == 0
+    assert "evidence bar" not in capsys.readouterr().err
+
+
 def test_oom_is_retried_with_smaller_chunk_then_recorded(tiny_llama, text_corpus, tmp_path, monkeypatch):
     """The engine falls back by itself (a 4x smaller prefill chunk); records carry the plan that ran."""
     from harness.engine import engine

@@ -15,6 +15,10 @@ from typing import ClassVar
 
 import numpy as np
 
+# samples per length below which a measured length is not evidence: the report lists it as insufficient,
+# never draws it (report --min-samples); a run asking fewer is warned before it starts
+EVIDENCE_SAMPLES = 3
+
 
 @dataclass(frozen=True)
 class MeasureSpec:

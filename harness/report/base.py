@@ -9,12 +9,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from harness.core.metrics import EVIDENCE_SAMPLES as DEFAULT_MIN_SAMPLES  # noqa: F401 - the one evidence bar
 from harness.core.values import fmt_base  # noqa: F401 - one base format for the report and the zoo list
 
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_CI = 0.95
-# samples per length below which a measured length is not evidence: listed as insufficient, never drawn
-DEFAULT_MIN_SAMPLES = 3
 
 
 class NoData(Exception):

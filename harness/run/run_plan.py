@@ -36,6 +36,7 @@ from typing import Any
 from harness import factory
 from harness.core import heartbeat
 from harness.core.errors import InputError, one_line
+from harness.core.metrics import EVIDENCE_SAMPLES
 from harness.data.corpus import bos_ids
 from harness.engine.memory_guard import available_at_start
 from harness.model import fingerprint, models, rope_config
@@ -192,6 +193,7 @@ def build(settings: list[Setting], tasks: list[TaskSpec], options: RunOptions, w
     refuse_mixing(plan)
     _warn_past_max_positions(plan, warn)
     _warn_assumed_law_inputs(prepared, warn)
+    _warn_under_evidence_bar(tasks, warn)
     return plan
 
 
@@ -428,3 +430,13 @@ def _warn_past_max_positions(plan: RunPlan, warn) -> None:
         count = sum(len(labels) for labels in past.values())
         warn(f"{count} setting(s) run past max_position_embeddings, evaluated as asked (extrapolation is the "
              f"point): {named}")
+
+
+def _warn_under_evidence_bar(tasks, warn) -> None:
+    """A task asking fewer samples per length than the report's evidence bar measures no length: said before
+    hours are spent (a sample's depths count once)."""
+    few = [f"{spec.name} ({spec.params.samples})" for spec in tasks if spec.params.samples < EVIDENCE_SAMPLES]
+    if few:
+        warn(f"{', '.join(few)}: fewer samples per length than the report's evidence bar "
+             f"({EVIDENCE_SAMPLES}; depths of one sample count once): their lengths will be listed, not "
+             "measured; raise --samples")
