@@ -112,18 +112,21 @@ def test_generate_equals_plain_greedy(tiny_llama):
         assert engine.Engine(loaded, chunk_size=chunk).generate(prompt, 6) == want
 
 
-def test_greedy_steps_write_in_place_and_hand_back_the_same_cache_as_growing_it(tiny_llama):
-    from transformers.cache_utils import DynamicLayer, StaticLayer
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_greedy_steps_write_in_place_and_hand_back_the_same_cache_as_growing_it(family, family_dirs):
+    """Full layers decode into a preallocated buffer; a sliding layer (Gemma3, window 64 < the prompt) keeps
+    its own window; the tokens and the cache handed back equal those of a cache grown by concatenation."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, StaticLayer
 
     from harness.engine import decode
 
-    eng = engine.Engine(models.load(str(tiny_llama)))
+    eng = engine.Engine(models.load(str(family_dirs[family])))
     model, kw = eng.model, eng.cache_kw
     prompt = torch.tensor([ids_of(120, seed=3)])
-    seen: list[set] = []
+    seen: list[list] = []
 
     def record(module, args, kwargs):
-        seen.append({type(layer) for layer in kwargs[kw].layers})
+        seen.append([type(layer) for layer in kwargs[kw].layers])
 
     hook = model.register_forward_pre_hook(record, with_kwargs=True)
     runs = []
@@ -131,13 +134,16 @@ def test_greedy_steps_write_in_place_and_hand_back_the_same_cache_as_growing_it(
         for steps in (decode.greedy, decode._greedy):  # preallocated, and the cache grown by concatenation
             cache = decode.new_cache(model)
             out = model(input_ids=prompt, use_cache=True, logits_to_keep=1, **{kw: cache})
+            handed = [type(layer) for layer in cache.layers]
             seen.clear()
             runs.append((steps(model, kw, cache, out, 5, ()), cache, [*seen]))
     hook.remove()
     (tokens, cache, types), (want, grown, _) = runs
     assert tokens == want
-    assert types and all(kinds == {StaticLayer} for kinds in types)  # every step wrote into the buffer
-    assert all(type(layer) is DynamicLayer for layer in cache.layers)  # handed back: crop and reuse work
+    during = [StaticLayer if kind is DynamicLayer else kind for kind in handed]
+    assert types and all(kinds == during for kinds in types)  # every step wrote full layers in place
+    assert (DynamicSlidingWindowLayer in handed) == (family == "gemma3")
+    assert [type(layer) for layer in cache.layers] == handed  # handed back: crop and reuse work
     assert cache.get_seq_length() == grown.get_seq_length() == 124
     for mine, theirs in zip(cache.layers, grown.layers, strict=True):
         assert torch.allclose(mine.keys, theirs.keys, atol=1e-6)

@@ -28,26 +28,25 @@ def new_cache(model, offload: bool = False):
 def preallocated(cache, room: int) -> Iterator[None]:
     """Each full-attention layer of a resident DynamicCache moved into a buffer with `room` free positions
     for the greedy steps, and back after (views of the buffers). A DynamicCache grows by concatenation,
-    copying the whole cache every token; on CPU each copy is fresh pages (memory_guard's allocator rule):
-    SmolLM2 decoded 2.1x slower at 8K, 2.7x at 16K (benchmarks/decode.py). Sliding, linear or offloaded caches
-    stay as they are."""
+    copying the whole layer every token; on CPU each copy is fresh pages (memory_guard's allocator rule):
+    SmolLM2 decoded 2.1x slower at 8K, 2.7x at 16K (benchmarks/decode.py). Sliding layers (their window),
+    linear and offloaded caches stay as they are."""
     from transformers.cache_utils import DynamicLayer, StaticLayer
 
-    layers = getattr(cache, "layers", None)
-    if (not layers or getattr(cache, "offloading", False)
-            or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers)):
-        yield
-        return
-    for index, layer in enumerate(layers):  # one layer at a time: the extra memory is one layer's K/V
-        static = StaticLayer(max_cache_len=layer.get_seq_length() + room)
-        static.update(layer.keys, layer.values)
+    layers = getattr(cache, "layers", None) or []
+    full = [i for i, layer in enumerate(layers) if type(layer) is DynamicLayer and layer.is_initialized]
+    if getattr(cache, "offloading", False):
+        full = []
+    for index in full:  # one layer at a time: the extra memory is one layer's K/V
+        static = StaticLayer(max_cache_len=layers[index].get_seq_length() + room)
+        static.update(layers[index].keys, layers[index].values)
         layers[index] = static
     try:
         yield
     finally:
-        for index, static in enumerate(layers):
+        for index in full:
+            static, layer = layers[index], DynamicLayer()
             length = int(static.get_seq_length())
-            layer = DynamicLayer()
             layer.lazy_initialization(static.keys, static.values)
             layer.keys, layer.values = static.keys[:, :, :length], static.values[:, :, :length]
             layers[index] = layer
