@@ -76,7 +76,7 @@ def passkey_table(served: list[dict], local: list[dict]) -> list[str]:
         if not gaps:
             rows.append(f"| {length} | {len(pairs)} | failed | | |")
             continue
-        same = sum(a["prediction"] == b["prediction"] for a, b in ok)
+        same = sum(a["generated"] == b["generated"] for a, b in ok)
         rows.append(f"| {length} | {len(pairs)} | {sum(a['correct'] for a, _ in ok)} / "
                     f"{sum(b['correct'] for _, b in ok)} | {same} / {len(ok)} | {max(gaps):.1e} |")
     return rows
