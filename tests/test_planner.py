@@ -146,7 +146,7 @@ def rows_need(name, length, n, dtype="float32", generation=False, n_params=None)
     KV cache when generating."""
     config, params = PARAMS[name]
     params = params if n_params is None else n_params
-    need = planner.estimate_bytes(config, length, None, dtype, "sdpa", params, rows=n)
+    need = planner.estimate_bytes(config, length, None, dtype, "sdpa", params, rows=n, generation=generation)
     return need + (n * planner.kv_cache_bytes(config, length, dtype) if generation else 0)
 
 
@@ -334,7 +334,14 @@ def test_generation_estimates_add_the_cache(name):
         score = plan(name, length, strategy=strategy, chunk_size=chunk)
         gen = plan(name, length, strategy=strategy, chunk_size=chunk, generation=True)
         assert (gen.strategy, gen.chunk, gen.offload) == (score.strategy, score.chunk, False)
-        assert gen.estimate_bytes == score.estimate_bytes + added[strategy], strategy
+        # the pass itself, its head priced for a teacher-forced answer's sub-chunk, never above scoring's
+        prompt = planner.estimate_bytes(config, length, chunk, "float32", "sdpa", PARAMS[name][1],
+                                        "stream" if strategy == "stream" else None, generation=True)
+        assert prompt <= score.estimate_bytes
+        assert gen.estimate_bytes == prompt + added[strategy], strategy
+    head = {rows: planner.head_bytes(config, length, "float32", rows)
+            for rows in (planner.ANSWER_HEAD_CHUNK, planner.HEAD_CHUNK)}
+    assert head[planner.HEAD_CHUNK] == head[planner.ANSWER_HEAD_CHUNK] * planner.HEAD_CHUNK // 64
     assert planner.offloaded_cache_bytes(config, length, "float32") * config.num_hidden_layers == 2 * cache
 
 
@@ -407,14 +414,12 @@ def test_prefill_uses_the_generation_plan(tiny_llama, monkeypatch):
 
 
 def _six_layers(tmp_path, device: str):
-    """A 6-layer model (two layers' K/V are a third of all) and, under a budget of its stream:64 plan's
-    estimate plus its whole cache less one byte, an engine that streams in chunks of 64."""
+    """A 6-layer model (two layers' K/V are a third of all) and, under a budget one byte below its stream:64
+    generation plan's estimate (the pass and its whole cache), an engine that streams in chunks of 64."""
     loaded = models.load(str(make_tiny(tmp_path / "six", num_hidden_layers=6)), RopeOverride(),
                          dtype="float32", device=device, attn="sdpa")
-    stream = engine.Engine(loaded, strategy="stream", chunk_size=64).plan(3000)
-    cache = planner.kv_cache_bytes(loaded.config, 3000, loaded.dtype)
-    return engine.Engine(loaded, strategy="stream", chunk_size=64,
-                         max_memory=stream.estimate_bytes + cache - 1)
+    need = engine.Engine(loaded, strategy="stream", chunk_size=64).plan(3000, generation=True).estimate_bytes
+    return engine.Engine(loaded, strategy="stream", chunk_size=64, max_memory=need - 1)
 
 
 def test_engine_never_offloads_on_cpu(tmp_path):
@@ -431,9 +436,10 @@ def test_engine_offloads_on_cuda_when_the_cache_does_not_fit(tmp_path):
     eng = _six_layers(tmp_path, "cuda")
     gen = eng.plan(3000, generation=True)
     assert str(gen) == "stream:64+offload" and gen.fits
-    on_cuda = eng.plan(3000)  # its stream step also holds K/V repeated for CUDA's float32 GQA kernel
-    assert gen.estimate_bytes == on_cuda.estimate_bytes + planner.offloaded_cache_bytes(eng.config, 3000,
-                                                                                        eng.dtype)
+    # its stream step also holds K/V repeated for CUDA's float32 GQA kernel
+    on_cuda = planner.estimate_bytes(eng.config, 3000, 64, eng.dtype, eng.attn, eng.n_params, "stream",
+                                     cuda=True, generation=True)
+    assert gen.estimate_bytes == on_cuda + planner.offloaded_cache_bytes(eng.config, 3000, eng.dtype)
     assert not eng.plan(3000).offload  # scoring keeps no cache
 
 

@@ -38,7 +38,7 @@ from harness.engine import stream
 from harness.engine.decode import Prefilled, greedy, new_cache
 from harness.engine.head import perplexity, postprocess_logits
 from harness.engine.memory_guard import free_accelerator_memory, is_oom
-from harness.engine.planner import HEAD_CHUNK, STRATEGIES, Plan, batch_rows, make_plan
+from harness.engine.planner import ANSWER_HEAD_CHUNK, HEAD_CHUNK, STRATEGIES, Plan, batch_rows, make_plan
 from harness.engine.prefix_cache import PrefixCache
 from harness.model import models, rope_config
 
@@ -380,7 +380,8 @@ class Engine:
         hidden = torch.cat(hidden, dim=1)
         scores = []
         for row, answer in enumerate(answers):
-            ends = [(s, min(s + HEAD_CHUNK, len(answer))) for s in range(0, len(answer), HEAD_CHUNK)]
+            ends = [(s, min(s + ANSWER_HEAD_CHUNK, len(answer)))
+                    for s in range(0, len(answer), ANSWER_HEAD_CHUNK)]
             parts = [self._head_nll(hidden[row, s:e], padded[row, s:e], True) for s, e in ends]
             logprob = -torch.cat([nll for nll, _ in parts])
             scores.append(AnswerScore(float(logprob.sum()), int(torch.cat([r for _, r in parts]).max()),

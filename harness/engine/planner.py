@@ -16,6 +16,10 @@ from harness.engine.memory_guard import available_at_start
 from harness.model import rope_config
 
 HEAD_CHUNK = 1024  # tokens per output-head / loss sub-chunk: bounds logits at HEAD_CHUNK x vocab
+# after a generation prompt's prefill the head reads one position per step, and a teacher-forced answer in
+# sub-chunks of this many tokens: its plan prices that, not a scoring pass's HEAD_CHUNK (Gemma's 262,144-token
+# vocabulary: 2.3 GiB for 1,024 rows, benchmarks/real_strategies.py)
+ANSWER_HEAD_CHUNK = 64
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STREAM_MAX_CHUNK = 4096  # query tokens per layer-streamed chunk: larger buys no speed, only activations
 
@@ -54,7 +58,8 @@ RUNTIME_BYTES = 16 << 20
 
 
 def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str, n_params: int,
-                   strategy: str | None = None, rows: int = 1, cuda: bool = False) -> int:
+                   strategy: str | None = None, rows: int = 1, cuda: bool = False,
+                   generation: bool = False) -> int:
     """Conservative peak-memory estimate of scoring `length` tokens (weights included), for `rows` sequences
     in one forward (single pass).
 
@@ -66,9 +71,11 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     hold: the weights, prefill's cache (one layer twice while it is concatenated) and RUNTIME_BYTES.
     benchmarks/memory.py measures every strategy against it with RSS following the live tensors.
     `strategy="stream"` (chunk = query tokens per layer step; `cuda`: on a CUDA device): see
-    `_stream_bytes`."""
+    `_stream_bytes`. `generation`: the head's sub-chunk is a teacher-forced answer's (ANSWER_HEAD_CHUNK).
+    The cache a generation prompt keeps is `make_plan`'s to add."""
+    head_rows = ANSWER_HEAD_CHUNK if generation else HEAD_CHUNK
     if strategy == "stream":
-        return _stream_bytes(config, length, chunk or length, dtype, n_params, cuda)
+        return _stream_bytes(config, length, chunk or length, dtype, n_params, cuda, head_rows)
     text, bytes_w, hidden, inter, heads, kv_heads, head_dim = _shape(config, dtype)
     q_len = length if chunk is None else min(chunk, length)
     decoder = _layer_bytes(q_len, hidden, inter, bytes_w)
@@ -83,7 +90,7 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
         masked = bool(masks)
     if kv_heads < heads and masked:
         decoder += 2 * length * heads * head_dim * bytes_w
-    final = rows * q_len * hidden * bytes_w + head_bytes(config, length, dtype)  # the head runs row by row
+    final = rows * q_len * hidden * bytes_w + head_bytes(config, length, dtype, head_rows)  # row by row
     cache = 0  # prefill: every layer's K/V (a sliding layer's window and chunk), one layer twice in `update`
     if chunk is not None:
         cache = (kv_cache_bytes(config, length, dtype, sliding_keep=(window or 1) - 1 + q_len)
@@ -123,12 +130,12 @@ def _mask_bytes(queries: int, keys: int, bytes_w: int) -> int:
     return queries * keys * (1 + bytes_w)
 
 
-def head_bytes(config, length: int, dtype: str = "float32") -> int:
-    """The output head and loss over one sub-chunk of HEAD_CHUNK x vocab: logits in the model dtype, their
+def head_bytes(config, length: int, dtype: str = "float32", rows: int = HEAD_CHUNK) -> int:
+    """The output head and loss over one sub-chunk of `rows` x vocab: logits in the model dtype, their
     float32 copy (none for a float32 model), log-softmax and the rank comparison's booleans."""
     bytes_w = _DTYPE_BYTES[dtype]
     per_entry = bytes_w + (0 if bytes_w == 4 else 4) + 4 + 1
-    return min(HEAD_CHUNK, length) * rope_config.text_config(config).vocab_size * per_entry
+    return min(rows, length) * rope_config.text_config(config).vocab_size * per_entry
 
 
 def kv_cache_bytes(config, length: int, dtype: str, sliding_keep: int | None = None) -> int:
@@ -158,7 +165,8 @@ def offloaded_cache_bytes(config, length: int, dtype: str) -> int:
     return 2 * layer_kv_bytes(config, length, dtype)
 
 
-def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int, cuda: bool) -> int:
+def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int, cuda: bool,
+                  head_rows: int = HEAD_CHUNK) -> int:
     """Layer-streamed pass: weights + the residual stream (T x H, model dtype, updated in place) + the larger
     of two phases: a layer step (that layer's K/V over T, one query chunk's activations) and the output head
     (one chunk's final hidden states, the head's sub-chunk). Independent of the number of layers.
@@ -178,7 +186,7 @@ def _stream_bytes(config, length: int, chunk: int, dtype: str, n_params: int, cu
         step += heads * q_len * length * (2 * bytes_w + 4) + q_len * length
     if kv_heads < heads and (softcap or cuda and (window or bytes_w == 4)):
         step += 2 * length * heads * head_dim * bytes_w
-    final = q_len * hidden * bytes_w + head_bytes(config, length, dtype)
+    final = q_len * hidden * bytes_w + head_bytes(config, length, dtype, head_rows)
     residual = length * hidden * bytes_w
     return int(n_params * bytes_w + RUNTIME_BYTES + residual + max(step, final))
 
@@ -207,7 +215,7 @@ def make_plan(config, length: int, *, dtype: str, attn: str, n_params: int, max_
     if stream_ok is None:
         stream_ok = stream.refusal(config) is None
     window = _layer_kinds(rope_config.text_config(config))[2]
-    sizer = _Sizer(config, length, dtype, attn, n_params, max_memory, cuda,
+    sizer = _Sizer(config, length, dtype, attn, n_params, max_memory, cuda, generation,
                    cache=kv_cache_bytes(config, length, dtype) if generation else 0,
                    streamed_cache=kv_cache_bytes(config, length, dtype, window) if generation else 0,
                    offloaded=offloaded_cache_bytes(config, length, dtype) if generation and cuda else None)
@@ -233,13 +241,14 @@ class _Sizer:
     n_params: int
     max_memory: int | None
     cuda: bool
+    generation: bool  # a prompt to generate after: the head reads a teacher-forced answer, not every position
     cache: int  # the KV cache a generation prompt keeps on the device for decoding (0: not generating)
     streamed_cache: int  # the same after a streamed prefill (sliding layers: the window alone)
     offloaded: int | None  # what an offloading cache keeps on the device instead (None: cannot offload)
 
     def _estimate(self, chunk: int | None, kind: str | None = None) -> int:
         return estimate_bytes(self.config, self.length, chunk, self.dtype, self.attn, self.n_params, kind,
-                              cuda=self.cuda)
+                              cuda=self.cuda, generation=self.generation)
 
     def _plan(self, strategy: str, chunk: int, need: int, offload: bool = False) -> Plan:
         return Plan(strategy, chunk, need, self.max_memory is None or need <= self.max_memory, offload)
@@ -345,7 +354,8 @@ def batch_rows(config, length: int, requested: int | str, *, dtype: str, attn: s
     cache = kv_cache_bytes(config, length, dtype) if generation else 0
 
     def need(n: int) -> int:
-        return estimate_bytes(config, length, None, dtype, attn, n_params, rows=n) + n * cache
+        return estimate_bytes(config, length, None, dtype, attn, n_params, rows=n,
+                              generation=generation) + n * cache
 
     while rows > 1 and max_memory is not None and need(rows) > max_memory:
         rows -= 1
