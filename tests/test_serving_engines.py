@@ -77,9 +77,21 @@ JSON_ROWS = [
 
 @pytest.mark.parametrize("engine, override, cfg, option, expected", JSON_ROWS)
 def test_rope_json_follows_the_engine_docs(engine, override, cfg, option, expected):
-    args = argv(engine, override, cfg)
+    args = argv(engine, override, cfg, max_len=cfg.max_position_embeddings)  # RoPE alone: within the window
     assert json.loads(value(args, option)) == expected
     assert args.count(option) == 1
+
+
+def test_vllm_gets_room_for_every_position_the_run_reaches():
+    """vLLM's CPU build sizes its rotary cache by max_position_embeddings and aborts past it: a run past the
+    window raises it to the run's length (the scaled types' math reads original_max_position_embeddings)."""
+    assert "--hf-overrides" not in argv("vllm", RopeOverride(), config(mpe=8192), max_len=8192)
+    native = argv("vllm", RopeOverride(), config(mpe=8192), max_len=8704)
+    assert json.loads(value(native, "--hf-overrides")) == {"max_position_embeddings": 8704}
+    yarn = json.loads(value(argv("vllm", RopeOverride(rope_type="yarn", factor=2), config(mpe=8192),
+                                 max_len=16896), "--hf-overrides"))
+    assert yarn["max_position_embeddings"] == 16896
+    assert yarn["rope_parameters"]["original_max_position_embeddings"] == 8192
 
 
 def test_sglang_sends_the_complete_rope_parameters_last():

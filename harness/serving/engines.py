@@ -94,7 +94,8 @@ def launch_command(engine: str, model: str, override: RopeOverride, *, max_len: 
     if engine == "llama.cpp":
         argv = _llama_cpp(python, model, params, max_len, host, port)
     elif engine == "vllm":
-        argv = _vllm(python, model, edited, max_len, host, port, tensor_parallel, data_parallel)
+        argv = _vllm(python, model, edited, max_len, host, port, tensor_parallel, data_parallel,
+                     config if config is not None else applied)
         argv[2:2] = [f"VLLM_CPU_KVCACHE_SPACE={_kv_gib(config or applied, max_len)}"]
     else:
         argv = _sglang(python, model, edited, max_len, host, port, tensor_parallel, data_parallel)
@@ -316,7 +317,7 @@ def _kv_gib(config: Any, max_len: int, sequences: int = 4) -> int:
 
 
 def _vllm(python: str, model: str, edited: Any, max_len: int, host: str, port: int, tp: int,
-          dp: int) -> list[str]:
+          dp: int, config: Any = None) -> list[str]:
     # https://docs.vllm.ai/en/stable/features/context_extension/ : --hf-overrides '{"rope_parameters":
     # {...}}' (the --rope-scaling/--rope-theta flags are gone, vllm PR 28006); vLLM refuses a max-model-len
     # past the config's unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1, and going past it is the point here. The
@@ -326,7 +327,22 @@ def _vllm(python: str, model: str, edited: Any, max_len: int, host: str, port: i
             "--model", model, "--max-model-len", str(max_len),
             "--tensor-parallel-size", str(tp), "--data-parallel-size", str(dp),
             "--host", host, "--port", str(port)]
-    return argv + (["--hf-overrides", _json(_rope_overrides(edited))] if edited is not None else [])
+    overrides = _vllm_overrides(edited, config, max_len)
+    return argv + (["--hf-overrides", _json(overrides)] if overrides else [])
+
+
+def _vllm_overrides(edited: Any, config: Any, max_len: int) -> dict[str, Any]:
+    """The edited RoPE, and max_position_embeddings raised to max_len where the run goes past it: vLLM's CPU
+    build sizes its rotary cache by it and aborts past it (measured, SmolLM2 at an 8,192-token prompt's first
+    generated token: "index out of bounds: 0 <= tmp8 < 8192"). The RoPE math does not read it: the scaled
+    types' parameters name original_max_position_embeddings themselves."""
+    body = _rope_overrides(edited) if edited is not None else {}
+    base = edited if edited is not None else config
+    if base is not None and text_config(base) is base:
+        limit = getattr(base, "max_position_embeddings", None)
+        if limit is not None and max_len > limit:
+            body["max_position_embeddings"] = max_len
+    return body
 
 
 def _sglang(python: str, model: str, edited: Any, max_len: int, host: str, port: int, tp: int,
