@@ -66,8 +66,17 @@ def _key(r: dict) -> tuple:
     return r["length"], r.get("depth"), r["sample"]
 
 
+def _latest(rows: list[dict]) -> list[dict]:
+    """A cell's last ok record, else its last (a rerun of a folder retries its failed cells)."""
+    kept: dict[tuple, dict] = {}
+    for r in rows:
+        if _key(r) not in kept or r.get("status") == "ok" or kept[_key(r)].get("status") != "ok":
+            kept[_key(r)] = r
+    return list(kept.values())
+
+
 def passkey_table(served: list[dict], local: list[dict]) -> list[str]:
-    theirs = {_key(r): r for r in local}
+    served, theirs = _latest(served), {_key(r): r for r in _latest(local)}
     rows = ["| L | prompts | correct served / in-process | same answer text | answer log-prob gap (max) |",
             "|---|---|---|---|---|"]
     for length in sorted({r["length"] for r in served}):
@@ -84,7 +93,7 @@ def passkey_table(served: list[dict], local: list[dict]) -> list[str]:
 
 
 def perplexity_table(served: list[dict], local: list[dict], label: str) -> list[str]:
-    theirs = {_key(r): r for r in local}
+    served, theirs = _latest(served), {_key(r): r for r in _latest(local)}
     rows = ["| setting | L | sample | ppl served (vLLM) | ppl in-process | relative gap |",
             "|---|---|---|---|---|---|"]
     for r in sorted(served, key=_key):
