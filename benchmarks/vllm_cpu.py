@@ -17,7 +17,6 @@ Building the venv (once) takes about 2.5 minutes and 3.5 GB; the cross-check abo
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -42,13 +41,15 @@ def ensure_venv(venv: Path) -> str:
 
 
 def run(out: Path, args: list[str]) -> tuple[list[dict], float, str]:
-    """One rope-harness run of SmolLM2 in float32: (records, wall seconds, its last stderr line)."""
+    """One rope-harness run of SmolLM2 in float32: (each cell's latest record, wall seconds, its last stderr
+    line)."""
+    from harness.run.store import latest_records
+
     argv = ["rope-harness", "run", "--model", "smollm2", "--dtype", "float32", "--out", str(out),
             "--no-progress", "--no-report", *args]
     started = time.perf_counter()
     done = subprocess.run(argv, check=False, capture_output=True, text=True)
-    path = out / "records.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    records = list(latest_records(out).values())  # a rerun of a folder retries its failed cells
     last = (done.stderr.strip().splitlines() or [""])[-1]
     return records, time.perf_counter() - started, f"exit {done.returncode}: {last}"
 
@@ -66,17 +67,8 @@ def _key(r: dict) -> tuple:
     return r["length"], r.get("depth"), r["sample"]
 
 
-def _latest(rows: list[dict]) -> list[dict]:
-    """A cell's last ok record, else its last (a rerun of a folder retries its failed cells)."""
-    kept: dict[tuple, dict] = {}
-    for r in rows:
-        if _key(r) not in kept or r.get("status") == "ok" or kept[_key(r)].get("status") != "ok":
-            kept[_key(r)] = r
-    return list(kept.values())
-
-
 def passkey_table(served: list[dict], local: list[dict]) -> list[str]:
-    served, theirs = _latest(served), {_key(r): r for r in _latest(local)}
+    theirs = {_key(r): r for r in local}
     rows = ["| L | prompts | correct served / in-process | same answer text | answer log-prob gap (max) |",
             "|---|---|---|---|---|"]
     for length in sorted({r["length"] for r in served}):
@@ -93,7 +85,7 @@ def passkey_table(served: list[dict], local: list[dict]) -> list[str]:
 
 
 def perplexity_table(served: list[dict], local: list[dict], label: str) -> list[str]:
-    served, theirs = _latest(served), {_key(r): r for r in _latest(local)}
+    theirs = {_key(r): r for r in local}
     rows = ["| setting | L | sample | ppl served (vLLM) | ppl in-process | relative gap |",
             "|---|---|---|---|---|---|"]
     for r in sorted(served, key=_key):

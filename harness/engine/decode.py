@@ -33,10 +33,8 @@ def preallocated(cache, room: int) -> Iterator[None]:
     linear and offloaded caches stay as they are."""
     from transformers.cache_utils import DynamicLayer, StaticLayer
 
-    layers = getattr(cache, "layers", None) or []
+    layers = [] if getattr(cache, "offloading", False) else getattr(cache, "layers", None) or []
     full = [i for i, layer in enumerate(layers) if type(layer) is DynamicLayer and layer.is_initialized]
-    if getattr(cache, "offloading", False):
-        full = []
     for index in full:  # one layer at a time: the extra memory is one layer's K/V
         static = StaticLayer(max_cache_len=layers[index].get_seq_length() + room)
         static.update(layers[index].keys, layers[index].values)

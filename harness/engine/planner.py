@@ -93,8 +93,8 @@ def estimate_bytes(config, length: int, chunk: int | None, dtype: str, attn: str
     final = rows * q_len * hidden * bytes_w + head_bytes(config, length, dtype, head_rows)  # row by row
     cache = 0  # prefill: every layer's K/V (a sliding layer's window and chunk), one layer twice in `update`
     if chunk is not None:
-        cache = (kv_cache_bytes(config, length, dtype, sliding_keep=(window or 1) - 1 + q_len)
-                 + layer_kv_bytes(config, length, dtype))
+        keep = None if window is None else window - 1 + q_len  # a sliding layer's cache after a chunk
+        cache = kv_cache_bytes(config, length, dtype, keep) + layer_kv_bytes(config, length, dtype)
     return int(n_params * bytes_w + RUNTIME_BYTES + rows * cache + max(rows * decoder, final))
 
 
@@ -143,8 +143,7 @@ def kv_cache_bytes(config, length: int, dtype: str, sliding_keep: int | None = N
     A sliding layer's cache keeps window - 1 tokens, as a view of what its last `update` concatenated: the
     whole prompt after a single pass (None: all of it), window - 1 + q after a chunk of q, the window after
     a streamed prefill (which copies it out)."""
-    text, _, _, _, _, _, _ = _shape(config, dtype)
-    full, sliding, _ = _layer_kinds(text)
+    full, sliding, _ = _layer_kinds(rope_config.text_config(config))
     kept = length if sliding_keep is None else min(length, sliding_keep)
     return (full * length + sliding * kept) * layer_kv_bytes(config, 1, dtype)
 

@@ -94,9 +94,9 @@ def launch_command(engine: str, model: str, override: RopeOverride, *, max_len: 
     if engine == "llama.cpp":
         argv = _llama_cpp(python, model, params, max_len, host, port)
     elif engine == "vllm":
-        argv = _vllm(python, model, edited, max_len, host, port, tensor_parallel, data_parallel,
-                     config if config is not None else applied)
-        argv[2:2] = [f"VLLM_CPU_KVCACHE_SPACE={_kv_gib(config or applied, max_len)}"]
+        base = config if config is not None else applied
+        argv = _vllm(python, model, edited, max_len, host, port, tensor_parallel, data_parallel, base)
+        argv[2:2] = [f"VLLM_CPU_KVCACHE_SPACE={_kv_gib(base, max_len)}"]
     else:
         argv = _sglang(python, model, edited, max_len, host, port, tensor_parallel, data_parallel)
     if dtype not in (None, "auto") and engine != "llama.cpp":

@@ -13,14 +13,13 @@ of `harness.data.corpus` (a local file, folder, .jsonl or hf:NAME) given as `--h
 from __future__ import annotations
 
 import bisect
-import gzip
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
 from harness.core.errors import InputError
-from harness.data.corpus import BOOK, BOOK_NAME
+from harness.data.corpus import BOOK_NAME, iter_documents
 from tasks.passkey.haystack import encode_offsets
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -97,12 +96,7 @@ def noise_stream(tokenizer, need: int) -> Stream:
 def sentences(spec: str) -> tuple[str, ...]:
     """A haystack text as sentences (whitespace collapsed, as RULER does before splitting)."""
     try:
-        if spec == "essay":
-            with gzip.open(BOOK, "rt", encoding="utf-8") as handle:
-                return _split(iter([handle.read()]))
-        from harness.data.corpus import iter_documents
-
-        return _split(text for _, text in iter_documents(spec))
+        return _split(text for _, text in iter_documents("book" if spec == "essay" else spec))
     except InputError as err:
         raise InputError(f"--haystack {spec!r}: {err} (or a haystack kind: noise, essay, needle)") from None
 
